@@ -1,0 +1,22 @@
+"""ifa_jax: integrated feature analysis and class activation maps for JAX/Flax models."""
+
+from ifa_jax import cams
+from ifa_jax.cams import METHODS, CamResult, cam, upsample
+from ifa_jax.explain import explain
+from ifa_jax.probe import LayerProbe, ProbeResult, linen_layers, linen_probe, nnx_probe
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "CamResult",
+    "LayerProbe",
+    "ProbeResult",
+    "cam",
+    "cams",
+    "explain",
+    "linen_layers",
+    "linen_probe",
+    "nnx_probe",
+    "upsample",
+]

@@ -1,0 +1,187 @@
+"""Reference Flax models used by the tests, the demo and the experiments.
+
+Every model takes channels-last inputs ``(B, *spatial, C_in)`` and returns logits
+``(B, num_classes)``. Each docstring names the model's natural target layer.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class MnistCNN(nn.Module):
+    """The reference implementation's MNIST network, for 28x28x1 inputs.
+
+    conv 5x5 (100) -> relu -> maxpool 3 -> conv 3x3 (200) -> relu -> maxpool 3
+    -> dense 512 -> relu -> dense 10. Natural target layer: ``"conv2"`` whose
+    output is (B, 6, 6, 200) for 28x28 inputs (valid padding, as in PyTorch).
+    """
+
+    num_classes: int = 10
+    width1: int = 100
+    width2: int = 200
+    hidden: int = 512
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.Conv(self.width1, (5, 5), padding="VALID", name="conv1")(x)
+        x = nn.max_pool(nn.relu(x), (3, 3), strides=(3, 3))
+        x = nn.Conv(self.width2, (3, 3), padding="VALID", name="conv2")(x)
+        x = nn.max_pool(nn.relu(x), (3, 3), strides=(3, 3))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(self.hidden, name="fc1")(x))
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+class ConvNet(nn.Module):
+    """A small rank-agnostic CNN: ``len(features)`` conv+relu blocks, global average pool, dense.
+
+    ``ndim`` is the spatial rank (1: signals, 2: images, 3: volumes). The convs are named
+    ``conv1 .. convN``; the natural target layer is the last one. Because the head is
+    linear after global average pooling, GradCAM at the last conv equals the classic CAM
+    of Zhou et al. (2016) divided by the number of grid cells.
+
+    ``ConvNet(ndim=1)`` is the reference 1-D CNN for signals ``(B, T, C)`` and
+    ``ConvNet(ndim=3)`` the reference 3-D CNN for volumes ``(B, D, H, W, C)``; their target
+    layer is likewise ``f"conv{len(features)}"``.
+    """
+
+    ndim: int = 2
+    features: Sequence[int] = (8, 16)
+    num_classes: int = 4
+    kernel: int = 3
+    relu_last: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != self.ndim + 2:
+            raise ValueError(
+                f"ConvNet(ndim={self.ndim}) expects inputs of rank {self.ndim + 2} "
+                f"(B, *spatial, C); got shape {x.shape}"
+            )
+        for i, f in enumerate(self.features, start=1):
+            x = nn.Conv(f, (self.kernel,) * self.ndim, padding="SAME", name=f"conv{i}")(x)
+            if i < len(self.features) or self.relu_last:
+                x = nn.relu(x)
+        x = jnp.mean(x, axis=tuple(range(1, self.ndim + 1)))
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+class Backbone(nn.Module):
+    """Two conv blocks, used to test matching a nested layer by its full path."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Conv(8, (3, 3), padding="SAME", name="conv1")(x))
+        return nn.relu(nn.Conv(16, (3, 3), padding="SAME", name="conv2")(x))
+
+
+class NestedNet(nn.Module):
+    """A model whose layers live in a nested submodule: ``backbone/conv2`` is the target."""
+
+    num_classes: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = Backbone(name="backbone")(x)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+class NnxCNN(nnx.Module):
+    """NNX twin of :class:`ConvNet` for 2-D inputs; natural target layer ``"conv2"``."""
+
+    def __init__(self, in_channels: int = 1, features: Sequence[int] = (8, 16),
+                 num_classes: int = 4, *, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(in_channels, features[0], (3, 3), padding="SAME", rngs=rngs)
+        self.conv2 = nnx.Conv(features[0], features[1], (3, 3), padding="SAME", rngs=rngs)
+        self.head = nnx.Linear(features[1], num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nnx.relu(self.conv1(x))
+        x = nnx.relu(self.conv2(x))
+        return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3^d convs with BatchNorm, identity or 1^d projection shortcut."""
+
+    features: int
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        d = x.ndim - 2
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
+        y = nn.Conv(self.features, (3,) * d, (self.strides,) * d, padding="SAME",
+                    use_bias=False, name="conv1")(x)
+        y = nn.relu(norm(name="bn1")(y))
+        y = nn.Conv(self.features, (3,) * d, padding="SAME", use_bias=False, name="conv2")(y)
+        y = norm(name="bn2")(y)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = nn.Conv(self.features, (1,) * d, (self.strides,) * d, use_bias=False,
+                        name="proj")(x)
+            x = norm(name="proj_bn")(x)
+        return nn.relu(x + y)
+
+
+class ResNetStage(nn.Module):
+    """``num_blocks`` basic blocks; the first one may downsample. Output: (B, *spatial, features)."""
+
+    features: int
+    num_blocks: int = 2
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        for i in range(self.num_blocks):
+            x = BasicBlock(self.features, self.strides if i == 0 else 1,
+                           name=f"block{i + 1}")(x, train)
+        return x
+
+
+class ResNet(nn.Module):
+    """A small ResNet in the ResNet-18 layout (4 stages x 2 basic blocks) with BatchNorm.
+
+    Rank-agnostic: inputs ``(B, *spatial, C)`` with 1, 2 or 3 spatial axes. Stage widths are
+    ``width * (1, 2, 4, 8)`` (``width=64`` is ResNet-18); stages 2-4 halve the grid.
+    The stem is a 3^d conv (stride 1) for small inputs (``stem="small"``: 32-64 px) or the
+    ImageNet 7^d stride-2 conv + 3^d stride-2 max-pool (``stem="large"``: 96-224 px);
+    ``"auto"`` picks "large" when the smallest spatial side is >= 96.
+    Call with ``train=True`` (and ``mutable=["batch_stats"]``) to train, ``train=False`` to use
+    the running statistics. Natural target layer: ``"stage4"``, whose output is the last
+    feature map, (B, 4, 4, 8 * width) for 32x32 inputs and (B, 7, 7, 8 * width) for 224x224.
+    """
+
+    num_classes: int = 10
+    width: int = 64
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    stem: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        d = x.ndim - 2
+        if d not in (1, 2, 3):
+            raise ValueError(f"ResNet expects (B, *spatial, C) with 1-3 spatial axes; got {x.shape}")
+        if self.stem not in ("auto", "small", "large"):
+            raise ValueError(f"stem must be 'auto', 'small' or 'large'; got {self.stem!r}")
+        large = self.stem == "large" or (self.stem == "auto" and min(x.shape[1:-1]) >= 96)
+        if large:
+            x = nn.Conv(self.width, (7,) * d, (2,) * d, padding=[(3, 3)] * d, use_bias=False,
+                        name="stem_conv")(x)
+        else:
+            x = nn.Conv(self.width, (3,) * d, padding="SAME", use_bias=False, name="stem_conv")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="stem_bn")(x)
+        x = nn.relu(x)
+        if large:
+            x = nn.max_pool(x, (3,) * d, (2,) * d, padding=[(1, 1)] * d)
+        for i, n in enumerate(self.stage_sizes):
+            x = ResNetStage(self.width * 2**i, n, 1 if i == 0 else 2, name=f"stage{i + 1}")(x, train)
+        x = jnp.mean(x, axis=tuple(range(1, d + 1)))
+        return nn.Dense(self.num_classes, name="head")(x)

@@ -1,0 +1,366 @@
+"""Activations and gradients at named layers of a Flax model: one forward pass and one vjp.
+
+A *tapped forward* is a pure function ``tapped(variables, x, deltas) -> (logits, acts)``
+that runs the model, records the output ``A`` of each named layer in ``acts`` and adds
+``deltas[name]`` to it before the rest of the model sees it. With ``deltas`` all zeros the
+model is unchanged, and ``d score / d deltas`` is exactly ``G = d score / d A``. So one
+forward plus one vjp to ``deltas`` gives logits, ``A`` and ``G`` and never backpropagates
+into the parameters (they are constants of the vjp).
+
+* :func:`linen_probe` taps a Linen model through ``nn.intercept_methods``: no edit to
+  the model, layers matched by name (``"conv2"``) or path (``"backbone/conv2"``).
+* :func:`nnx_probe` taps an NNX model by swapping the named submodule, on a private copy
+  made with ``nnx.split``/``nnx.merge``, for a thin wrapper: no edit to the model either.
+
+Both return a :class:`LayerProbe`, a callable that may itself be called under ``jax.jit``,
+``vmap`` or ``grad``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+# tapped(variables, x, deltas | None) -> (logits (B, O), {layer: A (B, *spatial, K)})
+TappedFn = Callable[[Any, Array, Mapping[str, Array] | None], tuple[Array, dict[str, Array]]]
+Target = int | str | Array | np.ndarray | Callable[[Array], Array] | None
+
+SCORES = ("logit", "probability")
+TARGET_MODES = ("index", "predicted", "callable")
+
+
+class ProbeResult(NamedTuple):
+    """What one probe call returns.
+
+    logits: (B, O) the model's outputs. score: (B,) the explained target score y_c.
+    target: (B,) int32 explained output index (-1 for a callable target).
+    activations / gradients: A and G = dy_c/dA, (B, *spatial, K) each; dicts keyed by
+    layer name when the probe was built for several layers.
+    """
+
+    logits: Array
+    score: Array
+    target: Array
+    activations: Array | dict[str, Array]
+    gradients: Array | dict[str, Array]
+
+
+def _layer_key(layer: str | Sequence[str]) -> str:
+    if isinstance(layer, str):
+        return layer.strip("/").replace(".", "/")
+    return "/".join(layer)
+
+
+def resolve_layer(requested: str, available: Sequence[str]) -> str:
+    """Match a requested layer name or path against the available module paths.
+
+    An exact path wins; otherwise the request must be a unique suffix of one path
+    (``"conv2"`` matches ``"backbone/conv2"``).
+    """
+    if requested in available:
+        return requested
+    parts = requested.split("/")
+    matches = [p for p in available if p.split("/")[-len(parts):] == parts]
+    if len(matches) == 1:
+        return matches[0]
+    listing = ", ".join(available) if available else "(none)"
+    if len(matches) > 1:
+        raise ValueError(
+            f"layer {requested!r} is ambiguous: it matches {', '.join(matches)}; "
+            "give the full path instead"
+        )
+    close = difflib.get_close_matches(requested, available, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"layer {requested!r} not found; layers: {listing}.{hint}")
+
+
+def _check_activation(name: str, value: Any) -> None:
+    shape = getattr(value, "shape", None)
+    if shape is None or not 3 <= len(shape) <= 5:
+        what = f"shape {tuple(shape)}" if shape is not None else f"a {type(value).__name__}"
+        raise ValueError(
+            f"layer {name!r} outputs {what}; a CAM layer must output an array of rank 3-5 "
+            "(B, *spatial, K) with 1-3 spatial axes. Choose a convolutional layer "
+            "(not a dense layer or a module that returns a tuple)."
+        )
+
+
+# --------------------------------------------------------------------------- Linen
+
+
+def linen_layers(model: nn.Module, variables: Any, x: Array, **apply_kwargs) -> dict[str, Any]:
+    """All submodule paths called by ``model.apply`` on ``x``, with their output shapes.
+
+    Runs abstractly (``jax.eval_shape``): nothing is computed.
+    """
+    found: dict[str, Any] = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        path = "/".join(context.module.path)
+        if context.method_name == "__call__" and path:
+            found.setdefault(path, jax.tree.map(lambda a: getattr(a, "shape", None), out))
+        return out
+
+    def run(variables, x):
+        with nn.intercept_methods(record):
+            return model.apply(variables, x, **apply_kwargs)
+
+    jax.eval_shape(run, variables, x)
+    return found
+
+
+def _linen_tapped(model: nn.Module, layers: tuple[str, ...], apply_kwargs: dict) -> TappedFn:
+    def tapped(variables, x, deltas):
+        available = list(linen_layers(model, variables, x, **apply_kwargs))
+        paths = {resolve_layer(layer, available): layer for layer in layers}
+        acts: dict[str, Array] = {}
+
+        def tap(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            path = "/".join(context.module.path)
+            if context.method_name != "__call__" or path not in paths:
+                return out
+            name = paths[path]
+            if name in acts:
+                raise ValueError(
+                    f"layer {name!r} ({path}) is called more than once per forward pass "
+                    "(a shared module); tap a module that is called once"
+                )
+            _check_activation(name, out)
+            acts[name] = out
+            delta = None if deltas is None else deltas.get(name)
+            return out if delta is None else out + delta
+
+        with nn.intercept_methods(tap):
+            logits = model.apply(variables, x, **apply_kwargs)
+        return logits, acts
+
+    return tapped
+
+
+def linen_probe(model: nn.Module, layers: str | Sequence[str], **apply_kwargs) -> LayerProbe:
+    """A probe for a Linen model at one layer (arrays out) or several (dicts out).
+
+    ``apply_kwargs`` go to ``model.apply`` (e.g. ``train=False`` for BatchNorm models).
+    """
+    names = _layer_names(layers)
+    return LayerProbe(_linen_tapped(model, names, dict(apply_kwargs)), names,
+                      single=isinstance(layers, str))
+
+
+# --------------------------------------------------------------------------- NNX
+
+
+def nnx_layers(model: nnx.Module) -> list[str]:
+    """Paths of all submodules of an NNX model ("conv2", "blocks/0/conv")."""
+    return ["/".join(map(str, path)) for path, _ in nnx.iter_modules(model) if path]
+
+
+class _NnxTap:
+    """Stands in for a submodule on a private copy of the model: records and perturbs its output."""
+
+    def __init__(self, inner, name, acts, deltas):
+        self.inner, self.name, self.acts, self.deltas = inner, name, acts, deltas
+
+    def __call__(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        if self.name in self.acts:
+            raise ValueError(f"layer {self.name!r} is called more than once per forward pass")
+        _check_activation(self.name, out)
+        self.acts[self.name] = out
+        delta = None if self.deltas is None else self.deltas.get(self.name)
+        return out if delta is None else out + delta
+
+
+def _get_child(parent, key: str):
+    return parent[int(key)] if isinstance(parent, (list, tuple)) else getattr(parent, key)
+
+
+def _set_child(parent, key: str, value) -> None:
+    if isinstance(parent, list):
+        parent[int(key)] = value
+    else:
+        # NNX modules guard attribute assignment; the copy is private, so bypass it.
+        object.__setattr__(parent, key, value)
+
+
+def nnx_probe(model: nnx.Module, layers: str | Sequence[str]) -> tuple[LayerProbe, nnx.State]:
+    """A probe for an NNX model, and the model's state to pass as ``variables``.
+
+    Nothing needs adding to the model. Call ``model.eval()`` first if it has BatchNorm or
+    Dropout. The probe works on a private copy (``nnx.merge``), so ``model`` is untouched.
+    """
+    names = _layer_names(layers)
+    graphdef, state = nnx.split(model)
+    available = nnx_layers(model)
+    paths = {name: resolve_layer(name, available) for name in names}
+
+    def tapped(state, x, deltas):
+        copy = nnx.merge(graphdef, state)
+        acts: dict[str, Array] = {}
+        for name, path in paths.items():
+            *parents, last = path.split("/")
+            parent = functools.reduce(_get_child, parents, copy)
+            _set_child(parent, last, _NnxTap(_get_child(parent, last), name, acts, deltas))
+        return copy(x), acts
+
+    return LayerProbe(tapped, names, single=isinstance(layers, str)), state
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+def _layer_names(layers: str | Sequence[str]) -> tuple[str, ...]:
+    names = (layers,) if isinstance(layers, str) else tuple(layers)
+    if not names:
+        raise ValueError("layers is empty; name at least one layer, e.g. 'conv2'")
+    return tuple(_layer_key(n) for n in names)
+
+
+def target_scores(logits: Array, target: Array, score: str = "logit") -> Array:
+    """y_c per sample: logits (B, O), target (B,) int -> (B,)."""
+    if score == "probability":
+        logits = jax.nn.softmax(logits, axis=-1)
+    elif score != "logit":
+        raise ValueError(f"score {score!r} is not one of {SCORES}")
+    return jnp.take_along_axis(logits, target[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+
+def _as_2d(logits: Array) -> Array:
+    return logits[:, None] if logits.ndim == 1 else logits
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LayerProbe:
+    """Callable ``probe(variables, x, target='predicted', *, score='logit') -> ProbeResult``.
+
+    target: an int (one output for the whole batch), an int array (B,) (per sample, e.g.
+    the labels), ``'predicted'`` (argmax of the logits), or a callable
+    ``logits (B, O) -> score (B,)`` (regression, custom objectives).
+    score: ``'logit'`` (the raw output; also for regression) or ``'probability'``
+    (softmax). Non-finite activations or gradients raise ``FloatingPointError`` when the
+    probe is called eagerly (under an outer ``jit`` the check is skipped).
+    """
+
+    tapped: TappedFn
+    layers: tuple[str, ...]
+    single: bool = True
+    check_finite: bool = True
+
+    def __post_init__(self):
+        core = jax.jit(self._core, static_argnames=("mode", "fn", "score"))
+        object.__setattr__(self, "_jit_core", core)
+
+    # -- pure pieces, usable by other modules (cams, analysis) ----------------------
+
+    def forward(self, variables, x: Array) -> Array:
+        """Logits (B, O) of the unmodified model."""
+        return _as_2d(self.tapped(variables, x, None)[0])
+
+    def forward_with(self, variables, x: Array, deltas: Mapping[str, Array]) -> Array:
+        """Logits (B, O) with ``deltas[layer]`` added to each tapped layer's output."""
+        return _as_2d(self.tapped(variables, x, deltas)[0])
+
+    def output_shapes(self, variables, x: Array) -> tuple[tuple[int, ...], dict[str, tuple]]:
+        """Shapes of the logits and of each tapped activation, computed abstractly."""
+        logits, acts = jax.eval_shape(lambda v, x: self.tapped(v, x, None), variables, x)
+        return _as_2d(jnp.zeros(logits.shape)).shape, {k: a.shape for k, a in acts.items()}
+
+    def _core(self, variables, x, target, *, mode, fn, score):
+        _, act_shapes = jax.eval_shape(lambda v, x: self.tapped(v, x, None), variables, x)
+        zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in act_shapes.items()}
+
+        def total(deltas):
+            logits, acts = self.tapped(variables, x, deltas)
+            logits = _as_2d(logits)
+            if mode == "callable":
+                idx = jnp.full((logits.shape[0],), -1, jnp.int32)
+                y = fn(logits)
+            else:
+                idx = jnp.argmax(logits, -1).astype(jnp.int32) if mode == "predicted" else target
+                y = target_scores(logits, idx, score)
+            # Samples are independent, so d(sum_n y_n)/dA_n = dy_n/dA_n for every n.
+            return jnp.sum(y), (logits, y, idx, acts)
+
+        grads, (logits, y, idx, acts) = jax.grad(total, has_aux=True)(zeros)
+        return logits, y, idx, acts, grads
+
+    def _resolve_target(self, variables, x, target):
+        batch = x.shape[0]
+        if target is None or (isinstance(target, str) and target == "predicted"):
+            return "predicted", None, None
+        if isinstance(target, str):
+            raise ValueError(
+                f"target {target!r} is not understood; use 'predicted', an int, an int array "
+                "of shape (B,) (e.g. the labels) or a callable logits -> (B,)"
+            )
+        if callable(target):
+            return "callable", target, None
+        t = jnp.asarray(target)
+        if not jnp.issubdtype(t.dtype, jnp.integer):
+            raise ValueError(f"target must be integer class indices; got dtype {t.dtype}")
+        if t.ndim == 0:
+            t = jnp.full((batch,), t, jnp.int32)
+        if t.shape != (batch,):
+            raise ValueError(
+                f"target has shape {t.shape} but the batch has {batch} samples; "
+                f"pass one index per sample, shape ({batch},), or a single int"
+            )
+        if not isinstance(t, jax.core.Tracer):
+            (logits_shape, _) = self.output_shapes(variables, x)
+            num_out = logits_shape[-1]
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= num_out:
+                bad = lo if lo < 0 else hi
+                raise ValueError(
+                    f"target index {bad} is out of range: the model has {num_out} outputs, "
+                    f"so targets must lie in [0, {num_out - 1}]"
+                )
+        return "index", None, t.astype(jnp.int32)
+
+    def __call__(self, variables, x: Array, target: Target = "predicted", *,
+                 score: str = "logit") -> ProbeResult:
+        if score not in SCORES:
+            raise ValueError(f"score {score!r} is not one of {SCORES}")
+        x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
+        mode, fn, t = self._resolve_target(variables, x, target)
+        logits, y, idx, acts, grads = self._jit_core(variables, x, t, mode=mode, fn=fn,
+                                                     score=score)
+        if mode == "callable" and y.shape != (x.shape[0],):
+            raise ValueError(
+                f"a callable target must return one score per sample, shape ({x.shape[0]},); "
+                f"got {y.shape}"
+            )
+        if self.check_finite and not isinstance(y, jax.core.Tracer):
+            _raise_if_not_finite(acts, grads)
+        if self.single:
+            (name,) = self.layers
+            acts, grads = acts[name], grads[name]
+        return ProbeResult(logits, y, idx, acts, grads)
+
+
+def _raise_if_not_finite(acts: dict[str, Array], grads: dict[str, Array]) -> None:
+    counts = {
+        (kind, name): int(jnp.size(v) - jnp.sum(jnp.isfinite(v)))
+        for kind, tree in (("activations", acts), ("gradients", grads))
+        for name, v in tree.items()
+    }
+    bad = {k: n for k, n in counts.items() if n}
+    if bad:
+        listing = "; ".join(f"{n} non-finite {kind} at layer {name!r}"
+                            for (kind, name), n in bad.items())
+        raise FloatingPointError(
+            f"{listing}. Check the inputs and parameters for NaN/inf (or use score='logit' "
+            "if the softmax saturates)."
+        )

@@ -1,0 +1,53 @@
+"""Shared, session-scoped models and inputs: few shapes, so few jit compilations."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from ifa_jax.models import ConvNet, MnistCNN, NestedNet, NnxCNN
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """(model, variables, x (4, 28, 28, 1)) with random weights."""
+    model = MnistCNN()
+    x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+    return model, model.init(jax.random.key(1), x), x
+
+
+@pytest.fixture(scope="session", params=[1, 2, 3], ids=["1d", "2d", "3d"])
+def convnet(request):
+    """(model, variables, x) for a GAP CNN on 1-D signals, images and volumes."""
+    ndim = request.param
+    spatial = {1: (12,), 2: (6, 5), 3: (4, 5, 3)}[ndim]
+    model = ConvNet(ndim=ndim, features=(4, 6), num_classes=3)
+    x = jax.random.normal(jax.random.key(ndim), (3, *spatial, 2))
+    return model, model.init(jax.random.key(10 + ndim), x), x
+
+
+@pytest.fixture(scope="session")
+def nested():
+    model = NestedNet()
+    x = jax.random.normal(jax.random.key(2), (2, 6, 6, 1))
+    return model, model.init(jax.random.key(3), x), x
+
+
+@pytest.fixture(scope="session")
+def nnx_model():
+    """(NNX model, x (2, 6, 6, 1))."""
+    return NnxCNN(rngs=nnx.Rngs(0)), jax.random.normal(jax.random.key(4), (2, 6, 6, 1))
+
+
+def random_ag(key, shape, positive=True):
+    """A (>= 0 when positive, like post-ReLU activations) and G of the same shape."""
+    ka, kg = jax.random.split(key)
+    a = jax.random.uniform(ka, shape) if positive else jax.random.normal(ka, shape)
+    return a, jax.random.normal(kg, shape)
+
+
+@pytest.fixture(scope="session")
+def jnp_module():
+    return jnp

@@ -1,0 +1,210 @@
+"""The layer probe: one forward + one vjp, checked against hand-split models."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ifa_jax import cams
+from ifa_jax.explain import explain
+from ifa_jax.models import ConvNet
+from ifa_jax.probe import linen_probe, nnx_probe
+
+
+def mnist_split(variables):
+    """MnistCNN cut by hand at conv2: features(x) -> A, head(A) -> logits."""
+    p = variables["params"]
+
+    def conv(name, feats, k, x):
+        return nn.Conv(feats, (k, k), padding="VALID").apply({"params": p[name]}, x)
+
+    def features(x):
+        h = nn.max_pool(nn.relu(conv("conv1", 100, 5, x)), (3, 3), strides=(3, 3))
+        return conv("conv2", 200, 3, h)
+
+    def head(a):
+        h = nn.max_pool(nn.relu(a), (3, 3), strides=(3, 3)).reshape(a.shape[0], -1)
+        h = nn.relu(nn.Dense(512).apply({"params": p["fc1"]}, h))
+        return nn.Dense(10).apply({"params": p["head"]}, h)
+
+    return features, head
+
+
+def test_gradients_equal_hand_split_model(mnist):
+    model, variables, x = mnist
+    features, head = mnist_split(variables)
+    target = jnp.array([0, 3, 9, 3])
+    out = linen_probe(model, "conv2")(variables, x, target)
+    A = features(x)
+    want_g = jax.grad(lambda a: jnp.sum(head(a)[jnp.arange(4), target]))(A)
+    np.testing.assert_allclose(out.activations, A, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.logits, head(A), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.gradients, want_g, rtol=1e-5, atol=1e-7)
+    # Per sample: the gradient of sample 1's score alone equals row 1 of G.
+    g1 = jax.grad(lambda a: head(a)[1, 3])(A)
+    np.testing.assert_allclose(out.gradients[1], g1[1], rtol=1e-5, atol=1e-7)
+
+
+def test_one_forward_pass_and_no_parameter_gradients(mnist):
+    model, variables, x = mnist
+    probe = linen_probe(model, "conv2")
+    jaxpr = jax.make_jaxpr(lambda v, x: probe._core(v, x, None, mode="predicted", fn=None,
+                                                    score="logit"))(variables, x)
+    text = str(jaxpr)
+    # Two convs in the forward; the vjp stops at conv2's output so it needs none.
+    assert text.count("conv_general_dilated") == 2
+
+
+def test_targets(mnist):
+    model, variables, x = mnist
+    probe = linen_probe(model, "conv2")
+    pred = probe(variables, x)
+    logits = np.asarray(pred.logits)
+    np.testing.assert_array_equal(pred.target, logits.argmax(-1))
+    np.testing.assert_allclose(pred.score, logits.max(-1), rtol=1e-6)
+    fixed = probe(variables, x, 7)
+    np.testing.assert_allclose(fixed.score, logits[:, 7], rtol=1e-6)
+    labels = np.array([1, 2, 3, 4])
+    per_sample = probe(variables, x, labels, score="probability")
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(per_sample.score, probs[np.arange(4), labels], rtol=1e-5)
+    custom = probe(variables, x, lambda z: z[:, 2] - z[:, 5])
+    np.testing.assert_allclose(custom.score, logits[:, 2] - logits[:, 5], rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(custom.target) == -1)
+    # Gradients of a callable target are the difference of the two class gradients.
+    g2, g5 = probe(variables, x, 2).gradients, probe(variables, x, 5).gradients
+    np.testing.assert_allclose(custom.gradients, g2 - g5, rtol=1e-4, atol=1e-6)
+
+
+def test_several_layers_in_one_pass(mnist):
+    model, variables, x = mnist
+    both = linen_probe(model, ["conv1", "conv2"])(variables, x, 1)
+    only = linen_probe(model, "conv2")(variables, x, 1)
+    assert set(both.activations) == {"conv1", "conv2"}
+    assert both.activations["conv1"].shape == (4, 24, 24, 100)
+    np.testing.assert_allclose(both.gradients["conv2"], only.gradients, rtol=1e-5, atol=1e-7)
+
+
+def test_nested_layer_by_name_and_path(nested):
+    model, variables, x = nested
+    by_name = linen_probe(model, "conv2")(variables, x, 0)
+    by_path = linen_probe(model, "backbone/conv2")(variables, x, 0)
+    np.testing.assert_array_equal(by_name.activations, by_path.activations)
+    assert linen_probe(model, "backbone")(variables, x, 0).activations.shape == (2, 6, 6, 16)
+
+
+def test_nnx_model_matches_hand_split(nnx_model):
+    model, x = nnx_model
+    probe, state = nnx_probe(model, "conv2")
+    out = probe(state, x, 1)
+    a = model.conv2(jax.nn.relu(model.conv1(x)))
+
+    def head(a):
+        return model.head(jnp.mean(jax.nn.relu(a), axis=(1, 2)))
+
+    np.testing.assert_allclose(out.activations, a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.gradients, jax.grad(lambda a: head(a)[:, 1].sum())(a),
+                               rtol=1e-5, atol=1e-7)
+    assert type(model.conv2).__name__ == "Conv"  # the user's model is untouched
+    with pytest.raises(ValueError, match="layer 'conv7' not found; layers: conv1, conv2, head"):
+        nnx_probe(model, "conv7")
+
+
+def test_gradcam_equals_classic_cam_for_linear_head(convnet):
+    """GAP + dense after the layer: GradCAM = classic CAM (Zhou et al. 2016) / grid size."""
+    model, variables, x = convnet
+    linear = ConvNet(ndim=model.ndim, features=model.features, num_classes=3, relu_last=False)
+    _, result = explain(linen_probe(linear, "conv2"), variables, x, 2, "gradcam")
+    A = linen_probe(linear, "conv2")(variables, x, 2).activations
+    w = variables["params"]["head"]["kernel"][:, 2]
+    classic = jnp.einsum("b...k,k->b...", A, w)
+    grid = np.prod(A.shape[1:-1])
+    np.testing.assert_allclose(result.cam * grid, classic, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "scorecam", "ablationcam"])
+def test_explain_every_rank(convnet, method):
+    model, variables, x = convnet
+    probe = linen_probe(model, "conv2")
+    res, out = explain(probe, variables, x, 1, method, mask=jnp.ones(6))
+    assert out.cam.shape == x.shape[:-1]
+    assert out.importance.shape == (x.shape[0], 6)
+    if method == "ablationcam":
+        # With a linear head after GAP, zeroing channel k removes exactly its share.
+        linear = ConvNet(ndim=model.ndim, features=model.features, num_classes=3,
+                         relu_last=False)
+        res, out = explain(linen_probe(linear, "conv2"), variables, x, 1, method)
+        w = variables["params"]["head"]["kernel"][:, 1]
+        share = res.activations.mean(tuple(range(1, x.ndim - 1))) * w
+        grid = tuple(range(1, x.ndim - 1))
+        # AblationCAM weight w_k = y - y^(k) = mean(A_k) W_k, so s_k = w_k * sum(A_k).
+        np.testing.assert_allclose(out.importance, share * res.activations.sum(grid),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_probe_composes_with_outer_jit_and_vmap(mnist):
+    model, variables, x = mnist
+    probe = linen_probe(model, "conv2")
+    f = jax.jit(lambda v, x: probe(v, x, 3).gradients)
+    np.testing.assert_allclose(f(variables, x), probe(variables, x, 3).gradients, rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_bad_inputs(mnist):
+    model, variables, x = mnist
+    with pytest.raises(ValueError, match=r"layer 'conv9' not found; layers: conv1, conv2, "
+                                         r"fc1, head"):
+        linen_probe(model, "conv9")(variables, x)
+    with pytest.raises(ValueError, match=r"layer 'fc1' outputs shape \(4, 512\).*rank 3-5"):
+        linen_probe(model, "fc1")(variables, x)
+    probe = linen_probe(model, "conv2")
+    with pytest.raises(ValueError, match=r"target index 10 is out of range.*\[0, 9\]"):
+        probe(variables, x, 10)
+    with pytest.raises(ValueError, match=r"target index -1 is out of range"):
+        probe(variables, x, np.array([0, 1, -1, 2]))
+    with pytest.raises(ValueError, match=r"target has shape \(3,\) but the batch has 4"):
+        probe(variables, x, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="integer class indices"):
+        probe(variables, x, np.array([0.5, 1, 2, 3]))
+    with pytest.raises(ValueError, match="'label' is not understood"):
+        probe(variables, x, "label")
+    with pytest.raises(ValueError, match="score 'prob'"):
+        probe(variables, x, score="prob")
+    with pytest.raises(ValueError, match=r"'conv' is ambiguous: it matches block1/conv, "
+                                         r"block2/conv; give the full path"):
+        linen_probe(ConvNetTwice(), "conv")(*_twice_inputs())
+    assert linen_probe(ConvNetTwice(), "block2/conv")(*_twice_inputs()).activations.shape == (
+        1, 4, 4, 2)
+
+
+class ConvNetTwice(nn.Module):
+    """Two submodules both ending in 'conv': a bare 'conv' is ambiguous."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = Wrap(name="block1")(x)
+        x = Wrap(name="block2")(x)
+        return x.mean((1, 2))
+
+
+class Wrap(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Conv(2, (3, 3), name="conv")(x)
+
+
+def _twice_inputs():
+    x = jnp.ones((1, 4, 4, 1))
+    return ConvNetTwice().init(jax.random.key(0), x), x
+
+
+def test_non_finite_values_are_reported(mnist):
+    model, variables, x = mnist
+    probe = linen_probe(model, "conv2")
+    bad = jax.tree.map(lambda a: a, variables)
+    bad["params"]["conv2"]["bias"] = variables["params"]["conv2"]["bias"].at[0].set(jnp.nan)
+    with pytest.raises(FloatingPointError, match=r"144 non-finite activations at layer 'conv2'"):
+        probe(bad, x)
