@@ -6,8 +6,6 @@ forward passes (see :mod:`ifa_jax.cams`). Everything after the probe runs under 
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -27,34 +25,42 @@ def _pick(tree, layer: str | None, probe: LayerProbe):
     return tree[layer]
 
 
-def _scorer(probe, variables, target_idx, target_fn, score):
+def _scorer(target_idx, target_fn, score):
     """logits -> target score (B,) with the same target the probe explained."""
     def f(logits):
-        return target_fn(logits) if target_fn is not None else target_scores(logits, target_idx,
-                                                                             score)
+        if target_fn is not None:
+            return target_fn(logits)
+        return target_scores(logits, target_idx, score)
     return f
 
 
-@functools.partial(jax.jit, static_argnames=("probe", "layer", "target_fn", "score",
-                                             "chunk_size"))
-def _scorecam(probe, variables, x, A, target_idx, *, layer, target_fn, score, chunk_size):
-    to_score = _scorer(probe, variables, target_idx, target_fn, score)
-    return cams.scorecam_weights(A, x, lambda xm: to_score(probe.forward(variables, xm)),
-                                 chunk_size=chunk_size)
+def forward_weights(probe: LayerProbe, variables, x: Array, A: Array, result: ProbeResult,
+                    method: str, *, layer: str, target_fn=None, score: str = "logit",
+                    chunk_size: int = 16) -> Array | None:
+    """ScoreCAM / AblationCAM weights (B, K) from batched forward passes; None for others.
+
+    Traceable: call it under ``jit`` with ``probe``, ``method``, ``layer``, ``target_fn``,
+    ``score`` and ``chunk_size`` static.
+    """
+    to_score = _scorer(result.target, target_fn, score)
+    if method == "scorecam":
+        return cams.scorecam_weights(A, x, lambda xm: to_score(probe.forward(variables, xm)),
+                                     chunk_size=chunk_size)
+    if method == "ablationcam":
+        def ablated(delta):
+            return to_score(probe.forward_with(variables, x, {layer: delta}))
+        return cams.ablation_weights(A, ablated, result.score, chunk_size=chunk_size)
+    return None
 
 
-@functools.partial(jax.jit, static_argnames=("probe", "layer", "target_fn", "score",
-                                             "chunk_size"))
-def _ablation(probe, variables, x, A, target_idx, base, *, layer, target_fn, score, chunk_size):
-    to_score = _scorer(probe, variables, target_idx, target_fn, score)
-
-    def ablated(delta):
-        return to_score(probe.forward_with(variables, x, {layer: delta}))
-
-    return cams.ablation_weights(A, ablated, base, chunk_size=chunk_size)
-
-
+_forward_weights = jax.jit(forward_weights, static_argnames=(
+    "probe", "method", "layer", "target_fn", "score", "chunk_size"))
 _cam = jax.jit(cams.cam, static_argnames=("method",))
+
+
+def callable_target(target: Target):
+    """The target itself when it is a callable objective, else None."""
+    return target if callable(target) and not isinstance(target, (str, jax.Array)) else None
 
 
 def explain(probe: LayerProbe, variables, x: Array, target: Target = "predicted",
@@ -70,13 +76,10 @@ def explain(probe: LayerProbe, variables, x: Array, target: Target = "predicted"
     result = probe(variables, x, target, score=score)
     A = _pick(result.activations, layer, probe)
     G = _pick(result.gradients, layer, probe)
-    layer = layer or probe.layers[0]
-    target_fn = target if callable(target) and not isinstance(target, (str, jnp.ndarray)) else None
     weights = None
-    if method == "scorecam":
-        weights = _scorecam(probe, variables, jnp.asarray(x), A, result.target, layer=layer,
-                            target_fn=target_fn, score=score, chunk_size=chunk_size)
-    elif method == "ablationcam":
-        weights = _ablation(probe, variables, jnp.asarray(x), A, result.target, result.score,
-                            layer=layer, target_fn=target_fn, score=score, chunk_size=chunk_size)
+    if method in cams.FORWARD_METHODS:
+        weights = _forward_weights(probe, variables, jnp.asarray(x), A, result, method,
+                                   layer=layer or probe.layers[0],
+                                   target_fn=callable_target(target), score=score,
+                                   chunk_size=chunk_size)
     return result, _cam(A, G, method, mask, weights=weights)

@@ -96,3 +96,40 @@ def ablation_weights(A, ablated_score_fn, base):
         delta[..., k] = -A[..., k]
         out[:, k] = np.asarray(base) - np.asarray(ablated_score_fn(delta))
     return out
+
+
+def dataset_statistics(s, L, labels, counted, num_classes):
+    """Importance statistics keeping every per-sample vector: accumulate per class in loops.
+
+    s: (N, K), L: (N, *spatial), labels (N,), counted (N,) bool. Returns a dict with
+    count (C,), im_class (C, K) (NaN rows for empty classes), im_all (K,), im_var (C, K),
+    covariance (K, K) (ddof=0) and cam_mean (C, *spatial).
+    """
+    s = np.asarray(s, np.float64)
+    L = np.asarray(L, np.float64)
+    K = s.shape[1]
+    rows = {c: [] for c in range(num_classes)}
+    cam_rows = {c: [] for c in range(num_classes)}
+    for n in range(len(s)):
+        if counted[n]:
+            rows[int(labels[n])].append(s[n])
+            cam_rows[int(labels[n])].append(L[n])
+    count = np.array([len(rows[c]) for c in range(num_classes)], np.float64)
+    im_class = np.full((num_classes, K), np.nan)
+    im_var = np.full((num_classes, K), np.nan)
+    cam_mean = np.full((num_classes, *L.shape[1:]), np.nan)
+    for c in range(num_classes):
+        if rows[c]:
+            total = np.zeros(K)
+            for v in rows[c]:
+                total += v
+            im_class[c] = total / len(rows[c])
+            im_var[c] = sum((v - im_class[c]) ** 2 for v in rows[c]) / len(rows[c])
+            cam_mean[c] = sum(cam_rows[c]) / len(rows[c])
+    every = [v for c in range(num_classes) for v in rows[c]]
+    im_all = sum(every) / len(every)
+    cov = np.zeros((K, K))
+    for v in every:
+        cov += np.outer(v - im_all, v - im_all)
+    return dict(count=count, im_class=im_class, im_all=im_all, im_var=im_var,
+                covariance=cov / len(every), cam_mean=cam_mean)

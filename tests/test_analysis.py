@@ -1,0 +1,200 @@
+"""Streaming statistics against a reference that keeps every per-sample vector."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ifa_jax import analysis, explain, linen_probe
+from ifa_jax.models import ConvNet
+from tests import reference as ref
+
+C, K, GRID = 3, 5, (4, 3)
+
+
+def synthetic(n, seed=0, counted_share=0.8):
+    rng = np.random.default_rng(seed)
+    s = rng.normal(size=(n, K)).astype(np.float32) + np.arange(K)
+    L = rng.normal(size=(n, *GRID)).astype(np.float32)
+    labels = rng.integers(0, C, n)
+    counted = rng.random(n) < counted_share
+    return s, L, labels, counted
+
+
+def run_updates(s, L, labels, counted, sizes):
+    state = analysis.init(C, K, GRID)
+    upd = jax.jit(analysis.update)
+    start = 0
+    for size in sizes:
+        sl = slice(start, start + size)
+        batch = analysis.BatchStats(jnp.asarray(s[sl]), jnp.asarray(L[sl]),
+                                    jnp.asarray(labels[sl]), jnp.asarray(counted[sl]),
+                                    jnp.ones(size, bool))
+        state = upd(state, batch)
+        start += size
+    return state
+
+
+def test_statistics_match_reference():
+    s, L, labels, counted = synthetic(37)
+    summary = analysis.finalize(run_updates(s, L, labels, counted, [8, 8, 8, 8, 5]))
+    want = ref.dataset_statistics(s, L, labels, counted, C)
+    np.testing.assert_allclose(summary.class_counts, want["count"])
+    np.testing.assert_allclose(summary.im_class, want["im_class"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(summary.im_all, want["im_all"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(summary.im_diff, want["im_class"] - want["im_all"], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(summary.im_var, want["im_var"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(summary.covariance, want["covariance"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(summary.cam_mean, want["cam_mean"], rtol=1e-5, atol=1e-6)
+    assert summary.seen == 37
+
+
+def test_class_rows_accumulate_not_overwrite():
+    """The reference code overwrote IM_c with the last sample; here IM_c is the mean."""
+    s = np.array([[1.0] * K, [3.0] * K, [10.0] * K], np.float32)
+    L = np.zeros((3, *GRID), np.float32)
+    summary = analysis.finalize(run_updates(s, L, np.array([0, 0, 1]), np.ones(3, bool), [3]))
+    np.testing.assert_allclose(summary.im_class[0], 2.0)
+    np.testing.assert_allclose(summary.im_all, 14.0 / 3)
+    np.testing.assert_allclose(summary.im_diff[0], 2.0 - 14.0 / 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_merge_is_exact_for_any_split(seed):
+    s, L, labels, counted = synthetic(40, seed)
+    whole = run_updates(s, L, labels, counted, [40])
+    rng = np.random.default_rng(seed)
+    cut = sorted(rng.choice(np.arange(1, 40), 3, replace=False))
+    parts, start = [], 0
+    for end in [*cut, 40]:
+        sl = slice(start, end)
+        parts.append(run_updates(s[sl], L[sl], labels[sl], counted[sl], [end - start]))
+        start = end
+    merged = analysis.merge(analysis.merge(parts[3], parts[1]), analysis.merge(parts[0],
+                                                                             parts[2]))
+    for a, b in zip(whole, merged):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # The empty state is the identity.
+    empty = analysis.init(C, K, GRID)
+    for a, b in zip(whole, analysis.merge(empty, whole)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_missing_class_is_reported_not_propagated():
+    s, L, labels, counted = synthetic(20)
+    counted &= labels != 2
+    summary = analysis.finalize(run_updates(s, L, labels, counted, [20]))
+    assert summary.missing_classes == (2,)
+    assert np.isnan(summary.im_class[2]).all() and np.isfinite(summary.im_class[:2]).all()
+    assert np.isfinite(summary.im_all).all() and np.isfinite(summary.covariance).all()
+
+
+def test_empty_state_errors():
+    with pytest.raises(ValueError, match="no sample was counted.*count='all'"):
+        analysis.finalize(analysis.init(C, K, GRID))
+    empty = analysis.Analysis(None, None, {"cam_max": np.zeros(0)})
+    with pytest.raises(ValueError, match="no samples were analysed"):
+        empty.percentiles()
+    with pytest.raises(ValueError, match="do not match the state"):
+        state = analysis.init(C, K, GRID)
+        analysis.update(state, analysis.BatchStats(jnp.zeros((2, K + 1)), jnp.zeros((2, *GRID)),
+                                                   jnp.zeros(2, int), jnp.ones(2, bool),
+                                                   jnp.ones(2, bool)))
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    model = ConvNet(ndim=2, features=(4, 6), num_classes=3)
+    x = jax.random.normal(jax.random.key(0), (11, 6, 5, 2))
+    variables = model.init(jax.random.key(1), x)
+    y = np.array(jnp.argmax(model.apply(variables, x), -1))
+    y[:3] = (y[:3] + 1) % 3  # three misclassified samples
+    return model, variables, np.asarray(x), y
+
+
+def batches_of(x, y, size):
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+
+
+def test_analyze_matches_per_sample_cams_and_compiles_once(small_model):
+    model, variables, x, y = small_model
+    probe = linen_probe(model, "conv2")
+    before = analysis.analysis_step._cache_size()
+    result = analysis.analyze(probe, variables, batches_of(x, y, 4), num_classes=3,
+                              method="gradcam", progress=False)
+    # 3 batches, the last one short (3 of 4): one compilation for the whole pass.
+    assert analysis.analysis_step._cache_size() - before == 1
+    res, cam = explain(probe, variables, x, y, "gradcam")
+    pred = np.asarray(res.logits).argmax(-1)
+    counted = pred == y
+    want = ref.dataset_statistics(cam.importance, cam.cam, y, counted, 3)
+    np.testing.assert_allclose(result.summary.im_class, want["im_class"], rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(result.summary.covariance, want["covariance"], rtol=1e-4,
+                               atol=1e-7)
+    np.testing.assert_allclose(result.samples["cam_max"], cam.max, rtol=1e-5)
+    np.testing.assert_array_equal(result.samples["counted"], counted)
+    assert result.samples["score"].shape == (11,)
+    pct = result.percentiles("cam_max")
+    assert list(pct) == [25, 50, 75, 90, 95, 99]
+    np.testing.assert_allclose(pct[95], np.percentile(np.asarray(cam.max), 95), rtol=1e-5)
+    everyone = analysis.analyze(probe, variables, batches_of(x, y, 4), num_classes=3,
+                                count="all", progress=False)
+    assert everyone.summary.class_counts.sum() == 11
+
+
+def test_analyze_bad_input(small_model):
+    model, variables, x, y = small_model
+    probe = linen_probe(model, "conv2")
+    bad = y.copy()
+    bad[5] = 7
+    with pytest.raises(ValueError, match=r"batch 1: label 7 is outside \[0, 3\)"):
+        analysis.analyze(probe, variables, batches_of(x, bad, 4), num_classes=3,
+                         progress=False)
+    nan_x = x.copy()
+    nan_x[6] = np.nan
+    with pytest.raises(FloatingPointError, match="batch 1: 1 sample"):
+        analysis.analyze(probe, variables, batches_of(nan_x, y, 4), num_classes=3,
+                         progress=False)
+    with pytest.raises(ValueError, match="batches is empty"):
+        analysis.analyze(probe, variables, [], num_classes=3, progress=False)
+
+
+def test_sharded_pass_equals_single_device(tmp_path):
+    """8 host devices, batches sharded on the batch axis, 3 batches for 21 samples."""
+    script = textwrap.dedent("""
+        import jax, numpy as np, jax.numpy as jnp
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from ifa_jax import analysis, linen_probe
+        from ifa_jax.models import ConvNet
+        assert jax.device_count() == 8, jax.devices()
+        model = ConvNet(ndim=2, features=(4, 6), num_classes=3)
+        x = np.asarray(jax.random.normal(jax.random.key(0), (21, 6, 5, 2)))
+        v = model.init(jax.random.key(1), x)
+        y = np.array(jnp.argmax(model.apply(v, x), -1)); y[::4] = (y[::4] + 1) % 3
+        probe = linen_probe(model, "conv2")
+        batches = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 21, 8)]
+        one = analysis.analyze(probe, v, batches, num_classes=3, progress=False)
+        mesh = Mesh(np.array(jax.devices()), ("batch",))
+        many = analysis.analyze(probe, v, batches, num_classes=3, progress=False,
+                                sharding=NamedSharding(mesh, P("batch")))
+        for a, b in zip(one.summary[:-2], many.summary[:-2]):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        for k in one.samples:
+            np.testing.assert_allclose(one.samples[k], many.samples[k], rtol=1e-6)
+        print("OK", many.state.count.sharding)
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK" in out.stdout
