@@ -276,7 +276,10 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
     The step compiles once: a short final batch is padded and masked to the first batch's
     size. ``sharding`` (e.g. ``NamedSharding(mesh, P('batch'))``) places each batch across
     devices; the statistics are then reduced across devices by XLA and equal the
-    single-device ones. Labels outside [0, num_classes) and non-finite activations or
+    single-device ones. With several processes (``jax.distributed.initialize()``), each
+    process passes its own shard of every batch (``data.batches(..., shard_index=...)``)
+    and the global batch is assembled with ``jax.make_array_from_process_local_data``.
+    Labels outside [0, num_classes) and non-finite activations or
     gradients raise errors naming the batch.
     """
     method = cams.canonical_method(method)
@@ -311,7 +314,11 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
             raise ValueError(f"batch {i}: label {bad} is outside [0, {num_classes}); pass the "
                              "right num_classes or fix the labels")
         xj, yj, vj = jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.asarray(valid)
-        if sharding is not None:
+        if sharding is not None and jax.process_count() > 1:
+            # Each process holds its own shard of the global batch.
+            xj, yj, vj = (jax.make_array_from_process_local_data(sharding, np.asarray(a))
+                          for a in (xj, yj, vj))
+        elif sharding is not None:
             xj, yj, vj = (jax.device_put(a, sharding) for a in (xj, yj, vj))
         if state is None:
             A_shape = probe.output_shapes(variables, xj)[1][probe.layers[0]]
