@@ -74,6 +74,7 @@ class PerSample(NamedTuple):
     counted: Array
     valid: Array
     nonfinite: Array
+    importance: Array | None = None
 
 
 def init(num_classes: int, num_channels: int, spatial: tuple[int, ...]) -> Stats:
@@ -193,7 +194,8 @@ def finalize(state: Stats) -> Summary:
 
 def batch_stats(probe: LayerProbe, variables, x: Array, y: Array, valid: Array, *,
                 method: str = "gradcam", target: Any = "label", score: str = "logit",
-                count: str = "correct", chunk_size: int = 16) -> tuple[BatchStats, PerSample]:
+                count: str = "correct", chunk_size: int = 16,
+                keep_importance: bool = False) -> tuple[BatchStats, PerSample]:
     """Probe one batch and reduce it to the statistics' inputs. Traceable (jit it).
 
     target: ``'label'`` (default: explain the ground truth, which for counted samples is
@@ -219,19 +221,20 @@ def batch_stats(probe: LayerProbe, variables, x: Array, y: Array, valid: Array, 
               & jnp.isfinite(G).all(axis=tuple(range(1, G.ndim))))
     stats = BatchStats(out.importance, out.cam, y.astype(jnp.int32), counted, valid)
     per = PerSample(out.max, out.min, result.score, y.astype(jnp.int32), prediction, counted,
-                    valid, valid & ~finite)
+                    valid, valid & ~finite, out.importance if keep_importance else None)
     return stats, per
 
 
 @functools.partial(jax.jit, static_argnames=("probe", "method", "target", "score", "count",
-                                             "chunk_size", "num_classes"))
+                                             "chunk_size", "num_classes", "keep_importance"))
 def analysis_step(state: Stats, probe: LayerProbe, variables, x: Array, y: Array, valid: Array,
                   *, num_classes: int, method: str = "gradcam", target: Any = "label",
-                  score: str = "logit", count: str = "correct",
-                  chunk_size: int = 16) -> tuple[Stats, PerSample]:
+                  score: str = "logit", count: str = "correct", chunk_size: int = 16,
+                  keep_importance: bool = False) -> tuple[Stats, PerSample]:
     """One jitted step: probe, CAM, statistics update. Returns (new state, per-sample)."""
     stats, per = batch_stats(probe, variables, x, y, valid, method=method, target=target,
-                             score=score, count=count, chunk_size=chunk_size)
+                             score=score, count=count, chunk_size=chunk_size,
+                             keep_importance=keep_importance)
     return merge(state, from_batch(stats, num_classes)), per
 
 
@@ -270,13 +273,16 @@ def _pad(batch: tuple, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int,
             method: str = "gradcam", target: Any = "label", score: str = "logit",
             count: str = "correct", chunk_size: int = 16, sharding=None,
-            progress: bool = True, total: int | None = None) -> Analysis:
+            progress: bool = True, total: int | None = None,
+            keep_importance: bool = False) -> Analysis:
     """One pass over ``batches`` of ``(x, y)`` or ``(x, y, valid)``.
 
     The step compiles once: a short final batch is padded and masked to the first batch's
     size. ``sharding`` (e.g. ``NamedSharding(mesh, P('batch'))``) places each batch across
     devices; the statistics are then reduced across devices by XLA and equal the
-    single-device ones. With several processes (``jax.distributed.initialize()``), each
+    single-device ones. ``keep_importance`` also keeps every sample's importance vector
+    (N, K) in ``samples['importance']`` (for outlier ranking; N * K floats on the host).
+    With several processes (``jax.distributed.initialize()``), each
     process passes its own shard of every batch (``data.batches(..., shard_index=...)``)
     and the global batch is assembled with ``jax.make_array_from_process_local_data``.
     Labels outside [0, num_classes) and non-finite activations or
@@ -327,7 +333,8 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
             raise ValueError(f"batch {i} has input shape {x.shape[1:]}; expected the first's")
         state, per = analysis_step(state, probe, variables, xj, yj, vj,
                                    num_classes=num_classes, method=method, target=target,
-                                   score=score, count=count, chunk_size=chunk_size)
+                                   score=score, count=count, chunk_size=chunk_size,
+                                   keep_importance=keep_importance)
         pending.append((i, per))
         if len(pending) > 1:  # fetch one batch behind, so the device stays busy
             collect(*pending.pop(0))
@@ -337,6 +344,8 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
         raise ValueError("batches is empty: nothing to analyse")
     samples = {}
     for field in PerSample._fields:
+        if getattr(kept[0], field) is None:
+            continue
         samples[field] = np.concatenate([np.asarray(getattr(p, field)) for p in kept])
     valid = samples.pop("valid")
     samples.pop("nonfinite")

@@ -133,3 +133,178 @@ def dataset_statistics(s, L, labels, counted, num_classes):
         cov += np.outer(v - im_all, v - im_all)
     return dict(count=count, im_class=im_class, im_all=im_all, im_var=im_var,
                 covariance=cov / len(every), cam_mean=cam_mean)
+
+
+# --------------------------------------------------------------------------- scale, decompose,
+# diagnostics (METHOD.md sections 3-5)
+
+
+def percentile(values, q):
+    """Linear-interpolation percentile by hand: position h = (n - 1) q / 100."""
+    v = sorted(float(x) for x in values)
+    h = (len(v) - 1) * q / 100.0
+    lo = int(np.floor(h))
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (h - lo) * (v[hi] - v[lo])
+
+
+def rescale(L, vmin, vmax, mode, remove_negative=False, clip=False):
+    """Elementwise common scale with math.tanh / math.atanh, one value at a time."""
+    import math
+
+    L = np.asarray(L, np.float64)
+    if remove_negative and vmax > 0:
+        vmin = 0.0
+    out = np.zeros_like(L)
+    lo, hi = math.atanh(0.05), math.atanh(0.95)
+    for idx in np.ndindex(L.shape):
+        x = max(L[idx], 0.0) if remove_negative else L[idx]
+        if mode == "norm":
+            y = (x - vmin) / (vmax - vmin)
+        else:
+            a = (hi - lo) / (vmax - vmin)
+            y = math.tanh(a * x + lo - a * vmin)
+        out[idx] = min(max(y, 0.0), 1.0) if clip else y
+    return out
+
+
+def minmax_per_image(L, eps=EPS):
+    L = np.asarray(L, np.float64)
+    out = np.zeros_like(L)
+    for n in range(L.shape[0]):
+        lo, hi = L[n].min(), L[n].max()
+        for idx in np.ndindex(L[n].shape):
+            out[n][idx] = (L[n][idx] - lo) / (hi - lo + eps)
+    return out
+
+
+def select(rows, mode, n=None, index=None, threshold=None, diff=None):
+    """Selection masks by Python sorting with key (-score, channel) per row."""
+    rows = np.atleast_2d(np.asarray(rows, np.float64))
+    C, K = rows.shape
+    out = np.zeros((C, K))
+    for c in range(C):
+        if mode == "all":
+            out[c] = 1
+        elif mode == "index":
+            out[c, index] = 1
+        elif mode == "freq":
+            for k in range(K):
+                out[c, k] = 1.0 if rows[c, k] > threshold else 0.0
+        else:
+            if mode in ("diff_top", "reverse_diff_top"):
+                score = [abs(x) for x in np.atleast_2d(diff)[c]]
+            else:
+                score = list(rows[c])
+            take = 1 if mode == "max" else n
+            ranked = sorted(range(K), key=lambda k: (-score[k], k))[:take]
+            for k in ranked:
+                out[c, k] = 1
+            if mode == "reverse_diff_top":
+                out[c] = 1 - out[c]
+    return out
+
+
+def spectrum(cov, levels=(90, 95, 99)):
+    """(eigenvalues descending, ratio, cumulative, {level: n}) via np.linalg.svd (PSD)."""
+    s = np.linalg.svd(np.asarray(cov, np.float64), compute_uv=False)
+    total = sum(s)
+    ratio = [x / total for x in s]
+    cum, run = [], 0.0
+    for r in ratio:
+        run += r
+        cum.append(run)
+    n = {}
+    for lv in levels:
+        for i, c in enumerate(cum):
+            if c >= lv / 100 - 1e-6:
+                n[lv] = i + 1
+                break
+    return s, np.array(ratio), np.array(cum), n
+
+
+def effective_rank(variances, kind):
+    import math
+
+    var = [max(float(v), 0.0) for v in variances]
+    if kind == "participation":
+        return sum(var) ** 2 / sum(v * v for v in var)
+    sig = [math.sqrt(v) for v in var]
+    tot = sum(sig)
+    h = 0.0
+    for s in sig:
+        if s > 0:
+            h -= s / tot * math.log(s / tot)
+    return math.exp(h)
+
+
+def component_cam(M, v):
+    M = np.asarray(M, np.float64)
+    v = np.asarray(v, np.float64)
+    out = np.zeros(M.shape[:-1])
+    for n in range(M.shape[0]):
+        for k in range(M.shape[-1]):
+            out[n] += v[k] * M[n][..., k]
+    return out
+
+
+def ks_statistic(a, b):
+    """max over every pooled point of |F_a - F_b|, ECDFs counted by hand."""
+    best = 0.0
+    for x in list(a) + list(b):
+        fa = sum(1 for t in a if t <= x) / len(a)
+        fb = sum(1 for t in b if t <= x) / len(b)
+        best = max(best, abs(fa - fb))
+    return best
+
+
+def wasserstein_1d(a, b):
+    """Integral of |F_a - F_b| between consecutive pooled points, by hand."""
+    import itertools
+
+    pts = sorted(list(a) + list(b))
+    total = 0.0
+    for x0, x1 in itertools.pairwise(pts):
+        fa = sum(1 for t in a if t <= x0) / len(a)
+        fb = sum(1 for t in b if t <= x0) / len(b)
+        total += abs(fa - fb) * (x1 - x0)
+    return total
+
+
+def within_class_covariance(s, labels):
+    """Pooled within-class covariance sum_c sum_n (s - mu_c)(s - mu_c)^T / (N - C)."""
+    s = np.asarray(s, np.float64)
+    classes = sorted({int(y) for y in labels})
+    K = s.shape[1]
+    scatter = np.zeros((K, K))
+    for c in classes:
+        rows = [s[n] for n in range(len(s)) if labels[n] == c]
+        mu = sum(rows) / len(rows)
+        for r in rows:
+            scatter += np.outer(r - mu, r - mu)
+    return scatter / (len(s) - len(classes))
+
+
+def mahalanobis(s, labels, means, cov, r, rtol=1e-6):
+    """sqrt(x^T pinv(C_r) x), C_r the covariance truncated to its top r SVD components."""
+    u, w, _ = np.linalg.svd(np.asarray(cov, np.float64))
+    keep = [i for i in range(r) if w[i] > rtol * w[0]]
+    c_r = sum(w[i] * np.outer(u[:, i], u[:, i]) for i in keep)
+    p = np.linalg.pinv(c_r, rcond=rtol, hermitian=True)
+    out = np.zeros(len(s))
+    for n in range(len(s)):
+        x = np.asarray(s[n], np.float64) - np.asarray(means[labels[n]], np.float64)
+        out[n] = np.sqrt(x @ p @ x)
+    return out
+
+
+def border_share(cam, width):
+    """Share of |cam| on cells within `width` of any edge, by visiting every cell."""
+    cam = np.asarray(cam, np.float64)
+    ring = total = 0.0
+    for idx in np.ndindex(cam.shape):
+        m = abs(cam[idx])
+        total += m
+        if any(i < width or i >= n - width for i, n in zip(idx, cam.shape)):
+            ring += m
+    return ring / total

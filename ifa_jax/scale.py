@@ -1,0 +1,231 @@
+"""The common intensity scale for CAMs (../shared/METHOD.md section 3).
+
+Ordinary CAMs are min-max normalised per image, so a bright region in one image and a
+bright region in another mean nothing relative to each other. IFA instead fixes one scale
+for the whole dataset from the distribution of the raw CAMs' per-sample extremes:
+
+* ``vmax = ratio * P_hi(cam_max)``, ``vmin = ratio * P_lo(cam_min)`` (defaults: the 90th
+  percentile of the per-sample maxima and the 50th of the per-sample minima, ratio 1;
+  the paper uses ratio 1.5 for medical images);
+* with ``remove_negative`` the raw CAM is relu'd first and ``vmin`` is taken as 0 when
+  ``vmax > 0`` (in both modes: the discarded negative part has no place on the scale);
+* ``'norm'``: ``L' = (L - vmin) / (vmax - vmin)``, so vmin -> 0 and vmax -> 1;
+* ``'tanh'``: ``L' = tanh(a L + b)`` with ``a, b`` solved exactly so that
+  vmin -> 0.05 and vmax -> 0.95.
+
+Clipping: :func:`apply_scale` is the exact (invertible) map by default, ``clip=False``;
+CAMs of strong samples exceed 1 and weak ones fall below 0. Pass ``clip=True`` for display
+(the paper clips to [0, 1] when it draws). Evaluation (activation level vs logit) should
+use the unclipped map, or :func:`invert_scale` of it, so that no sample saturates.
+
+A degenerate scale (vmax <= vmin, non-finite bounds, no samples) raises ``ValueError``
+naming the values and a fix: there is never a silent fallback to per-image scaling
+(the reference code's defect). :func:`minmax_per_image` is that per-image baseline, for
+comparisons only.
+
+Shapes: raw CAMs L are (B, *spatial) with 1-3 spatial axes; the scale functions are
+elementwise and accept any shape. :class:`Scale` is a pytree whose float bounds are leaves
+and whose mode and ``remove_negative`` flag are static, so ``jax.jit(apply_scale)`` traces
+once per mode, not once per dataset.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+MODES = ("norm", "tanh")
+TANH_LOW, TANH_HIGH = 0.05, 0.95
+DEFAULT_PERCENTILES = (25, 50, 75, 90, 95, 99)
+
+
+class Scale(NamedTuple):
+    """One dataset-wide intensity scale.
+
+    vmin, vmax: the raw CAM values sent to 0 and 1 ('norm') or to 0.05 and 0.95 ('tanh')
+    (vmin is already 0 when ``remove_negative`` and vmax > 0).
+    mode: 'norm' or 'tanh'. remove_negative: relu the raw CAM before scaling.
+    a, b: the affine part ``z = a L + b``; 'norm' returns z, 'tanh' returns tanh(z).
+    """
+
+    vmin: float
+    vmax: float
+    mode: str
+    remove_negative: bool
+    a: float
+    b: float
+
+
+# Bounds and coefficients are traced leaves; mode and remove_negative are static.
+jax.tree_util.register_pytree_node(
+    Scale,
+    lambda s: ((s.vmin, s.vmax, s.a, s.b), (s.mode, s.remove_negative)),
+    lambda aux, ch: Scale(ch[0], ch[1], aux[0], aux[1], ch[2], ch[3]),
+)
+
+
+def _finite_1d(values, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of per-sample values; got shape "
+                         f"{arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty: no analysed sample; run the analysis pass on "
+                         "some data first")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise ValueError(f"{name} has {int(bad.sum())} non-finite value(s) of {arr.size} "
+                         f"(first at index {int(np.flatnonzero(bad)[0])}); drop those samples "
+                         "(e.g. values[np.isfinite(values)]) or fix the model's activations")
+    return arr
+
+
+def _check_q(q) -> float:
+    qf = float(q)
+    if not 0.0 <= qf <= 100.0:
+        raise ValueError(f"percentile {q!r} is outside [0, 100]")
+    return qf
+
+
+def _label(q):
+    qf = float(q)
+    return int(qf) if qf.is_integer() else qf
+
+
+def percentiles(values, qs: Sequence[float] = DEFAULT_PERCENTILES) -> dict:
+    """Percentile table ``{q: P_q(values)}`` (linear interpolation, NumPy's default).
+
+    Keys are the requested percentiles themselves (ints when integral): ``table[95]`` is
+    the 95th percentile (the reference code stored the 99th under the label 95).
+    Empty or non-finite input raises ValueError.
+    """
+    arr = _finite_1d(values, "values")
+    qs = tuple(qs)
+    if not qs:
+        raise ValueError("qs is empty; ask for at least one percentile, e.g. qs=(50, 90)")
+    qf = [_check_q(q) for q in qs]
+    got = np.percentile(arr, qf)
+    return {_label(q): float(v) for q, v in zip(qs, got)}
+
+
+def scale_from_bounds(vmin: float, vmax: float, *, mode: str = "norm",
+                      remove_negative: bool = False) -> Scale:
+    """A :class:`Scale` from explicit bounds (validated; see the module doc)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown scale mode {mode!r}; use one of {MODES}")
+    vmin, vmax = float(vmin), float(vmax)
+    if not (math.isfinite(vmin) and math.isfinite(vmax)):
+        raise ValueError(f"scale bounds must be finite; got vmin={vmin}, vmax={vmax}: check "
+                         "the per-sample CAM maxima/minima for inf/NaN")
+    if remove_negative:
+        if vmax <= 0:
+            raise ValueError(
+                f"remove_negative=True but vmax = {vmax:.6g} <= 0: the typical CAM has no "
+                "positive part, so relu would erase it; use remove_negative=False, or check "
+                "the target class (a negative CAM often means the wrong target is explained)")
+        vmin = 0.0
+    if not vmax > vmin:
+        raise ValueError(
+            f"degenerate common scale: vmax = {vmax:.6g} <= vmin = {vmin:.6g}. The analysed "
+            "CAMs are (nearly) constant or the percentiles cross; check that the layer's CAMs "
+            "are not all zero, raise hi_percentile / lower lo_percentile, or pass explicit "
+            "bounds to scale_from_bounds. (No silent fallback to per-image scaling.)")
+    if mode == "norm":
+        a = 1.0 / (vmax - vmin)
+        b = -vmin * a
+    else:
+        lo, hi = math.atanh(TANH_LOW), math.atanh(TANH_HIGH)
+        a = (hi - lo) / (vmax - vmin)
+        b = lo - a * vmin
+    return Scale(vmin, vmax, mode, bool(remove_negative), a, b)
+
+
+def common_scale(cam_max, cam_min, *, mode: str = "norm", hi_percentile: float = 90,
+                 lo_percentile: float = 50, ratio: float = 1.0,
+                 remove_negative: bool = False) -> Scale:
+    """The dataset-wide scale from per-sample extremes of the raw CAM.
+
+    cam_max, cam_min: (N,) max and min of L over the feature grid, one per analysed sample
+    (``cams.CamResult.max/min`` or the analysis' per-sample arrays).
+    vmax = ratio * P_hi(cam_max); vmin = ratio * P_lo(cam_min) (0 with remove_negative
+    when vmax > 0). Raises ValueError for empty or non-finite inputs, ratio <= 0, a sample
+    whose max is below its min (arrays swapped?) and a degenerate scale.
+    """
+    mx = _finite_1d(cam_max, "cam_max")
+    mn = _finite_1d(cam_min, "cam_min")
+    if mx.shape != mn.shape:
+        raise ValueError(f"cam_max has {mx.size} samples but cam_min {mn.size}; pass the "
+                         "per-sample max and min of the same samples")
+    swapped = mx < mn
+    if swapped.any():
+        i = int(np.flatnonzero(swapped)[0])
+        raise ValueError(f"cam_max < cam_min for {int(swapped.sum())} sample(s) (first: index "
+                         f"{i}, max {mx[i]:.6g} < min {mn[i]:.6g}); are the arguments swapped?")
+    ratio = float(ratio)
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise ValueError(f"ratio must be a positive finite number (1 natural images, 1.5 "
+                         f"medical in the paper); got {ratio}")
+    hi, lo = _check_q(hi_percentile), _check_q(lo_percentile)
+    vmax = ratio * float(np.percentile(mx, hi))
+    vmin = ratio * float(np.percentile(mn, lo))
+    try:
+        return scale_from_bounds(vmin, vmax, mode=mode, remove_negative=remove_negative)
+    except ValueError as err:
+        raise ValueError(f"{err} [from {mx.size} samples: vmax = {ratio:g} x P{_label(hi)} of "
+                         f"cam_max, vmin = {ratio:g} x P{_label(lo)} of cam_min]") from None
+
+
+def apply_scale(L: Array, scale: Scale, *, clip: bool = False) -> Array:
+    """Rescale raw CAMs L (any shape, e.g. (B, *spatial)) with a common scale.
+
+    'norm': (L' - vmin) / (vmax - vmin); 'tanh': tanh(a L' + b); L' = relu(L) with
+    remove_negative. ``clip=True`` clips the result to [0, 1] for display (tanh values
+    below 0 are then 0); the default keeps the exact, invertible map. Pure jnp, jit-able.
+    """
+    L = jnp.asarray(L)
+    if scale.remove_negative:
+        L = jax.nn.relu(L)
+    if scale.mode == "norm":
+        out = (L - scale.vmin) / (scale.vmax - scale.vmin)
+    elif scale.mode == "tanh":
+        out = jnp.tanh(scale.a * L + scale.b)
+    else:
+        raise ValueError(f"unknown scale mode {scale.mode!r}; use one of {MODES}")
+    return jnp.clip(out, 0.0, 1.0) if clip else out
+
+
+def invert_scale(v: Array, scale: Scale) -> Array:
+    """Inverse of :func:`apply_scale` (unclipped): raw CAM values from scaled ones.
+
+    'norm': v (vmax - vmin) + vmin; 'tanh': (arctanh(v) - b) / a. Exact for values that
+    were not clipped; with remove_negative it returns relu(L) (negatives are lost);
+    tanh values saturated to +-1 in floating point invert to +-inf. Pure jnp, jit-able.
+    """
+    v = jnp.asarray(v)
+    if scale.mode == "norm":
+        return v * (scale.vmax - scale.vmin) + scale.vmin
+    if scale.mode == "tanh":
+        return (jnp.arctanh(v) - scale.b) / scale.a
+    raise ValueError(f"unknown scale mode {scale.mode!r}; use one of {MODES}")
+
+
+def minmax_per_image(L: Array, eps: float = 1e-7) -> Array:
+    """Per-image baseline: (L - min L) / (max L - min L + eps) per sample over its grid.
+
+    L: (B, *spatial), any number of spatial axes. A constant image maps to 0. For
+    comparison with the common scale only: it makes brightness incomparable across images.
+    """
+    L = jnp.asarray(L)
+    if L.ndim < 2:
+        raise ValueError(f"L must have shape (B, *spatial); got {L.shape}")
+    axes = tuple(range(1, L.ndim))
+    lo = jnp.min(L, axis=axes, keepdims=True)
+    hi = jnp.max(L, axis=axes, keepdims=True)
+    return (L - lo) / (hi - lo + eps)
