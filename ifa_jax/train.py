@@ -1,0 +1,431 @@
+"""Supervised training of Linen classifiers with optax, plus atomic msgpack checkpoints.
+
+``train(model, train_ds, val_ds, config)`` runs AdamW with a warmup + cosine schedule,
+jitted train / eval steps (compiled once each: batches have a fixed size and padding rows are
+masked out of the loss and the metrics), evaluation every epoch and early stopping on
+validation accuracy. It returns the Flax variables (``{"params": ..., "batch_stats": ...}``
+for BatchNorm models) and a :class:`History`. Runs with the same config are reproducible.
+The loop is single-process and single-device (it trains reference models for the analysis);
+it does not shard batches across hosts.
+
+``save_checkpoint`` / ``load_checkpoint`` store any pytree with ``flax.serialization``;
+writes are atomic (temporary file in the same directory + ``os.replace``) and loading into a
+template of another model names the mismatched parameter paths and shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization, struct, traverse_util
+from flax.training import train_state
+from tqdm.auto import tqdm
+
+from ifa_jax.data import batches
+
+__all__ = [
+    "CheckpointMismatchError",
+    "History",
+    "TrainConfig",
+    "TrainState",
+    "evaluate",
+    "init_variables",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of :func:`train`.
+
+    Attributes:
+      epochs: passes over the training set.
+      batch_size: training batch size; ``eval_batch_size`` defaults to it.
+      lr: peak learning rate of the warmup + cosine schedule (AdamW).
+      weight_decay: decoupled weight decay, applied to kernels only (not biases or norms).
+      warmup_epochs: linear warmup length, in epochs (may be fractional).
+      end_lr_ratio: final learning rate as a fraction of ``lr``.
+      label_smoothing: in [0, 1); 0 is plain cross-entropy.
+      grad_clip_norm: clip the global gradient norm to this value (None: no clipping).
+      patience: stop after this many epochs without a better validation accuracy
+        (None: never stop early).
+      restore_best: return the variables of the best validation epoch, not the last.
+      drop_remainder: drop the short last training batch (keeps BatchNorm statistics free of
+        padding rows); evaluation always keeps every example.
+      seed: seeds initialisation, shuffling and dropout.
+      progress: show a tqdm bar and an epoch summary line.
+    """
+
+    epochs: int = 5
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.5
+    end_lr_ratio: float = 0.0
+    label_smoothing: float = 0.0
+    grad_clip_norm: float | None = None
+    patience: int | None = None
+    restore_best: bool = True
+    drop_remainder: bool = True
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.eval_batch_size is None or self.eval_batch_size >= 1,
+             "eval_batch_size must be None or >= 1"),
+            (self.lr >= 0, "lr must be >= 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (0 <= self.end_lr_ratio <= 1, "end_lr_ratio must lie in [0, 1]"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)"),
+            (self.grad_clip_norm is None or self.grad_clip_norm > 0,
+             "grad_clip_norm must be None or > 0"),
+            (self.patience is None or self.patience >= 1, "patience must be None or >= 1"),
+        ]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise ValueError(f"invalid TrainConfig: {'; '.join(bad)} (got {self})")
+
+
+class TrainState(train_state.TrainState):
+    """flax TrainState plus ``model_state``: the non-param collections (e.g. batch_stats)."""
+
+    model_state: Any = struct.field(default_factory=dict)
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """The Flax variables ``{"params": ..., **model_state}`` for ``model.apply``."""
+        return {"params": self.params, **self.model_state}
+
+
+@dataclasses.dataclass
+class History:
+    """Per-epoch metrics of :func:`train` (lists have one entry per completed epoch)."""
+
+    train_loss: list[float] = dataclasses.field(default_factory=list)
+    train_accuracy: list[float] = dataclasses.field(default_factory=list)
+    val_loss: list[float] = dataclasses.field(default_factory=list)
+    val_accuracy: list[float] = dataclasses.field(default_factory=list)
+    epoch_seconds: list[float] = dataclasses.field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------
+# Steps
+# --------------------------------------------------------------------------------------
+
+
+def _takes_train_flag(model: nn.Module) -> bool:
+    return "train" in inspect.signature(model.__call__).parameters
+
+
+def _metric_sums(logits: jax.Array, losses: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
+    """(loss sum, correct count, example count) over the rows where ``mask`` is True."""
+    w = mask.astype(jnp.float32)
+    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    return jnp.stack([jnp.sum(losses * w), jnp.sum(correct * w), jnp.sum(w)])
+
+
+@functools.lru_cache(maxsize=32)
+def _make_eval_step(apply_fn: Callable, has_train: bool) -> Callable:
+    """A jitted eval step, cached per model so repeated evaluations compile once."""
+    kwargs = {"train": False} if has_train else {}
+
+    @jax.jit
+    def eval_step(variables, x, y, mask):
+        logits = apply_fn(variables, x, **kwargs)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return _metric_sums(logits, losses, y, mask)
+
+    return eval_step
+
+
+def _make_train_step(has_train: bool, label_smoothing: float) -> Callable:
+    kwargs = {"train": True} if has_train else {}
+
+    def train_step(state: TrainState, x, y, mask, dropout_key):
+        rngs = {"dropout": jax.random.fold_in(dropout_key, state.step)}
+        mutable = list(state.model_state.keys())
+
+        def loss_fn(params):
+            variables = {"params": params, **state.model_state}
+            if mutable:
+                logits, new_model_state = state.apply_fn(
+                    variables, x, mutable=mutable, rngs=rngs, **kwargs
+                )
+            else:
+                logits, new_model_state = state.apply_fn(variables, x, rngs=rngs, **kwargs), {}
+            targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), label_smoothing)
+            losses = optax.softmax_cross_entropy(logits, targets)
+            w = mask.astype(jnp.float32)
+            loss = jnp.sum(losses * w) / jnp.maximum(jnp.sum(w), 1.0)
+            return loss, (logits, losses, new_model_state)
+
+        grads, (logits, losses, new_model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+        state = state.apply_gradients(grads=grads, model_state=dict(new_model_state))
+        return state, _metric_sums(logits, losses, y, mask)
+
+    donate = (0,) if jax.default_backend() != "cpu" else ()
+    return jax.jit(train_step, donate_argnums=donate)
+
+
+def _run_eval(eval_step: Callable, variables: Any, ds: Any, batch_size: int) -> dict[str, float]:
+    sums = [eval_step(variables, b.x, b.y, b.mask)
+            for b in batches(ds, batch_size, shard_index=0, shard_count=1)]
+    loss, correct, count = np.sum(jax.device_get(sums), axis=0)
+    if count == 0:
+        raise ValueError(f"cannot evaluate on an empty dataset ({getattr(ds, 'name', ds)})")
+    return {"loss": float(loss / count), "accuracy": float(correct / count), "count": int(count)}
+
+
+def evaluate(
+    model: nn.Module, variables: Any, ds: Any, *, batch_size: int = 256
+) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` on every example of ``ds``.
+
+    Returns ``{"loss", "accuracy", "count"}``; padding rows of the last batch are not counted.
+    """
+    return _run_eval(_make_eval_step(model.apply, _takes_train_flag(model)), variables, ds,
+                     batch_size)
+
+
+# --------------------------------------------------------------------------------------
+# Training loop
+# --------------------------------------------------------------------------------------
+
+
+def _decay_mask(params: Any) -> Any:
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def _make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    total = config.epochs * steps_per_epoch
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), total - 1)
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else config.lr,
+        peak_value=config.lr,
+        warmup_steps=warmup,
+        decay_steps=total,
+        end_value=config.lr * config.end_lr_ratio,
+    )
+    adamw = optax.adamw(schedule, weight_decay=config.weight_decay, mask=_decay_mask)
+    if config.grad_clip_norm is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+
+
+def init_variables(model: nn.Module, input_shape: tuple[int, ...], *, key: jax.Array) -> Any:
+    """Initialise ``model`` for inputs ``(1, *input_shape)``; returns its Flax variables."""
+    params_key, dropout_key = jax.random.split(key)
+    kwargs = {"train": False} if _takes_train_flag(model) else {}
+    x = jnp.zeros((1, *input_shape), jnp.float32)
+    return jax.jit(lambda: model.init({"params": params_key, "dropout": dropout_key}, x,
+                                      **kwargs))()
+
+
+def train(
+    model: nn.Module,
+    train_ds: Any,
+    val_ds: Any = None,
+    config: TrainConfig = TrainConfig(),
+    *,
+    checkpoint_path: str | os.PathLike | None = None,
+    variables: Any = None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[Any, History]:
+    """Train a Linen classifier; returns ``(variables, history)``.
+
+    Args:
+      model: a Linen module mapping ``(B, *spatial, C)`` to logits ``(B, num_classes)``;
+        a ``train`` argument, if it has one, is set (BatchNorm, dropout).
+      train_ds, val_ds: :class:`ifa_jax.data.Dataset` or any source :func:`ifa_jax.data.batches`
+        accepts; ``val_ds=None`` skips evaluation and early stopping.
+      config: a :class:`TrainConfig`.
+      checkpoint_path: if given, the best variables so far (the last ones without ``val_ds``)
+        are saved there atomically after each improving epoch.
+      variables: start from these variables instead of a fresh initialisation.
+      callback: called as ``callback(epoch, metrics)`` after each epoch (1-based).
+    Returns:
+      the variables (the best validation epoch's when ``config.restore_best``) and a
+      :class:`History`.
+    """
+    key = jax.random.key(config.seed)
+    init_key, shuffle_key, dropout_key = jax.random.split(key, 3)
+    steps_per_epoch = (len(train_ds) // config.batch_size if config.drop_remainder
+                       else -(-len(train_ds) // config.batch_size))
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"training set has {len(train_ds)} examples, fewer than batch_size="
+            f"{config.batch_size} with drop_remainder=True; lower batch_size or set "
+            "drop_remainder=False"
+        )
+    if config.patience is not None and val_ds is None:
+        raise ValueError("early stopping (config.patience) needs a validation set: pass val_ds")
+    has_train = _takes_train_flag(model)
+    if variables is None:
+        variables = init_variables(model, train_ds.input_shape, key=init_key)
+    kwargs = {"train": False} if has_train else {}
+    out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, *train_ds.input_shape)),
+                                               **kwargs), variables)
+    if out.ndim != 2 or out.shape[-1] < train_ds.num_classes:
+        raise ValueError(
+            f"model outputs shape {out.shape} but the data has {train_ds.num_classes} classes; "
+            f"the model must return logits (B, num_classes >= {train_ds.num_classes})"
+        )
+    variables = dict(variables)
+    params = variables.pop("params")
+    tx = _make_optimizer(config, steps_per_epoch)
+    state = TrainState(step=0, apply_fn=model.apply, params=params, tx=tx,
+                       opt_state=jax.jit(tx.init)(params), model_state=variables)
+    train_step = _make_train_step(has_train, config.label_smoothing)
+    eval_step = _make_eval_step(model.apply, has_train)
+    eval_bs = config.eval_batch_size or config.batch_size
+
+    history = History()
+    best_acc, best_variables, since_best = -1.0, None, 0
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        sums = []
+        stream = batches(train_ds, config.batch_size,
+                         shuffle_key=jax.random.fold_in(shuffle_key, epoch),
+                         drop_remainder=config.drop_remainder, shard_index=0, shard_count=1)
+        for b in tqdm(stream, total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
+                      disable=not config.progress, leave=False):
+            state, s = train_step(state, b.x, b.y, b.mask, dropout_key)
+            sums.append(s)
+        loss, correct, count = np.sum(jax.device_get(sums), axis=0)
+        metrics = {"train_loss": float(loss / count), "train_accuracy": float(correct / count)}
+        history.train_loss.append(metrics["train_loss"])
+        history.train_accuracy.append(metrics["train_accuracy"])
+        improved = val_ds is None
+        if val_ds is not None:
+            val = _run_eval(eval_step, state.variables, val_ds, eval_bs)
+            metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            history.val_loss.append(val["loss"])
+            history.val_accuracy.append(val["accuracy"])
+            improved = val["accuracy"] > best_acc
+            if improved:
+                best_acc, since_best, history.best_epoch = val["accuracy"], 0, epoch
+                best_variables = jax.device_get(state.variables)
+            else:
+                since_best += 1
+        metrics["epoch_seconds"] = time.perf_counter() - start
+        history.epoch_seconds.append(metrics["epoch_seconds"])
+        if checkpoint_path is not None and improved:
+            save_checkpoint(checkpoint_path, jax.device_get(state.variables))
+        if config.progress:
+            tqdm.write(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if callback is not None:
+            callback(epoch, metrics)
+        if config.patience is not None and since_best >= config.patience:
+            history.stopped_early = epoch < config.epochs
+            break
+    if config.restore_best and best_variables is not None:
+        return jax.device_put(best_variables), history
+    return state.variables, history
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tree does not match the template it is loaded into."""
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, target: Any) -> None:
+    """Serialise the pytree ``target`` (variables, a TrainState, ...) to ``path`` (msgpack).
+
+    The bytes go to a temporary file in the same directory which then replaces ``path``, so
+    a crash mid-write leaves the previous checkpoint intact.
+    """
+    _write_atomically(os.fspath(path), serialization.to_bytes(jax.device_get(target)))
+
+
+def _leaf_specs(state_dict: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Path -> (shape, dtype) of every leaf; leaves may be arrays or jax.ShapeDtypeStruct."""
+    flat = traverse_util.flatten_dict(state_dict, sep="/") if isinstance(state_dict, dict) else {}
+    return {
+        k: (tuple(np.shape(v)), str(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype))
+        for k, v in flat.items()
+    }
+
+
+def _listing(items: list[str], limit: int = 10) -> str:
+    more = len(items) - limit
+    return "; ".join(items[:limit]) + (f"; and {more} more" if more > 0 else "")
+
+
+def load_checkpoint(path: str | os.PathLike, template: Any) -> Any:
+    """Load a checkpoint written by :func:`save_checkpoint` into the structure of ``template``.
+
+    ``template`` is a pytree like the saved one; its leaves may be arrays or, to skip an
+    initialisation, ``jax.ShapeDtypeStruct`` s (e.g. ``jax.eval_shape(model.init, ...)``).
+
+    Raises FileNotFoundError for a missing file and :class:`CheckpointMismatchError` naming
+    the missing, unexpected and mismatched (shape or dtype) parameter paths when the
+    checkpoint comes from another model.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path!r}")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        restored = serialization.msgpack_restore(data)
+    except Exception as e:
+        raise ValueError(f"{path!r} is not a flax msgpack checkpoint: {e}") from e
+    want = _leaf_specs(serialization.to_state_dict(template))
+    got = _leaf_specs(restored)
+    problems = [f"missing {k} {want[k][0]}" for k in want if k not in got]
+    problems += [f"unexpected {k} {got[k][0]}" for k in got if k not in want]
+    problems += [
+        f"mismatch {k}: checkpoint {got[k][0]} {got[k][1]} vs template {want[k][0]} {want[k][1]}"
+        for k in want if k in got and got[k] != want[k]
+    ]
+    if problems:
+        raise CheckpointMismatchError(
+            f"checkpoint {path!r} does not match the template (was it saved from another "
+            f"model or config?): {_listing(problems)}"
+        )
+    return serialization.from_state_dict(template, restored)
