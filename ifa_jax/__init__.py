@@ -1,6 +1,6 @@
 """ifa_jax: integrated feature analysis and class activation maps for JAX/Flax models."""
 
-from ifa_jax import cams
+from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, scale
 from ifa_jax.cams import METHODS, CamResult, cam, upsample
 from ifa_jax.explain import explain
 from ifa_jax.probe import LayerProbe, ProbeResult, linen_layers, linen_probe, nnx_probe
@@ -9,6 +9,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "analysis",
+    "data",
+    "decompose",
+    "diagnostics",
+    "metrics",
+    "models",
+    "scale",
     "CamResult",
     "LayerProbe",
     "ProbeResult",

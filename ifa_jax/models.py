@@ -15,12 +15,23 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+class ReLU(nn.Module):
+    """ReLU as a (parameter-free) module, so its output can be tapped by name."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.relu(x)
+
+
 class MnistCNN(nn.Module):
     """The reference implementation's MNIST network, for 28x28x1 inputs.
 
     conv 5x5 (100) -> relu -> maxpool 3 -> conv 3x3 (200) -> relu -> maxpool 3
-    -> dense 512 -> relu -> dense 10. Natural target layer: ``"conv2"`` whose
-    output is (B, 6, 6, 200) for 28x28 inputs (valid padding, as in PyTorch).
+    -> dense 512 -> relu -> dense 10. Natural target layer: ``"relu2"``, the rectified
+    output of the second conv, (B, 6, 6, 200) for 28x28 inputs (valid padding, as in
+    PyTorch). ``"conv2"`` taps the same features before the ReLU. The reference code
+    hooks the conv module, but its ReLU is in-place, so the hooked tensor ends up
+    rectified: ``"relu2"`` matches what it actually analyses.
     """
 
     num_classes: int = 10
@@ -31,9 +42,9 @@ class MnistCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.Conv(self.width1, (5, 5), padding="VALID", name="conv1")(x)
-        x = nn.max_pool(nn.relu(x), (3, 3), strides=(3, 3))
+        x = nn.max_pool(ReLU(name="relu1")(x), (3, 3), strides=(3, 3))
         x = nn.Conv(self.width2, (3, 3), padding="VALID", name="conv2")(x)
-        x = nn.max_pool(nn.relu(x), (3, 3), strides=(3, 3))
+        x = nn.max_pool(ReLU(name="relu2")(x), (3, 3), strides=(3, 3))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.hidden, name="fc1")(x))
         return nn.Dense(self.num_classes, name="head")(x)

@@ -155,7 +155,7 @@ def test_probe_composes_with_outer_jit_and_vmap(mnist):
 
 def test_bad_inputs(mnist):
     model, variables, x = mnist
-    with pytest.raises(ValueError, match=r"layer 'conv9' not found; layers: conv1, conv2, "
+    with pytest.raises(ValueError, match=r"layer 'conv9' not found; layers: conv1, relu1, conv2, relu2, "
                                          r"fc1, head"):
         linen_probe(model, "conv9")(variables, x)
     with pytest.raises(ValueError, match=r"layer 'fc1' outputs shape \(4, 512\).*rank 3-5"):

@@ -1,0 +1,783 @@
+"""The experiment runner: data -> model -> integrated feature analysis -> evaluation -> report.
+
+A run is described by a frozen :class:`Config` and lives in one run folder:
+
+    config.json        the config it belongs to (a different config is refused)
+    checkpoint.msgpack the trained model (stage "train") and train.json, its history
+    analysis/*.npz     per method and split: statistics and per-sample scalars
+    evaluation.json    consistency, AUROC, feature subsets, faithfulness, sanity check
+    figures/*.png      the figures of the report
+    results.json       every number, with the config and package versions
+    report.md          the readable report, embedding the figures
+
+Every file is written atomically (temporary file + rename), and a stage whose output
+exists is not run again, so a crashed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, plots, scale
+from ifa_jax import train as training
+from ifa_jax.probe import linen_probe
+
+DATASETS = ("mnist_embedded", "sklearn_digits", "tfds:<name>", "medmnist:<path.npz>",
+            "signals:<path>")
+MODELS = ("mnist_cnn", "convnet", "resnet18")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One experiment. See experiments/configs/ for complete examples.
+
+    dataset: one of ``mnist_embedded``, ``sklearn_digits``, ``tfds:<name>``,
+    ``medmnist:<path.npz>``, ``signals:<path>``. image_size: resize tfds images to it.
+    model: ``mnist_cnn``, ``convnet`` or ``resnet18`` with ``model_kwargs`` (pairs).
+    layer: the layer to analyse. train: a :class:`ifa_jax.train.TrainConfig`.
+    methods: CAM methods analysed and evaluated (the first one drives the figures).
+    scale_*: the common intensity scale (METHOD.md section 3).
+    subset_ratios / subset_modes: feature-subset accuracy (section 6).
+    consistency_ratio: the 'top' subset whose CAMs are evaluated beside all features.
+    max_classes: classes evaluated for consistency (all when None).
+    faithfulness_samples / sanity_samples: images for drop/increase, insertion/deletion
+    and the randomisation check (0 skips them).
+    """
+
+    name: str = "mnist"
+    dataset: str = "mnist_embedded"
+    image_size: tuple[int, ...] | None = None
+    validation_size: float = 1000
+    model: str = "mnist_cnn"
+    model_kwargs: tuple[tuple[str, Any], ...] = ()
+    layer: str = "conv2"
+    train: training.TrainConfig = training.TrainConfig(epochs=4, batch_size=128, lr=2e-3)
+    batch_size: int = 250
+    methods: tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "hirescam")
+    scale_mode: str = "norm"
+    scale_ratio: float = 1.0
+    scale_hi_percentile: float = 90
+    scale_lo_percentile: float = 50
+    remove_negative: bool = False
+    subset_ratios: tuple[float, ...] = metrics.DEFAULT_RATIOS
+    subset_modes: tuple[str, ...] = ("top", "diff_top", "random")
+    consistency_ratio: float = 0.1
+    max_classes: int | None = None
+    faithfulness_samples: int = 64
+    sanity_samples: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        for m in self.methods:
+            cams.canonical_method(m)
+        if self.model not in MODELS:
+            raise ValueError(f"model {self.model!r} is not one of {MODELS}")
+        if self.scale_mode not in scale.MODES:
+            raise ValueError(f"scale_mode {self.scale_mode!r} is not one of {scale.MODES}")
+        if not self.methods:
+            raise ValueError("methods is empty; name at least one CAM method")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+# --------------------------------------------------------------------------- config files
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _coerce(cls, values: Mapping[str, Any], where: str):
+    """Build a dataclass from a mapping, naming unknown fields and listing the valid ones."""
+    valid = _field_names(cls)
+    unknown = [k for k in values if k not in valid]
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; valid "
+                         f"fields: {', '.join(valid)}")
+    kwargs = dict(values)
+    if cls is Config and isinstance(kwargs.get("train"), Mapping):
+        kwargs["train"] = _coerce(training.TrainConfig, kwargs["train"], f"{where} train")
+    for key, value in kwargs.items():
+        if isinstance(value, list):
+            kwargs[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: Mapping[str, Any], where: str = "config") -> Config:
+    return _coerce(Config, values, where)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """A config from a ``.py`` file with ``get_config()`` or a ``.json`` file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist; see experiments/configs/")
+    if path.endswith(".json"):
+        with open(path) as f:
+            return config_from_dict(json.load(f), path)
+    spec = importlib.util.spec_from_file_location("ifa_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} has no get_config() function returning a Config")
+    config = module.get_config()
+    if isinstance(config, Mapping):
+        return config_from_dict(config, path)
+    return config
+
+
+def override(config: Config, assignment: str) -> Config:
+    """Apply ``key=value`` (``train.epochs=2``); values are Python literals or strings."""
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} must look like key=value, e.g. train.epochs=2")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    values = dataclasses.asdict(config)
+    if key.startswith("train."):
+        sub = key.split(".", 1)[1]
+        if sub not in _field_names(training.TrainConfig):
+            raise ValueError(f"unknown field 'train.{sub}'; valid: "
+                             f"{', '.join(_field_names(training.TrainConfig))}")
+        values["train"][sub] = value
+    else:
+        values[key] = value
+    return config_from_dict(values, f"override {assignment!r}")
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def _atomic_write(path: str, payload: bytes) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _to_jsonable(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if hasattr(obj, "_asdict"):
+        return _to_jsonable(obj._asdict())
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        return _to_jsonable(np.asarray(obj).tolist())
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    return obj
+
+
+def write_json(path: str, obj) -> None:
+    _atomic_write(path, json.dumps(_to_jsonable(obj), indent=1).encode())
+
+
+def _save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+class RunFolder:
+    """The run folder of one config: refuses another config's folder, resumes its own."""
+
+    def __init__(self, path: str | os.PathLike, config: Config, *, overwrite: bool = False):
+        self.path = os.path.abspath(os.fspath(path))
+        self.config = config
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            probe_file = os.path.join(self.path, ".write-test")
+            with open(probe_file, "w") as f:
+                f.write("ok")
+            os.remove(probe_file)
+        except OSError as e:
+            raise PermissionError(
+                f"cannot write to the output folder {self.path!r} ({e.strerror}); pass a "
+                "writable --out path") from None
+        cfg_path = self.file("config.json")
+        mine = config.to_dict()
+        if os.path.exists(cfg_path):
+            with open(cfg_path) as f:
+                theirs = json.load(f)
+            if theirs != mine and not overwrite:
+                diff = [f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in
+                        sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+                raise FileExistsError(
+                    f"run folder {self.path!r} belongs to another config (differences: "
+                    f"{'; '.join(diff)}); pass --overwrite to replace it or choose another "
+                    "--out")
+            if overwrite:
+                self.clear()
+        elif overwrite:
+            self.clear()
+        for sub in ("analysis", "figures"):
+            os.makedirs(self.file(sub), exist_ok=True)
+        write_json(cfg_path, mine)
+
+    def clear(self) -> None:
+        for name in os.listdir(self.path):
+            full = os.path.join(self.path, name)
+            shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
+
+    def file(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    def has(self, *parts: str) -> bool:
+        return os.path.exists(self.file(*parts))
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def load_data(config: Config) -> data.Splits:
+    ds = config.dataset
+    if ds == "mnist_embedded":
+        return data.load_mnist_embedded(validation_size=config.validation_size, seed=config.seed)
+    if ds == "sklearn_digits":
+        return data.load_sklearn_digits(validation_size=config.validation_size,
+                                        seed=config.seed)
+    if ds.startswith("tfds:"):
+        name = ds.split(":", 1)[1]
+        kwargs = {"image_size": config.image_size} if config.image_size else {}
+        return data.load_tfds_splits(name, **kwargs)
+    if ds.startswith("medmnist:"):
+        return data.load_medmnist_npz(ds.split(":", 1)[1])
+    if ds.startswith("signals:"):
+        full = data.load_signals(ds.split(":", 1)[1])
+        return data.split_dataset(full, config.validation_size, seed=config.seed)
+    raise ValueError(f"dataset {ds!r} is not understood; use one of {DATASETS}")
+
+
+def build_model(config: Config, splits: data.Splits):
+    kwargs = dict(config.model_kwargs)
+    num_classes = splits.train.num_classes
+    if config.model == "mnist_cnn":
+        return models.MnistCNN(num_classes=num_classes, **kwargs)
+    if config.model == "convnet":
+        ndim = len(splits.train.input_shape) - 1
+        return models.ConvNet(ndim=ndim, num_classes=num_classes, **kwargs)
+    return models.ResNet18(num_classes=num_classes, **kwargs)
+
+
+def _apply_kwargs(model) -> dict:
+    import inspect
+
+    return {"train": False} if "train" in inspect.signature(model.__call__).parameters else {}
+
+
+def _batches(ds, size: int):
+    return ((b.x, b.y, b.mask) for b in data.batches(ds, size))
+
+
+def _class_count(ds) -> int:
+    return int(ds.num_classes)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def stage_train(run: RunFolder, config: Config, model, splits, log) -> tuple[Any, dict]:
+    ckpt = run.file("checkpoint.msgpack")
+    template = training.init_variables(model, splits.train.input_shape,
+                                       key=jax.random.key(config.seed))
+    if run.has("checkpoint.msgpack") and run.has("train.json"):
+        log(f"train: loading {ckpt}")
+        with open(run.file("train.json")) as f:
+            return training.load_checkpoint(ckpt, template), json.load(f)
+    start = time.perf_counter()
+    variables, history = training.train(model, splits.train, splits.validation, config.train)
+    seconds = time.perf_counter() - start
+    info = {"history": history.as_dict(), "seconds": seconds,
+            "validation_accuracy": training.evaluate(model, variables, splits.validation,
+                                                     batch_size=config.batch_size)}
+    training.save_checkpoint(ckpt, variables)
+    write_json(run.file("train.json"), info)
+    log(f"train: {seconds:.1f} s, validation accuracy "
+        f"{info['validation_accuracy']['accuracy']:.4f}")
+    return variables, info
+
+
+def _summary_arrays(result: analysis.Analysis) -> dict[str, np.ndarray]:
+    s = result.summary
+    out = {f"summary_{k}": np.asarray(v) for k, v in s._asdict().items()}
+    out.update({f"sample_{k}": np.asarray(v) for k, v in result.samples.items()})
+    return out
+
+
+def load_analysis(path: str) -> tuple[analysis.Summary, dict[str, np.ndarray]]:
+    with np.load(path) as z:
+        summary = analysis.Summary(**{k: z[f"summary_{k}"] for k in analysis.Summary._fields})
+        samples = {k[len("sample_"):]: z[k] for k in z.files if k.startswith("sample_")}
+    return summary._replace(seen=int(summary.seen)), samples
+
+
+def stage_analyse(run, config, probe, variables, splits, log):
+    """Per method and split: the streaming pass. Returns {method: {split: (summary, samples)}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for method in config.methods:
+        out[method] = {}
+        for split_name in ("train", "validation"):
+            path = run.file("analysis", f"{method}_{split_name}.npz")
+            if not os.path.exists(path):
+                ds = getattr(splits, split_name)
+                start = time.perf_counter()
+                result = analysis.analyze(
+                    probe, variables, _batches(ds, config.batch_size),
+                    num_classes=_class_count(ds), method=method, progress=False,
+                    keep_importance=(method == config.methods[0]))
+                _save_npz(path, _summary_arrays(result))
+                log(f"analyse: {method} on {split_name} ({len(ds)} samples) in "
+                    f"{time.perf_counter() - start:.1f} s")
+            out[method][split_name] = load_analysis(path)
+    return out
+
+
+def make_scale(config: Config, samples: Mapping[str, np.ndarray]) -> scale.Scale:
+    return scale.common_scale(samples["cam_max"], samples["cam_min"], mode=config.scale_mode,
+                              hi_percentile=config.scale_hi_percentile,
+                              lo_percentile=config.scale_lo_percentile,
+                              ratio=config.scale_ratio,
+                              remove_negative=config.remove_negative)
+
+
+def _raw_cams_for_class(probe, variables, methods: tuple[str, ...]):
+    """Jitted (x, c, masks (C, K)) -> raw CAMs per method, all channels and subset, + logits."""
+
+    @jax.jit
+    def run(x, c, masks):
+        res = probe(variables, x, c)
+        full, subset = [], []
+        for m in methods:
+            M = cams.contributions(res.activations, res.gradients, m)
+            full.append(cams.reduce(M).cam)
+            subset.append(cams.reduce(M, masks[c]).cam)
+        return jnp.stack(full), jnp.stack(subset), res.logits
+
+    return run
+
+
+def _levels(L: np.ndarray, sc: scale.Scale) -> dict[str, np.ndarray]:
+    """Activation levels (B,) of raw CAMs (B, *spatial) under each way of scaling."""
+    return {
+        "common": np.asarray(metrics.activation_level(scale.apply_scale(L, sc))),
+        "common_clipped": np.asarray(metrics.activation_level(scale.apply_scale(L, sc,
+                                                                                 clip=True))),
+        "per_image": np.asarray(metrics.activation_level(scale.minmax_per_image(L))),
+    }
+
+
+def evaluate_consistency(config, probe, variables, ds, scales, im_rows, log) -> dict:
+    """Per class and method: r between CAM activation level and logit, AUROC."""
+    C = _class_count(ds)
+    classes = range(C if config.max_classes is None else min(C, config.max_classes))
+    methods = tuple(cams.canonical_method(m) for m in config.methods)
+    masks = np.asarray(decompose.select(np.nan_to_num(im_rows), "top",
+                                        ratio=config.consistency_ratio))
+    run = _raw_cams_for_class(probe, variables, methods)
+    results: dict[str, Any] = {m: {} for m in methods}
+    scatter: dict[str, Any] = {}
+    for c in classes:
+        levels = {m: {k: [] for k in ("common", "common_clipped", "per_image", "subset")}
+                  for m in methods}
+        logits_all, valid_all = [], []
+        for x, y, valid in _batches(ds, config.batch_size):
+            full, subset, logits = jax.device_get(run(jnp.asarray(x), jnp.int32(c), masks))
+            for i, m in enumerate(methods):
+                for k, v in _levels(full[i], scales[m]).items():
+                    levels[m][k].append(v)
+                levels[m]["subset"].append(_levels(subset[i], scales[m])["common"])
+            logits_all.append(logits)
+            valid_all.append(valid)
+        valid = np.concatenate(valid_all)
+        logits = np.concatenate(logits_all)[valid]
+        y_c = logits[:, c]
+        predicted = logits.argmax(-1) == c
+        for m in methods:
+            row = {}
+            for k, parts in levels[m].items():
+                a = np.concatenate(parts)[valid]
+                row[k] = metrics.consistency(a, y_c)
+                if k == "common":
+                    row["auroc"] = metrics.auroc(a, predicted)
+                if c == 0:
+                    scatter[f"{m} {k}"] = (a, y_c, row[k].get("pearson"))
+            results[m][str(c)] = row
+    summary = {}
+    for m in methods:
+        summary[m] = {}
+        for k in ("common", "common_clipped", "per_image", "subset"):
+            rs = [results[m][c][k].get("pearson") for c in results[m]]
+            rs = [r for r in rs if r is not None]
+            summary[m][k] = {"mean_pearson": float(np.mean(rs)) if rs else None,
+                             "min_pearson": float(np.min(rs)) if rs else None,
+                             "classes_defined": len(rs)}
+    log("consistency: mean Pearson r over classes (common | clipped | per-image | "
+        f"top {config.consistency_ratio:.0%} subset)")
+    for m in methods:
+        row = " | ".join(_fmt(summary[m][k]["mean_pearson"]) for k in
+                         ("common", "common_clipped", "per_image", "subset"))
+        log(f"  {m:>10}: {row}")
+    return {"per_class": results, "summary": summary, "_scatter": scatter}
+
+
+def _fmt(v) -> str:
+    return "undefined" if v is None else f"{v:.3f}"
+
+
+def evaluate_subsets(config, probe, variables, ds, summary: analysis.Summary, log) -> dict:
+    curves = {}
+    rows = np.nan_to_num(summary.im_class)
+    diff = np.nan_to_num(summary.im_diff)
+    key = jax.random.key(config.seed)
+    for mode in config.subset_modes:
+        def select_fn(r_, ratio, mode=mode):
+            return decompose.select(r_, mode, ratio=ratio, im_diff=diff, key=key)
+        curves[mode] = metrics.subset_accuracy_curve(
+            probe, variables, _batches(ds, config.batch_size), rows, config.subset_ratios,
+            select_fn=select_fn, row="predicted")
+    full = curves[config.subset_modes[0]]["full_accuracy"]
+    log(f"feature subsets: accuracy by share of channels kept (all channels: {full:.4f})")
+    log("  " + " ".join(f"{r:>6.0%}" for r in config.subset_ratios))
+    for mode, c in curves.items():
+        log("  " + " ".join(f"{a:>6.3f}" for a in c["accuracy"]) + f"  {mode}")
+    return curves
+
+
+def evaluate_faithfulness(config, probe, variables, ds, sc: scale.Scale, method: str) -> dict:
+    n = min(config.faithfulness_samples, len(ds))
+    if n == 0:
+        return {}
+    x, y = ds.gather(np.arange(n))
+    res, out = _explain_batch(probe, variables, x, y, method)
+    spatial = x.shape[1:-1]
+    common = np.clip(np.asarray(cams.upsample(scale.apply_scale(out.cam, sc), spatial)), 0, 1)
+    per_image = np.asarray(cams.upsample(scale.minmax_per_image(out.cam), spatial))
+    scorer = metrics.model_scorer(probe, variables)
+    target = np.asarray(res.target)
+    window = max(1, min(spatial) // 7)
+    return {
+        "samples": n,
+        "confidence_common": metrics.confidence_change(scorer, x, common, target),
+        "confidence_per_image": metrics.confidence_change(scorer, x, per_image, target),
+        "insertion_deletion": {
+            k: float(np.mean(np.asarray(v))) for k, v in metrics.insertion_deletion(
+                scorer, x, common, target, window=window)._asdict().items()
+            if k.endswith("auc")},
+    }
+
+
+def _explain_batch(probe, variables, x, target, method):
+    from ifa_jax.explain import explain
+
+    return explain(probe, variables, jnp.asarray(x), np.asarray(target), method)
+
+
+def evaluate_sanity(config, model, probe, variables, ds, method: str) -> list[dict]:
+    n = min(config.sanity_samples, len(ds))
+    if n == 0:
+        return []
+    x, y = ds.gather(np.arange(n))
+    _, ref = _explain_batch(probe, variables, x, y, method)
+    ref_maps = np.asarray(scale.minmax_per_image(ref.cam))
+    order = [k for k in reversed(list(variables["params"]))]
+    rows = []
+    for name, randomised in metrics.cascading_randomization(variables, jax.random.key(
+            config.seed + 1), order):
+        _, out = _explain_batch(probe, randomised, x, y, method)
+        maps = np.asarray(scale.minmax_per_image(out.cam))
+        rc = [r for r in metrics.rank_correlation(ref_maps, maps) if r is not None]
+        row = {"randomised_down_to": name,
+               "rank_correlation": float(np.mean(rc)) if rc else None}
+        if ref_maps.ndim == 3:
+            side = min(7, min(ref_maps.shape[1:]))
+            row["ssim"] = float(np.mean(metrics.ssim(ref_maps, maps,
+                                                     win_size=side - (1 - side % 2))))
+        rows.append(row)
+    return rows
+
+
+def evaluate_decomposition(summary: analysis.Summary) -> dict:
+    spectrum = decompose.explained_variance(summary.covariance)
+    redundancy = diagnostics.redundancy(summary.im_all, summary.covariance)
+    present = summary.present
+    class_svd = decompose.class_svd(summary.im_class[present]) if present.sum() > 1 else None
+    return {
+        "explained_ratio": np.asarray(spectrum.ratio),
+        "components_for": spectrum.n_components,
+        "redundancy": redundancy,
+        "class_svd_components_for": class_svd.n_components if class_svd else None,
+    }
+
+
+def evaluate_diagnostics(config, analyses, summary, val_samples) -> dict:
+    tr = analyses["train"][1]
+    va = analyses["validation"][1]
+    out = {"overfitting": diagnostics.overfitting(tr["cam_max"], tr["cam_min"], va["cam_max"],
+                                                  va["cam_min"])}
+    out["confounders"] = diagnostics.confounders(summary.im_class, summary.cam_mean,
+                                                 present=summary.present)
+    if "importance" in val_samples:
+        present_labels = summary.present[val_samples["label"]]
+        imp = val_samples["importance"][present_labels]
+        labels = val_samples["label"][present_labels]
+        idx = np.flatnonzero(present_labels)
+        k = max(1, min(10, imp.shape[1] // 4))
+        means = np.nan_to_num(summary.im_class)
+        within = diagnostics.within_class_covariance(summary.covariance, means,
+                                                     summary.class_counts)
+        worst = diagnostics.outliers(imp, labels, means, within, n_components=k, worst=8)
+        out["outliers"] = worst._replace(indices=tuple(int(idx[i]) for i in worst.indices))
+    return out
+
+
+# --------------------------------------------------------------------------- figures, report
+
+
+def make_figures(run, config, splits, probe, variables, analyses, scales, consistency,
+                 subsets, decomposition, diag) -> dict[str, str]:
+    figs = {}
+    method = config.methods[0]
+    ds = splits.validation
+    n = min(8, len(ds))
+    x, y = ds.gather(np.arange(n))
+    res, out = _explain_batch(probe, variables, x, np.asarray(probe(variables,
+                                                                     jnp.asarray(x)).target),
+                              method)
+    spatial = x.shape[1:-1]
+    if len(spatial) == 2:
+        common = np.clip(np.asarray(cams.upsample(scale.apply_scale(out.cam, scales[method]),
+                                                  spatial)), 0, 1)
+        per_image = np.asarray(cams.upsample(scale.minmax_per_image(out.cam), spatial))
+        titles = [f"y={int(a)} p={int(b)}\nlogit {float(s_):.1f}"
+                  for a, b, s_ in zip(y, np.asarray(res.target), np.asarray(res.score))]
+        figs["cams"] = plots.save(plots.cam_grid(x, common, per_image, titles),
+                                  run.file("figures", "cams.png"))
+    summary = analyses[method]["train"][0]
+    figs["importance"] = plots.save(plots.importance_heatmaps(
+        {"IM_c (train)": summary.im_class, "IM_diff (train)": summary.im_diff}),
+        run.file("figures", "importance.png"))
+    figs["distributions"] = plots.save(plots.distributions(
+        {k: analyses[method][k][1] for k in ("train", "validation")}),
+        run.file("figures", "distributions.png"))
+    if consistency.get("_scatter"):
+        figs["consistency"] = plots.save(plots.consistency_scatter(consistency["_scatter"]),
+                                         run.file("figures", "consistency.png"))
+    figs["spectrum"] = plots.save(plots.spectrum(decomposition["explained_ratio"],
+                                                 decomposition["components_for"]),
+                                  run.file("figures", "spectrum.png"))
+    figs["subsets"] = plots.save(plots.accuracy_curve(
+        {m: (c["ratios"], c["accuracy"]) for m, c in subsets.items()},
+        next(iter(subsets.values()))["full_accuracy"]), run.file("figures", "subsets.png"))
+    if "outliers" in diag and len(spatial) == 2:
+        idx = np.asarray(diag["outliers"].indices)
+        ox, oy = ds.gather(idx)
+        _, o = _explain_batch(probe, variables, ox, oy, method)
+        maps = np.clip(np.asarray(cams.upsample(scale.apply_scale(o.cam, scales[method]),
+                                                spatial)), 0, 1)
+        titles = [f"#{int(i)} y={int(l)}\nd={d:.1f}" for i, l, d in
+                  zip(idx, oy, diag["outliers"].distances)]
+        figs["outliers"] = plots.save(plots.outliers(ox, maps, titles),
+                                      run.file("figures", "outliers.png"))
+    return {k: os.path.relpath(v, run.path) for k, v in figs.items()}
+
+
+def write_report(run, config, results, figures) -> str:
+    lines = [f"# Integrated feature analysis: {config.name}", "",
+             f"Dataset `{config.dataset}`, model `{config.model}`, layer `{config.layer}`, "
+             f"methods {', '.join(config.methods)}. Validation accuracy "
+             f"{results['train']['validation_accuracy']['accuracy']:.4f}.", ""]
+    lines += ["## Consistency: CAM activation level vs logit", "",
+              "Pearson r per class between the mean of the rescaled CAM and the logit of the "
+              "explained class, averaged over classes. *common*: the dataset-wide scale "
+              "(unclipped); *clipped*: the same clipped to [0, 1] as displayed; *per-image*: "
+              "min-max per image (the usual CAM); *subset*: the top "
+              f"{config.consistency_ratio:.0%} channels per class on the common scale.", "",
+              "| method | common | clipped | per-image | subset | min r (common) |",
+              "|---|---|---|---|---|---|"]
+    for m, row in results["consistency"]["summary"].items():
+        lines.append(f"| {m} | " + " | ".join(_fmt(row[k]["mean_pearson"]) for k in
+                                               ("common", "common_clipped", "per_image",
+                                                "subset"))
+                     + f" | {_fmt(row['common']['min_pearson'])} |")
+    undefined = {m: [c for c, r in per.items() if r["common"].get("pearson") is None]
+                 for m, per in results["consistency"]["per_class"].items()}
+    for m, cs in undefined.items():
+        if cs:
+            reasons = {results["consistency"]["per_class"][m][c]["common"].get("reason")
+                       for c in cs}
+            lines.append(f"\nConsistency is undefined for {m} on class(es) {', '.join(cs)}: "
+                         f"{'; '.join(str(r) for r in reasons)}.")
+    for key, title, text in [
+        ("cams", "CAMs on the common scale vs per image",
+         "Top: one shared colour scale for the whole dataset, so brightness compares across "
+         "images. Bottom: each map stretched to its own min and max."),
+        ("consistency", "Activation level vs logit (class 0)", ""),
+        ("importance", "Importance matrices", "Rows: classes; columns: channels."),
+        ("distributions", "CAM max/min, train vs validation",
+         "A shift between splits is a sign of overfitting."),
+        ("spectrum", "Explained variance of channel importances", ""),
+        ("subsets", "Accuracy with a subset of channels", ""),
+        ("outliers", "Outliers: samples farthest from their class in importance space", ""),
+    ]:
+        if key in figures:
+            lines += ["", f"## {title}", "", text, "", f"![{title}]({figures[key]})"]
+    subsets = results["subsets"]
+    lines += ["", "## Feature subsets", "", "| mode | " + " | ".join(
+        f"{r:.0%}" for r in config.subset_ratios) + " |",
+        "|---|" + "---|" * len(config.subset_ratios)]
+    for mode, c in subsets.items():
+        lines.append(f"| {mode} | " + " | ".join(f"{a:.3f}" for a in c["accuracy"]) + " |")
+    dec = results["decomposition"]
+    red = dec["redundancy"]
+    lines += ["", "## Decomposition and redundancy", "",
+              f"Components for 90/95/99% of the importance variance: "
+              f"{dec['components_for']}; effective rank {red['effective_rank']:.1f} of "
+              f"{red['n_channels']} channels; near-zero channels "
+              f"{red['near_zero_share']:.1%}."]
+    diag = results["diagnostics"]
+    of = diag["overfitting"]
+    lines += ["", "## Diagnostics", "",
+              f"- Overfitting (train vs validation CAM max): KS {of['cam_max']['ks']:.3f} "
+              f"(critical {of['cam_max']['ks_critical']:.3f}), median shift "
+              f"{of['cam_max']['median_shift_iqr']:.3f} IQR."]
+    conf = diag["confounders"]
+    lines.append(f"- Confounders: {conf['shared']['n_shared']} channel(s) shared by all "
+                 f"classes; worst border mass {conf['border']['worst']:.1%} (class "
+                 f"{conf['border']['worst_class']}, uniform would be "
+                 f"{conf['border']['uniform']:.1%}).")
+    if "outliers" in diag:
+        lines.append(f"- Outliers (validation indices, worst first): "
+                     f"{list(diag['outliers']['indices'])}.")
+    if results.get("faithfulness"):
+        f = results["faithfulness"]
+        lines.append(f"- Faithfulness on {f['samples']} images: average drop "
+                     f"{f['confidence_common']['average_drop']:.1f}% (common) vs "
+                     f"{f['confidence_per_image']['average_drop']:.1f}% (per image); "
+                     f"insertion AUC {f['insertion_deletion']['insertion_auc']:.3f}, deletion "
+                     f"AUC {f['insertion_deletion']['deletion_auc']:.3f}.")
+    if results.get("sanity"):
+        steps = ", ".join(f"{r['randomised_down_to']}: {_fmt(r['rank_correlation'])}"
+                          for r in results["sanity"])
+        lines.append(f"- Sanity (rank correlation with the trained CAMs as layers are "
+                     f"randomised from the top): {steps}.")
+    text = "\n".join(lines) + "\n"
+    _atomic_write(run.file("report.md"), text.encode())
+    return run.file("report.md")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "numpy"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    out["backend"] = jax.default_backend()
+    return out
+
+
+def run_experiment(config: Config, out: str | os.PathLike, *, overwrite: bool = False,
+                   log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) every stage of ``config`` in the run folder ``out``."""
+    run = RunFolder(out, config, overwrite=overwrite)
+    start = time.perf_counter()
+    splits = load_data(config)
+    model = build_model(config, splits)
+    variables, train_info = stage_train(run, config, model, splits, log)
+    probe = linen_probe(model, config.layer, **_apply_kwargs(model))
+    analyses = stage_analyse(run, config, probe, variables, splits, log)
+    scales = {cams.canonical_method(m): make_scale(config, analyses[m]["train"][1])
+              for m in config.methods}
+    first = config.methods[0]
+    summary = analyses[first]["train"][0]
+    if run.has("evaluation.json"):
+        with open(run.file("evaluation.json")) as f:
+            evaluation = json.load(f)
+        log("evaluate: loaded evaluation.json")
+        consistency = evaluation["consistency"]
+    else:
+        consistency = evaluate_consistency(config, probe, variables, splits.validation,
+                                           scales, summary.im_class, log)
+        evaluation = {
+            "consistency": {k: v for k, v in consistency.items() if not k.startswith("_")},
+            "subsets": evaluate_subsets(config, probe, variables, splits.validation, summary,
+                                        log),
+            "faithfulness": evaluate_faithfulness(config, probe, variables, splits.validation,
+                                                  scales[cams.canonical_method(first)], first),
+            "sanity": evaluate_sanity(config, model, probe, variables, splits.validation,
+                                      first),
+        }
+        write_json(run.file("evaluation.json"), evaluation)
+        evaluation = json.loads(json.dumps(_to_jsonable(evaluation)))
+    decomposition = evaluate_decomposition(summary)
+    diag = evaluate_diagnostics(config, analyses[first], summary,
+                                analyses[first]["validation"][1])
+    figures = make_figures(run, config, splits, probe, variables, analyses,
+                           {cams.canonical_method(m): s for m, s in scales.items()},
+                           consistency, evaluation["subsets"], decomposition, diag)
+    results = {
+        "config": config.to_dict(), "versions": _versions(), "train": train_info,
+        "analysis": {m: {split: {"percentiles_cam_max": scale.percentiles(s[1]["cam_max"]),
+                                 "percentiles_cam_min": scale.percentiles(s[1]["cam_min"]),
+                                 "class_counts": s[0].class_counts,
+                                 "missing_classes": s[0].missing_classes}
+                         for split, s in per.items()} for m, per in analyses.items()},
+        "scales": {m: s._asdict() for m, s in scales.items()},
+        **{k: evaluation[k] for k in ("consistency", "subsets", "faithfulness", "sanity")},
+        "decomposition": decomposition, "diagnostics": diag, "figures": figures,
+    }
+    results = json.loads(json.dumps(_to_jsonable(results)))
+    write_json(run.file("results.json"), results)
+    report = write_report(run, config, results, figures)
+    log(f"report: {report} ({time.perf_counter() - start:.1f} s)")
+    return results
+
+
+def config_digest(config: Config) -> str:
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+__all__ = ["Config", "RunFolder", "config_from_dict", "load_config", "override",
+           "run_experiment"]
+
+_ = (Iterable, Sequence)  # re-exported typing names used in annotations
