@@ -451,6 +451,10 @@ def evaluate_consistency(config, probe, variables, ds, scales, im_rows, log) -> 
             summary[m][k] = {"mean_pearson": float(np.mean(rs)) if rs else None,
                              "min_pearson": float(np.min(rs)) if rs else None,
                              "classes_defined": len(rs)}
+        aucs = [results[m][c]["auroc"].get("auroc") for c in results[m]]
+        aucs = [a for a in aucs if a is not None]
+        summary[m]["auroc"] = {"mean": float(np.mean(aucs)) if aucs else None,
+                               "classes_defined": len(aucs)}
     log("consistency: mean Pearson r over classes (common | clipped | per-image | "
         f"top {config.consistency_ratio:.0%} subset)")
     for m in methods:
@@ -554,8 +558,12 @@ def evaluate_diagnostics(config, analyses, summary, val_samples) -> dict:
     va = analyses["validation"][1]
     out = {"overfitting": diagnostics.overfitting(tr["cam_max"], tr["cam_min"], va["cam_max"],
                                                   va["cam_min"])}
-    out["confounders"] = diagnostics.confounders(summary.im_class, summary.cam_mean,
-                                                 present=summary.present)
+    if summary.present.sum() >= 2:
+        out["confounders"] = diagnostics.confounders(summary.im_class, summary.cam_mean,
+                                                     present=summary.present)
+    else:
+        out["confounders"] = {"undefined": "confounders compare classes, and fewer than 2 "
+                                           "classes have counted samples"}
     if "importance" in val_samples:
         present_labels = summary.present[val_samples["label"]]
         imp = val_samples["importance"][present_labels]
@@ -578,8 +586,12 @@ def make_figures(run, config, splits, probe, variables, analyses, scales, consis
     figs = {}
     method = config.methods[0]
     ds = splits.validation
-    n = min(8, len(ds))
-    x, y = ds.gather(np.arange(n))
+    # One sample of each class first (then the next ones), at most 8.
+    labels = np.asarray(ds.y)
+    firsts = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]
+    chosen = set(firsts)
+    rest = [i for i in range(min(len(ds), 64)) if i not in chosen]
+    x, y = ds.gather(np.asarray((firsts + rest)[:min(8, len(ds))]))
     res, out = _explain_batch(probe, variables, x, np.asarray(probe(variables,
                                                                      jnp.asarray(x)).target),
                               method)
@@ -632,21 +644,24 @@ def write_report(run, config, results, figures) -> str:
               "(unclipped); *clipped*: the same clipped to [0, 1] as displayed; *per-image*: "
               "min-max per image (the usual CAM); *subset*: the top "
               f"{config.consistency_ratio:.0%} channels per class on the common scale.", "",
-              "| method | common | clipped | per-image | subset | min r (common) |",
-              "|---|---|---|---|---|---|"]
+              "| method | common | clipped | per-image | subset | min r (common) | AUROC |",
+              "|---|---|---|---|---|---|---|"]
     for m, row in results["consistency"]["summary"].items():
         lines.append(f"| {m} | " + " | ".join(_fmt(row[k]["mean_pearson"]) for k in
                                                ("common", "common_clipped", "per_image",
                                                 "subset"))
-                     + f" | {_fmt(row['common']['min_pearson'])} |")
-    undefined = {m: [c for c, r in per.items() if r["common"].get("pearson") is None]
-                 for m, per in results["consistency"]["per_class"].items()}
-    for m, cs in undefined.items():
-        if cs:
-            reasons = {results["consistency"]["per_class"][m][c]["common"].get("reason")
-                       for c in cs}
-            lines.append(f"\nConsistency is undefined for {m} on class(es) {', '.join(cs)}: "
-                         f"{'; '.join(str(r) for r in reasons)}.")
+                     + f" | {_fmt(row['common']['min_pearson'])} | "
+                     f"{_fmt(row['auroc']['mean'])} |")
+    per_class = results["consistency"]["per_class"]
+    for m, per in per_class.items():
+        for what, get in (("Consistency", lambda r: r["common"]),
+                          ("AUROC", lambda r: r["auroc"])):
+            undefined = [c for c, r in per.items()
+                         if get(r).get("pearson", get(r).get("auroc")) is None]
+            if undefined:
+                reasons = sorted({str(get(per[c]).get("reason")) for c in undefined})
+                lines.append(f"\n{what} is undefined for {m} on class(es) "
+                             f"{', '.join(undefined)}: {'; '.join(reasons)}.")
     for key, title, text in [
         ("cams", "CAMs on the common scale vs per image",
          "Top: one shared colour scale for the whole dataset, so brightness compares across "
@@ -681,10 +696,13 @@ def write_report(run, config, results, figures) -> str:
               f"(critical {of['cam_max']['ks_critical']:.3f}), median shift "
               f"{of['cam_max']['median_shift_iqr']:.3f} IQR."]
     conf = diag["confounders"]
-    lines.append(f"- Confounders: {conf['shared']['n_shared']} channel(s) shared by all "
-                 f"classes; worst border mass {conf['border']['worst']:.1%} (class "
-                 f"{conf['border']['worst_class']}, uniform would be "
-                 f"{conf['border']['uniform']:.1%}).")
+    if "undefined" in conf:
+        lines.append(f"- Confounders: undefined ({conf['undefined']}).")
+    else:
+        lines.append(f"- Confounders: {conf['shared']['n_shared']} channel(s) shared by all "
+                     f"classes; worst border mass {conf['border']['worst']:.1%} (class "
+                     f"{conf['border']['worst_class']}, uniform would be "
+                     f"{conf['border']['uniform']:.1%}).")
     if "outliers" in diag:
         lines.append(f"- Outliers (validation indices, worst first): "
                      f"{list(diag['outliers']['indices'])}.")
