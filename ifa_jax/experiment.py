@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -36,6 +35,7 @@ import numpy as np
 
 from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, plots, scale
 from ifa_jax import train as training
+from ifa_jax.io import atomic_path, atomic_write_bytes
 from ifa_jax.probe import linen_probe
 
 DATASETS = ("mnist_embedded", "sklearn_digits", "tfds:<name>", "medmnist:<path.npz>",
@@ -168,17 +168,7 @@ def override(config: Config, assignment: str) -> Config:
 
 
 def _atomic_write(path: str, payload: bytes) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_bytes(path, payload)
 
 
 def _to_jsonable(obj):
@@ -204,15 +194,8 @@ def write_json(path: str, obj) -> None:
 
 
 def _save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # --------------------------------------------------------------------------- run folder

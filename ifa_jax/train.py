@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import inspect
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +33,7 @@ from flax.training import train_state
 from tqdm.auto import tqdm
 
 from ifa_jax.data import batches
+from ifa_jax.io import atomic_write_bytes
 
 __all__ = [
     "CheckpointMismatchError",
@@ -358,19 +358,7 @@ class CheckpointMismatchError(ValueError):
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def save_checkpoint(path: str | os.PathLike, target: Any) -> None:

@@ -1,23 +1,10 @@
-"""malaria from tensorflow-datasets (prepared locally as array_record; no download here).
+"""malaria from tensorflow-datasets (prepared locally; nothing is downloaded here).
 
     python -m experiments.run --config experiments/configs/tfds_malaria.py --out runs/malaria
-
-Prepare the data once on a machine with network:
-`tfds build malaria --file_format=array_record` (set TFDS_DATA_DIR or pass data_dir).
 """
 
-from ifa_jax.experiment import Config
-from ifa_jax.train import TrainConfig
+from experiments.configs.common import tfds_experiment
 
 
-def get_config() -> Config:
-    return Config(
-        name="malaria",
-        dataset="tfds:malaria",
-        image_size=(96, 96),
-        model="resnet18",
-    model_kwargs=(("width", 32),),
-        layer="stage4",
-        train=TrainConfig(epochs=10, batch_size=128, lr=1e-3, seed=0),
-        batch_size=128,
-    )
+def get_config():
+    return tfds_experiment("malaria", (96, 96))
