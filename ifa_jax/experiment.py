@@ -26,7 +26,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -41,6 +41,8 @@ from ifa_jax.probe import linen_probe
 DATASETS = ("mnist_embedded", "sklearn_digits", "tfds:<name>", "medmnist:<path.npz>",
             "signals:<path>")
 MODELS = ("mnist_cnn", "convnet", "resnet18")
+# Bumped when evaluation.json changes shape: an older file is recomputed, not misread.
+EVALUATION_FORMAT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,7 +405,7 @@ def evaluate_consistency(config, probe, variables, ds, scales, im_rows, log) -> 
         levels = {m: {k: [] for k in ("common", "common_clipped", "per_image", "subset")}
                   for m in methods}
         logits_all, valid_all = [], []
-        for x, y, valid in _batches(ds, config.batch_size):
+        for x, _, valid in _batches(ds, config.batch_size):
             full, subset, logits = jax.device_get(run(jnp.asarray(x), jnp.int32(c), masks))
             for i, m in enumerate(methods):
                 for k, v in _levels(full[i], scales[m]).items():
@@ -438,13 +440,27 @@ def evaluate_consistency(config, probe, variables, ds, scales, im_rows, log) -> 
         aucs = [a for a in aucs if a is not None]
         summary[m]["auroc"] = {"mean": float(np.mean(aucs)) if aucs else None,
                                "classes_defined": len(aucs)}
-    log("consistency: mean Pearson r over classes (common | clipped | per-image | "
-        f"top {config.consistency_ratio:.0%} subset)")
-    for m in methods:
-        row = " | ".join(_fmt(summary[m][k]["mean_pearson"]) for k in
-                         ("common", "common_clipped", "per_image", "subset"))
-        log(f"  {m:>10}: {row}")
+    log_consistency(summary, config.consistency_ratio, log)
     return {"per_class": results, "summary": summary, "_scatter": scatter}
+
+
+def log_consistency(summary: Mapping, ratio: float, log) -> None:
+    """Print the per-method mean Pearson r for each way of scaling."""
+    log("consistency: mean Pearson r over classes (common | clipped | per-image | "
+        f"top {ratio:.0%} subset)")
+    for m, row in summary.items():
+        values = " | ".join(_fmt(row[k]["mean_pearson"]) for k in
+                            ("common", "common_clipped", "per_image", "subset"))
+        log(f"  {m:>10}: {values}")
+
+
+def log_subsets(curves: Mapping, ratios: Sequence[float], log) -> None:
+    """Print the accuracy per share of channels kept, one row per selection mode."""
+    full = next(iter(curves.values()))["full_accuracy"]
+    log(f"feature subsets: accuracy by share of channels kept (all channels: {full:.4f})")
+    log("  " + " ".join(f"{r:>6.0%}" for r in ratios))
+    for mode, c in curves.items():
+        log("  " + " ".join(f"{a:>6.3f}" for a in c["accuracy"]) + f"  {mode}")
 
 
 def _fmt(v) -> str:
@@ -462,11 +478,7 @@ def evaluate_subsets(config, probe, variables, ds, summary: analysis.Summary, lo
         curves[mode] = metrics.subset_accuracy_curve(
             probe, variables, _batches(ds, config.batch_size), rows, config.subset_ratios,
             select_fn=select_fn, row="predicted")
-    full = curves[config.subset_modes[0]]["full_accuracy"]
-    log(f"feature subsets: accuracy by share of channels kept (all channels: {full:.4f})")
-    log("  " + " ".join(f"{r:>6.0%}" for r in config.subset_ratios))
-    for mode, c in curves.items():
-        log("  " + " ".join(f"{a:>6.3f}" for a in c["accuracy"]) + f"  {mode}")
+    log_subsets(curves, config.subset_ratios, log)
     return curves
 
 
@@ -609,7 +621,7 @@ def make_figures(run, config, splits, probe, variables, analyses, scales, consis
         _, o = _explain_batch(probe, variables, ox, oy, method)
         maps = np.clip(np.asarray(cams.upsample(scale.apply_scale(o.cam, scales[method]),
                                                 spatial)), 0, 1)
-        titles = [f"#{int(i)} y={int(l)}\nd={d:.1f}" for i, l, d in
+        titles = [f"#{int(i)} y={int(label)}\nd={d:.1f}" for i, label, d in
                   zip(idx, oy, diag["outliers"].distances)]
         figs["outliers"] = plots.save(plots.outliers(ox, maps, titles),
                                       run.file("figures", "outliers.png"))
@@ -731,15 +743,23 @@ def run_experiment(config: Config, out: str | os.PathLike, *, overwrite: bool = 
               for m in config.methods}
     first = config.methods[0]
     summary = analyses[first]["train"][0]
+    evaluation = None
     if run.has("evaluation.json"):
         with open(run.file("evaluation.json")) as f:
             evaluation = json.load(f)
+        if evaluation.get("format") != EVALUATION_FORMAT:
+            log("evaluate: evaluation.json has an older format; recomputing")
+            evaluation = None
+    if evaluation is not None:
         log("evaluate: loaded evaluation.json")
         consistency = evaluation["consistency"]
+        log_consistency(consistency["summary"], config.consistency_ratio, log)
+        log_subsets(evaluation["subsets"], config.subset_ratios, log)
     else:
         consistency = evaluate_consistency(config, probe, variables, splits.validation,
                                            scales, summary.im_class, log)
         evaluation = {
+            "format": EVALUATION_FORMAT,
             "consistency": {k: v for k, v in consistency.items() if not k.startswith("_")},
             "subsets": evaluate_subsets(config, probe, variables, splits.validation, summary,
                                         log),
@@ -781,4 +801,3 @@ def config_digest(config: Config) -> str:
 __all__ = ["Config", "RunFolder", "config_from_dict", "load_config", "override",
            "run_experiment"]
 
-_ = (Iterable, Sequence)  # re-exported typing names used in annotations

@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from ifa_jax.io import atomic_path  # noqa: E402
+from ifa_jax.io import atomic_path
 
 
 def save(fig, path: str | os.PathLike, dpi: int = 110) -> str:

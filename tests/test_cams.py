@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import jax
-import jax.test_util  # noqa: F401  (check_grads)
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
 

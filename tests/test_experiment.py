@@ -99,7 +99,8 @@ def test_config_errors(tmp_path):
 
 def test_shipped_configs_load():
     folder = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")
-    names = sorted(f for f in os.listdir(folder) if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+    names = sorted(f for f in os.listdir(folder)
+                   if f.endswith(".py") and f not in ("__init__.py", "common.py"))
     assert len(names) >= 8
     for name in names:
         config = experiment.load_config(os.path.join(folder, name))

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-NOTEBOOK = os.path.join(os.path.dirname(__file__), "..", "notebooks", "quickstart.ipynb")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
 
 
 @pytest.mark.slow
@@ -17,7 +18,7 @@ def test_quickstart_notebook_executes():
     nb.cells[1].source = nb.cells[1].source.replace("EPOCHS = 15", "EPOCHS = 3")
     # Run from the repository root, so ifa_jax imports even when it is not installed.
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": os.path.dirname(os.path.dirname(NOTEBOOK))}}
+                            resources={"metadata": {"path": ROOT}}
                             ).execute()
     text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                    for o in cell.get("outputs", []))

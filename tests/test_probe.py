@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ifa_jax import cams
 from ifa_jax.explain import explain
 from ifa_jax.models import ConvNet
 from ifa_jax.probe import linen_probe, nnx_probe
@@ -155,7 +154,8 @@ def test_probe_composes_with_outer_jit_and_vmap(mnist):
 
 def test_bad_inputs(mnist):
     model, variables, x = mnist
-    with pytest.raises(ValueError, match=r"layer 'conv9' not found; layers: conv1, relu1, conv2, relu2, "
+    with pytest.raises(ValueError, match=r"layer 'conv9' not found; layers: conv1, relu1, conv2, "
+                                         r"relu2, "
                                          r"fc1, head"):
         linen_probe(model, "conv9")(variables, x)
     with pytest.raises(ValueError, match=r"layer 'fc1' outputs shape \(4, 512\).*rank 3-5"):

@@ -1,6 +1,7 @@
 """colorectal_histology from tensorflow-datasets (prepared locally; nothing is downloaded here).
 
-    python -m experiments.run --config experiments/configs/tfds_colorectal_histology.py --out runs/colorectal_histology
+    python -m experiments.run --config experiments/configs/tfds_colorectal_histology.py \
+        --out runs/colorectal_histology
 """
 
 from experiments.configs.common import tfds_experiment

@@ -1,6 +1,7 @@
 """fashion_mnist from tensorflow-datasets (prepared locally; nothing is downloaded here).
 
-    python -m experiments.run --config experiments/configs/tfds_fashion_mnist.py --out runs/fashion_mnist
+    python -m experiments.run --config experiments/configs/tfds_fashion_mnist.py \
+        --out runs/fashion_mnist
 """
 
 from experiments.configs.common import tfds_experiment
