@@ -193,49 +193,58 @@ def finalize(state: Stats) -> Summary:
 
 
 def batch_stats(probe: LayerProbe, variables, x: Array, y: Array, valid: Array, *,
-                method: str = "gradcam", target: Any = "label", score: str = "logit",
-                count: str = "correct", chunk_size: int = 16,
-                keep_importance: bool = False) -> tuple[BatchStats, PerSample]:
+                method: str | tuple[str, ...] = "gradcam", target: Any = "label",
+                score: str = "logit", count: str = "correct", chunk_size: int = 16,
+                keep_importance: bool = False):
     """Probe one batch and reduce it to the statistics' inputs. Traceable (jit it).
 
     target: ``'label'`` (default: explain the ground truth, which for counted samples is
     the prediction), ``'predicted'``, an int, or a callable ``logits -> (B,)``.
+    method: one CAM method -> ``(BatchStats, PerSample)``; a tuple of methods -> a tuple
+    of such pairs, all from ONE probe call (one forward + one vjp for every method).
     """
-    if target == "label":
-        probe_target = y
-    else:
-        probe_target = target
-    result = probe(variables, x, probe_target, score=score)
-    A = result.activations
-    G = result.gradients
+    methods = (method,) if isinstance(method, str) else tuple(method)
+    result = probe(variables, x, y if target == "label" else target, score=score)
+    A, G = result.activations, result.gradients
     if isinstance(A, dict):
         raise ValueError("analyse one layer at a time: build the probe with a single layer")
-    weights = forward_weights(probe, variables, x, A, result, method, layer=probe.layers[0],
-                              target_fn=callable_target(target), score=score,
-                              chunk_size=chunk_size)
-    out = cams.cam(A, G, method, weights=weights)
     prediction = jnp.argmax(result.logits, -1).astype(jnp.int32)
     valid = valid.astype(bool)
     counted = valid & (prediction == y) if count == "correct" else valid
     finite = (jnp.isfinite(A).all(axis=tuple(range(1, A.ndim)))
               & jnp.isfinite(G).all(axis=tuple(range(1, G.ndim))))
-    stats = BatchStats(out.importance, out.cam, y.astype(jnp.int32), counted, valid)
-    per = PerSample(out.max, out.min, result.score, y.astype(jnp.int32), prediction, counted,
-                    valid, valid & ~finite, out.importance if keep_importance else None)
-    return stats, per
+    labels = y.astype(jnp.int32)
+    pairs = []
+    for m in methods:
+        weights = forward_weights(probe, variables, x, A, result, m, layer=probe.layers[0],
+                                  target_fn=callable_target(target), score=score,
+                                  chunk_size=chunk_size)
+        out = cams.cam(A, G, m, weights=weights)
+        pairs.append((BatchStats(out.importance, out.cam, labels, counted, valid),
+                      PerSample(out.max, out.min, result.score, labels, prediction, counted,
+                                valid, valid & ~finite,
+                                out.importance if keep_importance else None)))
+    return pairs[0] if isinstance(method, str) else tuple(pairs)
 
 
 @functools.partial(jax.jit, static_argnames=("probe", "method", "target", "score", "count",
                                              "chunk_size", "num_classes", "keep_importance"))
-def analysis_step(state: Stats, probe: LayerProbe, variables, x: Array, y: Array, valid: Array,
-                  *, num_classes: int, method: str = "gradcam", target: Any = "label",
-                  score: str = "logit", count: str = "correct", chunk_size: int = 16,
-                  keep_importance: bool = False) -> tuple[Stats, PerSample]:
-    """One jitted step: probe, CAM, statistics update. Returns (new state, per-sample)."""
-    stats, per = batch_stats(probe, variables, x, y, valid, method=method, target=target,
-                             score=score, count=count, chunk_size=chunk_size,
-                             keep_importance=keep_importance)
-    return merge(state, from_batch(stats, num_classes)), per
+def analysis_step(state, probe: LayerProbe, variables, x: Array, y: Array, valid: Array,
+                  *, num_classes: int, method: str | tuple[str, ...] = "gradcam",
+                  target: Any = "label", score: str = "logit", count: str = "correct",
+                  chunk_size: int = 16, keep_importance: bool = False):
+    """One jitted step: probe, CAM, statistics update. Returns (new state, per-sample).
+
+    With a tuple of methods, ``state`` and both outputs are tuples, one entry per method.
+    """
+    out = batch_stats(probe, variables, x, y, valid, method=method, target=target,
+                      score=score, count=count, chunk_size=chunk_size,
+                      keep_importance=keep_importance)
+    if isinstance(method, str):
+        stats, per = out
+        return merge(state, from_batch(stats, num_classes)), per
+    new = tuple(merge(s, from_batch(b, num_classes)) for s, (b, _) in zip(state, out))
+    return new, tuple(per for _, per in out)
 
 
 class Analysis(NamedTuple):
@@ -271,11 +280,15 @@ def _pad(batch: tuple, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int,
-            method: str = "gradcam", target: Any = "label", score: str = "logit",
-            count: str = "correct", chunk_size: int = 16, sharding=None,
+            method: str | tuple[str, ...] = "gradcam", target: Any = "label",
+            score: str = "logit", count: str = "correct", chunk_size: int = 16, sharding=None,
             progress: bool = True, total: int | None = None,
-            keep_importance: bool = False) -> Analysis:
+            keep_importance: bool = False) -> Analysis | dict[str, Analysis]:
     """One pass over ``batches`` of ``(x, y)`` or ``(x, y, valid)``.
+
+    ``method`` names one CAM method (returns an :class:`Analysis`) or a tuple of methods
+    (returns ``{method: Analysis}``): every method's statistics come from the same single
+    probe call per batch, so analysing four methods costs one model pass, not four.
 
     The step compiles once: a short final batch is padded and masked to the first batch's
     size. ``sharding`` (e.g. ``NamedSharding(mesh, P('batch'))``) places each batch across
@@ -288,19 +301,22 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
     Labels outside [0, num_classes) and non-finite activations or
     gradients raise errors naming the batch.
     """
-    method = cams.canonical_method(method)
+    single = isinstance(method, str)
+    methods = tuple(cams.canonical_method(m) for m in ((method,) if single else method))
+    if not methods:
+        raise ValueError("method is an empty tuple; name at least one CAM method")
     if count not in COUNT_MODES:
         raise ValueError(f"count {count!r} is not one of {COUNT_MODES}")
     from tqdm.auto import tqdm
 
-    state = None
-    size = None
-    pending: list[tuple[int, PerSample]] = []
-    kept: list[PerSample] = []
+    states = None
+    size = first_shape = None
+    pending: list[tuple[int, tuple[PerSample, ...]]] = []
+    kept: list[tuple[PerSample, ...]] = []
 
     def collect(i, per):
         per = jax.device_get(per)
-        bad = int(np.sum(per.nonfinite))
+        bad = int(np.sum(per[0].nonfinite))
         if bad:
             raise FloatingPointError(
                 f"batch {i}: {bad} sample(s) have non-finite activations or gradients at "
@@ -312,6 +328,11 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
         if size is None:
             size = len(batch[1])
         x, y, valid = _pad(tuple(batch), size)
+        if first_shape is None:
+            first_shape = x.shape[1:]
+        elif x.shape[1:] != first_shape:
+            raise ValueError(f"batch {i} has input shape {x.shape[1:]} but the first batch had "
+                             f"{first_shape}; resize the inputs to one shape per pass")
         if not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"batch {i}: labels must be integers; got dtype {y.dtype}")
         yv = y[valid]
@@ -326,28 +347,30 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
                           for a in (xj, yj, vj))
         elif sharding is not None:
             xj, yj, vj = (jax.device_put(a, sharding) for a in (xj, yj, vj))
-        if state is None:
+        if states is None:
             A_shape = probe.output_shapes(variables, xj)[1][probe.layers[0]]
-            state = init(num_classes, A_shape[-1], tuple(A_shape[1:-1]))
-        elif xj.shape[1:] != x.shape[1:]:
-            raise ValueError(f"batch {i} has input shape {x.shape[1:]}; expected the first's")
-        state, per = analysis_step(state, probe, variables, xj, yj, vj,
-                                   num_classes=num_classes, method=method, target=target,
-                                   score=score, count=count, chunk_size=chunk_size,
-                                   keep_importance=keep_importance)
+            states = tuple(init(num_classes, A_shape[-1], tuple(A_shape[1:-1]))
+                           for _ in methods)
+        states, per = analysis_step(states, probe, variables, xj, yj, vj,
+                                    num_classes=num_classes, method=methods, target=target,
+                                    score=score, count=count, chunk_size=chunk_size,
+                                    keep_importance=keep_importance)
         pending.append((i, per))
         if len(pending) > 1:  # fetch one batch behind, so the device stays busy
             collect(*pending.pop(0))
     for item in pending:
         collect(*item)
-    if state is None:
+    if states is None:
         raise ValueError("batches is empty: nothing to analyse")
-    samples = {}
-    for field in PerSample._fields:
-        if getattr(kept[0], field) is None:
-            continue
-        samples[field] = np.concatenate([np.asarray(getattr(p, field)) for p in kept])
+    results = {m: Analysis(state, finalize(state), _gather_samples([p[j] for p in kept]))
+               for j, (m, state) in enumerate(zip(methods, states))}
+    return results[methods[0]] if single else results
+
+
+def _gather_samples(kept: list[PerSample]) -> dict[str, np.ndarray]:
+    """Concatenate per-batch scalars and keep the valid rows, in input order."""
+    samples = {field: np.concatenate([np.asarray(getattr(p, field)) for p in kept])
+               for field in PerSample._fields if getattr(kept[0], field) is not None}
     valid = samples.pop("valid")
     samples.pop("nonfinite")
-    samples = {k: v[valid] for k, v in samples.items()}
-    return Analysis(state, finalize(state), samples)
+    return {k: v[valid] for k, v in samples.items()}

@@ -337,23 +337,29 @@ def load_analysis(path: str) -> tuple[analysis.Summary, dict[str, np.ndarray]]:
 
 
 def stage_analyse(run, config, probe, variables, splits, log):
-    """Per method and split: the streaming pass. Returns {method: {split: (summary, samples)}}."""
-    out: dict[str, dict[str, Any]] = {}
-    for method in config.methods:
-        out[method] = {}
-        for split_name in ("train", "validation"):
-            path = run.file("analysis", f"{method}_{split_name}.npz")
-            if not os.path.exists(path):
-                ds = getattr(splits, split_name)
-                start = time.perf_counter()
-                result = analysis.analyze(
-                    probe, variables, _batches(ds, config.batch_size),
-                    num_classes=_class_count(ds), method=method, progress=False,
-                    keep_importance=(method == config.methods[0]))
-                _save_npz(path, _summary_arrays(result))
-                log(f"analyse: {method} on {split_name} ({len(ds)} samples) in "
-                    f"{time.perf_counter() - start:.1f} s")
-            out[method][split_name] = load_analysis(path)
+    """One streaming pass per split for all methods together (one probe call per batch).
+
+    Returns {method: {split: (summary, samples)}}.
+    """
+    methods = tuple(cams.canonical_method(m) for m in config.methods)
+    out: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for split_name in ("train", "validation"):
+        paths = {m: run.file("analysis", f"{m}_{split_name}.npz") for m in methods}
+        if not all(os.path.exists(p) for p in paths.values()):
+            ds = getattr(splits, split_name)
+            start = time.perf_counter()
+            results = analysis.analyze(probe, variables, _batches(ds, config.batch_size),
+                                       num_classes=_class_count(ds), method=methods,
+                                       progress=False, keep_importance=True)
+            for m, result in results.items():
+                arrays = _summary_arrays(result)
+                if m != methods[0]:  # per-sample importances are kept for the first only
+                    arrays.pop("sample_importance")
+                _save_npz(paths[m], arrays)
+            log(f"analyse: {', '.join(methods)} on {split_name} ({len(ds)} samples, one "
+                f"pass) in {time.perf_counter() - start:.1f} s")
+        for m in methods:
+            out[m][split_name] = load_analysis(paths[m])
     return out
 
 

@@ -198,3 +198,21 @@ def test_sharded_pass_equals_single_device(tmp_path):
                          env=env, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout
+
+
+def test_several_methods_in_one_pass_equal_separate_passes(small_model):
+    model, variables, x, y = small_model
+    probe = linen_probe(model, "conv2")
+    both = analysis.analyze(probe, variables, batches_of(x, y, 4), num_classes=3,
+                            method=("gradcam", "hirescam"), progress=False)
+    assert set(both) == {"gradcam", "hirescam"}
+    for m in both:
+        alone = analysis.analyze(probe, variables, batches_of(x, y, 4), num_classes=3,
+                                 method=m, progress=False)
+        for a, b in zip(both[m].summary[:-1], alone.summary[:-1]):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(both[m].samples["cam_max"], alone.samples["cam_max"])
+    assert not np.allclose(both["gradcam"].summary.im_class, both["hirescam"].summary.im_class)
+    with pytest.raises(ValueError, match="input shape"):
+        mixed = [(x[:4], y[:4]), (x[4:8, :4], y[4:8])]
+        analysis.analyze(probe, variables, mixed, num_classes=3, progress=False)
