@@ -261,6 +261,7 @@ class LayerProbe:
     def __post_init__(self):
         core = jax.jit(self._core, static_argnames=("mode", "fn", "score"))
         object.__setattr__(self, "_jit_core", core)
+        object.__setattr__(self, "_shapes", {})
 
     # -- pure pieces, usable by other modules (cams, analysis) ----------------------
 
@@ -273,9 +274,16 @@ class LayerProbe:
         return _as_2d(self.tapped(variables, x, deltas)[0])
 
     def output_shapes(self, variables, x: Array) -> tuple[tuple[int, ...], dict[str, tuple]]:
-        """Shapes of the logits and of each tapped activation, computed abstractly."""
-        logits, acts = jax.eval_shape(lambda v, x: self.tapped(v, x, None), variables, x)
-        return _as_2d(jnp.zeros(logits.shape)).shape, {k: a.shape for k, a in acts.items()}
+        """Shapes of the logits and of each tapped activation, computed abstractly (cached
+        per input and parameter shapes, so repeated calls do not retrace the model)."""
+        key = (tuple(x.shape), str(x.dtype), jax.tree.structure(variables),
+               tuple(jnp.shape(leaf) for leaf in jax.tree.leaves(variables)))
+        if key not in self._shapes:
+            logits, acts = jax.eval_shape(lambda v, x: self.tapped(v, x, None), variables, x)
+            out = (1,) if logits.ndim == 1 else ()
+            self._shapes[key] = (tuple(logits.shape) + out,
+                                 {k: tuple(a.shape) for k, a in acts.items()})
+        return self._shapes[key]
 
     def _core(self, variables, x, target, *, mode, fn, score):
         _, act_shapes = jax.eval_shape(lambda v, x: self.tapped(v, x, None), variables, x)
@@ -294,7 +302,9 @@ class LayerProbe:
             return jnp.sum(y), (logits, y, idx, acts)
 
         grads, (logits, y, idx, acts) = jax.grad(total, has_aux=True)(zeros)
-        return logits, y, idx, acts, grads
+        nonfinite = {k: jnp.stack([jnp.sum(~jnp.isfinite(acts[k])),
+                                   jnp.sum(~jnp.isfinite(grads[k]))]) for k in acts}
+        return logits, y, idx, acts, grads, nonfinite
 
     def _resolve_target(self, variables, x, target):
         batch = x.shape[0]
@@ -317,7 +327,7 @@ class LayerProbe:
                 f"target has shape {t.shape} but the batch has {batch} samples; "
                 f"pass one index per sample, shape ({batch},), or a single int"
             )
-        if not isinstance(t, jax.core.Tracer):
+        if not isinstance(t, jax.core.Tracer) and not isinstance(x, jax.core.Tracer):
             (logits_shape, _) = self.output_shapes(variables, x)
             num_out = logits_shape[-1]
             lo, hi = int(t.min()), int(t.max())
@@ -335,32 +345,28 @@ class LayerProbe:
             raise ValueError(f"score {score!r} is not one of {SCORES}")
         x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
         mode, fn, t = self._resolve_target(variables, x, target)
-        logits, y, idx, acts, grads = self._jit_core(variables, x, t, mode=mode, fn=fn,
-                                                     score=score)
+        logits, y, idx, acts, grads, nonfinite = self._jit_core(variables, x, t, mode=mode,
+                                                                fn=fn, score=score)
         if mode == "callable" and y.shape != (x.shape[0],):
             raise ValueError(
                 f"a callable target must return one score per sample, shape ({x.shape[0]},); "
                 f"got {y.shape}"
             )
         if self.check_finite and not isinstance(y, jax.core.Tracer):
-            _raise_if_not_finite(acts, grads)
+            _raise_if_not_finite(jax.device_get(nonfinite))
         if self.single:
             (name,) = self.layers
             acts, grads = acts[name], grads[name]
         return ProbeResult(logits, y, idx, acts, grads)
 
 
-def _raise_if_not_finite(acts: dict[str, Array], grads: dict[str, Array]) -> None:
-    counts = {
-        (kind, name): int(jnp.size(v) - jnp.sum(jnp.isfinite(v)))
-        for kind, tree in (("activations", acts), ("gradients", grads))
-        for name, v in tree.items()
-    }
-    bad = {k: n for k, n in counts.items() if n}
-    if bad:
-        listing = "; ".join(f"{n} non-finite {kind} at layer {name!r}"
-                            for (kind, name), n in bad.items())
+def _raise_if_not_finite(nonfinite: dict[str, np.ndarray]) -> None:
+    """nonfinite: {layer: [count in A, count in G]} from the jitted core."""
+    problems = [f"{int(n)} non-finite {kind} at layer {name!r}"
+                for name, counts in nonfinite.items()
+                for kind, n in zip(("activations", "gradients"), counts) if n]
+    if problems:
         raise FloatingPointError(
-            f"{listing}. Check the inputs and parameters for NaN/inf (or use score='logit' "
-            "if the softmax saturates)."
+            f"{'; '.join(problems)}. Check the inputs and parameters for NaN/inf (or use "
+            "score='logit' if the softmax saturates)."
         )
