@@ -1,34 +1,41 @@
 """Throughput of ifa_jax against its floor and against the PyTorch peers.
 
     python -m experiments.benchmark [--quick] [--cases mnist64,mnist256,resnet18,cnn3d]
-                                    [--json out.json] [--memory] [--no-peers] [--no-e2e]
+                                    [--json out.json] [--memory] [--torch-threads 2,1]
+                                    [--no-peers] [--no-e2e]
 
 For each case (model, input, batch, layer) it times, interleaved in one process:
 
 * the floor: one jitted forward + vjp of the target score to the layer's activations
-  (``probe.tapped`` with zero deltas, nothing else);
+  (``probe.tapped`` with zero deltas; returns logits, A and G, nothing else), and a
+  forward pass alone (ScoreCAM's bound is its throughput / K);
 * ifa_jax: the analysis step (``analysis.analysis_step``: probe, CAM, statistics update)
-  for GradCAM and HiResCAM; a CAM with the common scale at input resolution (probe + cam
-  + apply_scale + upsample, one jit); the eager ``explain()`` API; ScoreCAM via
-  ``explain(..., 'scorecam')`` (+ the same scale and upsample);
+  for GradCAM, HiResCAM and four methods from one probe call; a CAM with the common scale
+  at input resolution (probe + cam + apply_scale + upsample, one jit); the eager
+  ``explain()`` API; ScoreCAM via ``explain(..., 'scorecam')`` (+ the same scale and
+  upsample);
 * the PyTorch peers when ``torch`` and ``pytorch_grad_cam`` import (``pip install -e
-  '.[bench]'``, best in a separate venv): the same architecture with the same weights
-  (converted from Flax, logits checked with allclose), a bare forward + backward into all
-  parameters, a forward + gradient to the layer only, pytorch-grad-cam's GradCAM and ScoreCAM.
+  '.[bench]'``, best in a separate venv), once per ``--torch-threads`` count (default:
+  JAX's CPU thread count): the same architecture with the same weights (converted from
+  Flax, logits checked with assert_allclose), a bare forward + backward into all
+  parameters, a forward + gradient to the layer only, pytorch-grad-cam's GradCAM and
+  ScoreCAM.
 
-Every call ends in ``block_until_ready`` (or returns host arrays); each number is the
-median of ``--repeats`` interleaved repeats after a warm-up call, and the first call's
-extra time (trace + compile) is reported separately. Throughputs are images/second;
-"x floor" is a row's throughput over the floor's, "speedup" is ifa_jax's over the peer's.
+Every call ends in ``block_until_ready`` (or returns host arrays). Each entry gets a first
+call (its extra time over the median is the trace + compile time) and a warm-up call, then
+``--repeats`` rounds over all entries in turn; a measurement repeats fast calls to last
+``--min-time``. Throughputs are images/second (medians); "x floor" (a row's throughput over
+the floor's) and "speedup" (ifa_jax's over the peer's) are medians of ratios taken within
+one round, which cancels most of the load of a shared machine.
 
 End to end (``--no-e2e`` skips it): the whole integrated feature analysis of embedded MNIST
-(analysis pass per method, common scale, consistency evaluation for every method, scale
-and feature subset), in seconds per 1,000 images, with the number of model passes counted.
-``--memory`` adds the peak RSS of the analysis pass at 5,000 and 50,000 samples
-(:mod:`experiments.bench_memory`, one subprocess per size).
+as the runner does it (one analysis pass for all methods, common scale, consistency
+evaluation for every method, scale and feature subset), in seconds per 1,000 images, with
+the model passes counted. ``--memory`` adds the peak RSS of the analysis pass at 5,000 and
+50,000 samples (:mod:`experiments.bench_memory`, one subprocess per size).
 
 ``--quick`` shrinks the ResNet-18 case to 112x112 inputs, the 3-D case to batch 2, the
-ScoreCAM batches and the end-to-end dataset, and takes 3 repeats.
+ScoreCAM batches and the end-to-end dataset (1,000 digits), and takes 3 repeats.
 """
 
 from __future__ import annotations
@@ -175,6 +182,19 @@ class Entry:
         return self.images / self.seconds
 
 
+def paired_ratio(a: Entry, b: Entry) -> float:
+    """Median over repeats of a's throughput / b's, each pair timed in the same round.
+
+    On a shared machine the load changes between rounds; a ratio within one round cancels
+    most of it, so this is steadier than the ratio of the two medians.
+    """
+    n = min(len(a.times), len(b.times))
+    if n == 0:
+        return math.nan
+    return statistics.median((a.images / a.times[i]) / (b.images / b.times[i])
+                             for i in range(n))
+
+
 def time_interleaved(entries: Sequence[Entry], *, repeats: int, min_time: float) -> None:
     """First call (trace + compile), a warm-up call that sets how many calls make one
     measurement (>= min_time seconds), then ``repeats`` rounds over all entries in turn,
@@ -205,8 +225,13 @@ def time_interleaved(entries: Sequence[Entry], *, repeats: int, min_time: float)
 
 
 def make_floor(probe: LayerProbe):
-    """Jitted ``(variables, x, y) -> dy/dA``: forward + vjp of the label's logit to the
-    layer's output, with nothing else (no CAM, no statistics, no finite check)."""
+    """Jitted ``(variables, x, y) -> (logits, A, G)``: one forward + the vjp of the label's
+    logit to the layer's output A, with nothing else (no CAM, statistics or finite check).
+
+    A and the logits are returned because every CAM needs them; returning G alone would let
+    XLA drop the forward pass wherever G does not depend on it (a linear head after global
+    pooling, as in ResNet at stage4 or ConvNet at its last conv).
+    """
     layer = probe.layers[0]
 
     @jax.jit
@@ -215,10 +240,12 @@ def make_floor(probe: LayerProbe):
         zeros = {layer: jnp.zeros(shapes[layer].shape, shapes[layer].dtype)}
 
         def total(deltas):
-            logits, _ = probe.tapped(variables, x, deltas)
-            return jnp.sum(jnp.take_along_axis(logits, y[:, None], axis=-1))
+            logits, acts = probe.tapped(variables, x, deltas)
+            score = jnp.sum(jnp.take_along_axis(logits, y[:, None], axis=-1))
+            return score, (logits, acts[layer])
 
-        return jax.grad(total)(zeros)[layer]
+        grads, (logits, A) = jax.grad(total, has_aux=True)(zeros)
+        return logits, A, grads[layer]
 
     return floor
 
@@ -254,8 +281,12 @@ def ifa_entries(case: Case, variables, probe: LayerProbe, x, y) -> list[Entry]:
     valid = jnp.ones((b,), bool)
     floor = make_floor(probe)
     A_shape = probe.output_shapes(variables, x)[1][probe.layers[0]]
-    state = {m: analysis.init(case.num_classes, A_shape[-1], tuple(A_shape[1:-1]))
-             for m in ("gradcam", "hirescam")}
+
+    def empty():
+        return analysis.init(case.num_classes, A_shape[-1], tuple(A_shape[1:-1]))
+
+    state = {"gradcam": empty(), "hirescam": empty(), E2E_METHODS: tuple(empty()
+                                                                       for _ in E2E_METHODS)}
 
     def step(method):
         def run():
@@ -285,12 +316,14 @@ def ifa_entries(case: Case, variables, probe: LayerProbe, x, y) -> list[Entry]:
 
     forward = jax.jit(probe.forward)
     return [
-        Entry("floor: jit fwd + vjp to layer", "floor", b,
+        Entry("floor: jit fwd + vjp to layer (A, G)", "floor", b,
               lambda: jax.block_until_ready(floor(variables, x, y))),
         Entry("jit forward only (logits)", "forward", b,
               lambda: jax.block_until_ready(forward(variables, x))),
         Entry("ifa analysis_step gradcam", "ifa", b, step("gradcam")),
         Entry("ifa analysis_step hirescam", "ifa", b, step("hirescam")),
+        Entry(f"ifa analysis_step {len(E2E_METHODS)} methods, 1 probe", "ifa", b,
+              step(E2E_METHODS)),
         Entry("ifa CAM gradcam, common scale, input res", "ifa", b,
               lambda: jax.block_until_ready(cam_fn(variables, x, y, sc))),
         Entry("ifa explain() gradcam (eager API)", "ifa", b, api_gradcam),
@@ -625,22 +658,21 @@ def run_case(case: Case, *, repeats: int, min_time: float, peers: bool,
                 "seconds_median": e.seconds, "seconds_all": e.times, "calls_per_repeat": e.number,
                 "images_per_s": e.images_per_s, "first_call_s": e.first_s,
                 "compile_s": max(e.first_s - e.seconds, 0.0),
-                "x_floor": e.images_per_s / floor.images_per_s,
+                "x_floor": paired_ratio(e, floor),
             })
             ref = by_name.get(e.compare_to) if e.compare_to else None
             if ref is not None and ref.error is None:
                 row["ifa_row"] = ref.name
-                row["ifa_speedup"] = ref.images_per_s / e.images_per_s
+                row["ifa_speedup"] = paired_ratio(ref, e)
         rows.append(row)
     result["rows"] = rows
     fwd = next((e for e in entries if e.group == "forward" and e.error is None), None)
     if fwd is not None:
         # ScoreCAM runs K forward passes per image: its throughput is at most fwd / K.
         result["scorecam_forward_bound_images_per_s"] = fwd.images_per_s / A_shape[-1]
-        for r in rows:
+        for r, e in zip(rows, entries):
             if "scorecam" in r["name"].lower() and r["error"] is None:
-                r["x_scorecam_bound"] = (r["images_per_s"]
-                                         / result["scorecam_forward_bound_images_per_s"])
+                r["x_scorecam_bound"] = paired_ratio(e, fwd) * A_shape[-1]
     best: dict[str, dict] = {}
     for r in rows:  # the fastest torch thread count of each peer, against its ifa_jax row
         if r["group"] != "peer" or "ifa_speedup" not in r:
@@ -671,17 +703,16 @@ def _counting_probe(probe: LayerProbe):
 
 
 def _ifa_pipeline(probe, variables, ds, *, batch: int, methods: Sequence[str]) -> dict:
-    """Analysis pass per method, common scales, consistency evaluation: stage seconds."""
+    """One analysis pass (all methods), common scales, consistency evaluation: seconds."""
     from ifa_jax import experiment
 
     config = experiment.Config(methods=tuple(methods), batch_size=batch)
     t0 = time.perf_counter()
-    analyses = {}
-    for m in methods:
-        analyses[m] = analysis.analyze(
-            probe, variables, ((b.x, b.y, b.mask) for b in data.batches(ds, batch)),
-            num_classes=ds.num_classes, method=m, progress=False,
-            keep_importance=(m == methods[0]))
+    # As the runner does: every method from one probe call per batch (one model pass).
+    analyses = analysis.analyze(
+        probe, variables, ((b.x, b.y, b.mask) for b in data.batches(ds, batch)),
+        num_classes=ds.num_classes, method=tuple(methods), progress=False,
+        keep_importance=True, count="all")  # random weights: few samples are correct
     t1 = time.perf_counter()
     scales = {cams.canonical_method(m): _scale_of(analyses[m].samples["cam_max"],
                                                   analyses[m].samples["cam_min"])
@@ -698,7 +729,9 @@ def end_to_end(samples: int, *, batch: int = 256, methods: Sequence[str] = E2E_M
                repeats: int = 3, log: Callable[[str], None] = print) -> dict:
     """The whole analysis of ``samples`` embedded-MNIST digits with a random MnistCNN.
 
-    Runs the pipeline twice (cold: with tracing and compilation; warm: caches filled), counts
+    Mirrors the runner (``experiment.stage_analyse``: one analysis pass for all methods;
+    ``experiment.evaluate_consistency``). Runs it twice (cold: with tracing and
+    compilation; warm: caches filled), counts
     the model passes on a 2-batch dataset, and measures the floor at the same batch, so that
     ``floor_bound_s_per_1k`` = passes x 1000 / floor throughput is the time the passes alone
     would take at the floor's speed.
@@ -718,12 +751,12 @@ def end_to_end(samples: int, *, batch: int = 256, methods: Sequence[str] = E2E_M
     counting, counter = _counting_probe(probe)
     small = data.Dataset(x[:2 * batch], y[:2 * batch], 10, "count")
     counts = {}
-    for m in methods:
-        counter["calls"] = 0
-        analysis.analyze(counting, variables, ((b.x, b.y, b.mask) for b in data.batches(small, batch)),
-                         num_classes=10, method=m, progress=False)
-        jax.effects_barrier()
-        counts[f"analysis {m}"] = counter["calls"] / 2
+    counter["calls"] = 0
+    analysis.analyze(counting, variables,
+                     ((b.x, b.y, b.mask) for b in data.batches(small, batch)),
+                     num_classes=10, method=tuple(methods), progress=False, count="all")
+    jax.effects_barrier()
+    counts["analysis"] = counter["calls"] / 2
     from ifa_jax import experiment
 
     counter["calls"] = 0
@@ -733,7 +766,7 @@ def end_to_end(samples: int, *, batch: int = 256, methods: Sequence[str] = E2E_M
                                     np.ones((10, 200)), lambda s: None)
     jax.effects_barrier()
     counts["consistency"] = counter["calls"] / 2
-    analysis_passes = sum(v for k, v in counts.items() if k.startswith("analysis"))
+    analysis_passes = counts["analysis"]
     passes = analysis_passes + counts["consistency"]
 
     floor = make_floor(probe)
@@ -765,9 +798,12 @@ def memory(sizes: Sequence[int] = (5000, 50000), batch: int = 256) -> list[dict]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     rows = []
     for n in sizes:
-        out = subprocess.run([sys.executable, "-m", bench_memory.__name__, "--one", str(n),
-                              "--batch", str(batch)], capture_output=True, text=True,
-                             check=True, cwd=root)
+        # Linux carries a parent's peak RSS into a child it forks and execs (ru_maxrss
+        # survives execve), so this large process would inflate the child's number; a small
+        # shell that forks the measured process in turn gives it a clean count.
+        out = subprocess.run(["sh", "-c", '"$0" "$@"; exit $?', sys.executable, "-m",
+                              bench_memory.__name__, "--one", str(n), "--batch", str(batch)],
+                             capture_output=True, text=True, check=True, cwd=root)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     for r in rows:
         r["ratio_to_first"] = r["peak_rss_mib"] / rows[0]["peak_rss_mib"]
@@ -808,7 +844,7 @@ def format_case(res: dict) -> str:
         lines.append(f"{r['name']:44}{r['images_per_s']:>10.1f}"
                      f"{1000 * r['seconds_median']:>10.1f}{r['x_floor']:>9.3f}{speed:>9}"
                      f"{comp:>11}")
-    for key, b in res.get("speedup_vs_best_peer", {}).items():
+    for b in res.get("speedup_vs_best_peer", {}).values():
         lines.append(f"  {b['ifa_row']} vs {b['peer_row']} (fastest thread count): "
                      f"{b['ifa_speedup']:.2f}x")
     if "scorecam_forward_bound_images_per_s" in res:
