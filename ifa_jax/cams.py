@@ -169,26 +169,35 @@ def _minmax01(a: Array, axes: tuple[int, ...]) -> Array:
     return jnp.where(span > 0, (a - lo) / jnp.where(span > 0, span, 1.0), 0.0)
 
 
-def scorecam_weights(A: Array, x: Array, score_fn: Callable[[Array], Array], *,
-                     chunk_size: int = 16) -> Array:
+def scorecam_weights(A: Array, x: Array, score_fn: Callable[[Array, Array], Array],
+                     target: Array, *, chunk_size: int = 16) -> Array:
     """ScoreCAM weights (B, K): softmax over channels of the target score of masked inputs.
 
     Each channel A_k is upsampled to the input grid, min-max scaled to [0, 1] per sample
-    and multiplies the input; ``score_fn(x_masked (B, *in, C)) -> (B,)`` gives the target
-    score of the masked inputs. ``chunk_size`` channels are evaluated per forward batch
-    (memory ~ chunk_size * B inputs). As in pytorch-grad-cam, weights are the softmax of
-    the scores over channels.
+    and multiplies the input. ``score_fn(x (N, *in, C), target (N,)) -> (N,)`` scores
+    masked inputs; ``target`` (B,) is each sample's explained output. ``chunk_size``
+    channels go through the model together, flattened into one batch of chunk_size * B
+    inputs (flattening, not vmapping, keeps the model's ops in their fast batched form).
+    As in pytorch-grad-cam, weights are the softmax of the scores over channels.
     """
-    axes_in = tuple(range(1, x.ndim - 1))
     if A.shape[0] != x.shape[0]:
         raise ValueError(f"activations have batch {A.shape[0]} but inputs {x.shape[0]}")
-
-    def one_channel(a_k):  # a_k: (B, *spatial)
-        up = jax.image.resize(a_k, (x.shape[0], *x.shape[1:-1]), method="linear")
-        return score_fn(x * _minmax01(up, axes_in)[..., None])
-
+    B, K = A.shape[0], A.shape[-1]
+    chunk = max(1, min(chunk_size, K))
+    groups = -(-K // chunk)
     per_channel = jnp.moveaxis(A, -1, 0)  # (K, B, *spatial)
-    scores = jax.lax.map(one_channel, per_channel, batch_size=chunk_size)  # (K, B)
+    per_channel = jnp.pad(per_channel, [(0, groups * chunk - K)] + [(0, 0)] * (A.ndim - 1))
+    per_group = per_channel.reshape(groups, chunk, *per_channel.shape[1:])
+    in_axes = tuple(range(2, x.ndim))  # grid axes of (chunk, B, *in)
+    tiled_target = jnp.tile(target, chunk)
+
+    def one_group(a):  # a: (chunk, B, *spatial)
+        up = jax.image.resize(a, (chunk, B, *x.shape[1:-1]), method="linear")
+        masked = x[None] * _minmax01(up, in_axes)[..., None]  # (chunk, B, *in, C)
+        scores = score_fn(masked.reshape(chunk * B, *x.shape[1:]), tiled_target)
+        return scores.reshape(chunk, B)
+
+    scores = jax.lax.map(one_group, per_group).reshape(groups * chunk, B)[:K]  # (K, B)
     return jax.nn.softmax(scores.T, axis=-1)
 
 

@@ -25,12 +25,12 @@ def _pick(tree, layer: str | None, probe: LayerProbe):
     return tree[layer]
 
 
-def _scorer(target_idx, target_fn, score):
-    """logits -> target score (B,) with the same target the probe explained."""
-    def f(logits):
+def _scorer(target_fn, score):
+    """(logits (N, O), target (N,)) -> score (N,): the objective the probe explained."""
+    def f(logits, target):
         if target_fn is not None:
             return target_fn(logits)
-        return target_scores(logits, target_idx, score)
+        return target_scores(logits, target, score)
     return f
 
 
@@ -42,13 +42,14 @@ def forward_weights(probe: LayerProbe, variables, x: Array, A: Array, result: Pr
     Traceable: call it under ``jit`` with ``probe``, ``method``, ``layer``, ``target_fn``,
     ``score`` and ``chunk_size`` static.
     """
-    to_score = _scorer(result.target, target_fn, score)
+    to_score = _scorer(target_fn, score)
     if method == "scorecam":
-        return cams.scorecam_weights(A, x, lambda xm: to_score(probe.forward(variables, xm)),
-                                     chunk_size=chunk_size)
+        return cams.scorecam_weights(
+            A, x, lambda xm, t: to_score(probe.forward(variables, xm), t), result.target,
+            chunk_size=chunk_size)
     if method == "ablationcam":
         def ablated(delta):
-            return to_score(probe.forward_with(variables, x, {layer: delta}))
+            return to_score(probe.forward_with(variables, x, {layer: delta}), result.target)
         return cams.ablation_weights(A, ablated, result.score, chunk_size=chunk_size)
     return None
 

@@ -86,8 +86,12 @@ def test_scorecam_weights_match_reference(ndim):
     def resize(a):
         return jax.image.resize(a, (a.shape[0], *in_spatial), "linear")
 
-    got = jax.jit(lambda A, x: cams.scorecam_weights(A, x, score, chunk_size=2))(A, x)
-    want = ref.scorecam_weights(A, x, lambda xm: np.asarray(score(jnp.asarray(xm))), resize)
+    # chunk_size 2 does not divide the 5 channels: the padded last chunk is dropped.
+    # The score depends on each row's target, so the targets must follow their samples.
+    got = jax.jit(lambda A, x: cams.scorecam_weights(A, x, lambda xm, t: score(xm) * (1.0 + t),
+                                                     jnp.array([0, 1]), chunk_size=2))(A, x)
+    want = ref.scorecam_weights(A, x, lambda xm: np.asarray(score(jnp.asarray(xm))) * [1, 2],
+                                resize)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
