@@ -869,11 +869,12 @@ def format_e2e(e: dict) -> str:
         f"  seconds per 1,000 images: warm {e['warm_s_per_1k']:.3f} (analysis "
         f"{e['analysis_s_per_1k']:.3f}, scale {e['scale_s_per_1k']:.4f}, consistency "
         f"{e['consistency_s_per_1k']:.3f}); cold (with compiles) {e['cold_s_per_1k']:.3f}",
-        f"  model passes over the data (forward + vjp each): {p['analysis']:g} analysis + "
-        f"{p['evaluation']:g} evaluation = {p['total']:g}",
-        f"  floor {e['floor_images_per_s']:.0f} img/s -> those passes alone at the floor: "
-        f"{e['floor_bound_s_per_1k']:.3f} s per 1,000 ({e['warm_x_floor_bound']:.2f} of the "
-        "warm time)",
+        f"  forward passes over the data: {p['analysis']:g} analysis + "
+        f"{p['evaluation']:g} evaluation = {p['total']:g} (the evaluation batches one vjp "
+        f"per class on its single forward)",
+        f"  floor {e['floor_images_per_s']:.0f} img/s -> that many forward + vjp passes at "
+        f"the floor: {e['floor_bound_s_per_1k']:.3f} s per 1,000 "
+        f"({e['warm_x_floor_bound']:.2f} of the warm time)",
     ])
 
 

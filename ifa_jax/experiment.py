@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -371,30 +372,34 @@ def make_scale(config: Config, samples: Mapping[str, np.ndarray]) -> scale.Scale
                               remove_negative=config.remove_negative)
 
 
-def _raw_cams_for_class(probe, variables, methods: tuple[str, ...]):
-    """Jitted (x, c, masks (C, K)) -> raw CAMs per method, all channels and subset, + logits."""
-
-    @jax.jit
-    def run(x, c, masks):
-        res = probe(variables, x, c)
-        full, subset = [], []
-        for m in methods:
-            M = cams.contributions(res.activations, res.gradients, m)
-            full.append(cams.reduce(M).cam)
-            subset.append(cams.reduce(M, masks[c]).cam)
-        return jnp.stack(full), jnp.stack(subset), res.logits
-
-    return run
+LEVELS = ("common", "common_clipped", "per_image", "subset")
 
 
-def _levels(L: np.ndarray, sc: scale.Scale) -> dict[str, np.ndarray]:
-    """Activation levels (B,) of raw CAMs (B, *spatial) under each way of scaling."""
-    return {
-        "common": np.asarray(metrics.activation_level(scale.apply_scale(L, sc))),
-        "common_clipped": np.asarray(metrics.activation_level(scale.apply_scale(L, sc,
-                                                                                 clip=True))),
-        "per_image": np.asarray(metrics.activation_level(scale.minmax_per_image(L))),
-    }
+@functools.partial(jax.jit, static_argnames=("probe", "methods"))
+def class_levels(probe, variables, x, classes, masks, scales, *, methods: tuple[str, ...]):
+    """CAM activation levels when explaining each of ``classes``, for every method and scaling.
+
+    x: (B, *in, C); classes: (n,) int; masks: (C, K) per-class channel subsets; scales:
+    one :class:`ifa_jax.scale.Scale` per method. Returns levels (n, methods, len(LEVELS),
+    B) in the order of :data:`LEVELS`, and the logits (B, O). One forward pass and one
+    batched vjp serve every class and method (:meth:`LayerProbe.per_class`).
+    """
+    logits, A, G_all = probe.per_class(variables, x, classes)
+
+    def for_class(c, G):
+        rows = []
+        for m, sc in zip(methods, scales):
+            M = cams.contributions(A, G, m)
+            L = cams.reduce(M).cam
+            rows.append(jnp.stack([
+                metrics.activation_level(scale.apply_scale(L, sc)),
+                metrics.activation_level(scale.apply_scale(L, sc, clip=True)),
+                metrics.activation_level(scale.minmax_per_image(L)),
+                metrics.activation_level(scale.apply_scale(cams.reduce(M, masks[c]).cam, sc)),
+            ]))
+        return jnp.stack(rows)
+
+    return jax.vmap(for_class)(jnp.asarray(classes), G_all), logits
 
 
 def evaluate_consistency(config, probe, variables, ds, scales, im_rows, log) -> dict:
@@ -404,29 +409,35 @@ def evaluate_consistency(config, probe, variables, ds, scales, im_rows, log) -> 
     methods = tuple(cams.canonical_method(m) for m in config.methods)
     masks = np.asarray(decompose.select(np.nan_to_num(im_rows), "top",
                                         ratio=config.consistency_ratio))
-    run = _raw_cams_for_class(probe, variables, methods)
+    method_scales = tuple(scales[m] for m in methods)
     results: dict[str, Any] = {m: {} for m in methods}
     scatter: dict[str, Any] = {}
+    classes = list(classes)
+    group = 16  # classes per forward pass: memory grows with group * batch * |A|
+    per_class_levels: dict[int, list] = {c: [] for c in classes}
+    logits_all, valid_all = [], []
+    for x, _, valid in _batches(ds, config.batch_size):
+        for start in range(0, len(classes), group):
+            chunk = classes[start:start + group]
+            lv, logits = jax.device_get(class_levels(
+                probe, variables, jnp.asarray(x), jnp.asarray(chunk, jnp.int32), masks,
+                method_scales, methods=methods))
+            for i, c in enumerate(chunk):
+                per_class_levels[c].append(lv[i])
+        logits_all.append(logits)
+        valid_all.append(valid)
     for c in classes:
-        levels = {m: {k: [] for k in ("common", "common_clipped", "per_image", "subset")}
-                  for m in methods}
-        logits_all, valid_all = [], []
-        for x, _, valid in _batches(ds, config.batch_size):
-            full, subset, logits = jax.device_get(run(jnp.asarray(x), jnp.int32(c), masks))
-            for i, m in enumerate(methods):
-                for k, v in _levels(full[i], scales[m]).items():
-                    levels[m][k].append(v)
-                levels[m]["subset"].append(_levels(subset[i], scales[m])["common"])
-            logits_all.append(logits)
-            valid_all.append(valid)
+        all_levels = np.concatenate(per_class_levels[c], axis=-1)  # (methods, LEVELS, N)
+        levels = {m: {k: all_levels[i, j] for j, k in enumerate(LEVELS)}
+                  for i, m in enumerate(methods)}
         valid = np.concatenate(valid_all)
         logits = np.concatenate(logits_all)[valid]
         y_c = logits[:, c]
         predicted = logits.argmax(-1) == c
         for m in methods:
             row = {}
-            for k, parts in levels[m].items():
-                a = np.concatenate(parts)[valid]
+            for k, values in levels[m].items():
+                a = values[valid]
                 row[k] = metrics.consistency(a, y_c)
                 if k == "common":
                     row["auroc"] = metrics.auroc(a, predicted)
@@ -436,7 +447,7 @@ def evaluate_consistency(config, probe, variables, ds, scales, im_rows, log) -> 
     summary = {}
     for m in methods:
         summary[m] = {}
-        for k in ("common", "common_clipped", "per_image", "subset"):
+        for k in LEVELS:
             rs = [results[m][c][k].get("pearson") for c in results[m]]
             rs = [r for r in rs if r is not None]
             summary[m][k] = {"mean_pearson": float(np.mean(rs)) if rs else None,
@@ -456,7 +467,7 @@ def log_consistency(summary: Mapping, ratio: float, log) -> None:
         f"top {ratio:.0%} subset)")
     for m, row in summary.items():
         values = " | ".join(_fmt(row[k]["mean_pearson"]) for k in
-                            ("common", "common_clipped", "per_image", "subset"))
+                            LEVELS)
         log(f"  {m:>10}: {values}")
 
 

@@ -306,6 +306,38 @@ class LayerProbe:
                                    jnp.sum(~jnp.isfinite(grads[k]))]) for k in acts}
         return logits, y, idx, acts, grads, nonfinite
 
+    def per_class(self, variables, x: Array, classes: Array, *, score: str = "logit"):
+        """One forward and one batched vjp: gradients for several targets at once.
+
+        classes: (n,) int output indices. Returns (logits (B, O), activations, gradients)
+        with gradients of shape (n, B, *spatial, K): row i is ``d y_classes[i] / dA``,
+        exactly what ``probe(variables, x, classes[i]).gradients`` gives, but the forward
+        pass is shared (the backward passes to the layer are batched with ``vmap``).
+        Memory grows with n * B * |A|: pass a few classes at a time for large n.
+        Traceable (jit it with ``score`` static).
+        """
+        if score not in SCORES:
+            raise ValueError(f"score {score!r} is not one of {SCORES}")
+        _, act_shapes = jax.eval_shape(lambda v, x: self.tapped(v, x, None), variables, x)
+        zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in act_shapes.items()}
+
+        def outputs(deltas):
+            logits, acts = self.tapped(variables, x, deltas)
+            logits = _as_2d(logits)
+            y = jax.nn.softmax(logits, axis=-1) if score == "probability" else logits
+            return y, (logits, acts)
+
+        y, vjp_fn, (logits, acts) = jax.vjp(outputs, zeros, has_aux=True)
+
+        def grads_for(c):
+            return vjp_fn(jnp.zeros_like(y).at[:, c].set(1.0))[0]
+
+        grads = jax.vmap(grads_for)(jnp.asarray(classes, jnp.int32))
+        if self.single:
+            (name,) = self.layers
+            return logits, acts[name], grads[name]
+        return logits, acts, grads
+
     def _resolve_target(self, variables, x, target):
         batch = x.shape[0]
         if target is None or (isinstance(target, str) and target == "predicted"):

@@ -208,3 +208,19 @@ def test_non_finite_values_are_reported(mnist):
     bad["params"]["conv2"]["bias"] = variables["params"]["conv2"]["bias"].at[0].set(jnp.nan)
     with pytest.raises(FloatingPointError, match=r"144 non-finite activations at layer 'conv2'"):
         probe(bad, x)
+
+
+def test_per_class_gradients_equal_one_probe_per_class(mnist):
+    model, variables, x = mnist
+    probe = linen_probe(model, "relu2")
+    classes = jnp.array([0, 3, 7])
+    logits, A, G = jax.jit(probe.per_class, static_argnames="score")(variables, x, classes,
+                                                                      score="probability")
+    assert G.shape == (3, *A.shape)
+    for i, c in enumerate([0, 3, 7]):
+        one = probe(variables, x, c, score="probability")
+        np.testing.assert_allclose(G[i], one.gradients, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(logits, one.logits, rtol=1e-6)
+    # One forward: the convs appear once, the batched backward stops at relu2.
+    text = str(jax.make_jaxpr(lambda v, x: probe.per_class(v, x, classes))(variables, x))
+    assert text.count("conv_general_dilated") == 2
