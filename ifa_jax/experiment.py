@@ -598,11 +598,12 @@ def make_figures(run, config, splits, probe, variables, analyses, scales, consis
     figs = {}
     method = config.methods[0]
     ds = splits.validation
-    # One sample of each class first (then the next ones), at most 8.
-    labels = np.asarray(ds.y)
+    # One sample of each class among the first 64 first (then the others), at most 8.
+    # Labels come from gather, so lazy sources (tfds) work too.
+    _, labels = ds.gather(np.arange(min(len(ds), 64)))
     firsts = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]
     chosen = set(firsts)
-    rest = [i for i in range(min(len(ds), 64)) if i not in chosen]
+    rest = [i for i in range(len(labels)) if i not in chosen]
     x, y = ds.gather(np.asarray((firsts + rest)[:min(8, len(ds))]))
     res, out = _explain_batch(probe, variables, x, np.asarray(probe(variables,
                                                                      jnp.asarray(x)).target),

@@ -130,3 +130,15 @@ def test_single_class_dataset_reports_undefined_instead_of_nan(tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "AUROC is undefined for hirescam on class(es) 0" in report
     assert "nan" not in report.lower()
+
+
+@pytest.mark.slow
+def test_tfds_experiment_runs_on_mock_data(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    config = tiny(dataset="tfds:mnist", model="convnet", methods=("gradcam",),
+                  subset_modes=("top",), faithfulness_samples=2, sanity_samples=0,
+                  train=TrainConfig(epochs=1, batch_size=16, progress=False), batch_size=16)
+    with tfds.testing.mock_data(num_examples=40):
+        results = experiment.run_experiment(config, tmp_path / "run", log=lambda s: None)
+    assert results["analysis"]["gradcam"]["train"]["class_counts"] is not None
+    assert (tmp_path / "run" / "figures" / "cams.png").exists()
