@@ -16,26 +16,12 @@ from typing import NamedTuple
 import numpy as np
 
 from ifa_jax import decompose
+from ifa_jax.scale import per_sample_values
 
 KS_C05 = 1.358  # asymptotic two-sample KS coefficient for a 5% test: c(0.05)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _sample(values, name: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of per-sample values; got shape "
-                         f"{arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty; the split has no analysed sample")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise ValueError(f"{name} has {int(bad.sum())} non-finite value(s) (first at index "
-                         f"{int(np.flatnonzero(bad)[0])}); drop them, e.g. "
-                         "values[np.isfinite(values)]")
-    return arr
 
 
 def _ratio(num: float, den: float) -> float:
@@ -69,8 +55,8 @@ def _finite_rows(arr: np.ndarray, used: np.ndarray, name: str) -> None:
 
 def ks_statistic(a, b) -> float:
     """Two-sample Kolmogorov-Smirnov statistic D = max_x |F_a(x) - F_b(x)| in [0, 1]."""
-    a = np.sort(_sample(a, "a"))
-    b = np.sort(_sample(b, "b"))
+    a = np.sort(per_sample_values(a, "a"))
+    b = np.sort(per_sample_values(b, "b"))
     pooled = np.concatenate([a, b])
     fa = np.searchsorted(a, pooled, side="right") / a.size
     fb = np.searchsorted(b, pooled, side="right") / b.size
@@ -80,8 +66,8 @@ def ks_statistic(a, b) -> float:
 def wasserstein_1d(a, b) -> float:
     """1-D Wasserstein (earth mover's) distance W1 = integral |F_a - F_b| dx, in the
     samples' own units (for equal sizes: mean |sort(a) - sort(b)|)."""
-    a = np.sort(_sample(a, "a"))
-    b = np.sort(_sample(b, "b"))
+    a = np.sort(per_sample_values(a, "a"))
+    b = np.sort(per_sample_values(b, "b"))
     pooled = np.sort(np.concatenate([a, b]))
     widths = np.diff(pooled)
     fa = np.searchsorted(a, pooled[:-1], side="right") / a.size
@@ -119,8 +105,8 @@ class Shift(NamedTuple):
 
 def distribution_shift(train, val) -> Shift:
     """Compare two 1-D samples (train split first). See :class:`Shift`."""
-    a = _sample(train, "train")
-    b = _sample(val, "val")
+    a = per_sample_values(train, "train")
+    b = per_sample_values(val, "val")
     q25, med_a, q75 = np.percentile(a, [25, 50, 75])
     med_b = float(np.median(b))
     iqr = float(q75 - q25)

@@ -71,7 +71,9 @@ jax.tree_util.register_pytree_node(
 )
 
 
-def _finite_1d(values, name: str) -> np.ndarray:
+def per_sample_values(values, name: str) -> np.ndarray:
+    """A finite, non-empty 1-D float64 array (N,) of per-sample values, or a ValueError
+    that names the problem and its fix."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of per-sample values; got shape "
@@ -106,7 +108,7 @@ def percentiles(values, qs: Sequence[float] = DEFAULT_PERCENTILES) -> dict:
     the 95th percentile (the reference code stored the 99th under the label 95).
     Empty or non-finite input raises ValueError.
     """
-    arr = _finite_1d(values, "values")
+    arr = per_sample_values(values, "values")
     qs = tuple(qs)
     if not qs:
         raise ValueError("qs is empty; ask for at least one percentile, e.g. qs=(50, 90)")
@@ -158,8 +160,8 @@ def common_scale(cam_max, cam_min, *, mode: str = "norm", hi_percentile: float =
     when vmax > 0). Raises ValueError for empty or non-finite inputs, ratio <= 0, a sample
     whose max is below its min (arrays swapped?) and a degenerate scale.
     """
-    mx = _finite_1d(cam_max, "cam_max")
-    mn = _finite_1d(cam_min, "cam_min")
+    mx = per_sample_values(cam_max, "cam_max")
+    mn = per_sample_values(cam_min, "cam_min")
     if mx.shape != mn.shape:
         raise ValueError(f"cam_max has {mx.size} samples but cam_min {mn.size}; pass the "
                          "per-sample max and min of the same samples")
