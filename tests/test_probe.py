@@ -224,3 +224,18 @@ def test_per_class_gradients_equal_one_probe_per_class(mnist):
     # One forward: the convs appear once, the batched backward stops at relu2.
     text = str(jax.make_jaxpr(lambda v, x: probe.per_class(v, x, classes))(variables, x))
     assert text.count("conv_general_dilated") == 2
+
+
+def test_batchnorm_model_in_inference_mode_gives_per_sample_gradients():
+    """ResNet with BatchNorm (train=False): a sample's G does not depend on its batch."""
+    from ifa_jax.models import ResNet
+
+    model = ResNet(num_classes=3, width=4, stage_sizes=(1, 1, 1, 1))
+    x = jax.random.normal(jax.random.key(5), (3, 16, 16, 3))
+    variables = model.init(jax.random.key(6), x, train=False)
+    probe = linen_probe(model, "stage4", train=False)
+    batch = probe(variables, x, 1)
+    alone = probe(variables, x[1:2], 1)
+    assert batch.activations.shape[0] == 3 and batch.activations.ndim == 4
+    np.testing.assert_allclose(batch.gradients[1:2], alone.gradients, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(batch.score[1], alone.score[0], rtol=1e-5)
