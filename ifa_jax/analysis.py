@@ -25,13 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ifa_jax import cams
+from ifa_jax import cams, scale
 from ifa_jax.explain import callable_target, forward_weights
 from ifa_jax.probe import LayerProbe
 
 Array = jax.Array
 COUNT_MODES = ("correct", "all")
-PERCENTILES = (25, 50, 75, 90, 95, 99)
 
 
 class Stats(NamedTuple):
@@ -255,12 +254,13 @@ class Analysis(NamedTuple):
     summary: Summary
     samples: dict[str, np.ndarray]
 
-    def percentiles(self, which: str = "cam_max", qs=PERCENTILES) -> dict[int, float]:
+    def percentiles(self, which: str = "cam_max",
+                    qs=scale.DEFAULT_PERCENTILES) -> dict[int, float]:
         """Percentiles of a per-sample scalar, keyed by the percentile it really is."""
         values = self.samples[which]
         if values.size == 0:
             raise ValueError(f"no samples were analysed, so {which} has no percentiles")
-        return {int(q): float(np.percentile(values, q)) for q in qs}
+        return scale.percentiles(values, qs)
 
 
 def _pad(batch: tuple, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

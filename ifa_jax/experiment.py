@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -36,6 +35,7 @@ import numpy as np
 
 from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, plots, scale
 from ifa_jax import train as training
+from ifa_jax.explain import explain
 from ifa_jax.io import atomic_path, atomic_write_bytes
 from ifa_jax.probe import linen_probe
 
@@ -87,8 +87,9 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        for m in self.methods:
-            cams.canonical_method(m)
+        # Canonical names once, here: every stage and file keys on them.
+        object.__setattr__(self, "methods",
+                           tuple(cams.canonical_method(m) for m in self.methods))
         if self.model not in MODELS:
             raise ValueError(f"model {self.model!r} is not one of {MODELS}")
         if self.scale_mode not in scale.MODES:
@@ -285,18 +286,8 @@ def build_model(config: Config, splits: data.Splits):
     return models.ResNet18(num_classes=num_classes, **kwargs)
 
 
-def _apply_kwargs(model) -> dict:
-    import inspect
-
-    return {"train": False} if "train" in inspect.signature(model.__call__).parameters else {}
-
-
 def _batches(ds, size: int):
     return ((b.x, b.y, b.mask) for b in data.batches(ds, size))
-
-
-def _class_count(ds) -> int:
-    return int(ds.num_classes)
 
 
 # --------------------------------------------------------------------------- stages
@@ -304,10 +295,11 @@ def _class_count(ds) -> int:
 
 def stage_train(run: RunFolder, config: Config, model, splits, log) -> tuple[Any, dict]:
     ckpt = run.file("checkpoint.msgpack")
-    template = training.init_variables(model, splits.train.input_shape,
-                                       key=jax.random.key(config.seed))
     if run.has("checkpoint.msgpack") and run.has("train.json"):
         log(f"train: loading {ckpt}")
+        # Shapes only: loading needs the tree's structure, not initialised weights.
+        template = jax.eval_shape(lambda: training.init_variables(
+            model, splits.train.input_shape, key=jax.random.key(config.seed)))
         with open(run.file("train.json")) as f:
             return training.load_checkpoint(ckpt, template), json.load(f)
     start = time.perf_counter()
@@ -342,7 +334,7 @@ def stage_analyse(run, config, probe, variables, splits, log):
 
     Returns {method: {split: (summary, samples)}}.
     """
-    methods = tuple(cams.canonical_method(m) for m in config.methods)
+    methods = config.methods
     out: dict[str, dict[str, Any]] = {m: {} for m in methods}
     for split_name in ("train", "validation"):
         paths = {m: run.file("analysis", f"{m}_{split_name}.npz") for m in methods}
@@ -350,7 +342,7 @@ def stage_analyse(run, config, probe, variables, splits, log):
             ds = getattr(splits, split_name)
             start = time.perf_counter()
             results = analysis.analyze(probe, variables, _batches(ds, config.batch_size),
-                                       num_classes=_class_count(ds), method=methods,
+                                       num_classes=ds.num_classes, method=methods,
                                        progress=False, keep_importance=True)
             for m, result in results.items():
                 arrays = _summary_arrays(result)
@@ -404,15 +396,14 @@ def class_levels(probe, variables, x, classes, masks, scales, *, methods: tuple[
 
 def evaluate_consistency(config, probe, variables, ds, scales, im_rows, log) -> dict:
     """Per class and method: r between CAM activation level and logit, AUROC."""
-    C = _class_count(ds)
-    classes = range(C if config.max_classes is None else min(C, config.max_classes))
-    methods = tuple(cams.canonical_method(m) for m in config.methods)
+    C = ds.num_classes
+    classes = list(range(C if config.max_classes is None else min(C, config.max_classes)))
+    methods = config.methods
     masks = np.asarray(decompose.select(np.nan_to_num(im_rows), "top",
                                         ratio=config.consistency_ratio))
     method_scales = tuple(scales[m] for m in methods)
     results: dict[str, Any] = {m: {} for m in methods}
     scatter: dict[str, Any] = {}
-    classes = list(classes)
     group = 16  # classes per forward pass: memory grows with group * batch * |A|
     per_class_levels: dict[int, list] = {c: [] for c in classes}
     logits_all, valid_all = [], []
@@ -426,12 +417,12 @@ def evaluate_consistency(config, probe, variables, ds, scales, im_rows, log) -> 
                 per_class_levels[c].append(lv[i])
         logits_all.append(logits)
         valid_all.append(valid)
+    valid = np.concatenate(valid_all)
+    logits = np.concatenate(logits_all)[valid]
     for c in classes:
         all_levels = np.concatenate(per_class_levels[c], axis=-1)  # (methods, LEVELS, N)
         levels = {m: {k: all_levels[i, j] for j, k in enumerate(LEVELS)}
                   for i, m in enumerate(methods)}
-        valid = np.concatenate(valid_all)
-        logits = np.concatenate(logits_all)[valid]
         y_c = logits[:, c]
         predicted = logits.argmax(-1) == c
         for m in methods:
@@ -504,7 +495,7 @@ def evaluate_faithfulness(config, probe, variables, ds, sc: scale.Scale, method:
     if n == 0:
         return {}
     x, y = ds.gather(np.arange(n))
-    res, out = _explain_batch(probe, variables, x, y, method)
+    res, out = explain(probe, variables, x, y, method)
     spatial = x.shape[1:-1]
     common = np.clip(np.asarray(cams.upsample(scale.apply_scale(out.cam, sc), spatial)), 0, 1)
     per_image = np.asarray(cams.upsample(scale.minmax_per_image(out.cam), spatial))
@@ -522,24 +513,18 @@ def evaluate_faithfulness(config, probe, variables, ds, sc: scale.Scale, method:
     }
 
 
-def _explain_batch(probe, variables, x, target, method):
-    from ifa_jax.explain import explain
-
-    return explain(probe, variables, jnp.asarray(x), np.asarray(target), method)
-
-
-def evaluate_sanity(config, model, probe, variables, ds, method: str) -> list[dict]:
+def evaluate_sanity(config, probe, variables, ds, method: str) -> list[dict]:
     n = min(config.sanity_samples, len(ds))
     if n == 0:
         return []
     x, y = ds.gather(np.arange(n))
-    _, ref = _explain_batch(probe, variables, x, y, method)
+    _, ref = explain(probe, variables, x, y, method)
     ref_maps = np.asarray(scale.minmax_per_image(ref.cam))
     order = [k for k in reversed(list(variables["params"]))]
     rows = []
     for name, randomised in metrics.cascading_randomization(variables, jax.random.key(
             config.seed + 1), order):
-        _, out = _explain_batch(probe, randomised, x, y, method)
+        _, out = explain(probe, randomised, x, y, method)
         maps = np.asarray(scale.minmax_per_image(out.cam))
         rc = [r for r in metrics.rank_correlation(ref_maps, maps) if r is not None]
         row = {"randomised_down_to": name,
@@ -605,9 +590,7 @@ def make_figures(run, config, splits, probe, variables, analyses, scales, consis
     chosen = set(firsts)
     rest = [i for i in range(len(labels)) if i not in chosen]
     x, y = ds.gather(np.asarray((firsts + rest)[:min(8, len(ds))]))
-    res, out = _explain_batch(probe, variables, x, np.asarray(probe(variables,
-                                                                     jnp.asarray(x)).target),
-                              method)
+    res, out = explain(probe, variables, x, "predicted", method)
     spatial = x.shape[1:-1]
     if len(spatial) == 2:
         common = np.clip(np.asarray(cams.upsample(scale.apply_scale(out.cam, scales[method]),
@@ -636,7 +619,7 @@ def make_figures(run, config, splits, probe, variables, analyses, scales, consis
     if "outliers" in diag and len(spatial) == 2:
         idx = np.asarray(diag["outliers"].indices)
         ox, oy = ds.gather(idx)
-        _, o = _explain_batch(probe, variables, ox, oy, method)
+        _, o = explain(probe, variables, ox, oy, method)
         maps = np.clip(np.asarray(cams.upsample(scale.apply_scale(o.cam, scales[method]),
                                                 spatial)), 0, 1)
         titles = [f"#{int(i)} y={int(label)}\nd={d:.1f}" for i, label, d in
@@ -755,9 +738,9 @@ def run_experiment(config: Config, out: str | os.PathLike, *, overwrite: bool = 
     splits = load_data(config)
     model = build_model(config, splits)
     variables, train_info = stage_train(run, config, model, splits, log)
-    probe = linen_probe(model, config.layer, **_apply_kwargs(model))
+    probe = linen_probe(model, config.layer, **training.inference_kwargs(model))
     analyses = stage_analyse(run, config, probe, variables, splits, log)
-    scales = {cams.canonical_method(m): make_scale(config, analyses[m]["train"][1])
+    scales = {m: make_scale(config, analyses[m]["train"][1])
               for m in config.methods}
     first = config.methods[0]
     summary = analyses[first]["train"][0]
@@ -782,8 +765,8 @@ def run_experiment(config: Config, out: str | os.PathLike, *, overwrite: bool = 
             "subsets": evaluate_subsets(config, probe, variables, splits.validation, summary,
                                         log),
             "faithfulness": evaluate_faithfulness(config, probe, variables, splits.validation,
-                                                  scales[cams.canonical_method(first)], first),
-            "sanity": evaluate_sanity(config, model, probe, variables, splits.validation,
+                                                  scales[first], first),
+            "sanity": evaluate_sanity(config, probe, variables, splits.validation,
                                       first),
         }
         write_json(run.file("evaluation.json"), evaluation)
@@ -792,7 +775,7 @@ def run_experiment(config: Config, out: str | os.PathLike, *, overwrite: bool = 
     diag = evaluate_diagnostics(config, analyses[first], summary,
                                 analyses[first]["validation"][1])
     figures = make_figures(run, config, splits, probe, variables, analyses,
-                           {cams.canonical_method(m): s for m, s in scales.items()},
+                           scales,
                            consistency, evaluation["subsets"], decomposition, diag)
     results = {
         "config": config.to_dict(), "versions": _versions(), "train": train_info,
@@ -810,10 +793,6 @@ def run_experiment(config: Config, out: str | os.PathLike, *, overwrite: bool = 
     report = write_report(run, config, results, figures)
     log(f"report: {report} ({time.perf_counter() - start:.1f} s)")
     return results
-
-
-def config_digest(config: Config) -> str:
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 __all__ = ["Config", "RunFolder", "config_from_dict", "load_config", "override",

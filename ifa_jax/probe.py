@@ -285,9 +285,13 @@ class LayerProbe:
                                  {k: tuple(a.shape) for k, a in acts.items()})
         return self._shapes[key]
 
-    def _core(self, variables, x, target, *, mode, fn, score):
+    def _zero_deltas(self, variables, x) -> dict[str, Array]:
+        """Zeros shaped like each tapped activation: the point the vjp is taken at."""
         _, act_shapes = jax.eval_shape(lambda v, x: self.tapped(v, x, None), variables, x)
-        zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in act_shapes.items()}
+        return {k: jnp.zeros(s.shape, s.dtype) for k, s in act_shapes.items()}
+
+    def _core(self, variables, x, target, *, mode, fn, score):
+        zeros = self._zero_deltas(variables, x)
 
         def total(deltas):
             logits, acts = self.tapped(variables, x, deltas)
@@ -318,8 +322,7 @@ class LayerProbe:
         """
         if score not in SCORES:
             raise ValueError(f"score {score!r} is not one of {SCORES}")
-        _, act_shapes = jax.eval_shape(lambda v, x: self.tapped(v, x, None), variables, x)
-        zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in act_shapes.items()}
+        zeros = self._zero_deltas(variables, x)
 
         def outputs(deltas):
             logits, acts = self.tapped(variables, x, deltas)

@@ -41,6 +41,7 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "evaluate",
+    "inference_kwargs",
     "init_variables",
     "load_checkpoint",
     "save_checkpoint",
@@ -142,6 +143,11 @@ def _takes_train_flag(model: nn.Module) -> bool:
     return "train" in inspect.signature(model.__call__).parameters
 
 
+def inference_kwargs(model: nn.Module) -> dict[str, bool]:
+    """``model.apply`` keywords for inference: ``{"train": False}`` if it has that flag."""
+    return {"train": False} if _takes_train_flag(model) else {}
+
+
 def _metric_sums(logits: jax.Array, losses: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
     """(loss sum, correct count, example count) over the rows where ``mask`` is True."""
     w = mask.astype(jnp.float32)
@@ -240,7 +246,7 @@ def _make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.Gradient
 def init_variables(model: nn.Module, input_shape: tuple[int, ...], *, key: jax.Array) -> Any:
     """Initialise ``model`` for inputs ``(1, *input_shape)``; returns its Flax variables."""
     params_key, dropout_key = jax.random.split(key)
-    kwargs = {"train": False} if _takes_train_flag(model) else {}
+    kwargs = inference_kwargs(model)
     x = jnp.zeros((1, *input_shape), jnp.float32)
     return jax.jit(lambda: model.init({"params": params_key, "dropout": dropout_key}, x,
                                       **kwargs))()
@@ -287,7 +293,7 @@ def train(
     has_train = _takes_train_flag(model)
     if variables is None:
         variables = init_variables(model, train_ds.input_shape, key=init_key)
-    kwargs = {"train": False} if has_train else {}
+    kwargs = inference_kwargs(model)
     out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, *train_ds.input_shape)),
                                                **kwargs), variables)
     if out.ndim != 2 or out.shape[-1] < train_ds.num_classes:
