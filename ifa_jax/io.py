@@ -3,7 +3,10 @@
 Everything ifa_jax writes (checkpoints, statistics, figures, reports) goes through
 :func:`atomic_path`: the writer fills a temporary file in the same folder, which is then
 renamed over the target (``os.replace`` is atomic on POSIX and Windows). A crash midway
-leaves the previous file intact and no partial file behind.
+leaves the previous file intact; a failed write (a full disk, a file-size limit) removes
+its temporary file and raises :class:`WriteError` naming the file. Only a process killed
+mid-write leaves a temporary behind; its name contains :data:`TEMP_MARK`, and
+:func:`remove_stale_temporaries` clears them.
 """
 
 from __future__ import annotations
@@ -13,25 +16,47 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+# Every temporary file's name contains this, so left-overs of a killed writer are found.
+TEMP_MARK = ".ifa-tmp."
+
+
+class WriteError(OSError):
+    """Writing a file failed; the previous version of the file, if any, is unchanged."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``.
 
     ``suffix`` lets writers that infer the format from the name (``np.savez``,
-    ``fig.savefig``) see the right extension.
+    ``fig.savefig``) see the right extension. The file gets the mode a plain ``open``
+    would give it (0666 less the umask), not ``mkstemp``'s private 0600.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}{TEMP_MARK}",
                                suffix=suffix)
     os.close(fd)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        if isinstance(e, WriteError):
+            raise
+        raise WriteError(
+            e.errno, f"could not write {path} ({e.strerror or e}); nothing was replaced: "
+            "the previous file, if any, is intact. Free space (or raise the file-size limit) "
+            "and run the same command again to resume") from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -41,3 +66,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Delete the temporaries that killed writers left anywhere below ``folder``.
+
+    Call it only while no other process writes there (the runner holds the run folder's
+    lock). Returns the removed paths.
+    """
+    removed = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if TEMP_MARK in name:
+                full = os.path.join(root, name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(full)
+                    removed.append(full)
+    return removed
