@@ -8,6 +8,9 @@ for BatchNorm models) and a :class:`History`. Runs with the same config are repr
 The loop is single-process and single-device (it trains reference models for the analysis);
 it does not shard batches across hosts.
 
+``train(..., state_path=...)`` saves the full training state after every epoch and resumes
+from it, so a killed run continues after its last finished epoch with the same result.
+
 ``save_checkpoint`` / ``load_checkpoint`` store any pytree with ``flax.serialization``;
 writes are atomic (temporary file in the same directory + ``os.replace``) and loading into a
 template of another model names the mismatched parameter paths and shapes.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import inspect
 import os
 import time
@@ -40,6 +44,7 @@ __all__ = [
     "History",
     "TrainConfig",
     "TrainState",
+    "TrainStateFileError",
     "evaluate",
     "inference_kwargs",
     "init_variables",
@@ -259,6 +264,7 @@ def train(
     config: TrainConfig = TrainConfig(),
     *,
     checkpoint_path: str | os.PathLike | None = None,
+    state_path: str | os.PathLike | None = None,
     variables: Any = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> tuple[Any, History]:
@@ -272,6 +278,15 @@ def train(
       config: a :class:`TrainConfig`.
       checkpoint_path: if given, the best variables so far (the last ones without ``val_ds``)
         are saved there atomically after each improving epoch.
+      state_path: if given, the whole training state (params, model_state, optimizer state,
+        step, epoch, history, early-stopping bookkeeping) is saved there atomically after
+        every epoch, and a call that finds the file resumes after the epoch it records: the
+        result equals an uninterrupted run's (timings aside); ``callback`` sees only the
+        epochs run in this call. The file stays when training ends (calling again returns
+        the finished result without training); delete it to train from scratch. A file from
+        another run (other data, model, initial variables or config, ``epochs`` included as
+        the learning-rate schedule spans them; only ``progress`` and ``restore_best`` may
+        change) or a corrupt one raises :class:`TrainStateFileError`.
       variables: start from these variables instead of a fresh initialisation.
       callback: called as ``callback(epoch, metrics)`` after each epoch (1-based).
     Returns:
@@ -311,8 +326,15 @@ def train(
     eval_bs = config.eval_batch_size or config.batch_size
 
     history = History()
-    best_acc, best_variables, since_best = -1.0, None, 0
-    for epoch in range(1, config.epochs + 1):
+    best_acc, best_variables, since_best, done = -1.0, None, 0, 0
+    if state_path is not None:
+        state_path = os.fspath(state_path)
+        fingerprint = _run_fingerprint(config, train_ds, val_ds, state.variables)
+        if os.path.exists(state_path):
+            state, history, (best_acc, best_variables, since_best), done = _load_run_state(
+                state_path, fingerprint, state)
+    last = done if history.stopped_early else config.epochs  # a stored run may be finished
+    for epoch in range(done + 1, last + 1):
         start = time.perf_counter()
         sums = []
         stream = batches(train_ds, config.batch_size,
@@ -340,14 +362,18 @@ def train(
                 since_best += 1
         metrics["epoch_seconds"] = time.perf_counter() - start
         history.epoch_seconds.append(metrics["epoch_seconds"])
+        stop = config.patience is not None and since_best >= config.patience
+        history.stopped_early = stop and epoch < config.epochs
         if checkpoint_path is not None and improved:
             save_checkpoint(checkpoint_path, jax.device_get(state.variables))
+        if state_path is not None:
+            _save_run_state(state_path, fingerprint, epoch, state, history,
+                            (best_acc, best_variables, since_best))
         if config.progress:
             tqdm.write(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if callback is not None:
             callback(epoch, metrics)
-        if config.patience is not None and since_best >= config.patience:
-            history.stopped_early = epoch < config.epochs
+        if stop:
             break
     if config.restore_best and best_variables is not None:
         return jax.device_put(best_variables), history
@@ -357,6 +383,111 @@ def train(
 # --------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------
+
+
+class TrainStateFileError(ValueError):
+    """A ``train(state_path=...)`` file is corrupt or was written by another run."""
+
+
+_STATE_FORMAT = "ifa_jax.train.state/1"
+_HISTORY_LISTS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_seconds")
+# Config fields that change neither the trajectory nor the stored state.
+_NOT_FINGERPRINTED = ("progress", "restore_best")
+
+
+def _digest(variables: Any, *, values: bool) -> str:
+    """Short sha256 of the variables' paths, shapes and dtypes (and values when asked)."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]:
+        leaf = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}{leaf.shape}{leaf.dtype};".encode())
+        if values:
+            h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _data_summary(ds: Any) -> str:
+    if ds is None:
+        return "None"
+    return (f"{getattr(ds, 'name', type(ds).__name__)}: {len(ds)} examples of "
+            f"{tuple(ds.input_shape)}, {ds.num_classes} classes")
+
+
+def _run_fingerprint(config: TrainConfig, train_ds: Any, val_ds: Any,
+                     variables: Any) -> dict[str, str]:
+    """What must match for a stored training state to continue this run exactly."""
+    out = {f.name: repr(getattr(config, f.name)) for f in dataclasses.fields(config)
+           if f.name not in _NOT_FINGERPRINTED}
+    out["train_ds"] = _data_summary(train_ds)
+    out["val_ds"] = _data_summary(val_ds)
+    out["model"] = _digest(variables, values=False)
+    out["initial_variables"] = _digest(variables, values=True)
+    return out
+
+
+def _save_run_state(path: str, fingerprint: dict[str, str], epoch: int, state: TrainState,
+                    history: History, early: tuple[float, Any, int]) -> None:
+    best_acc, best_variables, since_best = early
+    hist = {k: np.asarray(getattr(history, k), np.float64) for k in _HISTORY_LISTS}
+    hist.update(best_epoch=history.best_epoch, stopped_early=history.stopped_early)
+    payload = {
+        "format": _STATE_FORMAT,
+        "fingerprint": fingerprint,
+        "epoch": epoch,
+        "train_state": serialization.to_state_dict(jax.device_get(state)),
+        "history": hist,
+        "best_accuracy": best_acc,
+        "best_variables": best_variables,
+        "since_best": since_best,
+    }
+    _write_atomically(path, serialization.msgpack_serialize(payload))
+
+
+def _load_run_state(path: str, fingerprint: dict[str, str], state: TrainState) -> tuple:
+    """``(state, history, (best_acc, best_variables, since_best), epoch)`` stored at ``path``.
+
+    ``state`` is the freshly initialised TrainState, used as the template.
+    """
+    fix = f"delete {path!r} to restart training from epoch 1"
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        raw = serialization.msgpack_restore(data)
+    except Exception as e:
+        raise TrainStateFileError(
+            f"training state {path!r} is corrupt or truncated ({type(e).__name__}: {e}); {fix}"
+        ) from e
+    if not isinstance(raw, dict) or raw.get("format") != _STATE_FORMAT:
+        raise TrainStateFileError(
+            f"{path!r} is not a training-state file of ifa_jax.train.train (format "
+            f"{_STATE_FORMAT!r}); pass another state_path or {fix}"
+        )
+    stored = raw.get("fingerprint") or {}
+    diffs = [f"{k}: file {stored.get(k)} vs now {v}" for k, v in fingerprint.items()
+             if stored.get(k) != v]
+    if diffs:
+        raise TrainStateFileError(
+            f"training state {path!r} was written by another run and cannot be resumed with "
+            f"this one ({_listing(diffs)}); rerun with the original config, data and model, "
+            f"or {fix}"
+        )
+    try:
+        new_state = jax.device_put(serialization.from_state_dict(state, raw["train_state"]))
+        h = raw["history"]
+        history = History(**{k: [float(v) for v in h[k]] for k in _HISTORY_LISTS},
+                          best_epoch=None if h["best_epoch"] is None else int(h["best_epoch"]),
+                          stopped_early=bool(h["stopped_early"]))
+        best_variables = raw["best_variables"]
+        if best_variables is not None:
+            best_variables = serialization.from_state_dict(jax.device_get(state.variables),
+                                                           best_variables)
+        early = (float(raw["best_accuracy"]), best_variables, int(raw["since_best"]))
+        epoch = int(raw["epoch"])
+    except Exception as e:
+        raise TrainStateFileError(
+            f"training state {path!r} is incomplete or damaged ({type(e).__name__}: {e}); {fix}"
+        ) from e
+    return new_state, history, early, epoch
 
 
 class CheckpointMismatchError(ValueError):
