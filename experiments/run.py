@@ -4,8 +4,11 @@
                               [--set train.epochs=2 --set methods="('gradcam',)"]
                               [--overwrite]
 
-Re-running the same command resumes: finished stages are loaded, not recomputed. A run
-folder made by another config is refused unless --overwrite is given.
+Re-running the same command resumes: finished stages whose files verify are loaded, not
+recomputed. A run folder made by another config is refused unless --overwrite is given;
+--overwrite only ever clears a folder that the runner made (it holds a .ifa_jax_run file).
+Every field of the config is checked, and the layer resolved against the model, before
+anything is written.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. train.epochs=2")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a run folder that belongs to another config")
+                        help="replace a run folder (made by the runner) that belongs to "
+                             "another config")
     args = parser.parse_args(argv)
     try:
         config = experiment.load_config(args.config)
@@ -32,7 +36,7 @@ def main(argv=None) -> int:
             config = experiment.override(config, assignment)
         out = args.out or os.path.join("runs", config.name)
         experiment.run_experiment(config, out, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -45,6 +45,7 @@ __all__ = [
     "load_tfds_splits",
     "resize_images",
     "split_dataset",
+    "stratified_indices",
 ]
 
 MEDMNIST_KEYS = (
@@ -270,6 +271,26 @@ def _make_dataset(x: np.ndarray, y: np.ndarray, name: str, num_classes: int | No
 # --------------------------------------------------------------------------------------
 # Splitting and batching
 # --------------------------------------------------------------------------------------
+
+
+def stratified_indices(labels: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` indices into ``labels: (N,)``, drawn evenly across classes.
+
+    Each class's indices are shuffled with ``seed``; then one index of every class is
+    taken per round, classes in ascending order, so the first ``min(n, C)`` indices hold
+    one sample of each class. Use it wherever a few samples stand for a split that may be
+    sorted by class. Returns (min(n, N),) int64.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must have shape (N,); got {labels.shape}")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    index = np.concatenate(pools) if pools else np.zeros(0, np.int64)
+    rank = np.concatenate([np.arange(len(p)) for p in pools]) if pools else index
+    klass = np.repeat(np.arange(len(pools)), [len(p) for p in pools])
+    return index[np.lexsort((klass, rank))][:max(n, 0)].astype(np.int64)
 
 
 def split_dataset(ds: Dataset, validation_size: float = 0.2, *, seed: int = 0) -> Splits:

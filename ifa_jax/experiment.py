@@ -3,29 +3,40 @@
 A run is described by a frozen :class:`Config` and lives in one run folder:
 
     config.json        the config it belongs to (a different config is refused)
-    checkpoint.msgpack the trained model (stage "train") and train.json, its history
+    checkpoint.msgpack the trained model (stage "train") and train.json, its history;
+                       train_state.msgpack while training (resumes a killed run)
     analysis/*.npz     per method and split: statistics and per-sample scalars
     evaluation.json    consistency, AUROC, feature subsets, faithfulness, sanity check
+                       (evaluation_scatter.npz: the arrays behind the consistency figure)
     figures/*.png      the figures of the report
     results.json       every number, with the config and package versions
     report.md          the readable report, embedding the figures
+    manifest.json      SHA-256 of every stage output and the checkpoint it came from
 
 Every file is written atomically (temporary file + rename), and a stage whose output
-exists is not run again, so a crashed run resumes where it stopped.
+verifies against the manifest is not run again, so a crashed run resumes where it
+stopped, and a damaged file (or one computed from another checkpoint) is recomputed.
+The folder holds a ``.ifa_jax_run`` marker (``--overwrite`` clears only such folders)
+and a lock, so two runners never share it.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import fcntl
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import platform
 import shutil
+import tempfile
 import time
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,17 +44,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, plots, scale
+from ifa_jax import analysis, cams, data, decompose, diagnostics, io, metrics, models, plots, scale
 from ifa_jax import train as training
 from ifa_jax.explain import explain
-from ifa_jax.io import atomic_path, atomic_write_bytes
-from ifa_jax.probe import linen_probe
+from ifa_jax.probe import linen_layers, linen_probe, resolve_layer
 
 DATASETS = ("mnist_embedded", "sklearn_digits", "tfds:<name>", "medmnist:<path.npz>",
             "signals:<path>")
 MODELS = ("mnist_cnn", "convnet", "resnet18")
+# The selection modes a subset-accuracy curve can sweep: those driven by a ratio alone.
+SUBSET_MODES = ("top", "diff_top", "reverse_diff_top", "random")
 # Bumped when evaluation.json changes shape: an older file is recomputed, not misread.
-EVALUATION_FORMAT = 2
+EVALUATION_FORMAT = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +72,8 @@ class Config:
     consistency_ratio: the 'top' subset whose CAMs are evaluated beside all features.
     max_classes: classes evaluated for consistency (all when None).
     faithfulness_samples / sanity_samples: images for drop/increase, insertion/deletion
-    and the randomisation check (0 skips them).
+    and the randomisation check (0 skips them); figure_samples: images in the CAM figure.
+    All three are drawn stratified by class with ``seed`` (one per class first).
     """
 
     name: str = "mnist"
@@ -84,18 +97,39 @@ class Config:
     max_classes: int | None = None
     faithfulness_samples: int = 64
     sanity_samples: int = 16
+    figure_samples: int = 10
     seed: int = 0
 
     def __post_init__(self):
+        for name, value in _typed_fields(Config, dataclasses.asdict(self) | {
+                "train": self.train}, "config").items():
+            object.__setattr__(self, name, value)
         # Canonical names once, here: every stage and file keys on them.
         object.__setattr__(self, "methods",
                            tuple(cams.canonical_method(m) for m in self.methods))
         if self.model not in MODELS:
             raise ValueError(f"model {self.model!r} is not one of {MODELS}")
-        if self.scale_mode not in scale.MODES:
-            raise ValueError(f"scale_mode {self.scale_mode!r} is not one of {scale.MODES}")
-        if not self.methods:
-            raise ValueError("methods is empty; name at least one CAM method")
+        checks = [
+            (self.scale_mode in scale.MODES, f"scale_mode must be one of {scale.MODES}"),
+            (bool(self.methods), "methods is empty; name at least one CAM method"),
+            (self.validation_size > 0, "validation_size must be > 0 (a count, or a share < 1)"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.scale_ratio > 0, "scale_ratio must be > 0"),
+            (0 <= self.scale_lo_percentile < self.scale_hi_percentile <= 100,
+             "percentiles must satisfy 0 <= scale_lo_percentile < scale_hi_percentile <= 100"),
+            (bool(self.subset_ratios) and all(0 < r <= 1 for r in self.subset_ratios),
+             "subset_ratios must be shares in (0, 1]"),
+            (all(m in SUBSET_MODES for m in self.subset_modes),
+             f"subset_modes must be among {', '.join(SUBSET_MODES)}"),
+            (0 < self.consistency_ratio <= 1, "consistency_ratio must lie in (0, 1]"),
+            (self.max_classes is None or self.max_classes >= 1, "max_classes must be >= 1"),
+            (self.faithfulness_samples >= 0, "faithfulness_samples must be >= 0"),
+            (self.sanity_samples >= 0, "sanity_samples must be >= 0"),
+            (self.figure_samples >= 1, "figure_samples must be >= 1"),
+        ]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise ValueError(f"invalid config {self.name!r}: {'; '.join(bad)}")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -108,6 +142,62 @@ def _field_names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a tuple of {_describe(args[0])}"
+        return f"a pair ({', '.join(_describe(a) for a in args)})"
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _typed(value, hint, name: str):
+    """``value`` checked against the annotation ``hint``; lists become tuples and a bare
+    string (``methods=gradcam,hirescam``) a tuple of strings. Raises naming the field."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is not type(None):
+                try:
+                    return _typed(value, arg, name)
+                except ValueError:
+                    pass
+    elif origin is tuple:
+        if isinstance(value, str) and args == (str, Ellipsis):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, list):
+            value = tuple(value)
+        if isinstance(value, tuple):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_typed(v, args[0], name) for v in value)
+            if len(value) == len(args):
+                return tuple(_typed(v, a, name) for v, a in zip(value, args))
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(hint, type) and isinstance(value, hint):
+        return value
+    raise ValueError(f"{name} must be {_describe(hint)}; got {value!r} "
+                     f"({type(value).__name__})")
+
+
+def _typed_fields(cls, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Every field of ``values`` checked against ``cls``'s annotations."""
+    hints = typing.get_type_hints(cls)
+    return {k: _typed(v, hints[k], f"{where}: field {k!r}") for k, v in values.items()}
+
+
 def _coerce(cls, values: Mapping[str, Any], where: str):
     """Build a dataclass from a mapping, naming unknown fields and listing the valid ones."""
     valid = _field_names(cls)
@@ -118,10 +208,7 @@ def _coerce(cls, values: Mapping[str, Any], where: str):
     kwargs = dict(values)
     if cls is Config and isinstance(kwargs.get("train"), Mapping):
         kwargs["train"] = _coerce(training.TrainConfig, kwargs["train"], f"{where} train")
-    for key, value in kwargs.items():
-        if isinstance(value, list):
-            kwargs[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    return cls(**kwargs)
+    return cls(**_typed_fields(cls, kwargs, where))
 
 
 def config_from_dict(values: Mapping[str, Any], where: str = "config") -> Config:
@@ -171,10 +258,6 @@ def override(config: Config, assignment: str) -> Config:
 # --------------------------------------------------------------------------- atomic files
 
 
-def _atomic_write(path: str, payload: bytes) -> None:
-    atomic_write_bytes(path, payload)
-
-
 def _to_jsonable(obj):
     if isinstance(obj, Mapping):
         return {str(k): _to_jsonable(v) for k, v in obj.items()}
@@ -194,63 +277,220 @@ def _to_jsonable(obj):
 
 
 def write_json(path: str, obj) -> None:
-    _atomic_write(path, json.dumps(_to_jsonable(obj), indent=1).encode())
+    io.atomic_write_bytes(path, json.dumps(_to_jsonable(obj), indent=1).encode())
 
 
 def _save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-    with atomic_path(path, suffix=".npz") as tmp:
+    with io.atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
 
 
 # --------------------------------------------------------------------------- run folder
 
+# The file that marks a folder as made by the runner: --overwrite clears only such folders.
+RUN_MARKER = ".ifa_jax_run"
+LOCK_FILE = ".lock"
+MANIFEST = "manifest.json"
+# Everything the runner writes; --overwrite removes these entries and nothing else.
+RUN_ENTRIES = (RUN_MARKER, MANIFEST, "config.json", "checkpoint.msgpack", "train.json",
+               "train_state.msgpack", "analysis", "evaluation.json", "evaluation_scatter.npz",
+               "figures", "results.json", "report.md")
+
+
+class RunFolderBusyError(FileExistsError):
+    """Another process holds the run folder's lock."""
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 class RunFolder:
-    """The run folder of one config: refuses another config's folder, resumes its own."""
+    """The run folder of one config: refuses another config's folder, resumes its own.
 
-    def __init__(self, path: str | os.PathLike, config: Config, *, overwrite: bool = False):
+    Opening it takes an exclusive lock (a second runner on the same folder is refused,
+    naming the process that holds it) and removes temporaries that a killed writer left.
+    Every stage output is written atomically through :meth:`write_json` / :meth:`save_npz`
+    / :meth:`record`, which note its SHA-256 and the checkpoint it was computed from in
+    ``manifest.json``; :meth:`valid` accepts a file only if both still match, so a damaged
+    file, or one computed from another model, is recomputed instead of being misread.
+    Use it as a context manager (or call :meth:`close`) to release the lock.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: Config, *, overwrite: bool = False,
+                 log: Callable[[str], None] = print):
         self.path = os.path.abspath(os.fspath(path))
         self.config = config
+        self.log = log
+        self.checkpoint_digest: str | None = None
         try:
             os.makedirs(self.path, exist_ok=True)
-            probe_file = os.path.join(self.path, ".write-test")
-            with open(probe_file, "w") as f:
-                f.write("ok")
+            fd, probe_file = tempfile.mkstemp(dir=self.path, prefix=".write-test-")
+            os.close(fd)
             os.remove(probe_file)
         except OSError as e:
             raise PermissionError(
                 f"cannot write to the output folder {self.path!r} ({e.strerror}); pass a "
                 "writable --out path") from None
-        cfg_path = self.file("config.json")
-        mine = config.to_dict()
-        if os.path.exists(cfg_path):
-            with open(cfg_path) as f:
+        self._lock = self._acquire_lock(created=not os.path.exists(self.file(LOCK_FILE)))
+        try:
+            self._adopt(config, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _acquire_lock(self, created: bool):
+        handle = open(self.file(LOCK_FILE), "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunFolderBusyError(
+                f"run folder {self.path!r} is in use by another runner (process {holder}); "
+                "wait for it to finish, or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_created = created
+        return handle
+
+    def _is_run_folder(self) -> bool:
+        if self.has(RUN_MARKER):
+            return True
+        # A folder from before the marker existed: its config.json holds our fields.
+        try:
+            with open(self.file("config.json")) as f:
                 theirs = json.load(f)
-            if theirs != mine and not overwrite:
+        except (OSError, ValueError):
+            return False
+        return isinstance(theirs, dict) and {"name", "dataset", "methods"} <= set(theirs)
+
+    def _foreign_entries(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.path) if n != LOCK_FILE)
+
+    def _adopt(self, config: Config, overwrite: bool) -> None:
+        ours = self._is_run_folder()
+        entries = self._foreign_entries()
+        if entries and not ours:
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            if self._lock_created:
+                os.remove(self.file(LOCK_FILE))
+            raise FileExistsError(
+                f"{self.path!r} is not empty ({shown}) and is not a run folder (it has no "
+                f"{RUN_MARKER} file), so nothing was written or deleted there"
+                f"{' (--overwrite only ever clears run folders)' if overwrite else ''}; "
+                "choose a new or empty --out folder")
+        for stale in io.remove_stale_temporaries(self.path):
+            self.log(f"run folder: removed {os.path.relpath(stale, self.path)}, left by an "
+                     "interrupted write")
+        mine = config.to_dict()
+        if self.has("config.json") and not overwrite:
+            try:
+                with open(self.file("config.json")) as f:
+                    theirs = json.load(f)
+            except ValueError as e:
+                raise ValueError(
+                    f"{self.file('config.json')} is damaged ({e}), so the config this run "
+                    "folder belongs to is unknown; pass --overwrite to start it afresh, or "
+                    "choose another --out") from None
+            if theirs != mine:
                 diff = [f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in
                         sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
                 raise FileExistsError(
                     f"run folder {self.path!r} belongs to another config (differences: "
                     f"{'; '.join(diff)}); pass --overwrite to replace it or choose another "
                     "--out")
-            if overwrite:
-                self.clear()
-        elif overwrite:
+        if overwrite and ours:
             self.clear()
+        self.manifest = self._read_manifest()
         for sub in ("analysis", "figures"):
             os.makedirs(self.file(sub), exist_ok=True)
-        write_json(cfg_path, mine)
+        io.atomic_write_bytes(self.file(RUN_MARKER), b"ifa_jax run folder\n")
+        write_json(self.file("config.json"), mine)
+
+    def _read_manifest(self) -> dict[str, dict]:
+        if not self.has(MANIFEST):
+            return {}
+        try:
+            with open(self.file(MANIFEST)) as f:
+                manifest = json.load(f)
+            if isinstance(manifest, dict):
+                return manifest
+        except ValueError:
+            pass
+        self.log(f"run folder: {MANIFEST} is damaged; every stage will be recomputed")
+        return {}
 
     def clear(self) -> None:
-        for name in os.listdir(self.path):
-            full = os.path.join(self.path, name)
-            shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
+        """Remove what the runner wrote (:data:`RUN_ENTRIES`); other files stay."""
+        for name in RUN_ENTRIES:
+            full = self.file(name)
+            if os.path.isdir(full):
+                shutil.rmtree(full)
+            elif os.path.exists(full):
+                os.remove(full)
+
+    def close(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- files -----------------------------------------------------------------------------
 
     def file(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
 
     def has(self, *parts: str) -> bool:
         return os.path.exists(self.file(*parts))
+
+    def record(self, name: str) -> str:
+        """Note ``name``'s digest and the checkpoint it was computed from (None for the
+        checkpoint itself); returns the digest."""
+        digest = _sha256(self.file(name))
+        self.manifest[name] = {"sha256": digest, "checkpoint": self.checkpoint_digest}
+        io.atomic_write_bytes(self.file(MANIFEST),
+                              json.dumps(self.manifest, indent=1, sort_keys=True).encode())
+        return digest
+
+    def valid(self, name: str) -> bool:
+        """Whether ``name`` exists, is intact, and was computed from the current checkpoint."""
+        if not self.has(name):
+            return False
+        entry = self.manifest.get(name)
+        if entry is None:
+            self.log(f"run folder: {name} has no recorded checksum; recomputing it")
+            return False
+        if _sha256(self.file(name)) != entry.get("sha256"):
+            self.log(f"run folder: {name} does not match its recorded checksum (damaged, or "
+                     "changed outside the runner); recomputing it")
+            return False
+        if entry.get("checkpoint") != self.checkpoint_digest:
+            self.log(f"run folder: {name} was computed from another checkpoint; recomputing it")
+            return False
+        return True
+
+    def write_json(self, name: str, obj) -> None:
+        write_json(self.file(name), obj)
+        self.record(name)
+
+    def save_npz(self, name: str, arrays: Mapping[str, np.ndarray]) -> None:
+        _save_npz(self.file(name), arrays)
+        self.record(name)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -293,23 +533,53 @@ def _batches(ds, size: int):
 # --------------------------------------------------------------------------- stages
 
 
+def _check_finite_weights(variables, where: str) -> None:
+    leaves = jax.tree_util.tree_leaves_with_path(variables)
+    bad = [jax.tree_util.keystr(p) for p, v in leaves if not np.isfinite(np.asarray(v)).all()]
+    if bad:
+        raise FloatingPointError(
+            f"the model in {where} has non-finite weights in {len(bad)} of {len(leaves)} "
+            f"arrays ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): training "
+            "diverged. Lower train.lr or set train.grad_clip_norm, and rerun with --overwrite")
+
+
 def stage_train(run: RunFolder, config: Config, model, splits, log) -> tuple[Any, dict]:
+    """Train, or load the checkpoint that verifies; sets ``run.checkpoint_digest``."""
     ckpt = run.file("checkpoint.msgpack")
-    if run.has("checkpoint.msgpack") and run.has("train.json"):
-        log(f"train: loading {ckpt}")
-        # Shapes only: loading needs the tree's structure, not initialised weights.
-        template = jax.eval_shape(lambda: training.init_variables(
-            model, splits.train.input_shape, key=jax.random.key(config.seed)))
-        with open(run.file("train.json")) as f:
-            return training.load_checkpoint(ckpt, template), json.load(f)
+    if run.valid("checkpoint.msgpack"):
+        run.checkpoint_digest = run.manifest["checkpoint.msgpack"]["sha256"]
+        if run.valid("train.json"):
+            log(f"train: loading {ckpt}")
+            # Shapes only: loading needs the tree's structure, not initialised weights.
+            template = jax.eval_shape(lambda: training.init_variables(
+                model, splits.train.input_shape, key=jax.random.key(config.seed)))
+            variables = training.load_checkpoint(ckpt, template)
+            _check_finite_weights(variables, ckpt)
+            with open(run.file("train.json")) as f:
+                return variables, json.load(f)
+        run.checkpoint_digest = None
     start = time.perf_counter()
-    variables, history = training.train(model, splits.train, splits.validation, config.train)
+    # Saved after every epoch: a killed run resumes after its last finished epoch.
+    state_path = run.file("train_state.msgpack")
+    if os.path.exists(state_path):
+        log(f"train: resuming from {state_path}")
+    try:
+        variables, history = training.train(model, splits.train, splits.validation,
+                                            config.train, state_path=state_path)
+    except training.TrainStateFileError as e:  # the runner's own file: start afresh
+        log(f"train: {e}; training from epoch 1")
+        os.remove(state_path)
+        variables, history = training.train(model, splits.train, splits.validation,
+                                            config.train, state_path=state_path)
     seconds = time.perf_counter() - start
     info = {"history": history.as_dict(), "seconds": seconds,
             "validation_accuracy": training.evaluate(model, variables, splits.validation,
                                                      batch_size=config.batch_size)}
     training.save_checkpoint(ckpt, variables)
-    write_json(run.file("train.json"), info)
+    run.checkpoint_digest = run.record("checkpoint.msgpack")
+    run.write_json("train.json", info)
+    os.remove(state_path)
+    _check_finite_weights(variables, ckpt)
     log(f"train: {seconds:.1f} s, validation accuracy "
         f"{info['validation_accuracy']['accuracy']:.4f}")
     return variables, info
@@ -337,8 +607,8 @@ def stage_analyse(run, config, probe, variables, splits, log):
     methods = config.methods
     out: dict[str, dict[str, Any]] = {m: {} for m in methods}
     for split_name in ("train", "validation"):
-        paths = {m: run.file("analysis", f"{m}_{split_name}.npz") for m in methods}
-        if not all(os.path.exists(p) for p in paths.values()):
+        names = {m: os.path.join("analysis", f"{m}_{split_name}.npz") for m in methods}
+        if not all(run.valid(n) for n in names.values()):
             ds = getattr(splits, split_name)
             start = time.perf_counter()
             results = analysis.analyze(probe, variables, _batches(ds, config.batch_size),
@@ -348,11 +618,11 @@ def stage_analyse(run, config, probe, variables, splits, log):
                 arrays = _summary_arrays(result)
                 if m != methods[0]:  # per-sample importances are kept for the first only
                     arrays.pop("sample_importance")
-                _save_npz(paths[m], arrays)
+                run.save_npz(names[m], arrays)
             log(f"analyse: {', '.join(methods)} on {split_name} ({len(ds)} samples, one "
                 f"pass) in {time.perf_counter() - start:.1f} s")
         for m in methods:
-            out[m][split_name] = load_analysis(paths[m])
+            out[m][split_name] = load_analysis(run.file(names[m]))
     return out
 
 
@@ -395,7 +665,11 @@ def class_levels(probe, variables, x, classes, masks, scales, *, methods: tuple[
 
 
 def evaluate_consistency(config, probe, variables, ds, scales, im_rows, log) -> dict:
-    """Per class and method: r between CAM activation level and logit, AUROC."""
+    """Per class and method: r between CAM activation level and logit, AUROC.
+
+    Returns the numbers (JSON) and, for the first evaluated class, the arrays behind its
+    scatter plot: ``{"<method> <level>": (N,) levels, "logit": (N,)}``.
+    """
     C = ds.num_classes
     classes = list(range(C if config.max_classes is None else min(C, config.max_classes)))
     methods = config.methods
@@ -403,7 +677,7 @@ def evaluate_consistency(config, probe, variables, ds, scales, im_rows, log) -> 
                                         ratio=config.consistency_ratio))
     method_scales = tuple(scales[m] for m in methods)
     results: dict[str, Any] = {m: {} for m in methods}
-    scatter: dict[str, Any] = {}
+    scatter: dict[str, np.ndarray] = {}
     group = 16  # classes per forward pass: memory grows with group * batch * |A|
     per_class_levels: dict[int, list] = {c: [] for c in classes}
     logits_all, valid_all = [], []
@@ -432,8 +706,8 @@ def evaluate_consistency(config, probe, variables, ds, scales, im_rows, log) -> 
                 row[k] = metrics.consistency(a, y_c)
                 if k == "common":
                     row["auroc"] = metrics.auroc(a, predicted)
-                if c == 0:
-                    scatter[f"{m} {k}"] = (a, y_c, row[k].get("pearson"))
+                if c == classes[0]:
+                    scatter[f"{m} {k}"] = a
             results[m][str(c)] = row
     summary = {}
     for m in methods:
@@ -449,7 +723,8 @@ def evaluate_consistency(config, probe, variables, ds, scales, im_rows, log) -> 
         summary[m]["auroc"] = {"mean": float(np.mean(aucs)) if aucs else None,
                                "classes_defined": len(aucs)}
     log_consistency(summary, config.consistency_ratio, log)
-    return {"per_class": results, "summary": summary, "_scatter": scatter}
+    scatter["logit"] = logits[:, classes[0]]
+    return {"per_class": results, "summary": summary, "scatter_class": classes[0]}, scatter
 
 
 def log_consistency(summary: Mapping, ratio: float, log) -> None:
@@ -490,11 +765,13 @@ def evaluate_subsets(config, probe, variables, ds, summary: analysis.Summary, lo
     return curves
 
 
-def evaluate_faithfulness(config, probe, variables, ds, sc: scale.Scale, method: str) -> dict:
-    n = min(config.faithfulness_samples, len(ds))
+def evaluate_faithfulness(config, probe, variables, ds, sc: scale.Scale, method: str,
+                          indices: np.ndarray) -> dict:
+    """Confidence drop/increase and insertion/deletion on the images at ``indices``."""
+    n = len(indices)
     if n == 0:
         return {}
-    x, y = ds.gather(np.arange(n))
+    x, y = ds.gather(indices)
     res, out = explain(probe, variables, x, y, method)
     spatial = x.shape[1:-1]
     common = np.clip(np.asarray(cams.upsample(scale.apply_scale(out.cam, sc), spatial)), 0, 1)
@@ -513,11 +790,12 @@ def evaluate_faithfulness(config, probe, variables, ds, sc: scale.Scale, method:
     }
 
 
-def evaluate_sanity(config, probe, variables, ds, method: str) -> list[dict]:
-    n = min(config.sanity_samples, len(ds))
-    if n == 0:
+def evaluate_sanity(config, probe, variables, ds, method: str,
+                    indices: np.ndarray) -> list[dict]:
+    """Rank correlation (and SSIM) with the trained CAMs under cascading randomisation."""
+    if len(indices) == 0:
         return []
-    x, y = ds.gather(np.arange(n))
+    x, y = ds.gather(indices)
     _, ref = explain(probe, variables, x, y, method)
     ref_maps = np.asarray(scale.minmax_per_image(ref.cam))
     order = [k for k in reversed(list(variables["params"]))]
@@ -578,18 +856,20 @@ def evaluate_diagnostics(config, analyses, summary, val_samples) -> dict:
 # --------------------------------------------------------------------------- figures, report
 
 
-def make_figures(run, config, splits, probe, variables, analyses, scales, consistency,
-                 subsets, decomposition, diag) -> dict[str, str]:
+def evaluation_samples(config: Config, analyses, n: int) -> np.ndarray:
+    """``n`` validation indices stratified by class with the config's seed. The labels
+    come from the analysis of the validation split, so lazy sources are not re-read."""
+    labels = analyses[config.methods[0]]["validation"][1]["label"]
+    return data.stratified_indices(labels, n, seed=config.seed)
+
+
+def make_figures(run, config, splits, probe, variables, analyses, scales, evaluation,
+                 scatter, decomposition, diag) -> dict[str, str]:
+    """Every figure of the report, drawn only from what is on disk (or recomputable)."""
     figs = {}
     method = config.methods[0]
     ds = splits.validation
-    # One sample of each class among the first 64 first (then the others), at most 8.
-    # Labels come from gather, so lazy sources (tfds) work too.
-    _, labels = ds.gather(np.arange(min(len(ds), 64)))
-    firsts = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]
-    chosen = set(firsts)
-    rest = [i for i in range(len(labels)) if i not in chosen]
-    x, y = ds.gather(np.asarray((firsts + rest)[:min(8, len(ds))]))
+    x, y = ds.gather(evaluation_samples(config, analyses, config.figure_samples))
     res, out = explain(probe, variables, x, "predicted", method)
     spatial = x.shape[1:-1]
     if len(spatial) == 2:
@@ -607,12 +887,20 @@ def make_figures(run, config, splits, probe, variables, analyses, scales, consis
     figs["distributions"] = plots.save(plots.distributions(
         {k: analyses[method][k][1] for k in ("train", "validation")}),
         run.file("figures", "distributions.png"))
-    if consistency.get("_scatter"):
-        figs["consistency"] = plots.save(plots.consistency_scatter(consistency["_scatter"]),
+    if scatter:
+        c = evaluation["consistency"]["scatter_class"]
+        per_class = evaluation["consistency"]["per_class"]
+        panels = {}
+        for panel, levels in scatter.items():
+            if panel != "logit":
+                m, level = panel.split(" ")
+                panels[panel] = (levels, scatter["logit"], per_class[m][str(c)][level]["pearson"])
+        figs["consistency"] = plots.save(plots.consistency_scatter(panels),
                                          run.file("figures", "consistency.png"))
     figs["spectrum"] = plots.save(plots.spectrum(decomposition["explained_ratio"],
                                                  decomposition["components_for"]),
                                   run.file("figures", "spectrum.png"))
+    subsets = evaluation["subsets"]
     figs["subsets"] = plots.save(plots.accuracy_curve(
         {m: (c["ratios"], c["accuracy"]) for m, c in subsets.items()},
         next(iter(subsets.values()))["full_accuracy"]), run.file("figures", "subsets.png"))
@@ -633,7 +921,8 @@ def write_report(run, config, results, figures) -> str:
     lines = [f"# Integrated feature analysis: {config.name}", "",
              f"Dataset `{config.dataset}`, model `{config.model}`, layer `{config.layer}`, "
              f"methods {', '.join(config.methods)}. Validation accuracy "
-             f"{results['train']['validation_accuracy']['accuracy']:.4f}.", ""]
+             f"{results['train']['validation_accuracy']['accuracy']:.4f}. "
+             f"{results['samples'].capitalize()}.", ""]
     lines += ["## Consistency: CAM activation level vs logit", "",
               "Pearson r per class between the mean of the rescaled CAM and the logit of the "
               "explained class, averaged over classes. *common*: the dataset-wide scale "
@@ -658,17 +947,33 @@ def write_report(run, config, results, figures) -> str:
                 reasons = sorted({str(get(per[c]).get("reason")) for c in undefined})
                 lines.append(f"\n{what} is undefined for {m} on class(es) "
                              f"{', '.join(undefined)}: {'; '.join(reasons)}.")
+    scatter_class = results["consistency"]["scatter_class"]
     for key, title, text in [
         ("cams", "CAMs on the common scale vs per image",
-         "Top: one shared colour scale for the whole dataset, so brightness compares across "
-         "images. Bottom: each map stretched to its own min and max."),
-        ("consistency", "Activation level vs logit (class 0)", ""),
-        ("importance", "Importance matrices", "Rows: classes; columns: channels."),
+         "One validation image per class (drawn with the run's seed), explaining the "
+         "predicted class. Top: one shared colour scale for the whole dataset, so brightness "
+         "compares across images. Bottom: each map stretched to its own min and max."),
+        ("consistency", f"Activation level vs logit (class {scatter_class})",
+         f"Each point is a validation image explained as class {scatter_class}: its mean "
+         "rescaled CAM (x) against the logit of that class (y). On a faithful scale the "
+         "points lie on a rising line (r near 1); per-image min-max scatters them."),
+        ("importance", "Importance matrices",
+         "Rows: classes; columns: channels (the 64 with the largest mean importance). IM_c "
+         "is a class's mean channel importance; IM_diff = IM_c - IM_all shows the channels "
+         "that single out a class (red above, blue below the average)."),
         ("distributions", "CAM max/min, train vs validation",
-         "A shift between splits is a sign of overfitting."),
-        ("spectrum", "Explained variance of channel importances", ""),
-        ("subsets", "Accuracy with a subset of channels", ""),
-        ("outliers", "Outliers: samples farthest from their class in importance space", ""),
+         "Histograms of each image's raw CAM maximum and minimum. A shift between splits is "
+         "a sign of overfitting."),
+        ("spectrum", "Explained variance of channel importances",
+         "Bars: the share of the variance of per-image channel importances along each "
+         "principal direction; line: the cumulative share. Few components to 90-99% mean "
+         "the decision rests on few directions (redundant channels)."),
+        ("subsets", "Accuracy with a subset of channels",
+         "Validation accuracy when only a share of the layer's channels is kept (the rest "
+         "zeroed), per selection mode; the dashed line is the accuracy with all channels."),
+        ("outliers", "Outliers: samples farthest from their class in importance space",
+         "Validation images whose channel importances lie farthest (Mahalanobis distance d) "
+         "from their class mean, with their CAMs on the common scale."),
     ]:
         if key in figures:
             lines += ["", f"## {title}", "", text, "", f"![{title}]({figures[key]})"]
@@ -715,7 +1020,7 @@ def write_report(run, config, results, figures) -> str:
         lines.append(f"- Sanity (rank correlation with the trained CAMs as layers are "
                      f"randomised from the top): {steps}.")
     text = "\n".join(lines) + "\n"
-    _atomic_write(run.file("report.md"), text.encode())
+    io.atomic_write_bytes(run.file("report.md"), text.encode())
     return run.file("report.md")
 
 
@@ -730,67 +1035,103 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def check_model(config: Config, model, splits) -> None:
+    """Resolve the layer and check the model's outputs abstractly (nothing is computed),
+    so a wrong name fails before any file is written or any training is done."""
+    input_shape = splits.train.input_shape
+    kwargs = training.inference_kwargs(model)
+    template = jax.eval_shape(lambda: training.init_variables(
+        model, input_shape, key=jax.random.key(config.seed)))
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    available = linen_layers(model, template, x, **kwargs)
+    try:
+        resolve_layer(config.layer, list(available))
+    except ValueError as e:
+        raise ValueError(f"config field 'layer': {e}") from None
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, **kwargs), template, x)
+    num_classes = splits.train.num_classes
+    if getattr(out, "ndim", 0) != 2 or out.shape[-1] < num_classes:
+        raise ValueError(
+            f"model {config.model!r} outputs {getattr(out, 'shape', type(out).__name__)} but "
+            f"the dataset {config.dataset!r} has {num_classes} classes; the model must "
+            f"return logits (B, >= {num_classes})")
+
+
+def stage_evaluate(run, config, probe, variables, splits, analyses, scales, log):
+    """Consistency, feature subsets, faithfulness and the sanity check, or their verified
+    files. Returns (evaluation as JSON, the consistency scatter arrays)."""
+    first = config.methods[0]
+    if run.valid("evaluation.json") and run.valid("evaluation_scatter.npz"):
+        with open(run.file("evaluation.json")) as f:
+            evaluation = json.load(f)
+        if evaluation.get("format") == EVALUATION_FORMAT:
+            log("evaluate: loaded evaluation.json")
+            log_consistency(evaluation["consistency"]["summary"], config.consistency_ratio,
+                            log)
+            log_subsets(evaluation["subsets"], config.subset_ratios, log)
+            with np.load(run.file("evaluation_scatter.npz")) as z:
+                return evaluation, {k: z[k] for k in z.files}
+        log("evaluate: evaluation.json has an older format; recomputing")
+    summary = analyses[first]["train"][0]
+    ds = splits.validation
+    consistency, scatter = evaluate_consistency(config, probe, variables, ds, scales,
+                                                summary.im_class, log)
+    evaluation = {
+        "format": EVALUATION_FORMAT,
+        "samples": "faithfulness, sanity and the CAM figure use validation samples drawn "
+                   f"stratified by class with seed {config.seed}",
+        "consistency": consistency,
+        "subsets": evaluate_subsets(config, probe, variables, ds, summary, log),
+        "faithfulness": evaluate_faithfulness(
+            config, probe, variables, ds, scales[first], first,
+            evaluation_samples(config, analyses, config.faithfulness_samples)),
+        "sanity": evaluate_sanity(config, probe, variables, ds, first,
+                                  evaluation_samples(config, analyses, config.sanity_samples)),
+    }
+    run.save_npz("evaluation_scatter.npz", scatter)
+    run.write_json("evaluation.json", evaluation)
+    return json.loads(json.dumps(_to_jsonable(evaluation))), scatter
+
+
 def run_experiment(config: Config, out: str | os.PathLike, *, overwrite: bool = False,
                    log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) every stage of ``config`` in the run folder ``out``."""
-    run = RunFolder(out, config, overwrite=overwrite)
+    """Run (or resume) every stage of ``config`` in the run folder ``out``.
+
+    The config, the layer and the model's outputs are checked before anything is written.
+    """
     start = time.perf_counter()
     splits = load_data(config)
     model = build_model(config, splits)
-    variables, train_info = stage_train(run, config, model, splits, log)
-    probe = linen_probe(model, config.layer, **training.inference_kwargs(model))
-    analyses = stage_analyse(run, config, probe, variables, splits, log)
-    scales = {m: make_scale(config, analyses[m]["train"][1])
-              for m in config.methods}
-    first = config.methods[0]
-    summary = analyses[first]["train"][0]
-    evaluation = None
-    if run.has("evaluation.json"):
-        with open(run.file("evaluation.json")) as f:
-            evaluation = json.load(f)
-        if evaluation.get("format") != EVALUATION_FORMAT:
-            log("evaluate: evaluation.json has an older format; recomputing")
-            evaluation = None
-    if evaluation is not None:
-        log("evaluate: loaded evaluation.json")
-        consistency = evaluation["consistency"]
-        log_consistency(consistency["summary"], config.consistency_ratio, log)
-        log_subsets(evaluation["subsets"], config.subset_ratios, log)
-    else:
-        consistency = evaluate_consistency(config, probe, variables, splits.validation,
-                                           scales, summary.im_class, log)
-        evaluation = {
-            "format": EVALUATION_FORMAT,
-            "consistency": {k: v for k, v in consistency.items() if not k.startswith("_")},
-            "subsets": evaluate_subsets(config, probe, variables, splits.validation, summary,
-                                        log),
-            "faithfulness": evaluate_faithfulness(config, probe, variables, splits.validation,
-                                                  scales[first], first),
-            "sanity": evaluate_sanity(config, probe, variables, splits.validation,
-                                      first),
+    check_model(config, model, splits)
+    with RunFolder(out, config, overwrite=overwrite, log=log) as run:
+        variables, train_info = stage_train(run, config, model, splits, log)
+        probe = linen_probe(model, config.layer, **training.inference_kwargs(model))
+        analyses = stage_analyse(run, config, probe, variables, splits, log)
+        scales = {m: make_scale(config, analyses[m]["train"][1]) for m in config.methods}
+        evaluation, scatter = stage_evaluate(run, config, probe, variables, splits, analyses,
+                                             scales, log)
+        first = config.methods[0]
+        summary = analyses[first]["train"][0]
+        decomposition = evaluate_decomposition(summary)
+        diag = evaluate_diagnostics(config, analyses[first], summary,
+                                    analyses[first]["validation"][1])
+        figures = make_figures(run, config, splits, probe, variables, analyses, scales,
+                               evaluation, scatter, decomposition, diag)
+        results = {
+            "config": config.to_dict(), "versions": _versions(), "train": train_info,
+            "analysis": {m: {split: {"percentiles_cam_max": scale.percentiles(s[1]["cam_max"]),
+                                     "percentiles_cam_min": scale.percentiles(s[1]["cam_min"]),
+                                     "class_counts": s[0].class_counts,
+                                     "missing_classes": s[0].missing_classes}
+                             for split, s in per.items()} for m, per in analyses.items()},
+            "scales": {m: s._asdict() for m, s in scales.items()},
+            **{k: evaluation[k] for k in ("samples", "consistency", "subsets", "faithfulness",
+                                          "sanity")},
+            "decomposition": decomposition, "diagnostics": diag, "figures": figures,
         }
-        write_json(run.file("evaluation.json"), evaluation)
-        evaluation = json.loads(json.dumps(_to_jsonable(evaluation)))
-    decomposition = evaluate_decomposition(summary)
-    diag = evaluate_diagnostics(config, analyses[first], summary,
-                                analyses[first]["validation"][1])
-    figures = make_figures(run, config, splits, probe, variables, analyses,
-                           scales,
-                           consistency, evaluation["subsets"], decomposition, diag)
-    results = {
-        "config": config.to_dict(), "versions": _versions(), "train": train_info,
-        "analysis": {m: {split: {"percentiles_cam_max": scale.percentiles(s[1]["cam_max"]),
-                                 "percentiles_cam_min": scale.percentiles(s[1]["cam_min"]),
-                                 "class_counts": s[0].class_counts,
-                                 "missing_classes": s[0].missing_classes}
-                         for split, s in per.items()} for m, per in analyses.items()},
-        "scales": {m: s._asdict() for m, s in scales.items()},
-        **{k: evaluation[k] for k in ("consistency", "subsets", "faithfulness", "sanity")},
-        "decomposition": decomposition, "diagnostics": diag, "figures": figures,
-    }
-    results = json.loads(json.dumps(_to_jsonable(results)))
-    write_json(run.file("results.json"), results)
-    report = write_report(run, config, results, figures)
+        results = json.loads(json.dumps(_to_jsonable(results)))
+        write_json(run.file("results.json"), results)
+        report = write_report(run, config, results, figures)
     log(f"report: {report} ({time.perf_counter() - start:.1f} s)")
     return results
 

@@ -420,3 +420,16 @@ def test_signals_bad_inputs(tmp_path):
     np.savez(tmp_path / "n.npz", x=np.zeros((3, 8)), y=np.zeros(2))
     with pytest.raises(ValueError, match="3 inputs but 2 labels"):
         D.load_signals(tmp_path / "n.npz")
+
+
+def test_stratified_indices_take_one_per_class_per_round():
+    labels = np.repeat(np.arange(4), [6, 1, 3, 2])  # sorted by class, as the MNIST split
+    idx = D.stratified_indices(labels, 9, seed=3)
+    assert len(set(idx.tolist())) == 9
+    assert labels[idx[:4]].tolist() == [0, 1, 2, 3]
+    assert labels[idx[4:7]].tolist() == [0, 2, 3]  # class 1 has run out
+    assert labels[idx[7:]].tolist() == [0, 2]
+    np.testing.assert_array_equal(idx, D.stratified_indices(labels, 9, seed=3))
+    assert not np.array_equal(idx, D.stratified_indices(labels, 9, seed=4))
+    assert sorted(D.stratified_indices(labels, 100).tolist()) == list(range(12))
+    assert D.stratified_indices(labels, 0).size == 0

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
+import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 from experiments import run as run_cli
-from ifa_jax import experiment
+from ifa_jax import experiment, io
 from ifa_jax.train import TrainConfig
 
 
@@ -55,16 +60,33 @@ def test_run_writes_every_artifact(finished_run):
 
 
 @pytest.mark.slow
-def test_rerun_resumes_from_finished_stages(finished_run):
+def test_rerun_resumes_and_rewrites_identical_files(finished_run):
     out, results, _ = finished_run
+    before = {name: (out / name).read_bytes() for name in ("report.md", "results.json")}
     os.remove(out / "report.md")
+    os.remove(out / "figures" / "consistency.png")
     logs: list[str] = []
     again = experiment.run_experiment(tiny(), out, log=logs.append)
     assert any("train: loading" in line for line in logs)
     assert not any(line.startswith("analyse:") for line in logs)
     assert any("loaded evaluation.json" in line for line in logs)
-    assert (out / "report.md").exists()
-    assert again["consistency"]["summary"] == results["consistency"]["summary"]
+    # Every figure and section is rebuilt from the files on disk, byte for byte.
+    for name, content in before.items():
+        assert (out / name).read_bytes() == content, name
+    assert (out / "figures" / "consistency.png").exists()
+    assert again["figures"]["consistency"] == "figures/consistency.png"
+    assert "## Activation level vs logit (class 0)" in before["report.md"].decode()
+
+
+@pytest.mark.slow
+def test_evaluation_samples_are_stratified(finished_run):
+    out, results, _ = finished_run
+    labels = experiment.load_analysis(str(out / "analysis" / "gradcam_validation.npz"))[1]["label"]
+    config = tiny()
+    analyses = {"gradcam": {"validation": (None, {"label": labels})}}
+    idx = experiment.evaluation_samples(config, analyses, config.figure_samples)
+    assert sorted(labels[idx[:10]]) == list(range(10))  # the digits split has 10 classes
+    assert "stratified by class with seed 0" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -72,6 +94,160 @@ def test_run_folder_of_another_config_is_refused(finished_run, capsys):
     out, _, _ = finished_run
     with pytest.raises(FileExistsError, match=r"belongs to another config.*seed: 0 -> 1"):
         experiment.RunFolder(out, tiny(seed=1))
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("train.epochs=two", r"train: field 'epochs' must be int; got 'two'"),
+    ("train.epochs=1.5", r"field 'epochs' must be int; got 1.5"),
+    ("batch_size=abc", r"field 'batch_size' must be int; got 'abc'"),
+    ("scale_ratio=abc", r"field 'scale_ratio' must be float; got 'abc'"),
+    ("max_classes=two", r"field 'max_classes' must be int or None"),
+    ("subset_ratios=(0.5, 2.0)", r"subset_ratios must be shares in \(0, 1\]"),
+    ("subset_modes=freq", r"subset_modes must be among top, diff_top"),
+    ("scale_hi_percentile=20", r"scale_lo_percentile < scale_hi_percentile"),
+    ("batch_size=0", r"batch_size must be >= 1"),
+])
+def test_override_checks_every_field(assignment, message):
+    with pytest.raises(ValueError, match=message):
+        experiment.override(tiny(), assignment)
+
+
+def test_override_reads_method_lists():
+    assert experiment.override(tiny(), "methods=gradcam").methods == ("gradcam",)
+    assert experiment.override(tiny(), "methods=gradcam, HiResCAM").methods == (
+        "gradcam", "hirescam")
+
+
+def test_unknown_layer_fails_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"field 'layer': layer 'conv9' not found; layers: "):
+        experiment.run_experiment(tiny(layer="conv9"), out, log=lambda s: None)
+    assert not out.exists()
+
+
+def test_overwrite_never_deletes_a_folder_the_runner_did_not_make(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "data.npz").write_bytes(b"precious")
+    (folder / "my_notes").write_text("notes")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"is not a run folder.*nothing was written "
+                                                  r"or deleted"):
+            experiment.RunFolder(folder, tiny(), overwrite=overwrite)
+    assert sorted(os.listdir(folder)) == ["data.npz", "my_notes"]
+    assert (folder / "data.npz").read_bytes() == b"precious"
+
+
+def test_overwrite_clears_only_what_the_runner_wrote(tmp_path):
+    folder = tmp_path / "run"
+    with experiment.RunFolder(folder, tiny(), log=lambda s: None) as run:
+        run.write_json("evaluation.json", {"x": 1})
+    (folder / "notes.txt").write_text("mine")
+    with experiment.RunFolder(folder, tiny(seed=1), overwrite=True, log=lambda s: None):
+        pass
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert not (folder / "evaluation.json").exists()
+    assert json.loads((folder / "config.json").read_text())["seed"] == 1
+
+
+def test_manifest_rejects_damaged_files_and_other_checkpoints(tmp_path):
+    logs: list[str] = []
+    with experiment.RunFolder(tmp_path / "run", tiny(), log=logs.append) as run:
+        run.write_json("evaluation.json", {"x": 1})
+        assert run.valid("evaluation.json")
+        run.checkpoint_digest = "another model"
+        assert not run.valid("evaluation.json")
+        assert "computed from another checkpoint" in logs[-1]
+        run.checkpoint_digest = None
+        (tmp_path / "run" / "evaluation.json").write_text('{"x": 2}')
+        assert not run.valid("evaluation.json")
+        assert "does not match its recorded checksum" in logs[-1]
+        (tmp_path / "run" / "train.json").write_text("{}")
+        assert not run.valid("train.json")
+        assert "has no recorded checksum" in logs[-1]
+
+
+def test_second_runner_on_a_folder_is_refused(tmp_path):
+    with experiment.RunFolder(tmp_path / "run", tiny(), log=lambda s: None):
+        with pytest.raises(experiment.RunFolderBusyError,
+                           match=rf"in use by another runner \(process {os.getpid()}\)"):
+            experiment.RunFolder(tmp_path / "run", tiny(), log=lambda s: None)
+    with experiment.RunFolder(tmp_path / "run", tiny(), log=lambda s: None):
+        pass  # released on exit
+
+
+def test_folders_opened_concurrently_do_not_collide(tmp_path):
+    def open_one(i):
+        with experiment.RunFolder(tmp_path / f"run{i % 3}_{i}", tiny(), log=lambda s: None):
+            return i
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert sorted(pool.map(open_one, range(24))) == list(range(24))
+
+
+def test_stale_temporaries_are_removed_on_open(tmp_path):
+    folder = tmp_path / "run"
+    with experiment.RunFolder(folder, tiny(), log=lambda s: None):
+        pass
+    stale = folder / "analysis" / f".gradcam_train.npz{io.TEMP_MARK}3a207qgx.npz"
+    stale.write_bytes(b"partial")
+    logs: list[str] = []
+    with experiment.RunFolder(folder, tiny(), log=logs.append):
+        pass
+    assert not stale.exists()
+    assert any("left by an interrupted write" in line for line in logs)
+
+
+def test_non_finite_weights_are_named():
+    variables = {"params": {"dense": {"kernel": np.array([1.0, np.nan]), "bias": np.ones(2)}}}
+    with pytest.raises(FloatingPointError, match=r"ckpt has non-finite weights in 1 of 2 "
+                                                 r"arrays \(\['params'\]\['dense'\]"
+                                                 r"\['kernel'\]\): training diverged"):
+        experiment._check_finite_weights(variables, "ckpt")
+    experiment._check_finite_weights({"params": {"w": np.ones(3)}}, "ckpt")
+
+
+@pytest.mark.slow
+def test_damaged_stage_outputs_are_recomputed(finished_run, tmp_path):
+    out, results, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    npz = copy / "analysis" / "hirescam_validation.npz"
+    npz.write_bytes(npz.read_bytes()[:100])  # truncated
+    (copy / "evaluation.json").write_text("{not json")
+    logs: list[str] = []
+    again = experiment.run_experiment(tiny(), copy, log=logs.append)
+    assert any("train: loading" in line for line in logs)
+    assert any("hirescam_validation.npz does not match" in line for line in logs)
+    assert any(line.startswith("analyse:") and "validation" in line for line in logs)
+    assert again["consistency"] == results["consistency"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(finished_run, tmp_path):
+    _, results, _ = finished_run
+    config_path = tmp_path / "tiny.json"
+    config_path.write_text(json.dumps(tiny().to_dict()))
+    out = tmp_path / "run"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", "--config",
+                             str(config_path), "--out", str(out)], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:  # kill it once the first epoch's training state is saved
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "train_state.msgpack").exists():
+                break
+            time.sleep(0.02)
+    finally:
+        proc.kill()  # SIGKILL: no clean-up runs
+        proc.wait()
+    assert proc.returncode == -9, "the run ended before it could be killed"
+    logs: list[str] = []
+    again = experiment.run_experiment(tiny(), out, log=logs.append)
+    assert any("train: resuming from" in line or "train: loading" in line for line in logs)
+    assert again["consistency"] == results["consistency"]
+    assert again["subsets"] == results["subsets"]
 
 
 def test_config_errors(tmp_path):
