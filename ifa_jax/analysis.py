@@ -114,8 +114,27 @@ def from_batch(batch: BatchStats, num_classes: int) -> Stats:
     return Stats(count, mean, m2, comoment, cam_mean, batch.valid.sum().astype(jnp.float32))
 
 
+def _check_mergeable(a: Stats, b: Stats) -> None:
+    """Shapes are static (also under jit): refuse states of different C, K or grid."""
+    for what, sa, sb, fix in (
+            ("classes", a.count.shape, b.count.shape, "built with the same num_classes"),
+            ("channels", a.mean.shape[-1:], b.mean.shape[-1:], "of the same layer")):
+        if sa != sb:
+            raise ValueError(f"cannot merge: a has {sa[0]} {what}, b has {sb[0]}; merge "
+                             f"states {fix}")
+    ga, gb = tuple(a.cam_mean.shape[1:]), tuple(b.cam_mean.shape[1:])
+    if ga != gb:
+        raise ValueError(
+            f"cannot merge: feature grid {ga} vs {gb}; merge states from inputs of one size"
+        )
+
+
 def merge(a: Stats, b: Stats) -> Stats:
-    """Combine two partial states exactly (Chan et al. 1979). Associative, pure, jit-able."""
+    """Combine two partial states exactly (Chan et al. 1979). Associative, pure, jit-able.
+
+    Both states must have the same classes C, channels K and grid (else ValueError).
+    """
+    _check_mergeable(a, b)
     count = a.count + b.count
     frac_b = _safe_div(b.count, count)  # (C,)
     delta = b.mean - a.mean
@@ -257,13 +276,17 @@ class Analysis(NamedTuple):
     def percentiles(self, which: str = "cam_max",
                     qs=scale.DEFAULT_PERCENTILES) -> dict[int, float]:
         """Percentiles of a per-sample scalar, keyed by the percentile it really is."""
+        if which not in self.samples:
+            raise KeyError(f"no per-sample values named {which!r}; the names are: "
+                           f"{', '.join(self.samples) or '(none)'}")
         values = self.samples[which]
         if values.size == 0:
             raise ValueError(f"no samples were analysed, so {which} has no percentiles")
         return scale.percentiles(values, qs)
 
 
-def _pad(batch: tuple, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pad(batch: tuple, size: int, i: int,
+         declared: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x, y, *rest = batch
     x, y = np.asarray(x), np.asarray(y)
     valid = np.asarray(rest[0], bool) if rest else np.ones(len(y), bool)
@@ -271,8 +294,10 @@ def _pad(batch: tuple, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if n == size:
         return x, y, valid
     if n > size:
-        raise ValueError(f"a batch has {n} samples, more than the first batch's {size}; "
-                         "use one batch size for the whole pass")
+        which = "batch_size" if declared else "the first batch's size"
+        raise ValueError(f"batch {i} has {n} samples, more than {which} {size}; pass "
+                         "batch_size= (the largest batch size) to analyze, and smaller "
+                         "batches are padded to it")
     pad = size - n
     return (np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]),
             np.concatenate([y, np.zeros(pad, y.dtype)]),
@@ -282,24 +307,26 @@ def _pad(batch: tuple, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int,
             method: str | tuple[str, ...] = "gradcam", target: Any = "label",
             score: str = "logit", count: str = "correct", chunk_size: int = 16, sharding=None,
-            progress: bool = True, total: int | None = None,
-            keep_importance: bool = False) -> Analysis | dict[str, Analysis]:
+            progress: bool = True, total: int | None = None, keep_importance: bool = False,
+            batch_size: int | None = None) -> Analysis | dict[str, Analysis]:
     """One pass over ``batches`` of ``(x, y)`` or ``(x, y, valid)``.
 
     ``method`` names one CAM method (returns an :class:`Analysis`) or a tuple of methods
     (returns ``{method: Analysis}``): every method's statistics come from the same single
     probe call per batch, so analysing four methods costs one model pass, not four.
 
-    The step compiles once: a short final batch is padded and masked to the first batch's
-    size. ``sharding`` (e.g. ``NamedSharding(mesh, P('batch'))``) places each batch across
+    The step compiles once: every batch is padded and masked to ``batch_size`` (default:
+    the first non-empty batch's size, so a short final batch is fine; pass it when an
+    earlier batch is smaller than a later one). Batches with 0 samples are skipped.
+    ``sharding`` (e.g. ``NamedSharding(mesh, P('batch'))``) places each batch across
     devices; the statistics are then reduced across devices by XLA and equal the
     single-device ones. ``keep_importance`` also keeps every sample's importance vector
     (N, K) in ``samples['importance']`` (for outlier ranking; N * K floats on the host).
     With several processes (``jax.distributed.initialize()``), each
     process passes its own shard of every batch (``data.batches(..., shard_index=...)``)
     and the global batch is assembled with ``jax.make_array_from_process_local_data``.
-    Labels outside [0, num_classes) and non-finite activations or
-    gradients raise errors naming the batch.
+    Labels outside [0, num_classes) (and, with ``target='label'``, labels the model has
+    no output for) and non-finite activations or gradients raise errors naming the batch.
     """
     single = isinstance(method, str)
     methods = tuple(cams.canonical_method(m) for m in ((method,) if single else method))
@@ -307,10 +334,16 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
         raise ValueError("method is an empty tuple; name at least one CAM method")
     if count not in COUNT_MODES:
         raise ValueError(f"count {count!r} is not one of {COUNT_MODES}")
+    if batch_size is not None and (isinstance(batch_size, bool)
+                                   or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int (the padded batch size) or "
+                         f"None; got {batch_size!r}")
+    by_label = isinstance(target, str) and target == "label"
     from tqdm.auto import tqdm
 
     states = None
-    size = first_shape = None
+    size, first_shape, num_outputs = batch_size, None, 0
     pending: list[tuple[int, tuple[PerSample, ...]]] = []
     kept: list[tuple[PerSample, ...]] = []
 
@@ -325,9 +358,12 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
         kept.append(per)
 
     for i, batch in enumerate(tqdm(batches, total=total, disable=not progress, desc="analyse")):
+        n = len(batch[1])
+        if n == 0 and (size is None or jax.process_count() == 1):
+            continue  # nothing to analyse (several processes must all step, so pad there)
         if size is None:
-            size = len(batch[1])
-        x, y, valid = _pad(tuple(batch), size)
+            size = n
+        x, y, valid = _pad(tuple(batch), size, i, declared=batch_size is not None)
         if first_shape is None:
             first_shape = x.shape[1:]
         elif x.shape[1:] != first_shape:
@@ -348,9 +384,20 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
         elif sharding is not None:
             xj, yj, vj = (jax.device_put(a, sharding) for a in (xj, yj, vj))
         if states is None:
-            A_shape = probe.output_shapes(variables, xj)[1][probe.layers[0]]
+            logits_shape, act_shapes = probe.output_shapes(variables, xj)  # abstract, cached
+            num_outputs = logits_shape[-1]
+            A_shape = act_shapes[probe.layers[0]]
             states = tuple(init(num_classes, A_shape[-1], tuple(A_shape[1:-1]))
                            for _ in methods)
+        if by_label and yv.size and yv.max() >= num_outputs:
+            # The score would be NaN (take_along_axis out of range) and the check in the
+            # probe is skipped under jit: refuse here, on the host.
+            raise ValueError(
+                f"batch {i}: label {int(yv.max())} has no output in the model, which has "
+                f"{num_outputs} outputs, so target='label' can only explain labels in "
+                f"[0, {num_outputs - 1}]; fix the labels (or the model), or pass "
+                "target='predicted'"
+            )
         states, per = analysis_step(states, probe, variables, xj, yj, vj,
                                     num_classes=num_classes, method=methods, target=target,
                                     score=score, count=count, chunk_size=chunk_size,
@@ -361,7 +408,8 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
     for item in pending:
         collect(*item)
     if states is None:
-        raise ValueError("batches is empty: nothing to analyse")
+        raise ValueError("batches is empty (or every batch has 0 samples): nothing to "
+                         "analyse")
     results = {m: Analysis(state, finalize(state), _gather_samples([p[j] for p in kept]))
                for j, (m, state) in enumerate(zip(methods, states))}
     return results[methods[0]] if single else results

@@ -13,11 +13,14 @@ into the parameters (they are constants of the vjp).
   made with ``nnx.split``/``nnx.merge``, for a thin wrapper: no edit to the model either.
 
 Both return a :class:`LayerProbe`, a callable that may itself be called under ``jax.jit``,
-``vmap`` or ``grad``.
+``vmap`` or ``grad``. A model that returns a tuple or a dict needs ``output=`` to pick its
+logits. Errors with a known cause (a model in training mode, an input without its channel
+axis) are re-raised as ``ValueError`` naming the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -28,12 +31,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import errors as flax_errors
 from flax import nnx
 
 Array = jax.Array
 # tapped(variables, x, deltas | None) -> (logits (B, O), {layer: A (B, *spatial, K)})
 TappedFn = Callable[[Any, Array, Mapping[str, Array] | None], tuple[Array, dict[str, Array]]]
 Target = int | str | Array | np.ndarray | Callable[[Array], Array] | None
+# Picks the logits in a model's output: None (the output itself), an int index or a key
+# (a str also reads a field of a NamedTuple or dataclass), or a callable out -> logits (B, O).
+Output = int | str | Callable[[Any], Array] | None
 
 SCORES = ("logit", "probability")
 TARGET_MODES = ("index", "predicted", "callable")
@@ -95,6 +102,113 @@ def _check_activation(name: str, value: Any) -> None:
         )
 
 
+def _describe(out: Any) -> str:
+    """'a tuple of 2', "a dict with keys 'logits', 'features'", 'a Foo with fields ...'."""
+    kind = type(out).__name__
+    if isinstance(out, Mapping):
+        return f"a {kind} with keys {', '.join(repr(k) for k in out)}"
+    if hasattr(out, "_fields"):
+        return f"a {kind} with fields {', '.join(repr(k) for k in out._fields)}"
+    if isinstance(out, (tuple, list)):
+        return f"a {kind} of {len(out)}"
+    return f"a {kind}"
+
+
+def _output_hint(out: Any) -> str:
+    if isinstance(out, Mapping) and out:
+        keys = list(out)
+        return f"output={'logits' if 'logits' in keys else keys[0]!r} (a key)"
+    if hasattr(out, "_fields") and out._fields:
+        fields = list(out._fields)
+        return f"output={'logits' if 'logits' in fields else fields[0]!r} (a field)"
+    return "output=0 (an index)"
+
+
+def select_output(out: Any, output: Output = None) -> Array:
+    """The logits (B, O) (or (B,)) in a model's output ``out``: ``out`` itself
+    (``output=None``), ``out[output]`` (an int index or a key; a str also reads a
+    field of a NamedTuple or dataclass), or ``output(out)`` (a callable)."""
+    if output is None:
+        picked = out
+    elif callable(output):
+        picked = output(out)
+    elif hasattr(out, "ndim"):
+        raise ValueError(
+            f"output={output!r} would index the model's output, but that is already an "
+            f"array of shape {tuple(out.shape)}; leave output=None"
+        )
+    else:
+        fields = hasattr(out, "_fields") or dataclasses.is_dataclass(out)
+        try:
+            if isinstance(output, str) and fields and hasattr(out, output):
+                picked = getattr(out, output)
+            else:
+                picked = out[output]
+        except (KeyError, IndexError, TypeError) as e:
+            raise ValueError(
+                f"output={output!r} is not in the model's output, {_describe(out)}; "
+                f"pass {_output_hint(out)} or a callable out -> logits (B, O)"
+            ) from e
+    if hasattr(picked, "ndim") and hasattr(picked, "dtype"):
+        return picked
+    if output is None:
+        raise ValueError(
+            f"the model returns {_describe(out)}, not an array of logits (B, O); pick the "
+            f"logits with {_output_hint(out)} or output=callable(out) -> logits (B, O), "
+            "e.g. linen_probe(model, layer, output=...) or nnx_probe(model, layer, output=...)"
+        )
+    raise ValueError(
+        f"output={output!r} selects {_describe(picked)} from the model's output "
+        f"({_describe(out)}), not an array of logits (B, O); select the logits themselves"
+    )
+
+
+def _flax_detail(e: Exception) -> str:
+    return str(e).split(" (https://")[0]
+
+
+@contextlib.contextmanager
+def _explained_errors(x: Array):
+    """Re-raise model errors that have a known cause as ValueErrors that name the fix.
+
+    Works under an outer ``jit`` too: these errors are raised while tracing.
+    """
+    try:
+        yield
+    except flax_errors.ModifyScopeVariableError as e:
+        raise ValueError(
+            f"the model updates a variable inside the probe ({_flax_detail(e)}): it runs in "
+            "training mode (BatchNorm with use_running_average=False). Pass train=False (or "
+            "the model's inference flag) to the probe: linen_probe(model, layer, train=False)"
+        ) from e
+    except flax_errors.InvalidRngError as e:
+        raise ValueError(
+            f"the model draws random numbers inside the probe ({_flax_detail(e)}): Dropout "
+            "(or another random layer) is active. Pass the model's deterministic/train flag "
+            "to the probe: linen_probe(model, layer, train=False) (or deterministic=True)"
+        ) from e
+    except flax_errors.TraceContextError as e:
+        raise ValueError(
+            f"the NNX model changes its state inside the probe ({_flax_detail(e)}): "
+            "BatchNorm in training mode updates its statistics, Dropout draws random "
+            "numbers. Call model.eval() before nnx_probe(model, layer)"
+        ) from e
+    except flax_errors.ScopeParamShapeError as e:
+        raise ValueError(_input_shape_message(x, _flax_detail(e))) from e
+    except (ValueError, TypeError) as e:
+        if "conv_general_dilated" not in str(e):
+            raise
+        raise ValueError(_input_shape_message(x, str(e))) from e
+
+
+def _input_shape_message(x: Array, detail: str) -> str:
+    return (
+        f"the model does not accept an input of shape {tuple(x.shape)} ({detail}). Inputs "
+        "are channels-last (B, *spatial, C) with the channels the model was built for; "
+        "add a missing channel axis: x[..., None]"
+    )
+
+
 # --------------------------------------------------------------------------- Linen
 
 
@@ -120,8 +234,13 @@ def linen_layers(model: nn.Module, variables: Any, x: Array, **apply_kwargs) -> 
     return found
 
 
-def _linen_tapped(model: nn.Module, layers: tuple[str, ...], apply_kwargs: dict) -> TappedFn:
+def _linen_tapped(model: nn.Module, layers: tuple[str, ...], apply_kwargs: dict,
+                  output: Output = None) -> TappedFn:
     def tapped(variables, x, deltas):
+        with _explained_errors(x):
+            return _tapped(variables, x, deltas)
+
+    def _tapped(variables, x, deltas):
         available = list(linen_layers(model, variables, x, **apply_kwargs))
         paths = {resolve_layer(layer, available): layer for layer in layers}
         acts: dict[str, Array] = {}
@@ -143,19 +262,22 @@ def _linen_tapped(model: nn.Module, layers: tuple[str, ...], apply_kwargs: dict)
             return out if delta is None else out + delta
 
         with nn.intercept_methods(tap):
-            logits = model.apply(variables, x, **apply_kwargs)
-        return logits, acts
+            out = model.apply(variables, x, **apply_kwargs)
+        return select_output(out, output), acts
 
     return tapped
 
 
-def linen_probe(model: nn.Module, layers: str | Sequence[str], **apply_kwargs) -> LayerProbe:
+def linen_probe(model: nn.Module, layers: str | Sequence[str], *, output: Output = None,
+                **apply_kwargs) -> LayerProbe:
     """A probe for a Linen model at one layer (arrays out) or several (dicts out).
 
     ``apply_kwargs`` go to ``model.apply`` (e.g. ``train=False`` for BatchNorm models).
+    ``output`` picks the logits (B, O) when the model returns a tuple or a dict: an index
+    (``0``), a key (``'logits'``) or a callable ``out -> logits``.
     """
     names = _layer_names(layers)
-    return LayerProbe(_linen_tapped(model, names, dict(apply_kwargs)), names,
+    return LayerProbe(_linen_tapped(model, names, dict(apply_kwargs), output), names,
                       single=isinstance(layers, str))
 
 
@@ -195,11 +317,13 @@ def _set_child(parent, key: str, value) -> None:
         object.__setattr__(parent, key, value)
 
 
-def nnx_probe(model: nnx.Module, layers: str | Sequence[str]) -> tuple[LayerProbe, nnx.State]:
+def nnx_probe(model: nnx.Module, layers: str | Sequence[str], *,
+              output: Output = None) -> tuple[LayerProbe, nnx.State]:
     """A probe for an NNX model, and the model's state to pass as ``variables``.
 
     Nothing needs adding to the model. Call ``model.eval()`` first if it has BatchNorm or
     Dropout. The probe works on a private copy (``nnx.merge``), so ``model`` is untouched.
+    ``output`` picks the logits as in :func:`linen_probe`.
     """
     names = _layer_names(layers)
     graphdef, state = nnx.split(model)
@@ -213,7 +337,9 @@ def nnx_probe(model: nnx.Module, layers: str | Sequence[str]) -> tuple[LayerProb
             *parents, last = path.split("/")
             parent = functools.reduce(_get_child, parents, copy)
             _set_child(parent, last, _NnxTap(_get_child(parent, last), name, acts, deltas))
-        return copy(x), acts
+        with _explained_errors(x):
+            out = copy(x)
+        return select_output(out, output), acts
 
     return LayerProbe(tapped, names, single=isinstance(layers, str)), state
 
