@@ -61,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ifa_jax import analysis, cams, data, scale
+from ifa_jax import analysis, cams, data, decompose, scale
 from ifa_jax.explain import explain
 from ifa_jax.models import ConvNet, MnistCNN, ResNet
 from ifa_jax.probe import LayerProbe, linen_probe
@@ -704,9 +704,8 @@ def _counting_probe(probe: LayerProbe):
 
 def _ifa_pipeline(probe, variables, ds, *, batch: int, methods: Sequence[str]) -> dict:
     """One analysis pass (all methods), common scales, consistency evaluation: seconds."""
-    from ifa_jax import experiment
+    from ifa_jax.consistency import consistency_levels, summarize_consistency
 
-    config = experiment.Config(methods=tuple(methods), batch_size=batch)
     t0 = time.perf_counter()
     # As the runner does: every method from one probe call per batch (one model pass).
     analyses = analysis.analyze(
@@ -718,8 +717,11 @@ def _ifa_pipeline(probe, variables, ds, *, batch: int, methods: Sequence[str]) -
                                                   analyses[m].samples["cam_min"])
               for m in methods}
     t2 = time.perf_counter()
-    experiment.evaluate_consistency(config, probe, variables, ds, scales,
-                                    analyses[methods[0]].summary.im_class, lambda s: None)
+    masks = decompose.select(np.nan_to_num(analyses[methods[0]].summary.im_class), "top",
+                             ratio=0.1)
+    summarize_consistency(consistency_levels(
+        probe, variables, ((b.x, b.y, b.mask) for b in data.batches(ds, batch)),
+        scales=scales, masks=masks, classes=range(ds.num_classes)))
     t3 = time.perf_counter()
     return {"analysis_s": t1 - t0, "scale_s": t2 - t1, "consistency_s": t3 - t2,
             "total_s": t3 - t0}
@@ -729,8 +731,8 @@ def end_to_end(samples: int, *, batch: int = 256, methods: Sequence[str] = E2E_M
                repeats: int = 3, log: Callable[[str], None] = print) -> dict:
     """The whole analysis of ``samples`` embedded-MNIST digits with a random MnistCNN.
 
-    Mirrors the runner (``experiment.stage_analyse``: one analysis pass for all methods;
-    ``experiment.evaluate_consistency``). Runs it twice (cold: with tracing and
+    Mirrors the runner (``runner.stages.stage_analyse``: one analysis pass for all methods;
+    ``consistency.consistency_levels``). Runs it twice (cold: with tracing and
     compilation; warm: caches filled), counts
     the model passes on a 2-batch dataset, and measures the floor at the same batch, so that
     ``floor_bound_s_per_1k`` = passes x 1000 / floor throughput is the time the passes alone
@@ -757,13 +759,13 @@ def end_to_end(samples: int, *, batch: int = 256, methods: Sequence[str] = E2E_M
                      num_classes=10, method=tuple(methods), progress=False, count="all")
     jax.effects_barrier()
     counts["analysis"] = counter["calls"] / 2
-    from ifa_jax import experiment
+    from ifa_jax.consistency import consistency_levels
 
     counter["calls"] = 0
-    config = experiment.Config(methods=tuple(methods), batch_size=batch)
     sc = {cams.canonical_method(m): scale.scale_from_bounds(0.0, 1.0) for m in methods}
-    experiment.evaluate_consistency(config, counting, variables, small, sc,
-                                    np.ones((10, 200)), lambda s: None)
+    consistency_levels(counting, variables,
+                       ((b.x, b.y, b.mask) for b in data.batches(small, batch)),
+                       scales=sc, masks=np.ones((10, 200)), classes=range(10))
     jax.effects_barrier()
     counts["consistency"] = counter["calls"] / 2
     analysis_passes = counts["analysis"]

@@ -1,6 +1,6 @@
 """Shared builder for the tfds experiment configs (one file per dataset imports it)."""
 
-from ifa_jax.experiment import Config
+from ifa_jax.runner import Config
 from ifa_jax.train import TrainConfig
 
 

@@ -5,7 +5,7 @@
 About 15 s of training to ~98% validation accuracy; the feature grid of conv3 is 8x8.
 """
 
-from ifa_jax.experiment import Config
+from ifa_jax.runner import Config
 from ifa_jax.train import TrainConfig
 
 

@@ -7,7 +7,7 @@
 sets add --set model=convnet --set layer=conv2.
 """
 
-from ifa_jax.experiment import Config
+from ifa_jax.runner import Config
 from ifa_jax.train import TrainConfig
 
 

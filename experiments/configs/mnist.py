@@ -11,7 +11,7 @@ on the common scale, near 0 or below for the per-image baseline, and ~0.97 accur
 5% of the channels (see README.md).
 """
 
-from ifa_jax.experiment import Config
+from ifa_jax.runner import Config
 from ifa_jax.train import TrainConfig
 
 

@@ -3,7 +3,7 @@
     python -m experiments.run --config experiments/configs/tfds_cifar10.py --out runs/cifar10
 """
 
-from experiments.configs.common import tfds_experiment
+from common import tfds_experiment  # experiments/configs/common.py, beside this file
 
 
 def get_config():

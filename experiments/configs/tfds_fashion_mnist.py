@@ -4,7 +4,7 @@
         --out runs/fashion_mnist
 """
 
-from experiments.configs.common import tfds_experiment
+from common import tfds_experiment  # experiments/configs/common.py, beside this file
 
 
 def get_config():

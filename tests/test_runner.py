@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from experiments import run as run_cli
-from ifa_jax import experiment, io
+from ifa_jax import io, runner
+from ifa_jax.runner import stages
 from ifa_jax.train import TrainConfig
 
 
-def tiny(**changes) -> experiment.Config:
+def tiny(**changes) -> runner.Config:
     base = dict(name="tiny", dataset="sklearn_digits", validation_size=0.2, model="convnet",
                 model_kwargs=(("features", (8, 16)),), layer="conv2",
                 train=TrainConfig(epochs=2, batch_size=128, lr=3e-3, progress=False),
@@ -26,22 +27,23 @@ def tiny(**changes) -> experiment.Config:
                 subset_modes=("top", "random"), max_classes=3, faithfulness_samples=4,
                 sanity_samples=2)
     base.update(changes)
-    return experiment.Config(**base)
+    return runner.Config(**base)
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     logs: list[str] = []
-    results = experiment.run_experiment(tiny(), out, log=logs.append)
+    results = runner.run(tiny(), out, log=logs.append)
     return out, results, logs
 
 
 @pytest.mark.slow
 def test_run_writes_every_artifact(finished_run):
     out, results, logs = finished_run
-    for name in ("config.json", "checkpoint.msgpack", "train.json", "evaluation.json",
-                 "results.json", "report.md", "analysis/gradcam_train.npz",
+    for name in ("config.json", "checkpoint.msgpack", "train.json",
+                 "results.json", "report.md", "analysis/gradcam_train.npz", "manifest.json",
+                 "evaluation/consistency.json", "evaluation/consistency.npz",
                  "analysis/hirescam_validation.npz", "figures/cams.png",
                  "figures/subsets.png", "figures/consistency.png"):
         assert (out / name).exists(), name
@@ -66,10 +68,10 @@ def test_rerun_resumes_and_rewrites_identical_files(finished_run):
     os.remove(out / "report.md")
     os.remove(out / "figures" / "consistency.png")
     logs: list[str] = []
-    again = experiment.run_experiment(tiny(), out, log=logs.append)
+    again = runner.run(tiny(), out, log=logs.append)
     assert any("train: loading" in line for line in logs)
     assert not any(line.startswith("analyse:") for line in logs)
-    assert any("loaded evaluation.json" in line for line in logs)
+    assert any("loaded evaluation/consistency.json" in line for line in logs)
     # Every figure and section is rebuilt from the files on disk, byte for byte.
     for name, content in before.items():
         assert (out / name).read_bytes() == content, name
@@ -81,19 +83,12 @@ def test_rerun_resumes_and_rewrites_identical_files(finished_run):
 @pytest.mark.slow
 def test_evaluation_samples_are_stratified(finished_run):
     out, results, _ = finished_run
-    labels = experiment.load_analysis(str(out / "analysis" / "gradcam_validation.npz"))[1]["label"]
-    config = tiny()
-    analyses = {"gradcam": {"validation": (None, {"label": labels})}}
-    idx = experiment.evaluation_samples(config, analyses, config.figure_samples)
+    labels = stages.load_analysis(str(out / "analysis" / "gradcam_validation.npz"))[1]["label"]
+    ctx = stages.RunContext(tiny(), None, None, None, print,
+                            analyses={"gradcam": {"validation": (None, {"label": labels})}})
+    idx = ctx.sample_indices(tiny().figure_samples)
     assert sorted(labels[idx[:10]]) == list(range(10))  # the digits split has 10 classes
     assert "stratified by class with seed 0" in (out / "report.md").read_text()
-
-
-@pytest.mark.slow
-def test_run_folder_of_another_config_is_refused(finished_run, capsys):
-    out, _, _ = finished_run
-    with pytest.raises(FileExistsError, match=r"belongs to another config.*seed: 0 -> 1"):
-        experiment.RunFolder(out, tiny(seed=1))
 
 
 @pytest.mark.parametrize("assignment, message", [
@@ -109,19 +104,19 @@ def test_run_folder_of_another_config_is_refused(finished_run, capsys):
 ])
 def test_override_checks_every_field(assignment, message):
     with pytest.raises(ValueError, match=message):
-        experiment.override(tiny(), assignment)
+        runner.override(tiny(), assignment)
 
 
 def test_override_reads_method_lists():
-    assert experiment.override(tiny(), "methods=gradcam").methods == ("gradcam",)
-    assert experiment.override(tiny(), "methods=gradcam, HiResCAM").methods == (
+    assert runner.override(tiny(), "methods=gradcam").methods == ("gradcam",)
+    assert runner.override(tiny(), "methods=gradcam, HiResCAM").methods == (
         "gradcam", "hirescam")
 
 
 def test_unknown_layer_fails_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(ValueError, match=r"field 'layer': layer 'conv9' not found; layers: "):
-        experiment.run_experiment(tiny(layer="conv9"), out, log=lambda s: None)
+        runner.run(tiny(layer="conv9"), out, log=lambda s: None)
     assert not out.exists()
 
 
@@ -133,26 +128,26 @@ def test_overwrite_never_deletes_a_folder_the_runner_did_not_make(tmp_path):
     for overwrite in (False, True):
         with pytest.raises(FileExistsError, match=r"is not a run folder.*nothing was written "
                                                   r"or deleted"):
-            experiment.RunFolder(folder, tiny(), overwrite=overwrite)
+            runner.RunFolder(folder, tiny(), overwrite=overwrite)
     assert sorted(os.listdir(folder)) == ["data.npz", "my_notes"]
     assert (folder / "data.npz").read_bytes() == b"precious"
 
 
 def test_overwrite_clears_only_what_the_runner_wrote(tmp_path):
     folder = tmp_path / "run"
-    with experiment.RunFolder(folder, tiny(), log=lambda s: None) as run:
-        run.write_json("evaluation.json", {"x": 1})
+    with runner.RunFolder(folder, tiny(), log=lambda s: None) as run:
+        run.write_json("evaluation/sanity.json", {"x": 1})
     (folder / "notes.txt").write_text("mine")
-    with experiment.RunFolder(folder, tiny(seed=1), overwrite=True, log=lambda s: None):
+    with runner.RunFolder(folder, tiny(seed=1), overwrite=True, log=lambda s: None):
         pass
     assert (folder / "notes.txt").read_text() == "mine"
-    assert not (folder / "evaluation.json").exists()
+    assert not (folder / "evaluation" / "sanity.json").exists()
     assert json.loads((folder / "config.json").read_text())["seed"] == 1
 
 
 def test_manifest_rejects_damaged_files_and_other_checkpoints(tmp_path):
     logs: list[str] = []
-    with experiment.RunFolder(tmp_path / "run", tiny(), log=logs.append) as run:
+    with runner.RunFolder(tmp_path / "run", tiny(), log=logs.append) as run:
         run.write_json("evaluation.json", {"x": 1})
         assert run.valid("evaluation.json")
         run.checkpoint_digest = "another model"
@@ -168,17 +163,17 @@ def test_manifest_rejects_damaged_files_and_other_checkpoints(tmp_path):
 
 
 def test_second_runner_on_a_folder_is_refused(tmp_path):
-    with experiment.RunFolder(tmp_path / "run", tiny(), log=lambda s: None):
-        with pytest.raises(experiment.RunFolderBusyError,
+    with runner.RunFolder(tmp_path / "run", tiny(), log=lambda s: None):
+        with pytest.raises(runner.RunFolderBusyError,
                            match=rf"in use by another runner \(process {os.getpid()}\)"):
-            experiment.RunFolder(tmp_path / "run", tiny(), log=lambda s: None)
-    with experiment.RunFolder(tmp_path / "run", tiny(), log=lambda s: None):
+            runner.RunFolder(tmp_path / "run", tiny(), log=lambda s: None)
+    with runner.RunFolder(tmp_path / "run", tiny(), log=lambda s: None):
         pass  # released on exit
 
 
 def test_folders_opened_concurrently_do_not_collide(tmp_path):
     def open_one(i):
-        with experiment.RunFolder(tmp_path / f"run{i % 3}_{i}", tiny(), log=lambda s: None):
+        with runner.RunFolder(tmp_path / f"run{i % 3}_{i}", tiny(), log=lambda s: None):
             return i
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -187,12 +182,12 @@ def test_folders_opened_concurrently_do_not_collide(tmp_path):
 
 def test_stale_temporaries_are_removed_on_open(tmp_path):
     folder = tmp_path / "run"
-    with experiment.RunFolder(folder, tiny(), log=lambda s: None):
+    with runner.RunFolder(folder, tiny(), log=lambda s: None):
         pass
     stale = folder / "analysis" / f".gradcam_train.npz{io.TEMP_MARK}3a207qgx.npz"
     stale.write_bytes(b"partial")
     logs: list[str] = []
-    with experiment.RunFolder(folder, tiny(), log=logs.append):
+    with runner.RunFolder(folder, tiny(), log=logs.append):
         pass
     assert not stale.exists()
     assert any("left by an interrupted write" in line for line in logs)
@@ -203,8 +198,8 @@ def test_non_finite_weights_are_named():
     with pytest.raises(FloatingPointError, match=r"ckpt has non-finite weights in 1 of 2 "
                                                  r"arrays \(\['params'\]\['dense'\]"
                                                  r"\['kernel'\]\): training diverged"):
-        experiment._check_finite_weights(variables, "ckpt")
-    experiment._check_finite_weights({"params": {"w": np.ones(3)}}, "ckpt")
+        stages.check_finite_weights(variables, "ckpt")
+    stages.check_finite_weights({"params": {"w": np.ones(3)}}, "ckpt")
 
 
 @pytest.mark.slow
@@ -214,12 +209,13 @@ def test_damaged_stage_outputs_are_recomputed(finished_run, tmp_path):
     shutil.copytree(out, copy)
     npz = copy / "analysis" / "hirescam_validation.npz"
     npz.write_bytes(npz.read_bytes()[:100])  # truncated
-    (copy / "evaluation.json").write_text("{not json")
+    (copy / "evaluation" / "subsets.json").write_text("{not json")
     logs: list[str] = []
-    again = experiment.run_experiment(tiny(), copy, log=logs.append)
+    again = runner.run(tiny(), copy, log=logs.append)
     assert any("train: loading" in line for line in logs)
     assert any("hirescam_validation.npz does not match" in line for line in logs)
     assert any(line.startswith("analyse:") and "validation" in line for line in logs)
+    assert any("evaluate: subsets in" in line for line in logs)
     assert again["consistency"] == results["consistency"]
 
 
@@ -244,7 +240,7 @@ def test_killed_run_resumes_to_the_same_result(finished_run, tmp_path):
         proc.wait()
     assert proc.returncode == -9, "the run ended before it could be killed"
     logs: list[str] = []
-    again = experiment.run_experiment(tiny(), out, log=logs.append)
+    again = runner.run(tiny(), out, log=logs.append)
     assert any("train: resuming from" in line or "train: loading" in line for line in logs)
     assert again["consistency"] == results["consistency"]
     assert again["subsets"] == results["subsets"]
@@ -254,20 +250,20 @@ def test_config_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"name": "x", "epochz": 3}))
     with pytest.raises(ValueError, match=r"unknown field\(s\) 'epochz'; valid fields: name, "):
-        experiment.load_config(bad)
+        runner.load_config(bad)
     nested = tmp_path / "nested.json"
     nested.write_text(json.dumps({"train": {"epoch": 3}}))
     with pytest.raises(ValueError, match=r"train: unknown field\(s\) 'epoch'.*epochs"):
-        experiment.load_config(nested)
+        runner.load_config(nested)
     with pytest.raises(ValueError, match="unknown field 'train.lrate'"):
-        experiment.override(tiny(), "train.lrate=0.1")
-    assert experiment.override(tiny(), "train.epochs=7").train.epochs == 7
-    assert experiment.override(tiny(), "methods=('gradcam',)").methods == ("gradcam",)
+        runner.override(tiny(), "train.lrate=0.1")
+    assert runner.override(tiny(), "train.epochs=7").train.epochs == 7
+    assert runner.override(tiny(), "methods=('gradcam',)").methods == ("gradcam",)
     assert tiny(methods=("Grad-CAM++", "FullCAM")).methods == ("gradcam++", "hirescam")
     with pytest.raises(ValueError, match="unknown CAM method 'gradkam'"):
         tiny(methods=("gradkam",))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        experiment.load_config(tmp_path / "missing.py")
+        runner.load_config(tmp_path / "missing.py")
     # The CLI turns these into a one-line error and exit status 2.
     assert run_cli.main(["--config", str(bad), "--out", str(tmp_path / "o")]) == 2
 
@@ -278,15 +274,15 @@ def test_shipped_configs_load():
                    if f.endswith(".py") and f not in ("__init__.py", "common.py"))
     assert len(names) >= 8
     for name in names:
-        config = experiment.load_config(os.path.join(folder, name))
-        assert isinstance(config, experiment.Config), name
+        config = runner.load_config(os.path.join(folder, name))
+        assert isinstance(config, runner.Config), name
 
 
 def test_unwritable_output_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(PermissionError, match="cannot write to the output folder"):
-        experiment.RunFolder(blocker / "run", tiny())
+        runner.RunFolder(blocker / "run", tiny())
 
 
 @pytest.mark.slow
@@ -301,7 +297,7 @@ def test_single_class_dataset_reports_undefined_instead_of_nan(tmp_path):
     config = tiny(dataset=f"medmnist:{path}", methods=("hirescam",), subset_modes=("top",),
                   faithfulness_samples=0, sanity_samples=0,
                   train=TrainConfig(epochs=1, batch_size=16, progress=False), batch_size=16)
-    experiment.run_experiment(config, tmp_path / "run", log=lambda s: None)
+    runner.run(config, tmp_path / "run", log=lambda s: None)
     report = (tmp_path / "run" / "report.md").read_text()
     assert "AUROC is undefined for hirescam on class(es) 0" in report
     assert "nan" not in report.lower()
@@ -314,6 +310,100 @@ def test_tfds_experiment_runs_on_mock_data(tmp_path):
                   subset_modes=("top",), faithfulness_samples=2, sanity_samples=0,
                   train=TrainConfig(epochs=1, batch_size=16, progress=False), batch_size=16)
     with tfds.testing.mock_data(num_examples=40):
-        results = experiment.run_experiment(config, tmp_path / "run", log=lambda s: None)
+        results = runner.run(config, tmp_path / "run", log=lambda s: None)
     assert results["analysis"]["gradcam"]["train"]["class_counts"] is not None
     assert (tmp_path / "run" / "figures" / "cams.png").exists()
+
+
+PLUGIN = '''
+import flax.linen as nn
+import numpy as np
+from sklearn.datasets import load_digits
+
+from ifa_jax import data
+
+
+class TinyCNN(nn.Module):
+    num_classes: int
+    width: int = 8
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(self.width, (3, 3), name="conv")(x))
+        return nn.Dense(self.num_classes, name="head")(x.mean(axis=(1, 2)))
+
+
+def three_digits(seed, limit=240):
+    d = load_digits()
+    keep = np.flatnonzero(d.target < 3)[:limit]
+    ds = data.Dataset(data.as_images(d.images[keep] / 16.0, spatial_ndim=2),
+                      d.target[keep].astype(np.int32), 3, "three_digits")
+    return data.split_dataset(ds, 0.25, seed=seed)
+'''
+
+
+@pytest.mark.slow
+def test_cli_runs_a_plugin_model_from_another_folder_and_analyses_given_variables(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "my_models.py").write_text(PLUGIN)
+    plugin = str(elsewhere / "my_models.py")
+    config = {"name": "plugin", "dataset": f"{plugin}:three_digits",
+              "dataset_kwargs": [["limit", 200]], "model": f"{plugin}:TinyCNN",
+              "model_kwargs": [["width", 6]], "layer": "conv", "batch_size": 50,
+              "train": {"epochs": 1, "batch_size": 50, "progress": False},
+              "methods": ["gradcam"], "subset_ratios": [0.5, 1.0], "subset_modes": ["top"],
+              "faithfulness_samples": 3, "sanity_samples": 0, "figure_samples": 3}
+    (elsewhere / "plugin.json").write_text(json.dumps(config))
+    command = os.path.join(os.path.dirname(sys.executable), "ifa-jax")
+    done = subprocess.run([command, "run", "--config", "plugin.json", "--out", "out"],
+                          cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = (elsewhere / "out" / "report.md").read_text()
+    assert f"model `{plugin}:TinyCNN` (trained here)" in report
+    assert f"Dataset `{plugin}:three_digits`" in report
+    # The trained checkpoint, analysed as given variables: nothing is trained.
+    logs: list[str] = []
+    given = runner.config_from_dict(
+        config | {"variables": str(elsewhere / "out" / "checkpoint.msgpack")})
+    results = runner.run(given, tmp_path / "given", log=logs.append)
+    assert not any(line.startswith("train: ") and " s, validation" in line for line in logs)
+    assert any("train: none; analysing the variables" in line for line in logs)
+    assert not (tmp_path / "given" / "checkpoint.msgpack").exists()
+    trained = json.loads((elsewhere / "out" / "results.json").read_text())
+    assert results["consistency"] == trained["consistency"]
+    assert "(not trained here)" in (tmp_path / "given" / "report.md").read_text()
+
+
+def test_plugin_errors_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"model 'cnn' is not one of mnist_cnn, convnet, "
+                                         r"resnet18 nor a plug-in"):
+        tiny(model="cnn")
+    with pytest.raises(ValueError, match=r"dataset 'tfds' must be written 'tfds:<name>'"):
+        tiny(dataset="tfds")
+    (tmp_path / "m.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match=r"has no 'CNN'; it defines x"):
+        runner.registry.load_object(f"{tmp_path / 'm.py'}:CNN", "model")
+    with pytest.raises(ValueError, match=r"cannot import 'no_such_pkg.models'.*PYTHONPATH"):
+        runner.registry.load_object("no_such_pkg.models:CNN", "model")
+
+
+@pytest.mark.slow
+def test_an_evaluation_added_to_the_table_reaches_results_and_report(finished_run, tmp_path):
+    out, _, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+
+    def count_channels(ctx):
+        return {"channels": int(ctx.summary.im_class.shape[1])}, {}
+
+    def report_channels(ctx, numbers):
+        return ["## Channels", "", f"The layer has {numbers['channels']} channels."]
+
+    extra = runner.Evaluation("channels", 1, count_channels, report_channels)
+    results = runner.run(tiny(), copy, log=lambda s: None,
+                         evaluations=(*runner.EVALUATIONS, extra))
+    assert results["channels"] == {"channels": 16}
+    assert json.loads((copy / "results.json").read_text())["channels"]["channels"] == 16
+    assert "## Channels\n\nThe layer has 16 channels." in (copy / "report.md").read_text()
+    assert json.loads((copy / "evaluation" / "channels.json").read_text())["version"] == 1

@@ -1,0 +1,147 @@
+"""Consistency of CAM activation levels with the logits, for every class, over a dataset.
+
+The paper's headline evaluation: explain class c for every sample, take the mean of the
+rescaled CAM (its activation level a_n), and correlate it with the logit y_c over the
+samples. :func:`consistency_levels` computes the levels of every class, method and way of
+scaling in one forward pass per batch (the per-class vjps are batched), and
+:func:`summarize_consistency` turns them into Pearson / Spearman r and AUROC per class
+and their means.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ifa_jax import cams, metrics, scale
+
+# The ways a CAM is scaled before its activation level is taken: the common scale, the
+# same clipped to [0, 1] as drawn, per-image min-max, and the common scale on a channel
+# subset.
+LEVELS = ("common", "common_clipped", "per_image", "subset")
+
+
+@functools.partial(jax.jit, static_argnames=("probe", "methods"))
+def class_levels(probe, variables, x, classes, masks, scales, *, methods: tuple[str, ...]):
+    """CAM activation levels when explaining each of ``classes``, for every method and scaling.
+
+    x: (B, *in, C); classes: (n,) int; masks: (C, K) per-class channel subsets; scales:
+    one :class:`ifa_jax.scale.Scale` per method. Returns levels (n, methods, len(LEVELS),
+    B) in the order of :data:`LEVELS`, and the logits (B, O). One forward pass and one
+    batched vjp serve every class and method (:meth:`LayerProbe.per_class`).
+    """
+    logits, A, G_all = probe.per_class(variables, x, classes)
+
+    def for_class(c, G):
+        rows = []
+        for m, sc in zip(methods, scales):
+            M = cams.contributions(A, G, m)
+            L = cams.reduce(M).cam
+            rows.append(jnp.stack([
+                metrics.activation_level(scale.apply_scale(L, sc)),
+                metrics.activation_level(scale.apply_scale(L, sc, clip=True)),
+                metrics.activation_level(scale.minmax_per_image(L)),
+                metrics.activation_level(scale.apply_scale(cams.reduce(M, masks[c]).cam, sc)),
+            ]))
+        return jnp.stack(rows)
+
+    return jax.vmap(for_class)(jnp.asarray(classes), G_all), logits
+
+
+class ConsistencyLevels(NamedTuple):
+    """Activation levels over a dataset. classes: (n,) the explained classes; methods: the
+    CAM methods; levels: (n, len(methods), len(LEVELS), N) over the N valid samples in
+    input order; logits: (N, O)."""
+
+    classes: np.ndarray
+    methods: tuple[str, ...]
+    levels: np.ndarray
+    logits: np.ndarray
+
+    def of(self, c: int, method: str, level: str) -> np.ndarray:
+        """The (N,) levels of class ``c`` for one method and way of scaling."""
+        i = int(np.flatnonzero(self.classes == c)[0])
+        return self.levels[i, self.methods.index(method), LEVELS.index(level)]
+
+
+def consistency_levels(probe, variables, batches: Iterable, *, scales: Mapping[str, Any],
+                       masks: Any, classes: Sequence[int], group: int = 16
+                       ) -> ConsistencyLevels:
+    """Levels of every class in ``classes`` and method in ``scales`` over ``batches``.
+
+    batches: ``(x, y, valid)`` (or ``Batch``) of one size; padding rows (valid False) are
+    dropped. scales: ``{method: Scale}`` (the common scale of each method); masks: (C, K)
+    channel subsets per class (for the 'subset' level). ``group`` classes share one
+    forward pass; memory grows with group * batch * |A|.
+    """
+    methods = tuple(scales)
+    method_scales = tuple(scales[m] for m in methods)
+    classes = [int(c) for c in classes]
+    if not classes:
+        raise ValueError("classes is empty; name at least one class to evaluate")
+    if group < 1:
+        raise ValueError(f"group must be >= 1; got {group}")
+    masks = jnp.asarray(masks)
+    chunks: list[np.ndarray] = []
+    logits_all, valid_all = [], []
+    for x, _, valid in batches:
+        per_group = []
+        for start in range(0, len(classes), group):
+            chunk = jnp.asarray(classes[start:start + group], jnp.int32)
+            lv, logits = class_levels(probe, variables, jnp.asarray(x), chunk, masks,
+                                      method_scales, methods=methods)
+            per_group.append(lv)
+        levels, logits = jax.device_get((jnp.concatenate(per_group), logits))
+        chunks.append(levels)
+        logits_all.append(logits)
+        valid_all.append(np.asarray(valid, bool))
+    if not chunks:
+        raise ValueError("batches is empty: nothing to evaluate")
+    valid = np.concatenate(valid_all)
+    return ConsistencyLevels(np.asarray(classes), methods,
+                             np.concatenate(chunks, axis=-1)[..., valid],
+                             np.concatenate(logits_all)[valid])
+
+
+class ConsistencySummary(NamedTuple):
+    """per_class: ``{method: {class: {level: metrics.consistency(...), 'auroc':
+    metrics.auroc(...)}}}`` (classes as strings, JSON-ready); summary: ``{method: {level:
+    {mean_pearson, min_pearson, classes_defined}, 'auroc': {mean, classes_defined}}}``.
+    Undefined values are None with a reason, never NaN."""
+
+    per_class: dict
+    summary: dict
+
+
+def summarize_consistency(levels: ConsistencyLevels) -> ConsistencySummary:
+    """Pearson / Spearman r of level vs logit per class, AUROC of the common level against
+    (prediction == c), and their means over the classes where they are defined."""
+    predicted = levels.logits.argmax(-1)
+    per_class: dict[str, dict[str, Any]] = {m: {} for m in levels.methods}
+    for c in levels.classes.tolist():
+        y_c = levels.logits[:, c]
+        for m in levels.methods:
+            row = {k: metrics.consistency(levels.of(c, m, k), y_c) for k in LEVELS}
+            row["auroc"] = metrics.auroc(levels.of(c, m, "common"), predicted == c)
+            per_class[m][str(c)] = row
+    summary: dict[str, dict[str, Any]] = {}
+    for m, rows in per_class.items():
+        summary[m] = {}
+        for k in LEVELS:
+            rs = [r[k]["pearson"] for r in rows.values() if r[k]["pearson"] is not None]
+            summary[m][k] = {"mean_pearson": float(np.mean(rs)) if rs else None,
+                             "min_pearson": float(np.min(rs)) if rs else None,
+                             "classes_defined": len(rs)}
+        aucs = [r["auroc"]["auroc"] for r in rows.values() if r["auroc"]["auroc"] is not None]
+        summary[m]["auroc"] = {"mean": float(np.mean(aucs)) if aucs else None,
+                               "classes_defined": len(aucs)}
+    return ConsistencySummary(per_class, summary)
+
+
+__all__ = ["LEVELS", "ConsistencyLevels", "ConsistencySummary", "class_levels",
+           "consistency_levels", "summarize_consistency"]

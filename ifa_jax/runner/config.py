@@ -1,0 +1,239 @@
+"""The runner's config: one frozen dataclass, read from ``.py`` / ``.json`` files and
+``key=value`` overrides, every field checked against its type and range on creation."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from ifa_jax import cams, metrics, scale
+from ifa_jax import train as training
+from ifa_jax.runner import registry
+
+# The selection modes a subset-accuracy curve can sweep: those driven by a ratio alone.
+SUBSET_MODES = ("top", "diff_top", "reverse_diff_top", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One experiment. See experiments/configs/ for complete examples.
+
+    dataset: one of ``mnist_embedded``, ``sklearn_digits``, ``tfds:<name>``,
+    ``medmnist:<path.npz>``, ``signals:<path>``, or a plug-in ``package.module:factory``
+    / ``path/to/file.py:factory`` called with ``dataset_kwargs`` (pairs); see
+    :mod:`ifa_jax.runner.registry`. image_size: resize tfds images to it.
+    validation_size: validation examples for datasets that are split here (a count, or a
+    share when below 1).
+    model: ``mnist_cnn``, ``convnet``, ``resnet18`` or a plug-in factory, with
+    ``model_kwargs`` (pairs).
+    variables: a trained model's variables (a ``.msgpack`` file of
+    ``flax.serialization``, or an orbax checkpoint folder): analysed as they are, with no
+    training. layer: the layer to analyse. train: a :class:`ifa_jax.train.TrainConfig`.
+    methods: CAM methods analysed and evaluated (the first one drives the figures).
+    scale_*: the common intensity scale (docs/method.md).
+    subset_ratios / subset_modes: feature-subset accuracy.
+    consistency_ratio: the 'top' subset whose CAMs are evaluated beside all features.
+    max_classes: classes evaluated for consistency (all when None); consistency_group:
+    classes sharing one forward pass there (memory grows with it).
+    outliers_shown: the worst outliers listed and drawn.
+    faithfulness_samples / sanity_samples: images for drop/increase, insertion/deletion
+    and the randomisation check (0 skips them); figure_samples: images in the CAM figure.
+    All three are drawn stratified by class with ``seed`` (one per class first).
+    """
+
+    name: str = "mnist"
+    dataset: str = "mnist_embedded"
+    image_size: tuple[int, ...] | None = None
+    validation_size: float = 1000
+    model: str = "mnist_cnn"
+    model_kwargs: tuple[tuple[str, Any], ...] = ()
+    dataset_kwargs: tuple[tuple[str, Any], ...] = ()
+    variables: str | None = None
+    layer: str = "conv2"
+    train: training.TrainConfig = training.TrainConfig(epochs=4, batch_size=128, lr=2e-3)
+    batch_size: int = 250
+    methods: tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "hirescam")
+    scale_mode: str = "norm"
+    scale_ratio: float = 1.0
+    scale_hi_percentile: float = 90
+    scale_lo_percentile: float = 50
+    remove_negative: bool = False
+    subset_ratios: tuple[float, ...] = metrics.DEFAULT_RATIOS
+    subset_modes: tuple[str, ...] = ("top", "diff_top", "random")
+    consistency_ratio: float = 0.1
+    max_classes: int | None = None
+    consistency_group: int = 16
+    outliers_shown: int = 8
+    faithfulness_samples: int = 64
+    sanity_samples: int = 16
+    figure_samples: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, value in _typed_fields(Config, dataclasses.asdict(self) | {
+                "train": self.train}, "config").items():
+            object.__setattr__(self, name, value)
+        # Canonical names once, here: every stage and file keys on them.
+        object.__setattr__(self, "methods",
+                           tuple(cams.canonical_method(m) for m in self.methods))
+        checks = [(False, p) for p in registry.check_names(self.model, self.dataset)] + [
+            (self.scale_mode in scale.MODES, f"scale_mode must be one of {scale.MODES}"),
+            (bool(self.methods), "methods is empty; name at least one CAM method"),
+            (self.validation_size > 0, "validation_size must be > 0 (a count, or a share < 1)"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.scale_ratio > 0, "scale_ratio must be > 0"),
+            (0 <= self.scale_lo_percentile < self.scale_hi_percentile <= 100,
+             "percentiles must satisfy 0 <= scale_lo_percentile < scale_hi_percentile <= 100"),
+            (bool(self.subset_ratios) and all(0 < r <= 1 for r in self.subset_ratios),
+             "subset_ratios must be shares in (0, 1]"),
+            (all(m in SUBSET_MODES for m in self.subset_modes),
+             f"subset_modes must be among {', '.join(SUBSET_MODES)}"),
+            (0 < self.consistency_ratio <= 1, "consistency_ratio must lie in (0, 1]"),
+            (self.max_classes is None or self.max_classes >= 1, "max_classes must be >= 1"),
+            (self.faithfulness_samples >= 0, "faithfulness_samples must be >= 0"),
+            (self.sanity_samples >= 0, "sanity_samples must be >= 0"),
+            (self.figure_samples >= 1, "figure_samples must be >= 1"),
+            (self.consistency_group >= 1, "consistency_group must be >= 1"),
+            (self.outliers_shown >= 0, "outliers_shown must be >= 0"),
+        ]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise ValueError(f"invalid config {self.name!r}: {'; '.join(bad)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a tuple of {_describe(args[0])}"
+        return f"a pair ({', '.join(_describe(a) for a in args)})"
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _typed(value, hint, name: str):
+    """``value`` checked against the annotation ``hint``; lists become tuples and a bare
+    string (``methods=gradcam,hirescam``) a tuple of strings. Raises naming the field."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is not type(None):
+                try:
+                    return _typed(value, arg, name)
+                except ValueError:
+                    pass
+    elif origin is tuple:
+        if isinstance(value, str) and args == (str, Ellipsis):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, list):
+            value = tuple(value)
+        if isinstance(value, tuple):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_typed(v, args[0], name) for v in value)
+            if len(value) == len(args):
+                return tuple(_typed(v, a, name) for v, a in zip(value, args))
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(hint, type) and isinstance(value, hint):
+        return value
+    raise ValueError(f"{name} must be {_describe(hint)}; got {value!r} "
+                     f"({type(value).__name__})")
+
+
+def _typed_fields(cls, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Every field of ``values`` checked against ``cls``'s annotations."""
+    hints = typing.get_type_hints(cls)
+    return {k: _typed(v, hints[k], f"{where}: field {k!r}") for k, v in values.items()}
+
+
+def _coerce(cls, values: Mapping[str, Any], where: str):
+    """Build a dataclass from a mapping, naming unknown fields and listing the valid ones."""
+    valid = _field_names(cls)
+    unknown = [k for k in values if k not in valid]
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; valid "
+                         f"fields: {', '.join(valid)}")
+    kwargs = dict(values)
+    if cls is Config and isinstance(kwargs.get("train"), Mapping):
+        kwargs["train"] = _coerce(training.TrainConfig, kwargs["train"], f"{where} train")
+    return cls(**_typed_fields(cls, kwargs, where))
+
+
+def config_from_dict(values: Mapping[str, Any], where: str = "config") -> Config:
+    return _coerce(Config, values, where)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """A config from a ``.py`` file with ``get_config()`` or a ``.json`` file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist; the shipped ones are "
+                                "in the repository's experiments/configs/")
+    if path.endswith(".json"):
+        with open(path) as f:
+            return config_from_dict(json.load(f), path)
+    spec = importlib.util.spec_from_file_location("ifa_config", path)
+    module = importlib.util.module_from_spec(spec)
+    # A config may import helpers that sit beside it (experiments/configs/common.py).
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} has no get_config() function returning a Config")
+    config = module.get_config()
+    if isinstance(config, Mapping):
+        return config_from_dict(config, path)
+    return config
+
+
+def override(config: Config, assignment: str) -> Config:
+    """Apply ``key=value`` (``train.epochs=2``); values are Python literals or strings."""
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} must look like key=value, e.g. train.epochs=2")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    values = dataclasses.asdict(config)
+    if key.startswith("train."):
+        sub = key.split(".", 1)[1]
+        if sub not in _field_names(training.TrainConfig):
+            raise ValueError(f"unknown field 'train.{sub}'; valid: "
+                             f"{', '.join(_field_names(training.TrainConfig))}")
+        values["train"][sub] = value
+    else:
+        values[key] = value
+    return config_from_dict(values, f"override {assignment!r}")
+
+
+__all__ = ["SUBSET_MODES", "Config", "config_from_dict", "load_config", "override"]

@@ -1,0 +1,267 @@
+"""The run folder: one config's outputs, locked, verified by checksum, written atomically.
+
+A run folder holds what :func:`ifa_jax.runner.run` writes (see :data:`RUN_ENTRIES`):
+``config.json``, the checkpoint and ``train.json``, ``analysis/*.npz``,
+``evaluation/<name>.json`` (and ``.npz``), ``figures/*.png``, ``results.json``,
+``report.md``, and ``manifest.json`` with the SHA-256 of every stage output and the
+checkpoint it was computed from.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+
+import jax
+import numpy as np
+
+from ifa_jax import io
+from ifa_jax.runner.config import Config
+
+
+def to_jsonable(obj):
+    """NumPy / JAX values and NamedTuples as plain JSON values; non-finite floats as None."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if hasattr(obj, "_asdict"):
+        return to_jsonable(obj._asdict())
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        return to_jsonable(np.asarray(obj).tolist())
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    return obj
+
+
+def write_json(path: str, obj) -> None:
+    """``obj`` as indented JSON at ``path``, atomically."""
+    io.atomic_write_bytes(path, json.dumps(to_jsonable(obj), indent=1).encode())
+
+
+def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """``arrays`` as an ``.npz`` at ``path``, atomically."""
+    with io.atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+
+
+# The file that marks a folder as made by the runner: --overwrite clears only such folders.
+RUN_MARKER = ".ifa_jax_run"
+LOCK_FILE = ".lock"
+MANIFEST = "manifest.json"
+# Everything the runner writes; --overwrite removes these entries and nothing else.
+RUN_ENTRIES = (RUN_MARKER, MANIFEST, "config.json", "checkpoint.msgpack", "train.json",
+               "train_state.msgpack", "analysis", "evaluation", "figures", "results.json",
+               "report.md")
+
+
+class RunFolderBusyError(FileExistsError):
+    """Another process holds the run folder's lock."""
+
+
+def sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class RunFolder:
+    """The run folder of one config: refuses another config's folder, resumes its own.
+
+    Opening it takes an exclusive lock (a second runner on the same folder is refused,
+    naming the process that holds it) and removes temporaries that a killed writer left.
+    Every stage output is written atomically through :meth:`write_json` / :meth:`save_npz`
+    / :meth:`record`, which note its SHA-256 and the checkpoint it was computed from in
+    ``manifest.json``; :meth:`valid` accepts a file only if both still match, so a damaged
+    file, or one computed from another model, is recomputed instead of being misread.
+    Use it as a context manager (or call :meth:`close`) to release the lock.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: Config, *, overwrite: bool = False,
+                 log: Callable[[str], None] = print):
+        self.path = os.path.abspath(os.fspath(path))
+        self.config = config
+        self.log = log
+        self.checkpoint_digest: str | None = None
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            fd, probe_file = tempfile.mkstemp(dir=self.path, prefix=".write-test-")
+            os.close(fd)
+            os.remove(probe_file)
+        except OSError as e:
+            raise PermissionError(
+                f"cannot write to the output folder {self.path!r} ({e.strerror}); pass a "
+                "writable --out path") from None
+        self._lock = self._acquire_lock(created=not os.path.exists(self.file(LOCK_FILE)))
+        try:
+            self._adopt(config, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _acquire_lock(self, created: bool):
+        handle = open(self.file(LOCK_FILE), "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunFolderBusyError(
+                f"run folder {self.path!r} is in use by another runner (process {holder}); "
+                "wait for it to finish, or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_created = created
+        return handle
+
+    def _is_run_folder(self) -> bool:
+        if self.has(RUN_MARKER):
+            return True
+        # A folder from before the marker existed: its config.json holds our fields.
+        try:
+            with open(self.file("config.json")) as f:
+                theirs = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return isinstance(theirs, dict) and {"name", "dataset", "methods"} <= set(theirs)
+
+    def _foreign_entries(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.path) if n != LOCK_FILE)
+
+    def _adopt(self, config: Config, overwrite: bool) -> None:
+        ours = self._is_run_folder()
+        entries = self._foreign_entries()
+        if entries and not ours:
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            if self._lock_created:
+                os.remove(self.file(LOCK_FILE))
+            raise FileExistsError(
+                f"{self.path!r} is not empty ({shown}) and is not a run folder (it has no "
+                f"{RUN_MARKER} file), so nothing was written or deleted there"
+                f"{' (--overwrite only ever clears run folders)' if overwrite else ''}; "
+                "choose a new or empty --out folder")
+        for stale in io.remove_stale_temporaries(self.path):
+            self.log(f"run folder: removed {os.path.relpath(stale, self.path)}, left by an "
+                     "interrupted write")
+        mine = config.to_dict()
+        if self.has("config.json") and not overwrite:
+            try:
+                with open(self.file("config.json")) as f:
+                    theirs = json.load(f)
+            except ValueError as e:
+                raise ValueError(
+                    f"{self.file('config.json')} is damaged ({e}), so the config this run "
+                    "folder belongs to is unknown; pass --overwrite to start it afresh, or "
+                    "choose another --out") from None
+            if theirs != mine:
+                diff = [f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in
+                        sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+                raise FileExistsError(
+                    f"run folder {self.path!r} belongs to another config (differences: "
+                    f"{'; '.join(diff)}); pass --overwrite to replace it or choose another "
+                    "--out")
+        if overwrite and ours:
+            self.clear()
+        self.manifest = self._read_manifest()
+        for sub in ("analysis", "evaluation", "figures"):
+            os.makedirs(self.file(sub), exist_ok=True)
+        io.atomic_write_bytes(self.file(RUN_MARKER), b"ifa_jax run folder\n")
+        write_json(self.file("config.json"), mine)
+
+    def _read_manifest(self) -> dict[str, dict]:
+        if not self.has(MANIFEST):
+            return {}
+        try:
+            with open(self.file(MANIFEST)) as f:
+                manifest = json.load(f)
+            if isinstance(manifest, dict):
+                return manifest
+        except ValueError:
+            pass
+        self.log(f"run folder: {MANIFEST} is damaged; every stage will be recomputed")
+        return {}
+
+    def clear(self) -> None:
+        """Remove what the runner wrote (:data:`RUN_ENTRIES`); other files stay."""
+        for name in RUN_ENTRIES:
+            full = self.file(name)
+            if os.path.isdir(full):
+                shutil.rmtree(full)
+            elif os.path.exists(full):
+                os.remove(full)
+
+    def close(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- files -----------------------------------------------------------------------------
+
+    def file(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    def has(self, *parts: str) -> bool:
+        return os.path.exists(self.file(*parts))
+
+    def record(self, name: str) -> str:
+        """Note ``name``'s digest and the checkpoint it was computed from (None for the
+        checkpoint itself); returns the digest."""
+        digest = sha256(self.file(name))
+        self.manifest[name] = {"sha256": digest, "checkpoint": self.checkpoint_digest}
+        io.atomic_write_bytes(self.file(MANIFEST),
+                              json.dumps(self.manifest, indent=1, sort_keys=True).encode())
+        return digest
+
+    def valid(self, name: str) -> bool:
+        """Whether ``name`` exists, is intact, and was computed from the current checkpoint."""
+        if not self.has(name):
+            return False
+        entry = self.manifest.get(name)
+        if entry is None:
+            self.log(f"run folder: {name} has no recorded checksum; recomputing it")
+            return False
+        if sha256(self.file(name)) != entry.get("sha256"):
+            self.log(f"run folder: {name} does not match its recorded checksum (damaged, or "
+                     "changed outside the runner); recomputing it")
+            return False
+        if entry.get("checkpoint") != self.checkpoint_digest:
+            self.log(f"run folder: {name} was computed from another checkpoint; recomputing it")
+            return False
+        return True
+
+    def write_json(self, name: str, obj) -> None:
+        """``obj`` as JSON at ``name`` (relative), recorded in the manifest."""
+        write_json(self.file(name), obj)
+        self.record(name)
+
+    def save_npz(self, name: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """``arrays`` as ``.npz`` at ``name`` (relative), recorded in the manifest."""
+        save_npz(self.file(name), arrays)
+        self.record(name)
+
+
+__all__ = ["LOCK_FILE", "MANIFEST", "RUN_ENTRIES", "RUN_MARKER", "RunFolder",
+           "RunFolderBusyError", "save_npz", "sha256", "to_jsonable", "write_json"]

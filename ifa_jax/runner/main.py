@@ -1,0 +1,149 @@
+"""``run()``: data -> model -> train (or load) -> analyse -> evaluate -> figures -> report,
+and the ``ifa-jax`` command that calls it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from ifa_jax import scale
+from ifa_jax.runner import registry
+from ifa_jax.runner.config import Config, load_config, override
+from ifa_jax.runner.evaluations import EVALUATIONS, Evaluation
+from ifa_jax.runner.folder import RunFolder, to_jsonable, write_json
+from ifa_jax.runner.report import FIGURES, Figure, make_figures, write_report
+from ifa_jax.runner.stages import RunContext, check_model, stage_analyse, stage_train
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(to_jsonable(obj)))
+
+
+def stage_evaluate(ctx: RunContext, evaluations: Sequence[Evaluation]) -> None:
+    """Each evaluation's verified file, or its computation; fills ``ctx.evaluations``."""
+    run = ctx.run
+    for e in evaluations:
+        name_json, name_npz = f"evaluation/{e.name}.json", f"evaluation/{e.name}.npz"
+        stored = None
+        if run.valid(name_json):
+            with open(run.file(name_json)) as f:
+                stored = json.load(f)
+            if stored.get("version") != e.version:
+                ctx.log(f"evaluate: {name_json} has version {stored.get('version')}, not "
+                        f"{e.version}; recomputing")
+                stored = None
+            elif stored["arrays"] and not run.valid(name_npz):
+                stored = None
+        if stored is not None:
+            arrays = {}
+            if stored["arrays"]:
+                with np.load(run.file(name_npz)) as z:
+                    arrays = {k: z[k] for k in z.files}
+            numbers = stored["numbers"]
+            ctx.log(f"evaluate: loaded {name_json}")
+        else:
+            start = time.perf_counter()
+            numbers, arrays = e.compute(ctx)
+            numbers = _jsonable(numbers)
+            if arrays:
+                run.save_npz(name_npz, arrays)
+            # The JSON goes last: it marks the evaluation as complete.
+            run.write_json(name_json, {"version": e.version, "numbers": numbers,
+                                       "arrays": sorted(arrays)})
+            ctx.log(f"evaluate: {e.name} in {time.perf_counter() - start:.1f} s")
+        ctx.evaluations[e.name] = (numbers, arrays)
+        if e.log is not None:
+            e.log(ctx, numbers)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("ifa_jax", "jax", "jaxlib", "flax", "optax", "numpy"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    out["backend"] = jax.default_backend()
+    return out
+
+
+def run(config: Config, out: str | os.PathLike, *, overwrite: bool = False,
+        log: Callable[[str], None] = print,
+        evaluations: Sequence[Evaluation] = EVALUATIONS,
+        figures: Sequence[Figure] = FIGURES) -> dict:
+    """Run (or resume) every stage of ``config`` in the run folder ``out``.
+
+    The config, the layer and the model's outputs are checked before anything is written.
+    ``evaluations`` and ``figures`` are the tables to use (defaults: every evaluation and
+    figure the runner has); each evaluation's numbers land in ``results.json`` under its
+    name and its section in ``report.md``. Returns the contents of ``results.json``.
+    """
+    start = time.perf_counter()
+    splits = registry.load_data(config)
+    model = registry.build_model(config, splits)
+    check_model(config, model, splits)
+    with RunFolder(out, config, overwrite=overwrite, log=log) as run_folder:
+        ctx = RunContext(config, run_folder, splits, model, log)
+        stage_train(ctx)
+        stage_analyse(ctx)
+        stage_evaluate(ctx, evaluations)
+        drawn = make_figures(ctx, figures)
+        results = _jsonable({
+            "config": config.to_dict(), "versions": _versions(), "train": ctx.train_info,
+            "samples": "faithfulness, sanity and the CAM figure use validation samples drawn "
+                       f"stratified by class with seed {config.seed}",
+            "analysis": {m: {split: {"percentiles_cam_max": scale.percentiles(s[1]["cam_max"]),
+                                     "percentiles_cam_min": scale.percentiles(s[1]["cam_min"]),
+                                     "class_counts": s[0].class_counts,
+                                     "missing_classes": s[0].missing_classes}
+                             for split, s in per.items()} for m, per in ctx.analyses.items()},
+            "scales": {m: s._asdict() for m, s in ctx.scales.items()},
+            **{name: numbers for name, (numbers, _) in ctx.evaluations.items()},
+            "figures": drawn,
+        })
+        write_json(run_folder.file("results.json"), results)
+        report = write_report(ctx, results, evaluations, figures, drawn)
+    log(f"report: {report} ({time.perf_counter() - start:.1f} s)")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``ifa-jax run --config FILE [--out DIR] [--set KEY=VALUE ...] [--overwrite]``."""
+    parser = argparse.ArgumentParser(
+        prog="ifa-jax", description="Integrated feature analysis of a model on a dataset.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser(
+        "run", help="train (or load) a model, analyse it, evaluate, write the report",
+        description="Run or resume one experiment. Re-running the same command resumes: "
+                    "finished stages whose files verify are loaded, not recomputed.")
+    p.add_argument("--config", required=True, help="a .py file with get_config() or a .json")
+    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. train.epochs=2 or "
+                        "methods=gradcam,hirescam")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run folder (made by the runner) that belongs to another "
+                        "config; other folders are never cleared")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        for assignment in args.set:
+            config = override(config, assignment)
+        out = args.out or os.path.join("runs", config.name)
+        run(config, out, overwrite=args.overwrite)
+    except (ValueError, OSError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["main", "run", "stage_evaluate"]

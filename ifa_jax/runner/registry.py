@@ -1,0 +1,169 @@
+"""Where the runner's models and datasets come from: two tables, and plug-ins by name.
+
+A config names a model and a dataset either from the tables below or as a plug-in,
+``"package.module:factory"`` or ``"path/to/file.py:factory"``: any importable callable.
+
+* A **model factory** returns a Linen module mapping ``(B, *spatial, C)`` to logits
+  ``(B, num_classes)``. It is called with the config's ``model_kwargs`` and, when its
+  signature takes them, ``num_classes`` and ``input_shape`` (of one input, ``(*spatial,
+  C)``). A Linen module class is such a factory.
+* A **dataset factory** returns :class:`ifa_jax.data.Splits` (or a ``(train,
+  validation)`` pair) of :class:`ifa_jax.data.Dataset` or any source with ``__len__``,
+  ``gather(indices) -> (x, y)``, ``input_shape`` and ``num_classes``. It is called with
+  the config's ``dataset_kwargs`` and, when its signature takes them, ``seed``,
+  ``validation_size`` and ``image_size``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ifa_jax import data, models
+
+
+def _mnist_cnn(*, num_classes, input_shape, **kwargs):
+    return models.MnistCNN(num_classes=num_classes, **kwargs)
+
+
+def _convnet(*, num_classes, input_shape, **kwargs):
+    return models.ConvNet(ndim=len(input_shape) - 1, num_classes=num_classes, **kwargs)
+
+
+def _resnet18(*, num_classes, input_shape, **kwargs):
+    return models.ResNet18(num_classes=num_classes, **kwargs)
+
+
+# name -> factory(*, num_classes, input_shape, **model_kwargs) -> Linen module
+MODELS: dict[str, Callable[..., Any]] = {
+    "mnist_cnn": _mnist_cnn,
+    "convnet": _convnet,
+    "resnet18": _resnet18,
+}
+
+
+def _signals(path, *, seed, validation_size, image_size):
+    return data.split_dataset(data.load_signals(path), validation_size, seed=seed)
+
+
+def _tfds(name, *, seed, validation_size, image_size):
+    return data.load_tfds_splits(name, **({"image_size": image_size} if image_size else {}))
+
+
+# "name" or "name:argument" -> factory(argument, *, seed, validation_size, image_size)
+DATASETS: dict[str, Callable[..., data.Splits]] = {
+    "mnist_embedded": lambda _, *, seed, validation_size, image_size:
+        data.load_mnist_embedded(validation_size=validation_size, seed=seed),
+    "sklearn_digits": lambda _, *, seed, validation_size, image_size:
+        data.load_sklearn_digits(validation_size=validation_size, seed=seed),
+    "tfds": _tfds,
+    "medmnist": lambda path, *, seed, validation_size, image_size:
+        data.load_medmnist_npz(path),
+    "signals": _signals,
+}
+# Datasets whose name carries an argument after the colon.
+DATASET_ARGUMENT = {"tfds": "<name>", "medmnist": "<path.npz>", "signals": "<path>"}
+
+
+def is_plugin(spec: str, table: dict) -> bool:
+    """Whether ``spec`` names a plug-in (``module:attr`` / ``file.py:attr``), not a table entry."""
+    return ":" in spec and spec.split(":", 1)[0] not in table
+
+
+def load_object(spec: str, what: str) -> Callable[..., Any]:
+    """The callable named by ``"package.module:attr"`` or ``"path/to/file.py:attr"``."""
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise ValueError(f"{what} {spec!r} must look like 'package.module:factory' or "
+                         "'path/to/file.py:factory'")
+    if target.endswith(".py"):
+        path = os.path.abspath(target)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{what} {spec!r}: the file {path!r} does not exist")
+        name = f"ifa_jax_plugin_{abs(hash(path))}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module  # dataclasses and pickling look modules up by name
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise ValueError(f"{what} {spec!r}: cannot import {target!r} ({e}); put its "
+                             "folder on PYTHONPATH or name a file: 'path/to/file.py:factory'"
+                             ) from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        public = sorted(n for n in vars(module) if not n.startswith("_"))
+        raise ValueError(f"{what} {spec!r}: {target!r} has no {attr!r}; it defines "
+                         f"{', '.join(public[:12])}") from None
+    if not callable(obj):
+        raise ValueError(f"{what} {spec!r} is a {type(obj).__name__}, not a callable factory")
+    return obj
+
+
+def call_with_accepted(factory: Callable[..., Any], kwargs: dict, optional: dict) -> Any:
+    """``factory(**kwargs, **those of optional its signature accepts)``."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    extra = {k: v for k, v in optional.items() if takes_all or k in params}
+    return factory(**kwargs, **extra)
+
+
+def load_data(config) -> data.Splits:
+    """The config's dataset as train / validation splits."""
+    spec, kwargs = config.dataset, dict(config.dataset_kwargs)
+    optional = {"seed": config.seed, "validation_size": config.validation_size,
+                "image_size": config.image_size}
+    if is_plugin(spec, DATASETS):
+        out = call_with_accepted(load_object(spec, "dataset"), kwargs, optional)
+        if isinstance(out, tuple) and not isinstance(out, data.Splits) and len(out) == 2:
+            out = data.Splits(*out)
+        if not isinstance(out, data.Splits):
+            raise ValueError(f"dataset factory {spec!r} returned a {type(out).__name__}; it "
+                             "must return ifa_jax.data.Splits or a (train, validation) pair")
+        for name in ("train", "validation"):
+            split = getattr(out, name)
+            missing = [a for a in ("__len__", "gather", "input_shape", "num_classes")
+                       if not hasattr(split, a)]
+            if missing:
+                raise ValueError(f"dataset factory {spec!r}: its {name} split lacks "
+                                 f"{', '.join(missing)}; return ifa_jax.data.Dataset")
+        return out
+    name, _, argument = spec.partition(":")
+    return DATASETS[name](argument, **optional)
+
+
+def build_model(config, splits: data.Splits):
+    """The config's (untrained) Linen model for ``splits``."""
+    factory = (load_object(config.model, "model") if is_plugin(config.model, MODELS)
+               else MODELS[config.model])
+    return call_with_accepted(factory, dict(config.model_kwargs),
+                              {"num_classes": splits.train.num_classes,
+                               "input_shape": tuple(splits.train.input_shape)})
+
+
+def check_names(model: str, dataset: str) -> list[str]:
+    """Problems with a config's model and dataset names (plug-ins are checked on use)."""
+    problems = []
+    if not is_plugin(model, MODELS) and model not in MODELS:
+        problems.append(f"model {model!r} is not one of {', '.join(MODELS)} nor a plug-in "
+                        "'package.module:factory' / 'file.py:factory'")
+    name, colon, argument = dataset.partition(":")
+    if not is_plugin(dataset, DATASETS):
+        if name not in DATASETS:
+            problems.append(f"dataset {dataset!r} is not one of {', '.join(DATASETS)} nor a "
+                            "plug-in 'package.module:factory' / 'file.py:factory'")
+        elif (name in DATASET_ARGUMENT) != bool(colon and argument):
+            form = f"{name}:{DATASET_ARGUMENT[name]}" if name in DATASET_ARGUMENT else name
+            problems.append(f"dataset {dataset!r} must be written {form!r}")
+    return problems

@@ -1,0 +1,178 @@
+"""The report: a table of figures (title, caption, drawing function) and ``report.md``.
+
+Every figure is drawn from the :class:`~ifa_jax.runner.stages.RunContext` alone, that is
+from files the run folder holds (or the model, for CAMs), so a resumed run draws the
+same figures as a fresh one. Adding a figure is one function and one :class:`Figure`
+entry in :data:`FIGURES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ifa_jax import cams, io, plots, scale
+from ifa_jax.consistency import LEVELS
+from ifa_jax.explain import explain
+from ifa_jax.runner.evaluations import Evaluation
+from ifa_jax.runner.stages import RunContext
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """``draw(ctx)`` returns a matplotlib figure, or None where it does not apply (e.g.
+    image figures for 1-D signals, or an evaluation that was not run)."""
+
+    key: str
+    title: Callable[[RunContext], str] | str
+    caption: str
+    draw: Callable[[RunContext], object | None]
+
+
+def _image_maps(ctx: RunContext, x, cam, common: bool) -> np.ndarray:
+    spatial = x.shape[1:-1]
+    if common:
+        return np.clip(np.asarray(cams.upsample(scale.apply_scale(cam, ctx.scales[ctx.method]),
+                                                spatial)), 0, 1)
+    return np.asarray(cams.upsample(scale.minmax_per_image(cam), spatial))
+
+
+def draw_cams(ctx: RunContext):
+    ds = ctx.splits.validation
+    if len(ds.input_shape) != 3:
+        return None
+    x, y = ds.gather(ctx.sample_indices(ctx.config.figure_samples))
+    res, out = explain(ctx.probe, ctx.variables, x, "predicted", ctx.method)
+    titles = [f"y={int(a)} p={int(b)}\nlogit {float(s):.1f}"
+              for a, b, s in zip(y, np.asarray(res.target), np.asarray(res.score))]
+    return plots.cam_grid(x, _image_maps(ctx, x, out.cam, True),
+                          _image_maps(ctx, x, out.cam, False), titles)
+
+
+def draw_consistency(ctx: RunContext):
+    if "consistency" not in ctx.evaluations:
+        return None
+    numbers, arrays = ctx.evaluations["consistency"]
+    c = str(numbers["scatter_class"])
+    panels = {f"{m} {k}": (arrays[f"{m} {k}"], arrays["logit"],
+                           numbers["per_class"][m][c][k]["pearson"])
+              for m in ctx.config.methods for k in LEVELS}
+    return plots.consistency_scatter(panels)
+
+
+def draw_importance(ctx: RunContext):
+    s = ctx.summary
+    return plots.importance_heatmaps({"IM_c (train)": s.im_class, "IM_diff (train)": s.im_diff})
+
+
+def draw_distributions(ctx: RunContext):
+    return plots.distributions({k: ctx.analyses[ctx.method][k][1]
+                                for k in ("train", "validation")})
+
+
+def draw_spectrum(ctx: RunContext):
+    if "decomposition" not in ctx.evaluations:
+        return None
+    dec = ctx.evaluations["decomposition"][0]
+    return plots.spectrum(np.asarray(dec["explained_ratio"]), dec["components_for"])
+
+
+def draw_subsets(ctx: RunContext):
+    if "subsets" not in ctx.evaluations:
+        return None
+    curves = ctx.evaluations["subsets"][0]
+    return plots.accuracy_curve({m: (c["ratios"], c["accuracy"]) for m, c in curves.items()},
+                                next(iter(curves.values()))["full_accuracy"])
+
+
+def draw_outliers(ctx: RunContext):
+    diag = ctx.evaluations.get("diagnostics", ({}, {}))[0]
+    if "outliers" not in diag or len(ctx.splits.validation.input_shape) != 3:
+        return None
+    idx = np.asarray(diag["outliers"]["indices"], np.int64)
+    x, y = ctx.splits.validation.gather(idx)
+    _, out = explain(ctx.probe, ctx.variables, x, y, ctx.method)
+    titles = [f"#{int(i)} y={int(label)}\nd={d:.1f}"
+              for i, label, d in zip(idx, y, diag["outliers"]["distances"])]
+    return plots.outliers(x, _image_maps(ctx, x, out.cam, True), titles)
+
+
+def _consistency_title(ctx: RunContext) -> str:
+    c = ctx.evaluations["consistency"][0]["scatter_class"]
+    return f"Activation level vs logit (class {c})"
+
+
+FIGURES: tuple[Figure, ...] = (
+    Figure("cams", "CAMs on the common scale vs per image",
+           "One validation image per class (drawn with the run's seed), explaining the "
+           "predicted class. Top: one shared colour scale for the whole dataset, so "
+           "brightness compares across images. Bottom: each map stretched to its own min "
+           "and max.", draw_cams),
+    Figure("consistency", _consistency_title,
+           "Each point is a validation image explained as this class: its mean rescaled "
+           "CAM (x) against the logit of the class (y), per method and scaling. On a "
+           "faithful scale the points lie on a rising line (r near 1); per-image min-max "
+           "scatters them.", draw_consistency),
+    Figure("importance", "Importance matrices",
+           "Rows: classes; columns: channels (the 64 with the largest mean importance). "
+           "IM_c is a class's mean channel importance; IM_diff = IM_c - IM_all shows the "
+           "channels that single out a class (red above, blue below the average).",
+           draw_importance),
+    Figure("distributions", "CAM max/min, train vs validation",
+           "Histograms of each image's raw CAM maximum and minimum. A shift between splits "
+           "is a sign of overfitting.", draw_distributions),
+    Figure("spectrum", "Explained variance of channel importances",
+           "Bars: the share of the variance of per-image channel importances along each "
+           "principal direction; line: the cumulative share. Few components to 90-99% mean "
+           "the decision rests on few directions (redundant channels).", draw_spectrum),
+    Figure("subsets", "Accuracy with a subset of channels",
+           "Validation accuracy when only a share of the layer's channels is kept (the rest "
+           "zeroed), per selection mode; the dashed line is the accuracy with all channels.",
+           draw_subsets),
+    Figure("outliers", "Outliers: samples farthest from their class in importance space",
+           "Validation images whose channel importances lie farthest (Mahalanobis distance "
+           "d) from their class mean, with their CAMs on the common scale.", draw_outliers),
+)
+
+
+def make_figures(ctx: RunContext, figures: Sequence[Figure] = FIGURES) -> dict[str, str]:
+    """Draw and save every figure that applies; returns ``{key: path in the run folder}``."""
+    out = {}
+    for fig in figures:
+        drawn = fig.draw(ctx)
+        if drawn is not None:
+            path = ctx.run.file("figures", f"{fig.key}.png")
+            plots.save(drawn, path)
+            out[fig.key] = os.path.relpath(path, ctx.run.path)
+    return out
+
+
+def write_report(ctx: RunContext, results: dict, evaluations: Sequence[Evaluation],
+                 figures: Sequence[Figure], drawn: dict[str, str]) -> str:
+    """``report.md``: the header, each evaluation's section, then the figures."""
+    config = ctx.config
+    trained = results["train"]
+    source = (f"the variables in `{trained['variables']}` (not trained here)"
+              if "variables" in trained else "trained here")
+    lines = [f"# Integrated feature analysis: {config.name}", "",
+             f"Dataset `{config.dataset}`, model `{config.model}` ({source}), layer "
+             f"`{config.layer}`, methods {', '.join(config.methods)}. Validation accuracy "
+             f"{trained['validation_accuracy']['accuracy']:.4f}. "
+             f"{results['samples'][0].upper()}{results['samples'][1:]}."]
+    for e in evaluations:
+        section = e.report(ctx, results[e.name])
+        if section:
+            lines += ["", *section]
+    for fig in figures:
+        if fig.key in drawn:
+            title = fig.title(ctx) if callable(fig.title) else fig.title
+            lines += ["", f"## {title}", "", fig.caption, "", f"![{title}]({drawn[fig.key]})"]
+    path = ctx.run.file("report.md")
+    io.atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
+__all__ = ["FIGURES", "Figure", "make_figures", "write_report"]

@@ -1,0 +1,235 @@
+"""The runner's stages before evaluation: check the model, train (or load), analyse.
+
+Each stage reads its outputs from the run folder when they verify, and computes and
+writes them otherwise. A :class:`RunContext` carries what the stages produce to the
+evaluations and the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ifa_jax import analysis, data, scale
+from ifa_jax import train as training
+from ifa_jax.probe import LayerProbe, linen_layers, linen_probe, resolve_layer
+from ifa_jax.runner.config import Config
+from ifa_jax.runner.folder import RunFolder, sha256
+
+SPLITS = ("train", "validation")
+
+
+@dataclasses.dataclass
+class RunContext:
+    """Everything one run has computed so far. ``analyses[method][split]`` is ``(Summary,
+    per-sample arrays)``; ``evaluations[name]`` is ``(numbers as JSON, arrays)``."""
+
+    config: Config
+    run: RunFolder
+    splits: data.Splits
+    model: Any
+    log: Callable[[str], None]
+    variables: Any = None
+    train_info: dict | None = None
+    probe: LayerProbe | None = None
+    analyses: dict[str, dict[str, tuple[analysis.Summary, dict[str, np.ndarray]]]] | None = None
+    scales: dict[str, scale.Scale] | None = None
+    evaluations: dict[str, tuple[dict, dict[str, np.ndarray]]] = dataclasses.field(
+        default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        """The first method: it drives the figures and the single-method evaluations."""
+        return self.config.methods[0]
+
+    @property
+    def summary(self) -> analysis.Summary:
+        """The first method's statistics on the training split."""
+        return self.analyses[self.method]["train"][0]
+
+    def batches(self, ds):
+        """``(x, y, valid)`` batches of the config's size over ``ds``."""
+        return ((b.x, b.y, b.mask) for b in data.batches(ds, self.config.batch_size))
+
+    def sample_indices(self, n: int) -> np.ndarray:
+        """``n`` validation indices stratified by class with the config's seed. The labels
+        come from the validation analysis, so lazy sources are not read again."""
+        labels = self.analyses[self.method]["validation"][1]["label"]
+        return data.stratified_indices(labels, n, seed=self.config.seed)
+
+
+def _template(config: Config, model, input_shape):
+    # Shapes only: loading and checking need the tree's structure, not initialised weights.
+    return jax.eval_shape(lambda: training.init_variables(
+        model, tuple(input_shape), key=jax.random.key(config.seed)))
+
+
+def check_model(config: Config, model, splits: data.Splits) -> None:
+    """Resolve the layer and check the model's outputs abstractly (nothing is computed),
+    so a wrong name fails before any file is written or any training is done."""
+    input_shape = splits.train.input_shape
+    kwargs = training.inference_kwargs(model)
+    template = _template(config, model, input_shape)
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    available = linen_layers(model, template, x, **kwargs)
+    try:
+        resolve_layer(config.layer, list(available))
+    except ValueError as e:
+        raise ValueError(f"config field 'layer': {e}") from None
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, **kwargs), template, x)
+    num_classes = splits.train.num_classes
+    if getattr(out, "ndim", 0) != 2 or out.shape[-1] < num_classes:
+        raise ValueError(
+            f"model {config.model!r} outputs {getattr(out, 'shape', type(out).__name__)} but "
+            f"the dataset {config.dataset!r} has {num_classes} classes; the model must "
+            f"return logits (B, >= {num_classes})")
+
+
+def check_finite_weights(variables, where: str) -> None:
+    """Refuse variables with NaN or inf, naming the arrays."""
+    leaves = jax.tree_util.tree_leaves_with_path(variables)
+    bad = [jax.tree_util.keystr(p) for p, v in leaves if not np.isfinite(np.asarray(v)).all()]
+    if bad:
+        raise FloatingPointError(
+            f"the model in {where} has non-finite weights in {len(bad)} of {len(leaves)} "
+            f"arrays ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): training "
+            "diverged. Lower train.lr or set train.grad_clip_norm, and rerun with --overwrite")
+
+
+def _given_variables(ctx: RunContext) -> None:
+    """The config's ``variables`` file, analysed as it is (no training)."""
+    config, run = ctx.config, ctx.run
+    path = os.path.abspath(config.variables)
+    if os.path.isdir(path):
+        raise ValueError(
+            f"variables {config.variables!r} is a folder (an orbax checkpoint?); restore it "
+            "with orbax and save the variables with flax.serialization.to_bytes to a "
+            ".msgpack file, then name that file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"variables file {path!r} (config field 'variables') does "
+                                "not exist")
+    run.checkpoint_digest = sha256(path)
+    ctx.variables = training.load_checkpoint(
+        path, _template(config, ctx.model, ctx.splits.train.input_shape))
+    check_finite_weights(ctx.variables, path)
+    if run.valid("train.json"):
+        with open(run.file("train.json")) as f:
+            ctx.train_info = json.load(f)
+        return
+    ctx.train_info = {"variables": path, "sha256": run.checkpoint_digest,
+                      "validation_accuracy": training.evaluate(
+                          ctx.model, ctx.variables, ctx.splits.validation,
+                          batch_size=config.batch_size)}
+    run.write_json("train.json", ctx.train_info)
+    ctx.log(f"train: none; analysing the variables in {path} (validation accuracy "
+            f"{ctx.train_info['validation_accuracy']['accuracy']:.4f})")
+
+
+def stage_train(ctx: RunContext) -> None:
+    """Train, or load the checkpoint that verifies, or take the config's ``variables``.
+    Sets ``ctx.variables``, ``ctx.train_info`` and ``run.checkpoint_digest``."""
+    config, run, log = ctx.config, ctx.run, ctx.log
+    if config.variables is not None:
+        return _given_variables(ctx)
+    ckpt = run.file("checkpoint.msgpack")
+    if run.valid("checkpoint.msgpack"):
+        run.checkpoint_digest = run.manifest["checkpoint.msgpack"]["sha256"]
+        if run.valid("train.json"):
+            log(f"train: loading {ckpt}")
+            ctx.variables = training.load_checkpoint(
+                ckpt, _template(config, ctx.model, ctx.splits.train.input_shape))
+            check_finite_weights(ctx.variables, ckpt)
+            with open(run.file("train.json")) as f:
+                ctx.train_info = json.load(f)
+            return None
+        run.checkpoint_digest = None
+    start = time.perf_counter()
+    # Saved after every epoch: a killed run resumes after its last finished epoch.
+    state_path = run.file("train_state.msgpack")
+    if os.path.exists(state_path):
+        log(f"train: resuming from {state_path}")
+    splits = ctx.splits
+    try:
+        variables, history = training.train(ctx.model, splits.train, splits.validation,
+                                            config.train, state_path=state_path)
+    except training.TrainStateFileError as e:  # the runner's own file: start afresh
+        log(f"train: {e}; training from epoch 1")
+        os.remove(state_path)
+        variables, history = training.train(ctx.model, splits.train, splits.validation,
+                                            config.train, state_path=state_path)
+    seconds = time.perf_counter() - start
+    info = {"history": history.as_dict(), "seconds": seconds,
+            "validation_accuracy": training.evaluate(ctx.model, variables, splits.validation,
+                                                     batch_size=config.batch_size)}
+    training.save_checkpoint(ckpt, variables)
+    run.checkpoint_digest = run.record("checkpoint.msgpack")
+    run.write_json("train.json", info)
+    os.remove(state_path)
+    check_finite_weights(variables, ckpt)
+    log(f"train: {seconds:.1f} s, validation accuracy "
+        f"{info['validation_accuracy']['accuracy']:.4f}")
+    ctx.variables, ctx.train_info = variables, info
+    return None
+
+
+def _summary_arrays(result: analysis.Analysis) -> dict[str, np.ndarray]:
+    s = result.summary
+    out = {f"summary_{k}": np.asarray(v) for k, v in s._asdict().items()}
+    out.update({f"sample_{k}": np.asarray(v) for k, v in result.samples.items()})
+    return out
+
+
+def load_analysis(path: str) -> tuple[analysis.Summary, dict[str, np.ndarray]]:
+    """``(Summary, per-sample arrays)`` from an ``analysis/<method>_<split>.npz``."""
+    with np.load(path) as z:
+        summary = analysis.Summary(**{k: z[f"summary_{k}"] for k in analysis.Summary._fields})
+        samples = {k[len("sample_"):]: z[k] for k in z.files if k.startswith("sample_")}
+    return summary._replace(seen=int(summary.seen)), samples
+
+
+def stage_analyse(ctx: RunContext) -> None:
+    """One streaming pass per split for all methods together (one probe call per batch);
+    sets ``ctx.probe``, ``ctx.analyses`` and ``ctx.scales``."""
+    config, run = ctx.config, ctx.run
+    ctx.probe = linen_probe(ctx.model, config.layer, **training.inference_kwargs(ctx.model))
+    methods = config.methods
+    ctx.analyses = {m: {} for m in methods}
+    for split_name in SPLITS:
+        names = {m: os.path.join("analysis", f"{m}_{split_name}.npz") for m in methods}
+        if not all(run.valid(n) for n in names.values()):
+            ds = getattr(ctx.splits, split_name)
+            start = time.perf_counter()
+            results = analysis.analyze(ctx.probe, ctx.variables, ctx.batches(ds),
+                                       num_classes=ds.num_classes, method=methods,
+                                       progress=False, keep_importance=True)
+            for m, result in results.items():
+                arrays = _summary_arrays(result)
+                if m != methods[0]:  # per-sample importances are kept for the first only
+                    arrays.pop("sample_importance")
+                run.save_npz(names[m], arrays)
+            ctx.log(f"analyse: {', '.join(methods)} on {split_name} ({len(ds)} samples, one "
+                    f"pass) in {time.perf_counter() - start:.1f} s")
+        for m in methods:
+            ctx.analyses[m][split_name] = load_analysis(run.file(names[m]))
+    ctx.scales = {m: make_scale(config, ctx.analyses[m]["train"][1]) for m in methods}
+
+
+def make_scale(config: Config, samples: Mapping[str, np.ndarray]) -> scale.Scale:
+    """The common scale of one method from its training split's per-sample max/min."""
+    return scale.common_scale(samples["cam_max"], samples["cam_min"], mode=config.scale_mode,
+                              hi_percentile=config.scale_hi_percentile,
+                              lo_percentile=config.scale_lo_percentile,
+                              ratio=config.scale_ratio,
+                              remove_negative=config.remove_negative)
+
+
+__all__ = ["RunContext", "check_finite_weights", "check_model", "load_analysis",
+           "make_scale", "stage_analyse", "stage_train"]
