@@ -13,12 +13,18 @@ covariance follows. Per-sample scalars (CAM max/min, score, label, prediction) a
 and returned by the step for the host to keep.
 
 :func:`analyze` runs the whole pass over an iterable of batches, compiling the step once.
+Batches are tuples ``(x, y[, valid])``, :class:`ifa_jax.data.Batch` es or dicts (``keys=``);
+:func:`record_batches` turns a random-access source of single records (``tfds.data_source``,
+a grain ``MapDataset``, a list of dicts) into such batches. A float target (regression) is
+analysed per bin of its value (``bins=``, e.g. :func:`quantile_bins`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -26,11 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ifa_jax import cams, scale
+from ifa_jax.data import Batch, as_images, as_labels
 from ifa_jax.explain import callable_target, forward_weights
 from ifa_jax.probe import LayerProbe
 
 Array = jax.Array
 COUNT_MODES = ("correct", "all")
+DEFAULT_KEYS = ("image", "label")
 
 
 class Stats(NamedTuple):
@@ -267,7 +275,8 @@ def analysis_step(state, probe: LayerProbe, variables, x: Array, y: Array, valid
 
 class Analysis(NamedTuple):
     """The result of :func:`analyze`: the final state (mergeable), its summary, and the
-    per-sample scalars of valid samples as NumPy arrays (N,) in input order."""
+    per-sample scalars of valid samples as NumPy arrays (N,) in input order (with
+    ``bins=``, ``samples['target_value']`` too)."""
 
     state: Stats
     summary: Summary
@@ -285,12 +294,73 @@ class Analysis(NamedTuple):
         return scale.percentiles(values, qs)
 
 
-def _pad(batch: tuple, size: int, i: int,
+# --------------------------------------------------------------------------- inputs
+
+
+def _check_keys(keys: Any, sizes: tuple[int, ...] = (2, 3)) -> tuple[str, ...]:
+    if (isinstance(keys, str) or not isinstance(keys, Sequence) or len(keys) not in sizes
+            or not all(isinstance(k, str) for k in keys)):
+        shapes = " or ".join(("(image key, label key)", "(image key, label key, mask key)")
+                             [:len(sizes)])
+        raise ValueError(f"keys must be {shapes}, strings; got keys={keys!r}")
+    return tuple(keys)
+
+
+def _missing_key(what: str, record: Mapping, key: str, fix: str) -> ValueError:
+    found = ", ".join(repr(k) for k in record) or "(none)"
+    return ValueError(f"{what} is a dict with keys {found} but no {key!r}; {fix}")
+
+
+def _unpack(batch: Any, i: int, keys: tuple[str, ...]) -> tuple[Any, Any, Any]:
+    """(x, y, valid or None) of one batch: a tuple ``(x, y[, valid])``, an
+    :class:`ifa_jax.data.Batch` ``(x, y, mask)`` or a dict read with ``keys``."""
+    if isinstance(batch, Mapping):
+        for key in keys:
+            if key not in batch:
+                raise _missing_key(f"batch {i}", batch, key,
+                                   "pass keys=(image key, label key) to analyze, with a "
+                                   "third entry for a mask key, naming its entries")
+        mask_key = keys[2] if len(keys) == 3 else "mask"
+        return batch[keys[0]], batch[keys[1]], batch.get(mask_key)
+    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
+        return batch[0], batch[1], batch[2] if len(batch) == 3 else None
+    what = (f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list))
+            else f"a {type(batch).__name__}")
+    raise ValueError(f"batch {i} is {what}; a batch is a tuple (x, y) or (x, y, valid), an "
+                     "ifa_jax.data.Batch, or a dict (its keys are named by keys=)")
+
+
+def _record_error(i: int, x: Any, y: Any) -> ValueError:
+    return ValueError(
+        f"batch {i} is one record, not a batch: its label {y!r} is a scalar (input shape "
+        f"{np.shape(x)}). `batches` looks like a source of records (tfds.data_source, a "
+        "grain MapDataset, a list of dicts); batch it first: analyze(probe, variables, "
+        "ifa_jax.analysis.record_batches(source, batch_size, keys=(image key, label key)), "
+        "...)"
+    )
+
+
+def _pad(x: Any, y: Any, valid: Any, size: int, i: int,
          declared: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x, y, *rest = batch
+    """x (n, ...), y (n,) or (n, 1), valid (n,) or None -> the three padded to ``size`` rows.
+
+    Rows with valid=False (given or padding) are zeroed, so nothing a masked row holds (NaN,
+    an out-of-range label) reaches the statistics.
+    """
     x, y = np.asarray(x), np.asarray(y)
-    valid = np.asarray(rest[0], bool) if rest else np.ones(len(y), bool)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"batch {i}: labels have shape {y.shape}; give one label per sample, "
+                         "shape (B,) or (B, 1)")
     n = len(y)
+    valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    if valid.shape != (n,) or len(x) != n:
+        raise ValueError(f"batch {i}: x has {len(x)} rows, y {n} and valid shape "
+                         f"{valid.shape}; give all three for the same B samples")
+    if not valid.all():
+        x = np.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, np.zeros((), x.dtype))
+        y = np.where(valid, y, np.zeros((), y.dtype))
     if n == size:
         return x, y, valid
     if n > size:
@@ -304,16 +374,236 @@ def _pad(batch: tuple, size: int, i: int,
             np.concatenate([valid, np.zeros(pad, bool)]))
 
 
-def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int,
+def _record_fields(record: Any, j: int, keys: tuple[str, ...]) -> tuple[Any, Any]:
+    """(image, label) of record ``j``: a dict read with ``keys``, or a pair."""
+    if isinstance(record, Mapping):
+        for key in keys:
+            if key not in record:
+                raise _missing_key(f"record {j}", record, key,
+                                   "pass keys=(image key, label key) to record_batches, "
+                                   "naming its entries")
+        image, label = record[keys[0]], record[keys[1]]
+    elif isinstance(record, (tuple, list)) and len(record) == 2:
+        image, label = record
+    else:
+        raise ValueError(f"record {j} is a {type(record).__name__}; a record is a dict with "
+                         f"the keys {keys[0]!r} and {keys[1]!r} (see keys=) or a pair "
+                         "(image, label)")
+    if np.ndim(label) > 1 or np.size(label) != 1:
+        raise ValueError(
+            f"record {j}: its label has shape {np.shape(label)}, not one value: the source "
+            "holds batches, not single records; pass those batches to analyze directly "
+            "(and a one-hot label must become a class index first)"
+        )
+    return image, label
+
+
+def _record_targets(labels: list, what: str) -> np.ndarray:
+    """Labels of records -> (N,): int32 class indices (:func:`ifa_jax.data.as_labels`), or
+    float targets kept as floats (a regression target: analyse it with ``bins=``)."""
+    y = np.asarray(labels).reshape(len(labels))
+    if np.issubdtype(y.dtype, np.floating):
+        return y
+    return as_labels(y, what=what)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RecordBatches:
+    """Fixed-size :class:`ifa_jax.data.Batch` es ``(x: (B, *spatial, C) float32, y: (B,),
+    mask: (B,))`` read from a random-access source of single records. Build it with
+    :func:`record_batches`. Sized (``len`` is the number of batches, so the progress bar of
+    :func:`analyze` shows a total) and re-iterable; reads the records batch by batch."""
+
+    source: Any
+    batch_size: int
+    keys: tuple[str, str] = DEFAULT_KEYS
+    spatial_ndim: int | None = None
+    drop_remainder: bool = False
+    shard_index: int = 0
+    shard_count: int = 1
+
+    def __len__(self) -> int:
+        n, step = len(self.source), self.batch_size * self.shard_count
+        return n // step if self.drop_remainder else -(-n // step)
+
+    def _read(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        fields = [_record_fields(self.source[j], j, self.keys) for j in range(lo, hi)]
+        what = f"records {lo}..{hi - 1}"
+        x = as_images([np.asarray(im) for im, _ in fields], spatial_ndim=self.spatial_ndim,
+                      what=what)
+        return x, _record_targets([label for _, label in fields], f"{what} labels")
+
+    def __iter__(self) -> Iterator[Batch]:
+        n, b = len(self.source), self.batch_size
+        for step in range(len(self)):
+            lo = step * b * self.shard_count + self.shard_index * b
+            hi = min(lo + b, n)
+            # An empty share (the last global batch of a multi-process pass) still yields a
+            # batch of padding, shaped like record 0, so every process steps alike.
+            x, y = self._read(lo, hi) if hi > lo else self._read(0, 1)
+            k = max(hi - lo, 0)
+            out_x = np.zeros((b, *x.shape[1:]), x.dtype)
+            out_y = np.zeros(b, y.dtype)
+            out_x[:k], out_y[:k] = x[:k], y[:k]
+            yield Batch(out_x, out_y, np.arange(b) < k)
+
+
+def record_batches(source: Any, batch_size: int, *, keys: Sequence[str] = DEFAULT_KEYS,
+                   spatial_ndim: int | None = None, drop_remainder: bool = False,
+                   shard_index: int | None = None,
+                   shard_count: int | None = None) -> RecordBatches:
+    """Batches ``(x, y, mask)`` for :func:`analyze` from any random-access source of records.
+
+    ``source`` has ``len(source)`` and ``source[i] -> one record``: ``tfds.data_source(...)``
+    (records ``{'image': (H, W, C) uint8, 'label': int}``), a grain ``MapDataset``, or a
+    plain list. A record is a dict read with ``keys=(image key, label key)`` or a pair
+    ``(image, label)``. Images become channels-last float32 in [0, 1] with
+    :func:`ifa_jax.data.as_images` (uint8 / 255; an (H, W) image gets a channel axis;
+    ``spatial_ndim`` as there); all records must share one image size. Integer labels become
+    int32 class indices (:func:`ifa_jax.data.as_labels`); float labels stay floats, a
+    regression target for ``analyze(..., bins=...)``. Order is the source's; the last short
+    batch is padded with ``mask=False`` rows (or dropped with ``drop_remainder``), so every
+    batch has ``batch_size`` rows and the step compiles once. ``shard_index`` /
+    ``shard_count`` (default: this process of ``jax.process_count()``) cut every global
+    batch of ``batch_size * shard_count`` records as :func:`ifa_jax.data.batches` does.
+    """
+    if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
+        raise ValueError(f"source is a {type(source).__name__}, which has no len() and "
+                         "random access source[i]; give a sized, indexable source of "
+                         "records (e.g. tfds.data_source(...) or list(records))")
+    if isinstance(source, Mapping):
+        raise ValueError("source is a dict (one batch or one record?); give a sequence of "
+                         "records, e.g. [{'image': ..., 'label': ...}, ...]")
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    keys = _check_keys(keys, sizes=(2,))
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+    if shard_count < 1 or not 0 <= shard_index < shard_count:
+        raise ValueError(f"need 0 <= shard_index < shard_count; got shard_index="
+                         f"{shard_index}, shard_count={shard_count}")
+    return RecordBatches(source, int(batch_size), keys, spatial_ndim, drop_remainder,
+                         int(shard_index), int(shard_count))
+
+
+def quantile_bins(values: Any, n: int) -> np.ndarray:
+    """Edges (n + 1,) float64 at the quantiles 0, 1/n, ..., 1 of ``values``, a sample of
+    float targets (e.g. the training targets): ``analyze(..., bins=quantile_bins(y, 4))``
+    then puts about a quarter of that sample in each bin. Tied quantiles (targets with few
+    distinct values) are merged, with a warning, so fewer than n bins may come back."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n (the number of bins) must be a positive int; got {n!r}")
+    v = np.asarray(values, np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("values is empty; give a sample of the targets to bin")
+    if not np.isfinite(v).all():
+        raise ValueError(f"values holds {int(np.sum(~np.isfinite(v)))} non-finite value(s); "
+                         "drop them before computing the bins")
+    edges = np.quantile(v, np.linspace(0.0, 1.0, n + 1))
+    unique = np.unique(edges)
+    if unique.size < 2:
+        raise ValueError(f"all {v.size} values equal {v[0]:g}; there is nothing to bin")
+    if unique.size < edges.size:
+        warnings.warn(f"values has tied quantiles (few distinct values): {unique.size - 1} "
+                      f"bins instead of {n}", stacklevel=2)
+    return unique
+
+
+def _check_bins(bins: Any) -> np.ndarray:
+    fix = ("bins= takes C+1 finite, strictly increasing bin edges (C bins), e.g. "
+           "bins=ifa_jax.analysis.quantile_bins(train_targets, 4)")
+    try:
+        edges = np.asarray(bins, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{fix}; got bins={bins!r}") from None
+    if (edges.ndim != 1 or edges.size < 2 or not np.isfinite(edges).all()
+            or np.any(np.diff(edges) <= 0)):
+        raise ValueError(f"{fix}; got bins={bins!r}")
+    return edges
+
+
+def _bin_targets(y: np.ndarray, valid: np.ndarray, edges: np.ndarray, i: int) -> np.ndarray:
+    """Target values y (B,) -> bin indices (B,) int32 in [0, C): bin c holds
+    edges[c] <= y < edges[c + 1]; values below edges[1] go to bin 0, from edges[-2] up to
+    the last bin (np.digitize on the inner edges)."""
+    if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
+        raise ValueError(f"batch {i}: with bins=, labels must be real target values; got "
+                         f"dtype {y.dtype}")
+    bad = valid & ~np.isfinite(y)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"batch {i}: target value {y[j]} (sample {j}) is not finite; drop "
+                         "it or mask it (valid=False)")
+    return np.digitize(y, edges[1:-1]).astype(np.int32)
+
+
+def _label_dtype_error(i: int, dtype: np.dtype) -> ValueError:
+    if np.issubdtype(dtype, np.floating):
+        return ValueError(
+            f"batch {i}: labels have dtype {dtype}, a float target (regression); pass bins= "
+            "(C+1 increasing edges, e.g. bins=ifa_jax.analysis.quantile_bins(train_targets, "
+            "4)) to analyse per bin of the target, and target= the output to explain. Class "
+            "indices stored as floats: convert them with ifa_jax.data.as_labels"
+        )
+    return ValueError(f"batch {i}: labels must be integers (or float targets with bins=); "
+                      f"got dtype {dtype}")
+
+
+def _is_output_target(target: Any) -> bool:
+    """An int output index or a callable objective (what a binned target needs)."""
+    index = isinstance(target, (int, np.integer)) and not isinstance(target, (bool, np.bool_))
+    return index or callable_target(target) is not None
+
+
+def _length(batches: Any) -> int | None:
+    try:
+        return len(batches)
+    except TypeError:  # no __len__ (a generator), or one that refuses (unknown cardinality)
+        return None
+
+
+def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int | None = None,
             method: str | tuple[str, ...] = "gradcam", target: Any = "label",
-            score: str = "logit", count: str = "correct", chunk_size: int = 16, sharding=None,
-            progress: bool = True, total: int | None = None, keep_importance: bool = False,
-            batch_size: int | None = None) -> Analysis | dict[str, Analysis]:
-    """One pass over ``batches`` of ``(x, y)`` or ``(x, y, valid)``.
+            score: str = "logit", count: str | None = None, chunk_size: int = 16,
+            sharding=None, progress: bool = True, total: int | None = None,
+            keep_importance: bool = False, batch_size: int | None = None,
+            keys: Sequence[str] = DEFAULT_KEYS,
+            bins: Any = None) -> Analysis | dict[str, Analysis]:
+    """One pass over ``batches``: tuples ``(x, y)`` or ``(x, y, valid)``,
+    :class:`ifa_jax.data.Batch` es ``(x, y, mask)``, or dicts.
+
+    A dict batch is read with ``keys=(image key, label key)`` (default ``('image',
+    'label')``), its ``valid`` mask from a third entry of ``keys`` or else from ``'mask'``
+    when present. Rows with ``valid``/``mask`` False are zeroed and never counted. ``x`` goes
+    to the model as it is (convert uint8 images with :func:`ifa_jax.data.as_images`). A
+    random-access source of single records (``tfds.data_source``, a grain ``MapDataset``)
+    is not a sequence of batches: wrap it in :func:`record_batches` (given one, this
+    raises an error that says so); a :class:`~ifa_jax.data.Dataset` or
+    :class:`~ifa_jax.data.TfdsSource` goes through :func:`ifa_jax.data.batches`. The
+    progress bar's ``total`` defaults to ``len(batches)`` when it has one.
 
     ``method`` names one CAM method (returns an :class:`Analysis`) or a tuple of methods
     (returns ``{method: Analysis}``): every method's statistics come from the same single
     probe call per batch, so analysing four methods costs one model pass, not four.
+    ``count`` is ``'correct'`` (default: only correctly classified samples count) or
+    ``'all'``.
+
+    Float targets (regression): the statistics are per class, so a continuous target is
+    cut into C bins of its value and each bin plays the part of a class: IM per bin, the
+    variance within a bin, the mean CAM per bin come from the same matrices as for classes,
+    so "which channels matter for high vs low targets" reads like "for class a vs b".
+    ``bins`` is C+1 increasing edges: bin c holds ``bins[c] <= y < bins[c+1]``, values below
+    ``bins[1]`` go to the first bin and values from ``bins[-2]`` up to the last (e.g.
+    ``bins=quantile_bins(train_targets, 4)``: quartiles). ``num_classes`` defaults to C.
+    With ``bins`` every label is a target value (float or int) to bin; float labels without
+    ``bins`` raise an error. ``target`` must name the explained output: an int index (``0``
+    for a one-output model) or a callable ``logits -> (B,)``, not ``'label'`` or
+    ``'predicted'``. ``count`` defaults to (and must be) ``'all'``: there is no correct
+    class. The binning runs on the host before the jitted step, which is the classification
+    step, unchanged. ``samples['label']`` holds the bin index, ``samples['target_value']``
+    the target, ``samples['score']`` the explained output (the model's prediction for
+    ``target=0``); ``samples['prediction']`` (an argmax over outputs) means nothing there.
 
     The step compiles once: every batch is padded and masked to ``batch_size`` (default:
     the first non-empty batch's size, so a short final batch is fine; pass it when an
@@ -332,6 +622,30 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
     methods = tuple(cams.canonical_method(m) for m in ((method,) if single else method))
     if not methods:
         raise ValueError("method is an empty tuple; name at least one CAM method")
+    keys = _check_keys(keys)
+    edges = None if bins is None else _check_bins(bins)
+    if edges is not None:
+        if num_classes is None:
+            num_classes = len(edges) - 1
+        elif num_classes != len(edges) - 1:
+            raise ValueError(f"num_classes={num_classes} but bins has {len(edges)} edges, "
+                             f"i.e. {len(edges) - 1} bins; leave num_classes out with bins= "
+                             "(it is the number of bins)")
+        if not _is_output_target(target):
+            raise ValueError(
+                f"target={target!r} cannot be explained with bins=: the label is a bin of "
+                "the target value, not an output index. Pass target= the output to explain: "
+                "an int (target=0 for a one-output regression model) or a callable "
+                "logits -> (B,)"
+            )
+        if count == "correct":
+            raise ValueError("count='correct' does not apply with bins= (a float target): "
+                             "there is no correct class. Leave count out or pass "
+                             "count='all': every valid sample counts in its bin")
+    elif num_classes is None:
+        raise ValueError("num_classes= is required: the number of classes (with bins=, the "
+                         "number of bins)")
+    count = ("all" if edges is not None else "correct") if count is None else count
     if count not in COUNT_MODES:
         raise ValueError(f"count {count!r} is not one of {COUNT_MODES}")
     if batch_size is not None and (isinstance(batch_size, bool)
@@ -339,6 +653,11 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
                                    or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int (the padded batch size) or "
                          f"None; got {batch_size!r}")
+    if hasattr(batches, "gather") and hasattr(batches, "input_shape"):
+        raise ValueError(f"batches is a {type(batches).__name__}, a dataset, not batches; "
+                         "pass ifa_jax.data.batches(ds, batch_size)")
+    if total is None:
+        total = _length(batches)
     by_label = isinstance(target, str) and target == "label"
     from tqdm.auto import tqdm
 
@@ -346,6 +665,7 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
     size, first_shape, num_outputs = batch_size, None, 0
     pending: list[tuple[int, tuple[PerSample, ...]]] = []
     kept: list[tuple[PerSample, ...]] = []
+    values: list[np.ndarray] = []  # the valid rows' target values, with bins=
 
     def collect(i, per):
         per = jax.device_get(per)
@@ -358,19 +678,25 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
         kept.append(per)
 
     for i, batch in enumerate(tqdm(batches, total=total, disable=not progress, desc="analyse")):
-        n = len(batch[1])
+        bx, by, bvalid = _unpack(batch, i, keys)
+        if np.ndim(by) == 0:
+            raise _record_error(i, bx, by)
+        n = np.shape(by)[0]
         if n == 0 and (size is None or jax.process_count() == 1):
             continue  # nothing to analyse (several processes must all step, so pad there)
         if size is None:
             size = n
-        x, y, valid = _pad(tuple(batch), size, i, declared=batch_size is not None)
+        x, y, valid = _pad(bx, by, bvalid, size, i, declared=batch_size is not None)
         if first_shape is None:
             first_shape = x.shape[1:]
         elif x.shape[1:] != first_shape:
             raise ValueError(f"batch {i} has input shape {x.shape[1:]} but the first batch had "
                              f"{first_shape}; resize the inputs to one shape per pass")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"batch {i}: labels must be integers; got dtype {y.dtype}")
+        if edges is not None:
+            values.append(y[valid])
+            y = _bin_targets(y, valid, edges, i)
+        elif not np.issubdtype(y.dtype, np.integer):
+            raise _label_dtype_error(i, y.dtype)
         yv = y[valid]
         if yv.size and (yv.min() < 0 or yv.max() >= num_classes):
             bad = int(yv.min() if yv.min() < 0 else yv.max())
@@ -410,8 +736,12 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
     if states is None:
         raise ValueError("batches is empty (or every batch has 0 samples): nothing to "
                          "analyse")
-    results = {m: Analysis(state, finalize(state), _gather_samples([p[j] for p in kept]))
-               for j, (m, state) in enumerate(zip(methods, states))}
+    results = {}
+    for j, (m, state) in enumerate(zip(methods, states)):
+        samples = _gather_samples([p[j] for p in kept])
+        if edges is not None:
+            samples["target_value"] = np.concatenate(values)
+        results[m] = Analysis(state, finalize(state), samples)
     return results[methods[0]] if single else results
 
 
