@@ -1,6 +1,6 @@
 """ifa_jax: integrated feature analysis and class activation maps for JAX/Flax models."""
 
-from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, scale
+from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, plots, scale
 from ifa_jax.cams import METHODS, CamResult, cam, upsample
 from ifa_jax.explain import explain
 from ifa_jax.probe import LayerProbe, ProbeResult, linen_layers, linen_probe, nnx_probe
@@ -24,6 +24,7 @@ __all__ = [
     "metrics",
     "models",
     "nnx_probe",
+    "plots",
     "scale",
     "upsample",
 ]

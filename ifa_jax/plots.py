@@ -1,55 +1,228 @@
 """Matplotlib figures of an integrated feature analysis. Each function returns a Figure.
 
-Functions take plain NumPy arrays, so they work on any model's results; ``save`` writes a
-figure atomically (temporary file + rename) and closes it.
+Functions take plain NumPy (or JAX) arrays, so they work on any model's results. Figures
+are ``matplotlib.figure.Figure`` objects made directly, without pyplot: importing this
+module (or ``ifa_jax``) never selects or switches matplotlib's backend, drawing needs no
+display, and nothing is registered in pyplot's global figure list (so nothing leaks).
+``save`` writes a figure atomically (temporary file + rename). In a notebook a returned
+figure shows as the cell's value; ``fig.savefig`` works as usual.
+
+CAM overlays: :func:`overlay` draws one image with its CAM, :func:`overlay_grid` a batch
+with one shared colour bar. Both take raw CAMs on the feature grid (or already on the
+image grid), upsample them with :func:`ifa_jax.cams.upsample` and rescale them with the
+common scale (clipped to [0, 1]) when a :class:`~ifa_jax.scale.Scale` is given, else per
+image min-max. :func:`cam_grid` and :func:`outliers` take maps already rescaled to [0, 1]
+and upsample them when they are still on the feature grid.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
+from ifa_jax import cams as _cams
+from ifa_jax import scale as _scale
 from ifa_jax.io import atomic_path
+
+CAM_CMAP = "jet"
+COMMON_LABEL = "CAM intensity (common scale, clipped to [0, 1])"
+PER_IMAGE_LABEL = "CAM intensity (per-image min-max)"
+
+
+def _figure(nrows: int = 1, ncols: int = 1, figsize=None, squeeze: bool = False):
+    """A pyplot-free Figure and its axes (a (nrows, ncols) array unless ``squeeze``)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def save(fig, path: str | os.PathLike, dpi: int = 110) -> str:
-    """Write ``fig`` to ``path`` (PNG) atomically and close it. Returns the path."""
+    """Write ``fig`` to ``path`` (PNG) atomically. Returns the path.
+
+    Works headless with any backend. A figure that pyplot manages (made with
+    ``plt.subplots``) is closed afterwards; this module's figures are not in pyplot.
+    """
     try:
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     finally:
-        plt.close(fig)
+        plt = sys.modules.get("matplotlib.pyplot")  # never import pyplot just to close
+        if plt is not None:
+            plt.close(fig)
     return os.fspath(path)
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image, np.float64)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    return image
+# ----------------------------------------------------------------------- images and maps
+
+
+def _display_image(image, name: str = "image") -> tuple[np.ndarray, dict]:
+    """An image (H, W) or (H, W, C), C in {1, 3, 4}, as imshow data and keyword arguments.
+
+    One channel is drawn in gray (imshow's own range); 3 or 4 channels in colour: uint8
+    as is, floats in [0, 1] as is, other floats min-max stretched to [0, 1] as a whole.
+    """
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim == 2:
+        return img.astype(np.float64), {"cmap": "gray"}
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+        raise ValueError(f"{name} has shape {np.shape(image)}; expected (H, W) or (H, W, C) "
+                         "with C = 1 (gray), 3 (RGB) or 4 (RGBA); pick channels with "
+                         "image[..., :3] or image[..., k]")
+    if img.dtype == np.uint8:
+        return img, {}
+    img = img.astype(np.float64)
+    lo, hi = np.nanmin(img), np.nanmax(img)
+    if lo < 0 or hi > 1:
+        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return img, {}
+
+
+def _image_grid(images, name: str = "images") -> tuple[int, int]:
+    """(H, W) of a batch of images (N, H, W) or (N, H, W, C), or a ValueError."""
+    shape = np.shape(images)
+    if len(shape) not in (3, 4):
+        raise ValueError(f"{name} has shape {shape}; expected a batch (N, H, W) or "
+                         "(N, H, W, C); add a batch axis for one image (images[None])")
+    return shape[1], shape[2]
+
+
+def _batch_maps(maps, images, name: str) -> np.ndarray:
+    """Maps (N, h, w) for images (N, H, W[, C]), upsampled to (N, H, W) when h, w differ."""
+    hw = _image_grid(images)
+    maps = np.asarray(maps)
+    n = np.shape(images)[0]
+    if maps.ndim != 3:
+        raise ValueError(f"{name} has shape {maps.shape}; expected one 2-D map per image, "
+                         f"(N, h, w) = ({n}, h, w) for images {np.shape(images)}; drop a "
+                         "channel axis with maps[..., 0], or pass a batch (maps[None])")
+    if maps.shape[0] != n:
+        raise ValueError(f"{name} has {maps.shape[0]} maps (shape {maps.shape}) but there are "
+                         f"{n} images (shape {np.shape(images)}); pass one map per image, in "
+                         "the same order")
+    if maps.shape[1:] != hw:
+        maps = np.asarray(_cams.upsample(maps, hw))
+    return maps.astype(np.float64)
+
+
+def _minmax01(maps: np.ndarray) -> np.ndarray:
+    """Per-map min-max (N, H, W) -> [0, 1] with min exactly 0 and max exactly 1 (a constant
+    map -> 0). Same as :func:`ifa_jax.scale.minmax_per_image` without its eps."""
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - lo
+    return np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1.0), 0.0)
+
+
+def _rescale(maps: np.ndarray, scale) -> tuple[np.ndarray, str]:
+    """Raw CAMs (N, H, W) -> display values in [0, 1] and the colour bar label."""
+    if scale is None:
+        return _minmax01(maps), PER_IMAGE_LABEL
+    if not isinstance(scale, _scale.Scale):
+        raise TypeError(f"scale must be an ifa_jax.scale.Scale (e.g. from "
+                        f"scale.common_scale) or None for per-image min-max; got "
+                        f"{type(scale).__name__}")
+    return np.asarray(_scale.apply_scale(maps, scale, clip=True), np.float64), COMMON_LABEL
+
+
+def _draw_overlay(ax, image, cam01: np.ndarray, alpha: float, name: str = "image"):
+    data, kw = _display_image(image, name)
+    ax.imshow(data, **kw)
+    mappable = ax.imshow(cam01, cmap=CAM_CMAP, vmin=0, vmax=1, alpha=alpha)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return mappable
+
+
+# ------------------------------------------------------------------------------ overlays
+
+
+def overlay(image, cam, scale=None, *, ax=None, alpha: float = 0.55, colorbar: bool = True,
+            title: str | None = None):
+    """One image (H, W) or (H, W, C) with its raw CAM (h, w) drawn on top; returns the Figure.
+
+    The CAM is upsampled to (H, W) when it is on the feature grid, then rescaled: with
+    ``scale`` (:class:`ifa_jax.scale.Scale`) by the common scale clipped to [0, 1], else
+    min-max per image; the colour bar label says which. Draws into ``ax`` when given (and
+    returns its figure). For a batch use :func:`overlay_grid`.
+    """
+    cam = np.asarray(cam)
+    if cam.ndim != 2:
+        hint = ("for a batch of CAMs use plots.overlay_grid(images, cams)" if cam.ndim == 3
+                else "pass the 2-D map of one image")
+        raise ValueError(f"cam has shape {cam.shape}; overlay draws one 2-D CAM (h, w); {hint}")
+    img_shape = np.shape(image)
+    if len(img_shape) not in (2, 3):
+        raise ValueError(f"image has shape {img_shape}; overlay draws one image (H, W) or "
+                         "(H, W, C); for a batch use plots.overlay_grid(images, cams)")
+    maps = _batch_maps(cam[None], np.asarray(image)[None], "cam")
+    values, label = _rescale(maps, scale)
+    if ax is None:
+        fig, ax = _figure(figsize=(3.6, 3.0), squeeze=True)
+    else:
+        fig = ax.figure
+    mappable = _draw_overlay(ax, image, values[0], alpha)
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    if colorbar:
+        fig.colorbar(mappable, ax=ax, shrink=0.85, label=label)
+    return fig
+
+
+def overlay_grid(images, cams, scale=None, *, titles: Sequence[str] | None = None,
+                 alpha: float = 0.55, cols: int | None = None):
+    """A grid of overlays with ONE shared colour bar; returns the Figure.
+
+    images: (N, H, W) or (N, H, W, C); cams: raw CAMs (N, h, w), upsampled to (H, W) when
+    needed and rescaled as in :func:`overlay` (common scale clipped to [0, 1] with
+    ``scale``, else min-max per image). ``cols`` panels per row (default: up to 8).
+    """
+    maps = _batch_maps(cams, images, "cams")
+    n = len(maps)
+    if n == 0:
+        raise ValueError("overlay_grid got no images (N = 0); pass at least one")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"{len(titles)} titles for {n} images; pass one title per image")
+    values, label = _rescale(maps, scale)
+    cols = min(n, 8) if cols is None else int(cols)
+    if cols < 1:
+        raise ValueError(f"cols must be >= 1; got {cols}")
+    rows = -(-n // cols)
+    fig, axes = _figure(rows, cols, figsize=(1.8 * cols + 1.2, 1.9 * rows + 0.3))
+    mappable = None
+    for i, ax in enumerate(axes.ravel()):
+        if i >= n:
+            ax.axis("off")
+            continue
+        mappable = _draw_overlay(ax, images[i], values[i], alpha, name=f"images[{i}]")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.8, label=label)
+    return fig
+
+
+# ----------------------------------------------------------------- the analysis' figures
 
 
 def cam_grid(images: np.ndarray, common: np.ndarray, per_image: np.ndarray,
              titles: Sequence[str] | None = None, alpha: float = 0.55):
     """CAMs on the common scale (top row, one shared colorbar) above the same CAMs min-max
-    normalised per image (bottom row). images: (N, H, W[, C]); common, per_image: (N, H, W)
-    in [0, 1]."""
+    normalised per image (bottom row). images: (N, H, W[, C]); common, per_image: (N, h, w)
+    in [0, 1], upsampled to (H, W) when on the feature grid."""
+    common = _batch_maps(common, images, "common")
+    per_image = _batch_maps(per_image, images, "per_image")
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(1.7 * n + 1.2, 3.8), squeeze=False)
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"{len(titles)} titles for {n} images; pass one title per image")
+    fig, axes = _figure(2, n, figsize=(1.7 * n + 1.2, 3.8))
     mappable = None
     for i in range(n):
         for row, maps in enumerate((common, per_image)):
-            ax = axes[row, i]
-            ax.imshow(_gray(images[i]), cmap="gray")
-            mappable = ax.imshow(np.asarray(maps[i]), cmap="jet", vmin=0, vmax=1, alpha=alpha)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            mappable = _draw_overlay(axes[row, i], images[i], maps[i], alpha,
+                                     name=f"images[{i}]")
         if titles is not None:
             axes[0, i].set_title(titles[i], fontsize=8)
     axes[0, 0].set_ylabel("common scale", fontsize=9)
@@ -63,8 +236,7 @@ def importance_heatmaps(matrices: Mapping[str, np.ndarray], max_channels: int = 
     matrix's mean importance, and at most ``max_channels`` are shown."""
     first = np.nan_to_num(next(iter(matrices.values())))
     order = np.argsort(-first.mean(0))[:max_channels]
-    fig, axes = plt.subplots(len(matrices), 1, figsize=(10, 2.2 * len(matrices) + 0.6),
-                             squeeze=False)
+    fig, axes = _figure(len(matrices), 1, figsize=(10, 2.2 * len(matrices) + 0.6))
     for ax, (name, m) in zip(axes[:, 0], matrices.items()):
         m = np.asarray(m)[:, order]
         bound = np.nanmax(np.abs(m)) or 1.0
@@ -78,7 +250,7 @@ def importance_heatmaps(matrices: Mapping[str, np.ndarray], max_channels: int = 
 
 def distributions(splits: Mapping[str, Mapping[str, np.ndarray]], keys=("cam_max", "cam_min")):
     """Histograms of per-sample CAM max/min for each split (overfitting shows as a shift)."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.2), squeeze=False)
+    fig, axes = _figure(1, len(keys), figsize=(5 * len(keys), 3.2))
     for ax, key in zip(axes[0], keys):
         for name, samples in splits.items():
             ax.hist(np.asarray(samples[key]), bins=40, alpha=0.55, density=True, label=name)
@@ -92,7 +264,7 @@ def consistency_scatter(panels: Mapping[str, tuple[np.ndarray, np.ndarray, float
     n = len(panels)
     cols = min(n, 4)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = _figure(rows, cols, figsize=(3.2 * cols, 3.0 * rows))
     for ax, (name, (a, y, r)) in zip(axes.ravel(), panels.items()):
         ax.scatter(a, y, s=4, alpha=0.5)
         ax.set_title(f"{name}\nr = {r:.3f}" if r is not None else f"{name}\nr undefined",
@@ -108,7 +280,7 @@ def consistency_scatter(panels: Mapping[str, tuple[np.ndarray, np.ndarray, float
 def spectrum(explained_ratio: np.ndarray, marks: Mapping[str, int] | None = None):
     """Explained-variance ratio per component and its cumulative sum."""
     ratio = np.asarray(explained_ratio)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = _figure(figsize=(6, 3.2), squeeze=True)
     idx = np.arange(1, len(ratio) + 1)
     ax.bar(idx, ratio, color="tab:blue", label="per component")
     ax.plot(idx, np.cumsum(ratio), color="tab:red", label="cumulative")
@@ -125,7 +297,7 @@ def spectrum(explained_ratio: np.ndarray, marks: Mapping[str, int] | None = None
 def accuracy_curve(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                    full_accuracy: float | None = None):
     """Accuracy against the share of channels kept, one line per selection mode."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = _figure(figsize=(6, 3.4), squeeze=True)
     for name, (ratios, acc) in curves.items():
         ax.plot(np.asarray(ratios) * 100, acc, marker="o", label=name)
     if full_accuracy is not None:
@@ -138,12 +310,15 @@ def accuracy_curve(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]
 
 
 def outliers(images: np.ndarray, maps: np.ndarray, titles: Sequence[str]):
-    """The worst outliers with their CAMs (common scale). images (N,H,W[,C]), maps (N,H,W)."""
+    """The worst outliers with their CAMs (common scale). images (N, H, W[, C]); maps
+    (N, h, w) in [0, 1], upsampled to (H, W) when on the feature grid."""
+    maps = _batch_maps(maps, images, "maps")
     n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(1.8 * n, 2.2), squeeze=False)
-    for ax, img, m, t in zip(axes[0], images, maps, titles):
-        ax.imshow(_gray(img), cmap="gray")
-        ax.imshow(np.asarray(m), cmap="jet", vmin=0, vmax=1, alpha=0.55)
+    if len(titles) != n:
+        raise ValueError(f"{len(titles)} titles for {n} images; pass one title per image")
+    fig, axes = _figure(1, n, figsize=(1.8 * n, 2.2))
+    for i, (ax, m, t) in enumerate(zip(axes[0], maps, titles)):
+        _draw_overlay(ax, images[i], m, 0.55, name=f"images[{i}]")
         ax.set_title(t, fontsize=7)
         ax.axis("off")
     return fig
