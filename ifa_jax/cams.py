@@ -1,6 +1,6 @@
 """The CAM family as pure, rank-agnostic functions of activations A and gradients G.
 
-Every method is a per-channel contribution map ``M_k = w_k * A_k`` (../shared/METHOD.md
+Every method is a per-channel contribution map ``M_k = w_k * A_k`` (docs/method.md
 section 1) where ``w_k`` is a scalar per sample and channel, or a map on the grid. From M:
 
 * the raw CAM ``L = sum_k m_k M_k`` (no ReLU: removing negatives belongs to the scale),

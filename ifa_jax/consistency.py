@@ -33,7 +33,9 @@ def class_levels(probe, variables, x, classes, masks, scales, *, methods: tuple[
     x: (B, *in, C); classes: (n,) int; masks: (C, K) per-class channel subsets; scales:
     one :class:`ifa_jax.scale.Scale` per method. Returns levels (n, methods, len(LEVELS),
     B) in the order of :data:`LEVELS`, and the logits (B, O). One forward pass and one
-    batched vjp serve every class and method (:meth:`LayerProbe.per_class`).
+    batched vjp serve every class and method (:meth:`LayerProbe.per_class`). A 'tanh'
+    scale is inverted first (:func:`ifa_jax.scale.linear_values`), so the level is linear
+    in the CAM for both scale modes.
     """
     logits, A, G_all = probe.per_class(variables, x, classes)
 
@@ -43,10 +45,10 @@ def class_levels(probe, variables, x, classes, masks, scales, *, methods: tuple[
             M = cams.contributions(A, G, m)
             L = cams.reduce(M).cam
             rows.append(jnp.stack([
-                metrics.activation_level(scale.apply_scale(L, sc)),
-                metrics.activation_level(scale.apply_scale(L, sc, clip=True)),
+                metrics.activation_level(scale.linear_values(L, sc)),
+                metrics.activation_level(scale.linear_values(L, sc, clip=True)),
                 metrics.activation_level(scale.minmax_per_image(L)),
-                metrics.activation_level(scale.apply_scale(cams.reduce(M, masks[c]).cam, sc)),
+                metrics.activation_level(scale.linear_values(cams.reduce(M, masks[c]).cam, sc)),
             ]))
         return jnp.stack(rows)
 

@@ -1,4 +1,4 @@
-"""Feature selection masks and decomposition of channel importances (METHOD.md section 4).
+"""Feature selection masks and decomposition of channel importances (docs/method.md).
 
 Inputs are plain arrays from the analysis pass: importance rows IM (C, K) (one row per
 class; rows of classes without counted samples are NaN), IM_diff (C, K), IM_all (K,), the

@@ -1,4 +1,4 @@
-"""What the feature distributions reveal (METHOD.md section 5): overfitting, outliers,
+"""What the feature distributions reveal (docs/method.md): overfitting, outliers,
 confounders and redundancy.
 
 Pure functions of plain arrays (the analysis Summary's fields and per-sample arrays), in

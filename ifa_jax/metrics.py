@@ -1,4 +1,4 @@
-"""Evaluation of CAMs and feature subsets (../shared/METHOD.md section 6).
+"""Evaluation of CAMs and feature subsets (docs/method.md section 6).
 
 Pure functions on arrays (host NumPy, float64) for the statistics, and batched, jitted
 functions where the model is run:
@@ -144,7 +144,7 @@ def consistency(activation: Any, score: Any) -> dict[str, Any]:
 def activation_level(cam_scaled: Array) -> Array:
     """Mean of each rescaled CAM over its grid: (B, *spatial) -> (B,), any spatial rank.
 
-    For the 'tanh' scale, invert it first (METHOD.md section 6).
+    For the 'tanh' scale, pass :func:`ifa_jax.scale.linear_values` (the scale inverted).
     """
     if jnp.ndim(cam_scaled) < 2:
         raise ValueError(f"activation_level expects CAMs (B, *spatial); got shape "

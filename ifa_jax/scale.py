@@ -1,4 +1,4 @@
-"""The common intensity scale for CAMs (../shared/METHOD.md section 3).
+"""The common intensity scale for CAMs (docs/method.md section 3).
 
 Ordinary CAMs are min-max normalised per image, so a bright region in one image and a
 bright region in another mean nothing relative to each other. IFA instead fixes one scale
@@ -201,6 +201,24 @@ def apply_scale(L: Array, scale: Scale, *, clip: bool = False) -> Array:
     else:
         raise ValueError(f"unknown scale mode {scale.mode!r}; use one of {MODES}")
     return jnp.clip(out, 0.0, 1.0) if clip else out
+
+
+def linear_values(L: Array, scale: Scale, *, clip: bool = False) -> Array:
+    """The rescaled CAM on a linear scale, for activation levels: ``a L' + b``.
+
+    For 'norm' this is :func:`apply_scale` itself. For 'tanh' it is the drawn values
+    mapped back through arctanh, so a CAM's mean stays linear in L instead of being
+    squashed by tanh. ``clip=True`` gives the same for the values as drawn (clipped to
+    [0, 1]): for 'tanh' only the lower clip survives the arctanh (drawn values stay below
+    1), so the result is ``max(a L' + b, 0)``.
+    """
+    L = jnp.asarray(L)
+    if scale.remove_negative:
+        L = jax.nn.relu(L)
+    z = scale.a * L + scale.b
+    if not clip:
+        return z
+    return jnp.clip(z, 0.0, 1.0) if scale.mode == "norm" else jnp.maximum(z, 0.0)
 
 
 def invert_scale(v: Array, scale: Scale) -> Array:

@@ -1,4 +1,4 @@
-"""Naive NumPy references for every formula, written from ../shared/METHOD.md.
+"""Naive NumPy references for every formula, written from docs/method.md.
 
 Deliberately loop-based (per sample, per channel) and float64, so they share no code or
 vectorisation tricks with ifa_jax. Shapes: A, G (B, *spatial, K).
@@ -136,7 +136,7 @@ def dataset_statistics(s, L, labels, counted, num_classes):
 
 
 # --------------------------------------------------------------------------- scale, decompose,
-# diagnostics (METHOD.md sections 3-5)
+# diagnostics (docs/method.md)
 
 
 def percentile(values, q):

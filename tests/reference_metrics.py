@@ -1,4 +1,4 @@
-"""Naive NumPy references for ifa_jax.metrics, written from ../shared/METHOD.md section 6.
+"""Naive NumPy references for ifa_jax.metrics, written from docs/method.md (evaluation).
 
 Loop-based and float64, sharing no code with ifa_jax.metrics.
 """
