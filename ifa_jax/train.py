@@ -521,8 +521,22 @@ def _listing(items: list[str], limit: int = 10) -> str:
     return "; ".join(items[:limit]) + (f"; and {more} more" if more > 0 else "")
 
 
+def _restore_orbax(path: str) -> Any:
+    """The pytree of an orbax checkpoint folder, as saved (no template)."""
+    import orbax.checkpoint as ocp  # flax depends on it; imported only for folders
+
+    try:
+        return jax.device_get(ocp.StandardCheckpointer().restore(os.path.abspath(path)))
+    except Exception as e:
+        raise ValueError(f"{path!r} is a folder but not a readable orbax checkpoint ({e}); "
+                         "name the folder that orbax's StandardCheckpointer saved, or a "
+                         ".msgpack file") from e
+
+
 def load_checkpoint(path: str | os.PathLike, template: Any) -> Any:
-    """Load a checkpoint written by :func:`save_checkpoint` into the structure of ``template``.
+    """Load a checkpoint into the structure of ``template``: a file written by
+    :func:`save_checkpoint` (flax msgpack) or an orbax checkpoint folder (saved with
+    ``orbax.checkpoint.StandardCheckpointer``).
 
     ``template`` is a pytree like the saved one; its leaves may be arrays or, to skip an
     initialisation, ``jax.ShapeDtypeStruct`` s (e.g. ``jax.eval_shape(model.init, ...)``).
@@ -534,12 +548,17 @@ def load_checkpoint(path: str | os.PathLike, template: Any) -> Any:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        restored = serialization.msgpack_restore(data)
-    except Exception as e:
-        raise ValueError(f"{path!r} is not a flax msgpack checkpoint: {e}") from e
+    if os.path.isdir(path):
+        restored = _restore_orbax(path)
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            restored = serialization.msgpack_restore(data)
+        except Exception as e:
+            raise ValueError(f"{path!r} is not a flax msgpack checkpoint (damaged or "
+                             f"truncated?): {e}; save the variables again with "
+                             "save_checkpoint or flax.serialization.to_bytes") from e
     want = _leaf_specs(serialization.to_state_dict(template))
     got = _leaf_specs(restored)
     problems = [f"missing {k} {want[k][0]}" for k in want if k not in got]

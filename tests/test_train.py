@@ -188,3 +188,19 @@ def test_load_checkpoint_missing_or_corrupt_file(tmp_path, trained):
     (tmp_path / "junk.msgpack").write_bytes(b"\xc1 not msgpack")
     with pytest.raises(ValueError, match="not a flax msgpack checkpoint"):
         T.load_checkpoint(tmp_path / "junk.msgpack", trained[0])
+
+
+def test_orbax_checkpoint_folders_load_and_are_checked(tmp_path, trained):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "orbax", trained[0])
+    checkpointer.wait_until_finished()
+    template = jax.eval_shape(lambda: trained[0])
+    assert _equal(T.load_checkpoint(tmp_path / "orbax", template), trained[0])
+    with pytest.raises(T.CheckpointMismatchError,
+                       match=r"params/conv2/kernel: checkpoint \(3, 3, 4, 8\) float32 vs "
+                             r"template \(3, 3, 4, 16\)"):
+        T.load_checkpoint(tmp_path / "orbax", _template(ConvNet(features=(4, 16), num_classes=4)))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"is a folder but not a readable orbax checkpoint"):
+        T.load_checkpoint(tmp_path / "empty", template)

@@ -105,14 +105,10 @@ def check_finite_weights(variables, where: str) -> None:
 
 
 def _given_variables(ctx: RunContext) -> None:
-    """The config's ``variables`` file, analysed as it is (no training)."""
+    """The config's ``variables`` (a msgpack file or an orbax folder), analysed as they
+    are (no training)."""
     config, run = ctx.config, ctx.run
     path = os.path.abspath(config.variables)
-    if os.path.isdir(path):
-        raise ValueError(
-            f"variables {config.variables!r} is a folder (an orbax checkpoint?); restore it "
-            "with orbax and save the variables with flax.serialization.to_bytes to a "
-            ".msgpack file, then name that file")
     if not os.path.exists(path):
         raise FileNotFoundError(f"variables file {path!r} (config field 'variables') does "
                                 "not exist")
