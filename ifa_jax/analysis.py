@@ -306,20 +306,20 @@ def _check_keys(keys: Any, sizes: tuple[int, ...] = (2, 3)) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def _missing_key(what: str, record: Mapping, key: str, fix: str) -> ValueError:
-    found = ", ".join(repr(k) for k in record) or "(none)"
-    return ValueError(f"{what} is a dict with keys {found} but no {key!r}; {fix}")
+def _require_keys(what: str, record: Mapping, keys: Sequence[str], fix: str) -> None:
+    """Raise naming the keys ``record`` has when one of ``keys`` is missing."""
+    for key in keys:
+        if key not in record:
+            found = ", ".join(repr(k) for k in record) or "(none)"
+            raise ValueError(f"{what} is a dict with keys {found} but no {key!r}; {fix}")
 
 
 def _unpack(batch: Any, i: int, keys: tuple[str, ...]) -> tuple[Any, Any, Any]:
     """(x, y, valid or None) of one batch: a tuple ``(x, y[, valid])``, an
     :class:`ifa_jax.data.Batch` ``(x, y, mask)`` or a dict read with ``keys``."""
     if isinstance(batch, Mapping):
-        for key in keys:
-            if key not in batch:
-                raise _missing_key(f"batch {i}", batch, key,
-                                   "pass keys=(image key, label key) to analyze, with a "
-                                   "third entry for a mask key, naming its entries")
+        _require_keys(f"batch {i}", batch, keys, "pass keys=(image key, label key) to "
+                      "analyze, with a third entry for a mask key, naming its entries")
         mask_key = keys[2] if len(keys) == 3 else "mask"
         return batch[keys[0]], batch[keys[1]], batch.get(mask_key)
     if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
@@ -377,11 +377,8 @@ def _pad(x: Any, y: Any, valid: Any, size: int, i: int,
 def _record_fields(record: Any, j: int, keys: tuple[str, ...]) -> tuple[Any, Any]:
     """(image, label) of record ``j``: a dict read with ``keys``, or a pair."""
     if isinstance(record, Mapping):
-        for key in keys:
-            if key not in record:
-                raise _missing_key(f"record {j}", record, key,
-                                   "pass keys=(image key, label key) to record_batches, "
-                                   "naming its entries")
+        _require_keys(f"record {j}", record, keys,
+                      "pass keys=(image key, label key) to record_batches, naming its entries")
         image, label = record[keys[0]], record[keys[1]]
     elif isinstance(record, (tuple, list)) and len(record) == 2:
         image, label = record
