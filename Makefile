@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LINTED := ifa_jax tests experiments tools
 
-.PHONY: demo test lint clean
+.PHONY: demo test test-fast lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +19,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests README.md
 
+# The suite without the slow end-to-end runs (CI runs everything, once).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests README.md
+
 lint: $(STAMP)
-	$(PY) -m ruff check ifa_jax tests experiments
+	$(PY) -m ruff format --check $(LINTED)
+	$(PY) -m ruff check $(LINTED)
+	$(VENV)/bin/pyright ifa_jax
+
+format: $(STAMP)
+	$(PY) -m ruff format $(LINTED)
+	$(PY) -m ruff check --fix $(LINTED)
 
 clean:
 	rm -rf $(VENV) runs

@@ -15,6 +15,8 @@ def test_quickstart_notebook_executes():
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(NOTEBOOK, as_version=4)
+    # The configuration cell sets the epochs; fail loudly if that hook moves.
+    assert "EPOCHS = 15" in nb.cells[1].source, "the notebook's EPOCHS line moved; update this"
     nb.cells[1].source = nb.cells[1].source.replace("EPOCHS = 15", "EPOCHS = 3")
     # Run from the repository root, so ifa_jax imports even when it is not installed.
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",

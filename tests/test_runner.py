@@ -51,8 +51,14 @@ def test_run_writes_every_artifact(finished_run):
     assert saved["config"]["name"] == "tiny" and "jax" in saved["versions"]
     summary = saved["consistency"]["summary"]
     assert set(summary) == {"gradcam", "hirescam"}
-    r = summary["hirescam"]["common"]["mean_pearson"]
-    assert r is not None and -1 <= r <= 1
+    # Class 0's r equals Pearson's r of the stored levels against the stored logits, and
+    # the summary is the mean over the evaluated classes.
+    per_class = saved["consistency"]["per_class"]["hirescam"]
+    with np.load(out / "evaluation" / "consistency.npz") as z:
+        want = np.corrcoef(z["hirescam common"], z["logit"])[0, 1]
+    assert per_class["0"]["common"]["pearson"] == pytest.approx(want, rel=1e-5)
+    assert summary["hirescam"]["common"]["mean_pearson"] == pytest.approx(
+        np.mean([row["common"]["pearson"] for row in per_class.values()]))
     # The last ratio keeps every channel: exactly the plain accuracy.
     for curve in saved["subsets"].values():
         assert curve["accuracy"][-1] == curve["full_accuracy"]
@@ -311,7 +317,9 @@ def test_tfds_experiment_runs_on_mock_data(tmp_path):
                   train=TrainConfig(epochs=1, batch_size=16, progress=False), batch_size=16)
     with tfds.testing.mock_data(num_examples=40):
         results = runner.run(config, tmp_path / "run", log=lambda s: None)
-    assert results["analysis"]["gradcam"]["train"]["class_counts"] is not None
+    _, samples = stages.load_analysis(str(tmp_path / "run" / "analysis" / "gradcam_train.npz"))
+    assert len(samples["label"]) == 40  # every mock example analysed once
+    assert sum(results["analysis"]["gradcam"]["train"]["class_counts"]) == samples["counted"].sum()
     assert (tmp_path / "run" / "figures" / "cams.png").exists()
 
 
