@@ -1,4 +1,4 @@
-"""Smoke test of experiments/benchmark.py: its smallest case, tiny repeats, no peers.
+"""Smoke test of the benchmark (experiments/bench): its smallest case, tiny repeats, no peers.
 
 Only the structure of the output is checked, never a timing.
 """
@@ -8,22 +8,36 @@ from __future__ import annotations
 import json
 import math
 
-from experiments import benchmark
+from experiments.bench.main import parser
+from experiments.bench.report import format_case
+from experiments.bench.suite import run_benchmark
 
 
 def test_benchmark_smallest_case_structure(tmp_path):
     path = tmp_path / "bench.json"
-    out = benchmark.run_benchmark(["mnist64"], quick=True, repeats=1, min_time=0.0,
-                                  peers=False, e2e=False, batch=8, scorecam_batch=2,
-                                  json_path=str(path), log=lambda s: None)
+    out = run_benchmark(
+        ["mnist64"],
+        quick=True,
+        repeats=1,
+        min_time=0.0,
+        peers=False,
+        e2e=False,
+        batch=8,
+        scorecam_batch=2,
+        json_path=str(path),
+        log=lambda s: None,
+    )
     res = out["cases"]["mnist64"]
     assert res["layer_shape"] == [8, 6, 6, 200]
     rows = {r["name"]: r for r in res["rows"]}
     floor = next(r for r in res["rows"] if r["group"] == "floor")
     assert floor["error"] is None and floor["images_per_s"] > 0 and floor["x_floor"] == 1.0
     ifa = [r for r in res["rows"] if r["group"] == "ifa"]
-    assert {"ifa analysis_step gradcam", "ifa analysis_step hirescam",
-            "ifa CAM gradcam, common scale, input res"} <= set(rows)
+    assert {
+        "ifa analysis_step gradcam",
+        "ifa analysis_step hirescam",
+        "ifa CAM gradcam, common scale, input res",
+    } <= set(rows)
     assert any("scorecam" in r["name"] for r in ifa)
     for r in ifa:
         assert r["error"] is None, r
@@ -34,4 +48,34 @@ def test_benchmark_smallest_case_structure(tmp_path):
     assert out["versions"]["jax_cpu_threads"] >= 1
     written = json.loads(path.read_text())
     assert written["cases"]["mnist64"]["rows"][0]["name"] == floor["name"]
-    assert benchmark.format_case(res).count("\n") >= len(res["rows"])
+    assert format_case(res).count("\n") >= len(res["rows"])
+
+
+def test_benchmark_entry_point_flags():
+    """``python -m experiments.benchmark`` keeps its flags (it calls bench.main.main)."""
+    from experiments import benchmark
+
+    assert benchmark.main.__module__ == "experiments.bench.main"
+    args = parser().parse_args(
+        [
+            "--quick",
+            "--cases",
+            "mnist64",
+            "--no-peers",
+            "--no-e2e",
+            "--torch-threads",
+            "2,1",
+            "--memory",
+            "--memory-sizes",
+            "10",
+        ]
+    )
+    assert (
+        args.quick,
+        args.cases,
+        args.no_peers,
+        args.no_e2e,
+        args.torch_threads,
+        args.memory,
+        args.memory_sizes,
+    ) == (True, "mnist64", True, True, "2,1", True, [10])

@@ -1,0 +1,54 @@
+"""Throughput of ifa_jax against its floor and against the PyTorch peers.
+
+    python -m experiments.benchmark [--quick] [--cases mnist64,mnist256,resnet18,cnn3d]
+                                    [--json out.json] [--memory] [--torch-threads 2,1]
+                                    [--no-peers] [--no-e2e]
+
+For each case (model, input, batch, layer) it times, interleaved in one process:
+
+* the floor: one jitted forward + vjp of the target score to the layer's activations
+  (``probe.tapped`` with zero deltas; returns logits, A and G, nothing else), and a
+  forward pass alone (ScoreCAM's bound is its throughput / K);
+* ifa_jax: the analysis step (``analysis.analysis_step``: probe, CAM, statistics update)
+  for GradCAM, HiResCAM and four methods from one probe call; a CAM with the common scale
+  at input resolution (probe + cam + apply_scale + upsample, one jit); the eager
+  ``explain()`` API; ScoreCAM via ``explain(..., 'scorecam')`` (+ the same scale and
+  upsample);
+* the PyTorch peers when ``torch`` and ``pytorch_grad_cam`` import (``pip install -e
+  '.[bench]'``, best in a separate venv), once per ``--torch-threads`` count (default:
+  JAX's CPU thread count): the same architecture with the same weights (converted from
+  Flax, logits checked with assert_allclose), a bare forward + backward into all
+  parameters, a forward + gradient to the layer only, pytorch-grad-cam's GradCAM and
+  ScoreCAM.
+
+Every call ends in ``block_until_ready`` (or returns host arrays). Each entry gets a first
+call (its extra time over the median is the trace + compile time) and a warm-up call, then
+``--repeats`` rounds over all entries in turn; a measurement repeats fast calls to last
+``--min-time``. Throughputs are images/second (medians); "x floor" (a row's throughput over
+the floor's) and "speedup" (ifa_jax's over the peer's) are medians of ratios taken within
+one round, which cancels most of the load of a shared machine.
+
+End to end (``--no-e2e`` skips it): the whole integrated feature analysis of embedded MNIST
+as the runner does it (one analysis pass for all methods, common scale, consistency
+evaluation for every method, scale and feature subset), in seconds per 1,000 images, with
+the model passes counted. ``--memory`` adds the peak RSS of the analysis pass at 5,000 and
+50,000 samples (:mod:`experiments.bench_memory`, one subprocess per size).
+
+``--quick`` shrinks the ResNet-18 case to 112x112 inputs, the 3-D case to batch 2, the
+ScoreCAM batches and the end-to-end dataset (1,000 digits), and takes 3 repeats.
+
+The modules, one per concern:
+
+* :mod:`~experiments.bench.cases`: the cases (model, input size, batch, layer);
+* :mod:`~experiments.bench.timing`: ``Entry``, interleaved timing, paired ratios;
+* :mod:`~experiments.bench.floor`: the JAX floor (forward + vjp to the layer);
+* :mod:`~experiments.bench.jax_side`: the ifa_jax rows (analysis step, CAM, explain, ScoreCAM);
+* :mod:`~experiments.bench.torch_twins`: the PyTorch twins of the Flax models and their
+  weight porting (needs torch);
+* :mod:`~experiments.bench.peers`: the pytorch-grad-cam and bare torch rows;
+* :mod:`~experiments.bench.end_to_end`: the pipeline timings and the model pass count;
+* :mod:`~experiments.bench.memory`: peak RSS per size, one subprocess each;
+* :mod:`~experiments.bench.report`: versions, tables, JSON;
+* :mod:`~experiments.bench.suite`: one case and the whole run (``run_benchmark``);
+* :mod:`~experiments.bench.main`: the command line.
+"""

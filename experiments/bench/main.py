@@ -1,0 +1,68 @@
+"""The command line: ``python -m experiments.benchmark`` (or ``-m experiments.bench.main``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from experiments.bench.cases import CASE_NAMES
+from experiments.bench.suite import run_benchmark
+
+DESCRIPTION = "Throughput of ifa_jax against its floor and against the PyTorch peers."
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=DESCRIPTION)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="shrink ResNet-18 to 112x112, the 3-D batch to 2, 3 repeats",
+    )
+    p.add_argument(
+        "--cases",
+        default=",".join(CASE_NAMES),
+        help=f"comma-separated subset of {','.join(CASE_NAMES)}",
+    )
+    p.add_argument("--json", help="write all results to this JSON file")
+    p.add_argument("--repeats", type=int, help="timed repeats (default 5, quick 3)")
+    p.add_argument(
+        "--min-time",
+        type=float,
+        help="seconds per measurement; fast calls are repeated to reach it",
+    )
+    p.add_argument("--no-peers", action="store_true", help="skip the PyTorch peers")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end run")
+    p.add_argument("--e2e-samples", type=int, help="digits for the end-to-end run")
+    p.add_argument(
+        "--torch-threads",
+        default="",
+        help="comma-separated torch thread counts for the peers (default: "
+        "JAX's CPU thread count); e.g. 2,1 on a shared machine",
+    )
+    p.add_argument(
+        "--memory", action="store_true", help="also measure peak RSS at --memory-sizes samples"
+    )
+    p.add_argument("--memory-sizes", type=int, nargs="+", default=[5000, 50000])
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    run_benchmark(
+        cases,
+        quick=args.quick,
+        repeats=args.repeats,
+        min_time=args.min_time,
+        peers=not args.no_peers,
+        e2e=not args.no_e2e,
+        e2e_samples=args.e2e_samples,
+        memory_sizes=args.memory_sizes if args.memory else None,
+        json_path=args.json,
+        torch_threads=[int(t) for t in args.torch_threads.split(",") if t.strip()],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
