@@ -2,7 +2,7 @@
 
 from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, plots, scale
 from ifa_jax.cams import METHODS, CamResult, cam, upsample
-from ifa_jax.explain import explain
+from ifa_jax.explaining import explain
 from ifa_jax.probe import LayerProbe, ProbeResult, linen_layers, linen_probe, nnx_probe
 
 __version__ = "0.1.0"

@@ -31,9 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ifa_jax import cams, scale
+from ifa_jax import cams
+from ifa_jax._checks import label_range, one_of, pad_batch
+from ifa_jax._stats import DEFAULT_PERCENTILES, percentiles
 from ifa_jax.data import Batch, as_images, as_labels
-from ifa_jax.explain import callable_target, forward_weights
+from ifa_jax.explaining import callable_target, forward_weights
 from ifa_jax.probe import LayerProbe
 
 Array = jax.Array
@@ -283,7 +285,7 @@ class Analysis(NamedTuple):
     samples: dict[str, np.ndarray]
 
     def percentiles(self, which: str = "cam_max",
-                    qs=scale.DEFAULT_PERCENTILES) -> dict[int, float]:
+                    qs=DEFAULT_PERCENTILES) -> dict[int, float]:
         """Percentiles of a per-sample scalar, keyed by the percentile it really is."""
         if which not in self.samples:
             raise KeyError(f"no per-sample values named {which!r}; the names are: "
@@ -291,7 +293,7 @@ class Analysis(NamedTuple):
         values = self.samples[which]
         if values.size == 0:
             raise ValueError(f"no samples were analysed, so {which} has no percentiles")
-        return scale.percentiles(values, qs)
+        return percentiles(values, qs)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -320,8 +322,8 @@ def _unpack(batch: Any, i: int, keys: tuple[str, ...]) -> tuple[Any, Any, Any]:
     if isinstance(batch, Mapping):
         _require_keys(f"batch {i}", batch, keys, "pass keys=(image key, label key) to "
                       "analyze, with a third entry for a mask key, naming its entries")
-        mask_key = keys[2] if len(keys) == 3 else "mask"
-        return batch[keys[0]], batch[keys[1]], batch.get(mask_key)
+        valid_key = keys[2] if len(keys) == 3 else "mask"
+        return batch[keys[0]], batch[keys[1]], batch.get(valid_key)
     if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
         return batch[0], batch[1], batch[2] if len(batch) == 3 else None
     what = (f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list))
@@ -338,40 +340,6 @@ def _record_error(i: int, x: Any, y: Any) -> ValueError:
         "ifa_jax.analysis.record_batches(source, batch_size, keys=(image key, label key)), "
         "...)"
     )
-
-
-def _pad(x: Any, y: Any, valid: Any, size: int, i: int,
-         declared: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x (n, ...), y (n,) or (n, 1), valid (n,) or None -> the three padded to ``size`` rows.
-
-    Rows with valid=False (given or padding) are zeroed, so nothing a masked row holds (NaN,
-    an out-of-range label) reaches the statistics.
-    """
-    x, y = np.asarray(x), np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise ValueError(f"batch {i}: labels have shape {y.shape}; give one label per sample, "
-                         "shape (B,) or (B, 1)")
-    n = len(y)
-    valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
-    if valid.shape != (n,) or len(x) != n:
-        raise ValueError(f"batch {i}: x has {len(x)} rows, y {n} and valid shape "
-                         f"{valid.shape}; give all three for the same B samples")
-    if not valid.all():
-        x = np.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, np.zeros((), x.dtype))
-        y = np.where(valid, y, np.zeros((), y.dtype))
-    if n == size:
-        return x, y, valid
-    if n > size:
-        which = "batch_size" if declared else "the first batch's size"
-        raise ValueError(f"batch {i} has {n} samples, more than {which} {size}; pass "
-                         "batch_size= (the largest batch size) to analyze, and smaller "
-                         "batches are padded to it")
-    pad = size - n
-    return (np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]),
-            np.concatenate([y, np.zeros(pad, y.dtype)]),
-            np.concatenate([valid, np.zeros(pad, bool)]))
 
 
 def _record_fields(record: Any, j: int, keys: tuple[str, ...]) -> tuple[Any, Any]:
@@ -643,8 +611,7 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
         raise ValueError("num_classes= is required: the number of classes (with bins=, the "
                          "number of bins)")
     count = ("all" if edges is not None else "correct") if count is None else count
-    if count not in COUNT_MODES:
-        raise ValueError(f"count {count!r} is not one of {COUNT_MODES}")
+    one_of("count", count, COUNT_MODES)
     if batch_size is not None and (isinstance(batch_size, bool)
                                    or not isinstance(batch_size, (int, np.integer))
                                    or batch_size < 1):
@@ -683,7 +650,11 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
             continue  # nothing to analyse (several processes must all step, so pad there)
         if size is None:
             size = n
-        x, y, valid = _pad(bx, by, bvalid, size, i, declared=batch_size is not None)
+        x, y, valid = pad_batch(
+            bx, by, bvalid, size, i,
+            size_from="batch_size" if batch_size is not None else "the first batch's size",
+            fix="pass batch_size= (the largest batch size) to analyze, and smaller batches "
+                "are padded to it")
         if first_shape is None:
             first_shape = x.shape[1:]
         elif x.shape[1:] != first_shape:
@@ -694,11 +665,8 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
             y = _bin_targets(y, valid, edges, i)
         elif not np.issubdtype(y.dtype, np.integer):
             raise _label_dtype_error(i, y.dtype)
+        label_range(y, valid, num_classes, i, "pass the right num_classes or fix the labels")
         yv = y[valid]
-        if yv.size and (yv.min() < 0 or yv.max() >= num_classes):
-            bad = int(yv.min() if yv.min() < 0 else yv.max())
-            raise ValueError(f"batch {i}: label {bad} is outside [0, {num_classes}); pass the "
-                             "right num_classes or fix the labels")
         xj, yj, vj = jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.asarray(valid)
         if sharding is not None and jax.process_count() > 1:
             # Each process holds its own shard of the global batch.

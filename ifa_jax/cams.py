@@ -22,6 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ifa_jax._stats import minmax_per_image
+
 Array = jax.Array
 
 GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigengradcam")
@@ -163,12 +165,6 @@ def upsample(L: Array, spatial_shape: tuple[int, ...], method: str = "linear") -
     return jax.image.resize(L, (L.shape[0], *spatial_shape), method=method)
 
 
-def _minmax01(a: Array, axes: tuple[int, ...]) -> Array:
-    lo = jnp.min(a, axis=axes, keepdims=True)
-    span = jnp.max(a, axis=axes, keepdims=True) - lo
-    return jnp.where(span > 0, (a - lo) / jnp.where(span > 0, span, 1.0), 0.0)
-
-
 def scorecam_weights(A: Array, x: Array, score_fn: Callable[[Array, Array], Array],
                      target: Array, *, chunk_size: int = 16) -> Array:
     """ScoreCAM weights (B, K): softmax over channels of the target score of masked inputs.
@@ -188,12 +184,13 @@ def scorecam_weights(A: Array, x: Array, score_fn: Callable[[Array, Array], Arra
     per_channel = jnp.moveaxis(A, -1, 0)  # (K, B, *spatial)
     per_channel = jnp.pad(per_channel, [(0, groups * chunk - K)] + [(0, 0)] * (A.ndim - 1))
     per_group = per_channel.reshape(groups, chunk, *per_channel.shape[1:])
-    in_axes = tuple(range(2, x.ndim))  # grid axes of (chunk, B, *in)
     tiled_target = jnp.tile(target, chunk)
 
     def one_group(a):  # a: (chunk, B, *spatial)
         up = jax.image.resize(a, (chunk, B, *x.shape[1:-1]), method="linear")
-        masked = x[None] * _minmax01(up, in_axes)[..., None]  # (chunk, B, *in, C)
+        # exact min-max (eps=0) of each upsampled channel, per sample
+        up = minmax_per_image(up.reshape(chunk * B, *up.shape[2:]), eps=0.0).reshape(up.shape)
+        masked = x[None] * up[..., None]  # (chunk, B, *in, C)
         scores = score_fn(masked.reshape(chunk * B, *x.shape[1:]), tiled_target)
         return scores.reshape(chunk, B)
 

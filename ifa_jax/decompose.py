@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ifa_jax._checks import is_traced
+
 Array = jax.Array
 
 MODES = ("top", "diff_top", "reverse_diff_top", "max", "index", "freq", "random", "all")
@@ -47,7 +49,7 @@ _LEVEL_TOL = 1e-6
 
 def _concrete(x) -> np.ndarray | None:
     """x as NumPy when it holds values (not a tracer under jit), else None."""
-    if isinstance(x, jax.core.Tracer):
+    if is_traced(x):
         return None
     return np.asarray(x)
 

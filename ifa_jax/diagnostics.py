@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ifa_jax import decompose
-from ifa_jax.scale import per_sample_values
+from ifa_jax._checks import per_sample_values
 
 KS_C05 = 1.358  # asymptotic two-sample KS coefficient for a 5% test: c(0.05)
 

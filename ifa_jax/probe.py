@@ -34,6 +34,8 @@ import numpy as np
 from flax import errors as flax_errors
 from flax import nnx
 
+from ifa_jax._checks import index_targets, is_traced, one_of
+
 Array = jax.Array
 # tapped(variables, x, deltas | None) -> (logits (B, O), {layer: A (B, *spatial, K)})
 TappedFn = Callable[[Any, Array, Mapping[str, Array] | None], tuple[Array, dict[str, Array]]]
@@ -43,7 +45,6 @@ Target = int | str | Array | np.ndarray | Callable[[Array], Array] | None
 Output = int | str | Callable[[Any], Array] | None
 
 SCORES = ("logit", "probability")
-TARGET_MODES = ("index", "predicted", "callable")
 
 
 class ProbeResult(NamedTuple):
@@ -209,6 +210,20 @@ def _input_shape_message(x: Array, detail: str) -> str:
     )
 
 
+def _tap_output(name: str, path: str, out: Any, acts: dict, deltas: Mapping | None) -> Any:
+    """What a tapped layer passes on: records its output ``out`` in ``acts[name]`` (once
+    per forward pass) and adds ``deltas[name]`` to it when given."""
+    if name in acts:
+        raise ValueError(
+            f"layer {name!r} ({path}) is called more than once per forward pass "
+            "(a shared module); tap a module that is called once"
+        )
+    _check_activation(name, out)
+    acts[name] = out
+    delta = None if deltas is None else deltas.get(name)
+    return out if delta is None else out + delta
+
+
 # --------------------------------------------------------------------------- Linen
 
 
@@ -250,16 +265,7 @@ def _linen_tapped(model: nn.Module, layers: tuple[str, ...], apply_kwargs: dict,
             path = "/".join(context.module.path)
             if context.method_name != "__call__" or path not in paths:
                 return out
-            name = paths[path]
-            if name in acts:
-                raise ValueError(
-                    f"layer {name!r} ({path}) is called more than once per forward pass "
-                    "(a shared module); tap a module that is called once"
-                )
-            _check_activation(name, out)
-            acts[name] = out
-            delta = None if deltas is None else deltas.get(name)
-            return out if delta is None else out + delta
+            return _tap_output(paths[path], path, out, acts, deltas)
 
         with nn.intercept_methods(tap):
             out = model.apply(variables, x, **apply_kwargs)
@@ -292,17 +298,13 @@ def nnx_layers(model: nnx.Module) -> list[str]:
 class _NnxTap:
     """Stands in for a submodule on a private copy of the model: records and perturbs its output."""
 
-    def __init__(self, inner, name, acts, deltas):
-        self.inner, self.name, self.acts, self.deltas = inner, name, acts, deltas
+    def __init__(self, inner, name, path, acts, deltas):
+        self.inner, self.name, self.path = inner, name, path
+        self.acts, self.deltas = acts, deltas
 
     def __call__(self, *args, **kwargs):
         out = self.inner(*args, **kwargs)
-        if self.name in self.acts:
-            raise ValueError(f"layer {self.name!r} is called more than once per forward pass")
-        _check_activation(self.name, out)
-        self.acts[self.name] = out
-        delta = None if self.deltas is None else self.deltas.get(self.name)
-        return out if delta is None else out + delta
+        return _tap_output(self.name, self.path, out, self.acts, self.deltas)
 
 
 def _get_child(parent, key: str):
@@ -336,7 +338,8 @@ def nnx_probe(model: nnx.Module, layers: str | Sequence[str], *,
         for name, path in paths.items():
             *parents, last = path.split("/")
             parent = functools.reduce(_get_child, parents, copy)
-            _set_child(parent, last, _NnxTap(_get_child(parent, last), name, acts, deltas))
+            _set_child(parent, last, _NnxTap(_get_child(parent, last), name, path, acts,
+                                             deltas))
         with _explained_errors(x):
             out = copy(x)
         return select_output(out, output), acts
@@ -356,10 +359,9 @@ def _layer_names(layers: str | Sequence[str]) -> tuple[str, ...]:
 
 def target_scores(logits: Array, target: Array, score: str = "logit") -> Array:
     """y_c per sample: logits (B, O), target (B,) int -> (B,)."""
+    one_of("score", score, SCORES)
     if score == "probability":
         logits = jax.nn.softmax(logits, axis=-1)
-    elif score != "logit":
-        raise ValueError(f"score {score!r} is not one of {SCORES}")
     return jnp.take_along_axis(logits, target[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
@@ -398,6 +400,12 @@ class LayerProbe:
     def forward_with(self, variables, x: Array, deltas: Mapping[str, Array]) -> Array:
         """Logits (B, O) with ``deltas[layer]`` added to each tapped layer's output."""
         return _as_2d(self.tapped(variables, x, deltas)[0])
+
+    def forward_activations(self, variables, x: Array) -> tuple[Array, dict[str, Array]]:
+        """Logits (B, O) of the unmodified model and ``{layer: A}`` for every tapped layer,
+        from one forward pass (no gradients)."""
+        logits, acts = self.tapped(variables, x, None)
+        return _as_2d(logits), acts
 
     def output_shapes(self, variables, x: Array) -> tuple[tuple[int, ...], dict[str, tuple]]:
         """Shapes of the logits and of each tapped activation, computed abstractly (cached
@@ -446,8 +454,7 @@ class LayerProbe:
         Memory grows with n * B * |A|: pass a few classes at a time for large n.
         Traceable (jit it with ``score`` static).
         """
-        if score not in SCORES:
-            raise ValueError(f"score {score!r} is not one of {SCORES}")
+        one_of("score", score, SCORES)
         zeros = self._zero_deltas(variables, x)
 
         def outputs(deltas):
@@ -478,17 +485,8 @@ class LayerProbe:
             )
         if callable(target):
             return "callable", target, None
-        t = jnp.asarray(target)
-        if not jnp.issubdtype(t.dtype, jnp.integer):
-            raise ValueError(f"target must be integer class indices; got dtype {t.dtype}")
-        if t.ndim == 0:
-            t = jnp.full((batch,), t, jnp.int32)
-        if t.shape != (batch,):
-            raise ValueError(
-                f"target has shape {t.shape} but the batch has {batch} samples; "
-                f"pass one index per sample, shape ({batch},), or a single int"
-            )
-        if not isinstance(t, jax.core.Tracer) and not isinstance(x, jax.core.Tracer):
+        t = index_targets(target, batch)
+        if not is_traced(t, x):
             (logits_shape, _) = self.output_shapes(variables, x)
             num_out = logits_shape[-1]
             lo, hi = int(t.min()), int(t.max())
@@ -498,12 +496,11 @@ class LayerProbe:
                     f"target index {bad} is out of range: the model has {num_out} outputs, "
                     f"so targets must lie in [0, {num_out - 1}]"
                 )
-        return "index", None, t.astype(jnp.int32)
+        return "index", None, t
 
     def __call__(self, variables, x: Array, target: Target = "predicted", *,
                  score: str = "logit") -> ProbeResult:
-        if score not in SCORES:
-            raise ValueError(f"score {score!r} is not one of {SCORES}")
+        one_of("score", score, SCORES)
         x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
         mode, fn, t = self._resolve_target(variables, x, target)
         logits, y, idx, acts, grads, nonfinite = self._jit_core(variables, x, t, mode=mode,
@@ -513,7 +510,7 @@ class LayerProbe:
                 f"a callable target must return one score per sample, shape ({x.shape[0]},); "
                 f"got {y.shape}"
             )
-        if self.check_finite and not isinstance(y, jax.core.Tracer):
+        if self.check_finite and not is_traced(y):
             _raise_if_not_finite(jax.device_get(nonfinite))
         if self.single:
             (name,) = self.layers

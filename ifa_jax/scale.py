@@ -32,18 +32,24 @@ once per mode, not once per dataset.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ifa_jax._checks import per_sample_values
+# Part of this module's API; they live lower in the layer order (analysis and cams use
+# them too).
+from ifa_jax._stats import DEFAULT_PERCENTILES as DEFAULT_PERCENTILES
+from ifa_jax._stats import check_percentile, percentile_label
+from ifa_jax._stats import minmax_per_image as minmax_per_image
+from ifa_jax._stats import percentiles as percentiles
+
 Array = jax.Array
 
 MODES = ("norm", "tanh")
 TANH_LOW, TANH_HIGH = 0.05, 0.95
-DEFAULT_PERCENTILES = (25, 50, 75, 90, 95, 99)
 
 
 class Scale(NamedTuple):
@@ -69,52 +75,6 @@ jax.tree_util.register_pytree_node(
     lambda s: ((s.vmin, s.vmax, s.a, s.b), (s.mode, s.remove_negative)),
     lambda aux, ch: Scale(ch[0], ch[1], aux[0], aux[1], ch[2], ch[3]),
 )
-
-
-def per_sample_values(values, name: str) -> np.ndarray:
-    """A finite, non-empty 1-D float64 array (N,) of per-sample values, or a ValueError
-    that names the problem and its fix."""
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of per-sample values; got shape "
-                         f"{arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty: no analysed sample; run the analysis pass on "
-                         "some data first")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise ValueError(f"{name} has {int(bad.sum())} non-finite value(s) of {arr.size} "
-                         f"(first at index {int(np.flatnonzero(bad)[0])}); drop those samples "
-                         "(e.g. values[np.isfinite(values)]) or fix the model's activations")
-    return arr
-
-
-def _check_q(q) -> float:
-    qf = float(q)
-    if not 0.0 <= qf <= 100.0:
-        raise ValueError(f"percentile {q!r} is outside [0, 100]")
-    return qf
-
-
-def _label(q):
-    qf = float(q)
-    return int(qf) if qf.is_integer() else qf
-
-
-def percentiles(values, qs: Sequence[float] = DEFAULT_PERCENTILES) -> dict:
-    """Percentile table ``{q: P_q(values)}`` (linear interpolation, NumPy's default).
-
-    Keys are the requested percentiles themselves (ints when integral): ``table[95]`` is
-    the 95th percentile (the reference code stored the 99th under the label 95).
-    Empty or non-finite input raises ValueError.
-    """
-    arr = per_sample_values(values, "values")
-    qs = tuple(qs)
-    if not qs:
-        raise ValueError("qs is empty; ask for at least one percentile, e.g. qs=(50, 90)")
-    qf = [_check_q(q) for q in qs]
-    got = np.percentile(arr, qf)
-    return {_label(q): float(v) for q, v in zip(qs, got)}
 
 
 def scale_from_bounds(vmin: float, vmax: float, *, mode: str = "norm",
@@ -174,14 +134,15 @@ def common_scale(cam_max, cam_min, *, mode: str = "norm", hi_percentile: float =
     if not (math.isfinite(ratio) and ratio > 0):
         raise ValueError(f"ratio must be a positive finite number (1 natural images, 1.5 "
                          f"medical in the paper); got {ratio}")
-    hi, lo = _check_q(hi_percentile), _check_q(lo_percentile)
+    hi, lo = check_percentile(hi_percentile), check_percentile(lo_percentile)
     vmax = ratio * float(np.percentile(mx, hi))
     vmin = ratio * float(np.percentile(mn, lo))
     try:
         return scale_from_bounds(vmin, vmax, mode=mode, remove_negative=remove_negative)
     except ValueError as err:
-        raise ValueError(f"{err} [from {mx.size} samples: vmax = {ratio:g} x P{_label(hi)} of "
-                         f"cam_max, vmin = {ratio:g} x P{_label(lo)} of cam_min]") from None
+        raise ValueError(f"{err} [from {mx.size} samples: vmax = {ratio:g} x "
+                         f"P{percentile_label(hi)} of cam_max, vmin = {ratio:g} x "
+                         f"P{percentile_label(lo)} of cam_min]") from None
 
 
 def apply_scale(L: Array, scale: Scale, *, clip: bool = False) -> Array:
@@ -234,18 +195,3 @@ def invert_scale(v: Array, scale: Scale) -> Array:
     if scale.mode == "tanh":
         return (jnp.arctanh(v) - scale.b) / scale.a
     raise ValueError(f"unknown scale mode {scale.mode!r}; use one of {MODES}")
-
-
-def minmax_per_image(L: Array, eps: float = 1e-7) -> Array:
-    """Per-image baseline: (L - min L) / (max L - min L + eps) per sample over its grid.
-
-    L: (B, *spatial), any number of spatial axes. A constant image maps to 0. For
-    comparison with the common scale only: it makes brightness incomparable across images.
-    """
-    L = jnp.asarray(L)
-    if L.ndim < 2:
-        raise ValueError(f"L must have shape (B, *spatial); got {L.shape}")
-    axes = tuple(range(1, L.ndim))
-    lo = jnp.min(L, axis=axes, keepdims=True)
-    hi = jnp.max(L, axis=axes, keepdims=True)
-    return (L - lo) / (hi - lo + eps)

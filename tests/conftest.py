@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import pytest
 from flax import nnx
 
@@ -47,7 +46,3 @@ def random_ag(key, shape, positive=True):
     a = jax.random.uniform(ka, shape) if positive else jax.random.normal(ka, shape)
     return a, jax.random.normal(kg, shape)
 
-
-@pytest.fixture(scope="session")
-def jnp_module():
-    return jnp

@@ -11,8 +11,7 @@ import scipy.ndimage
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from ifa_jax import cams, metrics
-from ifa_jax.explain import explain
+from ifa_jax import cams, explain, metrics
 from ifa_jax.models import ConvNet
 from ifa_jax.probe import linen_probe
 from tests import reference_metrics as ref

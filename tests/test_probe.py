@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ifa_jax.explain import explain
+from ifa_jax import explain
 from ifa_jax.models import ConvNet
 from ifa_jax.probe import linen_probe, nnx_probe
 
@@ -85,6 +85,21 @@ def test_several_layers_in_one_pass(mnist):
     assert set(both.activations) == {"conv1", "conv2"}
     assert both.activations["conv1"].shape == (4, 24, 24, 100)
     np.testing.assert_allclose(both.gradients["conv2"], only.gradients, rtol=1e-5, atol=1e-7)
+    # forward_activations: the logits and every layer's A from one plain forward pass
+    probe = linen_probe(model, ["conv1", "conv2"])
+    logits, acts = probe.forward_activations(variables, x)
+    np.testing.assert_allclose(logits, both.logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(acts["conv1"], both.activations["conv1"], rtol=1e-5, atol=1e-6)
+    # explain picks a layer of a multi-layer probe, and refuses a layer it does not tap
+    _, picked = explain(probe, variables, x, 1, layer="conv2")
+    np.testing.assert_allclose(picked.cam, explain(linen_probe(model, "conv2"), variables, x,
+                                                   1)[1].cam, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"this probe taps several layers \('conv1', 'conv2'\); "
+                                         "pass layer=..."):
+        explain(probe, variables, x, 1)
+    with pytest.raises(ValueError, match="layer 'conv1' is not tapped by this probe; tapped: "
+                                         r"\('conv2',\)"):
+        explain(linen_probe(model, "conv2"), variables, x, 1, layer="conv1")
 
 
 def test_nested_layer_by_name_and_path(nested):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ifa_jax import cams, decompose, diagnostics, metrics, scale
 from ifa_jax.consistency import LEVELS, consistency_levels, summarize_consistency
-from ifa_jax.explain import explain
+from ifa_jax.explaining import explain
 from ifa_jax.runner.stages import RunContext
 
 Numbers = dict[str, Any]

@@ -16,7 +16,7 @@ import numpy as np
 
 from ifa_jax import cams, io, plots, scale
 from ifa_jax.consistency import LEVELS
-from ifa_jax.explain import explain
+from ifa_jax.explaining import explain
 from ifa_jax.runner.evaluations import Evaluation
 from ifa_jax.runner.stages import RunContext
 

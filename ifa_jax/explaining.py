@@ -1,7 +1,9 @@
 """One call from a probe to a CAM: probe the layer, then apply any CAM method.
 
+:func:`explain` (exported as ``ifa_jax.explain``) probes ``x`` and computes one CAM.
 Gradient methods reuse the probe's A and G; ScoreCAM and AblationCAM add their batched
-forward passes (see :mod:`ifa_jax.cams`). Everything after the probe runs under ``jit``.
+forward passes (:func:`forward_weights`, also used by :mod:`ifa_jax.analysis`; see
+:mod:`ifa_jax.cams`). Everything after the probe runs under ``jit``.
 """
 
 from __future__ import annotations
@@ -10,19 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from ifa_jax import cams
+from ifa_jax._checks import pick_layer
 from ifa_jax.probe import LayerProbe, ProbeResult, Target, target_scores
 
 Array = jax.Array
-
-
-def _pick(tree, layer: str | None, probe: LayerProbe):
-    if not isinstance(tree, dict):
-        return tree
-    if layer is None:
-        raise ValueError(f"this probe taps several layers {probe.layers}; pass layer=...")
-    if layer not in tree:
-        raise ValueError(f"layer {layer!r} is not tapped by this probe; tapped: {probe.layers}")
-    return tree[layer]
 
 
 def _scorer(target_fn, score):
@@ -71,16 +64,19 @@ def explain(probe: LayerProbe, variables, x: Array, target: Target = "predicted"
 
     x: (B, *spatial_in, C). The CAM result's ``cam`` is on the layer's grid; use
     :func:`ifa_jax.cams.upsample` for the input grid. ``mask`` (K,) or (B, K) keeps a
-    subset of channels. ``layer`` picks one layer of a multi-layer probe.
+    subset of channels. ``layer`` picks one layer of a multi-layer probe (it must be one
+    of ``probe.layers``; None for a one-layer probe).
     """
     method = cams.canonical_method(method)
+    layer = pick_layer(probe.layers, layer)
     result = probe(variables, x, target, score=score)
-    A = _pick(result.activations, layer, probe)
-    G = _pick(result.gradients, layer, probe)
+    A, G = result.activations, result.gradients
+    if isinstance(A, dict):
+        A, G = A[layer], G[layer]
     weights = None
     if method in cams.FORWARD_METHODS:
         weights = _forward_weights(probe, variables, jnp.asarray(x), A, result, method,
-                                   layer=layer or probe.layers[0],
+                                   layer=layer,
                                    target_fn=callable_target(target), score=score,
                                    chunk_size=chunk_size)
     return result, _cam(A, G, method, mask, weights=weights)

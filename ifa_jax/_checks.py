@@ -1,0 +1,125 @@
+"""Input checks shared by the modules of ifa_jax, each written once with one message.
+
+Private: the public functions of the other modules call these. Only NumPy and JAX are
+imported here, so every module may use them (the bottom layer of ``tools/import_graph.py``).
+
+Names: ``valid`` is the padding flag of a batch row (False for padding or masked-out
+rows); ``mask`` is always a channel mask (1 keeps a channel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_traced(*arrays: Any) -> bool:
+    """True when any of ``arrays`` is a tracer (inside ``jit``/``vmap``/``grad``): its
+    values are unknown, so value checks must be skipped."""
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def one_of(what: str, value: Any, options: Sequence[Any]) -> None:
+    """Raise unless ``value`` is one of ``options`` (e.g. ``one_of('score', s, SCORES)``)."""
+    if value not in options:
+        raise ValueError(f"{what} {value!r} is not one of {tuple(options)}")
+
+
+def per_sample_values(values: Any, name: str) -> np.ndarray:
+    """A finite, non-empty 1-D float64 array (N,) of per-sample values, or a ValueError
+    that names the problem and its fix. Booleans count as 0/1."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array (N,); got shape {arr.shape}. "
+                         "Flatten it or pass one value per sample.")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty; pass at least one value per sample (was any "
+                         "sample analysed?)")
+    if arr.dtype == bool or np.issubdtype(arr.dtype, np.number):
+        arr = arr.astype(np.float64)
+    else:
+        try:  # an object array of numbers converts; strings and the like do not
+            arr = arr.astype(np.float64) if arr.dtype == object else None
+        except (TypeError, ValueError):
+            arr = None
+        if arr is None:
+            raise ValueError(f"{name} must be numeric; got dtype {np.asarray(values).dtype}")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise ValueError(f"{name} has {bad.size} non-finite value(s) (first at index "
+                         f"{bad[0]}: {arr[bad[0]]}); drop those samples (e.g. "
+                         "values[np.isfinite(values)]) or fix them")
+    return arr
+
+
+def index_targets(target: Any, batch: int) -> jax.Array:
+    """Output indices (batch,) int32 from an int or an int array (batch,)."""
+    t = jnp.asarray(target)
+    if not jnp.issubdtype(t.dtype, jnp.integer):
+        raise ValueError(f"target must be integer class indices (an int or ({batch},)); "
+                         f"got dtype {t.dtype}")
+    if t.ndim == 0:
+        t = jnp.full((batch,), t)
+    if t.shape != (batch,):
+        raise ValueError(f"target has shape {t.shape} but the batch has {batch} samples; "
+                         f"pass one index per sample, shape ({batch},), or a single int")
+    return t.astype(jnp.int32)
+
+
+def pick_layer(layers: Sequence[str], layer: str | None) -> str:
+    """The one layer of ``layers`` (a probe's tapped layers) that ``layer`` names; None
+    picks the only layer of a one-layer probe."""
+    if layer is None:
+        if len(layers) != 1:
+            raise ValueError(f"this probe taps several layers {tuple(layers)}; pass "
+                             "layer=...")
+        return layers[0]
+    if layer not in layers:
+        raise ValueError(f"layer {layer!r} is not tapped by this probe; tapped: "
+                         f"{tuple(layers)}")
+    return layer
+
+
+def pad_batch(x: Any, y: Any, valid: Any, size: int, i: int, *, size_from: str,
+              fix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batch ``i``: x (n, ...), y (n,) or (n, 1), valid (n,) or None -> the three padded
+    to ``size`` rows (padding has valid=False). When n > size the error says where
+    ``size`` comes from (``size_from``, e.g. "the first batch's size") and ``fix``.
+
+    Rows with valid=False (given or padding) are zeroed, so nothing a masked row holds
+    (NaN, an out-of-range label) reaches the model or the statistics.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"batch {i}: labels have shape {y.shape}; give one label per sample, "
+                         "shape (B,) or (B, 1)")
+    n = len(y)
+    valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    if valid.shape != (n,) or len(x) != n:
+        raise ValueError(f"batch {i}: x has {len(x)} rows, y {n} and valid shape "
+                         f"{valid.shape}; give all three for the same B samples")
+    if not valid.all():
+        x = np.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, np.zeros((), x.dtype))
+        y = np.where(valid, y, np.zeros((), y.dtype))
+    if n > size:
+        raise ValueError(f"batch {i} has {n} samples, more than {size_from} {size}; {fix}")
+    if n == size:
+        return x, y, valid
+    pad = size - n
+    return (np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]),
+            np.concatenate([y, np.zeros(pad, y.dtype)]),
+            np.concatenate([valid, np.zeros(pad, bool)]))
+
+
+def label_range(y: np.ndarray, valid: np.ndarray, n: int, i: int, fix: str) -> None:
+    """Raise when a valid label of batch ``i`` is outside [0, n); ``fix`` says what to do."""
+    yv = y[valid]
+    if yv.size and (yv.min() < 0 or yv.max() >= n):
+        bad = int(yv.min() if yv.min() < 0 else yv.max())
+        raise ValueError(f"batch {i}: label {bad} is outside [0, {n}); {fix}")

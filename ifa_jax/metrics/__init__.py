@@ -1,0 +1,93 @@
+"""Evaluation of CAMs and feature subsets (docs/method.md section 6).
+
+Pure functions on arrays (host NumPy, float64) for the statistics, and batched, jitted
+functions where the model is run. One module per concern, all re-exported here
+(``from ifa_jax import metrics; metrics.pearson(...)``):
+
+* :mod:`~ifa_jax.metrics.correlation`: :func:`pearson`, :func:`spearman`,
+  :func:`consistency` between a CAM's activation level (:func:`activation_level`) and the
+  target score; :func:`auroc`.
+* :mod:`~ifa_jax.metrics.confidence` (runs the model): :func:`confidence_scores` /
+  :func:`drop_increase` / :func:`confidence_change` (average drop and increase in
+  confidence, Chattopadhyay et al. 2018) and :func:`model_scorer`.
+* :mod:`~ifa_jax.metrics.insertion_deletion` (runs the model): :func:`insertion_deletion`
+  curves and AUCs (Petsiuk et al. 2018), windows of any spatial rank ranked by saliency,
+  every step of an image in one forward batch.
+* :mod:`~ifa_jax.metrics.subsets` (runs the model): :func:`subset_accuracy` /
+  :func:`subset_accuracy_curve`: accuracy when only selected channels at the layer are
+  kept.
+* sanity check (Adebayo et al. 2018): :func:`cascading_randomization`
+  (:mod:`~ifa_jax.metrics.randomization`), :func:`rank_correlation` and :func:`ssim`
+  (:mod:`~ifa_jax.metrics.similarity`).
+
+Undefined statistics (too few samples, a constant input, a single class) are ``None`` with
+a ``reason`` string, never NaN. Bad inputs raise ``ValueError`` naming the values and the fix.
+
+Score functions for the confidence and insertion/deletion metrics have the signature
+``score_fn(x (N, *in, C), target (N,) int) -> (N,)``: the target travels with each row
+because insertion/deletion stacks many steps of many images in one batch.
+:func:`model_scorer` builds one from a probe; passing the same object again reuses the
+compiled computation (it is a :class:`jax.tree_util.Partial`, so the model variables are
+arguments of the jitted function, not constants baked into it).
+"""
+
+from ifa_jax.metrics.confidence import (
+    ScoreFn,
+    confidence_change,
+    confidence_scores,
+    drop_increase,
+    model_scorer,
+)
+from ifa_jax.metrics.correlation import (
+    MIN_SAMPLES,
+    activation_level,
+    auroc,
+    consistency,
+    pearson,
+    rankdata,
+    spearman,
+)
+from ifa_jax.metrics.insertion_deletion import (
+    BASELINES,
+    InsertionDeletion,
+    blur,
+    curve_auc,
+    insertion_deletion,
+    window_ids,
+)
+from ifa_jax.metrics.randomization import cascading_randomization
+from ifa_jax.metrics.similarity import rank_correlation, ssim
+from ifa_jax.metrics.subsets import (
+    DEFAULT_RATIOS,
+    ROW_MODES,
+    subset_accuracy,
+    subset_accuracy_curve,
+)
+
+__all__ = [
+    "BASELINES",
+    "DEFAULT_RATIOS",
+    "MIN_SAMPLES",
+    "ROW_MODES",
+    "InsertionDeletion",
+    "ScoreFn",
+    "activation_level",
+    "auroc",
+    "blur",
+    "cascading_randomization",
+    "confidence_change",
+    "confidence_scores",
+    "consistency",
+    "curve_auc",
+    "drop_increase",
+    "insertion_deletion",
+    "model_scorer",
+    "pearson",
+    "rank_correlation",
+    "rankdata",
+    "spearman",
+    "ssim",
+    "subset_accuracy",
+    "subset_accuracy_curve",
+    "window_ids",
+]

@@ -1,0 +1,139 @@
+"""Average drop and increase in confidence (Chattopadhyay et al. 2018), and the score
+functions the model-running metrics share.
+
+A score function has the signature ``score_fn(x (N, *in, C), target (N,) int) -> (N,)``:
+the target travels with each row because insertion/deletion stacks many steps of many
+images in one batch. :func:`model_scorer` builds one from a probe; passing the same object
+again reuses the compiled computation (it is a :class:`jax.tree_util.Partial`, so the
+model variables are arguments of the jitted function, not constants baked into it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import Partial
+
+from ifa_jax._checks import index_targets, is_traced, one_of
+from ifa_jax.metrics.correlation import _pair
+from ifa_jax.probe import SCORES, LayerProbe, target_scores
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array], Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProbeScore:
+    """Hashable callable (variables, x, target) -> (N,): the probe's target score."""
+
+    probe: LayerProbe
+    score: str
+
+    def __call__(self, variables, x, target):
+        return target_scores(self.probe.forward(variables, x), target, self.score)
+
+
+def model_scorer(probe: LayerProbe, variables, score: str = "probability") -> Partial:
+    """``score_fn(x, target) -> (N,)``: the model's probability (or logit) of ``target``.
+
+    A :class:`jax.tree_util.Partial` over ``variables``: the same probe and score reuse
+    one compiled computation for any variables of the same structure.
+    """
+    one_of("score", score, SCORES)
+    return Partial(_ProbeScore(probe, score), variables)
+
+
+def _as_scorer(score_fn: Any) -> Partial:
+    if isinstance(score_fn, Partial):
+        return score_fn
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be callable (x, target) -> (N,); got "
+                        f"{type(score_fn).__name__}")
+    return Partial(score_fn)
+
+
+def _check_inputs(x: Any, saliency: Any) -> tuple[Array, Array]:
+    x, saliency = jnp.asarray(x), jnp.asarray(saliency)
+    if not 3 <= x.ndim <= 5:
+        raise ValueError(f"inputs x must have shape (B, *spatial, C) with 1-3 spatial axes; "
+                         f"got {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("inputs x are empty (batch of 0); pass at least one sample")
+    if saliency.shape != x.shape[:-1]:
+        raise ValueError(
+            f"saliency has shape {saliency.shape} but the inputs {x.shape} need "
+            f"{x.shape[:-1]} (B, *spatial) on the input grid; resize CAMs with "
+            f"ifa_jax.cams.upsample(cam, {tuple(x.shape[1:-1])})")
+    lo, hi = float(jnp.min(saliency)), float(jnp.max(saliency))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("saliency has non-finite values; fix the CAMs or their scale")
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"saliency must lie in [0, 1]; got min {lo:.4g}, max {hi:.4g}. "
+                         "Rescale it (common scale or per-image min-max) and clip to [0, 1].")
+    return x, jnp.clip(saliency, 0.0, 1.0).astype(x.dtype)
+
+
+def _check_scores(name: str, y: Array, expected: tuple[int, ...] | None = None) -> None:
+    """Scores ``y`` of the rows ``name``: shape ``expected`` (when given), and (outside
+    ``jit``, where the values are known) finite."""
+    if expected is not None and y.shape != expected:
+        raise ValueError(f"score_fn must return one score per row, shape {expected}; "
+                         f"got {y.shape} ({name})")
+    if is_traced(y):
+        return
+    bad = int(jnp.size(y) - jnp.sum(jnp.isfinite(y)))
+    if bad:
+        raise FloatingPointError(f"score_fn returned {bad} non-finite score(s) ({name}); "
+                                 "check the model, the inputs and the baseline")
+
+
+@jax.jit
+def _confidence_core(score_fn, x, saliency, target):
+    both = jnp.concatenate([x, x * saliency[..., None]])
+    return score_fn(both, jnp.concatenate([target, target]))
+
+
+def confidence_scores(score_fn: ScoreFn, x: Array, saliency: Array,
+                      target: Any) -> tuple[Array, Array]:
+    """Target scores of the inputs and of the inputs masked by their saliency.
+
+    x: (B, *in, C); saliency: (B, *in) in [0, 1] on the input grid; target: int or (B,).
+    Masked input = ``x * saliency[..., None]``. One jitted forward of 2B rows.
+    Returns (y (B,), y_masked (B,)).
+    """
+    x, saliency = _check_inputs(x, saliency)
+    B = x.shape[0]
+    y = _confidence_core(_as_scorer(score_fn), x, saliency, index_targets(target, B))
+    _check_scores("unmasked and masked inputs", y, (2 * B,))
+    return y[:B], y[B:]
+
+
+def drop_increase(y: Any, y_masked: Any) -> dict[str, Any]:
+    """Average drop and increase in confidence (Chattopadhyay et al. 2018), in percent.
+
+    drop = mean(max(0, y - y_masked) / y) * 100; increase = mean(y_masked > y) * 100.
+    y must be positive (use probabilities). Concatenate y over batches before calling, so
+    the averages are over samples. Returns {'average_drop', 'average_increase', 'n'}.
+    """
+    y, ym = _pair(("y", "y_masked"), y, y_masked)
+    bad = np.flatnonzero(y <= 0)
+    if bad.size:
+        raise ValueError(
+            f"average drop divides by the unmasked score y, but y <= 0 for {bad.size} "
+            f"sample(s) (first at index {bad[0]}: {y[bad[0]]:.4g}); use positive scores, "
+            "e.g. probabilities (score='probability')")
+    drop = np.maximum(0.0, y - ym) / y
+    return {"average_drop": float(drop.mean() * 100), "average_increase":
+            float(np.mean(ym > y) * 100), "n": int(y.size)}
+
+
+def confidence_change(score_fn: ScoreFn, x: Array, saliency: Array,
+                      target: Any) -> dict[str, Any]:
+    """:func:`drop_increase` of :func:`confidence_scores` for one batch."""
+    y, ym = confidence_scores(score_fn, x, saliency, target)
+    return drop_increase(np.asarray(y), np.asarray(ym))
