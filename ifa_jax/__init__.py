@@ -1,11 +1,20 @@
 """ifa_jax: integrated feature analysis and class activation maps for JAX/Flax models."""
 
-from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, plots, scale
+import importlib
+
+from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, scale
 from ifa_jax.cams import METHODS, CamResult, cam, upsample
 from ifa_jax.explaining import explain
 from ifa_jax.probe import LayerProbe, ProbeResult, linen_layers, linen_probe, nnx_probe
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # plots needs matplotlib (the `plots` extra): imported on first use, not with ifa_jax.
+    if name == "plots":
+        return importlib.import_module("ifa_jax.plots")
+    raise AttributeError(f"module 'ifa_jax' has no attribute {name!r}")
 
 __all__ = [
     "METHODS",

@@ -9,6 +9,7 @@ rows); ``mask`` is always a channel mask (1 keeps a channel).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -123,3 +124,12 @@ def label_range(y: np.ndarray, valid: np.ndarray, n: int, i: int, fix: str) -> N
     if yv.size and (yv.min() < 0 or yv.max() >= n):
         bad = int(yv.min() if yv.min() < 0 else yv.max())
         raise ValueError(f"batch {i}: label {bad} is outside [0, {n}); {fix}")
+
+
+def require(module: str, extra: str, what: str):
+    """Import an optional dependency, or say which extra of ifa_jax installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{what} needs {module.split('.')[0]}, which is not installed; "
+                          f"pip install 'ifa_jax[{extra}]'") from e

