@@ -50,13 +50,13 @@ def one_size(n: int, batch: int) -> dict:
     variables = model.init(jax.random.key(0), splits.train.x[:1])
     probe = linen_probe(model, "conv2")
     start = time.perf_counter()
-    result = analysis.analyze(probe, variables, data.batches(source, batch), num_classes=10,
-                              count="all", progress=False)
+    result = analysis.analyze(
+        probe, variables, data.batches(source, batch), num_classes=10, count="all", progress=False
+    )
     seconds = time.perf_counter() - start
     assert result.summary.seen == n
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"samples": n, "peak_rss_mib": peak_mib, "seconds": seconds,
-            "images_per_s": n / seconds}
+    return {"samples": n, "peak_rss_mib": peak_mib, "seconds": seconds, "images_per_s": n / seconds}
 
 
 def main(argv=None):
@@ -70,15 +70,28 @@ def main(argv=None):
         return
     rows = []
     for n in args.sizes:
-        out = subprocess.run([sys.executable, "-m", "experiments.bench_memory", "--one", str(n),
-                              "--batch", str(args.batch)], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "experiments.bench_memory",
+                "--one",
+                str(n),
+                "--batch",
+                str(args.batch),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = rows[0]["peak_rss_mib"]
     print(f"{'samples':>8} {'peak RSS MiB':>13} {'ratio':>6} {'img/s':>8}")
     for r in rows:
-        print(f"{r['samples']:>8} {r['peak_rss_mib']:>13.1f} {r['peak_rss_mib'] / base:>6.3f} "
-              f"{r['images_per_s']:>8.0f}")
+        print(
+            f"{r['samples']:>8} {r['peak_rss_mib']:>13.1f} {r['peak_rss_mib'] / base:>6.3f} "
+            f"{r['images_per_s']:>8.0f}"
+        )
 
 
 if __name__ == "__main__":

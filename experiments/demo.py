@@ -16,5 +16,4 @@ from experiments import run
 CONFIG = os.path.join(os.path.dirname(__file__), "configs", "mnist.py")
 
 if __name__ == "__main__":
-    sys.exit(run.main(["--config", CONFIG, "--out", os.path.join("runs", "mnist"),
-                       *sys.argv[1:]]))
+    sys.exit(run.main(["--config", CONFIG, "--out", os.path.join("runs", "mnist"), *sys.argv[1:]]))

@@ -24,10 +24,12 @@ from ifa_jax.data import load_mnist_embedded, load_sklearn_digits
 from ifa_jax.models import ConvNet, MnistCNN
 from ifa_jax.train import TrainConfig, train
 
-MNIST_CONFIG = TrainConfig(epochs=8, batch_size=128, lr=1e-3, weight_decay=1e-4,
-                           warmup_epochs=0.5, seed=0)
-DIGITS_CONFIG = TrainConfig(epochs=30, batch_size=64, lr=3e-3, weight_decay=1e-4,
-                            warmup_epochs=1.0, seed=0)
+MNIST_CONFIG = TrainConfig(
+    epochs=8, batch_size=128, lr=1e-3, weight_decay=1e-4, warmup_epochs=0.5, seed=0
+)
+DIGITS_CONFIG = TrainConfig(
+    epochs=30, batch_size=64, lr=3e-3, weight_decay=1e-4, warmup_epochs=1.0, seed=0
+)
 TARGETS = {"mnist": (0.97, 180.0), "digits": (0.95, None)}
 
 
@@ -36,44 +38,62 @@ def run(name: str, model, splits, config: TrainConfig, checkpoint_dir: str | Non
     start = time.perf_counter()
 
     def report(epoch: int, m: dict[str, float]) -> None:
-        print(f"[{name}] epoch {epoch:2d}  train_loss {m['train_loss']:.4f}  "
-              f"val_acc {m['val_accuracy']:.4f}  ({time.perf_counter() - start:.1f} s)",
-              flush=True)
+        print(
+            f"[{name}] epoch {epoch:2d}  train_loss {m['train_loss']:.4f}  "
+            f"val_acc {m['val_accuracy']:.4f}  ({time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
 
     ckpt = os.path.join(checkpoint_dir, f"{name}.msgpack") if checkpoint_dir else None
-    _, history = train(model, splits.train, splits.validation, config,
-                       checkpoint_path=ckpt, callback=report)
+    _, history = train(
+        model, splits.train, splits.validation, config, checkpoint_path=ckpt, callback=report
+    )
     wall = time.perf_counter() - start
     best = max(history.val_accuracy)
     min_acc, max_s = TARGETS[name]
     ok = best >= min_acc and (max_s is None or wall <= max_s)
     budget = f" and <= {max_s:.0f} s" if max_s else ""
-    print(f"[{name}] best val_acc {best:.4f} (epoch {history.best_epoch}), wall {wall:.1f} s; "
-          f"target >= {min_acc:.2f}{budget}: {'OK' if ok else 'MISSED'}", flush=True)
+    print(
+        f"[{name}] best val_acc {best:.4f} (epoch {history.best_epoch}), wall {wall:.1f} s; "
+        f"target >= {min_acc:.2f}{budget}: {'OK' if ok else 'MISSED'}",
+        flush=True,
+    )
     return ok
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=MNIST_CONFIG.epochs,
-                        help="epochs for the MNIST model")
+    parser.add_argument(
+        "--epochs", type=int, default=MNIST_CONFIG.epochs, help="epochs for the MNIST model"
+    )
     parser.add_argument("--no-digits", action="store_true", help="skip the sklearn digits run")
-    parser.add_argument("--checkpoint-dir", default=None,
-                        help="save the best variables of each model there (msgpack)")
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="save the best variables of each model there (msgpack)",
+    )
     parser.add_argument("--progress", action="store_true", help="show tqdm progress bars")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     mnist = load_mnist_embedded()
-    print(f"[mnist] data: train {mnist.train.x.shape}, validation {mnist.validation.x.shape} "
-          f"({time.perf_counter() - start:.1f} s)", flush=True)
+    print(
+        f"[mnist] data: train {mnist.train.x.shape}, validation {mnist.validation.x.shape} "
+        f"({time.perf_counter() - start:.1f} s)",
+        flush=True,
+    )
     cfg = dataclasses.replace(MNIST_CONFIG, epochs=args.epochs, progress=args.progress)
     ok = run("mnist", MnistCNN(), mnist, cfg, args.checkpoint_dir)
     if not args.no_digits:
         digits = load_sklearn_digits()
         cfg = dataclasses.replace(DIGITS_CONFIG, progress=args.progress)
-        ok &= run("digits", ConvNet(features=(32, 64, 128), num_classes=10), digits, cfg,
-                  args.checkpoint_dir)
+        ok &= run(
+            "digits",
+            ConvNet(features=(32, 64, 128), num_classes=10),
+            digits,
+            cfg,
+            args.checkpoint_dir,
+        )
     print(f"total wall time {time.perf_counter() - start:.1f} s", flush=True)
     return 0 if ok else 1
 

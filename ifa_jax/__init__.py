@@ -16,6 +16,7 @@ def __getattr__(name: str):
         return importlib.import_module("ifa_jax.plots")
     raise AttributeError(f"module 'ifa_jax' has no attribute {name!r}")
 
+
 __all__ = [
     "METHODS",
     "CamResult",

@@ -35,11 +35,14 @@ def per_sample_values(values: Any, name: str) -> np.ndarray:
     that names the problem and its fix. Booleans count as 0/1."""
     arr = np.asarray(values)
     if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array (N,); got shape {arr.shape}. "
-                         "Flatten it or pass one value per sample.")
+        raise ValueError(
+            f"{name} must be a 1-D array (N,); got shape {arr.shape}. "
+            "Flatten it or pass one value per sample."
+        )
     if arr.size == 0:
-        raise ValueError(f"{name} is empty; pass at least one value per sample (was any "
-                         "sample analysed?)")
+        raise ValueError(
+            f"{name} is empty; pass at least one value per sample (was any sample analysed?)"
+        )
     if arr.dtype == bool or np.issubdtype(arr.dtype, np.number):
         arr = arr.astype(np.float64)
     else:
@@ -51,9 +54,11 @@ def per_sample_values(values: Any, name: str) -> np.ndarray:
             raise ValueError(f"{name} must be numeric; got dtype {np.asarray(values).dtype}")
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
-        raise ValueError(f"{name} has {bad.size} non-finite value(s) (first at index "
-                         f"{bad[0]}: {arr[bad[0]]}); drop those samples (e.g. "
-                         "values[np.isfinite(values)]) or fix them")
+        raise ValueError(
+            f"{name} has {bad.size} non-finite value(s) (first at index "
+            f"{bad[0]}: {arr[bad[0]]}); drop those samples (e.g. "
+            "values[np.isfinite(values)]) or fix them"
+        )
     return arr
 
 
@@ -61,13 +66,16 @@ def index_targets(target: Any, batch: int) -> jax.Array:
     """Output indices (batch,) int32 from an int or an int array (batch,)."""
     t = jnp.asarray(target)
     if not jnp.issubdtype(t.dtype, jnp.integer):
-        raise ValueError(f"target must be integer class indices (an int or ({batch},)); "
-                         f"got dtype {t.dtype}")
+        raise ValueError(
+            f"target must be integer class indices (an int or ({batch},)); got dtype {t.dtype}"
+        )
     if t.ndim == 0:
         t = jnp.full((batch,), t)
     if t.shape != (batch,):
-        raise ValueError(f"target has shape {t.shape} but the batch has {batch} samples; "
-                         f"pass one index per sample, shape ({batch},), or a single int")
+        raise ValueError(
+            f"target has shape {t.shape} but the batch has {batch} samples; "
+            f"pass one index per sample, shape ({batch},), or a single int"
+        )
     return t.astype(jnp.int32)
 
 
@@ -76,17 +84,16 @@ def pick_layer(layers: Sequence[str], layer: str | None) -> str:
     picks the only layer of a one-layer probe."""
     if layer is None:
         if len(layers) != 1:
-            raise ValueError(f"this probe taps several layers {tuple(layers)}; pass "
-                             "layer=...")
+            raise ValueError(f"this probe taps several layers {tuple(layers)}; pass layer=...")
         return layers[0]
     if layer not in layers:
-        raise ValueError(f"layer {layer!r} is not tapped by this probe; tapped: "
-                         f"{tuple(layers)}")
+        raise ValueError(f"layer {layer!r} is not tapped by this probe; tapped: {tuple(layers)}")
     return layer
 
 
-def pad_batch(x: Any, y: Any, valid: Any, size: int, i: int, *, size_from: str,
-              fix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pad_batch(
+    x: Any, y: Any, valid: Any, size: int, i: int, *, size_from: str, fix: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batch ``i``: x (n, ...), y (n,) or (n, 1), valid (n,) or None -> the three padded
     to ``size`` rows (padding has valid=False). When n > size the error says where
     ``size`` comes from (``size_from``, e.g. "the first batch's size") and ``fix``.
@@ -98,13 +105,17 @@ def pad_batch(x: Any, y: Any, valid: Any, size: int, i: int, *, size_from: str,
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise ValueError(f"batch {i}: labels have shape {y.shape}; give one label per sample, "
-                         "shape (B,) or (B, 1)")
+        raise ValueError(
+            f"batch {i}: labels have shape {y.shape}; give one label per sample, "
+            "shape (B,) or (B, 1)"
+        )
     n = len(y)
     valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
     if valid.shape != (n,) or len(x) != n:
-        raise ValueError(f"batch {i}: x has {len(x)} rows, y {n} and valid shape "
-                         f"{valid.shape}; give all three for the same B samples")
+        raise ValueError(
+            f"batch {i}: x has {len(x)} rows, y {n} and valid shape "
+            f"{valid.shape}; give all three for the same B samples"
+        )
     if not valid.all():
         x = np.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, np.zeros((), x.dtype))
         y = np.where(valid, y, np.zeros((), y.dtype))
@@ -113,9 +124,11 @@ def pad_batch(x: Any, y: Any, valid: Any, size: int, i: int, *, size_from: str,
     if n == size:
         return x, y, valid
     pad = size - n
-    return (np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]),
-            np.concatenate([y, np.zeros(pad, y.dtype)]),
-            np.concatenate([valid, np.zeros(pad, bool)]))
+    return (
+        np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]),
+        np.concatenate([y, np.zeros(pad, y.dtype)]),
+        np.concatenate([valid, np.zeros(pad, bool)]),
+    )
 
 
 def label_range(y: np.ndarray, valid: np.ndarray, n: int, i: int, fix: str) -> None:
@@ -131,5 +144,7 @@ def require(module: str, extra: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(f"{what} needs {module.split('.')[0]}, which is not installed; "
-                          f"pip install 'ifa_jax[{extra}]'") from e
+        raise ImportError(
+            f"{what} needs {module.split('.')[0]}, which is not installed; "
+            f"pip install 'ifa_jax[{extra}]'"
+        ) from e

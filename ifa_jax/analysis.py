@@ -89,13 +89,18 @@ class PerSample(NamedTuple):
 def init(num_classes: int, num_channels: int, spatial: tuple[int, ...]) -> Stats:
     """An empty state."""
     if num_classes < 1 or num_channels < 1:
-        raise ValueError(f"need num_classes >= 1 and num_channels >= 1; got {num_classes}, "
-                         f"{num_channels}")
+        raise ValueError(
+            f"need num_classes >= 1 and num_channels >= 1; got {num_classes}, {num_channels}"
+        )
     f = jnp.float32
-    return Stats(jnp.zeros(num_classes, f), jnp.zeros((num_classes, num_channels), f),
-                 jnp.zeros((num_classes, num_channels), f),
-                 jnp.zeros((num_channels, num_channels), f),
-                 jnp.zeros((num_classes, *spatial), f), jnp.zeros((), f))
+    return Stats(
+        jnp.zeros(num_classes, f),
+        jnp.zeros((num_classes, num_channels), f),
+        jnp.zeros((num_classes, num_channels), f),
+        jnp.zeros((num_channels, num_channels), f),
+        jnp.zeros((num_classes, *spatial), f),
+        jnp.zeros((), f),
+    )
 
 
 def _safe_div(a, n):
@@ -127,11 +132,13 @@ def from_batch(batch: BatchStats, num_classes: int) -> Stats:
 def _check_mergeable(a: Stats, b: Stats) -> None:
     """Shapes are static (also under jit): refuse states of different C, K or grid."""
     for what, sa, sb, fix in (
-            ("classes", a.count.shape, b.count.shape, "built with the same num_classes"),
-            ("channels", a.mean.shape[-1:], b.mean.shape[-1:], "of the same layer")):
+        ("classes", a.count.shape, b.count.shape, "built with the same num_classes"),
+        ("channels", a.mean.shape[-1:], b.mean.shape[-1:], "of the same layer"),
+    ):
         if sa != sb:
-            raise ValueError(f"cannot merge: a has {sa[0]} {what}, b has {sb[0]}; merge "
-                             f"states {fix}")
+            raise ValueError(
+                f"cannot merge: a has {sa[0]} {what}, b has {sb[0]}; merge states {fix}"
+            )
     ga, gb = tuple(a.cam_mean.shape[1:]), tuple(b.cam_mean.shape[1:])
     if ga != gb:
         raise ValueError(
@@ -192,6 +199,7 @@ class Summary(NamedTuple):
 
     @property
     def missing_classes(self) -> tuple[int, ...]:
+        """Classes with no counted sample (their rows are NaN)."""
         return tuple(int(c) for c in np.flatnonzero(~self.present))
 
 
@@ -208,22 +216,41 @@ def finalize(state: Stats) -> Summary:
     mean = np.asarray(state.mean, np.float64)
     im_all = (count @ mean) / total
     im_class = np.where(present[:, None], mean, np.nan)
-    im_var = np.where(present[:, None], np.asarray(state.m2) / np.maximum(count, 1)[:, None],
-                      np.nan)
+    im_var = np.where(
+        present[:, None], np.asarray(state.m2) / np.maximum(count, 1)[:, None], np.nan
+    )
     cam_mean = np.asarray(state.cam_mean, np.float64)
     cam_mean = np.where(present.reshape((-1,) + (1,) * (cam_mean.ndim - 1)), cam_mean, np.nan)
-    return Summary(im_all, im_class, im_class - im_all, im_var,
-                   np.asarray(state.comoment, np.float64) / total, cam_mean, count, present,
-                   int(state.seen))
+    return Summary(
+        im_all,
+        im_class,
+        im_class - im_all,
+        im_var,
+        np.asarray(state.comoment, np.float64) / total,
+        cam_mean,
+        count,
+        present,
+        int(state.seen),
+    )
 
 
 # --------------------------------------------------------------------------- the pass
 
 
-def batch_stats(probe: LayerProbe, variables, x: Array, y: Array, valid: Array, *,
-                method: str | tuple[str, ...] = "gradcam", target: Any = "label",
-                score: str = "logit", count: str = "correct", chunk_size: int = 16,
-                keep_importance: bool = False):
+def batch_stats(
+    probe: LayerProbe,
+    variables,
+    x: Array,
+    y: Array,
+    valid: Array,
+    *,
+    method: str | tuple[str, ...] = "gradcam",
+    target: Any = "label",
+    score: str = "logit",
+    count: str = "correct",
+    chunk_size: int = 16,
+    keep_importance: bool = False,
+):
     """Probe one batch and reduce it to the statistics' inputs. Traceable (jit it).
 
     target: ``'label'`` (default: explain the ground truth, which for counted samples is
@@ -239,35 +266,90 @@ def batch_stats(probe: LayerProbe, variables, x: Array, y: Array, valid: Array, 
     prediction = jnp.argmax(result.logits, -1).astype(jnp.int32)
     valid = valid.astype(bool)
     counted = valid & (prediction == y) if count == "correct" else valid
-    finite = (jnp.isfinite(A).all(axis=tuple(range(1, A.ndim)))
-              & jnp.isfinite(G).all(axis=tuple(range(1, G.ndim))))
+    finite = jnp.isfinite(A).all(axis=tuple(range(1, A.ndim))) & jnp.isfinite(G).all(
+        axis=tuple(range(1, G.ndim))
+    )
     labels = y.astype(jnp.int32)
     pairs = []
     for m in methods:
-        weights = forward_weights(probe, variables, x, A, result, m, layer=probe.layers[0],
-                                  target_fn=callable_target(target), score=score,
-                                  chunk_size=chunk_size)
+        weights = forward_weights(
+            probe,
+            variables,
+            x,
+            A,
+            result,
+            m,
+            layer=probe.layers[0],
+            target_fn=callable_target(target),
+            score=score,
+            chunk_size=chunk_size,
+        )
         out = cams.cam(A, G, m, weights=weights)
-        pairs.append((BatchStats(out.importance, out.cam, labels, counted, valid),
-                      PerSample(out.max, out.min, result.score, labels, prediction, counted,
-                                valid, valid & ~finite,
-                                out.importance if keep_importance else None)))
+        pairs.append(
+            (
+                BatchStats(out.importance, out.cam, labels, counted, valid),
+                PerSample(
+                    out.max,
+                    out.min,
+                    result.score,
+                    labels,
+                    prediction,
+                    counted,
+                    valid,
+                    valid & ~finite,
+                    out.importance if keep_importance else None,
+                ),
+            )
+        )
     return pairs[0] if isinstance(method, str) else tuple(pairs)
 
 
-@functools.partial(jax.jit, static_argnames=("probe", "method", "target", "score", "count",
-                                             "chunk_size", "num_classes", "keep_importance"))
-def analysis_step(state, probe: LayerProbe, variables, x: Array, y: Array, valid: Array,
-                  *, num_classes: int, method: str | tuple[str, ...] = "gradcam",
-                  target: Any = "label", score: str = "logit", count: str = "correct",
-                  chunk_size: int = 16, keep_importance: bool = False):
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "probe",
+        "method",
+        "target",
+        "score",
+        "count",
+        "chunk_size",
+        "num_classes",
+        "keep_importance",
+    ),
+)
+def analysis_step(
+    state,
+    probe: LayerProbe,
+    variables,
+    x: Array,
+    y: Array,
+    valid: Array,
+    *,
+    num_classes: int,
+    method: str | tuple[str, ...] = "gradcam",
+    target: Any = "label",
+    score: str = "logit",
+    count: str = "correct",
+    chunk_size: int = 16,
+    keep_importance: bool = False,
+):
     """One jitted step: probe, CAM, statistics update. Returns (new state, per-sample).
 
     With a tuple of methods, ``state`` and both outputs are tuples, one entry per method.
     """
-    out = batch_stats(probe, variables, x, y, valid, method=method, target=target,
-                      score=score, count=count, chunk_size=chunk_size,
-                      keep_importance=keep_importance)
+    out = batch_stats(
+        probe,
+        variables,
+        x,
+        y,
+        valid,
+        method=method,
+        target=target,
+        score=score,
+        count=count,
+        chunk_size=chunk_size,
+        keep_importance=keep_importance,
+    )
     if isinstance(method, str):
         stats, per = out
         return merge(state, from_batch(stats, num_classes)), per
@@ -284,12 +366,13 @@ class Analysis(NamedTuple):
     summary: Summary
     samples: dict[str, np.ndarray]
 
-    def percentiles(self, which: str = "cam_max",
-                    qs=DEFAULT_PERCENTILES) -> dict[int, float]:
+    def percentiles(self, which: str = "cam_max", qs=DEFAULT_PERCENTILES) -> dict[int, float]:
         """Percentiles of a per-sample scalar, keyed by the percentile it really is."""
         if which not in self.samples:
-            raise KeyError(f"no per-sample values named {which!r}; the names are: "
-                           f"{', '.join(self.samples) or '(none)'}")
+            raise KeyError(
+                f"no per-sample values named {which!r}; the names are: "
+                f"{', '.join(self.samples) or '(none)'}"
+            )
         values = self.samples[which]
         if values.size == 0:
             raise ValueError(f"no samples were analysed, so {which} has no percentiles")
@@ -300,10 +383,15 @@ class Analysis(NamedTuple):
 
 
 def _check_keys(keys: Any, sizes: tuple[int, ...] = (2, 3)) -> tuple[str, ...]:
-    if (isinstance(keys, str) or not isinstance(keys, Sequence) or len(keys) not in sizes
-            or not all(isinstance(k, str) for k in keys)):
-        shapes = " or ".join(("(image key, label key)", "(image key, label key, mask key)")
-                             [:len(sizes)])
+    if (
+        isinstance(keys, str)
+        or not isinstance(keys, Sequence)
+        or len(keys) not in sizes
+        or not all(isinstance(k, str) for k in keys)
+    ):
+        shapes = " or ".join(
+            ("(image key, label key)", "(image key, label key, mask key)")[: len(sizes)]
+        )
         raise ValueError(f"keys must be {shapes}, strings; got keys={keys!r}")
     return tuple(keys)
 
@@ -320,16 +408,26 @@ def _unpack(batch: Any, i: int, keys: tuple[str, ...]) -> tuple[Any, Any, Any]:
     """(x, y, valid or None) of one batch: a tuple ``(x, y[, valid])``, an
     :class:`ifa_jax.data.Batch` ``(x, y, mask)`` or a dict read with ``keys``."""
     if isinstance(batch, Mapping):
-        _require_keys(f"batch {i}", batch, keys, "pass keys=(image key, label key) to "
-                      "analyze, with a third entry for a mask key, naming its entries")
+        _require_keys(
+            f"batch {i}",
+            batch,
+            keys,
+            "pass keys=(image key, label key) to "
+            "analyze, with a third entry for a mask key, naming its entries",
+        )
         valid_key = keys[2] if len(keys) == 3 else "mask"
         return batch[keys[0]], batch[keys[1]], batch.get(valid_key)
     if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
         return batch[0], batch[1], batch[2] if len(batch) == 3 else None
-    what = (f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list))
-            else f"a {type(batch).__name__}")
-    raise ValueError(f"batch {i} is {what}; a batch is a tuple (x, y) or (x, y, valid), an "
-                     "ifa_jax.data.Batch, or a dict (its keys are named by keys=)")
+    what = (
+        f"a {type(batch).__name__} of {len(batch)}"
+        if isinstance(batch, (tuple, list))
+        else f"a {type(batch).__name__}"
+    )
+    raise ValueError(
+        f"batch {i} is {what}; a batch is a tuple (x, y) or (x, y, valid), an "
+        "ifa_jax.data.Batch, or a dict (its keys are named by keys=)"
+    )
 
 
 def _record_error(i: int, x: Any, y: Any) -> ValueError:
@@ -345,15 +443,21 @@ def _record_error(i: int, x: Any, y: Any) -> ValueError:
 def _record_fields(record: Any, j: int, keys: tuple[str, ...]) -> tuple[Any, Any]:
     """(image, label) of record ``j``: a dict read with ``keys``, or a pair."""
     if isinstance(record, Mapping):
-        _require_keys(f"record {j}", record, keys,
-                      "pass keys=(image key, label key) to record_batches, naming its entries")
+        _require_keys(
+            f"record {j}",
+            record,
+            keys,
+            "pass keys=(image key, label key) to record_batches, naming its entries",
+        )
         image, label = record[keys[0]], record[keys[1]]
     elif isinstance(record, (tuple, list)) and len(record) == 2:
         image, label = record
     else:
-        raise ValueError(f"record {j} is a {type(record).__name__}; a record is a dict with "
-                         f"the keys {keys[0]!r} and {keys[1]!r} (see keys=) or a pair "
-                         "(image, label)")
+        raise ValueError(
+            f"record {j} is a {type(record).__name__}; a record is a dict with "
+            f"the keys {keys[0]!r} and {keys[1]!r} (see keys=) or a pair "
+            "(image, label)"
+        )
     if np.ndim(label) > 1 or np.size(label) != 1:
         raise ValueError(
             f"record {j}: its label has shape {np.shape(label)}, not one value: the source "
@@ -394,8 +498,9 @@ class RecordBatches:
     def _read(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         fields = [_record_fields(self.source[j], j, self.keys) for j in range(lo, hi)]
         what = f"records {lo}..{hi - 1}"
-        x = as_images([np.asarray(im) for im, _ in fields], spatial_ndim=self.spatial_ndim,
-                      what=what)
+        x = as_images(
+            [np.asarray(im) for im, _ in fields], spatial_ndim=self.spatial_ndim, what=what
+        )
         return x, _record_targets([label for _, label in fields], f"{what} labels")
 
     def __iter__(self) -> Iterator[Batch]:
@@ -413,10 +518,16 @@ class RecordBatches:
             yield Batch(out_x, out_y, np.arange(b) < k)
 
 
-def record_batches(source: Any, batch_size: int, *, keys: Sequence[str] = DEFAULT_KEYS,
-                   spatial_ndim: int | None = None, drop_remainder: bool = False,
-                   shard_index: int | None = None,
-                   shard_count: int | None = None) -> RecordBatches:
+def record_batches(
+    source: Any,
+    batch_size: int,
+    *,
+    keys: Sequence[str] = DEFAULT_KEYS,
+    spatial_ndim: int | None = None,
+    drop_remainder: bool = False,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> RecordBatches:
     """Batches ``(x, y, mask)`` for :func:`analyze` from any random-access source of records.
 
     ``source`` has ``len(source)`` and ``source[i] -> one record``: ``tfds.data_source(...)``
@@ -433,23 +544,39 @@ def record_batches(source: Any, batch_size: int, *, keys: Sequence[str] = DEFAUL
     batch of ``batch_size * shard_count`` records as :func:`ifa_jax.data.batches` does.
     """
     if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
-        raise ValueError(f"source is a {type(source).__name__}, which has no len() and "
-                         "random access source[i]; give a sized, indexable source of "
-                         "records (e.g. tfds.data_source(...) or list(records))")
+        raise ValueError(
+            f"source is a {type(source).__name__}, which has no len() and "
+            "random access source[i]; give a sized, indexable source of "
+            "records (e.g. tfds.data_source(...) or list(records))"
+        )
     if isinstance(source, Mapping):
-        raise ValueError("source is a dict (one batch or one record?); give a sequence of "
-                         "records, e.g. [{'image': ..., 'label': ...}, ...]")
-    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-            or batch_size < 1):
+        raise ValueError(
+            "source is a dict (one batch or one record?); give a sequence of "
+            "records, e.g. [{'image': ..., 'label': ...}, ...]"
+        )
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     keys = _check_keys(keys, sizes=(2,))
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
     if shard_count < 1 or not 0 <= shard_index < shard_count:
-        raise ValueError(f"need 0 <= shard_index < shard_count; got shard_index="
-                         f"{shard_index}, shard_count={shard_count}")
-    return RecordBatches(source, int(batch_size), keys, spatial_ndim, drop_remainder,
-                         int(shard_index), int(shard_count))
+        raise ValueError(
+            f"need 0 <= shard_index < shard_count; got shard_index="
+            f"{shard_index}, shard_count={shard_count}"
+        )
+    return RecordBatches(
+        source,
+        int(batch_size),
+        keys,
+        spatial_ndim,
+        drop_remainder,
+        int(shard_index),
+        int(shard_count),
+    )
 
 
 def quantile_bins(values: Any, n: int) -> np.ndarray:
@@ -463,27 +590,38 @@ def quantile_bins(values: Any, n: int) -> np.ndarray:
     if v.size == 0:
         raise ValueError("values is empty; give a sample of the targets to bin")
     if not np.isfinite(v).all():
-        raise ValueError(f"values holds {int(np.sum(~np.isfinite(v)))} non-finite value(s); "
-                         "drop them before computing the bins")
+        raise ValueError(
+            f"values holds {int(np.sum(~np.isfinite(v)))} non-finite value(s); "
+            "drop them before computing the bins"
+        )
     edges = np.quantile(v, np.linspace(0.0, 1.0, n + 1))
     unique = np.unique(edges)
     if unique.size < 2:
         raise ValueError(f"all {v.size} values equal {v[0]:g}; there is nothing to bin")
     if unique.size < edges.size:
-        warnings.warn(f"values has tied quantiles (few distinct values): {unique.size - 1} "
-                      f"bins instead of {n}", stacklevel=2)
+        warnings.warn(
+            f"values has tied quantiles (few distinct values): {unique.size - 1} "
+            f"bins instead of {n}",
+            stacklevel=2,
+        )
     return unique
 
 
 def _check_bins(bins: Any) -> np.ndarray:
-    fix = ("bins= takes C+1 finite, strictly increasing bin edges (C bins), e.g. "
-           "bins=ifa_jax.analysis.quantile_bins(train_targets, 4)")
+    fix = (
+        "bins= takes C+1 finite, strictly increasing bin edges (C bins), e.g. "
+        "bins=ifa_jax.analysis.quantile_bins(train_targets, 4)"
+    )
     try:
         edges = np.asarray(bins, np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"{fix}; got bins={bins!r}") from None
-    if (edges.ndim != 1 or edges.size < 2 or not np.isfinite(edges).all()
-            or np.any(np.diff(edges) <= 0)):
+    if (
+        edges.ndim != 1
+        or edges.size < 2
+        or not np.isfinite(edges).all()
+        or np.any(np.diff(edges) <= 0)
+    ):
         raise ValueError(f"{fix}; got bins={bins!r}")
     return edges
 
@@ -493,13 +631,16 @@ def _bin_targets(y: np.ndarray, valid: np.ndarray, edges: np.ndarray, i: int) ->
     edges[c] <= y < edges[c + 1]; values below edges[1] go to bin 0, from edges[-2] up to
     the last bin (np.digitize on the inner edges)."""
     if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
-        raise ValueError(f"batch {i}: with bins=, labels must be real target values; got "
-                         f"dtype {y.dtype}")
+        raise ValueError(
+            f"batch {i}: with bins=, labels must be real target values; got dtype {y.dtype}"
+        )
     bad = valid & ~np.isfinite(y)
     if bad.any():
         j = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"batch {i}: target value {y[j]} (sample {j}) is not finite; drop "
-                         "it or mask it (valid=False)")
+        raise ValueError(
+            f"batch {i}: target value {y[j]} (sample {j}) is not finite; drop "
+            "it or mask it (valid=False)"
+        )
     return np.digitize(y, edges[1:-1]).astype(np.int32)
 
 
@@ -511,8 +652,9 @@ def _label_dtype_error(i: int, dtype: np.dtype) -> ValueError:
             "4)) to analyse per bin of the target, and target= the output to explain. Class "
             "indices stored as floats: convert them with ifa_jax.data.as_labels"
         )
-    return ValueError(f"batch {i}: labels must be integers (or float targets with bins=); "
-                      f"got dtype {dtype}")
+    return ValueError(
+        f"batch {i}: labels must be integers (or float targets with bins=); got dtype {dtype}"
+    )
 
 
 def _is_output_target(target: Any) -> bool:
@@ -528,13 +670,25 @@ def _length(batches: Any) -> int | None:
         return None
 
 
-def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int | None = None,
-            method: str | tuple[str, ...] = "gradcam", target: Any = "label",
-            score: str = "logit", count: str | None = None, chunk_size: int = 16,
-            sharding=None, progress: bool = True, total: int | None = None,
-            keep_importance: bool = False, batch_size: int | None = None,
-            keys: Sequence[str] = DEFAULT_KEYS,
-            bins: Any = None) -> Analysis | dict[str, Analysis]:
+def analyze(
+    probe: LayerProbe,
+    variables,
+    batches: Iterable,
+    *,
+    num_classes: int | None = None,
+    method: str | tuple[str, ...] = "gradcam",
+    target: Any = "label",
+    score: str = "logit",
+    count: str | None = None,
+    chunk_size: int = 16,
+    sharding=None,
+    progress: bool = True,
+    total: int | None = None,
+    keep_importance: bool = False,
+    batch_size: int | None = None,
+    keys: Sequence[str] = DEFAULT_KEYS,
+    bins: Any = None,
+) -> Analysis | dict[str, Analysis]:
     """One pass over ``batches``: tuples ``(x, y)`` or ``(x, y, valid)``,
     :class:`ifa_jax.data.Batch` es ``(x, y, mask)``, or dicts.
 
@@ -593,9 +747,11 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
         if num_classes is None:
             num_classes = len(edges) - 1
         elif num_classes != len(edges) - 1:
-            raise ValueError(f"num_classes={num_classes} but bins has {len(edges)} edges, "
-                             f"i.e. {len(edges) - 1} bins; leave num_classes out with bins= "
-                             "(it is the number of bins)")
+            raise ValueError(
+                f"num_classes={num_classes} but bins has {len(edges)} edges, "
+                f"i.e. {len(edges) - 1} bins; leave num_classes out with bins= "
+                "(it is the number of bins)"
+            )
         if not _is_output_target(target):
             raise ValueError(
                 f"target={target!r} cannot be explained with bins=: the label is a bin of "
@@ -604,22 +760,30 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
                 "logits -> (B,)"
             )
         if count == "correct":
-            raise ValueError("count='correct' does not apply with bins= (a float target): "
-                             "there is no correct class. Leave count out or pass "
-                             "count='all': every valid sample counts in its bin")
+            raise ValueError(
+                "count='correct' does not apply with bins= (a float target): "
+                "there is no correct class. Leave count out or pass "
+                "count='all': every valid sample counts in its bin"
+            )
     elif num_classes is None:
-        raise ValueError("num_classes= is required: the number of classes (with bins=, the "
-                         "number of bins)")
+        raise ValueError(
+            "num_classes= is required: the number of classes (with bins=, the number of bins)"
+        )
     count = ("all" if edges is not None else "correct") if count is None else count
     one_of("count", count, COUNT_MODES)
-    if batch_size is not None and (isinstance(batch_size, bool)
-                                   or not isinstance(batch_size, (int, np.integer))
-                                   or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int (the padded batch size) or "
-                         f"None; got {batch_size!r}")
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"batch_size must be a positive int (the padded batch size) or None; got {batch_size!r}"
+        )
     if hasattr(batches, "gather") and hasattr(batches, "input_shape"):
-        raise ValueError(f"batches is a {type(batches).__name__}, a dataset, not batches; "
-                         "pass ifa_jax.data.batches(ds, batch_size)")
+        raise ValueError(
+            f"batches is a {type(batches).__name__}, a dataset, not batches; "
+            "pass ifa_jax.data.batches(ds, batch_size)"
+        )
     if total is None:
         total = _length(batches)
     by_label = isinstance(target, str) and target == "label"
@@ -651,15 +815,22 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
         if size is None:
             size = n
         x, y, valid = pad_batch(
-            bx, by, bvalid, size, i,
+            bx,
+            by,
+            bvalid,
+            size,
+            i,
             size_from="batch_size" if batch_size is not None else "the first batch's size",
             fix="pass batch_size= (the largest batch size) to analyze, and smaller batches "
-                "are padded to it")
+            "are padded to it",
+        )
         if first_shape is None:
             first_shape = x.shape[1:]
         elif x.shape[1:] != first_shape:
-            raise ValueError(f"batch {i} has input shape {x.shape[1:]} but the first batch had "
-                             f"{first_shape}; resize the inputs to one shape per pass")
+            raise ValueError(
+                f"batch {i} has input shape {x.shape[1:]} but the first batch had "
+                f"{first_shape}; resize the inputs to one shape per pass"
+            )
         if edges is not None:
             values.append(y[valid])
             y = _bin_targets(y, valid, edges, i)
@@ -670,16 +841,17 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
         xj, yj, vj = jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.asarray(valid)
         if sharding is not None and jax.process_count() > 1:
             # Each process holds its own shard of the global batch.
-            xj, yj, vj = (jax.make_array_from_process_local_data(sharding, np.asarray(a))
-                          for a in (xj, yj, vj))
+            xj, yj, vj = (
+                jax.make_array_from_process_local_data(sharding, np.asarray(a))
+                for a in (xj, yj, vj)
+            )
         elif sharding is not None:
             xj, yj, vj = (jax.device_put(a, sharding) for a in (xj, yj, vj))
         if states is None:
             logits_shape, act_shapes = probe.output_shapes(variables, xj)  # abstract, cached
             num_outputs = logits_shape[-1]
             A_shape = act_shapes[probe.layers[0]]
-            states = tuple(init(num_classes, A_shape[-1], tuple(A_shape[1:-1]))
-                           for _ in methods)
+            states = tuple(init(num_classes, A_shape[-1], tuple(A_shape[1:-1])) for _ in methods)
         if by_label and yv.size and yv.max() >= num_outputs:
             # The score would be NaN (take_along_axis out of range) and the check in the
             # probe is skipped under jit: refuse here, on the host.
@@ -689,18 +861,28 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
                 f"[0, {num_outputs - 1}]; fix the labels (or the model), or pass "
                 "target='predicted'"
             )
-        states, per = analysis_step(states, probe, variables, xj, yj, vj,
-                                    num_classes=num_classes, method=methods, target=target,
-                                    score=score, count=count, chunk_size=chunk_size,
-                                    keep_importance=keep_importance)
+        states, per = analysis_step(
+            states,
+            probe,
+            variables,
+            xj,
+            yj,
+            vj,
+            num_classes=num_classes,
+            method=methods,
+            target=target,
+            score=score,
+            count=count,
+            chunk_size=chunk_size,
+            keep_importance=keep_importance,
+        )
         pending.append((i, per))
         if len(pending) > 1:  # fetch one batch behind, so the device stays busy
             collect(*pending.pop(0))
     for item in pending:
         collect(*item)
     if states is None:
-        raise ValueError("batches is empty (or every batch has 0 samples): nothing to "
-                         "analyse")
+        raise ValueError("batches is empty (or every batch has 0 samples): nothing to analyse")
     results = {}
     for j, (m, state) in enumerate(zip(methods, states)):
         samples = _gather_samples([p[j] for p in kept])
@@ -712,8 +894,11 @@ def analyze(probe: LayerProbe, variables, batches: Iterable, *, num_classes: int
 
 def _gather_samples(kept: list[PerSample]) -> dict[str, np.ndarray]:
     """Concatenate per-batch scalars and keep the valid rows, in input order."""
-    samples = {field: np.concatenate([np.asarray(getattr(p, field)) for p in kept])
-               for field in PerSample._fields if getattr(kept[0], field) is not None}
+    samples = {
+        field: np.concatenate([np.asarray(getattr(p, field)) for p in kept])
+        for field in PerSample._fields
+        if getattr(kept[0], field) is not None
+    }
     valid = samples.pop("valid")
     samples.pop("nonfinite")
     return {k: v[valid] for k, v in samples.items()}

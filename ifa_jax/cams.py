@@ -29,8 +29,13 @@ Array = jax.Array
 GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigengradcam")
 METHODS = GRADIENT_METHODS + ("eigencam", "scorecam", "ablationcam")
 FORWARD_METHODS = ("scorecam", "ablationcam")
-ALIASES = {"fullcam": "hirescam", "gradcampp": "gradcam++", "gradcamplusplus": "gradcam++",
-           "score": "scorecam", "ablation": "ablationcam"}
+ALIASES = {
+    "fullcam": "hirescam",
+    "gradcampp": "gradcam++",
+    "gradcamplusplus": "gradcam++",
+    "score": "scorecam",
+    "ablation": "ablationcam",
+}
 EPS = 1e-7
 
 
@@ -80,8 +85,9 @@ def _first_component(a: Array) -> Array:
     return v * jnp.where(sign == 0, 1.0, sign)[:, None]
 
 
-def contributions(A: Array, G: Array | None = None, method: str = "gradcam", *,
-                  weights: Array | None = None) -> Array:
+def contributions(
+    A: Array, G: Array | None = None, method: str = "gradcam", *, weights: Array | None = None
+) -> Array:
     """Per-channel contribution maps M (B, *spatial, K) of one CAM method.
 
     ``weights`` (B, K) are required for the forward methods (scorecam, ablationcam) and
@@ -92,8 +98,9 @@ def contributions(A: Array, G: Array | None = None, method: str = "gradcam", *,
     expand = (slice(None),) + (None,) * len(axes) + (slice(None),)
     if weights is not None:
         if weights.shape != (A.shape[0], A.shape[-1]):
-            raise ValueError(f"weights must have shape (B, K) = {(A.shape[0], A.shape[-1])}; "
-                             f"got {weights.shape}")
+            raise ValueError(
+                f"weights must have shape (B, K) = {(A.shape[0], A.shape[-1])}; got {weights.shape}"
+            )
         return weights[expand] * A
     if method in FORWARD_METHODS:
         raise ValueError(
@@ -106,8 +113,9 @@ def contributions(A: Array, G: Array | None = None, method: str = "gradcam", *,
     if G is None:
         raise ValueError(f"{method} needs the gradients G; got G=None")
     if G.shape != A.shape:
-        raise ValueError(f"gradients have shape {G.shape} but activations {A.shape}; "
-                         "they must match")
+        raise ValueError(
+            f"gradients have shape {G.shape} but activations {A.shape}; they must match"
+        )
     if method == "gradcam":
         w = jnp.mean(G, axis=axes, keepdims=True)
     elif method == "gradcam++":
@@ -151,8 +159,14 @@ def reduce(M: Array, mask: Array | None = None) -> CamResult:
     return CamResult(M, L, s, jnp.max(flat, axis=1), jnp.min(flat, axis=1))
 
 
-def cam(A: Array, G: Array | None = None, method: str = "gradcam", mask: Array | None = None,
-        *, weights: Array | None = None) -> CamResult:
+def cam(
+    A: Array,
+    G: Array | None = None,
+    method: str = "gradcam",
+    mask: Array | None = None,
+    *,
+    weights: Array | None = None,
+) -> CamResult:
     """Contributions, raw CAM, importances and max/min for one method. See the module doc."""
     return reduce(contributions(A, G, method, weights=weights), mask)
 
@@ -160,13 +174,21 @@ def cam(A: Array, G: Array | None = None, method: str = "gradcam", mask: Array |
 def upsample(L: Array, spatial_shape: tuple[int, ...], method: str = "linear") -> Array:
     """Resize CAMs (B, *spatial) to the input grid (B, *spatial_shape)."""
     if len(spatial_shape) != L.ndim - 1:
-        raise ValueError(f"spatial_shape {tuple(spatial_shape)} has {len(spatial_shape)} axes "
-                         f"but the CAMs {L.shape} have {L.ndim - 1}")
+        raise ValueError(
+            f"spatial_shape {tuple(spatial_shape)} has {len(spatial_shape)} axes "
+            f"but the CAMs {L.shape} have {L.ndim - 1}"
+        )
     return jax.image.resize(L, (L.shape[0], *spatial_shape), method=method)
 
 
-def scorecam_weights(A: Array, x: Array, score_fn: Callable[[Array, Array], Array],
-                     target: Array, *, chunk_size: int = 16) -> Array:
+def scorecam_weights(
+    A: Array,
+    x: Array,
+    score_fn: Callable[[Array, Array], Array],
+    target: Array,
+    *,
+    chunk_size: int = 16,
+) -> Array:
     """ScoreCAM weights (B, K): softmax over channels of the target score of masked inputs.
 
     Each channel A_k is upsampled to the input grid, min-max scaled to [0, 1] per sample
@@ -198,8 +220,9 @@ def scorecam_weights(A: Array, x: Array, score_fn: Callable[[Array, Array], Arra
     return jax.nn.softmax(scores.T, axis=-1)
 
 
-def ablation_weights(A: Array, ablated_score_fn: Callable[[Array], Array], base_score: Array,
-                     *, chunk_size: int = 16) -> Array:
+def ablation_weights(
+    A: Array, ablated_score_fn: Callable[[Array], Array], base_score: Array, *, chunk_size: int = 16
+) -> Array:
     """AblationCAM weights (B, K): the drop of the target score when channel k is zeroed.
 
     ``ablated_score_fn(delta (B, *spatial, K)) -> (B,)`` runs the model with ``delta``

@@ -44,12 +44,18 @@ def class_levels(probe, variables, x, classes, masks, scales, *, methods: tuple[
         for m, sc in zip(methods, scales):
             M = cams.contributions(A, G, m)
             L = cams.reduce(M).cam
-            rows.append(jnp.stack([
-                metrics.activation_level(scale.linear_values(L, sc)),
-                metrics.activation_level(scale.linear_values(L, sc, clip=True)),
-                metrics.activation_level(scale.minmax_per_image(L)),
-                metrics.activation_level(scale.linear_values(cams.reduce(M, masks[c]).cam, sc)),
-            ]))
+            rows.append(
+                jnp.stack(
+                    [
+                        metrics.activation_level(scale.linear_values(L, sc)),
+                        metrics.activation_level(scale.linear_values(L, sc, clip=True)),
+                        metrics.activation_level(scale.minmax_per_image(L)),
+                        metrics.activation_level(
+                            scale.linear_values(cams.reduce(M, masks[c]).cam, sc)
+                        ),
+                    ]
+                )
+            )
         return jnp.stack(rows)
 
     return jax.vmap(for_class)(jnp.asarray(classes), G_all), logits
@@ -71,9 +77,16 @@ class ConsistencyLevels(NamedTuple):
         return self.levels[i, self.methods.index(method), LEVELS.index(level)]
 
 
-def consistency_levels(probe, variables, batches: Iterable, *, scales: Mapping[str, Any],
-                       masks: Any, classes: Sequence[int], group: int = 16
-                       ) -> ConsistencyLevels:
+def consistency_levels(
+    probe,
+    variables,
+    batches: Iterable,
+    *,
+    scales: Mapping[str, Any],
+    masks: Any,
+    classes: Sequence[int],
+    group: int = 16,
+) -> ConsistencyLevels:
     """Levels of every class in ``classes`` and method in ``scales`` over ``batches``.
 
     batches: ``(x, y, valid)`` (or ``Batch``) of one size; padding rows (valid False) are
@@ -94,9 +107,10 @@ def consistency_levels(probe, variables, batches: Iterable, *, scales: Mapping[s
     for x, _, valid in batches:
         per_group = []
         for start in range(0, len(classes), group):
-            chunk = jnp.asarray(classes[start:start + group], jnp.int32)
-            lv, logits = class_levels(probe, variables, jnp.asarray(x), chunk, masks,
-                                      method_scales, methods=methods)
+            chunk = jnp.asarray(classes[start : start + group], jnp.int32)
+            lv, logits = class_levels(
+                probe, variables, jnp.asarray(x), chunk, masks, method_scales, methods=methods
+            )
             per_group.append(lv)
         levels, logits = jax.device_get((jnp.concatenate(per_group), logits))
         chunks.append(levels)
@@ -105,9 +119,12 @@ def consistency_levels(probe, variables, batches: Iterable, *, scales: Mapping[s
     if not chunks:
         raise ValueError("batches is empty: nothing to evaluate")
     valid = np.concatenate(valid_all)
-    return ConsistencyLevels(np.asarray(classes), methods,
-                             np.concatenate(chunks, axis=-1)[..., valid],
-                             np.concatenate(logits_all)[valid])
+    return ConsistencyLevels(
+        np.asarray(classes),
+        methods,
+        np.concatenate(chunks, axis=-1)[..., valid],
+        np.concatenate(logits_all)[valid],
+    )
 
 
 class ConsistencySummary(NamedTuple):
@@ -136,14 +153,24 @@ def summarize_consistency(levels: ConsistencyLevels) -> ConsistencySummary:
         summary[m] = {}
         for k in LEVELS:
             rs = [r[k]["pearson"] for r in rows.values() if r[k]["pearson"] is not None]
-            summary[m][k] = {"mean_pearson": float(np.mean(rs)) if rs else None,
-                             "min_pearson": float(np.min(rs)) if rs else None,
-                             "classes_defined": len(rs)}
+            summary[m][k] = {
+                "mean_pearson": float(np.mean(rs)) if rs else None,
+                "min_pearson": float(np.min(rs)) if rs else None,
+                "classes_defined": len(rs),
+            }
         aucs = [r["auroc"]["auroc"] for r in rows.values() if r["auroc"]["auroc"] is not None]
-        summary[m]["auroc"] = {"mean": float(np.mean(aucs)) if aucs else None,
-                               "classes_defined": len(aucs)}
+        summary[m]["auroc"] = {
+            "mean": float(np.mean(aucs)) if aucs else None,
+            "classes_defined": len(aucs),
+        }
     return ConsistencySummary(per_class, summary)
 
 
-__all__ = ["LEVELS", "ConsistencyLevels", "ConsistencySummary", "class_levels",
-           "consistency_levels", "summarize_consistency"]
+__all__ = [
+    "LEVELS",
+    "ConsistencyLevels",
+    "ConsistencySummary",
+    "class_levels",
+    "consistency_levels",
+    "summarize_consistency",
+]

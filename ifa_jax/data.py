@@ -51,7 +51,12 @@ __all__ = [
 ]
 
 MEDMNIST_KEYS = (
-    "train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels",
+    "train_images",
+    "train_labels",
+    "val_images",
+    "val_labels",
+    "test_images",
+    "test_labels",
 )
 
 
@@ -233,8 +238,7 @@ def as_labels(labels: Any, *, what: str = "labels") -> np.ndarray:
         is_binary = np.all((y == 0) | (y == 1))
         if is_binary and np.all(y.sum(axis=1) == 1):
             warnings.warn(
-                f"{what}: one-hot labels of shape {y.shape} converted to class indices "
-                "with argmax",
+                f"{what}: one-hot labels of shape {y.shape} converted to class indices with argmax",
                 stacklevel=2,
             )
             y = np.argmax(y, axis=1)
@@ -292,7 +296,7 @@ def stratified_indices(labels: np.ndarray, n: int, *, seed: int = 0) -> np.ndarr
     index = np.concatenate(pools) if pools else np.zeros(0, np.int64)
     rank = np.concatenate([np.arange(len(p)) for p in pools]) if pools else index
     klass = np.repeat(np.arange(len(pools)), [len(p) for p in pools])
-    return index[np.lexsort((klass, rank))][:max(n, 0)].astype(np.int64)
+    return index[np.lexsort((klass, rank))][: max(n, 0)].astype(np.int64)
 
 
 def split_dataset(ds: Dataset, validation_size: float = 0.2, *, seed: int = 0) -> Splits:
@@ -300,8 +304,7 @@ def split_dataset(ds: Dataset, validation_size: float = 0.2, *, seed: int = 0) -
 
     ``validation_size`` is a count (int) or a fraction (float in (0, 1)).
     """
-    train_test_split = require("sklearn.model_selection", "data",
-                               "split_dataset").train_test_split
+    train_test_split = require("sklearn.model_selection", "data", "split_dataset").train_test_split
 
     idx = np.arange(len(ds))
     try:
@@ -392,9 +395,7 @@ def load_mnist_embedded(*, validation_size: float = 1000, seed: int = 0) -> Spli
 
     x, y = mnist_data()
     x = (np.asarray(x, np.float32) / np.float32(255.0)).reshape(-1, 28, 28, 1)
-    return split_dataset(
-        Dataset(x, as_labels(y), 10, "mnist_embedded"), validation_size, seed=seed
-    )
+    return split_dataset(Dataset(x, as_labels(y), 10, "mnist_embedded"), validation_size, seed=seed)
 
 
 def load_sklearn_digits(*, validation_size: float = 0.2, seed: int = 0) -> Splits:
@@ -501,6 +502,7 @@ class TfdsSource:
         return (h, w, self.channels or c)
 
     def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded examples at ``indices`` -> ``(x: (k, *input_shape), y: (k,))``."""
         records = [self.source[int(i)] for i in np.asarray(indices)]
         images = [np.asarray(r[self.image_key]) for r in records]
         labels = as_labels([r[self.label_key] for r in records], what=f"{self.name} labels")
@@ -618,7 +620,13 @@ def load_tfds(
             f"tfds dataset {name!r} has images of varying size {shape}; pass image_size=(H, W)"
         )
     return TfdsSource(
-        source, f"{name}/{split}", int(num_classes), image_size, channels, image_key, label_key,
+        source,
+        f"{name}/{split}",
+        int(num_classes),
+        image_size,
+        channels,
+        image_key,
+        label_key,
         shape,
     )
 
@@ -705,8 +713,11 @@ def load_medmnist_npz(
         _require_keys(archive, MEDMNIST_KEYS, path)
         parts = {}
         for split in ("train", "val", "test"):
-            x = as_images(_read(archive, f"{split}_images", path), spatial_ndim=spatial_ndim,
-                          what=f"{path}:{split}_images")
+            x = as_images(
+                _read(archive, f"{split}_images", path),
+                spatial_ndim=spatial_ndim,
+                what=f"{path}:{split}_images",
+            )
             y = as_labels(_read(archive, f"{split}_labels", path), what=f"{path}:{split}_labels")
             if len(x) != len(y):
                 raise ValueError(
@@ -720,10 +731,12 @@ def load_medmnist_npz(
             "all splits must share one size"
         )
     num_classes = max(int(y.max()) + 1 for _, y in parts.values() if y.size)
-    return Splits(*(
-        Dataset(x, y, num_classes, f"{name}/{'validation' if s == 'val' else s}")
-        for s, (x, y) in parts.items()
-    ))
+    return Splits(
+        *(
+            Dataset(x, y, num_classes, f"{name}/{'validation' if s == 'val' else s}")
+            for s, (x, y) in parts.items()
+        )
+    )
 
 
 def load_signals(

@@ -60,12 +60,14 @@ def n_selected(ratio: float, channels: int) -> int:
     ratio must lie in (0, 1]. E.g. K = 10: 0.25 -> 3, 0.24 -> 2, 0.01 -> 1, 1.0 -> 10.
     """
     if ratio is None:
-        raise ValueError("this mode needs ratio=... in (0, 1], e.g. ratio=0.1 for 10% of "
-                         "the channels")
+        raise ValueError(
+            "this mode needs ratio=... in (0, 1], e.g. ratio=0.1 for 10% of the channels"
+        )
     r = float(ratio)
     if not (math.isfinite(r) and 0.0 < r <= 1.0):
-        raise ValueError(f"ratio must lie in (0, 1] (a share of the {channels} channels); "
-                         f"got {ratio!r}")
+        raise ValueError(
+            f"ratio must lie in (0, 1] (a share of the {channels} channels); got {ratio!r}"
+        )
     # a tiny slack so that e.g. 0.35 * 10 = 3.4999999999999996 still rounds to 4
     return int(min(channels, max(1, math.floor(r * channels + 0.5 + 1e-9))))
 
@@ -92,12 +94,20 @@ def _check_rows(rows, name: str) -> None:
             f"{name} has non-finite rows for class(es) {which}: those classes had no counted "
             "sample in the analysis (see Summary.present). Select on present classes only "
             f"(e.g. {name}[present]), fill the rows explicitly (e.g. with IM_all), or use "
-            "mode 'all', 'index' or 'random', which do not read importances")
+            "mode 'all', 'index' or 'random', which do not read importances"
+        )
 
 
-def select(importance_rows: Array, mode: str, *, ratio: float | None = None,
-           index: int | None = None, threshold: float | None = None,
-           key: Array | None = None, im_diff: Array | None = None) -> Array:
+def select(
+    importance_rows: Array,
+    mode: str,
+    *,
+    ratio: float | None = None,
+    index: int | None = None,
+    threshold: float | None = None,
+    key: Array | None = None,
+    im_diff: Array | None = None,
+) -> Array:
     """Binary channel masks, float32 of the shape of ``importance_rows`` ((C, K) or (K,)).
 
     importance_rows: IM (C, K), one row per class (or one row (K,)). Modes and their
@@ -133,8 +143,10 @@ def select(importance_rows: Array, mode: str, *, ratio: float | None = None,
         return top_mask(u, n)
     if mode in ("diff_top", "reverse_diff_top"):
         if im_diff is None:
-            raise ValueError(f"mode {mode!r} needs im_diff=IM_c - IM_all (the analysis "
-                             "Summary.im_diff), of the same shape as importance_rows")
+            raise ValueError(
+                f"mode {mode!r} needs im_diff=IM_c - IM_all (the analysis "
+                "Summary.im_diff), of the same shape as importance_rows"
+            )
         diff = jnp.asarray(im_diff)
         if diff.shape != rows.shape:
             raise ValueError(f"im_diff has shape {diff.shape} but importance_rows {rows.shape}")
@@ -144,8 +156,10 @@ def select(importance_rows: Array, mode: str, *, ratio: float | None = None,
         if mode == "diff_top":
             return mask
         if n == K:
-            raise ValueError(f"reverse_diff_top with ratio {ratio} selects the complement of "
-                             f"all {K} channels, which is empty; use ratio < {1 - 0.5 / K:.4g}")
+            raise ValueError(
+                f"reverse_diff_top with ratio {ratio} selects the complement of "
+                f"all {K} channels, which is empty; use ratio < {1 - 0.5 / K:.4g}"
+            )
         return 1.0 - mask
     _check_rows(rows, "importance_rows")
     if mode == "top":
@@ -154,8 +168,9 @@ def select(importance_rows: Array, mode: str, *, ratio: float | None = None,
         return top_mask(rows, 1)
     # freq
     if threshold is None:
-        raise ValueError("mode 'freq' needs threshold=...: channels with IM strictly above it "
-                         "are selected")
+        raise ValueError(
+            "mode 'freq' needs threshold=...: channels with IM strictly above it are selected"
+        )
     mask = (rows > threshold).astype(jnp.float32)
     arr = _concrete(rows)
     if arr is not None:
@@ -163,8 +178,10 @@ def select(importance_rows: Array, mode: str, *, ratio: float | None = None,
         if empty.any():
             which = [int(c) for c in np.flatnonzero(empty)]
             best = float(arr.reshape(-1, K)[empty].max())
-            raise ValueError(f"freq threshold {threshold} selects no channel for class(es) "
-                             f"{which} (their largest IM is {best:.6g}); lower the threshold")
+            raise ValueError(
+                f"freq threshold {threshold} selects no channel for class(es) "
+                f"{which} (their largest IM is {best:.6g}); lower the threshold"
+            )
     return mask
 
 
@@ -180,8 +197,7 @@ def _fix_signs(vecs: Array) -> Array:
 
 def _n_components(cumulative: Array, levels: Sequence[float]) -> dict:
     K = cumulative.shape[-1]
-    return {lv: jnp.minimum(jnp.sum(cumulative < lv / 100.0 - _LEVEL_TOL) + 1, K)
-            for lv in levels}
+    return {lv: jnp.minimum(jnp.sum(cumulative < lv / 100.0 - _LEVEL_TOL) + 1, K) for lv in levels}
 
 
 def _check_levels(levels) -> tuple:
@@ -217,13 +233,17 @@ def _square(cov, name="covariance") -> Array:
     arr = _concrete(cov)
     if arr is not None:
         if not np.isfinite(arr).all():
-            raise ValueError(f"{name} has non-finite entries; no counted sample, or inf/NaN "
-                             "importances (check the analysis Summary)")
+            raise ValueError(
+                f"{name} has non-finite entries; no counted sample, or inf/NaN "
+                "importances (check the analysis Summary)"
+            )
         scale = max(np.abs(arr).max(), np.finfo(np.float32).tiny)
         asym = np.abs(arr - arr.T).max() / scale
         if asym > 1e-4:
-            raise ValueError(f"{name} is not symmetric (relative asymmetry {asym:.3g}); pass "
-                             "the (K, K) channel covariance, not a data matrix")
+            raise ValueError(
+                f"{name} is not symmetric (relative asymmetry {asym:.3g}); pass "
+                "the (K, K) channel covariance, not a data matrix"
+            )
     return cov
 
 
@@ -240,8 +260,10 @@ def explained_variance(covariance: Array, levels: Sequence[float] = LEVELS) -> S
     cov = _square(covariance)
     arr = _concrete(cov)
     if arr is not None and not np.any(arr):
-        raise ValueError("covariance is all zero: the importances do not vary across samples "
-                         "(a single counted sample, or a dead layer); analyse more data")
+        raise ValueError(
+            "covariance is all zero: the importances do not vary across samples "
+            "(a single counted sample, or a dead layer); analyse more data"
+        )
     sym = 0.5 * (cov + cov.T)
     w, v = jnp.linalg.eigh(sym)
     w = jnp.clip(w[::-1], 0.0, None)
@@ -279,8 +301,9 @@ class ClassSVD(NamedTuple):
     center: bool
 
 
-def class_svd(im_class: Array, *, center: bool = True,
-              levels: Sequence[float] = LEVELS) -> ClassSVD:
+def class_svd(
+    im_class: Array, *, center: bool = True, levels: Sequence[float] = LEVELS
+) -> ClassSVD:
     """SVD of IM (C, K). ``center=True`` (default) subtracts the unweighted mean over
     classes first, so the components are the directions in which classes *differ*
     (rank <= C - 1); ``center=False`` keeps the shared importance pattern, which then
@@ -295,8 +318,10 @@ def class_svd(im_class: Array, *, center: bool = True,
         im = im - jnp.mean(im, axis=0, keepdims=True)
     arr = _concrete(im)
     if arr is not None and not np.any(arr):
-        raise ValueError("the (centred) class matrix is all zero: every class has the same "
-                         "importances" + (" (or C = 1; use center=False)" if center else ""))
+        raise ValueError(
+            "the (centred) class matrix is all zero: every class has the same "
+            "importances" + (" (or C = 1; use center=False)" if center else "")
+        )
     u, s, vt = jnp.linalg.svd(im, full_matrices=False)
     v = vt.T
     idx = jnp.argmax(jnp.abs(v), axis=0)
@@ -306,8 +331,7 @@ def class_svd(im_class: Array, *, center: bool = True,
     energy = s * s
     ratio = energy / jnp.sum(energy)
     cumulative = jnp.cumsum(ratio)
-    return ClassSVD(s, ratio, cumulative, _n_components(cumulative, levels), u * s, v,
-                    bool(center))
+    return ClassSVD(s, ratio, cumulative, _n_components(cumulative, levels), u * s, v, bool(center))
 
 
 def effective_rank(variances: Array, kind: str = "entropy") -> Array:
@@ -325,16 +349,17 @@ def effective_rank(variances: Array, kind: str = "entropy") -> Array:
     arr = _concrete(var)
     if arr is not None:
         if not np.isfinite(arr).all() or (arr < -1e-6 * max(np.abs(arr).max(), 1e-30)).any():
-            raise ValueError("variances must be finite and non-negative (eigenvalues of a "
-                             f"covariance); got min {arr.min():.6g}")
+            raise ValueError(
+                "variances must be finite and non-negative (eigenvalues of a "
+                f"covariance); got min {arr.min():.6g}"
+            )
         if not np.any(arr > 0):
             raise ValueError("variances are all zero: the effective rank is undefined")
     var = jnp.clip(var, 0.0, None)
     if kind == "participation":
         return jnp.sum(var) ** 2 / jnp.sum(var * var)
     if kind != "entropy":
-        raise ValueError(f"unknown effective-rank kind {kind!r}; use 'entropy' or "
-                         "'participation'")
+        raise ValueError(f"unknown effective-rank kind {kind!r}; use 'entropy' or 'participation'")
     sigma = jnp.sqrt(var)
     p = sigma / jnp.sum(sigma)
     plogp = jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
@@ -369,11 +394,11 @@ def component_cam(contributions: Array, direction: Array) -> Array:
     M = jnp.asarray(contributions)
     v = jnp.asarray(direction)
     if not 3 <= M.ndim <= 5:
-        raise ValueError(f"contributions must be (B, *spatial, K) with 1-3 spatial axes; got "
-                         f"{M.shape}")
+        raise ValueError(
+            f"contributions must be (B, *spatial, K) with 1-3 spatial axes; got {M.shape}"
+        )
     if v.ndim not in (1, 2) or v.shape[0] != M.shape[-1]:
-        raise ValueError(f"direction must be (K,) or (K, r) with K = {M.shape[-1]}; got "
-                         f"{v.shape}")
+        raise ValueError(f"direction must be (K,) or (K, r) with K = {M.shape[-1]}; got {v.shape}")
     return jnp.tensordot(M, v, axes=1)
 
 
@@ -388,8 +413,7 @@ def project(importance: Array, directions: Array, *, mean: Array | None = None) 
     if s.ndim != 2:
         raise ValueError(f"importance must be (N, K); got shape {s.shape}")
     if d.ndim not in (1, 2) or d.shape[0] != s.shape[1]:
-        raise ValueError(f"directions must be (K,) or (K, r) with K = {s.shape[1]}; got "
-                         f"{d.shape}")
+        raise ValueError(f"directions must be (K,) or (K, r) with K = {s.shape[1]}; got {d.shape}")
     if mean is not None:
         mean = jnp.asarray(mean)
         if mean.shape != (s.shape[1],):

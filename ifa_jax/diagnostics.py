@@ -36,8 +36,9 @@ def _used_classes(n_classes: int, present) -> np.ndarray:
         return np.arange(n_classes)
     p = np.asarray(present)
     if p.shape != (n_classes,) or p.dtype != bool:
-        raise ValueError(f"present must be a bool array of shape ({n_classes},); got "
-                         f"{p.dtype} {p.shape}")
+        raise ValueError(
+            f"present must be a bool array of shape ({n_classes},); got {p.dtype} {p.shape}"
+        )
     return np.flatnonzero(p)
 
 
@@ -45,9 +46,11 @@ def _finite_rows(arr: np.ndarray, used: np.ndarray, name: str) -> None:
     flat = arr.reshape(arr.shape[0], -1)[used]
     bad = ~np.isfinite(flat).all(axis=1)
     if bad.any():
-        raise ValueError(f"{name} has non-finite rows for class(es) "
-                         f"{[int(c) for c in used[bad]]} (no counted sample); pass "
-                         "present=Summary.present to skip them")
+        raise ValueError(
+            f"{name} has non-finite rows for class(es) "
+            f"{[int(c) for c in used[bad]]} (no counted sample); pass "
+            "present=Summary.present to skip them"
+        )
 
 
 # --------------------------------------------------------------------------- overfitting
@@ -113,12 +116,24 @@ def distribution_shift(train, val) -> Shift:
     w = wasserstein_1d(a, b)
     shift = med_b - float(med_a)
     n, m = a.size, b.size
-    return Shift(ks_statistic(a, b), KS_C05 * math.sqrt((n + m) / (n * m)), w,
-                 _ratio(w, iqr), float(med_a), med_b, shift, _ratio(shift, iqr), iqr, n, m)
+    return Shift(
+        ks_statistic(a, b),
+        KS_C05 * math.sqrt((n + m) / (n * m)),
+        w,
+        _ratio(w, iqr),
+        float(med_a),
+        med_b,
+        shift,
+        _ratio(shift, iqr),
+        iqr,
+        n,
+        m,
+    )
 
 
-def overfitting(train_max, train_min, val_max, val_min, *, train_importance=None,
-                val_importance=None) -> dict[str, Shift]:
+def overfitting(
+    train_max, train_min, val_max, val_min, *, train_importance=None, val_importance=None
+) -> dict[str, Shift]:
     """Train vs validation distributions of per-sample CAM extremes (and importances).
 
     train_max/min, val_max/min: (N,) max and min of the raw CAM on the feature grid.
@@ -127,27 +142,30 @@ def overfitting(train_max, train_min, val_max, val_min, *, train_importance=None
     Reading: an overfitted model explains its training samples with stronger CAMs than
     unseen ones: KS above ks_critical and a negative median_shift for 'cam_max'.
     """
-    out = {"cam_max": distribution_shift(train_max, val_max),
-           "cam_min": distribution_shift(train_min, val_min)}
+    out = {
+        "cam_max": distribution_shift(train_max, val_max),
+        "cam_min": distribution_shift(train_min, val_min),
+    }
     if (train_importance is None) != (val_importance is None):
         raise ValueError("pass both train_importance and val_importance, or neither")
     if train_importance is not None:
         s_tr = np.asarray(train_importance, np.float64)
         s_va = np.asarray(val_importance, np.float64)
         if s_tr.ndim != 2 or s_va.ndim != 2 or s_tr.shape[1] != s_va.shape[1]:
-            raise ValueError(f"importances must be (N, K) with the same K; got {s_tr.shape} "
-                             f"and {s_va.shape}")
+            raise ValueError(
+                f"importances must be (N, K) with the same K; got {s_tr.shape} and {s_va.shape}"
+            )
         out["cam_mass"] = distribution_shift(s_tr.sum(1), s_va.sum(1))
-        out["importance_norm"] = distribution_shift(np.linalg.norm(s_tr, axis=1),
-                                                    np.linalg.norm(s_va, axis=1))
+        out["importance_norm"] = distribution_shift(
+            np.linalg.norm(s_tr, axis=1), np.linalg.norm(s_va, axis=1)
+        )
     return out
 
 
 # --------------------------------------------------------------------------- outliers
 
 
-def within_class_covariance(covariance, class_means, class_counts, *, ddof: int = 0
-                            ) -> np.ndarray:
+def within_class_covariance(covariance, class_means, class_counts, *, ddof: int = 0) -> np.ndarray:
     """Pooled within-class covariance (K, K) from the total covariance and class means.
 
     covariance: (K, K) of s over the counted samples, normalised by N - ddof (the analysis
@@ -159,10 +177,16 @@ def within_class_covariance(covariance, class_means, class_counts, *, ddof: int 
     means = np.asarray(class_means, np.float64)
     counts = np.asarray(class_counts, np.float64)
     K = cov.shape[-1]
-    if cov.shape != (K, K) or means.ndim != 2 or means.shape[1] != K or \
-            counts.shape != (means.shape[0],):
-        raise ValueError(f"expected covariance (K, K), class_means (C, K), class_counts (C,); "
-                         f"got {cov.shape}, {means.shape}, {counts.shape}")
+    if (
+        cov.shape != (K, K)
+        or means.ndim != 2
+        or means.shape[1] != K
+        or counts.shape != (means.shape[0],)
+    ):
+        raise ValueError(
+            f"expected covariance (K, K), class_means (C, K), class_counts (C,); "
+            f"got {cov.shape}, {means.shape}, {counts.shape}"
+        )
     if (counts < 0).any() or not np.isfinite(counts).all():
         raise ValueError(f"class_counts must be finite and >= 0; got {counts}")
     used = np.flatnonzero(counts > 0)
@@ -170,8 +194,10 @@ def within_class_covariance(covariance, class_means, class_counts, *, ddof: int 
     total = counts.sum()
     dof = total - used.size
     if dof <= 0:
-        raise ValueError(f"{int(total)} counted samples in {used.size} classes leave no "
-                         "within-class degrees of freedom; analyse more samples")
+        raise ValueError(
+            f"{int(total)} counted samples in {used.size} classes leave no "
+            "within-class degrees of freedom; analyse more samples"
+        )
     mu = counts[used] @ means[used] / total
     dev = means[used] - mu
     between = (dev * counts[used, None]).T @ dev
@@ -189,15 +215,19 @@ def _mahalanobis(importance, labels, class_means, covariance, n_components, rtol
         raise ValueError(f"importance must be (N, K); got shape {s.shape}")
     N, K = s.shape
     if means.ndim != 2 or means.shape[1] != K or cov.shape != (K, K):
-        raise ValueError(f"expected class_means (C, {K}) and covariance ({K}, {K}); got "
-                         f"{means.shape} and {cov.shape}")
+        raise ValueError(
+            f"expected class_means (C, {K}) and covariance ({K}, {K}); got "
+            f"{means.shape} and {cov.shape}"
+        )
     if y.shape != (N,) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"labels must be ints of shape ({N},); got {y.dtype} {y.shape}")
     bad = (y < 0) | (y >= means.shape[0])
     if bad.any():
-        raise ValueError(f"label {int(y[bad][0])} is outside [0, {means.shape[0]}) "
-                         f"({int(bad.sum())} sample(s)); pass class_means with one row per "
-                         "class")
+        raise ValueError(
+            f"label {int(y[bad][0])} is outside [0, {means.shape[0]}) "
+            f"({int(bad.sum())} sample(s)); pass class_means with one row per "
+            "class"
+        )
     if not np.isfinite(s).all():
         raise ValueError("importance has non-finite entries; drop those samples first")
     _finite_rows(means, np.unique(y), "class_means")
@@ -208,15 +238,18 @@ def _mahalanobis(importance, labels, class_means, covariance, n_components, rtol
     w, v = np.linalg.eigh(0.5 * (cov + cov.T))
     w, v = w[::-1], v[:, ::-1]
     if not w[0] > 0:
-        raise ValueError("covariance is zero (or negative definite): no spread to measure "
-                         "distances against; analyse more samples")
+        raise ValueError(
+            "covariance is zero (or negative definite): no spread to measure "
+            "distances against; analyse more samples"
+        )
     keep = np.flatnonzero(w[:n_components] > rtol * w[0])
     coords = (s - means[y]) @ v[:, keep]
     return np.sqrt(np.sum(coords**2 / w[keep], axis=1)), int(keep.size)
 
 
-def outlier_scores(importance, labels, class_means, covariance, n_components: int, *,
-                   rtol: float = 1e-6) -> np.ndarray:
+def outlier_scores(
+    importance, labels, class_means, covariance, n_components: int, *, rtol: float = 1e-6
+) -> np.ndarray:
     """Mahalanobis distance (N,) of each importance vector from its class mean, in the
     subspace of the covariance's top ``n_components`` principal directions.
 
@@ -248,8 +281,16 @@ class Outliers(NamedTuple):
     median: float
 
 
-def outliers(importance, labels, class_means, covariance, *, n_components: int | None = None,
-             worst: int = 10, rtol: float = 1e-6) -> Outliers:
+def outliers(
+    importance,
+    labels,
+    class_means,
+    covariance,
+    *,
+    n_components: int | None = None,
+    worst: int = 10,
+    rtol: float = 1e-6,
+) -> Outliers:
     """The ``worst`` samples by :func:`outlier_scores` (ties: lower index first).
 
     n_components=None uses the number of components carrying 95% of the covariance's
@@ -264,8 +305,13 @@ def outliers(importance, labels, class_means, covariance, *, n_components: int |
     d, used = _mahalanobis(importance, labels, class_means, cov, n_components, rtol)
     order = np.argsort(-d, kind="stable")[:worst]
     y = np.asarray(labels)
-    return Outliers(tuple(int(i) for i in order), tuple(float(d[i]) for i in order),
-                    tuple(int(y[i]) for i in order), used, float(np.median(d)))
+    return Outliers(
+        tuple(int(i) for i in order),
+        tuple(float(d[i]) for i in order),
+        tuple(int(y[i]) for i in order),
+        used,
+        float(np.median(d)),
+    )
 
 
 # --------------------------------------------------------------------------- confounders
@@ -290,8 +336,9 @@ class SharedChannels(NamedTuple):
     classes: tuple
 
 
-def shared_channels(im_class, *, present=None, n_top: int = 10,
-                    threshold: float = 0.8) -> SharedChannels:
+def shared_channels(
+    im_class, *, present=None, n_top: int = 10, threshold: float = 0.8
+) -> SharedChannels:
     """See :class:`SharedChannels`. im_class: (C, K); present: (C,) bool or None (all)."""
     im = np.asarray(im_class, np.float64)
     if im.ndim != 2:
@@ -300,17 +347,23 @@ def shared_channels(im_class, *, present=None, n_top: int = 10,
         raise ValueError(f"n_top must be a positive int; got {n_top!r}")
     used = _used_classes(im.shape[0], present)
     if used.size < 2:
-        raise ValueError(f"need at least 2 classes with counted samples to compare; got "
-                         f"{used.size}")
+        raise ValueError(
+            f"need at least 2 classes with counted samples to compare; got {used.size}"
+        )
     _finite_rows(im, used, "im_class")
     rows = im[used]
     mean = rows.mean(0)
     order = np.argsort(-mean, kind="stable")
     top = [int(k) for k in order if mean[k] > 0][:n_top]
     common = [float(rows[:, k].min() / rows[:, k].max()) for k in top]
-    return SharedChannels(tuple(top), tuple(common), tuple(float(mean[k]) for k in top),
-                          int(sum(c >= threshold for c in common)), float(threshold),
-                          tuple(int(c) for c in used))
+    return SharedChannels(
+        tuple(top),
+        tuple(common),
+        tuple(float(mean[k]) for k in top),
+        int(sum(c >= threshold for c in common)),
+        float(threshold),
+        tuple(int(c) for c in used),
+    )
 
 
 def border_ring(spatial: Sequence[int], width: int) -> np.ndarray:
@@ -319,12 +372,14 @@ def border_ring(spatial: Sequence[int], width: int) -> np.ndarray:
     if not (isinstance(width, (int, np.integer)) and width >= 1):
         raise ValueError(f"width must be a positive int (cells); got {width!r}")
     if any(2 * width >= n for n in spatial):
-        raise ValueError(f"a border of width {width} covers the whole grid {spatial}; use "
-                         f"width < {min(spatial) / 2:g}")
+        raise ValueError(
+            f"a border of width {width} covers the whole grid {spatial}; use "
+            f"width < {min(spatial) / 2:g}"
+        )
     ring = np.zeros(spatial, bool)
     for ax, n in enumerate(spatial):
         idx = [slice(None)] * len(spatial)
-        idx[ax] = np.r_[0:width, n - width:n]
+        idx[ax] = np.r_[0:width, n - width : n]
         ring[tuple(idx)] = True
     return ring
 
@@ -360,8 +415,10 @@ def border_mass(cam_mean, *, width: int = 1, present=None) -> BorderMass:
         mag = np.abs(cm[c])
         total = mag.sum()
         if total == 0:
-            raise ValueError(f"the mean CAM of class {int(c)} is zero everywhere; its border "
-                             "share is undefined (exclude it with present=...)")
+            raise ValueError(
+                f"the mean CAM of class {int(c)} is zero everywhere; its border "
+                "share is undefined (exclude it with present=...)"
+            )
         per[int(c)] = float(mag[ring].sum() / total)
     worst = max(per, key=lambda c: (per[c], -c))
     return BorderMass(per, float(ring.mean()), int(width), worst, per[worst])
@@ -374,12 +431,14 @@ class Confounders(NamedTuple):
     border: BorderMass
 
 
-def confounders(im_class, cam_mean, *, present=None, n_top: int = 10, threshold: float = 0.8,
-                width: int = 1) -> Confounders:
+def confounders(
+    im_class, cam_mean, *, present=None, n_top: int = 10, threshold: float = 0.8, width: int = 1
+) -> Confounders:
     """Both confounder checks: channels shared by all classes and border mass."""
-    return Confounders(shared_channels(im_class, present=present, n_top=n_top,
-                                       threshold=threshold),
-                       border_mass(cam_mean, width=width, present=present))
+    return Confounders(
+        shared_channels(im_class, present=present, n_top=n_top, threshold=threshold),
+        border_mass(cam_mean, width=width, present=present),
+    )
 
 
 # --------------------------------------------------------------------------- redundancy
@@ -406,20 +465,25 @@ class Redundancy(NamedTuple):
     first_component_share: float
 
 
-def redundancy(im_all, covariance, *, rtol: float = 0.01,
-               levels: Sequence[float] = decompose.LEVELS) -> Redundancy:
+def redundancy(
+    im_all, covariance, *, rtol: float = 0.01, levels: Sequence[float] = decompose.LEVELS
+) -> Redundancy:
     """See :class:`Redundancy`. im_all: (K,); covariance: (K, K) of s."""
     im = np.asarray(im_all, np.float64)
     cov = np.asarray(covariance, np.float64)
     if im.ndim != 1 or cov.shape != (im.size, im.size):
-        raise ValueError(f"expected im_all (K,) and covariance (K, K); got {im.shape} and "
-                         f"{cov.shape}")
+        raise ValueError(
+            f"expected im_all (K,) and covariance (K, K); got {im.shape} and {cov.shape}"
+        )
     near = np.asarray(decompose.near_zero_channels(im, rtol=rtol))
     spec = decompose.explained_variance(cov, levels=levels)
     eig = np.asarray(spec.eigenvalues)
     return Redundancy(
-        int(im.size), int(near.sum()), float(near.mean()),
+        int(im.size),
+        int(near.sum()),
+        float(near.mean()),
         float(decompose.effective_rank(eig, "entropy")),
         float(decompose.effective_rank(eig, "participation")),
         {lv: int(n) for lv, n in spec.n_components.items()},
-        float(spec.ratio[0]))
+        float(spec.ratio[0]),
+    )

@@ -20,16 +20,28 @@ Array = jax.Array
 
 def _scorer(target_fn, score):
     """(logits (N, O), target (N,)) -> score (N,): the objective the probe explained."""
+
     def f(logits, target):
         if target_fn is not None:
             return target_fn(logits)
         return target_scores(logits, target, score)
+
     return f
 
 
-def forward_weights(probe: LayerProbe, variables, x: Array, A: Array, result: ProbeResult,
-                    method: str, *, layer: str, target_fn=None, score: str = "logit",
-                    chunk_size: int = 16) -> Array | None:
+def forward_weights(
+    probe: LayerProbe,
+    variables,
+    x: Array,
+    A: Array,
+    result: ProbeResult,
+    method: str,
+    *,
+    layer: str,
+    target_fn=None,
+    score: str = "logit",
+    chunk_size: int = 16,
+) -> Array | None:
     """ScoreCAM / AblationCAM weights (B, K) from batched forward passes; None for others.
 
     Traceable: call it under ``jit`` with ``probe``, ``method``, ``layer``, ``target_fn``,
@@ -38,17 +50,25 @@ def forward_weights(probe: LayerProbe, variables, x: Array, A: Array, result: Pr
     to_score = _scorer(target_fn, score)
     if method == "scorecam":
         return cams.scorecam_weights(
-            A, x, lambda xm, t: to_score(probe.forward(variables, xm), t), result.target,
-            chunk_size=chunk_size)
+            A,
+            x,
+            lambda xm, t: to_score(probe.forward(variables, xm), t),
+            result.target,
+            chunk_size=chunk_size,
+        )
     if method == "ablationcam":
+
         def ablated(delta):
             return to_score(probe.forward_with(variables, x, {layer: delta}), result.target)
+
         return cams.ablation_weights(A, ablated, result.score, chunk_size=chunk_size)
     return None
 
 
-_forward_weights = jax.jit(forward_weights, static_argnames=(
-    "probe", "method", "layer", "target_fn", "score", "chunk_size"))
+_forward_weights = jax.jit(
+    forward_weights,
+    static_argnames=("probe", "method", "layer", "target_fn", "score", "chunk_size"),
+)
 _cam = jax.jit(cams.cam, static_argnames=("method",))
 
 
@@ -57,9 +77,18 @@ def callable_target(target: Target):
     return target if callable(target) and not isinstance(target, (str, jax.Array)) else None
 
 
-def explain(probe: LayerProbe, variables, x: Array, target: Target = "predicted",
-            method: str = "gradcam", *, mask: Array | None = None, score: str = "logit",
-            layer: str | None = None, chunk_size: int = 16) -> tuple[ProbeResult, cams.CamResult]:
+def explain(
+    probe: LayerProbe,
+    variables,
+    x: Array,
+    target: Target = "predicted",
+    method: str = "gradcam",
+    *,
+    mask: Array | None = None,
+    score: str = "logit",
+    layer: str | None = None,
+    chunk_size: int = 16,
+) -> tuple[ProbeResult, cams.CamResult]:
     """Probe ``x`` and compute one CAM method. Returns (probe result, CAM result).
 
     x: (B, *spatial_in, C). The CAM result's ``cam`` is on the layer's grid; use
@@ -75,8 +104,16 @@ def explain(probe: LayerProbe, variables, x: Array, target: Target = "predicted"
         A, G = A[layer], G[layer]
     weights = None
     if method in cams.FORWARD_METHODS:
-        weights = _forward_weights(probe, variables, jnp.asarray(x), A, result, method,
-                                   layer=layer,
-                                   target_fn=callable_target(target), score=score,
-                                   chunk_size=chunk_size)
+        weights = _forward_weights(
+            probe,
+            variables,
+            jnp.asarray(x),
+            A,
+            result,
+            method,
+            layer=layer,
+            target_fn=callable_target(target),
+            score=score,
+            chunk_size=chunk_size,
+        )
     return result, _cam(A, G, method, mask, weights=weights)

@@ -41,8 +41,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}{TEMP_MARK}",
-                               suffix=suffix)
+    fd, tmp = tempfile.mkstemp(
+        dir=directory, prefix=f".{os.path.basename(path)}{TEMP_MARK}", suffix=suffix
+    )
     os.close(fd)
     try:
         yield tmp
@@ -54,9 +55,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
         if isinstance(e, WriteError):
             raise
         raise WriteError(
-            e.errno, f"could not write {path} ({e.strerror or e}); nothing was replaced: "
+            e.errno,
+            f"could not write {path} ({e.strerror or e}); nothing was replaced: "
             "the previous file, if any, is intact. Free space (or raise the file-size limit) "
-            "and run the same command again to resume") from e
+            "and run the same command again to resume",
+        ) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

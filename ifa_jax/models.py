@@ -20,6 +20,7 @@ class ReLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (B, num_classes) of inputs x (B, *spatial, C)."""
         return nn.relu(x)
 
 
@@ -41,6 +42,7 @@ class MnistCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (B, num_classes) of inputs x (B, *spatial, C)."""
         x = nn.Conv(self.width1, (5, 5), padding="VALID", name="conv1")(x)
         x = nn.max_pool(ReLU(name="relu1")(x), (3, 3), strides=(3, 3))
         x = nn.Conv(self.width2, (3, 3), padding="VALID", name="conv2")(x)
@@ -71,6 +73,7 @@ class ConvNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (B, num_classes) of inputs x (B, *spatial, C)."""
         if x.ndim != self.ndim + 2:
             raise ValueError(
                 f"ConvNet(ndim={self.ndim}) expects inputs of rank {self.ndim + 2} "
@@ -89,6 +92,7 @@ class Backbone(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (B, num_classes) of inputs x (B, *spatial, C)."""
         x = nn.relu(nn.Conv(8, (3, 3), padding="SAME", name="conv1")(x))
         return nn.relu(nn.Conv(16, (3, 3), padding="SAME", name="conv2")(x))
 
@@ -100,6 +104,7 @@ class NestedNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (B, num_classes) of inputs x (B, *spatial, C)."""
         x = Backbone(name="backbone")(x)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="head")(x)
@@ -108,13 +113,20 @@ class NestedNet(nn.Module):
 class NnxCNN(nnx.Module):
     """NNX twin of :class:`ConvNet` for 2-D inputs; natural target layer ``"conv2"``."""
 
-    def __init__(self, in_channels: int = 1, features: Sequence[int] = (8, 16),
-                 num_classes: int = 4, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        features: Sequence[int] = (8, 16),
+        num_classes: int = 4,
+        *,
+        rngs: nnx.Rngs,
+    ):
         self.conv1 = nnx.Conv(in_channels, features[0], (3, 3), padding="SAME", rngs=rngs)
         self.conv2 = nnx.Conv(features[0], features[1], (3, 3), padding="SAME", rngs=rngs)
         self.head = nnx.Linear(features[1], num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (B, num_classes) of inputs x (B, *spatial, C)."""
         x = nnx.relu(self.conv1(x))
         x = nnx.relu(self.conv2(x))
         return self.head(jnp.mean(x, axis=(1, 2)))
@@ -128,16 +140,24 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Logits of x (B, *spatial, C); ``train`` puts BatchNorm in training mode."""
         d = x.ndim - 2
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
-        y = nn.Conv(self.features, (3,) * d, (self.strides,) * d, padding="SAME",
-                    use_bias=False, name="conv1")(x)
+        y = nn.Conv(
+            self.features,
+            (3,) * d,
+            (self.strides,) * d,
+            padding="SAME",
+            use_bias=False,
+            name="conv1",
+        )(x)
         y = nn.relu(norm(name="bn1")(y))
         y = nn.Conv(self.features, (3,) * d, padding="SAME", use_bias=False, name="conv2")(y)
         y = norm(name="bn2")(y)
         if self.strides != 1 or x.shape[-1] != self.features:
-            x = nn.Conv(self.features, (1,) * d, (self.strides,) * d, use_bias=False,
-                        name="proj")(x)
+            x = nn.Conv(self.features, (1,) * d, (self.strides,) * d, use_bias=False, name="proj")(
+                x
+            )
             x = norm(name="proj_bn")(x)
         return nn.relu(x + y)
 
@@ -151,9 +171,11 @@ class ResNetStage(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Logits of x (B, *spatial, C); ``train`` puts BatchNorm in training mode."""
         for i in range(self.num_blocks):
-            x = BasicBlock(self.features, self.strides if i == 0 else 1,
-                           name=f"block{i + 1}")(x, train)
+            x = BasicBlock(self.features, self.strides if i == 0 else 1, name=f"block{i + 1}")(
+                x, train
+            )
         return x
 
 
@@ -177,6 +199,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Logits of x (B, *spatial, C); ``train`` puts BatchNorm in training mode."""
         d = x.ndim - 2
         if d not in (1, 2, 3):
             raise ValueError(
@@ -186,8 +209,14 @@ class ResNet(nn.Module):
             raise ValueError(f"stem must be 'auto', 'small' or 'large'; got {self.stem!r}")
         large = self.stem == "large" or (self.stem == "auto" and min(x.shape[1:-1]) >= 96)
         if large:
-            x = nn.Conv(self.width, (7,) * d, (2,) * d, padding=[(3, 3)] * d, use_bias=False,
-                        name="stem_conv")(x)
+            x = nn.Conv(
+                self.width,
+                (7,) * d,
+                (2,) * d,
+                padding=[(3, 3)] * d,
+                use_bias=False,
+                name="stem_conv",
+            )(x)
         else:
             x = nn.Conv(self.width, (3,) * d, padding="SAME", use_bias=False, name="stem_conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="stem_bn")(x)

@@ -72,9 +72,11 @@ def _display_image(image, name: str = "image") -> tuple[np.ndarray, dict]:
     if img.ndim == 2:
         return img.astype(np.float64), {"cmap": "gray"}
     if img.ndim != 3 or img.shape[-1] not in (3, 4):
-        raise ValueError(f"{name} has shape {np.shape(image)}; expected (H, W) or (H, W, C) "
-                         "with C = 1 (gray), 3 (RGB) or 4 (RGBA); pick channels with "
-                         "image[..., :3] or image[..., k]")
+        raise ValueError(
+            f"{name} has shape {np.shape(image)}; expected (H, W) or (H, W, C) "
+            "with C = 1 (gray), 3 (RGB) or 4 (RGBA); pick channels with "
+            "image[..., :3] or image[..., k]"
+        )
     if img.dtype == np.uint8:
         return img, {}
     img = img.astype(np.float64)
@@ -88,8 +90,10 @@ def _image_grid(images, name: str = "images") -> tuple[int, int]:
     """(H, W) of a batch of images (N, H, W) or (N, H, W, C), or a ValueError."""
     shape = np.shape(images)
     if len(shape) not in (3, 4):
-        raise ValueError(f"{name} has shape {shape}; expected a batch (N, H, W) or "
-                         "(N, H, W, C); add a batch axis for one image (images[None])")
+        raise ValueError(
+            f"{name} has shape {shape}; expected a batch (N, H, W) or "
+            "(N, H, W, C); add a batch axis for one image (images[None])"
+        )
     return shape[1], shape[2]
 
 
@@ -99,13 +103,17 @@ def _batch_maps(maps, images, name: str) -> np.ndarray:
     maps = np.asarray(maps)
     n = np.shape(images)[0]
     if maps.ndim != 3:
-        raise ValueError(f"{name} has shape {maps.shape}; expected one 2-D map per image, "
-                         f"(N, h, w) = ({n}, h, w) for images {np.shape(images)}; drop a "
-                         "channel axis with maps[..., 0], or pass a batch (maps[None])")
+        raise ValueError(
+            f"{name} has shape {maps.shape}; expected one 2-D map per image, "
+            f"(N, h, w) = ({n}, h, w) for images {np.shape(images)}; drop a "
+            "channel axis with maps[..., 0], or pass a batch (maps[None])"
+        )
     if maps.shape[0] != n:
-        raise ValueError(f"{name} has {maps.shape[0]} maps (shape {maps.shape}) but there are "
-                         f"{n} images (shape {np.shape(images)}); pass one map per image, in "
-                         "the same order")
+        raise ValueError(
+            f"{name} has {maps.shape[0]} maps (shape {maps.shape}) but there are "
+            f"{n} images (shape {np.shape(images)}); pass one map per image, in "
+            "the same order"
+        )
     if maps.shape[1:] != hw:
         maps = np.asarray(_cams.upsample(maps, hw))
     return maps.astype(np.float64)
@@ -124,9 +132,11 @@ def _rescale(maps: np.ndarray, scale) -> tuple[np.ndarray, str]:
     if scale is None:
         return _minmax01(maps), PER_IMAGE_LABEL
     if not isinstance(scale, _scale.Scale):
-        raise TypeError(f"scale must be an ifa_jax.scale.Scale (e.g. from "
-                        f"scale.common_scale) or None for per-image min-max; got "
-                        f"{type(scale).__name__}")
+        raise TypeError(
+            f"scale must be an ifa_jax.scale.Scale (e.g. from "
+            f"scale.common_scale) or None for per-image min-max; got "
+            f"{type(scale).__name__}"
+        )
     return np.asarray(_scale.apply_scale(maps, scale, clip=True), np.float64), COMMON_LABEL
 
 
@@ -142,8 +152,16 @@ def _draw_overlay(ax, image, cam01: np.ndarray, alpha: float, name: str = "image
 # ------------------------------------------------------------------------------ overlays
 
 
-def overlay(image, cam, scale=None, *, ax=None, alpha: float = 0.55, colorbar: bool = True,
-            title: str | None = None):
+def overlay(
+    image,
+    cam,
+    scale=None,
+    *,
+    ax=None,
+    alpha: float = 0.55,
+    colorbar: bool = True,
+    title: str | None = None,
+):
     """One image (H, W) or (H, W, C) with its raw CAM (h, w) drawn on top; returns the Figure.
 
     The CAM is upsampled to (H, W) when it is on the feature grid, then rescaled: with
@@ -153,13 +171,18 @@ def overlay(image, cam, scale=None, *, ax=None, alpha: float = 0.55, colorbar: b
     """
     cam = np.asarray(cam)
     if cam.ndim != 2:
-        hint = ("for a batch of CAMs use plots.overlay_grid(images, cams)" if cam.ndim == 3
-                else "pass the 2-D map of one image")
+        hint = (
+            "for a batch of CAMs use plots.overlay_grid(images, cams)"
+            if cam.ndim == 3
+            else "pass the 2-D map of one image"
+        )
         raise ValueError(f"cam has shape {cam.shape}; overlay draws one 2-D CAM (h, w); {hint}")
     img_shape = np.shape(image)
     if len(img_shape) not in (2, 3):
-        raise ValueError(f"image has shape {img_shape}; overlay draws one image (H, W) or "
-                         "(H, W, C); for a batch use plots.overlay_grid(images, cams)")
+        raise ValueError(
+            f"image has shape {img_shape}; overlay draws one image (H, W) or "
+            "(H, W, C); for a batch use plots.overlay_grid(images, cams)"
+        )
     maps = _batch_maps(cam[None], np.asarray(image)[None], "cam")
     values, label = _rescale(maps, scale)
     if ax is None:
@@ -174,8 +197,15 @@ def overlay(image, cam, scale=None, *, ax=None, alpha: float = 0.55, colorbar: b
     return fig
 
 
-def overlay_grid(images, cams, scale=None, *, titles: Sequence[str] | None = None,
-                 alpha: float = 0.55, cols: int | None = None):
+def overlay_grid(
+    images,
+    cams,
+    scale=None,
+    *,
+    titles: Sequence[str] | None = None,
+    alpha: float = 0.55,
+    cols: int | None = None,
+):
     """A grid of overlays with ONE shared colour bar; returns the Figure.
 
     images: (N, H, W) or (N, H, W, C); cams: raw CAMs (N, h, w), upsampled to (H, W) when
@@ -209,8 +239,13 @@ def overlay_grid(images, cams, scale=None, *, titles: Sequence[str] | None = Non
 # ----------------------------------------------------------------- the analysis' figures
 
 
-def cam_grid(images: np.ndarray, common: np.ndarray, per_image: np.ndarray,
-             titles: Sequence[str] | None = None, alpha: float = 0.55):
+def cam_grid(
+    images: np.ndarray,
+    common: np.ndarray,
+    per_image: np.ndarray,
+    titles: Sequence[str] | None = None,
+    alpha: float = 0.55,
+):
     """CAMs on the common scale (top row, one shared colorbar) above the same CAMs min-max
     normalised per image (bottom row). images: (N, H, W[, C]); common, per_image: (N, h, w)
     in [0, 1], upsampled to (H, W) when on the feature grid."""
@@ -223,8 +258,7 @@ def cam_grid(images: np.ndarray, common: np.ndarray, per_image: np.ndarray,
     mappable = None
     for i in range(n):
         for row, maps in enumerate((common, per_image)):
-            mappable = _draw_overlay(axes[row, i], images[i], maps[i], alpha,
-                                     name=f"images[{i}]")
+            mappable = _draw_overlay(axes[row, i], images[i], maps[i], alpha, name=f"images[{i}]")
         if titles is not None:
             axes[0, i].set_title(titles[i], fontsize=8)
     axes[0, 0].set_ylabel("common scale", fontsize=9)
@@ -269,8 +303,9 @@ def consistency_scatter(panels: Mapping[str, tuple[np.ndarray, np.ndarray, float
     fig, axes = _figure(rows, cols, figsize=(3.2 * cols, 3.0 * rows))
     for ax, (name, (a, y, r)) in zip(axes.ravel(), panels.items()):
         ax.scatter(a, y, s=4, alpha=0.5)
-        ax.set_title(f"{name}\nr = {r:.3f}" if r is not None else f"{name}\nr undefined",
-                     fontsize=8)
+        ax.set_title(
+            f"{name}\nr = {r:.3f}" if r is not None else f"{name}\nr undefined", fontsize=8
+        )
         ax.set_xlabel("CAM activation level", fontsize=8)
         ax.set_ylabel("logit", fontsize=8)
     for ax in axes.ravel()[n:]:
@@ -296,8 +331,10 @@ def spectrum(explained_ratio: np.ndarray, marks: Mapping[str, int] | None = None
     return fig
 
 
-def accuracy_curve(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-                   full_accuracy: float | None = None):
+def accuracy_curve(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    full_accuracy: float | None = None,
+):
     """Accuracy against the share of channels kept, one line per selection mode."""
     fig, ax = _figure(figsize=(6, 3.4), squeeze=True)
     for name, (ratios, acc) in curves.items():

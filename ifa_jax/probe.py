@@ -78,7 +78,7 @@ def resolve_layer(requested: str, available: Sequence[str]) -> str:
     if requested in available:
         return requested
     parts = requested.split("/")
-    matches = [p for p in available if p.split("/")[-len(parts):] == parts]
+    matches = [p for p in available if p.split("/")[-len(parts) :] == parts]
     if len(matches) == 1:
         return matches[0]
     listing = ", ".join(available) if available else "(none)"
@@ -249,8 +249,9 @@ def linen_layers(model: nn.Module, variables: Any, x: Array, **apply_kwargs) -> 
     return found
 
 
-def _linen_tapped(model: nn.Module, layers: tuple[str, ...], apply_kwargs: dict,
-                  output: Output = None) -> TappedFn:
+def _linen_tapped(
+    model: nn.Module, layers: tuple[str, ...], apply_kwargs: dict, output: Output = None
+) -> TappedFn:
     def tapped(variables, x, deltas):
         with _explained_errors(x):
             return _tapped(variables, x, deltas)
@@ -274,8 +275,9 @@ def _linen_tapped(model: nn.Module, layers: tuple[str, ...], apply_kwargs: dict,
     return tapped
 
 
-def linen_probe(model: nn.Module, layers: str | Sequence[str], *, output: Output = None,
-                **apply_kwargs) -> LayerProbe:
+def linen_probe(
+    model: nn.Module, layers: str | Sequence[str], *, output: Output = None, **apply_kwargs
+) -> LayerProbe:
     """A probe for a Linen model at one layer (arrays out) or several (dicts out).
 
     ``apply_kwargs`` go to ``model.apply`` (e.g. ``train=False`` for BatchNorm models).
@@ -283,8 +285,11 @@ def linen_probe(model: nn.Module, layers: str | Sequence[str], *, output: Output
     (``0``), a key (``'logits'``) or a callable ``out -> logits``.
     """
     names = _layer_names(layers)
-    return LayerProbe(_linen_tapped(model, names, dict(apply_kwargs), output), names,
-                      single=isinstance(layers, str))
+    return LayerProbe(
+        _linen_tapped(model, names, dict(apply_kwargs), output),
+        names,
+        single=isinstance(layers, str),
+    )
 
 
 # --------------------------------------------------------------------------- NNX
@@ -319,8 +324,9 @@ def _set_child(parent, key: str, value) -> None:
         object.__setattr__(parent, key, value)
 
 
-def nnx_probe(model: nnx.Module, layers: str | Sequence[str], *,
-              output: Output = None) -> tuple[LayerProbe, nnx.State]:
+def nnx_probe(
+    model: nnx.Module, layers: str | Sequence[str], *, output: Output = None
+) -> tuple[LayerProbe, nnx.State]:
     """A probe for an NNX model, and the model's state to pass as ``variables``.
 
     Nothing needs adding to the model. Call ``model.eval()`` first if it has BatchNorm or
@@ -338,8 +344,7 @@ def nnx_probe(model: nnx.Module, layers: str | Sequence[str], *,
         for name, path in paths.items():
             *parents, last = path.split("/")
             parent = functools.reduce(_get_child, parents, copy)
-            _set_child(parent, last, _NnxTap(_get_child(parent, last), name, path, acts,
-                                             deltas))
+            _set_child(parent, last, _NnxTap(_get_child(parent, last), name, path, acts, deltas))
         with _explained_errors(x):
             out = copy(x)
         return select_output(out, output), acts
@@ -410,13 +415,19 @@ class LayerProbe:
     def output_shapes(self, variables, x: Array) -> tuple[tuple[int, ...], dict[str, tuple]]:
         """Shapes of the logits and of each tapped activation, computed abstractly (cached
         per input and parameter shapes, so repeated calls do not retrace the model)."""
-        key = (tuple(x.shape), str(x.dtype), jax.tree.structure(variables),
-               tuple(jnp.shape(leaf) for leaf in jax.tree.leaves(variables)))
+        key = (
+            tuple(x.shape),
+            str(x.dtype),
+            jax.tree.structure(variables),
+            tuple(jnp.shape(leaf) for leaf in jax.tree.leaves(variables)),
+        )
         if key not in self._shapes:
             logits, acts = jax.eval_shape(lambda v, x: self.tapped(v, x, None), variables, x)
             out = (1,) if logits.ndim == 1 else ()
-            self._shapes[key] = (tuple(logits.shape) + out,
-                                 {k: tuple(a.shape) for k, a in acts.items()})
+            self._shapes[key] = (
+                tuple(logits.shape) + out,
+                {k: tuple(a.shape) for k, a in acts.items()},
+            )
         return self._shapes[key]
 
     def _zero_deltas(self, variables, x) -> dict[str, Array]:
@@ -440,8 +451,10 @@ class LayerProbe:
             return jnp.sum(y), (logits, y, idx, acts)
 
         grads, (logits, y, idx, acts) = jax.grad(total, has_aux=True)(zeros)
-        nonfinite = {k: jnp.stack([jnp.sum(~jnp.isfinite(acts[k])),
-                                   jnp.sum(~jnp.isfinite(grads[k]))]) for k in acts}
+        nonfinite = {
+            k: jnp.stack([jnp.sum(~jnp.isfinite(acts[k])), jnp.sum(~jnp.isfinite(grads[k]))])
+            for k in acts
+        }
         return logits, y, idx, acts, grads, nonfinite
 
     def per_class(self, variables, x: Array, classes: Array, *, score: str = "logit"):
@@ -498,13 +511,16 @@ class LayerProbe:
                 )
         return "index", None, t
 
-    def __call__(self, variables, x: Array, target: Target = "predicted", *,
-                 score: str = "logit") -> ProbeResult:
+    def __call__(
+        self, variables, x: Array, target: Target = "predicted", *, score: str = "logit"
+    ) -> ProbeResult:
+        """Logits, target scores and indices, A and G at the tapped layer(s) for ``x``."""
         one_of("score", score, SCORES)
         x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
         mode, fn, t = self._resolve_target(variables, x, target)
-        logits, y, idx, acts, grads, nonfinite = self._jit_core(variables, x, t, mode=mode,
-                                                                fn=fn, score=score)
+        logits, y, idx, acts, grads, nonfinite = self._jit_core(
+            variables, x, t, mode=mode, fn=fn, score=score
+        )
         if mode == "callable" and y.shape != (x.shape[0],):
             raise ValueError(
                 f"a callable target must return one score per sample, shape ({x.shape[0]},); "
@@ -520,9 +536,12 @@ class LayerProbe:
 
 def _raise_if_not_finite(nonfinite: dict[str, np.ndarray]) -> None:
     """nonfinite: {layer: [count in A, count in G]} from the jitted core."""
-    problems = [f"{int(n)} non-finite {kind} at layer {name!r}"
-                for name, counts in nonfinite.items()
-                for kind, n in zip(("activations", "gradients"), counts) if n]
+    problems = [
+        f"{int(n)} non-finite {kind} at layer {name!r}"
+        for name, counts in nonfinite.items()
+        for kind, n in zip(("activations", "gradients"), counts)
+        if n
+    ]
     if problems:
         raise FloatingPointError(
             f"{'; '.join(problems)}. Check the inputs and parameters for NaN/inf (or use "

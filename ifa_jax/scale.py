@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ifa_jax._checks import per_sample_values
+
 # Part of this module's API; they live lower in the layer order (analysis and cams use
 # them too).
 from ifa_jax._stats import DEFAULT_PERCENTILES as DEFAULT_PERCENTILES
@@ -77,28 +78,33 @@ jax.tree_util.register_pytree_node(
 )
 
 
-def scale_from_bounds(vmin: float, vmax: float, *, mode: str = "norm",
-                      remove_negative: bool = False) -> Scale:
+def scale_from_bounds(
+    vmin: float, vmax: float, *, mode: str = "norm", remove_negative: bool = False
+) -> Scale:
     """A :class:`Scale` from explicit bounds (validated; see the module doc)."""
     if mode not in MODES:
         raise ValueError(f"unknown scale mode {mode!r}; use one of {MODES}")
     vmin, vmax = float(vmin), float(vmax)
     if not (math.isfinite(vmin) and math.isfinite(vmax)):
-        raise ValueError(f"scale bounds must be finite; got vmin={vmin}, vmax={vmax}: check "
-                         "the per-sample CAM maxima/minima for inf/NaN")
+        raise ValueError(
+            f"scale bounds must be finite; got vmin={vmin}, vmax={vmax}: check "
+            "the per-sample CAM maxima/minima for inf/NaN"
+        )
     if remove_negative:
         if vmax <= 0:
             raise ValueError(
                 f"remove_negative=True but vmax = {vmax:.6g} <= 0: the typical CAM has no "
                 "positive part, so relu would erase it; use remove_negative=False, or check "
-                "the target class (a negative CAM often means the wrong target is explained)")
+                "the target class (a negative CAM often means the wrong target is explained)"
+            )
         vmin = 0.0
     if not vmax > vmin:
         raise ValueError(
             f"degenerate common scale: vmax = {vmax:.6g} <= vmin = {vmin:.6g}. The analysed "
             "CAMs are (nearly) constant or the percentiles cross; check that the layer's CAMs "
             "are not all zero, raise hi_percentile / lower lo_percentile, or pass explicit "
-            "bounds to scale_from_bounds. (No silent fallback to per-image scaling.)")
+            "bounds to scale_from_bounds. (No silent fallback to per-image scaling.)"
+        )
     if mode == "norm":
         a = 1.0 / (vmax - vmin)
         b = -vmin * a
@@ -109,9 +115,16 @@ def scale_from_bounds(vmin: float, vmax: float, *, mode: str = "norm",
     return Scale(vmin, vmax, mode, bool(remove_negative), a, b)
 
 
-def common_scale(cam_max, cam_min, *, mode: str = "norm", hi_percentile: float = 90,
-                 lo_percentile: float = 50, ratio: float = 1.0,
-                 remove_negative: bool = False) -> Scale:
+def common_scale(
+    cam_max,
+    cam_min,
+    *,
+    mode: str = "norm",
+    hi_percentile: float = 90,
+    lo_percentile: float = 50,
+    ratio: float = 1.0,
+    remove_negative: bool = False,
+) -> Scale:
     """The dataset-wide scale from per-sample extremes of the raw CAM.
 
     cam_max, cam_min: (N,) max and min of L over the feature grid, one per analysed sample
@@ -123,26 +136,34 @@ def common_scale(cam_max, cam_min, *, mode: str = "norm", hi_percentile: float =
     mx = per_sample_values(cam_max, "cam_max")
     mn = per_sample_values(cam_min, "cam_min")
     if mx.shape != mn.shape:
-        raise ValueError(f"cam_max has {mx.size} samples but cam_min {mn.size}; pass the "
-                         "per-sample max and min of the same samples")
+        raise ValueError(
+            f"cam_max has {mx.size} samples but cam_min {mn.size}; pass the "
+            "per-sample max and min of the same samples"
+        )
     swapped = mx < mn
     if swapped.any():
         i = int(np.flatnonzero(swapped)[0])
-        raise ValueError(f"cam_max < cam_min for {int(swapped.sum())} sample(s) (first: index "
-                         f"{i}, max {mx[i]:.6g} < min {mn[i]:.6g}); are the arguments swapped?")
+        raise ValueError(
+            f"cam_max < cam_min for {int(swapped.sum())} sample(s) (first: index "
+            f"{i}, max {mx[i]:.6g} < min {mn[i]:.6g}); are the arguments swapped?"
+        )
     ratio = float(ratio)
     if not (math.isfinite(ratio) and ratio > 0):
-        raise ValueError(f"ratio must be a positive finite number (1 natural images, 1.5 "
-                         f"medical in the paper); got {ratio}")
+        raise ValueError(
+            f"ratio must be a positive finite number (1 natural images, 1.5 "
+            f"medical in the paper); got {ratio}"
+        )
     hi, lo = check_percentile(hi_percentile), check_percentile(lo_percentile)
     vmax = ratio * float(np.percentile(mx, hi))
     vmin = ratio * float(np.percentile(mn, lo))
     try:
         return scale_from_bounds(vmin, vmax, mode=mode, remove_negative=remove_negative)
     except ValueError as err:
-        raise ValueError(f"{err} [from {mx.size} samples: vmax = {ratio:g} x "
-                         f"P{percentile_label(hi)} of cam_max, vmin = {ratio:g} x "
-                         f"P{percentile_label(lo)} of cam_min]") from None
+        raise ValueError(
+            f"{err} [from {mx.size} samples: vmax = {ratio:g} x "
+            f"P{percentile_label(hi)} of cam_max, vmin = {ratio:g} x "
+            f"P{percentile_label(lo)} of cam_min]"
+        ) from None
 
 
 def apply_scale(L: Array, scale: Scale, *, clip: bool = False) -> Array:

@@ -95,15 +95,19 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.eval_batch_size is None or self.eval_batch_size >= 1,
-             "eval_batch_size must be None or >= 1"),
+            (
+                self.eval_batch_size is None or self.eval_batch_size >= 1,
+                "eval_batch_size must be None or >= 1",
+            ),
             (self.lr >= 0, "lr must be >= 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
             (0 <= self.end_lr_ratio <= 1, "end_lr_ratio must lie in [0, 1]"),
             (0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)"),
-            (self.grad_clip_norm is None or self.grad_clip_norm > 0,
-             "grad_clip_norm must be None or > 0"),
+            (
+                self.grad_clip_norm is None or self.grad_clip_norm > 0,
+                "grad_clip_norm must be None or > 0",
+            ),
             (self.patience is None or self.patience >= 1, "patience must be None or >= 1"),
         ]
         bad = [msg for ok, msg in checks if not ok]
@@ -204,8 +208,10 @@ def _make_train_step(has_train: bool, label_smoothing: float) -> Callable:
 
 
 def _run_eval(eval_step: Callable, variables: Any, ds: Any, batch_size: int) -> dict[str, float]:
-    sums = [eval_step(variables, b.x, b.y, b.mask)
-            for b in batches(ds, batch_size, shard_index=0, shard_count=1)]
+    sums = [
+        eval_step(variables, b.x, b.y, b.mask)
+        for b in batches(ds, batch_size, shard_index=0, shard_count=1)
+    ]
     loss, correct, count = np.sum(jax.device_get(sums), axis=0)
     if count == 0:
         raise ValueError(f"cannot evaluate on an empty dataset ({getattr(ds, 'name', ds)})")
@@ -219,8 +225,9 @@ def evaluate(
 
     Returns ``{"loss", "accuracy", "count"}``; padding rows of the last batch are not counted.
     """
-    return _run_eval(_make_eval_step(model.apply, _takes_train_flag(model)), variables, ds,
-                     batch_size)
+    return _run_eval(
+        _make_eval_step(model.apply, _takes_train_flag(model)), variables, ds, batch_size
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -253,8 +260,9 @@ def init_variables(model: nn.Module, input_shape: tuple[int, ...], *, key: jax.A
     params_key, dropout_key = jax.random.split(key)
     kwargs = inference_kwargs(model)
     x = jnp.zeros((1, *input_shape), jnp.float32)
-    return jax.jit(lambda: model.init({"params": params_key, "dropout": dropout_key}, x,
-                                      **kwargs))()
+    return jax.jit(
+        lambda: model.init({"params": params_key, "dropout": dropout_key}, x, **kwargs)
+    )()
 
 
 def train(
@@ -295,8 +303,11 @@ def train(
     """
     key = jax.random.key(config.seed)
     init_key, shuffle_key, dropout_key = jax.random.split(key, 3)
-    steps_per_epoch = (len(train_ds) // config.batch_size if config.drop_remainder
-                       else -(-len(train_ds) // config.batch_size))
+    steps_per_epoch = (
+        len(train_ds) // config.batch_size
+        if config.drop_remainder
+        else -(-len(train_ds) // config.batch_size)
+    )
     if steps_per_epoch == 0:
         raise ValueError(
             f"training set has {len(train_ds)} examples, fewer than batch_size="
@@ -309,8 +320,9 @@ def train(
     if variables is None:
         variables = init_variables(model, train_ds.input_shape, key=init_key)
     kwargs = inference_kwargs(model)
-    out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, *train_ds.input_shape)),
-                                               **kwargs), variables)
+    out = jax.eval_shape(
+        lambda v: model.apply(v, jnp.zeros((1, *train_ds.input_shape)), **kwargs), variables
+    )
     if out.ndim != 2 or out.shape[-1] < train_ds.num_classes:
         raise ValueError(
             f"model outputs shape {out.shape} but the data has {train_ds.num_classes} classes; "
@@ -319,8 +331,14 @@ def train(
     variables = dict(variables)
     params = variables.pop("params")
     tx = _make_optimizer(config, steps_per_epoch)
-    state = TrainState(step=0, apply_fn=model.apply, params=params, tx=tx,
-                       opt_state=jax.jit(tx.init)(params), model_state=variables)
+    state = TrainState(
+        step=0,
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
+        opt_state=jax.jit(tx.init)(params),
+        model_state=variables,
+    )
     train_step = _make_train_step(has_train, config.label_smoothing)
     eval_step = _make_eval_step(model.apply, has_train)
     eval_bs = config.eval_batch_size or config.batch_size
@@ -332,16 +350,27 @@ def train(
         fingerprint = _run_fingerprint(config, train_ds, val_ds, state.variables)
         if os.path.exists(state_path):
             state, history, (best_acc, best_variables, since_best), done = _load_run_state(
-                state_path, fingerprint, state)
+                state_path, fingerprint, state
+            )
     last = done if history.stopped_early else config.epochs  # a stored run may be finished
     for epoch in range(done + 1, last + 1):
         start = time.perf_counter()
         sums = []
-        stream = batches(train_ds, config.batch_size,
-                         shuffle_key=jax.random.fold_in(shuffle_key, epoch),
-                         drop_remainder=config.drop_remainder, shard_index=0, shard_count=1)
-        for b in tqdm(stream, total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
-                      disable=not config.progress, leave=False):
+        stream = batches(
+            train_ds,
+            config.batch_size,
+            shuffle_key=jax.random.fold_in(shuffle_key, epoch),
+            drop_remainder=config.drop_remainder,
+            shard_index=0,
+            shard_count=1,
+        )
+        for b in tqdm(
+            stream,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{config.epochs}",
+            disable=not config.progress,
+            leave=False,
+        ):
             state, s = train_step(state, b.x, b.y, b.mask, dropout_key)
             sums.append(s)
         loss, correct, count = np.sum(jax.device_get(sums), axis=0)
@@ -367,8 +396,14 @@ def train(
         if checkpoint_path is not None and improved:
             save_checkpoint(checkpoint_path, jax.device_get(state.variables))
         if state_path is not None:
-            _save_run_state(state_path, fingerprint, epoch, state, history,
-                            (best_acc, best_variables, since_best))
+            _save_run_state(
+                state_path,
+                fingerprint,
+                epoch,
+                state,
+                history,
+                (best_acc, best_variables, since_best),
+            )
         if config.progress:
             tqdm.write(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if callback is not None:
@@ -409,15 +444,21 @@ def _digest(variables: Any, *, values: bool) -> str:
 def _data_summary(ds: Any) -> str:
     if ds is None:
         return "None"
-    return (f"{getattr(ds, 'name', type(ds).__name__)}: {len(ds)} examples of "
-            f"{tuple(ds.input_shape)}, {ds.num_classes} classes")
+    return (
+        f"{getattr(ds, 'name', type(ds).__name__)}: {len(ds)} examples of "
+        f"{tuple(ds.input_shape)}, {ds.num_classes} classes"
+    )
 
 
-def _run_fingerprint(config: TrainConfig, train_ds: Any, val_ds: Any,
-                     variables: Any) -> dict[str, str]:
+def _run_fingerprint(
+    config: TrainConfig, train_ds: Any, val_ds: Any, variables: Any
+) -> dict[str, str]:
     """What must match for a stored training state to continue this run exactly."""
-    out = {f.name: repr(getattr(config, f.name)) for f in dataclasses.fields(config)
-           if f.name not in _NOT_FINGERPRINTED}
+    out = {
+        f.name: repr(getattr(config, f.name))
+        for f in dataclasses.fields(config)
+        if f.name not in _NOT_FINGERPRINTED
+    }
     out["train_ds"] = _data_summary(train_ds)
     out["val_ds"] = _data_summary(val_ds)
     out["model"] = _digest(variables, values=False)
@@ -425,8 +466,14 @@ def _run_fingerprint(config: TrainConfig, train_ds: Any, val_ds: Any,
     return out
 
 
-def _save_run_state(path: str, fingerprint: dict[str, str], epoch: int, state: TrainState,
-                    history: History, early: tuple[float, Any, int]) -> None:
+def _save_run_state(
+    path: str,
+    fingerprint: dict[str, str],
+    epoch: int,
+    state: TrainState,
+    history: History,
+    early: tuple[float, Any, int],
+) -> None:
     best_acc, best_variables, since_best = early
     hist = {k: np.asarray(getattr(history, k), np.float64) for k in _HISTORY_LISTS}
     hist.update(best_epoch=history.best_epoch, stopped_early=history.stopped_early)
@@ -463,8 +510,11 @@ def _load_run_state(path: str, fingerprint: dict[str, str], state: TrainState) -
             f"{_STATE_FORMAT!r}); pass another state_path or {fix}"
         )
     stored = raw.get("fingerprint") or {}
-    diffs = [f"{k}: file {stored.get(k)} vs now {v}" for k, v in fingerprint.items()
-             if stored.get(k) != v]
+    diffs = [
+        f"{k}: file {stored.get(k)} vs now {v}"
+        for k, v in fingerprint.items()
+        if stored.get(k) != v
+    ]
     if diffs:
         raise TrainStateFileError(
             f"training state {path!r} was written by another run and cannot be resumed with "
@@ -474,13 +524,16 @@ def _load_run_state(path: str, fingerprint: dict[str, str], state: TrainState) -
     try:
         new_state = jax.device_put(serialization.from_state_dict(state, raw["train_state"]))
         h = raw["history"]
-        history = History(**{k: [float(v) for v in h[k]] for k in _HISTORY_LISTS},
-                          best_epoch=None if h["best_epoch"] is None else int(h["best_epoch"]),
-                          stopped_early=bool(h["stopped_early"]))
+        history = History(
+            **{k: [float(v) for v in h[k]] for k in _HISTORY_LISTS},
+            best_epoch=None if h["best_epoch"] is None else int(h["best_epoch"]),
+            stopped_early=bool(h["stopped_early"]),
+        )
         best_variables = raw["best_variables"]
         if best_variables is not None:
-            best_variables = serialization.from_state_dict(jax.device_get(state.variables),
-                                                           best_variables)
+            best_variables = serialization.from_state_dict(
+                jax.device_get(state.variables), best_variables
+            )
         early = (float(raw["best_accuracy"]), best_variables, int(raw["since_best"]))
         epoch = int(raw["epoch"])
     except Exception as e:
@@ -528,9 +581,11 @@ def _restore_orbax(path: str) -> Any:
     try:
         return jax.device_get(ocp.StandardCheckpointer().restore(os.path.abspath(path)))
     except Exception as e:
-        raise ValueError(f"{path!r} is a folder but not a readable orbax checkpoint ({e}); "
-                         "name the folder that orbax's StandardCheckpointer saved, or a "
-                         ".msgpack file") from e
+        raise ValueError(
+            f"{path!r} is a folder but not a readable orbax checkpoint ({e}); "
+            "name the folder that orbax's StandardCheckpointer saved, or a "
+            ".msgpack file"
+        ) from e
 
 
 def load_checkpoint(path: str | os.PathLike, template: Any) -> Any:
@@ -556,16 +611,19 @@ def load_checkpoint(path: str | os.PathLike, template: Any) -> Any:
         try:
             restored = serialization.msgpack_restore(data)
         except Exception as e:
-            raise ValueError(f"{path!r} is not a flax msgpack checkpoint (damaged or "
-                             f"truncated?): {e}; save the variables again with "
-                             "save_checkpoint or flax.serialization.to_bytes") from e
+            raise ValueError(
+                f"{path!r} is not a flax msgpack checkpoint (damaged or "
+                f"truncated?): {e}; save the variables again with "
+                "save_checkpoint or flax.serialization.to_bytes"
+            ) from e
     want = _leaf_specs(serialization.to_state_dict(template))
     got = _leaf_specs(restored)
     problems = [f"missing {k} {want[k][0]}" for k in want if k not in got]
     problems += [f"unexpected {k} {got[k][0]}" for k in got if k not in want]
     problems += [
         f"mismatch {k}: checkpoint {got[k][0]} {got[k][1]} vs template {want[k][0]} {want[k][1]}"
-        for k in want if k in got and got[k] != want[k]
+        for k in want
+        if k in got and got[k] != want[k]
     ]
     if problems:
         raise CheckpointMismatchError(

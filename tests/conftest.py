@@ -45,4 +45,3 @@ def random_ag(key, shape, positive=True):
     ka, kg = jax.random.split(key)
     a = jax.random.uniform(ka, shape) if positive else jax.random.normal(ka, shape)
     return a, jax.random.normal(kg, shape)
-

@@ -131,8 +131,14 @@ def dataset_statistics(s, L, labels, counted, num_classes):
     cov = np.zeros((K, K))
     for v in every:
         cov += np.outer(v - im_all, v - im_all)
-    return dict(count=count, im_class=im_class, im_all=im_all, im_var=im_var,
-                covariance=cov / len(every), cam_mean=cam_mean)
+    return {
+        "count": count,
+        "im_class": im_class,
+        "im_all": im_all,
+        "im_var": im_var,
+        "covariance": cov / len(every),
+        "cam_mean": cam_mean,
+    }
 
 
 # --------------------------------------------------------------------------- scale, decompose,

@@ -60,8 +60,9 @@ def drop_increase(score_one, x, saliency, target):
     return 100 * sum(drops) / len(drops), 100 * sum(incs) / len(incs)
 
 
-def insertion_deletion(score_one, x, saliency, target, window, windows_per_step,
-                       base_del, base_ins):
+def insertion_deletion(
+    score_one, x, saliency, target, window, windows_per_step, base_del, base_ins
+):
     """Curves (B, S+1) and AUCs (B,) by explicit loops over windows, steps and cells."""
     B, spatial = x.shape[0], x.shape[1:-1]
     counts = [-(-n // w) for n, w in zip(spatial, window)]
@@ -124,18 +125,22 @@ def ssim(a, b, window, win_size, sigma, data_range, k1=0.01, k2=0.03):
     w2 = np.zeros((win_size, win_size))
     for i in range(win_size):
         for j in range(win_size):
-            w2[i, j] = (np.exp(-((i - c) ** 2 + (j - c) ** 2) / (2 * sigma**2))
-                        if window == "gaussian" else 1.0)
+            w2[i, j] = (
+                np.exp(-((i - c) ** 2 + (j - c) ** 2) / (2 * sigma**2))
+                if window == "gaussian"
+                else 1.0
+            )
     w2 /= w2.sum()
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     vals = []
     H, W = a.shape
     for i in range(H - win_size + 1):
         for j in range(W - win_size + 1):
-            pa, pb = a[i:i + win_size, j:j + win_size], b[i:i + win_size, j:j + win_size]
+            pa, pb = a[i : i + win_size, j : j + win_size], b[i : i + win_size, j : j + win_size]
             ma, mb = (w2 * pa).sum(), (w2 * pb).sum()
             va, vb = (w2 * (pa - ma) ** 2).sum(), (w2 * (pb - mb) ** 2).sum()
             cov = (w2 * (pa - ma) * (pb - mb)).sum()
-            vals.append((2 * ma * mb + c1) * (2 * cov + c2)
-                        / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+            vals.append(
+                (2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2))
+            )
     return sum(vals) / len(vals)

@@ -34,9 +34,13 @@ def run_updates(s, L, labels, counted, sizes):
     start = 0
     for size in sizes:
         sl = slice(start, start + size)
-        batch = analysis.BatchStats(jnp.asarray(s[sl]), jnp.asarray(L[sl]),
-                                    jnp.asarray(labels[sl]), jnp.asarray(counted[sl]),
-                                    jnp.ones(size, bool))
+        batch = analysis.BatchStats(
+            jnp.asarray(s[sl]),
+            jnp.asarray(L[sl]),
+            jnp.asarray(labels[sl]),
+            jnp.asarray(counted[sl]),
+            jnp.ones(size, bool),
+        )
         state = upd(state, batch)
         start += size
     return state
@@ -49,8 +53,9 @@ def test_statistics_match_reference():
     np.testing.assert_allclose(summary.class_counts, want["count"])
     np.testing.assert_allclose(summary.im_class, want["im_class"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(summary.im_all, want["im_all"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(summary.im_diff, want["im_class"] - want["im_all"], rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        summary.im_diff, want["im_class"] - want["im_all"], rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(summary.im_var, want["im_var"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(summary.covariance, want["covariance"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(summary.cam_mean, want["cam_mean"], rtol=1e-5, atol=1e-6)
@@ -78,8 +83,7 @@ def test_merge_is_exact_for_any_split(seed):
         sl = slice(start, end)
         parts.append(run_updates(s[sl], L[sl], labels[sl], counted[sl], [end - start]))
         start = end
-    merged = analysis.merge(analysis.merge(parts[3], parts[1]), analysis.merge(parts[0],
-                                                                             parts[2]))
+    merged = analysis.merge(analysis.merge(parts[3], parts[1]), analysis.merge(parts[0], parts[2]))
     for a, b in zip(whole, merged):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     # The empty state is the identity.
@@ -105,9 +109,16 @@ def test_empty_state_errors():
         empty.percentiles()
     with pytest.raises(ValueError, match="do not match the state"):
         state = analysis.init(C, K, GRID)
-        analysis.update(state, analysis.BatchStats(jnp.zeros((2, K + 1)), jnp.zeros((2, *GRID)),
-                                                   jnp.zeros(2, int), jnp.ones(2, bool),
-                                                   jnp.ones(2, bool)))
+        analysis.update(
+            state,
+            analysis.BatchStats(
+                jnp.zeros((2, K + 1)),
+                jnp.zeros((2, *GRID)),
+                jnp.zeros(2, int),
+                jnp.ones(2, bool),
+                jnp.ones(2, bool),
+            ),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -121,33 +132,33 @@ def small_model():
 
 
 def batches_of(x, y, size):
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
 
 
 def test_analyze_matches_per_sample_cams_and_compiles_once(small_model):
     model, variables, x, y = small_model
     probe = linen_probe(model, "conv2")
     before = analysis.analysis_step._cache_size()
-    result = analysis.analyze(probe, variables, batches_of(x, y, 4), num_classes=3,
-                              method="gradcam", progress=False)
+    result = analysis.analyze(
+        probe, variables, batches_of(x, y, 4), num_classes=3, method="gradcam", progress=False
+    )
     # 3 batches, the last one short (3 of 4): one compilation for the whole pass.
     assert analysis.analysis_step._cache_size() - before == 1
     res, cam = explain(probe, variables, x, y, "gradcam")
     pred = np.asarray(res.logits).argmax(-1)
     counted = pred == y
     want = ref.dataset_statistics(cam.importance, cam.cam, y, counted, 3)
-    np.testing.assert_allclose(result.summary.im_class, want["im_class"], rtol=1e-4,
-                               atol=1e-6)
-    np.testing.assert_allclose(result.summary.covariance, want["covariance"], rtol=1e-4,
-                               atol=1e-7)
+    np.testing.assert_allclose(result.summary.im_class, want["im_class"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.summary.covariance, want["covariance"], rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(result.samples["cam_max"], cam.max, rtol=1e-5)
     np.testing.assert_array_equal(result.samples["counted"], counted)
     assert result.samples["score"].shape == (11,)
     pct = result.percentiles("cam_max")
     assert list(pct) == [25, 50, 75, 90, 95, 99]
     np.testing.assert_allclose(pct[95], np.percentile(np.asarray(cam.max), 95), rtol=1e-5)
-    everyone = analysis.analyze(probe, variables, batches_of(x, y, 4), num_classes=3,
-                                count="all", progress=False)
+    everyone = analysis.analyze(
+        probe, variables, batches_of(x, y, 4), num_classes=3, count="all", progress=False
+    )
     assert everyone.summary.class_counts.sum() == 11
 
 
@@ -157,13 +168,11 @@ def test_analyze_bad_input(small_model):
     bad = y.copy()
     bad[5] = 7
     with pytest.raises(ValueError, match=r"batch 1: label 7 is outside \[0, 3\)"):
-        analysis.analyze(probe, variables, batches_of(x, bad, 4), num_classes=3,
-                         progress=False)
+        analysis.analyze(probe, variables, batches_of(x, bad, 4), num_classes=3, progress=False)
     nan_x = x.copy()
     nan_x[6] = np.nan
     with pytest.raises(FloatingPointError, match="batch 1: 1 sample"):
-        analysis.analyze(probe, variables, batches_of(nan_x, y, 4), num_classes=3,
-                         progress=False)
+        analysis.analyze(probe, variables, batches_of(nan_x, y, 4), num_classes=3, progress=False)
     with pytest.raises(ValueError, match="batches is empty"):
         analysis.analyze(probe, variables, [], num_classes=3, progress=False)
 
@@ -192,10 +201,17 @@ def test_sharded_pass_equals_single_device(tmp_path):
             np.testing.assert_allclose(one.samples[k], many.samples[k], rtol=1e-6)
         print("OK", many.state.count.sharding)
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=env, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout
 
@@ -203,12 +219,19 @@ def test_sharded_pass_equals_single_device(tmp_path):
 def test_several_methods_in_one_pass_equal_separate_passes(small_model):
     model, variables, x, y = small_model
     probe = linen_probe(model, "conv2")
-    both = analysis.analyze(probe, variables, batches_of(x, y, 4), num_classes=3,
-                            method=("gradcam", "hirescam"), progress=False)
+    both = analysis.analyze(
+        probe,
+        variables,
+        batches_of(x, y, 4),
+        num_classes=3,
+        method=("gradcam", "hirescam"),
+        progress=False,
+    )
     assert set(both) == {"gradcam", "hirescam"}
     for m in both:
-        alone = analysis.analyze(probe, variables, batches_of(x, y, 4), num_classes=3,
-                                 method=m, progress=False)
+        alone = analysis.analyze(
+            probe, variables, batches_of(x, y, 4), num_classes=3, method=m, progress=False
+        )
         for a, b in zip(both[m].summary[:-1], alone.summary[:-1]):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(both[m].samples["cam_max"], alone.samples["cam_max"])

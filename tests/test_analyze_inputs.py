@@ -30,7 +30,7 @@ def colour():
 
 
 def tuples(x, y, size=4):
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
 
 
 def assert_same(got, want):
@@ -61,9 +61,12 @@ def test_batch_and_dict_batches_equal_tuples_and_compile_once(colour):
     renamed = [{"img": bx, "target": by} for bx, by in tuples(x, y)]
     masked = [{"image": b.x, "label": b.y, "mask": b.mask} for b in as_batch]
     own_mask = [{"image": b.x, "label": b.y, "keep": b.mask} for b in as_batch]
-    for batches, keys in [(as_batch, analysis.DEFAULT_KEYS), (renamed, ("img", "target")),
-                          (masked, analysis.DEFAULT_KEYS),
-                          (own_mask, ("image", "label", "keep"))]:
+    for batches, keys in [
+        (as_batch, analysis.DEFAULT_KEYS),
+        (renamed, ("img", "target")),
+        (masked, analysis.DEFAULT_KEYS),
+        (own_mask, ("image", "label", "keep")),
+    ]:
         assert_same(run(probe, variables, batches, keys=keys), want)
     # Every kind pads to the same (4, 6, 5, 2) batch: still the one compilation.
     assert analysis.analysis_step._cache_size() - before == 1
@@ -78,8 +81,14 @@ def test_batch_mask_is_honoured(colour):
     dirty_x, dirty_y = x.copy(), y.copy()
     dirty_x[~keep], dirty_y[~keep] = np.nan, 99
     want = run(probe, variables, [(x[keep], y[keep])])
-    got = run(probe, variables, [data.Batch(dirty_x[:5], dirty_y[:5], keep[:5]),
-                                 data.Batch(dirty_x[5:], dirty_y[5:], keep[5:])])
+    got = run(
+        probe,
+        variables,
+        [
+            data.Batch(dirty_x[:5], dirty_y[:5], keep[:5]),
+            data.Batch(dirty_x[5:], dirty_y[5:], keep[5:]),
+        ],
+    )
     assert_same(got, want)
     assert got.summary.seen == keep.sum() and len(got.samples["label"]) == keep.sum()
     np.testing.assert_array_equal(got.samples["label"], y[keep])
@@ -90,15 +99,24 @@ def test_batch_mask_is_honoured(colour):
 def test_dict_batch_without_a_key_names_the_keys_and_keys_argument(colour):
     variables, x, y = colour
     probe = linen_probe(MODEL, "conv2")
-    with pytest.raises(ValueError, match=r"batch 0 is a dict with keys 'img', 'lbl' but no "
-                                         r"'image'; pass keys=\(image key, label key\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch 0 is a dict with keys 'img', 'lbl' but no "
+        r"'image'; pass keys=\(image key, label key\)",
+    ):
         run(probe, variables, [{"img": x, "lbl": y}])
-    with pytest.raises(ValueError, match=r"batch 0 is a dict with keys 'image', 'label' but "
-                                         r"no 'valid'"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch 0 is a dict with keys 'image', 'label' but "
+        r"no 'valid'",
+    ):
         run(probe, variables, [{"image": x, "label": y}], keys=("image", "label", "valid"))
-    with pytest.raises(ValueError, match=r"keys must be \(image key, label key\) or \(image "
-                                         r"key, label key, mask key\), strings; got "
-                                         r"keys='image'"):
+    with pytest.raises(
+        ValueError,
+        match=r"keys must be \(image key, label key\) or \(image "
+        r"key, label key, mask key\), strings; got "
+        r"keys='image'",
+    ):
         run(probe, variables, [(x, y)], keys="image")
     with pytest.raises(ValueError, match=r"batch 0 is a ndarray; a batch is a tuple"):
         run(probe, variables, [x])
@@ -133,8 +151,7 @@ def test_record_batches_from_a_list_of_dicts(grey_records):
     np.testing.assert_array_equal(got[-1].x[2:], 0.0)
     # Float labels stay floats (a regression target for bins=), not class indices.
     floats = [{"image": r["image"], "label": r["label"] + 0.25} for r in records]
-    np.testing.assert_allclose(next(iter(analysis.record_batches(floats, 4))).y,
-                               labels[:4] + 0.25)
+    np.testing.assert_allclose(next(iter(analysis.record_batches(floats, 4))).y, labels[:4] + 0.25)
     probe = linen_probe(MODEL, "conv2")
     before = analysis.analysis_step._cache_size()
     want = run(probe, variables, tuples(data.as_images(images), labels), count="all")
@@ -143,26 +160,42 @@ def test_record_batches_from_a_list_of_dicts(grey_records):
     pairs = [(r["image"], r["label"]) for r in records]  # records as (image, label) pairs
     assert_same(run(probe, variables, analysis.record_batches(pairs, 4), count="all"), want)
     renamed = [{"pixels": r["image"], "y": r["label"]} for r in records]
-    assert_same(run(probe, variables, analysis.record_batches(renamed, 4, keys=("pixels", "y")),
-                    count="all"), want)
+    assert_same(
+        run(
+            probe, variables, analysis.record_batches(renamed, 4, keys=("pixels", "y")), count="all"
+        ),
+        want,
+    )
     assert analysis.analysis_step._cache_size() - before == 1
 
 
 def test_record_source_and_dataset_passed_directly_point_to_the_helpers(grey_records, colour):
     records, _, _, variables = grey_records
     probe = linen_probe(MODEL, "conv2")
-    with pytest.raises(ValueError, match=r"batch 0 is one record, not a batch.*"
-                                         r"ifa_jax.analysis.record_batches\(source, "
-                                         r"batch_size"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch 0 is one record, not a batch.*"
+        r"ifa_jax.analysis.record_batches\(source, "
+        r"batch_size",
+    ):
         run(probe, variables, records)
-    with pytest.raises(ValueError, match=r"batches is a Dataset, a dataset, not batches; pass "
-                                         r"ifa_jax.data.batches\(ds, batch_size\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"batches is a Dataset, a dataset, not batches; pass "
+        r"ifa_jax.data.batches\(ds, batch_size\)",
+    ):
         run(probe, variables, data.Dataset(colour[1], colour[2], 3))
-    with pytest.raises(ValueError, match=r"record 0: its label has shape \(4,\), not one "
-                                         r"value: the source holds batches"):
+    with pytest.raises(
+        ValueError,
+        match=r"record 0: its label has shape \(4,\), not one "
+        r"value: the source holds batches",
+    ):
         list(analysis.record_batches([{"image": colour[1][:4], "label": colour[2][:4]}], 4))
-    with pytest.raises(ValueError, match=r"record 0 is a dict with keys 'image', 'label' but "
-                                         r"no 'img'"):
+    with pytest.raises(
+        ValueError,
+        match=r"record 0 is a dict with keys 'image', 'label' but "
+        r"no 'img'",
+    ):
         list(analysis.record_batches(records, 4, keys=("img", "label")))
     with pytest.raises(ValueError, match=r"source is a generator, which has no len\(\)"):
         analysis.record_batches((r for r in records), 4)
@@ -179,11 +212,11 @@ def test_record_batches_from_a_tfds_data_source():
         images = np.stack([source[i]["image"] for i in range(6)])  # (6, 28, 28, 1) uint8
         labels = np.array([source[i]["label"] for i in range(6)])
         before = analysis.analysis_step._cache_size()
-        got = run(probe, variables, analysis.record_batches(source, 4), num_classes=10,
-                  count="all")
+        got = run(probe, variables, analysis.record_batches(source, 4), num_classes=10, count="all")
         assert analysis.analysis_step._cache_size() - before == 1
-        want = run(probe, variables, tuples(images / np.float32(255), labels), num_classes=10,
-                   count="all")
+        want = run(
+            probe, variables, tuples(images / np.float32(255), labels), num_classes=10, count="all"
+        )
         assert_same(got, want)
         np.testing.assert_array_equal(got.samples["label"], labels)
         assert got.summary.class_counts.sum() == 6 and got.summary.seen == 6
@@ -204,8 +237,12 @@ def test_progress_total_defaults_to_len(monkeypatch, colour):
     monkeypatch.setattr("tqdm.auto.tqdm", fake_tqdm)
     bad = [{"img": x, "lbl": y}] * 3  # refused at batch 0, before any compilation
     records = [{"img": np.zeros((6, 5), np.uint8), "label": 0}] * 9
-    for batches, kw in [(bad, {}), ((b for b in bad), {}), (bad, {"total": 7}),
-                        (analysis.record_batches(records, 4), {})]:
+    for batches, kw in [
+        (bad, {}),
+        ((b for b in bad), {}),
+        (bad, {"total": 7}),
+        (analysis.record_batches(records, 4), {}),
+    ]:
         with pytest.raises(ValueError, match="but no"):
             run(probe, variables, batches, **kw)
     assert seen == [3, None, 7, 3]
@@ -228,10 +265,17 @@ def test_float_targets_are_analysed_per_quantile_bin(regression):
     model, variables, x, y = regression
     probe = linen_probe(model, "conv2")
     edges = analysis.quantile_bins(y, 4)
-    np.testing.assert_allclose(edges, np.quantile(y.astype(np.float64), [0, .25, .5, .75, 1]))
+    np.testing.assert_allclose(edges, np.quantile(y.astype(np.float64), [0, 0.25, 0.5, 0.75, 1]))
     before = analysis.analysis_step._cache_size()
-    result = analysis.analyze(probe, variables, tuples(x, y, 8), bins=edges, target=0,
-                              keep_importance=True, progress=False)  # batches 8, 8, 6
+    result = analysis.analyze(
+        probe,
+        variables,
+        tuples(x, y, 8),
+        bins=edges,
+        target=0,
+        keep_importance=True,
+        progress=False,
+    )  # batches 8, 8, 6
     assert analysis.analysis_step._cache_size() - before == 1
     bin_of = np.digitize(y, edges[1:-1])
     np.testing.assert_array_equal(result.summary.class_counts, np.histogram(y, edges)[0])
@@ -243,8 +287,9 @@ def test_float_targets_are_analysed_per_quantile_bin(regression):
     res, cam = explain(probe, variables, x, 0, "gradcam")
     s = result.samples["importance"]
     np.testing.assert_allclose(s, cam.importance, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(result.samples["score"], np.asarray(res.logits)[:, 0],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        result.samples["score"], np.asarray(res.logits)[:, 0], rtol=1e-5, atol=1e-6
+    )
     # ... and IM per bin is their mean per bin.
     im_bin = np.stack([s[bin_of == c].mean(0) for c in range(4)])
     np.testing.assert_allclose(result.summary.im_class, im_bin, rtol=1e-5, atol=1e-6)
@@ -256,8 +301,15 @@ def test_float_targets_are_analysed_per_quantile_bin(regression):
     # bins, same shapes and options: no new compilation.
     narrow = analysis.quantile_bins(np.sort(y)[5:-5], 4)  # the middle of the targets
     assert (y < narrow[0]).any() and (y > narrow[-1]).any()
-    other = analysis.analyze(probe, variables, tuples(x, y, 8), bins=narrow, target=0,
-                             keep_importance=True, progress=False)
+    other = analysis.analyze(
+        probe,
+        variables,
+        tuples(x, y, 8),
+        bins=narrow,
+        target=0,
+        keep_importance=True,
+        progress=False,
+    )
     assert analysis.analysis_step._cache_size() - before == 1
     want = np.bincount(np.clip(np.digitize(y, narrow) - 1, 0, 3), minlength=4)
     np.testing.assert_array_equal(other.summary.class_counts, want)
@@ -268,28 +320,41 @@ def test_float_target_errors_name_the_fix(regression):
     model, variables, x, y = regression
     probe = linen_probe(model, "conv2")
     edges = analysis.quantile_bins(y, 4)
-    with pytest.raises(ValueError, match=r"batch 0: labels have dtype float32, a float target "
-                                         r"\(regression\); pass bins=.*quantile_bins"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch 0: labels have dtype float32, a float target "
+        r"\(regression\); pass bins=.*quantile_bins",
+    ):
         analysis.analyze(probe, variables, [(x, y)], num_classes=4, target=0, progress=False)
     for target in ("label", "predicted"):
-        with pytest.raises(ValueError, match=f"target='{target}' cannot be explained with "
-                                             r"bins=.*target=0"):
-            analysis.analyze(probe, variables, [(x, y)], bins=edges, target=target,
-                             progress=False)
+        with pytest.raises(
+            ValueError,
+            match=f"target='{target}' cannot be explained with "
+            r"bins=.*target=0",
+        ):
+            analysis.analyze(probe, variables, [(x, y)], bins=edges, target=target, progress=False)
     with pytest.raises(ValueError, match="count='correct' does not apply with bins="):
-        analysis.analyze(probe, variables, [(x, y)], bins=edges, target=0, count="correct",
-                         progress=False)
+        analysis.analyze(
+            probe, variables, [(x, y)], bins=edges, target=0, count="correct", progress=False
+        )
     with pytest.raises(ValueError, match=r"num_classes=3 but bins has 5 edges, i.e. 4 bins"):
-        analysis.analyze(probe, variables, [(x, y)], bins=edges, num_classes=3, target=0,
-                         progress=False)
+        analysis.analyze(
+            probe, variables, [(x, y)], bins=edges, num_classes=3, target=0, progress=False
+        )
     for bad in ([0.0, 1.0, 1.0], [1.0], 4, [[0.0, 1.0]], [0.0, np.nan]):
-        with pytest.raises(ValueError, match=r"bins= takes C\+1 finite, strictly increasing "
-                                             r"bin edges.*quantile_bins"):
+        with pytest.raises(
+            ValueError,
+            match=r"bins= takes C\+1 finite, strictly increasing "
+            r"bin edges.*quantile_bins",
+        ):
             analysis.analyze(probe, variables, [(x, y)], bins=bad, target=0, progress=False)
     nan_y = y.copy()
     nan_y[3] = np.nan
-    with pytest.raises(ValueError, match=r"batch 0: target value nan \(sample 3\) is not "
-                                         r"finite"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch 0: target value nan \(sample 3\) is not "
+        r"finite",
+    ):
         analysis.analyze(probe, variables, [(x, nan_y)], bins=edges, target=0, progress=False)
     with pytest.raises(ValueError, match="num_classes= is required"):
         analysis.analyze(probe, variables, [(x, y)], progress=False)
@@ -313,8 +378,9 @@ def test_record_batches_shards_cover_every_record_once(grey_records):
     """As data.batches: every process gets the same number of batches (the last share may
     be all padding) and every record lands in exactly one process."""
     records, images, _, _ = grey_records
-    shards = [list(analysis.record_batches(records, 2, shard_index=k, shard_count=3))
-              for k in range(3)]
+    shards = [
+        list(analysis.record_batches(records, 2, shard_index=k, shard_count=3)) for k in range(3)
+    ]
     assert [len(s) for s in shards] == [2, 2, 2]
     assert shards[2][1].mask.sum() == 0 and shards[2][1].x.shape == (2, 6, 5, 1)
     rows = np.concatenate([b.x[b.mask] for step in zip(*shards) for b in step])

@@ -13,8 +13,15 @@ from tests import reference as ref
 from tests.conftest import random_ag
 
 SHAPES = {1: (3, 7, 5), 2: (3, 4, 5, 6), 3: (2, 3, 4, 2, 5)}
-LOCAL_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam",
-                 "eigengradcam")
+LOCAL_METHODS = (
+    "gradcam",
+    "gradcam++",
+    "xgradcam",
+    "hirescam",
+    "layercam",
+    "eigencam",
+    "eigengradcam",
+)
 
 
 @pytest.mark.parametrize("ndim", [1, 2, 3])
@@ -25,9 +32,11 @@ def test_methods_match_reference_under_jit(method, ndim):
     K = shape[-1]
     f = jax.jit(cams.cam, static_argnames="method")
     expected_M = ref.channel_weights(A, G, method)
-    for mask in (np.ones(K, np.float32), (np.arange(K) % 2).astype(np.float32),
-                 np.asarray(jax.random.bernoulli(jax.random.key(9), 0.5, (shape[0], K)),
-                            np.float32)):
+    for mask in (
+        np.ones(K, np.float32),
+        (np.arange(K) % 2).astype(np.float32),
+        np.asarray(jax.random.bernoulli(jax.random.key(9), 0.5, (shape[0], K)), np.float32),
+    ):
         out = f(A, G, method=method, mask=mask)
         L, s, mx, mn = ref.cam_outputs(expected_M, mask)
         np.testing.assert_allclose(out.contributions, expected_M, rtol=1e-5, atol=1e-6)
@@ -69,8 +78,9 @@ def test_cam_is_differentiable():
     jax.test_util.check_grads(f, (A, G), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
     ga = jax.jit(jax.grad(lambda A: cams.cam(A, G, "gradcam").cam.sum()))(A)
     # d/dA sum L = d/dA sum_k mean(G_k) * sum(A_k) = mean(G_k) broadcast over the grid.
-    np.testing.assert_allclose(ga, jnp.broadcast_to(G.mean((1, 2), keepdims=True), A.shape),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        ga, jnp.broadcast_to(G.mean((1, 2), keepdims=True), A.shape), rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -88,10 +98,14 @@ def test_scorecam_weights_match_reference(ndim):
 
     # chunk_size 2 does not divide the 5 channels: the padded last chunk is dropped.
     # The score depends on each row's target, so the targets must follow their samples.
-    got = jax.jit(lambda A, x: cams.scorecam_weights(A, x, lambda xm, t: score(xm) * (1.0 + t),
-                                                     jnp.array([0, 1]), chunk_size=2))(A, x)
-    want = ref.scorecam_weights(A, x, lambda xm: np.asarray(score(jnp.asarray(xm))) * [1, 2],
-                                resize)
+    got = jax.jit(
+        lambda A, x: cams.scorecam_weights(
+            A, x, lambda xm, t: score(xm) * (1.0 + t), jnp.array([0, 1]), chunk_size=2
+        )
+    )(A, x)
+    want = ref.scorecam_weights(
+        A, x, lambda xm: np.asarray(score(jnp.asarray(xm))) * [1, 2], resize
+    )
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 

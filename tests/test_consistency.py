@@ -45,17 +45,16 @@ def test_levels_equal_a_per_class_loop(setup, mode):
     masks[:, :2] = 1
     valid = np.ones(len(x), bool)
     valid[-3:] = False  # padding rows of the last batch are dropped
-    batches = [(x[:5], np.zeros(5, np.int32), valid[:5]),
-               (x[5:], np.zeros(5, np.int32), valid[5:])]
-    got = consistency_levels(probe, variables, batches, scales=scales, masks=masks,
-                             classes=[2, 0], group=1)
+    batches = [(x[:5], np.zeros(5, np.int32), valid[:5]), (x[5:], np.zeros(5, np.int32), valid[5:])]
+    got = consistency_levels(
+        probe, variables, batches, scales=scales, masks=masks, classes=[2, 0], group=1
+    )
     assert got.levels.shape == (2, 2, len(LEVELS), 7)
     for c in (2, 0):
         for m in scales:
             want, logits = _reference(probe, variables, x[valid], scales[m], masks, c, m)
             for j, level in enumerate(LEVELS):
-                np.testing.assert_allclose(got.of(c, m, level), want[j], rtol=1e-5,
-                                           atol=1e-6)
+                np.testing.assert_allclose(got.of(c, m, level), want[j], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.logits, logits, rtol=1e-6)
 
 
@@ -66,8 +65,9 @@ def test_tanh_and_norm_give_the_same_r(setup):
     rs = []
     for mode in ("norm", "tanh"):
         sc = {"hirescam": scale.scale_from_bounds(-0.2, 0.1, mode=mode)}
-        levels = consistency_levels(probe, variables, batches, scales=sc,
-                                    masks=np.ones((3, 6)), classes=[0, 1, 2])
+        levels = consistency_levels(
+            probe, variables, batches, scales=sc, masks=np.ones((3, 6)), classes=[0, 1, 2]
+        )
         summary = summarize_consistency(levels).per_class["hirescam"]
         rs.append([summary[str(c)]["common"]["pearson"] for c in range(3)])
         squashed = np.tanh(levels.of(0, "hirescam", "common"))

@@ -40,7 +40,8 @@ def test_mnist_embedded_shapes_ranges_and_stratified_split(mnist_splits):
     ours = np.round(np.concatenate([tr.x, va.x]).reshape(5000, -1) * 255.0).astype(np.uint8)
     ours_y = np.concatenate([tr.y, va.y])
     assert sorted(zip((r.tobytes() for r in ours), ours_y.tolist(), strict=True)) == sorted(
-        zip((r.tobytes() for r in raw_x.astype(np.uint8)), raw_y.tolist(), strict=True))
+        zip((r.tobytes() for r in raw_x.astype(np.uint8)), raw_y.tolist(), strict=True)
+    )
 
 
 def test_sklearn_digits_split_sizes_and_range(digits):
@@ -52,8 +53,12 @@ def test_sklearn_digits_split_sizes_and_range(digits):
 
 
 def test_split_is_deterministic_and_seed_dependent(digits):
-    full = D.Dataset(np.concatenate([digits.train.x, digits.validation.x]),
-                     np.concatenate([digits.train.y, digits.validation.y]), 10, "digits")
+    full = D.Dataset(
+        np.concatenate([digits.train.x, digits.validation.x]),
+        np.concatenate([digits.train.y, digits.validation.y]),
+        10,
+        "digits",
+    )
     a, b, c = (D.split_dataset(full, 100, seed=s) for s in (0, 0, 1))
     np.testing.assert_array_equal(a.train.x, b.train.x)
     np.testing.assert_array_equal(a.validation.y, b.validation.y)
@@ -104,8 +109,14 @@ def test_shuffle_is_deterministic_from_key_or_seed():
 @pytest.mark.parametrize("drop_remainder", [False, True])
 def test_shards_are_disjoint_equal_length_and_cover_the_data(drop_remainder):
     ds = _indexed(10)
-    shards = [list(D.batches(ds, 2, shuffle_key=0, shard_index=i, shard_count=3,
-                             drop_remainder=drop_remainder)) for i in range(3)]
+    shards = [
+        list(
+            D.batches(
+                ds, 2, shuffle_key=0, shard_index=i, shard_count=3, drop_remainder=drop_remainder
+            )
+        )
+        for i in range(3)
+    ]
     assert len({len(s) for s in shards}) == 1  # every process runs the same number of steps
     seen = np.concatenate([b.y[b.mask] for s in shards for b in s])
     assert len(seen) == len(set(seen.tolist()))
@@ -133,8 +144,11 @@ def test_one_hot_labels_are_converted_with_a_warning():
 
 @pytest.mark.parametrize(
     "labels, expected",
-    [(np.array([[1], [0], [2]]), [1, 0, 2]), (np.array([1.0, 0.0, 2.0]), [1, 0, 2]),
-     (np.array([True, False]), [1, 0])],
+    [
+        (np.array([[1], [0], [2]]), [1, 0, 2]),
+        (np.array([1.0, 0.0, 2.0]), [1, 0, 2]),
+        (np.array([True, False]), [1, 0]),
+    ],
 )
 def test_labels_are_squeezed_and_cast(labels, expected):
     y = D.as_labels(labels)
@@ -144,9 +158,14 @@ def test_labels_are_squeezed_and_cast(labels, expected):
 
 @pytest.mark.parametrize(
     "labels, message",
-    [(np.array([0.0, 1.5]), "integral.*1.5"), (np.array([[1, 1, 0], [0, 1, 0]]), "not one-hot"),
-     (np.array([[0.2, 0.8], [1.0, 0.0]]), "not one-hot"), (np.array([0, -1]), "-1"),
-     (np.array(["a", "b"]), "dtype"), (np.zeros((2, 2, 2)), "shape")],
+    [
+        (np.array([0.0, 1.5]), "integral.*1.5"),
+        (np.array([[1, 1, 0], [0, 1, 0]]), "not one-hot"),
+        (np.array([[0.2, 0.8], [1.0, 0.0]]), "not one-hot"),
+        (np.array([0, -1]), "-1"),
+        (np.array(["a", "b"]), "dtype"),
+        (np.zeros((2, 2, 2)), "shape"),
+    ],
 )
 def test_bad_labels_raise(labels, message):
     with pytest.raises(ValueError, match=message):
@@ -160,9 +179,12 @@ def test_images_of_mixed_sizes_raise_listing_the_shapes():
 
 @pytest.mark.parametrize(
     "images, message",
-    [(np.full((2, 4, 4), 2.0, np.float32), r"\[0, 1\].*2"),
-     (np.zeros((2, 4, 4), np.int16), "int16"),
-     (np.zeros((2, 4)), "shape"), (np.zeros((2, 4, 4, 5), np.uint8), None)],
+    [
+        (np.full((2, 4, 4), 2.0, np.float32), r"\[0, 1\].*2"),
+        (np.zeros((2, 4, 4), np.int16), "int16"),
+        (np.zeros((2, 4)), "shape"),
+        (np.zeros((2, 4, 4, 5), np.uint8), None),
+    ],
 )
 def test_bad_images_raise_or_are_read_as_volumes(images, message):
     if message is None:  # 4-D with a non-channel last axis: a (N, D, H, W) volume
@@ -213,7 +235,7 @@ def test_tfds_mnist_native_values_and_batches(mock_tfds):
     np.testing.assert_array_equal(ds.y, [src.source[i]["label"] for i in range(6)])
     bs = list(D.batches(src, 4, shuffle_key=0))
     assert [b.mask.sum() for b in bs] == [4, 2]
-    assert bs[0].x.dtype == np.float32 and 0.0 <= bs[0].x.min() and bs[0].x.max() <= 1.0
+    assert bs[0].x.dtype == np.float32 and bs[0].x.min() >= 0.0 and bs[0].x.max() <= 1.0
 
 
 def test_tfds_grey_to_rgb_and_rgb_to_grey(mock_tfds):
@@ -233,8 +255,9 @@ def test_tfds_variable_size_images_need_and_get_resizing(mock_tfds):
     x, y = src.gather(np.arange(6))
     assert x.shape == (6, 12, 10, 1) and src.num_classes == 2 and set(y) <= {0, 1}
     first = src.source[0]["image"][None].astype(np.float32) / 255.0
-    np.testing.assert_allclose(x[0], D.resize_images(first @ [[0.299], [0.587], [0.114]],
-                                                     (12, 10))[0], atol=1e-6)
+    np.testing.assert_allclose(
+        x[0], D.resize_images(first @ [[0.299], [0.587], [0.114]], (12, 10))[0], atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", ["fashion_mnist", "colorectal_histology", "malaria"])
@@ -270,11 +293,16 @@ class TinyImages(tfds.core.GeneratorBasedBuilder):
     code_path = None
 
     def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            # Tensor, not Image: encoding PNGs would need TensorFlow.
-            "image": tfds.features.Tensor(shape=(8, 6, 3), dtype=np.uint8),
-            "label": tfds.features.ClassLabel(num_classes=3),
-        }))
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    # Tensor, not Image: encoding PNGs would need TensorFlow.
+                    "image": tfds.features.Tensor(shape=(8, 6, 3), dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(num_classes=3),
+                }
+            ),
+        )
 
     def _split_generators(self, dl_manager):
         return {"train": self._generate_examples(7), "test": self._generate_examples(3)}
@@ -326,8 +354,9 @@ def test_medmnist_npz_layouts(tmp_path, shape, expected):
     splits = D.load_medmnist_npz(path)
     for ds, key, n in zip(splits, ("train", "val", "test"), (6, 3, 4), strict=True):
         assert ds.x.shape == (n, *expected) and ds.x.dtype == np.float32
-        np.testing.assert_allclose(ds.x.reshape(raw[f"{key}_images"].shape),
-                                   raw[f"{key}_images"] / 255.0, atol=1e-7)
+        np.testing.assert_allclose(
+            ds.x.reshape(raw[f"{key}_images"].shape), raw[f"{key}_images"] / 255.0, atol=1e-7
+        )
         np.testing.assert_array_equal(ds.y, raw[f"{key}_labels"][:, 0])
         assert ds.y.dtype == np.int32 and ds.num_classes == 3
     assert splits.validation.name == "organmnist/validation"

@@ -27,8 +27,9 @@ def _cov(seed=0, k=6, n=40):
 # --------------------------------------------------------------------------- selection
 
 
-@pytest.mark.parametrize("ratio, n", [(0.25, 3), (0.24, 2), (0.35, 4), (0.01, 1), (1.0, 10),
-                                      (0.1, 1), (0.15, 2)])
+@pytest.mark.parametrize(
+    "ratio, n", [(0.25, 3), (0.24, 2), (0.35, 4), (0.01, 1), (1.0, 10), (0.1, 1), (0.15, 2)]
+)
 def test_n_selected_rounds_half_up_at_least_one(ratio, n):
     assert dc.n_selected(ratio, K) == n
 
@@ -48,7 +49,8 @@ def test_ranked_modes_match_reference(mode, ratio):
     np.testing.assert_array_equal(got, want)
     assert got.dtype == jnp.float32 and got.shape == (C, K)
     expect = {"max": 1, "reverse_diff_top": K - dc.n_selected(ratio, K)}.get(
-        mode, dc.n_selected(ratio, K))
+        mode, dc.n_selected(ratio, K)
+    )
     np.testing.assert_array_equal(got.sum(1), expect)  # exactly n: not one too few
 
 
@@ -64,17 +66,20 @@ def test_ties_broken_by_lower_channel_index():
     np.testing.assert_array_equal(dc.select(row, "top", ratio=0.5), [[0, 1, 1, 0, 1, 0]])
     np.testing.assert_array_equal(dc.select(row, "max"), [[0, 1, 0, 0, 0, 0]])
     diff = np.array([[-2.0, 2.0, 0.0, 2.0, 1.0, -2.0]])  # |.| ties across signs
-    np.testing.assert_array_equal(dc.select(row, "diff_top", ratio=0.5, im_diff=diff),
-                                  [[1, 1, 0, 1, 0, 0]])
-    np.testing.assert_array_equal(dc.select(row, "reverse_diff_top", ratio=0.5, im_diff=diff),
-                                  [[0, 0, 1, 0, 1, 1]])
+    np.testing.assert_array_equal(
+        dc.select(row, "diff_top", ratio=0.5, im_diff=diff), [[1, 1, 0, 1, 0, 0]]
+    )
+    np.testing.assert_array_equal(
+        dc.select(row, "reverse_diff_top", ratio=0.5, im_diff=diff), [[0, 0, 1, 0, 1, 1]]
+    )
 
 
 def test_diff_modes_read_im_diff_not_importance():
     im = np.array([[5.0, 4.0, 0.0, 0.0]])
     diff = np.array([[0.0, 0.1, -3.0, 1.0]])
-    np.testing.assert_array_equal(dc.select(im, "diff_top", ratio=0.25, im_diff=diff),
-                                  [[0, 0, 1, 0]])
+    np.testing.assert_array_equal(
+        dc.select(im, "diff_top", ratio=0.25, im_diff=diff), [[0, 0, 1, 0]]
+    )
     with pytest.raises(ValueError, match="im_diff"):
         dc.select(im, "diff_top", ratio=0.25)
     with pytest.raises(ValueError, match="shape"):
@@ -85,15 +90,16 @@ def test_diff_modes_read_im_diff_not_importance():
 
 def test_index_freq_all():
     im = _im(3)
-    np.testing.assert_array_equal(dc.select(im, "index", index=4), ref.select(im, "index",
-                                                                              index=4))
+    np.testing.assert_array_equal(dc.select(im, "index", index=4), ref.select(im, "index", index=4))
     np.testing.assert_array_equal(dc.select(im, "all"), np.ones((C, K)))
     thr = -0.2
-    np.testing.assert_array_equal(dc.select(im, "freq", threshold=thr),
-                                  ref.select(im, "freq", threshold=thr))
+    np.testing.assert_array_equal(
+        dc.select(im, "freq", threshold=thr), ref.select(im, "freq", threshold=thr)
+    )
     # strictly above: a value equal to the threshold is not selected
-    np.testing.assert_array_equal(dc.select(np.array([[1.0, 2.0]]), "freq", threshold=1.0),
-                                  [[0, 1]])
+    np.testing.assert_array_equal(
+        dc.select(np.array([[1.0, 2.0]]), "freq", threshold=1.0), [[0, 1]]
+    )
     for kw, match in (({"index": K}, "out of range"), ({"index": None}, "index=")):
         with pytest.raises(ValueError, match=match):
             dc.select(im, "index", **kw)
@@ -160,8 +166,9 @@ def test_explained_variance_matches_reference_and_is_rotation_invariant():
     assert {k: int(v) for k, v in sp.n_components.items()} == n
     V = np.asarray(sp.directions)
     np.testing.assert_allclose(V.T @ V, np.eye(6), atol=1e-5)
-    np.testing.assert_allclose(V @ np.diag(np.asarray(sp.eigenvalues)) @ V.T, cov, rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        V @ np.diag(np.asarray(sp.eigenvalues)) @ V.T, cov, rtol=1e-4, atol=1e-4
+    )
     q, _ = np.linalg.qr(np.asarray(jax.random.normal(jax.random.key(5), (6, 6))))
     rot = dc.explained_variance(q @ cov @ q.T)
     np.testing.assert_allclose(rot.eigenvalues, sp.eigenvalues, rtol=1e-4)
@@ -170,12 +177,15 @@ def test_explained_variance_matches_reference_and_is_rotation_invariant():
     np.testing.assert_allclose(P, V[:, :2])
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((3, 3)), "all zero"),
-    (np.ones((3, 2)), "square"),
-    (np.array([[1.0, 2.0], [0.0, 1.0]]), "symmetric"),
-    (np.array([[np.nan, 0.0], [0.0, 1.0]]), "non-finite"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((3, 3)), "all zero"),
+        (np.ones((3, 2)), "square"),
+        (np.array([[1.0, 2.0], [0.0, 1.0]]), "symmetric"),
+        (np.array([[np.nan, 0.0], [0.0, 1.0]]), "non-finite"),
+    ],
+)
 def test_explained_variance_bad_covariance(bad, match):
     with pytest.raises(ValueError, match=match):
         dc.explained_variance(bad)
@@ -189,13 +199,13 @@ def test_principal_directions_bad_r():
 def test_class_svd_centred_and_not():
     im = _im(6)
     out = dc.class_svd(im, center=False)
-    np.testing.assert_allclose(out.singular_values, np.linalg.svd(im, compute_uv=False),
-                               rtol=1e-5)
+    np.testing.assert_allclose(out.singular_values, np.linalg.svd(im, compute_uv=False), rtol=1e-5)
     np.testing.assert_allclose(out.class_scores @ out.directions.T, im, atol=1e-5)
     cen = dc.class_svd(im)
     centred = im - im.mean(0)
-    np.testing.assert_allclose(cen.singular_values, np.linalg.svd(centred, compute_uv=False),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        cen.singular_values, np.linalg.svd(centred, compute_uv=False), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(np.asarray(cen.class_scores).sum(0), 0.0, atol=1e-5)
     assert float(cen.singular_values[-1]) < 1e-5  # rank <= C - 1 after centring
     # a rank-one matrix: one component carries everything
@@ -211,14 +221,17 @@ def test_class_svd_centred_and_not():
 
 def test_effective_rank_analytic_and_reference():
     for kind in ("entropy", "participation"):
-        assert float(dc.effective_rank(jnp.asarray([2.0, 2.0, 2.0, 0.0]), kind)) == \
-            pytest.approx(3.0, rel=1e-5)
-        assert float(dc.effective_rank(jnp.asarray([5.0, 0.0, 0.0]), kind)) == \
-            pytest.approx(1.0, rel=1e-6)
+        assert float(dc.effective_rank(jnp.asarray([2.0, 2.0, 2.0, 0.0]), kind)) == pytest.approx(
+            3.0, rel=1e-5
+        )
+        assert float(dc.effective_rank(jnp.asarray([5.0, 0.0, 0.0]), kind)) == pytest.approx(
+            1.0, rel=1e-6
+        )
     w = np.asarray(dc.explained_variance(_cov(1)).eigenvalues)
     for kind in ("entropy", "participation"):
-        assert float(dc.effective_rank(w, kind)) == pytest.approx(ref.effective_rank(w, kind),
-                                                                  rel=1e-5)
+        assert float(dc.effective_rank(w, kind)) == pytest.approx(
+            ref.effective_rank(w, kind), rel=1e-5
+        )
     assert float(dc.effective_rank(w, "participation")) <= float(dc.effective_rank(w)) + 1e-5
     with pytest.raises(ValueError, match="all zero"):
         dc.effective_rank(np.zeros(3))
@@ -228,8 +241,9 @@ def test_effective_rank_analytic_and_reference():
 
 def test_near_zero_channels():
     im = np.array([10.0, -0.05, 0.09, -10.0, 0.11, 3.0])
-    np.testing.assert_array_equal(dc.near_zero_channels(im, rtol=0.01),
-                                  [False, True, True, False, False, False])
+    np.testing.assert_array_equal(
+        dc.near_zero_channels(im, rtol=0.01), [False, True, True, False, False, False]
+    )
     np.testing.assert_array_equal(dc.near_zero_channels(np.zeros(3)), [True] * 3)
     with pytest.raises(ValueError, match="rtol"):
         dc.near_zero_channels(im, rtol=1.0)
@@ -240,19 +254,23 @@ def test_near_zero_channels():
 # --------------------------------------------------------------------------- component CAMs
 
 
-@pytest.mark.parametrize("shape", [(2, 7, 5), (2, 3, 4, 5), (1, 3, 2, 2, 5)],
-                         ids=["1d", "2d", "3d"])
+@pytest.mark.parametrize(
+    "shape", [(2, 7, 5), (2, 3, 4, 5), (1, 3, 2, 2, 5)], ids=["1d", "2d", "3d"]
+)
 def test_component_cam_matches_reference(shape):
     M = jax.random.normal(jax.random.key(len(shape)), shape)
     v = jax.random.normal(jax.random.key(9), (shape[-1],))
     f = jax.jit(dc.component_cam)
     np.testing.assert_allclose(f(M, v), ref.component_cam(M, v), rtol=1e-5, atol=1e-5)
     # v = ones is the raw CAM, v = e_k is M_k, columns give one CAM each
-    np.testing.assert_allclose(f(M, jnp.ones(shape[-1])), cams.reduce(M).cam, rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(f(M, jnp.ones(shape[-1])), cams.reduce(M).cam, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(f(M, jnp.eye(shape[-1])[2]), M[..., 2])
-    np.testing.assert_allclose(dc.component_cam(M, jnp.stack([v, 2 * v], 1))[..., 1],
-                               2 * ref.component_cam(M, v), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        dc.component_cam(M, jnp.stack([v, 2 * v], 1))[..., 1],
+        2 * ref.component_cam(M, v),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_component_cam_and_project_shape_errors():

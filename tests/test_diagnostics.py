@@ -32,8 +32,7 @@ def test_ks_and_wasserstein_match_scipy():
     rng = _rng(1)
     a, b = rng.exponential(size=40), rng.exponential(1.3, size=25)
     assert dg.ks_statistic(a, b) == pytest.approx(stats.ks_2samp(a, b).statistic, abs=1e-12)
-    assert dg.wasserstein_1d(a, b) == pytest.approx(stats.wasserstein_distance(a, b),
-                                                    rel=1e-10)
+    assert dg.wasserstein_1d(a, b) == pytest.approx(stats.wasserstein_distance(a, b), rel=1e-10)
 
 
 def test_distribution_shift_analytic():
@@ -59,8 +58,7 @@ def test_overfitting_report_and_errors():
     tr_max, va_max = rng.normal(5, 1, 60), rng.normal(3, 1, 40)
     tr_min, va_min = rng.normal(-1, 1, 60), rng.normal(-1, 1, 40)
     s_tr, s_va = rng.normal(size=(60, 4)), rng.normal(size=(40, 4))
-    out = dg.overfitting(tr_max, tr_min, va_max, va_min, train_importance=s_tr,
-                         val_importance=s_va)
+    out = dg.overfitting(tr_max, tr_min, va_max, va_min, train_importance=s_tr, val_importance=s_va)
     assert set(out) == {"cam_max", "cam_min", "cam_mass", "importance_norm"}
     assert out["cam_max"].median_shift < 0 and out["cam_max"].ks > out["cam_max"].ks_critical
     assert out["cam_mass"].ks == pytest.approx(ref.ks_statistic(s_tr.sum(1), s_va.sum(1)))
@@ -98,12 +96,14 @@ def test_within_class_covariance_from_summary_statistics():
     got = dg.within_class_covariance(cov, means, counts, ddof=0)
     np.testing.assert_allclose(got, ref.within_class_covariance(s, labels), rtol=1e-10)
     unbiased = cov * len(s) / (len(s) - 1)
-    np.testing.assert_allclose(dg.within_class_covariance(unbiased, means, counts, ddof=1),
-                               got, rtol=1e-10)
+    np.testing.assert_allclose(
+        dg.within_class_covariance(unbiased, means, counts, ddof=1), got, rtol=1e-10
+    )
     # a class without counted samples (NaN row, count 0) is ignored
     means4 = np.vstack([means, np.full(5, np.nan)])
-    np.testing.assert_allclose(dg.within_class_covariance(cov, means4, np.r_[counts, 0.0]), got,
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        dg.within_class_covariance(cov, means4, np.r_[counts, 0.0]), got, rtol=1e-10
+    )
     with pytest.raises(ValueError, match="degrees of freedom"):
         dg.within_class_covariance(cov, means, np.array([1.0, 1.0, 1.0]))
 
@@ -157,10 +157,14 @@ def test_outlier_errors():
 
 
 def test_shared_channels():
-    im = np.array([[5.0, 4.0, 0.1, -1.0, 2.0],
-                   [5.0, 0.2, 3.0, -1.0, 2.2],
-                   [np.nan] * 5,
-                   [4.0, 0.0, 0.0, -2.0, 1.8]])
+    im = np.array(
+        [
+            [5.0, 4.0, 0.1, -1.0, 2.0],
+            [5.0, 0.2, 3.0, -1.0, 2.2],
+            [np.nan] * 5,
+            [4.0, 0.0, 0.0, -2.0, 1.8],
+        ]
+    )
     present = np.array([True, True, False, True])
     out = dg.shared_channels(im, present=present, n_top=3, threshold=0.8)
     rows = im[present]
@@ -178,8 +182,9 @@ def test_shared_channels():
         dg.shared_channels(im, present=np.array([1, 1, 0, 1]))
 
 
-@pytest.mark.parametrize("spatial, width", [((9,), 2), ((5, 6), 1), ((4, 5, 6), 1)],
-                         ids=["1d", "2d", "3d"])
+@pytest.mark.parametrize(
+    "spatial, width", [((9,), 2), ((5, 6), 1), ((4, 5, 6), 1)], ids=["1d", "2d", "3d"]
+)
 def test_border_mass_matches_reference(spatial, width):
     cm = _rng(4).normal(size=(3, *spatial))
     out = dg.border_mass(cm, width=width)
@@ -206,8 +211,12 @@ def test_border_mass_centre_and_edges_and_errors():
         dg.border_mass(np.zeros((1, 4, 4)))
     with pytest.raises(ValueError, match="spatial"):
         dg.border_mass(np.zeros(4))
-    both = dg.confounders(np.array([[1.0, 2.0], [1.0, 1.0], [0.0, 0.0]]), cm,
-                          present=np.array([True, True, False]), n_top=2)
+    both = dg.confounders(
+        np.array([[1.0, 2.0], [1.0, 1.0], [0.0, 0.0]]),
+        cm,
+        present=np.array([True, True, False]),
+        n_top=2,
+    )
     assert both.shared.channels == (1, 0) and both.border.per_class[1] == 1.0
 
 
@@ -223,8 +232,7 @@ def test_redundancy_analytic():
     assert out.first_component_share == pytest.approx(0.75, rel=1e-6)
     assert out.n_components == {90: 2, 95: 2, 99: 2}
     assert out.participation_ratio == pytest.approx(16 / 10, rel=1e-5)
-    assert out.effective_rank == pytest.approx(ref.effective_rank([3.0, 1.0], "entropy"),
-                                               rel=1e-5)
+    assert out.effective_rank == pytest.approx(ref.effective_rank([3.0, 1.0], "entropy"), rel=1e-5)
     assert 1.0 < out.effective_rank < 2.0
     assert isinstance(out.effective_rank, float)
     with pytest.raises(ValueError, match="expected"):

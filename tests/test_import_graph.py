@@ -19,29 +19,38 @@ def _tool():
 
 
 def test_package_follows_the_layer_order():
-    out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
-                         cwd=ROOT)
+    out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "follows the layer order" in out.stdout
 
 
 def test_a_back_edge_and_an_unplaced_module_are_caught():
     tool = _tool()
-    layers = {"ifa_jax.probe": 2, "ifa_jax.analysis": 5, "ifa_jax.scale": 6,
-              "ifa_jax.metrics": 6, "ifa_jax": 8}
-    good = {"ifa_jax.analysis": {"ifa_jax.probe": 3},
-            "ifa_jax.metrics.subsets": {"ifa_jax.metrics.correlation": 1, "ifa_jax.probe": 2},
-            "ifa_jax": {"ifa_jax.scale": 1}}
+    layers = {
+        "ifa_jax.probe": 2,
+        "ifa_jax.analysis": 5,
+        "ifa_jax.scale": 6,
+        "ifa_jax.metrics": 6,
+        "ifa_jax": 8,
+    }
+    good = {
+        "ifa_jax.analysis": {"ifa_jax.probe": 3},
+        "ifa_jax.metrics.subsets": {"ifa_jax.metrics.correlation": 1, "ifa_jax.probe": 2},
+        "ifa_jax": {"ifa_jax.scale": 1},
+    }
     assert tool.check(good, layers) == []
-    bad = {"ifa_jax.analysis": {"ifa_jax.scale": 12, "ifa_jax.probe": 3},
-           "ifa_jax.probe": {"ifa_jax": 4}}
+    bad = {
+        "ifa_jax.analysis": {"ifa_jax.scale": 12, "ifa_jax.probe": 3},
+        "ifa_jax.probe": {"ifa_jax": 4},
+    }
     assert tool.check(bad, layers) == [
         "ifa_jax.analysis:12 (layer 5) imports ifa_jax.scale (layer 6)",
         "ifa_jax.probe:4 (layer 2) imports ifa_jax (layer 8)",
     ]
     # the root package's entry does not cover new modules: they must be placed
     assert tool.check({"ifa_jax.newmod": {}}, layers) == [
-        "ifa_jax.newmod: not in the layer order; add it to LAYERS"]
+        "ifa_jax.newmod: not in the layer order; add it to LAYERS"
+    ]
 
 
 def test_graph_resolves_from_imports_and_relative_imports(tmp_path):
@@ -53,7 +62,10 @@ def test_graph_resolves_from_imports_and_relative_imports(tmp_path):
     (pkg / "sub" / "__init__.py").write_text("from . import leaf\n")
     (pkg / "sub" / "leaf.py").write_text("from ..low import x\nimport ifa_jax.high\n")
     graph = _tool().build_graph(pkg)
-    assert graph == {"ifa_jax": {"ifa_jax.low": 1}, "ifa_jax.low": {},
-                     "ifa_jax.high": {"ifa_jax.sub.leaf": 2},
-                     "ifa_jax.sub": {"ifa_jax.sub.leaf": 1},
-                     "ifa_jax.sub.leaf": {"ifa_jax.low": 1, "ifa_jax.high": 2}}
+    assert graph == {
+        "ifa_jax": {"ifa_jax.low": 1},
+        "ifa_jax.low": {},
+        "ifa_jax.high": {"ifa_jax.sub.leaf": 2},
+        "ifa_jax.sub": {"ifa_jax.sub.leaf": 1},
+        "ifa_jax.sub.leaf": {"ifa_jax.low": 1, "ifa_jax.high": 2},
+    }

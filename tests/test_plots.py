@@ -104,8 +104,7 @@ def test_overlay_refuses_a_batch_and_names_overlay_grid():
 
 def test_overlay_grid_has_one_shared_colour_bar(tmp_path):
     imgs, cams = _images(5, 28, 3), _cams(5)
-    fig = plots.overlay_grid(imgs, cams, scale_from_bounds(0.0, 2.0), cols=3,
-                             titles=list("abcde"))
+    fig = plots.overlay_grid(imgs, cams, scale_from_bounds(0.0, 2.0), cols=3, titles=list("abcde"))
     panels = [ax for ax in fig.axes if ax.images]
     bars = [ax for ax in fig.axes if ax not in panels and ax.get_ylabel()]
     assert len(panels) == 5 and len(bars) == 1
@@ -127,14 +126,18 @@ def test_cam_grid_upsamples_feature_grid_maps_to_the_images():
     panels = [ax for ax in fig.axes if ax.images]
     assert len(panels) == 6
     assert all(_cam_layer(ax).shape == (28, 28) for ax in panels)
-    np.testing.assert_allclose(_cam_layer(panels[0]),
-                               np.asarray(upsample(common, (28, 28)))[0], atol=1e-6)
+    np.testing.assert_allclose(
+        _cam_layer(panels[0]), np.asarray(upsample(common, (28, 28)))[0], atol=1e-6
+    )
 
 
 def test_cam_grid_refuses_a_batch_mismatch_and_non_2d_maps():
     imgs = _images(3)
-    with pytest.raises(ValueError, match=r"common has 2 maps \(shape \(2, 7, 7\)\) but there "
-                                         r"are 3 images .*one map per image"):
+    with pytest.raises(
+        ValueError,
+        match=r"common has 2 maps \(shape \(2, 7, 7\)\) but there "
+        r"are 3 images .*one map per image",
+    ):
         plots.cam_grid(imgs, _cams(2), _cams(3))
     with pytest.raises(ValueError, match=r"per_image has shape \(3, 7, 7, 1\).*maps\[\.\.\., 0\]"):
         plots.cam_grid(imgs, _cams(3), _cams(3)[..., None])
@@ -156,16 +159,24 @@ def _every_figure():
     return {
         "cam_grid": plots.cam_grid(imgs, maps, maps, ["a", "b"]),
         "importance_heatmaps": plots.importance_heatmaps(
-            {"IM_c": rng.normal(size=(3, 10)), "IM_diff": rng.normal(size=(3, 10))}),
+            {"IM_c": rng.normal(size=(3, 10)), "IM_diff": rng.normal(size=(3, 10))}
+        ),
         "distributions": plots.distributions(
-            {s: {"cam_max": rng.normal(size=50), "cam_min": rng.normal(size=50)}
-             for s in ("train", "validation")}),
+            {
+                s: {"cam_max": rng.normal(size=50), "cam_min": rng.normal(size=50)}
+                for s in ("train", "validation")
+            }
+        ),
         "consistency_scatter": plots.consistency_scatter(
-            {"gradcam mean": (rng.normal(size=20), rng.normal(size=20), 0.5),
-             "gradcam max": (rng.normal(size=20), rng.normal(size=20), None)}),
+            {
+                "gradcam mean": (rng.normal(size=20), rng.normal(size=20), 0.5),
+                "gradcam max": (rng.normal(size=20), rng.normal(size=20), None),
+            }
+        ),
         "spectrum": plots.spectrum(np.array([0.5, 0.3, 0.15, 0.05]), {"90%": 3}),
         "accuracy_curve": plots.accuracy_curve(
-            {"top": ([0.1, 0.5, 1.0], [0.5, 0.8, 0.9])}, full_accuracy=0.9),
+            {"top": ([0.1, 0.5, 1.0], [0.5, 0.8, 0.9])}, full_accuracy=0.9
+        ),
         "outliers": plots.outliers(imgs, maps, ["x", "y"]),
         "overlay": plots.overlay(imgs[0], _cams(1)[0]),
         "overlay_grid": plots.overlay_grid(imgs, _cams(2)),
@@ -201,15 +212,22 @@ _SCRIPT = textwrap.dedent("""
 def test_import_ifa_jax_leaves_the_matplotlib_backend_alone(mplbackend):
     """In a fresh process: the backend is the same after importing ifa_jax and saving a
     figure as after a bare ``import matplotlib``, and pyplot is never imported."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "DISPLAY",
-                                                            "WAYLAND_DISPLAY")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "DISPLAY", "WAYLAND_DISPLAY")
+    }
     env["JAX_PLATFORMS"] = "cpu"
     if mplbackend:
         env["MPLBACKEND"] = mplbackend
 
     def run(code):
-        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr
         return ast.literal_eval(out.stdout.strip().splitlines()[-1])
 

@@ -50,8 +50,9 @@ def test_gradients_equal_hand_split_model(mnist):
 def test_one_forward_pass_and_no_parameter_gradients(mnist):
     model, variables, x = mnist
     probe = linen_probe(model, "conv2")
-    jaxpr = jax.make_jaxpr(lambda v, x: probe._core(v, x, None, mode="predicted", fn=None,
-                                                    score="logit"))(variables, x)
+    jaxpr = jax.make_jaxpr(
+        lambda v, x: probe._core(v, x, None, mode="predicted", fn=None, score="logit")
+    )(variables, x)
     text = str(jaxpr)
     # Two convs in the forward; the vjp stops at conv2's output so it needs none.
     assert text.count("conv_general_dilated") == 2
@@ -92,13 +93,23 @@ def test_several_layers_in_one_pass(mnist):
     np.testing.assert_allclose(acts["conv1"], both.activations["conv1"], rtol=1e-5, atol=1e-6)
     # explain picks a layer of a multi-layer probe, and refuses a layer it does not tap
     _, picked = explain(probe, variables, x, 1, layer="conv2")
-    np.testing.assert_allclose(picked.cam, explain(linen_probe(model, "conv2"), variables, x,
-                                                   1)[1].cam, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match=r"this probe taps several layers \('conv1', 'conv2'\); "
-                                         "pass layer=..."):
+    np.testing.assert_allclose(
+        picked.cam,
+        explain(linen_probe(model, "conv2"), variables, x, 1)[1].cam,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"this probe taps several layers \('conv1', 'conv2'\); "
+        "pass layer=...",
+    ):
         explain(probe, variables, x, 1)
-    with pytest.raises(ValueError, match="layer 'conv1' is not tapped by this probe; tapped: "
-                                         r"\('conv2',\)"):
+    with pytest.raises(
+        ValueError,
+        match="layer 'conv1' is not tapped by this probe; tapped: "
+        r"\('conv2',\)",
+    ):
         explain(linen_probe(model, "conv2"), variables, x, 1, layer="conv1")
 
 
@@ -120,8 +131,9 @@ def test_nnx_model_matches_hand_split(nnx_model):
         return model.head(jnp.mean(jax.nn.relu(a), axis=(1, 2)))
 
     np.testing.assert_allclose(out.activations, a, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(out.gradients, jax.grad(lambda a: head(a)[:, 1].sum())(a),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        out.gradients, jax.grad(lambda a: head(a)[:, 1].sum())(a), rtol=1e-5, atol=1e-7
+    )
     assert type(model.conv2).__name__ == "Conv"  # the user's model is untouched
     with pytest.raises(ValueError, match="layer 'conv7' not found; layers: conv1, conv2, head"):
         nnx_probe(model, "conv7")
@@ -148,30 +160,34 @@ def test_explain_every_rank(convnet, method):
     assert out.importance.shape == (x.shape[0], 6)
     if method == "ablationcam":
         # With a linear head after GAP, zeroing channel k removes exactly its share.
-        linear = ConvNet(ndim=model.ndim, features=model.features, num_classes=3,
-                         relu_last=False)
+        linear = ConvNet(ndim=model.ndim, features=model.features, num_classes=3, relu_last=False)
         res, out = explain(linen_probe(linear, "conv2"), variables, x, 1, method)
         w = variables["params"]["head"]["kernel"][:, 1]
         share = res.activations.mean(tuple(range(1, x.ndim - 1))) * w
         grid = tuple(range(1, x.ndim - 1))
         # AblationCAM weight w_k = y - y^(k) = mean(A_k) W_k, so s_k = w_k * sum(A_k).
-        np.testing.assert_allclose(out.importance, share * res.activations.sum(grid),
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            out.importance, share * res.activations.sum(grid), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_probe_composes_with_outer_jit_and_vmap(mnist):
     model, variables, x = mnist
     probe = linen_probe(model, "conv2")
     f = jax.jit(lambda v, x: probe(v, x, 3).gradients)
-    np.testing.assert_allclose(f(variables, x), probe(variables, x, 3).gradients, rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        f(variables, x), probe(variables, x, 3).gradients, rtol=1e-5, atol=1e-7
+    )
 
 
 def test_bad_inputs(mnist):
     model, variables, x = mnist
-    with pytest.raises(ValueError, match=r"layer 'conv9' not found; layers: conv1, relu1, conv2, "
-                                         r"relu2, "
-                                         r"fc1, head"):
+    with pytest.raises(
+        ValueError,
+        match=r"layer 'conv9' not found; layers: conv1, relu1, conv2, "
+        r"relu2, "
+        r"fc1, head",
+    ):
         linen_probe(model, "conv9")(variables, x)
     with pytest.raises(ValueError, match=r"layer 'fc1' outputs shape \(4, 512\).*rank 3-5"):
         linen_probe(model, "fc1")(variables, x)
@@ -188,11 +204,18 @@ def test_bad_inputs(mnist):
         probe(variables, x, "label")
     with pytest.raises(ValueError, match="score 'prob'"):
         probe(variables, x, score="prob")
-    with pytest.raises(ValueError, match=r"'conv' is ambiguous: it matches block1/conv, "
-                                         r"block2/conv; give the full path"):
+    with pytest.raises(
+        ValueError,
+        match=r"'conv' is ambiguous: it matches block1/conv, "
+        r"block2/conv; give the full path",
+    ):
         linen_probe(ConvNetTwice(), "conv")(*_twice_inputs())
     assert linen_probe(ConvNetTwice(), "block2/conv")(*_twice_inputs()).activations.shape == (
-        1, 4, 4, 2)
+        1,
+        4,
+        4,
+        2,
+    )
 
 
 class ConvNetTwice(nn.Module):
@@ -229,8 +252,9 @@ def test_per_class_gradients_equal_one_probe_per_class(mnist):
     model, variables, x = mnist
     probe = linen_probe(model, "relu2")
     classes = jnp.array([0, 3, 7])
-    logits, A, G = jax.jit(probe.per_class, static_argnames="score")(variables, x, classes,
-                                                                      score="probability")
+    logits, A, G = jax.jit(probe.per_class, static_argnames="score")(
+        variables, x, classes, score="probability"
+    )
     assert G.shape == (3, *A.shape)
     for i, c in enumerate([0, 3, 7]):
         one = probe(variables, x, c, score="probability")

@@ -76,9 +76,12 @@ def test_label_without_model_output_is_refused(net):
     probe = linen_probe(model, "conv")
     bad = labels.copy()
     bad[1] = 4  # inside num_classes=5, but the model has only 3 outputs
-    with pytest.raises(ValueError, match=r"batch 0: label 4 has no output in the model, which "
-                                         r"has 3 outputs, so target='label' can only explain "
-                                         r"labels in \[0, 2\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch 0: label 4 has no output in the model, which "
+        r"has 3 outputs, so target='label' can only explain "
+        r"labels in \[0, 2\]",
+    ):
         analysis.analyze(probe, variables, [(X, bad)], num_classes=5, progress=False)
     # Labels all in range: a larger num_classes is harmless, the scores are finite.
     ok = analysis.analyze(probe, variables, [(X, labels)], num_classes=5, progress=False)
@@ -100,18 +103,30 @@ def test_tuple_and_dict_outputs_with_a_selector_equal_the_plain_model(net):
 
 def test_tuple_and_dict_outputs_without_a_selector_are_explained(net):
     _, variables, _ = net
-    with pytest.raises(ValueError, match=r"the model returns a tuple of 2, not an array of "
-                                         r"logits \(B, O\); pick the logits with output=0"):
+    with pytest.raises(
+        ValueError,
+        match=r"the model returns a tuple of 2, not an array of "
+        r"logits \(B, O\); pick the logits with output=0",
+    ):
         linen_probe(Net(out="tuple"), "conv")(variables, X)
-    with pytest.raises(ValueError, match=r"returns a dict with keys 'logits', 'features', not "
-                                         r"an array.*output='logits'"):
+    with pytest.raises(
+        ValueError,
+        match=r"returns a dict with keys 'logits', 'features', not "
+        r"an array.*output='logits'",
+    ):
         linen_probe(Net(out="dict"), "conv")(variables, X)
-    with pytest.raises(ValueError, match=r"output='logit' is not in the model's output, a dict "
-                                         r"with keys 'logits', 'features'"):
+    with pytest.raises(
+        ValueError,
+        match=r"output='logit' is not in the model's output, a dict "
+        r"with keys 'logits', 'features'",
+    ):
         linen_probe(Net(out="dict"), "conv", output="logit")(variables, X)
-    with pytest.raises(ValueError, match=r"output=0 would index the model's output, but that "
-                                         r"is already an array of shape \(4, 3\); leave "
-                                         r"output=None"):
+    with pytest.raises(
+        ValueError,
+        match=r"output=0 would index the model's output, but that "
+        r"is already an array of shape \(4, 3\); leave "
+        r"output=None",
+    ):
         linen_probe(Net(), "conv", output=0)(variables, X)
 
 
@@ -143,8 +158,11 @@ def test_linen_training_mode_errors_name_the_fix():
 
     drop = Net(drop=True)
     variables = drop.init(jax.random.key(3), X, train=False)
-    with pytest.raises(ValueError, match=r"needs PRNG for \"dropout\".*deterministic/train "
-                                         r"flag") as info:
+    with pytest.raises(
+        ValueError,
+        match=r"needs PRNG for \"dropout\".*deterministic/train "
+        r"flag",
+    ) as info:
         linen_probe(drop, "conv")(variables, X)
     assert isinstance(info.value.__cause__, flax_errors.InvalidRngError)
     assert np.isfinite(linen_probe(drop, "conv", train=False)(variables, X).score).all()
@@ -169,8 +187,10 @@ def test_nnx_model_not_in_eval_mode_is_explained(kind):
 
 def test_input_without_channel_axis_is_explained(net):
     _, variables, _ = net
-    fix = (r"does not accept an input of shape \(4, 6, 6\).*channels-last \(B, \*spatial, "
-           r"C\).*x\[\.\.\., None\]")
+    fix = (
+        r"does not accept an input of shape \(4, 6, 6\).*channels-last \(B, \*spatial, "
+        r"C\).*x\[\.\.\., None\]"
+    )
     with pytest.raises(ValueError, match=fix):
         linen_probe(Net(), "conv")(variables, X[..., 0])
     probe, state = nnx_probe(NnxNet(rngs=nnx.Rngs(0)), "conv")
@@ -185,25 +205,38 @@ def test_empty_batches_are_skipped_and_batch_size_pads(net):
     model, variables, labels = net
     probe = linen_probe(model, "conv")
     x, y = np.asarray(X), labels
-    want = analysis.analyze(probe, variables, [(x, y)], num_classes=3, count="all",
-                            progress=False)
+    want = analysis.analyze(probe, variables, [(x, y)], num_classes=3, count="all", progress=False)
     before = analysis.analysis_step._cache_size()
-    got = analysis.analyze(probe, variables, [(x[:0], y[:0]), (x[:1], y[:1]), (x[1:], y[1:])],
-                           num_classes=3, count="all", batch_size=4, progress=False)
+    got = analysis.analyze(
+        probe,
+        variables,
+        [(x[:0], y[:0]), (x[:1], y[:1]), (x[1:], y[1:])],
+        num_classes=3,
+        count="all",
+        batch_size=4,
+        progress=False,
+    )
     assert analysis.analysis_step._cache_size() == before  # same padded shape: no recompile
     for a, b in zip(got.summary, want.summary):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for k in want.samples:
         np.testing.assert_allclose(got.samples[k], want.samples[k], rtol=1e-5)
-    with pytest.raises(ValueError, match=r"batch 2 has 3 samples, more than the first batch's "
-                                         r"size 1; pass batch_size="):
-        analysis.analyze(probe, variables, [(x[:0], y[:0]), (x[:1], y[:1]), (x[1:], y[1:])],
-                         num_classes=3, progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"batch 2 has 3 samples, more than the first batch's "
+        r"size 1; pass batch_size=",
+    ):
+        analysis.analyze(
+            probe,
+            variables,
+            [(x[:0], y[:0]), (x[:1], y[:1]), (x[1:], y[1:])],
+            num_classes=3,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="batches is empty"):
         analysis.analyze(probe, variables, [(x[:0], y[:0])], num_classes=3, progress=False)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
-        analysis.analyze(probe, variables, [(x, y)], num_classes=3, batch_size=0,
-                         progress=False)
+        analysis.analyze(probe, variables, [(x, y)], num_classes=3, batch_size=0, progress=False)
 
 
 # --------------------------------------------------------------------------- merge, results
@@ -222,6 +255,7 @@ def test_merge_refuses_states_of_different_shapes(jit):
 
 def test_percentiles_of_unknown_name_lists_the_names():
     result = analysis.Analysis(None, None, {"cam_max": np.ones(3), "score": np.ones(3)})
-    with pytest.raises(KeyError, match="no per-sample values named 'max'; the names are: "
-                                       "cam_max, score"):
+    with pytest.raises(
+        KeyError, match="no per-sample values named 'max'; the names are: cam_max, score"
+    ):
         result.percentiles("max")

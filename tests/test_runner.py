@@ -20,12 +20,22 @@ from ifa_jax.train import TrainConfig
 
 
 def tiny(**changes) -> runner.Config:
-    base = dict(name="tiny", dataset="sklearn_digits", validation_size=0.2, model="convnet",
-                model_kwargs=(("features", (8, 16)),), layer="conv2",
-                train=TrainConfig(epochs=2, batch_size=128, lr=3e-3, progress=False),
-                batch_size=128, methods=("gradcam", "hirescam"), subset_ratios=(0.25, 1.0),
-                subset_modes=("top", "random"), max_classes=3, faithfulness_samples=4,
-                sanity_samples=2)
+    base = {
+        "name": "tiny",
+        "dataset": "sklearn_digits",
+        "validation_size": 0.2,
+        "model": "convnet",
+        "model_kwargs": (("features", (8, 16)),),
+        "layer": "conv2",
+        "train": TrainConfig(epochs=2, batch_size=128, lr=3e-3, progress=False),
+        "batch_size": 128,
+        "methods": ("gradcam", "hirescam"),
+        "subset_ratios": (0.25, 1.0),
+        "subset_modes": ("top", "random"),
+        "max_classes": 3,
+        "faithfulness_samples": 4,
+        "sanity_samples": 2,
+    }
     base.update(changes)
     return runner.Config(**base)
 
@@ -41,11 +51,21 @@ def finished_run(tmp_path_factory):
 @pytest.mark.slow
 def test_run_writes_every_artifact(finished_run):
     out, results, logs = finished_run
-    for name in ("config.json", "checkpoint.msgpack", "train.json",
-                 "results.json", "report.md", "analysis/gradcam_train.npz", "manifest.json",
-                 "evaluation/consistency.json", "evaluation/consistency.npz",
-                 "analysis/hirescam_validation.npz", "figures/cams.png",
-                 "figures/subsets.png", "figures/consistency.png"):
+    for name in (
+        "config.json",
+        "checkpoint.msgpack",
+        "train.json",
+        "results.json",
+        "report.md",
+        "analysis/gradcam_train.npz",
+        "manifest.json",
+        "evaluation/consistency.json",
+        "evaluation/consistency.npz",
+        "analysis/hirescam_validation.npz",
+        "figures/cams.png",
+        "figures/subsets.png",
+        "figures/consistency.png",
+    ):
         assert (out / name).exists(), name
     saved = json.loads((out / "results.json").read_text())
     assert saved["config"]["name"] == "tiny" and "jax" in saved["versions"]
@@ -58,7 +78,8 @@ def test_run_writes_every_artifact(finished_run):
         want = np.corrcoef(z["hirescam common"], z["logit"])[0, 1]
     assert per_class["0"]["common"]["pearson"] == pytest.approx(want, rel=1e-5)
     assert summary["hirescam"]["common"]["mean_pearson"] == pytest.approx(
-        np.mean([row["common"]["pearson"] for row in per_class.values()]))
+        np.mean([row["common"]["pearson"] for row in per_class.values()])
+    )
     # The last ratio keeps every channel: exactly the plain accuracy.
     for curve in saved["subsets"].values():
         assert curve["accuracy"][-1] == curve["full_accuracy"]
@@ -90,24 +111,33 @@ def test_rerun_resumes_and_rewrites_identical_files(finished_run):
 def test_evaluation_samples_are_stratified(finished_run):
     out, results, _ = finished_run
     labels = stages.load_analysis(str(out / "analysis" / "gradcam_validation.npz"))[1]["label"]
-    ctx = stages.RunContext(tiny(), None, None, None, print,
-                            analyses={"gradcam": {"validation": (None, {"label": labels})}})
+    ctx = stages.RunContext(
+        tiny(),
+        None,
+        None,
+        None,
+        print,
+        analyses={"gradcam": {"validation": (None, {"label": labels})}},
+    )
     idx = ctx.sample_indices(tiny().figure_samples)
     assert sorted(labels[idx[:10]]) == list(range(10))  # the digits split has 10 classes
     assert "stratified by class with seed 0" in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("assignment, message", [
-    ("train.epochs=two", r"train: field 'epochs' must be int; got 'two'"),
-    ("train.epochs=1.5", r"field 'epochs' must be int; got 1.5"),
-    ("batch_size=abc", r"field 'batch_size' must be int; got 'abc'"),
-    ("scale_ratio=abc", r"field 'scale_ratio' must be float; got 'abc'"),
-    ("max_classes=two", r"field 'max_classes' must be int or None"),
-    ("subset_ratios=(0.5, 2.0)", r"subset_ratios must be shares in \(0, 1\]"),
-    ("subset_modes=freq", r"subset_modes must be among top, diff_top"),
-    ("scale_hi_percentile=20", r"scale_lo_percentile < scale_hi_percentile"),
-    ("batch_size=0", r"batch_size must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("train.epochs=two", r"train: field 'epochs' must be int; got 'two'"),
+        ("train.epochs=1.5", r"field 'epochs' must be int; got 1.5"),
+        ("batch_size=abc", r"field 'batch_size' must be int; got 'abc'"),
+        ("scale_ratio=abc", r"field 'scale_ratio' must be float; got 'abc'"),
+        ("max_classes=two", r"field 'max_classes' must be int or None"),
+        ("subset_ratios=(0.5, 2.0)", r"subset_ratios must be shares in \(0, 1\]"),
+        ("subset_modes=freq", r"subset_modes must be among top, diff_top"),
+        ("scale_hi_percentile=20", r"scale_lo_percentile < scale_hi_percentile"),
+        ("batch_size=0", r"batch_size must be >= 1"),
+    ],
+)
 def test_override_checks_every_field(assignment, message):
     with pytest.raises(ValueError, match=message):
         runner.override(tiny(), assignment)
@@ -115,8 +145,7 @@ def test_override_checks_every_field(assignment, message):
 
 def test_override_reads_method_lists():
     assert runner.override(tiny(), "methods=gradcam").methods == ("gradcam",)
-    assert runner.override(tiny(), "methods=gradcam, HiResCAM").methods == (
-        "gradcam", "hirescam")
+    assert runner.override(tiny(), "methods=gradcam, HiResCAM").methods == ("gradcam", "hirescam")
 
 
 def test_unknown_layer_fails_before_anything_is_written(tmp_path):
@@ -132,8 +161,11 @@ def test_overwrite_never_deletes_a_folder_the_runner_did_not_make(tmp_path):
     (folder / "data.npz").write_bytes(b"precious")
     (folder / "my_notes").write_text("notes")
     for overwrite in (False, True):
-        with pytest.raises(FileExistsError, match=r"is not a run folder.*nothing was written "
-                                                  r"or deleted"):
+        with pytest.raises(
+            FileExistsError,
+            match=r"is not a run folder.*nothing was written "
+            r"or deleted",
+        ):
             runner.RunFolder(folder, tiny(), overwrite=overwrite)
     assert sorted(os.listdir(folder)) == ["data.npz", "my_notes"]
     assert (folder / "data.npz").read_bytes() == b"precious"
@@ -169,10 +201,13 @@ def test_manifest_rejects_damaged_files_and_other_checkpoints(tmp_path):
 
 
 def test_second_runner_on_a_folder_is_refused(tmp_path):
-    with runner.RunFolder(tmp_path / "run", tiny(), log=lambda s: None):
-        with pytest.raises(runner.RunFolderBusyError,
-                           match=rf"in use by another runner \(process {os.getpid()}\)"):
-            runner.RunFolder(tmp_path / "run", tiny(), log=lambda s: None)
+    with (
+        runner.RunFolder(tmp_path / "run", tiny(), log=lambda s: None),
+        pytest.raises(
+            runner.RunFolderBusyError, match=rf"in use by another runner \(process {os.getpid()}\)"
+        ),
+    ):
+        runner.RunFolder(tmp_path / "run", tiny(), log=lambda s: None)
     with runner.RunFolder(tmp_path / "run", tiny(), log=lambda s: None):
         pass  # released on exit
 
@@ -201,9 +236,12 @@ def test_stale_temporaries_are_removed_on_open(tmp_path):
 
 def test_non_finite_weights_are_named():
     variables = {"params": {"dense": {"kernel": np.array([1.0, np.nan]), "bias": np.ones(2)}}}
-    with pytest.raises(FloatingPointError, match=r"ckpt has non-finite weights in 1 of 2 "
-                                                 r"arrays \(\['params'\]\['dense'\]"
-                                                 r"\['kernel'\]\): training diverged"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"ckpt has non-finite weights in 1 of 2 "
+        r"arrays \(\['params'\]\['dense'\]"
+        r"\['kernel'\]\): training diverged",
+    ):
         stages.check_finite_weights(variables, "ckpt")
     stages.check_finite_weights({"params": {"w": np.ones(3)}}, "ckpt")
 
@@ -232,9 +270,12 @@ def test_killed_run_resumes_to_the_same_result(finished_run, tmp_path):
     config_path.write_text(json.dumps(tiny().to_dict()))
     out = tmp_path / "run"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", "--config",
-                             str(config_path), "--out", str(out)], cwd=root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", "--config", str(config_path), "--out", str(out)],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     try:  # kill it once the first epoch's training state is saved
         while time.monotonic() < deadline and proc.poll() is None:
@@ -276,8 +317,9 @@ def test_config_errors(tmp_path):
 
 def test_shipped_configs_load():
     folder = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")
-    names = sorted(f for f in os.listdir(folder)
-                   if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+    names = sorted(
+        f for f in os.listdir(folder) if f.endswith(".py") and f not in ("__init__.py", "common.py")
+    )
     assert len(names) >= 8
     for name in names:
         config = runner.load_config(os.path.join(folder, name))
@@ -300,9 +342,15 @@ def test_single_class_dataset_reports_undefined_instead_of_nan(tmp_path):
         arrays[f"{split}_labels"] = np.zeros((n, 1), np.int64)
     path = tmp_path / "one.npz"
     np.savez(path, **arrays)
-    config = tiny(dataset=f"medmnist:{path}", methods=("hirescam",), subset_modes=("top",),
-                  faithfulness_samples=0, sanity_samples=0,
-                  train=TrainConfig(epochs=1, batch_size=16, progress=False), batch_size=16)
+    config = tiny(
+        dataset=f"medmnist:{path}",
+        methods=("hirescam",),
+        subset_modes=("top",),
+        faithfulness_samples=0,
+        sanity_samples=0,
+        train=TrainConfig(epochs=1, batch_size=16, progress=False),
+        batch_size=16,
+    )
     runner.run(config, tmp_path / "run", log=lambda s: None)
     report = (tmp_path / "run" / "report.md").read_text()
     assert "AUROC is undefined for hirescam on class(es) 0" in report
@@ -312,9 +360,16 @@ def test_single_class_dataset_reports_undefined_instead_of_nan(tmp_path):
 @pytest.mark.slow
 def test_tfds_experiment_runs_on_mock_data(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
-    config = tiny(dataset="tfds:mnist", model="convnet", methods=("gradcam",),
-                  subset_modes=("top",), faithfulness_samples=2, sanity_samples=0,
-                  train=TrainConfig(epochs=1, batch_size=16, progress=False), batch_size=16)
+    config = tiny(
+        dataset="tfds:mnist",
+        model="convnet",
+        methods=("gradcam",),
+        subset_modes=("top",),
+        faithfulness_samples=2,
+        sanity_samples=0,
+        train=TrainConfig(epochs=1, batch_size=16, progress=False),
+        batch_size=16,
+    )
     with tfds.testing.mock_data(num_examples=40):
         results = runner.run(config, tmp_path / "run", log=lambda s: None)
     _, samples = stages.load_analysis(str(tmp_path / "run" / "analysis" / "gradcam_train.npz"))
@@ -323,7 +378,7 @@ def test_tfds_experiment_runs_on_mock_data(tmp_path):
     assert (tmp_path / "run" / "figures" / "cams.png").exists()
 
 
-PLUGIN = '''
+PLUGIN = """
 import flax.linen as nn
 import numpy as np
 from sklearn.datasets import load_digits
@@ -347,7 +402,7 @@ def three_digits(seed, limit=240):
     ds = data.Dataset(data.as_images(d.images[keep] / 16.0, spatial_ndim=2),
                       d.target[keep].astype(np.int32), 3, "three_digits")
     return data.split_dataset(ds, 0.25, seed=seed)
-'''
+"""
 
 
 @pytest.mark.slow
@@ -356,16 +411,31 @@ def test_cli_runs_a_plugin_model_from_another_folder_and_analyses_given_variable
     elsewhere.mkdir()
     (elsewhere / "my_models.py").write_text(PLUGIN)
     plugin = str(elsewhere / "my_models.py")
-    config = {"name": "plugin", "dataset": f"{plugin}:three_digits",
-              "dataset_kwargs": [["limit", 200]], "model": f"{plugin}:TinyCNN",
-              "model_kwargs": [["width", 6]], "layer": "conv", "batch_size": 50,
-              "train": {"epochs": 1, "batch_size": 50, "progress": False},
-              "methods": ["gradcam"], "subset_ratios": [0.5, 1.0], "subset_modes": ["top"],
-              "faithfulness_samples": 3, "sanity_samples": 0, "figure_samples": 3}
+    config = {
+        "name": "plugin",
+        "dataset": f"{plugin}:three_digits",
+        "dataset_kwargs": [["limit", 200]],
+        "model": f"{plugin}:TinyCNN",
+        "model_kwargs": [["width", 6]],
+        "layer": "conv",
+        "batch_size": 50,
+        "train": {"epochs": 1, "batch_size": 50, "progress": False},
+        "methods": ["gradcam"],
+        "subset_ratios": [0.5, 1.0],
+        "subset_modes": ["top"],
+        "faithfulness_samples": 3,
+        "sanity_samples": 0,
+        "figure_samples": 3,
+    }
     (elsewhere / "plugin.json").write_text(json.dumps(config))
     command = os.path.join(os.path.dirname(sys.executable), "ifa-jax")
-    done = subprocess.run([command, "run", "--config", "plugin.json", "--out", "out"],
-                          cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [command, "run", "--config", "plugin.json", "--out", "out"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = (elsewhere / "out" / "report.md").read_text()
     assert f"model `{plugin}:TinyCNN` (trained here)" in report
@@ -373,7 +443,8 @@ def test_cli_runs_a_plugin_model_from_another_folder_and_analyses_given_variable
     # The trained checkpoint, analysed as given variables: nothing is trained.
     logs: list[str] = []
     given = runner.config_from_dict(
-        config | {"variables": str(elsewhere / "out" / "checkpoint.msgpack")})
+        config | {"variables": str(elsewhere / "out" / "checkpoint.msgpack")}
+    )
     results = runner.run(given, tmp_path / "given", log=logs.append)
     assert not any(line.startswith("train: ") and " s, validation" in line for line in logs)
     assert any("train: none; analysing the variables" in line for line in logs)
@@ -384,8 +455,11 @@ def test_cli_runs_a_plugin_model_from_another_folder_and_analyses_given_variable
 
 
 def test_plugin_errors_name_the_fix(tmp_path):
-    with pytest.raises(ValueError, match=r"model 'cnn' is not one of mnist_cnn, convnet, "
-                                         r"resnet18 nor a plug-in"):
+    with pytest.raises(
+        ValueError,
+        match=r"model 'cnn' is not one of mnist_cnn, convnet, "
+        r"resnet18 nor a plug-in",
+    ):
         tiny(model="cnn")
     with pytest.raises(ValueError, match=r"dataset 'tfds' must be written 'tfds:<name>'"):
         tiny(dataset="tfds")
@@ -409,8 +483,7 @@ def test_an_evaluation_added_to_the_table_reaches_results_and_report(finished_ru
         return ["## Channels", "", f"The layer has {numbers['channels']} channels."]
 
     extra = runner.Evaluation("channels", 1, count_channels, report_channels)
-    results = runner.run(tiny(), copy, log=lambda s: None,
-                         evaluations=(*runner.EVALUATIONS, extra))
+    results = runner.run(tiny(), copy, log=lambda s: None, evaluations=(*runner.EVALUATIONS, extra))
     assert results["channels"] == {"channels": 16}
     assert json.loads((copy / "results.json").read_text())["channels"]["channels"] == 16
     assert "## Channels\n\nThe layer has 16 channels." in (copy / "report.md").read_text()

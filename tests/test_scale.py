@@ -35,11 +35,14 @@ def test_percentiles_match_reference_and_label_95_is_the_95th():
         assert val == pytest.approx(ref.percentile(x, q), rel=1e-12, abs=1e-12)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.array([]), "empty"),
-    (np.array([1.0, np.nan]), "non-finite"),
-    (np.ones((2, 2)), "1-D"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.array([]), "empty"),
+        (np.array([1.0, np.nan]), "non-finite"),
+        (np.ones((2, 2)), "1-D"),
+    ],
+)
 def test_percentiles_bad_input(bad, match):
     with pytest.raises(ValueError, match=match):
         sc.percentiles(bad)
@@ -68,18 +71,21 @@ def test_common_scale_bounds_from_percentiles():
     assert s.vmin == 0.0
 
 
-@pytest.mark.parametrize("kwargs, mx, mn, match", [
-    ({}, [1.0, 1.0], [1.0, 1.0], "degenerate.*vmax = 1.*vmin = 1"),
-    ({"lo_percentile": 100, "hi_percentile": 0}, [1.0, 5.0], [0.0, 4.0], "degenerate"),
-    ({}, [], [], "empty"),
-    ({}, [1.0, np.inf], [0.0, 0.0], "non-finite"),
-    ({}, [1.0, 2.0], [0.0], "samples"),
-    ({}, [0.0, 1.0], [1.0, 0.0], "swapped"),
-    ({"ratio": 0.0}, [1.0, 2.0], [0.0, 0.0], "ratio"),
-    ({"mode": "log"}, [1.0, 2.0], [0.0, 0.0], "unknown scale mode"),
-    ({"hi_percentile": 120}, [1.0, 2.0], [0.0, 0.0], "outside"),
-    ({"remove_negative": True}, [-1.0, -0.5], [-3.0, -2.0], "remove_negative"),
-])
+@pytest.mark.parametrize(
+    "kwargs, mx, mn, match",
+    [
+        ({}, [1.0, 1.0], [1.0, 1.0], "degenerate.*vmax = 1.*vmin = 1"),
+        ({"lo_percentile": 100, "hi_percentile": 0}, [1.0, 5.0], [0.0, 4.0], "degenerate"),
+        ({}, [], [], "empty"),
+        ({}, [1.0, np.inf], [0.0, 0.0], "non-finite"),
+        ({}, [1.0, 2.0], [0.0], "samples"),
+        ({}, [0.0, 1.0], [1.0, 0.0], "swapped"),
+        ({"ratio": 0.0}, [1.0, 2.0], [0.0, 0.0], "ratio"),
+        ({"mode": "log"}, [1.0, 2.0], [0.0, 0.0], "unknown scale mode"),
+        ({"hi_percentile": 120}, [1.0, 2.0], [0.0, 0.0], "outside"),
+        ({"remove_negative": True}, [-1.0, -0.5], [-3.0, -2.0], "remove_negative"),
+    ],
+)
 def test_common_scale_errors_never_fall_back(kwargs, mx, mn, match):
     with pytest.raises(ValueError, match=match):
         sc.common_scale(np.asarray(mx), np.asarray(mn), **kwargs)
@@ -123,16 +129,21 @@ def test_clip_and_remove_negative():
 @pytest.mark.parametrize("mode", ["norm", "tanh"])
 def test_invert_is_exact_round_trip(mode):
     L = _cams(2, 7)
-    s = sc.common_scale(L.reshape(3, -1).max(1), L.reshape(3, -1).min(1), mode=mode,
-                        lo_percentile=0, hi_percentile=100)
+    s = sc.common_scale(
+        L.reshape(3, -1).max(1),
+        L.reshape(3, -1).min(1),
+        mode=mode,
+        lo_percentile=0,
+        hi_percentile=100,
+    )
     v = sc.apply_scale(L, s)
     np.testing.assert_allclose(sc.invert_scale(v, s), L, rtol=1e-4, atol=1e-4)
     if mode == "norm":  # the documented closed form
-        np.testing.assert_allclose(sc.invert_scale(v, s), v * (s.vmax - s.vmin) + s.vmin,
-                                   rtol=1e-6)
+        np.testing.assert_allclose(sc.invert_scale(v, s), v * (s.vmax - s.vmin) + s.vmin, rtol=1e-6)
     else:
-        np.testing.assert_allclose(sc.invert_scale(v, s), (np.arctanh(v) - s.b) / s.a,
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            sc.invert_scale(v, s), (np.arctanh(v) - s.b) / s.a, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_tanh_coefficients_solved_exactly():

@@ -88,8 +88,14 @@ def test_evaluate_ignores_padding_rows(trained, data):
 def test_padding_rows_do_not_change_the_training_step(data):
     variables = T.init_variables(MODEL, (6, 6, 2), key=jax.random.key(0))
     tx = optax.adamw(1e-2)
-    state = T.TrainState(step=0, apply_fn=MODEL.apply, params=variables["params"], tx=tx,
-                         opt_state=tx.init(variables["params"]), model_state={})
+    state = T.TrainState(
+        step=0,
+        apply_fn=MODEL.apply,
+        params=variables["params"],
+        tx=tx,
+        opt_state=tx.init(variables["params"]),
+        model_state={},
+    )
     step = T._make_train_step(has_train=False, label_smoothing=0.0)
     x, y = data[0].x[:8].copy(), data[0].y[:8].copy()
     mask = np.arange(8) < 5
@@ -171,9 +177,11 @@ def test_checkpoint_write_is_atomic(tmp_path, trained, monkeypatch):
 def test_loading_another_models_checkpoint_names_paths_and_shapes(tmp_path, trained):
     path = tmp_path / "convnet.msgpack"
     T.save_checkpoint(path, trained[0])
-    with pytest.raises(T.CheckpointMismatchError,
-                       match=r"params/conv2/kernel: checkpoint \(3, 3, 4, 8\) float32 vs "
-                             r"template \(3, 3, 4, 16\)"):
+    with pytest.raises(
+        T.CheckpointMismatchError,
+        match=r"params/conv2/kernel: checkpoint \(3, 3, 4, 8\) float32 vs "
+        r"template \(3, 3, 4, 16\)",
+    ):
         T.load_checkpoint(path, _template(ConvNet(features=(4, 16), num_classes=4)))
     with pytest.raises(T.CheckpointMismatchError) as info:
         T.load_checkpoint(path, _template(NestedNet(num_classes=4)))
@@ -197,9 +205,11 @@ def test_orbax_checkpoint_folders_load_and_are_checked(tmp_path, trained):
     checkpointer.wait_until_finished()
     template = jax.eval_shape(lambda: trained[0])
     assert _equal(T.load_checkpoint(tmp_path / "orbax", template), trained[0])
-    with pytest.raises(T.CheckpointMismatchError,
-                       match=r"params/conv2/kernel: checkpoint \(3, 3, 4, 8\) float32 vs "
-                             r"template \(3, 3, 4, 16\)"):
+    with pytest.raises(
+        T.CheckpointMismatchError,
+        match=r"params/conv2/kernel: checkpoint \(3, 3, 4, 8\) float32 vs "
+        r"template \(3, 3, 4, 16\)",
+    ):
         T.load_checkpoint(tmp_path / "orbax", _template(ConvNet(features=(4, 16), num_classes=4)))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"is a folder but not a readable orbax checkpoint"):

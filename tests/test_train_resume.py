@@ -14,8 +14,9 @@ from ifa_jax import train as T
 from ifa_jax.data import Dataset
 from ifa_jax.models import ConvNet
 
-CONFIG = T.TrainConfig(epochs=3, batch_size=16, lr=3e-2, warmup_epochs=0.5, restore_best=False,
-                       progress=False)
+CONFIG = T.TrainConfig(
+    epochs=3, batch_size=16, lr=3e-2, warmup_epochs=0.5, restore_best=False, progress=False
+)
 
 
 class BnDropNet(nn.Module):
@@ -51,6 +52,7 @@ def _kill_after(epoch: int):
     def callback(e, metrics):
         if e == epoch:
             raise Killed(f"simulated kill after epoch {e}")
+
     return callback
 
 
@@ -59,22 +61,30 @@ def _assert_same_run(a, b):
     assert jax.tree.structure(va) == jax.tree.structure(vb)
     for x, y in zip(jax.tree.leaves(va), jax.tree.leaves(vb)):
         np.testing.assert_array_equal(x, y)
-    for field in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "best_epoch",
-                  "stopped_early"):
+    for field in (
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "best_epoch",
+        "stopped_early",
+    ):
         assert getattr(ha, field) == getattr(hb, field), field
     assert len(ha.epoch_seconds) == len(hb.epoch_seconds)
 
 
-@pytest.mark.parametrize("model", [ConvNet(features=(4,), num_classes=4), BnDropNet()],
-                         ids=["convnet", "batchnorm-dropout"])
+@pytest.mark.parametrize(
+    "model",
+    [ConvNet(features=(4,), num_classes=4), BnDropNet()],
+    ids=["convnet", "batchnorm-dropout"],
+)
 def test_resume_after_a_kill_equals_the_uninterrupted_run(model, data, tmp_path):
     path = tmp_path / "run" / "state.msgpack"
     whole = T.train(model, *data, CONFIG)
     with pytest.raises(Killed):
         T.train(model, *data, CONFIG, state_path=path, callback=_kill_after(2))
     seen = []
-    resumed = T.train(model, *data, CONFIG, state_path=path,
-                      callback=lambda e, m: seen.append(e))
+    resumed = T.train(model, *data, CONFIG, state_path=path, callback=lambda e, m: seen.append(e))
     assert seen == [3]  # epochs 1-2 came from the file
     _assert_same_run(resumed, whole)
     if isinstance(model, BnDropNet):
@@ -111,12 +121,15 @@ def one_epoch_state(data, tmp_path_factory):
     return model, path, cfg
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"lr": 1e-2}, r"lr: file 0\.03 vs now 0\.01"),
-    ({"batch_size": 8}, "batch_size: file 16 vs now 8"),
-    ({"seed": 1}, "seed: file 0 vs now 1"),
-    ({"epochs": 3}, "epochs: file 2 vs now 3"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"lr": 1e-2}, r"lr: file 0\.03 vs now 0\.01"),
+        ({"batch_size": 8}, "batch_size: file 16 vs now 8"),
+        ({"seed": 1}, "seed: file 0 vs now 1"),
+        ({"epochs": 3}, "epochs: file 2 vs now 3"),
+    ],
+)
 def test_state_from_another_config_is_refused(one_epoch_state, data, change, match):
     model, path, cfg = one_epoch_state
     with pytest.raises(T.TrainStateFileError, match=match) as info:
@@ -136,8 +149,7 @@ def test_state_from_another_model_or_data_is_refused(one_epoch_state, data):
         T.train(model, *data, cfg, state_path=path, variables=start)
 
 
-def test_corrupt_or_foreign_state_file_names_the_file_and_the_fix(one_epoch_state, data,
-                                                                  tmp_path):
+def test_corrupt_or_foreign_state_file_names_the_file_and_the_fix(one_epoch_state, data, tmp_path):
     model, good, cfg = one_epoch_state
     blob = good.read_bytes()
     cases = {

@@ -32,14 +32,22 @@ from pathlib import Path
 
 ROOT = "ifa_jax"
 LAYERS = {
-    "ifa_jax._checks": 0, "ifa_jax._stats": 0, "ifa_jax.io": 0,
-    "ifa_jax.data": 1, "ifa_jax.models": 1,
-    "ifa_jax.probe": 2, "ifa_jax.train": 2,
+    "ifa_jax._checks": 0,
+    "ifa_jax._stats": 0,
+    "ifa_jax.io": 0,
+    "ifa_jax.data": 1,
+    "ifa_jax.models": 1,
+    "ifa_jax.probe": 2,
+    "ifa_jax.train": 2,
     "ifa_jax.cams": 3,
     "ifa_jax.explaining": 4,
     "ifa_jax.analysis": 5,
-    "ifa_jax.scale": 6, "ifa_jax.decompose": 6, "ifa_jax.metrics": 6,
-    "ifa_jax.diagnostics": 7, "ifa_jax.consistency": 7, "ifa_jax.plots": 7,
+    "ifa_jax.scale": 6,
+    "ifa_jax.decompose": 6,
+    "ifa_jax.metrics": 6,
+    "ifa_jax.diagnostics": 7,
+    "ifa_jax.consistency": 7,
+    "ifa_jax.plots": 7,
     "ifa_jax": 8,
     "ifa_jax.runner": 9,
 }
@@ -74,10 +82,12 @@ def build_graph(package_dir: Path) -> Graph:
                 base = node.module or ""
                 if node.level:  # relative: from the module's own package, up level - 1
                     pkg = name.split(".") if is_pkg else name.split(".")[:-1]
-                    pkg = pkg[:len(pkg) - node.level + 1]
+                    pkg = pkg[: len(pkg) - node.level + 1]
                     base = ".".join(pkg + ([base] if base else []))
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                           for a in node.names]
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                    for a in node.names
+                ]
             for target in targets:
                 while target and target not in modules:  # import a.b.c of a module a.b
                     target = target.rpartition(".")[0]

@@ -32,10 +32,8 @@ def peer_versions() -> dict[str, str] | str:
         "torch_interop_threads": torch.get_num_interop_threads(),
     }
     for pkg in ("grad-cam", "torchvision"):
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return out
 
 

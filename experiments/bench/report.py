@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import math
@@ -20,10 +21,8 @@ def versions() -> dict[str, Any]:
         "processor": platform.processor() or None,
     }
     for pkg in ("jax", "jaxlib", "flax", "numpy"):
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     out["backend"] = jax.default_backend()
     out["devices"] = [str(d) for d in jax.devices()]
     out["cpu_count"] = os.cpu_count()

@@ -4,8 +4,15 @@ from ifa_jax.runner import Config
 from ifa_jax.train import TrainConfig
 
 
-def tfds_experiment(name: str, image_size: tuple[int, int] | None, *, model: str = "resnet18",
-                    layer: str = "stage4", width: int = 32, epochs: int = 10) -> Config:
+def tfds_experiment(
+    name: str,
+    image_size: tuple[int, int] | None,
+    *,
+    model: str = "resnet18",
+    layer: str = "stage4",
+    width: int = 32,
+    epochs: int = 10,
+) -> Config:
     """A config for tfds dataset ``name``, prepared locally as array_record.
 
     Prepare it once on a machine with network: ``tfds build NAME --file_format=array_record``

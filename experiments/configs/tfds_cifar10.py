@@ -1,6 +1,6 @@
 """cifar10 from tensorflow-datasets (prepared locally; nothing is downloaded here).
 
-    python -m experiments.run --config experiments/configs/tfds_cifar10.py --out runs/cifar10
+python -m experiments.run --config experiments/configs/tfds_cifar10.py --out runs/cifar10
 """
 
 from common import tfds_experiment  # experiments/configs/common.py, beside this file

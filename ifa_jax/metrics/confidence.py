@@ -52,29 +52,34 @@ def _as_scorer(score_fn: Any) -> Partial:
     if isinstance(score_fn, Partial):
         return score_fn
     if not callable(score_fn):
-        raise TypeError(f"score_fn must be callable (x, target) -> (N,); got "
-                        f"{type(score_fn).__name__}")
+        raise TypeError(
+            f"score_fn must be callable (x, target) -> (N,); got {type(score_fn).__name__}"
+        )
     return Partial(score_fn)
 
 
 def _check_inputs(x: Any, saliency: Any) -> tuple[Array, Array]:
     x, saliency = jnp.asarray(x), jnp.asarray(saliency)
     if not 3 <= x.ndim <= 5:
-        raise ValueError(f"inputs x must have shape (B, *spatial, C) with 1-3 spatial axes; "
-                         f"got {x.shape}")
+        raise ValueError(
+            f"inputs x must have shape (B, *spatial, C) with 1-3 spatial axes; got {x.shape}"
+        )
     if x.shape[0] == 0:
         raise ValueError("inputs x are empty (batch of 0); pass at least one sample")
     if saliency.shape != x.shape[:-1]:
         raise ValueError(
             f"saliency has shape {saliency.shape} but the inputs {x.shape} need "
             f"{x.shape[:-1]} (B, *spatial) on the input grid; resize CAMs with "
-            f"ifa_jax.cams.upsample(cam, {tuple(x.shape[1:-1])})")
+            f"ifa_jax.cams.upsample(cam, {tuple(x.shape[1:-1])})"
+        )
     lo, hi = float(jnp.min(saliency)), float(jnp.max(saliency))
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("saliency has non-finite values; fix the CAMs or their scale")
     if lo < -1e-6 or hi > 1 + 1e-6:
-        raise ValueError(f"saliency must lie in [0, 1]; got min {lo:.4g}, max {hi:.4g}. "
-                         "Rescale it (common scale or per-image min-max) and clip to [0, 1].")
+        raise ValueError(
+            f"saliency must lie in [0, 1]; got min {lo:.4g}, max {hi:.4g}. "
+            "Rescale it (common scale or per-image min-max) and clip to [0, 1]."
+        )
     return x, jnp.clip(saliency, 0.0, 1.0).astype(x.dtype)
 
 
@@ -82,14 +87,17 @@ def _check_scores(name: str, y: Array, expected: tuple[int, ...] | None = None) 
     """Scores ``y`` of the rows ``name``: shape ``expected`` (when given), and (outside
     ``jit``, where the values are known) finite."""
     if expected is not None and y.shape != expected:
-        raise ValueError(f"score_fn must return one score per row, shape {expected}; "
-                         f"got {y.shape} ({name})")
+        raise ValueError(
+            f"score_fn must return one score per row, shape {expected}; got {y.shape} ({name})"
+        )
     if is_traced(y):
         return
     bad = int(jnp.size(y) - jnp.sum(jnp.isfinite(y)))
     if bad:
-        raise FloatingPointError(f"score_fn returned {bad} non-finite score(s) ({name}); "
-                                 "check the model, the inputs and the baseline")
+        raise FloatingPointError(
+            f"score_fn returned {bad} non-finite score(s) ({name}); "
+            "check the model, the inputs and the baseline"
+        )
 
 
 @jax.jit
@@ -98,8 +106,9 @@ def _confidence_core(score_fn, x, saliency, target):
     return score_fn(both, jnp.concatenate([target, target]))
 
 
-def confidence_scores(score_fn: ScoreFn, x: Array, saliency: Array,
-                      target: Any) -> tuple[Array, Array]:
+def confidence_scores(
+    score_fn: ScoreFn, x: Array, saliency: Array, target: Any
+) -> tuple[Array, Array]:
     """Target scores of the inputs and of the inputs masked by their saliency.
 
     x: (B, *in, C); saliency: (B, *in) in [0, 1] on the input grid; target: int or (B,).
@@ -126,14 +135,17 @@ def drop_increase(y: Any, y_masked: Any) -> dict[str, Any]:
         raise ValueError(
             f"average drop divides by the unmasked score y, but y <= 0 for {bad.size} "
             f"sample(s) (first at index {bad[0]}: {y[bad[0]]:.4g}); use positive scores, "
-            "e.g. probabilities (score='probability')")
+            "e.g. probabilities (score='probability')"
+        )
     drop = np.maximum(0.0, y - ym) / y
-    return {"average_drop": float(drop.mean() * 100), "average_increase":
-            float(np.mean(ym > y) * 100), "n": int(y.size)}
+    return {
+        "average_drop": float(drop.mean() * 100),
+        "average_increase": float(np.mean(ym > y) * 100),
+        "n": int(y.size),
+    }
 
 
-def confidence_change(score_fn: ScoreFn, x: Array, saliency: Array,
-                      target: Any) -> dict[str, Any]:
+def confidence_change(score_fn: ScoreFn, x: Array, saliency: Array, target: Any) -> dict[str, Any]:
     """:func:`drop_increase` of :func:`confidence_scores` for one batch."""
     y, ym = confidence_scores(score_fn, x, saliency, target)
     return drop_increase(np.asarray(y), np.asarray(ym))

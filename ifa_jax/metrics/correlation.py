@@ -25,8 +25,10 @@ MIN_SAMPLES = 3
 def _pair(names: tuple[str, str], a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
     a, b = per_sample_values(a, names[0]), per_sample_values(b, names[1])
     if a.shape != b.shape:
-        raise ValueError(f"{names[0]} has {a.size} values but {names[1]} has {b.size}; "
-                         "pass one value per sample in each")
+        raise ValueError(
+            f"{names[0]} has {a.size} values but {names[1]} has {b.size}; "
+            "pass one value per sample in each"
+        )
     return a, b
 
 
@@ -84,8 +86,12 @@ def consistency(activation: Any, score: Any) -> dict[str, Any]:
     reason = _undefined(names, a, b)
     if reason:
         return {"pearson": None, "spearman": None, "n": int(a.size), "reason": reason}
-    return {"pearson": _pearson(a, b), "spearman": _pearson(rankdata(a), rankdata(b)),
-            "n": int(a.size), "reason": None}
+    return {
+        "pearson": _pearson(a, b),
+        "spearman": _pearson(rankdata(a), rankdata(b)),
+        "n": int(a.size),
+        "reason": None,
+    }
 
 
 def activation_level(cam_scaled: Array) -> Array:
@@ -94,8 +100,10 @@ def activation_level(cam_scaled: Array) -> Array:
     For the 'tanh' scale, pass :func:`ifa_jax.scale.linear_values` (the scale inverted).
     """
     if jnp.ndim(cam_scaled) < 2:
-        raise ValueError(f"activation_level expects CAMs (B, *spatial); got shape "
-                         f"{jnp.shape(cam_scaled)}. Add the batch axis (cam[None]).")
+        raise ValueError(
+            f"activation_level expects CAMs (B, *spatial); got shape "
+            f"{jnp.shape(cam_scaled)}. Add the batch axis (cam[None])."
+        )
     return jnp.mean(cam_scaled, axis=tuple(range(1, jnp.ndim(cam_scaled))))
 
 
@@ -109,16 +117,23 @@ def auroc(scores: Any, positives: Any) -> dict[str, Any]:
     s = per_sample_values(scores, "scores")
     p = np.asarray(positives)
     if p.dtype != bool:
-        if p.ndim == 1 and p.size and np.issubdtype(p.dtype, np.number) and np.all(
-                (p == 0) | (p == 1)):
+        if (
+            p.ndim == 1
+            and p.size
+            and np.issubdtype(p.dtype, np.number)
+            and np.all((p == 0) | (p == 1))
+        ):
             p = p.astype(bool)
         else:
-            raise ValueError(f"positives must be a 1-D bool array (or 0/1); got dtype "
-                             f"{p.dtype}, shape {p.shape}. E.g. positives = prediction == c")
+            raise ValueError(
+                f"positives must be a 1-D bool array (or 0/1); got dtype "
+                f"{p.dtype}, shape {p.shape}. E.g. positives = prediction == c"
+            )
     p = per_sample_values(p, "positives").astype(bool)
     if p.shape != s.shape:
-        raise ValueError(f"scores has {s.size} values but positives has {p.size}; "
-                         "pass one flag per sample")
+        raise ValueError(
+            f"scores has {s.size} values but positives has {p.size}; pass one flag per sample"
+        )
     n_pos, n_neg = int(p.sum()), int((~p).sum())
     out = {"auroc": None, "positives": n_pos, "negatives": n_neg, "reason": None}
     if n_pos == 0 or n_neg == 0:

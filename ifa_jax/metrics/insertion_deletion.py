@@ -43,8 +43,9 @@ def blur(x: Array, sigma: float = 5.0, truncate: float = 4.0) -> Array:
         pad = [(0, 0)] * out.ndim
         pad[axis] = (r, r)
         padded = jnp.pad(out, pad, mode="edge")
-        out = sum(float(wj) * jax.lax.slice_in_dim(padded, j, j + n, axis=axis)
-                  for j, wj in enumerate(w))
+        out = sum(
+            float(wj) * jax.lax.slice_in_dim(padded, j, j + n, axis=axis) for j, wj in enumerate(w)
+        )
     return out.astype(x.dtype)
 
 
@@ -54,11 +55,12 @@ def window_ids(spatial: Sequence[int], window: int | Sequence[int]) -> tuple[np.
     Windows tile the grid from the origin; edge windows may be partial (ceil division).
     """
     spatial = tuple(int(n) for n in spatial)
-    win = (int(window),) * len(spatial) if np.ndim(window) == 0 else tuple(
-        int(w) for w in window)
+    win = (int(window),) * len(spatial) if np.ndim(window) == 0 else tuple(int(w) for w in window)
     if len(win) != len(spatial):
-        raise ValueError(f"window {tuple(win)} has {len(win)} axes but the input grid "
-                         f"{spatial} has {len(spatial)}; give one size per spatial axis or an int")
+        raise ValueError(
+            f"window {tuple(win)} has {len(win)} axes but the input grid "
+            f"{spatial} has {len(spatial)}; give one size per spatial axis or an int"
+        )
     if any(w < 1 for w in win):
         raise ValueError(f"window sizes must be >= 1; got {tuple(win)}")
     counts = tuple(-(-n // w) for n, w in zip(spatial, win))
@@ -85,8 +87,9 @@ def curve_auc(curve: Array, fraction: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("window", "windows_per_step", "images_per_batch"))
-def _insdel_core(score_fn, x, saliency, target, base_del, base_ins, *, window,
-                 windows_per_step, images_per_batch):
+def _insdel_core(
+    score_fn, x, saliency, target, base_del, base_ins, *, window, windows_per_step, images_per_batch
+):
     B, spatial = x.shape[0], x.shape[1:-1]
     ids, counts = window_ids(spatial, window)
     W = int(np.prod(counts))
@@ -120,12 +123,14 @@ def _insdel_core(score_fn, x, saliency, target, base_del, base_ins, *, window,
         _check_scores("insertion and deletion steps", scores, t.shape)  # shape: at trace time
         return scores.reshape(2, b, steps + 1)
 
-    out = jax.lax.map(one_chunk, tuple(chunked(a) for a in (x, saliency, target, base_del,
-                                                                   base_ins)))
+    out = jax.lax.map(
+        one_chunk, tuple(chunked(a) for a in (x, saliency, target, base_del, base_ins))
+    )
     out = jnp.moveaxis(out, 1, 0).reshape(2, -1, steps + 1)[:, :B]
     deletion, insertion = out[0], out[1]
-    return InsertionDeletion(fraction, deletion, insertion, curve_auc(deletion, fraction),
-                             curve_auc(insertion, fraction))
+    return InsertionDeletion(
+        fraction, deletion, insertion, curve_auc(deletion, fraction), curve_auc(insertion, fraction)
+    )
 
 
 def _baseline(spec: Any, x: Array, blur_sigma: float, what: str) -> Array:
@@ -139,15 +144,24 @@ def _baseline(spec: Any, x: Array, blur_sigma: float, what: str) -> Array:
     try:
         return jnp.broadcast_to(b, x.shape)
     except ValueError:
-        raise ValueError(f"{what} has shape {b.shape}, which does not broadcast to the "
-                         f"inputs {x.shape}") from None
+        raise ValueError(
+            f"{what} has shape {b.shape}, which does not broadcast to the inputs {x.shape}"
+        ) from None
 
 
-def insertion_deletion(score_fn: ScoreFn, x: Array, saliency: Array, target: Any, *,
-                       window: int | Sequence[int] = 4, windows_per_step: int = 1,
-                       deletion_baseline: Any = "zeros", insertion_baseline: Any = "blur",
-                       blur_sigma: float = 5.0, images_per_batch: int = 4
-                       ) -> InsertionDeletion:
+def insertion_deletion(
+    score_fn: ScoreFn,
+    x: Array,
+    saliency: Array,
+    target: Any,
+    *,
+    window: int | Sequence[int] = 4,
+    windows_per_step: int = 1,
+    deletion_baseline: Any = "zeros",
+    insertion_baseline: Any = "blur",
+    blur_sigma: float = 5.0,
+    images_per_batch: int = 4,
+) -> InsertionDeletion:
     """Deletion and insertion curves and AUCs (Petsiuk et al. 2018).
 
     The input grid is tiled by windows of size ``window`` (int or one size per spatial
@@ -165,15 +179,23 @@ def insertion_deletion(score_fn: ScoreFn, x: Array, saliency: Array, target: Any
     x, saliency = _check_inputs(x, saliency)
     t = index_targets(target, x.shape[0])
     if windows_per_step < 1 or images_per_batch < 1:
-        raise ValueError(f"windows_per_step and images_per_batch must be >= 1; got "
-                         f"{windows_per_step} and {images_per_batch}")
+        raise ValueError(
+            f"windows_per_step and images_per_batch must be >= 1; got "
+            f"{windows_per_step} and {images_per_batch}"
+        )
     window_ids(x.shape[1:-1], window)  # validates the window before compiling
     win = (int(window),) * (x.ndim - 2) if np.ndim(window) == 0 else tuple(map(int, window))
-    out = _insdel_core(_as_scorer(score_fn), x, saliency, t,
-                       _baseline(deletion_baseline, x, blur_sigma, "deletion_baseline"),
-                       _baseline(insertion_baseline, x, blur_sigma, "insertion_baseline"),
-                       window=win, windows_per_step=int(windows_per_step),
-                       images_per_batch=int(images_per_batch))
+    out = _insdel_core(
+        _as_scorer(score_fn),
+        x,
+        saliency,
+        t,
+        _baseline(deletion_baseline, x, blur_sigma, "deletion_baseline"),
+        _baseline(insertion_baseline, x, blur_sigma, "insertion_baseline"),
+        window=win,
+        windows_per_step=int(windows_per_step),
+        images_per_batch=int(images_per_batch),
+    )
     for name in ("deletion", "insertion"):
         _check_scores(f"the {name} steps", getattr(out, name))
     return out

@@ -22,8 +22,10 @@ def _locate(params: Any, order: Sequence[str]) -> tuple[Mapping, bool]:
     where = inner if isinstance(inner, Mapping) else params
     names = list(where) if isinstance(where, Mapping) else []
     missing = [n for n in order if n not in names]
-    raise ValueError(f"layer(s) {missing} not found among the top-level parameter names "
-                     f"{names}; list names from those, top (output) layer first")
+    raise ValueError(
+        f"layer(s) {missing} not found among the top-level parameter names "
+        f"{names}; list names from those, top (output) layer first"
+    )
 
 
 def _rebuild(like: Mapping, **changes) -> Mapping:
@@ -38,15 +40,19 @@ def _rebuild(like: Mapping, **changes) -> Mapping:
 @jax.jit
 def _reinit(subtree: Any, key: Array) -> Any:
     leaves, treedef = jax.tree.flatten(subtree)
-    new = [jnp.std(leaf) * jax.random.normal(jax.random.fold_in(key, j), jnp.shape(leaf),
-                                             jnp.result_type(leaf))
-           if jnp.issubdtype(jnp.result_type(leaf), jnp.floating) else leaf
-           for j, leaf in enumerate(leaves)]
+    new = [
+        jnp.std(leaf)
+        * jax.random.normal(jax.random.fold_in(key, j), jnp.shape(leaf), jnp.result_type(leaf))
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+        else leaf
+        for j, leaf in enumerate(leaves)
+    ]
     return jax.tree.unflatten(treedef, new)
 
 
-def cascading_randomization(params: Any, key: Array, order: Sequence[str]
-                            ) -> Iterator[tuple[str, Any]]:
+def cascading_randomization(
+    params: Any, key: Array, order: Sequence[str]
+) -> Iterator[tuple[str, Any]]:
     """Cascading weight randomisation (Adebayo et al. 2018), from the top layer down.
 
     ``params``: a parameter tree or Flax variables ``{'params': ...}`` (other collections

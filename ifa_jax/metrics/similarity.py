@@ -13,8 +13,10 @@ from ifa_jax.metrics.correlation import spearman
 def _maps(name: str, a: Any) -> np.ndarray:
     arr = np.asarray(a, np.float64)
     if arr.ndim < 2 or arr.shape[0] == 0 or arr[0].size == 0:
-        raise ValueError(f"{name} must be a non-empty batch of maps (B, *spatial); got shape "
-                         f"{arr.shape}. Add the batch axis (cam[None]).")
+        raise ValueError(
+            f"{name} must be a non-empty batch of maps (B, *spatial); got shape "
+            f"{arr.shape}. Add the batch axis (cam[None])."
+        )
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} has non-finite values; fix the CAMs first")
     return arr
@@ -27,8 +29,10 @@ def rank_correlation(cam_a: Any, cam_b: Any) -> list[float | None]:
     """
     a, b = _maps("cam_a", cam_a), _maps("cam_b", cam_b)
     if a.shape != b.shape:
-        raise ValueError(f"cam_a has shape {a.shape} but cam_b {b.shape}; they must match "
-                         "(resize one with ifa_jax.cams.upsample)")
+        raise ValueError(
+            f"cam_a has shape {a.shape} but cam_b {b.shape}; they must match "
+            "(resize one with ifa_jax.cams.upsample)"
+        )
     return [spearman(u.ravel(), v.ravel()) for u, v in zip(a, b)]
 
 
@@ -42,9 +46,17 @@ def _window_1d(window: str, win_size: int, sigma: float) -> np.ndarray:
     raise ValueError(f"window {window!r} is not 'gaussian' or 'uniform'")
 
 
-def ssim(a: Any, b: Any, *, data_range: float = 1.0, window: str = "gaussian",
-         win_size: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03
-         ) -> float | np.ndarray:
+def ssim(
+    a: Any,
+    b: Any,
+    *,
+    data_range: float = 1.0,
+    window: str = "gaussian",
+    win_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> float | np.ndarray:
     """Structural similarity (Wang et al. 2004) of 2-D maps (H, W) -> float or (B, H, W) -> (B,).
 
     Local weighted means, variances and covariance over every full ``win_size`` window
@@ -65,14 +77,16 @@ def ssim(a: Any, b: Any, *, data_range: float = 1.0, window: str = "gaussian",
         a, b = a[None], b[None]
     H, W = a.shape[1:]
     if not 1 <= win_size <= min(H, W):
-        raise ValueError(f"win_size {win_size} does not fit maps of {H}x{W}; pass "
-                         f"win_size <= {min(H, W)} or upsample the maps")
+        raise ValueError(
+            f"win_size {win_size} does not fit maps of {H}x{W}; pass "
+            f"win_size <= {min(H, W)} or upsample the maps"
+        )
     w = _window_1d(window, int(win_size), float(sigma))
     n_h, n_w = H - win_size + 1, W - win_size + 1
 
     def filt(m):  # separable weighted sums over every full window
-        m = sum(wj * m[:, j:j + n_h, :] for j, wj in enumerate(w))
-        return sum(wj * m[:, :, j:j + n_w] for j, wj in enumerate(w))
+        m = sum(wj * m[:, j : j + n_h, :] for j, wj in enumerate(w))
+        return sum(wj * m[:, :, j : j + n_w] for j, wj in enumerate(w))
 
     mu_a, mu_b = filt(a), filt(b)
     var_a = filt(a * a) - mu_a * mu_a
@@ -80,6 +94,7 @@ def ssim(a: Any, b: Any, *, data_range: float = 1.0, window: str = "gaussian",
     cov = filt(a * b) - mu_a * mu_b
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
-        (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2))
+        (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
+    )
     out = s.mean(axis=(1, 2))
     return float(out[0]) if single else out

@@ -47,9 +47,15 @@ def _iter_batches(batches: Iterable) -> Iterator[tuple[int, np.ndarray, np.ndarr
             raise ValueError(f"batch {i}: labels must be integers; got dtype {y.dtype}")
         if size is None:
             size = len(y) if y.ndim else 0  # pad_batch refuses a scalar label
-        x, y, valid = pad_batch(batch[0], y, batch[2] if len(batch) == 3 else None, size, i,
-                                size_from="the first batch's size",
-                                fix="use one batch size (a shorter last batch is fine)")
+        x, y, valid = pad_batch(
+            batch[0],
+            y,
+            batch[2] if len(batch) == 3 else None,
+            size,
+            i,
+            size_from="the first batch's size",
+            fix="use one batch size (a shorter last batch is fine)",
+        )
         yield i, x, y, valid
 
 
@@ -59,8 +65,10 @@ def _evaluate_masks(probe, variables, batches, masks: list, *, layer, row) -> di
     arrays = [np.asarray(m) for m in masks]
     ndims = {a.ndim for a in arrays}
     if ndims - {1, 2} or len(ndims) != 1:
-        raise ValueError(f"masks must all be (K,) (shared by every class) or all (C, K) "
-                         f"(one row per class); got shapes {[a.shape for a in arrays]}")
+        raise ValueError(
+            f"masks must all be (K,) (shared by every class) or all (C, K) "
+            f"(one row per class); got shapes {[a.shape for a in arrays]}"
+        )
     stacked = np.stack(arrays).astype(np.float32)
     if stacked.ndim == 2:
         stacked, mode = stacked[:, None, :], "shared"
@@ -78,10 +86,19 @@ def _evaluate_masks(probe, variables, batches, masks: list, *, layer, row) -> di
                 raise ValueError(
                     f"channel mask has shape {arrays[0].shape}; layer {layer!r} has {K} "
                     f"channels and the model {num_out} outputs, so pass ({K},) (shared by "
-                    f"every class) or ({num_out}, {K}) (one row per class)")
+                    f"every class) or ({num_out}, {K}) (one row per class)"
+                )
         label_range(y, valid, num_out, i, f"the model has {num_out} outputs; fix the labels")
-        c, p = _subset_step(probe, variables, jnp.asarray(x), jnp.asarray(y, jnp.int32),
-                            jnp.asarray(valid), jnp.asarray(stacked), layer=layer, row=mode)
+        c, p = _subset_step(
+            probe,
+            variables,
+            jnp.asarray(x),
+            jnp.asarray(y, jnp.int32),
+            jnp.asarray(valid),
+            jnp.asarray(stacked),
+            layer=layer,
+            row=mode,
+        )
         correct += np.asarray(c, np.int64)
         plain += int(p)
         n += int(valid.sum())
@@ -92,8 +109,15 @@ def _evaluate_masks(probe, variables, batches, masks: list, *, layer, row) -> di
     return {"correct": correct, "plain": plain, "n": n, "mode": mode}
 
 
-def subset_accuracy(probe: LayerProbe, variables, batches: Iterable, masks: Any, *,
-                    layer: str | None = None, row: str = "label") -> dict[str, Any]:
+def subset_accuracy(
+    probe: LayerProbe,
+    variables,
+    batches: Iterable,
+    masks: Any,
+    *,
+    layer: str | None = None,
+    row: str = "label",
+) -> dict[str, Any]:
     """Accuracy when only the channels selected by ``masks`` are kept at ``layer``.
 
     The layer's output A becomes ``A * m`` (``delta = -A * (1 - m)`` via
@@ -105,14 +129,25 @@ def subset_accuracy(probe: LayerProbe, variables, batches: Iterable, masks: Any,
     Returns {'accuracy', 'full_accuracy' (all channels), 'correct', 'n'}.
     """
     r = _evaluate_masks(probe, variables, batches, [masks], layer=layer, row=row)
-    return {"accuracy": float(r["correct"][0] / r["n"]), "full_accuracy": r["plain"] / r["n"],
-            "correct": int(r["correct"][0]), "n": r["n"]}
+    return {
+        "accuracy": float(r["correct"][0] / r["n"]),
+        "full_accuracy": r["plain"] / r["n"],
+        "correct": int(r["correct"][0]),
+        "n": r["n"],
+    }
 
 
-def subset_accuracy_curve(probe: LayerProbe, variables, batches: Iterable, importance_rows: Any,
-                          ratios: Sequence[float] = DEFAULT_RATIOS, *,
-                          select_fn: Callable[[Any, float], Any], layer: str | None = None,
-                          row: str = "label") -> dict[str, Any]:
+def subset_accuracy_curve(
+    probe: LayerProbe,
+    variables,
+    batches: Iterable,
+    importance_rows: Any,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    *,
+    select_fn: Callable[[Any, float], Any],
+    layer: str | None = None,
+    row: str = "label",
+) -> dict[str, Any]:
     """Accuracy for channel subsets of growing size: the "5-25% of features" claim.
 
     ``select_fn(importance_rows, ratio) -> mask`` ((K,) or (C, K)) is called once per
@@ -133,6 +168,10 @@ def subset_accuracy_curve(probe: LayerProbe, variables, batches: Iterable, impor
         raise ValueError(f"importance_rows must be (K,) or (C, K); got shape {rows.shape}")
     masks = [np.asarray(select_fn(rows, r)) for r in ratios]
     res = _evaluate_masks(probe, variables, batches, masks, layer=layer, row=row)
-    return {"ratios": ratios, "accuracy": [float(c / res["n"]) for c in res["correct"]],
-            "channels": [float(np.sum(m) / (1 if m.ndim == 1 else m.shape[0])) for m in masks],
-            "full_accuracy": res["plain"] / res["n"], "n": res["n"]}
+    return {
+        "ratios": ratios,
+        "accuracy": [float(c / res["n"]) for c in res["correct"]],
+        "channels": [float(np.sum(m) / (1 if m.ndim == 1 else m.shape[0])) for m in masks],
+        "full_accuracy": res["plain"] / res["n"],
+        "n": res["n"],
+    }

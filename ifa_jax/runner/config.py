@@ -78,24 +78,30 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        for name, value in _typed_fields(Config, dataclasses.asdict(self) | {
-                "train": self.train}, "config").items():
+        for name, value in _typed_fields(
+            Config, dataclasses.asdict(self) | {"train": self.train}, "config"
+        ).items():
             object.__setattr__(self, name, value)
         # Canonical names once, here: every stage and file keys on them.
-        object.__setattr__(self, "methods",
-                           tuple(cams.canonical_method(m) for m in self.methods))
+        object.__setattr__(self, "methods", tuple(cams.canonical_method(m) for m in self.methods))
         checks = [(False, p) for p in registry.check_names(self.model, self.dataset)] + [
             (self.scale_mode in scale.MODES, f"scale_mode must be one of {scale.MODES}"),
             (bool(self.methods), "methods is empty; name at least one CAM method"),
             (self.validation_size > 0, "validation_size must be > 0 (a count, or a share < 1)"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.scale_ratio > 0, "scale_ratio must be > 0"),
-            (0 <= self.scale_lo_percentile < self.scale_hi_percentile <= 100,
-             "percentiles must satisfy 0 <= scale_lo_percentile < scale_hi_percentile <= 100"),
-            (bool(self.subset_ratios) and all(0 < r <= 1 for r in self.subset_ratios),
-             "subset_ratios must be shares in (0, 1]"),
-            (all(m in SUBSET_MODES for m in self.subset_modes),
-             f"subset_modes must be among {', '.join(SUBSET_MODES)}"),
+            (
+                0 <= self.scale_lo_percentile < self.scale_hi_percentile <= 100,
+                "percentiles must satisfy 0 <= scale_lo_percentile < scale_hi_percentile <= 100",
+            ),
+            (
+                bool(self.subset_ratios) and all(0 < r <= 1 for r in self.subset_ratios),
+                "subset_ratios must be shares in (0, 1]",
+            ),
+            (
+                all(m in SUBSET_MODES for m in self.subset_modes),
+                f"subset_modes must be among {', '.join(SUBSET_MODES)}",
+            ),
             (0 < self.consistency_ratio <= 1, "consistency_ratio must lie in (0, 1]"),
             (self.max_classes is None or self.max_classes >= 1, "max_classes must be >= 1"),
             (self.faithfulness_samples >= 0, "faithfulness_samples must be >= 0"),
@@ -109,6 +115,7 @@ class Config:
             raise ValueError(f"invalid config {self.name!r}: {'; '.join(bad)}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON values (what config.json holds)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
@@ -162,8 +169,7 @@ def _typed(value, hint, name: str):
             return value
     elif isinstance(hint, type) and isinstance(value, hint):
         return value
-    raise ValueError(f"{name} must be {_describe(hint)}; got {value!r} "
-                     f"({type(value).__name__})")
+    raise ValueError(f"{name} must be {_describe(hint)}; got {value!r} ({type(value).__name__})")
 
 
 def _typed_fields(cls, values: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -177,8 +183,10 @@ def _coerce(cls, values: Mapping[str, Any], where: str):
     valid = _field_names(cls)
     unknown = [k for k in values if k not in valid]
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; valid "
-                         f"fields: {', '.join(valid)}")
+        raise ValueError(
+            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; valid "
+            f"fields: {', '.join(valid)}"
+        )
     kwargs = dict(values)
     if cls is Config and isinstance(kwargs.get("train"), Mapping):
         kwargs["train"] = _coerce(training.TrainConfig, kwargs["train"], f"{where} train")
@@ -186,6 +194,7 @@ def _coerce(cls, values: Mapping[str, Any], where: str):
 
 
 def config_from_dict(values: Mapping[str, Any], where: str = "config") -> Config:
+    """A :class:`Config` from a mapping (JSON), every field checked."""
     return _coerce(Config, values, where)
 
 
@@ -193,8 +202,10 @@ def load_config(path: str | os.PathLike) -> Config:
     """A config from a ``.py`` file with ``get_config()`` or a ``.json`` file."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist; the shipped ones are "
-                                "in the repository's experiments/configs/")
+        raise FileNotFoundError(
+            f"config file {path!r} does not exist; the shipped ones are "
+            "in the repository's experiments/configs/"
+        )
     if path.endswith(".json"):
         with open(path) as f:
             return config_from_dict(json.load(f), path)
@@ -228,8 +239,10 @@ def override(config: Config, assignment: str) -> Config:
     if key.startswith("train."):
         sub = key.split(".", 1)[1]
         if sub not in _field_names(training.TrainConfig):
-            raise ValueError(f"unknown field 'train.{sub}'; valid: "
-                             f"{', '.join(_field_names(training.TrainConfig))}")
+            raise ValueError(
+                f"unknown field 'train.{sub}'; valid: "
+                f"{', '.join(_field_names(training.TrainConfig))}"
+            )
         values["train"][sub] = value
     else:
         values[key] = value

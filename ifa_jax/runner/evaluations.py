@@ -55,47 +55,64 @@ def consistency(ctx: RunContext) -> tuple[Numbers, Arrays]:
     config, ds = ctx.config, ctx.splits.validation
     C = ds.num_classes
     classes = list(range(C if config.max_classes is None else min(C, config.max_classes)))
-    masks = decompose.select(np.nan_to_num(ctx.summary.im_class), "top",
-                             ratio=config.consistency_ratio)
-    levels = consistency_levels(ctx.probe, ctx.variables, ctx.batches(ds),
-                                scales={m: ctx.scales[m] for m in config.methods},
-                                masks=masks, classes=classes, group=config.consistency_group)
+    masks = decompose.select(
+        np.nan_to_num(ctx.summary.im_class), "top", ratio=config.consistency_ratio
+    )
+    levels = consistency_levels(
+        ctx.probe,
+        ctx.variables,
+        ctx.batches(ds),
+        scales={m: ctx.scales[m] for m in config.methods},
+        masks=masks,
+        classes=classes,
+        group=config.consistency_group,
+    )
     result = summarize_consistency(levels)
     c = classes[0]
     arrays = {f"{m} {k}": levels.of(c, m, k) for m in config.methods for k in LEVELS}
     arrays["logit"] = levels.logits[:, c]
-    return {"per_class": result.per_class, "summary": result.summary,
-            "scatter_class": c}, arrays
+    return {"per_class": result.per_class, "summary": result.summary, "scatter_class": c}, arrays
 
 
 def log_consistency(ctx: RunContext, numbers: Numbers) -> None:
-    ctx.log("consistency: mean Pearson r over classes (common | clipped | per-image | "
-            f"top {ctx.config.consistency_ratio:.0%} subset)")
+    ctx.log(
+        "consistency: mean Pearson r over classes (common | clipped | per-image | "
+        f"top {ctx.config.consistency_ratio:.0%} subset)"
+    )
     for m, row in numbers["summary"].items():
         ctx.log(f"  {m:>10}: " + " | ".join(fmt(row[k]["mean_pearson"]) for k in LEVELS))
 
 
 def report_consistency(ctx: RunContext, numbers: Numbers) -> list[str]:
-    lines = ["## Consistency: CAM activation level vs logit", "",
-             "Pearson r per class between the mean of the rescaled CAM and the logit of the "
-             "explained class, averaged over classes. *common*: the dataset-wide scale "
-             "(unclipped); *clipped*: the same clipped to [0, 1] as displayed; *per-image*: "
-             "min-max per image (the usual CAM); *subset*: the top "
-             f"{ctx.config.consistency_ratio:.0%} channels per class on the common scale.", "",
-             "| method | common | clipped | per-image | subset | min r (common) | AUROC |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Consistency: CAM activation level vs logit",
+        "",
+        "Pearson r per class between the mean of the rescaled CAM and the logit of the "
+        "explained class, averaged over classes. *common*: the dataset-wide scale "
+        "(unclipped); *clipped*: the same clipped to [0, 1] as displayed; *per-image*: "
+        "min-max per image (the usual CAM); *subset*: the top "
+        f"{ctx.config.consistency_ratio:.0%} channels per class on the common scale.",
+        "",
+        "| method | common | clipped | per-image | subset | min r (common) | AUROC |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for m, row in numbers["summary"].items():
-        lines.append(f"| {m} | " + " | ".join(fmt(row[k]["mean_pearson"]) for k in LEVELS)
-                     + f" | {fmt(row['common']['min_pearson'])} | "
-                     f"{fmt(row['auroc']['mean'])} |")
+        lines.append(
+            f"| {m} | "
+            + " | ".join(fmt(row[k]["mean_pearson"]) for k in LEVELS)
+            + f" | {fmt(row['common']['min_pearson'])} | "
+            f"{fmt(row['auroc']['mean'])} |"
+        )
     for m, per in numbers["per_class"].items():
-        for what, key, value in (("Consistency", "common", "pearson"),
-                                 ("AUROC", "auroc", "auroc")):
+        for what, key, value in (("Consistency", "common", "pearson"), ("AUROC", "auroc", "auroc")):
             undefined = [c for c, r in per.items() if r[key][value] is None]
             if undefined:
                 reasons = sorted({str(per[c][key]["reason"]) for c in undefined})
-                lines += ["", f"{what} is undefined for {m} on class(es) "
-                              f"{', '.join(undefined)}: {'; '.join(reasons)}."]
+                lines += [
+                    "",
+                    f"{what} is undefined for {m} on class(es) "
+                    f"{', '.join(undefined)}: {'; '.join(reasons)}.",
+                ]
     return lines
 
 
@@ -109,11 +126,19 @@ def subsets(ctx: RunContext) -> tuple[Numbers, Arrays]:
     key = jax.random.key(config.seed)
     curves = {}
     for mode in config.subset_modes:
+
         def select_fn(r_, ratio, mode=mode):
             return decompose.select(r_, mode, ratio=ratio, im_diff=diff, key=key)
+
         curves[mode] = metrics.subset_accuracy_curve(
-            ctx.probe, ctx.variables, ctx.batches(ctx.splits.validation), rows,
-            config.subset_ratios, select_fn=select_fn, row="predicted")
+            ctx.probe,
+            ctx.variables,
+            ctx.batches(ctx.splits.validation),
+            rows,
+            config.subset_ratios,
+            select_fn=select_fn,
+            row="predicted",
+        )
     return curves, {}
 
 
@@ -127,11 +152,15 @@ def log_subsets(ctx: RunContext, curves: Numbers) -> None:
 
 def report_subsets(ctx: RunContext, curves: Numbers) -> list[str]:
     ratios = ctx.config.subset_ratios
-    lines = ["## Feature subsets", "",
-             "Validation accuracy when only a share of the layer's channels is kept (chosen "
-             "per class from the training split's importances), per selection mode.", "",
-             "| mode | " + " | ".join(f"{r:.0%}" for r in ratios) + " |",
-             "|---|" + "---|" * len(ratios)]
+    lines = [
+        "## Feature subsets",
+        "",
+        "Validation accuracy when only a share of the layer's channels is kept (chosen "
+        "per class from the training split's importances), per selection mode.",
+        "",
+        "| mode | " + " | ".join(f"{r:.0%}" for r in ratios) + " |",
+        "|---|" + "---|" * len(ratios),
+    ]
     for mode, c in curves.items():
         lines.append(f"| {mode} | " + " | ".join(f"{a:.3f}" for a in c["accuracy"]) + " |")
     return lines
@@ -146,19 +175,25 @@ def decomposition(ctx: RunContext) -> tuple[Numbers, Arrays]:
     spectrum = decompose.explained_variance(summary.covariance)
     present = summary.present
     class_svd = decompose.class_svd(summary.im_class[present]) if present.sum() > 1 else None
-    return {"explained_ratio": np.asarray(spectrum.ratio),
-            "components_for": spectrum.n_components,
-            "redundancy": diagnostics.redundancy(summary.im_all, summary.covariance),
-            "class_svd_components_for": class_svd.n_components if class_svd else None}, {}
+    return {
+        "explained_ratio": np.asarray(spectrum.ratio),
+        "components_for": spectrum.n_components,
+        "redundancy": diagnostics.redundancy(summary.im_all, summary.covariance),
+        "class_svd_components_for": class_svd.n_components if class_svd else None,
+    }, {}
 
 
 def report_decomposition(ctx: RunContext, dec: Numbers) -> list[str]:
     red = dec["redundancy"]
-    return ["## Decomposition and redundancy", "",
-            "Components for " + ", ".join(f"{k}%: {v}" for k, v in dec["components_for"].items())
-            + " of the importance variance; "
-            f"effective rank {red['effective_rank']:.1f} of {red['n_channels']} channels; "
-            f"near-zero channels {red['near_zero_share']:.1%}."]
+    return [
+        "## Decomposition and redundancy",
+        "",
+        "Components for "
+        + ", ".join(f"{k}%: {v}" for k, v in dec["components_for"].items())
+        + " of the importance variance; "
+        f"effective rank {red['effective_rank']:.1f} of {red['n_channels']} channels; "
+        f"near-zero channels {red['near_zero_share']:.1%}.",
+    ]
 
 
 # --------------------------------------------------------------------------- diagnostics
@@ -168,14 +203,20 @@ def diagnostics_(ctx: RunContext) -> tuple[Numbers, Arrays]:
     """Overfitting (train vs validation), confounders, outliers of the validation split."""
     summary = ctx.summary
     tr, va = (ctx.analyses[ctx.method][s][1] for s in ("train", "validation"))
-    out: Numbers = {"overfitting": diagnostics.overfitting(tr["cam_max"], tr["cam_min"],
-                                                           va["cam_max"], va["cam_min"])}
+    out: Numbers = {
+        "overfitting": diagnostics.overfitting(
+            tr["cam_max"], tr["cam_min"], va["cam_max"], va["cam_min"]
+        )
+    }
     if summary.present.sum() >= 2:
-        out["confounders"] = diagnostics.confounders(summary.im_class, summary.cam_mean,
-                                                     present=summary.present)
+        out["confounders"] = diagnostics.confounders(
+            summary.im_class, summary.cam_mean, present=summary.present
+        )
     else:
-        out["confounders"] = {"undefined": "confounders compare classes, and fewer than 2 "
-                                           "classes have counted samples"}
+        out["confounders"] = {
+            "undefined": "confounders compare classes, and fewer than 2 "
+            "classes have counted samples"
+        }
     counted = summary.present[va["label"]]
     if ctx.config.outliers_shown and counted.any():
         imp = va["importance"][counted]
@@ -183,31 +224,44 @@ def diagnostics_(ctx: RunContext) -> tuple[Numbers, Arrays]:
         # The principal subspace: a quarter of the channels, at most 10 directions.
         k = max(1, min(10, imp.shape[1] // 4))
         means = np.nan_to_num(summary.im_class)
-        within = diagnostics.within_class_covariance(summary.covariance, means,
-                                                     summary.class_counts)
-        worst = diagnostics.outliers(imp, va["label"][counted], means, within, n_components=k,
-                                     worst=ctx.config.outliers_shown)
+        within = diagnostics.within_class_covariance(
+            summary.covariance, means, summary.class_counts
+        )
+        worst = diagnostics.outliers(
+            imp,
+            va["label"][counted],
+            means,
+            within,
+            n_components=k,
+            worst=ctx.config.outliers_shown,
+        )
         out["outliers"] = worst._replace(indices=tuple(int(idx[i]) for i in worst.indices))
     return out, {}
 
 
 def report_diagnostics(ctx: RunContext, diag: Numbers) -> list[str]:
     of = diag["overfitting"]
-    lines = ["## Diagnostics", "",
-             f"- Overfitting (train vs validation CAM max): KS {of['cam_max']['ks']:.3f} "
-             f"(critical {of['cam_max']['ks_critical']:.3f}), median shift "
-             f"{of['cam_max']['median_shift_iqr']:.3f} IQR."]
+    lines = [
+        "## Diagnostics",
+        "",
+        f"- Overfitting (train vs validation CAM max): KS {of['cam_max']['ks']:.3f} "
+        f"(critical {of['cam_max']['ks_critical']:.3f}), median shift "
+        f"{of['cam_max']['median_shift_iqr']:.3f} IQR.",
+    ]
     conf = diag["confounders"]
     if "undefined" in conf:
         lines.append(f"- Confounders: undefined ({conf['undefined']}).")
     else:
-        lines.append(f"- Confounders: {conf['shared']['n_shared']} channel(s) shared by all "
-                     f"classes; worst border mass {conf['border']['worst']:.1%} (class "
-                     f"{conf['border']['worst_class']}, uniform would be "
-                     f"{conf['border']['uniform']:.1%}).")
+        lines.append(
+            f"- Confounders: {conf['shared']['n_shared']} channel(s) shared by all "
+            f"classes; worst border mass {conf['border']['worst']:.1%} (class "
+            f"{conf['border']['worst_class']}, uniform would be "
+            f"{conf['border']['uniform']:.1%})."
+        )
     if "outliers" in diag:
-        lines.append(f"- Outliers (validation indices, worst first): "
-                     f"{list(diag['outliers']['indices'])}.")
+        lines.append(
+            f"- Outliers (validation indices, worst first): {list(diag['outliers']['indices'])}."
+        )
     return lines
 
 
@@ -222,8 +276,9 @@ def faithfulness(ctx: RunContext) -> tuple[Numbers, Arrays]:
     x, y = ctx.splits.validation.gather(indices)
     res, out = explain(ctx.probe, ctx.variables, x, y, ctx.method)
     spatial = x.shape[1:-1]
-    common = np.clip(np.asarray(cams.upsample(scale.apply_scale(out.cam, ctx.scales[ctx.method]),
-                                              spatial)), 0, 1)
+    common = np.clip(
+        np.asarray(cams.upsample(scale.apply_scale(out.cam, ctx.scales[ctx.method]), spatial)), 0, 1
+    )
     per_image = np.asarray(cams.upsample(scale.minmax_per_image(out.cam), spatial))
     scorer = metrics.model_scorer(ctx.probe, ctx.variables)
     target = np.asarray(res.target)
@@ -233,20 +288,26 @@ def faithfulness(ctx: RunContext) -> tuple[Numbers, Arrays]:
         "samples": len(indices),
         "confidence_common": metrics.confidence_change(scorer, x, common, target),
         "confidence_per_image": metrics.confidence_change(scorer, x, per_image, target),
-        "insertion_deletion": {k: float(np.mean(np.asarray(v)))
-                               for k, v in curves._asdict().items() if k.endswith("auc")},
+        "insertion_deletion": {
+            k: float(np.mean(np.asarray(v)))
+            for k, v in curves._asdict().items()
+            if k.endswith("auc")
+        },
     }, {}
 
 
 def report_faithfulness(ctx: RunContext, f: Numbers) -> list[str]:
     if not f:
         return []
-    return ["## Faithfulness", "",
-            f"On {f['samples']} validation images ({ctx.method}): average drop "
-            f"{f['confidence_common']['average_drop']:.1f}% (common scale) vs "
-            f"{f['confidence_per_image']['average_drop']:.1f}% (per image); insertion AUC "
-            f"{f['insertion_deletion']['insertion_auc']:.3f}, deletion AUC "
-            f"{f['insertion_deletion']['deletion_auc']:.3f}."]
+    return [
+        "## Faithfulness",
+        "",
+        f"On {f['samples']} validation images ({ctx.method}): average drop "
+        f"{f['confidence_common']['average_drop']:.1f}% (common scale) vs "
+        f"{f['confidence_per_image']['average_drop']:.1f}% (per image); insertion AUC "
+        f"{f['insertion_deletion']['insertion_auc']:.3f}, deletion AUC "
+        f"{f['insertion_deletion']['deletion_auc']:.3f}.",
+    ]
 
 
 # --------------------------------------------------------------------------- sanity check
@@ -263,16 +324,17 @@ def sanity(ctx: RunContext) -> tuple[Numbers, Arrays]:
     order = list(reversed(list(ctx.variables["params"])))
     rows = []
     for name, randomised in metrics.cascading_randomization(
-            ctx.variables, jax.random.key(ctx.config.seed + 1), order):
+        ctx.variables, jax.random.key(ctx.config.seed + 1), order
+    ):
         _, out = explain(ctx.probe, randomised, x, y, ctx.method)
         maps = np.asarray(scale.minmax_per_image(out.cam))
         rc = [r for r in metrics.rank_correlation(ref_maps, maps) if r is not None]
-        row = {"randomised_down_to": name,
-               "rank_correlation": float(np.mean(rc)) if rc else None}
+        row = {"randomised_down_to": name, "rank_correlation": float(np.mean(rc)) if rc else None}
         if ref_maps.ndim == 3:
             side = min(7, min(ref_maps.shape[1:]))
-            row["ssim"] = float(np.mean(metrics.ssim(ref_maps, maps,
-                                                     win_size=side - (1 - side % 2))))
+            row["ssim"] = float(
+                np.mean(metrics.ssim(ref_maps, maps, win_size=side - (1 - side % 2)))
+            )
         rows.append(row)
     return {"samples": len(indices), "steps": rows}, {}
 
@@ -280,12 +342,16 @@ def sanity(ctx: RunContext) -> tuple[Numbers, Arrays]:
 def report_sanity(ctx: RunContext, s: Numbers) -> list[str]:
     if not s["steps"]:
         return []
-    steps = ", ".join(f"{r['randomised_down_to']}: {fmt(r['rank_correlation'])}"
-                      for r in s["steps"])
-    return ["## Sanity check", "",
-            f"Rank correlation with the trained model's CAMs on {s['samples']} validation "
-            f"images as the layers are randomised from the top (near 0 is good: the maps "
-            f"depend on the weights): {steps}."]
+    steps = ", ".join(
+        f"{r['randomised_down_to']}: {fmt(r['rank_correlation'])}" for r in s["steps"]
+    )
+    return [
+        "## Sanity check",
+        "",
+        f"Rank correlation with the trained model's CAMs on {s['samples']} validation "
+        f"images as the layers are randomised from the top (near 0 is good: the maps "
+        f"depend on the weights): {steps}.",
+    ]
 
 
 # --------------------------------------------------------------------------- scale coverage
@@ -298,24 +364,34 @@ def scale_coverage(ctx: RunContext) -> tuple[Numbers, Arrays]:
     for m in ctx.config.methods:
         va = ctx.analyses[m]["validation"][1]
         sc = ctx.scales[m]
-        out[m] = {"above_vmax": float(np.mean(va["cam_max"] > sc.vmax)),
-                  "below_vmin": float(np.mean(va["cam_min"] < sc.vmin)),
-                  "vmin": sc.vmin, "vmax": sc.vmax}
+        out[m] = {
+            "above_vmax": float(np.mean(va["cam_max"] > sc.vmax)),
+            "below_vmin": float(np.mean(va["cam_min"] < sc.vmin)),
+            "vmin": sc.vmin,
+            "vmax": sc.vmax,
+        }
     return out, {}
 
 
 def report_scale_coverage(ctx: RunContext, cov: Numbers) -> list[str]:
-    lines = ["## Common scale coverage", "",
-             "The share of validation images whose raw CAM maximum lies above the common "
-             "scale's vmax (drawn saturated) and whose minimum lies below vmin. With the "
-             f"defaults (vmax at the {ctx.config.scale_hi_percentile:g}th percentile of the "
-             "training maxima) about "
-             f"{1 - ctx.config.scale_hi_percentile / 100:.0%} lie above vmax; far more means "
-             "the validation split is brighter than the training split.", "",
-             "| method | vmin | vmax | above vmax | below vmin |", "|---|---|---|---|---|"]
+    lines = [
+        "## Common scale coverage",
+        "",
+        "The share of validation images whose raw CAM maximum lies above the common "
+        "scale's vmax (drawn saturated) and whose minimum lies below vmin. With the "
+        f"defaults (vmax at the {ctx.config.scale_hi_percentile:g}th percentile of the "
+        "training maxima) about "
+        f"{1 - ctx.config.scale_hi_percentile / 100:.0%} lie above vmax; far more means "
+        "the validation split is brighter than the training split.",
+        "",
+        "| method | vmin | vmax | above vmax | below vmin |",
+        "|---|---|---|---|---|",
+    ]
     for m, row in cov.items():
-        lines.append(f"| {m} | {row['vmin']:.4g} | {row['vmax']:.4g} | "
-                     f"{row['above_vmax']:.1%} | {row['below_vmin']:.1%} |")
+        lines.append(
+            f"| {m} | {row['vmin']:.4g} | {row['vmax']:.4g} | "
+            f"{row['above_vmax']:.1%} | {row['below_vmin']:.1%} |"
+        )
     return lines
 
 

@@ -59,9 +59,19 @@ RUN_MARKER = ".ifa_jax_run"
 LOCK_FILE = ".lock"
 MANIFEST = "manifest.json"
 # Everything the runner writes; --overwrite removes these entries and nothing else.
-RUN_ENTRIES = (RUN_MARKER, MANIFEST, "config.json", "checkpoint.msgpack", "train.json",
-               "train_state.msgpack", "analysis", "evaluation", "figures", "results.json",
-               "report.md")
+RUN_ENTRIES = (
+    RUN_MARKER,
+    MANIFEST,
+    "config.json",
+    "checkpoint.msgpack",
+    "train.json",
+    "train_state.msgpack",
+    "analysis",
+    "evaluation",
+    "figures",
+    "results.json",
+    "report.md",
+)
 
 
 class RunFolderBusyError(FileExistsError):
@@ -73,8 +83,9 @@ def sha256(path: str) -> str:
     digest = hashlib.sha256()
     files = [path]
     if os.path.isdir(path):
-        files = sorted(os.path.join(root, name) for root, _, names in os.walk(path)
-                       for name in names)
+        files = sorted(
+            os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+        )
     for name in files:
         if name != path:
             digest.update(os.path.relpath(name, path).encode() + b"\0")
@@ -96,8 +107,14 @@ class RunFolder:
     Use it as a context manager (or call :meth:`close`) to release the lock.
     """
 
-    def __init__(self, path: str | os.PathLike, config: Config, *, overwrite: bool = False,
-                 log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        config: Config,
+        *,
+        overwrite: bool = False,
+        log: Callable[[str], None] = print,
+    ):
         self.path = os.path.abspath(os.fspath(path))
         self.config = config
         self.log = log
@@ -110,7 +127,8 @@ class RunFolder:
         except OSError as e:
             raise PermissionError(
                 f"cannot write to the output folder {self.path!r} ({e.strerror}); pass a "
-                "writable --out path") from None
+                "writable --out path"
+            ) from None
         self._lock = self._acquire_lock(created=not os.path.exists(self.file(LOCK_FILE)))
         try:
             self._adopt(config, overwrite)
@@ -121,7 +139,7 @@ class RunFolder:
     # -- opening -------------------------------------------------------------------------
 
     def _acquire_lock(self, created: bool):
-        handle = open(self.file(LOCK_FILE), "a+")
+        handle = open(self.file(LOCK_FILE), "a+")  # noqa: SIM115 (held until close())
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -130,7 +148,8 @@ class RunFolder:
             handle.close()
             raise RunFolderBusyError(
                 f"run folder {self.path!r} is in use by another runner (process {holder}); "
-                "wait for it to finish, or choose another --out") from None
+                "wait for it to finish, or choose another --out"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -163,10 +182,13 @@ class RunFolder:
                 f"{self.path!r} is not empty ({shown}) and is not a run folder (it has no "
                 f"{RUN_MARKER} file), so nothing was written or deleted there"
                 f"{' (--overwrite only ever clears run folders)' if overwrite else ''}; "
-                "choose a new or empty --out folder")
+                "choose a new or empty --out folder"
+            )
         for stale in io.remove_stale_temporaries(self.path):
-            self.log(f"run folder: removed {os.path.relpath(stale, self.path)}, left by an "
-                     "interrupted write")
+            self.log(
+                f"run folder: removed {os.path.relpath(stale, self.path)}, left by an "
+                "interrupted write"
+            )
         mine = config.to_dict()
         if self.has("config.json") and not overwrite:
             try:
@@ -176,14 +198,19 @@ class RunFolder:
                 raise ValueError(
                     f"{self.file('config.json')} is damaged ({e}), so the config this run "
                     "folder belongs to is unknown; pass --overwrite to start it afresh, or "
-                    "choose another --out") from None
+                    "choose another --out"
+                ) from None
             if theirs != mine:
-                diff = [f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in
-                        sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+                diff = [
+                    f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}"
+                    for k in sorted(set(theirs) | set(mine))
+                    if theirs.get(k) != mine.get(k)
+                ]
                 raise FileExistsError(
                     f"run folder {self.path!r} belongs to another config (differences: "
                     f"{'; '.join(diff)}); pass --overwrite to replace it or choose another "
-                    "--out")
+                    "--out"
+                )
         if overwrite and ours:
             self.clear()
         self.manifest = self._read_manifest()
@@ -215,6 +242,7 @@ class RunFolder:
                 os.remove(full)
 
     def close(self) -> None:
+        """Release the folder's lock."""
         if getattr(self, "_lock", None) is not None:
             self._lock.close()
             self._lock = None
@@ -228,9 +256,11 @@ class RunFolder:
     # -- files -----------------------------------------------------------------------------
 
     def file(self, *parts: str) -> str:
+        """The path of ``parts`` inside the run folder."""
         return os.path.join(self.path, *parts)
 
     def has(self, *parts: str) -> bool:
+        """Whether ``parts`` exists inside the run folder."""
         return os.path.exists(self.file(*parts))
 
     def record(self, name: str) -> str:
@@ -238,8 +268,9 @@ class RunFolder:
         checkpoint itself); returns the digest."""
         digest = sha256(self.file(name))
         self.manifest[name] = {"sha256": digest, "checkpoint": self.checkpoint_digest}
-        io.atomic_write_bytes(self.file(MANIFEST),
-                              json.dumps(self.manifest, indent=1, sort_keys=True).encode())
+        io.atomic_write_bytes(
+            self.file(MANIFEST), json.dumps(self.manifest, indent=1, sort_keys=True).encode()
+        )
         return digest
 
     def valid(self, name: str) -> bool:
@@ -251,8 +282,10 @@ class RunFolder:
             self.log(f"run folder: {name} has no recorded checksum; recomputing it")
             return False
         if sha256(self.file(name)) != entry.get("sha256"):
-            self.log(f"run folder: {name} does not match its recorded checksum (damaged, or "
-                     "changed outside the runner); recomputing it")
+            self.log(
+                f"run folder: {name} does not match its recorded checksum (damaged, or "
+                "changed outside the runner); recomputing it"
+            )
             return False
         if entry.get("checkpoint") != self.checkpoint_digest:
             self.log(f"run folder: {name} was computed from another checkpoint; recomputing it")
@@ -270,5 +303,15 @@ class RunFolder:
         self.record(name)
 
 
-__all__ = ["LOCK_FILE", "MANIFEST", "RUN_ENTRIES", "RUN_MARKER", "RunFolder",
-           "RunFolderBusyError", "save_npz", "sha256", "to_jsonable", "write_json"]
+__all__ = [
+    "LOCK_FILE",
+    "MANIFEST",
+    "RUN_ENTRIES",
+    "RUN_MARKER",
+    "RunFolder",
+    "RunFolderBusyError",
+    "save_npz",
+    "sha256",
+    "to_jsonable",
+    "write_json",
+]

@@ -4,6 +4,7 @@ and the ``ifa-jax`` command that calls it."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -38,8 +39,10 @@ def stage_evaluate(ctx: RunContext, evaluations: Sequence[Evaluation]) -> None:
             with open(run.file(name_json)) as f:
                 stored = json.load(f)
             if stored.get("version") != e.version:
-                ctx.log(f"evaluate: {name_json} has version {stored.get('version')}, not "
-                        f"{e.version}; recomputing")
+                ctx.log(
+                    f"evaluate: {name_json} has version {stored.get('version')}, not "
+                    f"{e.version}; recomputing"
+                )
                 stored = None
             elif stored["arrays"] and not run.valid(name_npz):
                 stored = None
@@ -57,8 +60,9 @@ def stage_evaluate(ctx: RunContext, evaluations: Sequence[Evaluation]) -> None:
             if arrays:
                 run.save_npz(name_npz, arrays)
             # The JSON goes last: it marks the evaluation as complete.
-            run.write_json(name_json, {"version": e.version, "numbers": numbers,
-                                       "arrays": sorted(arrays)})
+            run.write_json(
+                name_json, {"version": e.version, "numbers": numbers, "arrays": sorted(arrays)}
+            )
             ctx.log(f"evaluate: {e.name} in {time.perf_counter() - start:.1f} s")
         ctx.evaluations[e.name] = (numbers, arrays)
         if e.log is not None:
@@ -68,18 +72,21 @@ def stage_evaluate(ctx: RunContext, evaluations: Sequence[Evaluation]) -> None:
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("ifa_jax", "jax", "jaxlib", "flax", "optax", "numpy"):
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     out["backend"] = jax.default_backend()
     return out
 
 
-def run(config: Config, out: str | os.PathLike, *, overwrite: bool = False,
-        log: Callable[[str], None] = print,
-        evaluations: Sequence[Evaluation] = EVALUATIONS,
-        figures: Sequence[Figure] = FIGURES) -> dict:
+def run(
+    config: Config,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    evaluations: Sequence[Evaluation] = EVALUATIONS,
+    figures: Sequence[Figure] = FIGURES,
+) -> dict:
     """Run (or resume) every stage of ``config`` in the run folder ``out``.
 
     The config, the layer and the model's outputs are checked before anything is written.
@@ -97,19 +104,30 @@ def run(config: Config, out: str | os.PathLike, *, overwrite: bool = False,
         stage_analyse(ctx)
         stage_evaluate(ctx, evaluations)
         drawn = make_figures(ctx, figures)
-        results = _jsonable({
-            "config": config.to_dict(), "versions": _versions(), "train": ctx.train_info,
-            "samples": "faithfulness, sanity and the CAM figure use validation samples drawn "
-                       f"stratified by class with seed {config.seed}",
-            "analysis": {m: {split: {"percentiles_cam_max": scale.percentiles(s[1]["cam_max"]),
-                                     "percentiles_cam_min": scale.percentiles(s[1]["cam_min"]),
-                                     "class_counts": s[0].class_counts,
-                                     "missing_classes": s[0].missing_classes}
-                             for split, s in per.items()} for m, per in ctx.analyses.items()},
-            "scales": {m: s._asdict() for m, s in ctx.scales.items()},
-            **{name: numbers for name, (numbers, _) in ctx.evaluations.items()},
-            "figures": drawn,
-        })
+        results = _jsonable(
+            {
+                "config": config.to_dict(),
+                "versions": _versions(),
+                "train": ctx.train_info,
+                "samples": "faithfulness, sanity and the CAM figure use validation samples drawn "
+                f"stratified by class with seed {config.seed}",
+                "analysis": {
+                    m: {
+                        split: {
+                            "percentiles_cam_max": scale.percentiles(s[1]["cam_max"]),
+                            "percentiles_cam_min": scale.percentiles(s[1]["cam_min"]),
+                            "class_counts": s[0].class_counts,
+                            "missing_classes": s[0].missing_classes,
+                        }
+                        for split, s in per.items()
+                    }
+                    for m, per in ctx.analyses.items()
+                },
+                "scales": {m: s._asdict() for m, s in ctx.scales.items()},
+                **{name: numbers for name, (numbers, _) in ctx.evaluations.items()},
+                "figures": drawn,
+            }
+        )
         write_json(run_folder.file("results.json"), results)
         report = write_report(ctx, results, evaluations, figures, drawn)
     log(f"report: {report} ({time.perf_counter() - start:.1f} s)")
@@ -119,20 +137,30 @@ def run(config: Config, out: str | os.PathLike, *, overwrite: bool = False,
 def main(argv: Sequence[str] | None = None) -> int:
     """``ifa-jax run --config FILE [--out DIR] [--set KEY=VALUE ...] [--overwrite]``."""
     parser = argparse.ArgumentParser(
-        prog="ifa-jax", description="Integrated feature analysis of a model on a dataset.")
+        prog="ifa-jax", description="Integrated feature analysis of a model on a dataset."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser(
-        "run", help="train (or load) a model, analyse it, evaluate, write the report",
+        "run",
+        help="train (or load) a model, analyse it, evaluate, write the report",
         description="Run or resume one experiment. Re-running the same command resumes: "
-                    "finished stages whose files verify are loaded, not recomputed.")
+        "finished stages whose files verify are loaded, not recomputed.",
+    )
     p.add_argument("--config", required=True, help="a .py file with get_config() or a .json")
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. train.epochs=2 or "
-                        "methods=gradcam,hirescam")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a run folder (made by the runner) that belongs to another "
-                        "config; other folders are never cleared")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. train.epochs=2 or methods=gradcam,hirescam",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run folder (made by the runner) that belongs to another "
+        "config; other folders are never cleared",
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)

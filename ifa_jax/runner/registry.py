@@ -57,13 +57,14 @@ def _tfds(name, *, seed, validation_size, image_size):
 
 # "name" or "name:argument" -> factory(argument, *, seed, validation_size, image_size)
 DATASETS: dict[str, Callable[..., data.Splits]] = {
-    "mnist_embedded": lambda _, *, seed, validation_size, image_size:
-        data.load_mnist_embedded(validation_size=validation_size, seed=seed),
-    "sklearn_digits": lambda _, *, seed, validation_size, image_size:
-        data.load_sklearn_digits(validation_size=validation_size, seed=seed),
+    "mnist_embedded": lambda _, *, seed, validation_size, image_size: data.load_mnist_embedded(
+        validation_size=validation_size, seed=seed
+    ),
+    "sklearn_digits": lambda _, *, seed, validation_size, image_size: data.load_sklearn_digits(
+        validation_size=validation_size, seed=seed
+    ),
     "tfds": _tfds,
-    "medmnist": lambda path, *, seed, validation_size, image_size:
-        data.load_medmnist_npz(path),
+    "medmnist": lambda path, *, seed, validation_size, image_size: data.load_medmnist_npz(path),
     "signals": _signals,
 }
 # Datasets whose name carries an argument after the colon.
@@ -79,8 +80,9 @@ def load_object(spec: str, what: str) -> Callable[..., Any]:
     """The callable named by ``"package.module:attr"`` or ``"path/to/file.py:attr"``."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
-        raise ValueError(f"{what} {spec!r} must look like 'package.module:factory' or "
-                         "'path/to/file.py:factory'")
+        raise ValueError(
+            f"{what} {spec!r} must look like 'package.module:factory' or 'path/to/file.py:factory'"
+        )
     if target.endswith(".py"):
         path = os.path.abspath(target)
         if not os.path.exists(path):
@@ -94,15 +96,17 @@ def load_object(spec: str, what: str) -> Callable[..., Any]:
         try:
             module = importlib.import_module(target)
         except ImportError as e:
-            raise ValueError(f"{what} {spec!r}: cannot import {target!r} ({e}); put its "
-                             "folder on PYTHONPATH or name a file: 'path/to/file.py:factory'"
-                             ) from None
+            raise ValueError(
+                f"{what} {spec!r}: cannot import {target!r} ({e}); put its "
+                "folder on PYTHONPATH or name a file: 'path/to/file.py:factory'"
+            ) from None
     try:
         obj = getattr(module, attr)
     except AttributeError:
         public = sorted(n for n in vars(module) if not n.startswith("_"))
-        raise ValueError(f"{what} {spec!r}: {target!r} has no {attr!r}; it defines "
-                         f"{', '.join(public[:12])}") from None
+        raise ValueError(
+            f"{what} {spec!r}: {target!r} has no {attr!r}; it defines {', '.join(public[:12])}"
+        ) from None
     if not callable(obj):
         raise ValueError(f"{what} {spec!r} is a {type(obj).__name__}, not a callable factory")
     return obj
@@ -122,22 +126,32 @@ def call_with_accepted(factory: Callable[..., Any], kwargs: dict, optional: dict
 def load_data(config) -> data.Splits:
     """The config's dataset as train / validation splits."""
     spec, kwargs = config.dataset, dict(config.dataset_kwargs)
-    optional = {"seed": config.seed, "validation_size": config.validation_size,
-                "image_size": config.image_size}
+    optional = {
+        "seed": config.seed,
+        "validation_size": config.validation_size,
+        "image_size": config.image_size,
+    }
     if is_plugin(spec, DATASETS):
         out = call_with_accepted(load_object(spec, "dataset"), kwargs, optional)
         if isinstance(out, tuple) and not isinstance(out, data.Splits) and len(out) == 2:
             out = data.Splits(*out)
         if not isinstance(out, data.Splits):
-            raise ValueError(f"dataset factory {spec!r} returned a {type(out).__name__}; it "
-                             "must return ifa_jax.data.Splits or a (train, validation) pair")
+            raise ValueError(
+                f"dataset factory {spec!r} returned a {type(out).__name__}; it "
+                "must return ifa_jax.data.Splits or a (train, validation) pair"
+            )
         for name in ("train", "validation"):
             split = getattr(out, name)
-            missing = [a for a in ("__len__", "gather", "input_shape", "num_classes")
-                       if not hasattr(split, a)]
+            missing = [
+                a
+                for a in ("__len__", "gather", "input_shape", "num_classes")
+                if not hasattr(split, a)
+            ]
             if missing:
-                raise ValueError(f"dataset factory {spec!r}: its {name} split lacks "
-                                 f"{', '.join(missing)}; return ifa_jax.data.Dataset")
+                raise ValueError(
+                    f"dataset factory {spec!r}: its {name} split lacks "
+                    f"{', '.join(missing)}; return ifa_jax.data.Dataset"
+                )
         return out
     name, _, argument = spec.partition(":")
     return DATASETS[name](argument, **optional)
@@ -145,24 +159,33 @@ def load_data(config) -> data.Splits:
 
 def build_model(config, splits: data.Splits):
     """The config's (untrained) Linen model for ``splits``."""
-    factory = (load_object(config.model, "model") if is_plugin(config.model, MODELS)
-               else MODELS[config.model])
-    return call_with_accepted(factory, dict(config.model_kwargs),
-                              {"num_classes": splits.train.num_classes,
-                               "input_shape": tuple(splits.train.input_shape)})
+    factory = (
+        load_object(config.model, "model")
+        if is_plugin(config.model, MODELS)
+        else MODELS[config.model]
+    )
+    return call_with_accepted(
+        factory,
+        dict(config.model_kwargs),
+        {"num_classes": splits.train.num_classes, "input_shape": tuple(splits.train.input_shape)},
+    )
 
 
 def check_names(model: str, dataset: str) -> list[str]:
     """Problems with a config's model and dataset names (plug-ins are checked on use)."""
     problems = []
     if not is_plugin(model, MODELS) and model not in MODELS:
-        problems.append(f"model {model!r} is not one of {', '.join(MODELS)} nor a plug-in "
-                        "'package.module:factory' / 'file.py:factory'")
+        problems.append(
+            f"model {model!r} is not one of {', '.join(MODELS)} nor a plug-in "
+            "'package.module:factory' / 'file.py:factory'"
+        )
     name, colon, argument = dataset.partition(":")
     if not is_plugin(dataset, DATASETS):
         if name not in DATASETS:
-            problems.append(f"dataset {dataset!r} is not one of {', '.join(DATASETS)} nor a "
-                            "plug-in 'package.module:factory' / 'file.py:factory'")
+            problems.append(
+                f"dataset {dataset!r} is not one of {', '.join(DATASETS)} nor a "
+                "plug-in 'package.module:factory' / 'file.py:factory'"
+            )
         elif (name in DATASET_ARGUMENT) != bool(colon and argument):
             form = f"{name}:{DATASET_ARGUMENT[name]}" if name in DATASET_ARGUMENT else name
             problems.append(f"dataset {dataset!r} must be written {form!r}")

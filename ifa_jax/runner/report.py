@@ -35,8 +35,9 @@ class Figure:
 def _image_maps(ctx: RunContext, x, cam, common: bool) -> np.ndarray:
     spatial = x.shape[1:-1]
     if common:
-        return np.clip(np.asarray(cams.upsample(scale.apply_scale(cam, ctx.scales[ctx.method]),
-                                                spatial)), 0, 1)
+        return np.clip(
+            np.asarray(cams.upsample(scale.apply_scale(cam, ctx.scales[ctx.method]), spatial)), 0, 1
+        )
     return np.asarray(cams.upsample(scale.minmax_per_image(cam), spatial))
 
 
@@ -46,10 +47,13 @@ def draw_cams(ctx: RunContext):
         return None
     x, y = ds.gather(ctx.sample_indices(ctx.config.figure_samples))
     res, out = explain(ctx.probe, ctx.variables, x, "predicted", ctx.method)
-    titles = [f"y={int(a)} p={int(b)}\nlogit {float(s):.1f}"
-              for a, b, s in zip(y, np.asarray(res.target), np.asarray(res.score))]
-    return plots.cam_grid(x, _image_maps(ctx, x, out.cam, True),
-                          _image_maps(ctx, x, out.cam, False), titles)
+    titles = [
+        f"y={int(a)} p={int(b)}\nlogit {float(s):.1f}"
+        for a, b, s in zip(y, np.asarray(res.target), np.asarray(res.score))
+    ]
+    return plots.cam_grid(
+        x, _image_maps(ctx, x, out.cam, True), _image_maps(ctx, x, out.cam, False), titles
+    )
 
 
 def draw_consistency(ctx: RunContext):
@@ -57,9 +61,11 @@ def draw_consistency(ctx: RunContext):
         return None
     numbers, arrays = ctx.evaluations["consistency"]
     c = str(numbers["scatter_class"])
-    panels = {f"{m} {k}": (arrays[f"{m} {k}"], arrays["logit"],
-                           numbers["per_class"][m][c][k]["pearson"])
-              for m in ctx.config.methods for k in LEVELS}
+    panels = {
+        f"{m} {k}": (arrays[f"{m} {k}"], arrays["logit"], numbers["per_class"][m][c][k]["pearson"])
+        for m in ctx.config.methods
+        for k in LEVELS
+    }
     return plots.consistency_scatter(panels)
 
 
@@ -69,8 +75,7 @@ def draw_importance(ctx: RunContext):
 
 
 def draw_distributions(ctx: RunContext):
-    return plots.distributions({k: ctx.analyses[ctx.method][k][1]
-                                for k in ("train", "validation")})
+    return plots.distributions({k: ctx.analyses[ctx.method][k][1] for k in ("train", "validation")})
 
 
 def draw_spectrum(ctx: RunContext):
@@ -84,8 +89,10 @@ def draw_subsets(ctx: RunContext):
     if "subsets" not in ctx.evaluations:
         return None
     curves = ctx.evaluations["subsets"][0]
-    return plots.accuracy_curve({m: (c["ratios"], c["accuracy"]) for m, c in curves.items()},
-                                next(iter(curves.values()))["full_accuracy"])
+    return plots.accuracy_curve(
+        {m: (c["ratios"], c["accuracy"]) for m, c in curves.items()},
+        next(iter(curves.values()))["full_accuracy"],
+    )
 
 
 def draw_outliers(ctx: RunContext):
@@ -95,8 +102,10 @@ def draw_outliers(ctx: RunContext):
     idx = np.asarray(diag["outliers"]["indices"], np.int64)
     x, y = ctx.splits.validation.gather(idx)
     _, out = explain(ctx.probe, ctx.variables, x, y, ctx.method)
-    titles = [f"#{int(i)} y={int(label)}\nd={d:.1f}"
-              for i, label, d in zip(idx, y, diag["outliers"]["distances"])]
+    titles = [
+        f"#{int(i)} y={int(label)}\nd={d:.1f}"
+        for i, label, d in zip(idx, y, diag["outliers"]["distances"])
+    ]
     return plots.outliers(x, _image_maps(ctx, x, out.cam, True), titles)
 
 
@@ -106,35 +115,61 @@ def _consistency_title(ctx: RunContext) -> str:
 
 
 FIGURES: tuple[Figure, ...] = (
-    Figure("cams", "CAMs on the common scale vs per image",
-           "One validation image per class (drawn with the run's seed), explaining the "
-           "predicted class. Top: one shared colour scale for the whole dataset, so "
-           "brightness compares across images. Bottom: each map stretched to its own min "
-           "and max.", draw_cams),
-    Figure("consistency", _consistency_title,
-           "Each point is a validation image explained as this class: its mean rescaled "
-           "CAM (x) against the logit of the class (y), per method and scaling. On a "
-           "faithful scale the points lie on a rising line (r near 1); per-image min-max "
-           "scatters them.", draw_consistency),
-    Figure("importance", "Importance matrices",
-           "Rows: classes; columns: channels (the 64 with the largest mean importance). "
-           "IM_c is a class's mean channel importance; IM_diff = IM_c - IM_all shows the "
-           "channels that single out a class (red above, blue below the average).",
-           draw_importance),
-    Figure("distributions", "CAM max/min, train vs validation",
-           "Histograms of each image's raw CAM maximum and minimum. A shift between splits "
-           "is a sign of overfitting.", draw_distributions),
-    Figure("spectrum", "Explained variance of channel importances",
-           "Bars: the share of the variance of per-image channel importances along each "
-           "principal direction; line: the cumulative share. Few components to 90-99% mean "
-           "the decision rests on few directions (redundant channels).", draw_spectrum),
-    Figure("subsets", "Accuracy with a subset of channels",
-           "Validation accuracy when only a share of the layer's channels is kept (the rest "
-           "zeroed), per selection mode; the dashed line is the accuracy with all channels.",
-           draw_subsets),
-    Figure("outliers", "Outliers: samples farthest from their class in importance space",
-           "Validation images whose channel importances lie farthest (Mahalanobis distance "
-           "d) from their class mean, with their CAMs on the common scale.", draw_outliers),
+    Figure(
+        "cams",
+        "CAMs on the common scale vs per image",
+        "One validation image per class (drawn with the run's seed), explaining the "
+        "predicted class. Top: one shared colour scale for the whole dataset, so "
+        "brightness compares across images. Bottom: each map stretched to its own min "
+        "and max.",
+        draw_cams,
+    ),
+    Figure(
+        "consistency",
+        _consistency_title,
+        "Each point is a validation image explained as this class: its mean rescaled "
+        "CAM (x) against the logit of the class (y), per method and scaling. On a "
+        "faithful scale the points lie on a rising line (r near 1); per-image min-max "
+        "scatters them.",
+        draw_consistency,
+    ),
+    Figure(
+        "importance",
+        "Importance matrices",
+        "Rows: classes; columns: channels (the 64 with the largest mean importance). "
+        "IM_c is a class's mean channel importance; IM_diff = IM_c - IM_all shows the "
+        "channels that single out a class (red above, blue below the average).",
+        draw_importance,
+    ),
+    Figure(
+        "distributions",
+        "CAM max/min, train vs validation",
+        "Histograms of each image's raw CAM maximum and minimum. A shift between splits "
+        "is a sign of overfitting.",
+        draw_distributions,
+    ),
+    Figure(
+        "spectrum",
+        "Explained variance of channel importances",
+        "Bars: the share of the variance of per-image channel importances along each "
+        "principal direction; line: the cumulative share. Few components to 90-99% mean "
+        "the decision rests on few directions (redundant channels).",
+        draw_spectrum,
+    ),
+    Figure(
+        "subsets",
+        "Accuracy with a subset of channels",
+        "Validation accuracy when only a share of the layer's channels is kept (the rest "
+        "zeroed), per selection mode; the dashed line is the accuracy with all channels.",
+        draw_subsets,
+    ),
+    Figure(
+        "outliers",
+        "Outliers: samples farthest from their class in importance space",
+        "Validation images whose channel importances lie farthest (Mahalanobis distance "
+        "d) from their class mean, with their CAMs on the common scale.",
+        draw_outliers,
+    ),
 )
 
 
@@ -150,18 +185,29 @@ def make_figures(ctx: RunContext, figures: Sequence[Figure] = FIGURES) -> dict[s
     return out
 
 
-def write_report(ctx: RunContext, results: dict, evaluations: Sequence[Evaluation],
-                 figures: Sequence[Figure], drawn: dict[str, str]) -> str:
+def write_report(
+    ctx: RunContext,
+    results: dict,
+    evaluations: Sequence[Evaluation],
+    figures: Sequence[Figure],
+    drawn: dict[str, str],
+) -> str:
     """``report.md``: the header, each evaluation's section, then the figures."""
     config = ctx.config
     trained = results["train"]
-    source = (f"the variables in `{trained['variables']}` (not trained here)"
-              if "variables" in trained else "trained here")
-    lines = [f"# Integrated feature analysis: {config.name}", "",
-             f"Dataset `{config.dataset}`, model `{config.model}` ({source}), layer "
-             f"`{config.layer}`, methods {', '.join(config.methods)}. Validation accuracy "
-             f"{trained['validation_accuracy']['accuracy']:.4f}. "
-             f"{results['samples'][0].upper()}{results['samples'][1:]}."]
+    source = (
+        f"the variables in `{trained['variables']}` (not trained here)"
+        if "variables" in trained
+        else "trained here"
+    )
+    lines = [
+        f"# Integrated feature analysis: {config.name}",
+        "",
+        f"Dataset `{config.dataset}`, model `{config.model}` ({source}), layer "
+        f"`{config.layer}`, methods {', '.join(config.methods)}. Validation accuracy "
+        f"{trained['validation_accuracy']['accuracy']:.4f}. "
+        f"{results['samples'][0].upper()}{results['samples'][1:]}.",
+    ]
     for e in evaluations:
         section = e.report(ctx, results[e.name])
         if section:

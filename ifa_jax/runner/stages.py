@@ -43,7 +43,8 @@ class RunContext:
     analyses: dict[str, dict[str, tuple[analysis.Summary, dict[str, np.ndarray]]]] | None = None
     scales: dict[str, scale.Scale] | None = None
     evaluations: dict[str, tuple[dict, dict[str, np.ndarray]]] = dataclasses.field(
-        default_factory=dict)
+        default_factory=dict
+    )
 
     @property
     def method(self) -> str:
@@ -68,8 +69,9 @@ class RunContext:
 
 def _template(config: Config, model, input_shape):
     # Shapes only: loading and checking need the tree's structure, not initialised weights.
-    return jax.eval_shape(lambda: training.init_variables(
-        model, tuple(input_shape), key=jax.random.key(config.seed)))
+    return jax.eval_shape(
+        lambda: training.init_variables(model, tuple(input_shape), key=jax.random.key(config.seed))
+    )
 
 
 def check_model(config: Config, model, splits: data.Splits) -> None:
@@ -90,7 +92,8 @@ def check_model(config: Config, model, splits: data.Splits) -> None:
         raise ValueError(
             f"model {config.model!r} outputs {getattr(out, 'shape', type(out).__name__)} but "
             f"the dataset {config.dataset!r} has {num_classes} classes; the model must "
-            f"return logits (B, >= {num_classes})")
+            f"return logits (B, >= {num_classes})"
+        )
 
 
 def check_finite_weights(variables, where: str) -> None:
@@ -101,7 +104,8 @@ def check_finite_weights(variables, where: str) -> None:
         raise FloatingPointError(
             f"the model in {where} has non-finite weights in {len(bad)} of {len(leaves)} "
             f"arrays ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): training "
-            "diverged. Lower train.lr or set train.grad_clip_norm, and rerun with --overwrite")
+            "diverged. Lower train.lr or set train.grad_clip_norm, and rerun with --overwrite"
+        )
 
 
 def _given_variables(ctx: RunContext) -> None:
@@ -110,23 +114,30 @@ def _given_variables(ctx: RunContext) -> None:
     config, run = ctx.config, ctx.run
     path = os.path.abspath(config.variables)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"variables file {path!r} (config field 'variables') does "
-                                "not exist")
+        raise FileNotFoundError(
+            f"variables file {path!r} (config field 'variables') does not exist"
+        )
     run.checkpoint_digest = sha256(path)
     ctx.variables = training.load_checkpoint(
-        path, _template(config, ctx.model, ctx.splits.train.input_shape))
+        path, _template(config, ctx.model, ctx.splits.train.input_shape)
+    )
     check_finite_weights(ctx.variables, path)
     if run.valid("train.json"):
         with open(run.file("train.json")) as f:
             ctx.train_info = json.load(f)
         return
-    ctx.train_info = {"variables": path, "sha256": run.checkpoint_digest,
-                      "validation_accuracy": training.evaluate(
-                          ctx.model, ctx.variables, ctx.splits.validation,
-                          batch_size=config.batch_size)}
+    ctx.train_info = {
+        "variables": path,
+        "sha256": run.checkpoint_digest,
+        "validation_accuracy": training.evaluate(
+            ctx.model, ctx.variables, ctx.splits.validation, batch_size=config.batch_size
+        ),
+    }
     run.write_json("train.json", ctx.train_info)
-    ctx.log(f"train: none; analysing the variables in {path} (validation accuracy "
-            f"{ctx.train_info['validation_accuracy']['accuracy']:.4f})")
+    ctx.log(
+        f"train: none; analysing the variables in {path} (validation accuracy "
+        f"{ctx.train_info['validation_accuracy']['accuracy']:.4f})"
+    )
 
 
 def stage_train(ctx: RunContext) -> None:
@@ -141,7 +152,8 @@ def stage_train(ctx: RunContext) -> None:
         if run.valid("train.json"):
             log(f"train: loading {ckpt}")
             ctx.variables = training.load_checkpoint(
-                ckpt, _template(config, ctx.model, ctx.splits.train.input_shape))
+                ckpt, _template(config, ctx.model, ctx.splits.train.input_shape)
+            )
             check_finite_weights(ctx.variables, ckpt)
             with open(run.file("train.json")) as f:
                 ctx.train_info = json.load(f)
@@ -154,24 +166,31 @@ def stage_train(ctx: RunContext) -> None:
         log(f"train: resuming from {state_path}")
     splits = ctx.splits
     try:
-        variables, history = training.train(ctx.model, splits.train, splits.validation,
-                                            config.train, state_path=state_path)
+        variables, history = training.train(
+            ctx.model, splits.train, splits.validation, config.train, state_path=state_path
+        )
     except training.TrainStateFileError as e:  # the runner's own file: start afresh
         log(f"train: {e}; training from epoch 1")
         os.remove(state_path)
-        variables, history = training.train(ctx.model, splits.train, splits.validation,
-                                            config.train, state_path=state_path)
+        variables, history = training.train(
+            ctx.model, splits.train, splits.validation, config.train, state_path=state_path
+        )
     seconds = time.perf_counter() - start
-    info = {"history": history.as_dict(), "seconds": seconds,
-            "validation_accuracy": training.evaluate(ctx.model, variables, splits.validation,
-                                                     batch_size=config.batch_size)}
+    info = {
+        "history": history.as_dict(),
+        "seconds": seconds,
+        "validation_accuracy": training.evaluate(
+            ctx.model, variables, splits.validation, batch_size=config.batch_size
+        ),
+    }
     training.save_checkpoint(ckpt, variables)
     run.checkpoint_digest = run.record("checkpoint.msgpack")
     run.write_json("train.json", info)
     os.remove(state_path)
     check_finite_weights(variables, ckpt)
-    log(f"train: {seconds:.1f} s, validation accuracy "
-        f"{info['validation_accuracy']['accuracy']:.4f}")
+    log(
+        f"train: {seconds:.1f} s, validation accuracy {info['validation_accuracy']['accuracy']:.4f}"
+    )
     ctx.variables, ctx.train_info = variables, info
     return None
 
@@ -187,7 +206,7 @@ def load_analysis(path: str) -> tuple[analysis.Summary, dict[str, np.ndarray]]:
     """``(Summary, per-sample arrays)`` from an ``analysis/<method>_<split>.npz``."""
     with np.load(path) as z:
         summary = analysis.Summary(**{k: z[f"summary_{k}"] for k in analysis.Summary._fields})
-        samples = {k[len("sample_"):]: z[k] for k in z.files if k.startswith("sample_")}
+        samples = {k[len("sample_") :]: z[k] for k in z.files if k.startswith("sample_")}
     return summary._replace(seen=int(summary.seen)), samples
 
 
@@ -203,16 +222,24 @@ def stage_analyse(ctx: RunContext) -> None:
         if not all(run.valid(n) for n in names.values()):
             ds = getattr(ctx.splits, split_name)
             start = time.perf_counter()
-            results = analysis.analyze(ctx.probe, ctx.variables, ctx.batches(ds),
-                                       num_classes=ds.num_classes, method=methods,
-                                       progress=False, keep_importance=True)
+            results = analysis.analyze(
+                ctx.probe,
+                ctx.variables,
+                ctx.batches(ds),
+                num_classes=ds.num_classes,
+                method=methods,
+                progress=False,
+                keep_importance=True,
+            )
             for m, result in results.items():
                 arrays = _summary_arrays(result)
                 if m != methods[0]:  # per-sample importances are kept for the first only
                     arrays.pop("sample_importance")
                 run.save_npz(names[m], arrays)
-            ctx.log(f"analyse: {', '.join(methods)} on {split_name} ({len(ds)} samples, one "
-                    f"pass) in {time.perf_counter() - start:.1f} s")
+            ctx.log(
+                f"analyse: {', '.join(methods)} on {split_name} ({len(ds)} samples, one "
+                f"pass) in {time.perf_counter() - start:.1f} s"
+            )
         for m in methods:
             ctx.analyses[m][split_name] = load_analysis(run.file(names[m]))
     ctx.scales = {m: make_scale(config, ctx.analyses[m]["train"][1]) for m in methods}
@@ -220,12 +247,23 @@ def stage_analyse(ctx: RunContext) -> None:
 
 def make_scale(config: Config, samples: Mapping[str, np.ndarray]) -> scale.Scale:
     """The common scale of one method from its training split's per-sample max/min."""
-    return scale.common_scale(samples["cam_max"], samples["cam_min"], mode=config.scale_mode,
-                              hi_percentile=config.scale_hi_percentile,
-                              lo_percentile=config.scale_lo_percentile,
-                              ratio=config.scale_ratio,
-                              remove_negative=config.remove_negative)
+    return scale.common_scale(
+        samples["cam_max"],
+        samples["cam_min"],
+        mode=config.scale_mode,
+        hi_percentile=config.scale_hi_percentile,
+        lo_percentile=config.scale_lo_percentile,
+        ratio=config.scale_ratio,
+        remove_negative=config.remove_negative,
+    )
 
 
-__all__ = ["RunContext", "check_finite_weights", "check_model", "load_analysis",
-           "make_scale", "stage_analyse", "stage_train"]
+__all__ = [
+    "RunContext",
+    "check_finite_weights",
+    "check_model",
+    "load_analysis",
+    "make_scale",
+    "stage_analyse",
+    "stage_train",
+]
