@@ -79,6 +79,17 @@ def index_targets(target: Any, batch: int) -> jax.Array:
     return t.astype(jnp.int32)
 
 
+def outputs_in_range(target: Any, num_outputs: int) -> None:
+    """Raise when an int target (or any of an int array's) is not an output index."""
+    lo, hi = int(np.min(target)), int(np.max(target))
+    if lo < 0 or hi >= num_outputs:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"target index {bad} is out of range: the model has {num_outputs} outputs, "
+            f"so targets must lie in [0, {num_outputs - 1}]"
+        )
+
+
 def pick_layer(layers: Sequence[str], layer: str | None) -> str:
     """The one layer of ``layers`` (a probe's tapped layers) that ``layer`` names; None
     picks the only layer of a one-layer probe."""

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ifa_jax import cams
-from ifa_jax._checks import label_range, one_of, pad_batch
+from ifa_jax._checks import label_range, one_of, outputs_in_range, pad_batch
 from ifa_jax._stats import DEFAULT_PERCENTILES, percentiles
 from ifa_jax.data import Batch, as_images, as_labels
 from ifa_jax.explaining import callable_target, forward_weights
@@ -851,6 +851,8 @@ def analyze(
             logits_shape, act_shapes = probe.output_shapes(variables, xj)  # abstract, cached
             num_outputs = logits_shape[-1]
             A_shape = act_shapes[probe.layers[0]]
+            if not isinstance(target, str) and not callable(target):
+                outputs_in_range(target, num_outputs)  # the jitted step cannot check it
             states = tuple(init(num_classes, A_shape[-1], tuple(A_shape[1:-1])) for _ in methods)
         if by_label and yv.size and yv.max() >= num_outputs:
             # The score would be NaN (take_along_axis out of range) and the check in the

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ifa_jax import cams, metrics, scale
+from ifa_jax._checks import outputs_in_range
 
 # The ways a CAM is scaled before its activation level is taken: the common scale, the
 # same clipped to [0, 1] as drawn, per-image min-max, and the common scale on a channel
@@ -89,22 +90,37 @@ def consistency_levels(
 ) -> ConsistencyLevels:
     """Levels of every class in ``classes`` and method in ``scales`` over ``batches``.
 
-    batches: ``(x, y, valid)`` (or ``Batch``) of one size; padding rows (valid False) are
-    dropped. scales: ``{method: Scale}`` (the common scale of each method); masks: (C, K)
-    channel subsets per class (for the 'subset' level). ``group`` classes share one
-    forward pass; memory grows with group * batch * |A|.
+    batches: ``(x, y)`` or ``(x, y, valid)`` (or ``Batch``) of one size; padding rows
+    (valid False) are dropped. classes: output indices of the model. scales: ``{method:
+    Scale}`` (the common scale of each method); masks: (C, K) channel subsets per class
+    (for the 'subset' level). ``group`` classes share one forward pass; memory grows with
+    group * batch * |A|.
     """
     methods = tuple(scales)
     method_scales = tuple(scales[m] for m in methods)
+    for m, sc in zip(methods, method_scales):
+        if not isinstance(sc, scale.Scale):
+            raise ValueError(
+                f"scales[{m!r}] is a {type(sc).__name__}, not an ifa_jax.scale.Scale; build "
+                "it with scale.common_scale(...) or scale.scale_from_bounds(vmin, vmax)"
+            )
     classes = [int(c) for c in classes]
     if not classes:
         raise ValueError("classes is empty; name at least one class to evaluate")
     if group < 1:
         raise ValueError(f"group must be >= 1; got {group}")
     masks = jnp.asarray(masks)
+    if masks.ndim != 2 or masks.shape[0] <= max(classes):
+        raise ValueError(
+            f"masks has shape {masks.shape}; give one channel mask per class, (C, K) with a "
+            f"row for every class up to {max(classes)}"
+        )
     chunks: list[np.ndarray] = []
     logits_all, valid_all = [], []
-    for x, _, valid in batches:
+    for i, batch in enumerate(batches):
+        x, _, valid = batch if len(batch) == 3 else (*batch, np.ones(len(batch[0]), bool))
+        if i == 0:
+            outputs_in_range(classes, probe.output_shapes(variables, jnp.asarray(x))[0][-1])
         per_group = []
         for start in range(0, len(classes), group):
             chunk = jnp.asarray(classes[start : start + group], jnp.int32)

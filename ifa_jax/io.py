@@ -40,11 +40,14 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}{TEMP_MARK}", suffix=suffix
-    )
-    os.close(fd)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            dir=directory, prefix=f".{os.path.basename(path)}{TEMP_MARK}", suffix=suffix
+        )
+        os.close(fd)
+    except OSError as e:
+        raise _write_error(path, e) from e
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -54,15 +57,19 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     except OSError as e:
         if isinstance(e, WriteError):
             raise
-        raise WriteError(
-            e.errno,
-            f"could not write {path} ({e.strerror or e}); nothing was replaced: "
-            "the previous file, if any, is intact. Free space (or raise the file-size limit) "
-            "and run the same command again to resume",
-        ) from e
+        raise _write_error(path, e) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _write_error(path: str, e: OSError) -> WriteError:
+    return WriteError(
+        e.errno,
+        f"could not write {path} ({e.strerror or e}); nothing was replaced: the previous "
+        "file, if any, is intact. Free space, raise the file-size limit or fix the folder's "
+        "permissions, and run the same command again to resume",
+    )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

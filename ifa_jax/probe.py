@@ -34,7 +34,7 @@ import numpy as np
 from flax import errors as flax_errors
 from flax import nnx
 
-from ifa_jax._checks import index_targets, is_traced, one_of
+from ifa_jax._checks import index_targets, is_traced, one_of, outputs_in_range
 
 Array = jax.Array
 # tapped(variables, x, deltas | None) -> (logits (B, O), {layer: A (B, *spatial, K)})
@@ -151,6 +151,12 @@ def select_output(out: Any, output: Output = None) -> Array:
                 f"pass {_output_hint(out)} or a callable out -> logits (B, O)"
             ) from e
     if hasattr(picked, "ndim") and hasattr(picked, "dtype"):
+        if picked.ndim > 2:
+            raise ValueError(
+                f"output={output!r} selects an array of shape {tuple(picked.shape)} from the "
+                f"model's output ({_describe(out)}), not logits (B, O) or (B,); select the "
+                "logits"
+            )
         return picked
     if output is None:
         raise ValueError(
@@ -196,6 +202,11 @@ def _explained_errors(x: Array):
         ) from e
     except flax_errors.ScopeParamShapeError as e:
         raise ValueError(_input_shape_message(x, _flax_detail(e))) from e
+    except flax_errors.ScopeCollectionNotFound as e:
+        raise ValueError(
+            f"the variables lack a collection the model needs ({_flax_detail(e)}); pass the "
+            "whole variables dict from model.init, e.g. {'params': ...}, not variables['params']"
+        ) from e
     except (ValueError, TypeError) as e:
         if "conv_general_dilated" not in str(e):
             raise
@@ -205,8 +216,9 @@ def _explained_errors(x: Array):
 def _input_shape_message(x: Array, detail: str) -> str:
     return (
         f"the model does not accept an input of shape {tuple(x.shape)} ({detail}). Inputs "
-        "are channels-last (B, *spatial, C) with the channels the model was built for; "
-        "add a missing channel axis: x[..., None]"
+        "are batched and channels-last, (B, *spatial, C), with the channels the model was "
+        "built for: add a missing channel axis with x[..., None], a missing batch axis (one "
+        "input) with x[None], or move channels last (NCHW -> NHWC: x.transpose(0, 2, 3, 1))"
     )
 
 
@@ -500,15 +512,7 @@ class LayerProbe:
             return "callable", target, None
         t = index_targets(target, batch)
         if not is_traced(t, x):
-            (logits_shape, _) = self.output_shapes(variables, x)
-            num_out = logits_shape[-1]
-            lo, hi = int(t.min()), int(t.max())
-            if lo < 0 or hi >= num_out:
-                bad = lo if lo < 0 else hi
-                raise ValueError(
-                    f"target index {bad} is out of range: the model has {num_out} outputs, "
-                    f"so targets must lie in [0, {num_out - 1}]"
-                )
+            outputs_in_range(t, self.output_shapes(variables, x)[0][-1])
         return "index", None, t
 
     def __call__(

@@ -48,3 +48,10 @@ def test_stale_temporaries_are_found_below_a_folder(tmp_path):
     keep.write_bytes(b"user file")
     assert io.remove_stale_temporaries(tmp_path) == [str(stale)]
     assert keep.exists() and not stale.exists()
+
+
+def test_a_folder_that_cannot_hold_the_file_is_named(tmp_path):
+    (tmp_path / "figures").write_text("a file where a folder should be")
+    with pytest.raises(io.WriteError, match=r"could not write .*figures/cams\.png .*fix the "
+                                            r"folder's permissions"):
+        io.atomic_write_bytes(tmp_path / "figures" / "cams.png", b"png")

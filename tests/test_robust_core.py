@@ -188,8 +188,8 @@ def test_nnx_model_not_in_eval_mode_is_explained(kind):
 def test_input_without_channel_axis_is_explained(net):
     _, variables, _ = net
     fix = (
-        r"does not accept an input of shape \(4, 6, 6\).*channels-last \(B, \*spatial, "
-        r"C\).*x\[\.\.\., None\]"
+        r"does not accept an input of shape \(4, 6, 6\).*channels-last, \(B, \*spatial, "
+        r"C\).*x\[\.\.\., None\].*x\[None\]"
     )
     with pytest.raises(ValueError, match=fix):
         linen_probe(Net(), "conv")(variables, X[..., 0])
@@ -259,3 +259,75 @@ def test_percentiles_of_unknown_name_lists_the_names():
         KeyError, match="no per-sample values named 'max'; the names are: cam_max, score"
     ):
         result.percentiles("max")
+
+
+# --------------------------------------------------------------------------- found by trying
+
+
+def test_an_int_target_outside_the_outputs_is_refused_by_analyze(net):
+    model, variables, labels = net
+    probe = linen_probe(model, "conv", train=False)
+    for target in (5, -1):  # NaN scores / silently class 2 before
+        with pytest.raises(
+            ValueError,
+            match=rf"target index {target} is out of range: the "
+            r"model has 3 outputs",
+        ):
+            analysis.analyze(
+                probe,
+                variables,
+                [(X, labels)],
+                num_classes=3,
+                target=target,
+                count="all",
+                progress=False,
+            )
+
+
+def test_consistency_levels_checks_its_inputs(net):
+    from ifa_jax import scale
+    from ifa_jax.consistency import consistency_levels
+
+    model, variables, labels = net
+    probe = linen_probe(model, "conv", train=False)
+    sc = {"gradcam": scale.scale_from_bounds(0.0, 1.0)}
+    pairs = [(X, labels)]  # (x, y) pairs are fine, as in analyze
+    with pytest.raises(
+        ValueError,
+        match=r"masks has shape \(3, 4\); give one channel mask per "
+        r"class, \(C, K\) with a row for every class up to 5",
+    ):
+        consistency_levels(probe, variables, pairs, scales=sc, masks=np.ones((3, 4)), classes=[5])
+    with pytest.raises(ValueError, match=r"target index 5 is out of range: the model has 3"):
+        consistency_levels(
+            probe, variables, pairs, scales=sc, masks=np.ones((6, 4)), classes=[0, 5]
+        )
+    with pytest.raises(ValueError, match=r"scales\['gradcam'\] is a tuple, not an ifa_jax"):
+        consistency_levels(
+            probe,
+            variables,
+            pairs,
+            scales={"gradcam": (0.0, 1.0)},
+            masks=np.ones((3, 4)),
+            classes=[0],
+        )
+    got = consistency_levels(probe, variables, pairs, scales=sc, masks=np.ones((3, 4)), classes=[0])
+    assert got.levels.shape == (1, 1, 4, len(X))
+
+
+def test_probe_output_and_variables_mistakes_name_the_fix(net):
+    _, variables, _ = net
+    with pytest.raises(
+        ValueError,
+        match=r"output=1 selects an array of shape \(4, 6, 6, 4\) "
+        r"from the model's output \(a tuple of 2\), not logits",
+    ):
+        linen_probe(Net(out="tuple"), "conv", output=1, train=False)(variables, X)
+    with pytest.raises(
+        ValueError,
+        match=r"pass the whole variables dict from model.init, "
+        r"e.g. \{'params': ...\}, not variables\['params'\]",
+    ):
+        linen_probe(Net(), "conv", train=False)(variables["params"], X)
+    with pytest.raises(ValueError, match=r"a missing batch axis \(one input\) with x\[None\]"):
+        linen_probe(Net(), "conv", train=False)(variables, X[0])

@@ -160,6 +160,8 @@ def test_overwrite_never_deletes_a_folder_the_runner_did_not_make(tmp_path):
     folder.mkdir()
     (folder / "data.npz").write_bytes(b"precious")
     (folder / "my_notes").write_text("notes")
+    # A config.json of the user's own (even one with our fields) does not make it ours.
+    (folder / "config.json").write_text(json.dumps(tiny().to_dict()))
     for overwrite in (False, True):
         with pytest.raises(
             FileExistsError,
@@ -167,7 +169,7 @@ def test_overwrite_never_deletes_a_folder_the_runner_did_not_make(tmp_path):
             r"or deleted",
         ):
             runner.RunFolder(folder, tiny(), overwrite=overwrite)
-    assert sorted(os.listdir(folder)) == ["data.npz", "my_notes"]
+    assert sorted(os.listdir(folder)) == ["config.json", "data.npz", "my_notes"]
     assert (folder / "data.npz").read_bytes() == b"precious"
 
 
@@ -175,12 +177,26 @@ def test_overwrite_clears_only_what_the_runner_wrote(tmp_path):
     folder = tmp_path / "run"
     with runner.RunFolder(folder, tiny(), log=lambda s: None) as run:
         run.write_json("evaluation/sanity.json", {"x": 1})
+        run.write_json("analysis/gradcam_train.npz", {"x": 1})
     (folder / "notes.txt").write_text("mine")
+    (folder / "evaluation" / "mine.txt").write_text("mine")  # beside the runner's files
     with runner.RunFolder(folder, tiny(seed=1), overwrite=True, log=lambda s: None):
         pass
     assert (folder / "notes.txt").read_text() == "mine"
+    assert (folder / "evaluation" / "mine.txt").read_text() == "mine"
     assert not (folder / "evaluation" / "sanity.json").exists()
+    assert not (folder / "analysis" / "gradcam_train.npz").exists()
     assert json.loads((folder / "config.json").read_text())["seed"] == 1
+
+
+def test_outputs_of_another_config_are_recomputed_even_without_config_json(tmp_path):
+    logs: list[str] = []
+    with runner.RunFolder(tmp_path / "run", tiny(), log=logs.append) as run:
+        run.write_json("evaluation/subsets.json", {"x": 1})
+    os.remove(tmp_path / "run" / "config.json")
+    with runner.RunFolder(tmp_path / "run", tiny(subset_ratios=(0.5, 1.0)), log=logs.append) as run:
+        assert not run.valid("evaluation/subsets.json")
+    assert "computed from another config or plug-in code" in logs[-1]
 
 
 def test_manifest_rejects_damaged_files_and_other_checkpoints(tmp_path):
@@ -488,3 +504,104 @@ def test_an_evaluation_added_to_the_table_reaches_results_and_report(finished_ru
     assert json.loads((copy / "results.json").read_text())["channels"]["channels"] == 16
     assert "## Channels\n\nThe layer has 16 channels." in (copy / "report.md").read_text()
     assert json.loads((copy / "evaluation" / "channels.json").read_text())["version"] == 1
+
+
+def test_bad_runs_fail_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(
+        ValueError,
+        match=r"'head' outputs \(1, 10\), not a feature grid.*"
+        r"layers with one: conv1, conv2",
+    ):
+        runner.run(tiny(layer="head"), out, log=lambda s: None)
+    with pytest.raises(FileNotFoundError, match=r"variables file .*nothere\.msgpack"):
+        runner.run(tiny(variables=str(tmp_path / "nothere.msgpack")), out, log=lambda s: None)
+    with pytest.raises(ValueError, match=r"config must be an ifa_jax.runner.Config, not a dict"):
+        runner.run(tiny().to_dict(), out, log=lambda s: None)
+    twice = (*runner.EVALUATIONS, runner.EVALUATIONS[0])
+    with pytest.raises(ValueError, match=r"evaluation name\(s\) consistency appear more"):
+        runner.run(tiny(), out, evaluations=twice, log=lambda s: None)
+    assert not out.exists()
+
+
+BAD_PLUGINS = """
+import flax.linen as nn
+import numpy as np
+from ifa_jax import data
+
+
+class Net(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(4, (3, 3), name="conv")(x)
+        return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+
+
+def gives_text(num_classes):
+    return "a model"
+
+
+def gives_class(num_classes):
+    return Net
+
+
+def mismatched(seed):
+    rng = np.random.default_rng(seed)
+    train = data.Dataset(rng.random((8, 8, 8, 1), np.float32), np.arange(8) % 2, 2, "train")
+    val = data.Dataset(rng.random((4, 6, 6, 1), np.float32), np.arange(4) % 2, 2, "val")
+    return train, val
+"""
+
+
+def test_plugin_mistakes_are_named(tmp_path):
+    plugin = tmp_path / "bad.py"
+    plugin.write_text(BAD_PLUGINS)
+    good = {
+        "dataset": "sklearn_digits",
+        "model": f"{plugin}:Net",
+        "layer": "conv",
+        "model_kwargs": (),
+    }
+    for model, message in (
+        (f"{plugin}:gives_text", r"gave a builtins.str, not a flax.linen"),
+        (f"{plugin}:gives_class", r"gave the class Net, not a flax.linen"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            runner.run(tiny(**(good | {"model": model})), tmp_path / "o", log=print)
+    with pytest.raises(
+        ValueError,
+        match=r"does not take the arguments \['num_classes', "
+        r"'widht'\].*model_kwargs",
+    ):
+        runner.run(tiny(**(good | {"model_kwargs": (("widht", 3),)})), tmp_path / "o")
+    with pytest.raises(
+        ValueError,
+        match=r"the train split has input_shape \(8, 8, 1\) but the "
+        r"validation split \(6, 6, 1\)",
+    ):
+        runner.run(tiny(**(good | {"dataset": f"{plugin}:mismatched"})), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_files_of_the_wrong_kind_are_named(tmp_path):
+    for name, text, message in (
+        ("c.yaml", "name: x", r"neither \.py \(with get_config\(\)\) nor \.json"),
+        ("c.json", "[1, 2]", r"holds a JSON list; it must hold an object"),
+        ("d.json", '{"name": "x", // comment\n}', r"d\.json' is not valid JSON"),
+    ):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=message):
+            runner.load_config(tmp_path / name)
+
+
+@pytest.mark.slow
+def test_overwrite_refuses_to_clear_the_variables_it_analyses(finished_run, tmp_path):
+    out, _, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    inside = tiny(variables=str(copy / "checkpoint.msgpack"))
+    with pytest.raises(ValueError, match=r"lie inside the run folder .* --overwrite would clear"):
+        runner.run(inside, copy, overwrite=True, log=lambda s: None)
+    assert (copy / "checkpoint.msgpack").exists()

@@ -206,10 +206,25 @@ def load_config(path: str | os.PathLike) -> Config:
             f"config file {path!r} does not exist; the shipped ones are "
             "in the repository's experiments/configs/"
         )
+    if not path.endswith((".json", ".py")):
+        raise ValueError(
+            f"config file {path!r} is neither .py (with get_config()) nor .json; write the "
+            "config in one of those"
+        )
     if path.endswith(".json"):
         with open(path) as f:
-            return config_from_dict(json.load(f), path)
+            try:
+                values = json.load(f)
+            except ValueError as e:
+                raise ValueError(f"config file {path!r} is not valid JSON ({e})") from None
+        if not isinstance(values, Mapping):
+            raise ValueError(
+                f"config file {path!r} holds a JSON {type(values).__name__}; it must hold an "
+                'object of config fields, e.g. {"name": "mine", "layer": "conv2"}'
+            )
+        return config_from_dict(values, path)
     spec = importlib.util.spec_from_file_location("ifa_config", path)
+    assert spec is not None and spec.loader is not None  # a .py file that exists
     module = importlib.util.module_from_spec(spec)
     # A config may import helpers that sit beside it (experiments/configs/common.py).
     folder = os.path.dirname(os.path.abspath(path))
@@ -223,6 +238,11 @@ def load_config(path: str | os.PathLike) -> Config:
     config = module.get_config()
     if isinstance(config, Mapping):
         return config_from_dict(config, path)
+    if not isinstance(config, Config):
+        raise ValueError(
+            f"{path}: get_config() returned a {type(config).__name__}; return a Config (or a "
+            "dict of its fields)"
+        )
     return config
 
 

@@ -1,6 +1,6 @@
 """The run folder: one config's outputs, locked, verified by checksum, written atomically.
 
-A run folder holds what :func:`ifa_jax.runner.run` writes (see :data:`RUN_ENTRIES`):
+A run folder holds what :func:`ifa_jax.runner.run` writes:
 ``config.json``, the checkpoint and ``train.json``, ``analysis/*.npz``,
 ``evaluation/<name>.json`` (and ``.npz``), ``figures/*.png``, ``results.json``,
 ``report.md``, and ``manifest.json`` with the SHA-256 of every stage output and the
@@ -9,11 +9,11 @@ checkpoint it was computed from.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 
@@ -58,24 +58,31 @@ def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
 RUN_MARKER = ".ifa_jax_run"
 LOCK_FILE = ".lock"
 MANIFEST = "manifest.json"
-# Everything the runner writes; --overwrite removes these entries and nothing else.
-RUN_ENTRIES = (
+# The runner's own top-level files and its subfolders. --overwrite removes these files and
+# the files the manifest records, never anything else.
+TOP_LEVEL_FILES = (
     RUN_MARKER,
     MANIFEST,
     "config.json",
     "checkpoint.msgpack",
     "train.json",
     "train_state.msgpack",
-    "analysis",
-    "evaluation",
-    "figures",
     "results.json",
     "report.md",
 )
+SUBFOLDERS = ("analysis", "evaluation", "figures")
 
 
 class RunFolderBusyError(FileExistsError):
     """Another process holds the run folder's lock."""
+
+
+def config_digest(config: Config, *sources: str) -> str:
+    """Digest of a config and of the source files it runs (plug-ins)."""
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for path in sources:
+        digest.update(sha256(path).encode())
+    return digest.hexdigest()
 
 
 def sha256(path: str) -> str:
@@ -101,10 +108,11 @@ class RunFolder:
     Opening it takes an exclusive lock (a second runner on the same folder is refused,
     naming the process that holds it) and removes temporaries that a killed writer left.
     Every stage output is written atomically through :meth:`write_json` / :meth:`save_npz`
-    / :meth:`record`, which note its SHA-256 and the checkpoint it was computed from in
-    ``manifest.json``; :meth:`valid` accepts a file only if both still match, so a damaged
-    file, or one computed from another model, is recomputed instead of being misread.
-    Use it as a context manager (or call :meth:`close`) to release the lock.
+    / :meth:`record`, which note in ``manifest.json`` its SHA-256, the checkpoint it was
+    computed from, and ``inputs`` (a digest of the config and any plug-in source it ran);
+    :meth:`valid` accepts a file only if all three still match, so a damaged file, or one
+    computed from another model, config or plug-in code, is recomputed instead of being
+    misread. Use it as a context manager (or call :meth:`close`) to release the lock.
     """
 
     def __init__(
@@ -114,11 +122,13 @@ class RunFolder:
         *,
         overwrite: bool = False,
         log: Callable[[str], None] = print,
+        inputs: str | None = None,
     ):
         self.path = os.path.abspath(os.fspath(path))
         self.config = config
         self.log = log
         self.checkpoint_digest: str | None = None
+        self.inputs = inputs or config_digest(config)
         try:
             os.makedirs(self.path, exist_ok=True)
             fd, probe_file = tempfile.mkstemp(dir=self.path, prefix=".write-test-")
@@ -158,15 +168,7 @@ class RunFolder:
         return handle
 
     def _is_run_folder(self) -> bool:
-        if self.has(RUN_MARKER):
-            return True
-        # A folder from before the marker existed: its config.json holds our fields.
-        try:
-            with open(self.file("config.json")) as f:
-                theirs = json.load(f)
-        except (OSError, ValueError):
-            return False
-        return isinstance(theirs, dict) and {"name", "dataset", "methods"} <= set(theirs)
+        return self.has(RUN_MARKER)
 
     def _foreign_entries(self) -> list[str]:
         return sorted(n for n in os.listdir(self.path) if n != LOCK_FILE)
@@ -214,7 +216,7 @@ class RunFolder:
         if overwrite and ours:
             self.clear()
         self.manifest = self._read_manifest()
-        for sub in ("analysis", "evaluation", "figures"):
+        for sub in SUBFOLDERS:
             os.makedirs(self.file(sub), exist_ok=True)
         io.atomic_write_bytes(self.file(RUN_MARKER), b"ifa_jax run folder\n")
         write_json(self.file("config.json"), mine)
@@ -233,13 +235,16 @@ class RunFolder:
         return {}
 
     def clear(self) -> None:
-        """Remove what the runner wrote (:data:`RUN_ENTRIES`); other files stay."""
-        for name in RUN_ENTRIES:
+        """Remove what the runner wrote: its top-level files and the files its manifest
+        records; a subfolder goes only when nothing else is left in it."""
+        recorded = list(self._read_manifest())
+        for name in (*recorded, *TOP_LEVEL_FILES):
             full = self.file(name)
-            if os.path.isdir(full):
-                shutil.rmtree(full)
-            elif os.path.exists(full):
+            if os.path.isfile(full):
                 os.remove(full)
+        for sub in SUBFOLDERS:
+            with contextlib.suppress(OSError):  # not empty: the user's files stay
+                os.rmdir(self.file(sub))
 
     def close(self) -> None:
         """Release the folder's lock."""
@@ -267,7 +272,11 @@ class RunFolder:
         """Note ``name``'s digest and the checkpoint it was computed from (None for the
         checkpoint itself); returns the digest."""
         digest = sha256(self.file(name))
-        self.manifest[name] = {"sha256": digest, "checkpoint": self.checkpoint_digest}
+        self.manifest[name] = {
+            "sha256": digest,
+            "checkpoint": self.checkpoint_digest,
+            "inputs": self.inputs,
+        }
         io.atomic_write_bytes(
             self.file(MANIFEST), json.dumps(self.manifest, indent=1, sort_keys=True).encode()
         )
@@ -285,6 +294,12 @@ class RunFolder:
             self.log(
                 f"run folder: {name} does not match its recorded checksum (damaged, or "
                 "changed outside the runner); recomputing it"
+            )
+            return False
+        if entry.get("inputs") != self.inputs:
+            self.log(
+                f"run folder: {name} was computed from another config or plug-in code; "
+                "recomputing it"
             )
             return False
         if entry.get("checkpoint") != self.checkpoint_digest:
@@ -306,10 +321,12 @@ class RunFolder:
 __all__ = [
     "LOCK_FILE",
     "MANIFEST",
-    "RUN_ENTRIES",
+    "SUBFOLDERS",
+    "TOP_LEVEL_FILES",
     "RUN_MARKER",
     "RunFolder",
     "RunFolderBusyError",
+    "config_digest",
     "save_npz",
     "sha256",
     "to_jsonable",

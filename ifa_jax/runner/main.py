@@ -20,9 +20,15 @@ from ifa_jax import scale
 from ifa_jax.runner import registry
 from ifa_jax.runner.config import Config, load_config, override
 from ifa_jax.runner.evaluations import EVALUATIONS, Evaluation
-from ifa_jax.runner.folder import RunFolder, to_jsonable, write_json
+from ifa_jax.runner.folder import RunFolder, config_digest, to_jsonable, write_json
 from ifa_jax.runner.report import FIGURES, Figure, make_figures, write_report
-from ifa_jax.runner.stages import RunContext, check_model, stage_analyse, stage_train
+from ifa_jax.runner.stages import (
+    RunContext,
+    check_model,
+    load_given_variables,
+    stage_analyse,
+    stage_train,
+)
 
 
 def _jsonable(obj):
@@ -95,12 +101,38 @@ def run(
     name and its section in ``report.md``. Returns the contents of ``results.json``.
     """
     start = time.perf_counter()
+    if not isinstance(config, Config):
+        raise ValueError(
+            f"config must be an ifa_jax.runner.Config, not a {type(config).__name__}; build "
+            "one with Config(...), config_from_dict(...) or load_config(path)"
+        )
+    for what, names in (
+        ("evaluation", [e.name for e in evaluations]),
+        ("figure", [f.key for f in figures]),
+    ):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"{what} name(s) {', '.join(twice)} appear more than once; give "
+                f"each {what} its own name"
+            )
     splits = registry.load_data(config)
     model = registry.build_model(config, splits)
     check_model(config, model, splits)
-    with RunFolder(out, config, overwrite=overwrite, log=log) as run_folder:
+    given = load_given_variables(config, model, splits) if config.variables else None
+    if given is not None and overwrite:
+        inside = os.path.commonpath([os.path.abspath(out), os.path.abspath(config.variables)])
+        if inside == os.path.abspath(out):
+            raise ValueError(
+                f"variables {config.variables!r} lie inside the run folder {str(out)!r} that "
+                "--overwrite would clear; copy them elsewhere first, or choose another --out"
+            )
+    inputs = config_digest(config, *registry.plugin_sources(config))
+    with RunFolder(out, config, overwrite=overwrite, log=log, inputs=inputs) as run_folder:
         ctx = RunContext(config, run_folder, splits, model, log)
-        stage_train(ctx)
+        if given is not None:
+            ctx.variables = given[0]
+        stage_train(ctx, given[1] if given is not None else None)
         stage_analyse(ctx)
         stage_evaluate(ctx, evaluations)
         drawn = make_figures(ctx, figures)

@@ -24,6 +24,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
+
 from ifa_jax import data, models
 
 
@@ -112,63 +114,114 @@ def load_object(spec: str, what: str) -> Callable[..., Any]:
     return obj
 
 
-def call_with_accepted(factory: Callable[..., Any], kwargs: dict, optional: dict) -> Any:
-    """``factory(**kwargs, **those of optional its signature accepts)``."""
+def plugin_sources(config) -> list[str]:
+    """The source files of the config's plug-ins (their code is part of a run's inputs)."""
+    sources = []
+    for spec, table in ((config.model, MODELS), (config.dataset, DATASETS)):
+        if is_plugin(spec, table):
+            target = spec.rpartition(":")[0]
+            if target.endswith(".py"):
+                sources.append(os.path.abspath(target))
+            else:
+                found = importlib.util.find_spec(target)
+                if found is not None and found.origin and os.path.isfile(found.origin):
+                    sources.append(found.origin)
+    return sources
+
+
+def call_with_accepted(
+    factory: Callable[..., Any], kwargs: dict, optional: dict, what: str = "factory"
+) -> Any:
+    """``factory(**kwargs, **those of optional its signature accepts)``; a call the
+    signature rejects is reported naming ``what`` and the keyword arguments."""
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = {}
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     extra = {k: v for k, v in optional.items() if takes_all or k in params}
+    try:
+        inspect.signature(factory).bind(**kwargs, **extra)
+    except TypeError as e:
+        raise ValueError(
+            f"{what} does not take the arguments {sorted({**kwargs, **extra})} ({e}); fix the "
+            "config's model_kwargs / dataset_kwargs"
+        ) from None
+    except ValueError:  # no signature to check against (a builtin): just call it
+        pass
     return factory(**kwargs, **extra)
 
 
 def load_data(config) -> data.Splits:
-    """The config's dataset as train / validation splits."""
+    """The config's dataset as train / validation splits (checked to match each other)."""
     spec, kwargs = config.dataset, dict(config.dataset_kwargs)
     optional = {
         "seed": config.seed,
         "validation_size": config.validation_size,
         "image_size": config.image_size,
     }
-    if is_plugin(spec, DATASETS):
-        out = call_with_accepted(load_object(spec, "dataset"), kwargs, optional)
-        if isinstance(out, tuple) and not isinstance(out, data.Splits) and len(out) == 2:
-            out = data.Splits(*out)
-        if not isinstance(out, data.Splits):
+    if not is_plugin(spec, DATASETS):
+        name, _, argument = spec.partition(":")
+        return DATASETS[name](argument, **optional)
+    out = call_with_accepted(load_object(spec, "dataset"), kwargs, optional, f"dataset {spec!r}")
+    if isinstance(out, tuple) and not isinstance(out, data.Splits) and len(out) == 2:
+        out = data.Splits(*out)
+    if not isinstance(out, data.Splits):
+        raise ValueError(
+            f"dataset factory {spec!r} returned a {type(out).__name__}; it must return "
+            "ifa_jax.data.Splits or a (train, validation) pair"
+        )
+    for name in ("train", "validation"):
+        split = getattr(out, name)
+        missing = [
+            a for a in ("__len__", "gather", "input_shape", "num_classes") if not hasattr(split, a)
+        ]
+        if missing:
             raise ValueError(
-                f"dataset factory {spec!r} returned a {type(out).__name__}; it "
-                "must return ifa_jax.data.Splits or a (train, validation) pair"
+                f"dataset factory {spec!r}: its {name} split lacks {', '.join(missing)}; "
+                "return ifa_jax.data.Dataset"
             )
-        for name in ("train", "validation"):
-            split = getattr(out, name)
-            missing = [
-                a
-                for a in ("__len__", "gather", "input_shape", "num_classes")
-                if not hasattr(split, a)
-            ]
-            if missing:
-                raise ValueError(
-                    f"dataset factory {spec!r}: its {name} split lacks "
-                    f"{', '.join(missing)}; return ifa_jax.data.Dataset"
-                )
-        return out
-    name, _, argument = spec.partition(":")
-    return DATASETS[name](argument, **optional)
+    train, val = out.train, out.validation
+    for what in ("input_shape", "num_classes"):
+        a, b = getattr(train, what), getattr(val, what)
+        if (tuple(a) if what == "input_shape" else a) != (tuple(b) if what == "input_shape" else b):
+            raise ValueError(
+                f"dataset factory {spec!r}: the train split has {what} {a} but the validation "
+                f"split {b}; both splits must share it (resize the images, or give both the "
+                "same num_classes)"
+            )
+    return out
 
 
 def build_model(config, splits: data.Splits):
     """The config's (untrained) Linen model for ``splits``."""
-    factory = (
-        load_object(config.model, "model")
-        if is_plugin(config.model, MODELS)
-        else MODELS[config.model]
-    )
-    return call_with_accepted(
+    plugin = is_plugin(config.model, MODELS)
+    factory = load_object(config.model, "model") if plugin else MODELS[config.model]
+    model = call_with_accepted(
         factory,
         dict(config.model_kwargs),
-        {"num_classes": splits.train.num_classes, "input_shape": tuple(splits.train.input_shape)},
+        {
+            "num_classes": splits.train.num_classes,
+            "input_shape": tuple(splits.train.input_shape),
+        },
+        f"model {config.model!r}",
     )
+    if isinstance(model, type) or not isinstance(model, nn.Module):
+        what = (
+            f"the class {model.__name__}"
+            if isinstance(model, type)
+            else (f"a {type(model).__module__}.{type(model).__name__}")
+        )
+        hint = (
+            "; NNX models are not run by the runner yet: probe them with ifa_jax.nnx_probe"
+            if "nnx" in type(model).__module__ or "nnx" in getattr(model, "__module__", "")
+            else ""
+        )
+        raise ValueError(
+            f"model {config.model!r} gave {what}, not a flax.linen Module instance; the "
+            f"factory must return one, e.g. CNN(num_classes=num_classes){hint}"
+        )
+    return model
 
 
 def check_names(model: str, dataset: str) -> list[str]:

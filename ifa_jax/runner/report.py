@@ -179,9 +179,10 @@ def make_figures(ctx: RunContext, figures: Sequence[Figure] = FIGURES) -> dict[s
     for fig in figures:
         drawn = fig.draw(ctx)
         if drawn is not None:
-            path = ctx.run.file("figures", f"{fig.key}.png")
-            plots.save(drawn, path)
-            out[fig.key] = os.path.relpath(path, ctx.run.path)
+            name = os.path.join("figures", f"{fig.key}.png")
+            plots.save(drawn, ctx.run.file(name))
+            ctx.run.record(name)  # so --overwrite knows it is the runner's
+            out[fig.key] = name
     return out
 
 

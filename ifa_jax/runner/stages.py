@@ -83,9 +83,16 @@ def check_model(config: Config, model, splits: data.Splits) -> None:
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     available = linen_layers(model, template, x, **kwargs)
     try:
-        resolve_layer(config.layer, list(available))
+        path = resolve_layer(config.layer, list(available))
     except ValueError as e:
         raise ValueError(f"config field 'layer': {e}") from None
+    shape = available[path]
+    if not (isinstance(shape, tuple) and 3 <= len(shape) <= 5):
+        grids = [p for p, s in available.items() if isinstance(s, tuple) and 3 <= len(s) <= 5]
+        raise ValueError(
+            f"config field 'layer': {config.layer!r} outputs {shape}, not a feature grid "
+            f"(B, *spatial, K); layers with one: {', '.join(grids) or '(none)'}"
+        )
     out = jax.eval_shape(lambda v, x: model.apply(v, x, **kwargs), template, x)
     num_classes = splits.train.num_classes
     if getattr(out, "ndim", 0) != 2 or out.shape[-1] < num_classes:
@@ -96,39 +103,49 @@ def check_model(config: Config, model, splits: data.Splits) -> None:
         )
 
 
-def check_finite_weights(variables, where: str) -> None:
-    """Refuse variables with NaN or inf, naming the arrays."""
+TRAINING_DIVERGED = (
+    "training diverged. Lower train.lr or set train.grad_clip_norm, and rerun with --overwrite"
+)
+
+
+def check_finite_weights(variables, where: str, fix: str = TRAINING_DIVERGED) -> None:
+    """Refuse variables with NaN or inf, naming the arrays and ``fix``."""
     leaves = jax.tree_util.tree_leaves_with_path(variables)
     bad = [jax.tree_util.keystr(p) for p, v in leaves if not np.isfinite(np.asarray(v)).all()]
     if bad:
         raise FloatingPointError(
             f"the model in {where} has non-finite weights in {len(bad)} of {len(leaves)} "
-            f"arrays ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): training "
-            "diverged. Lower train.lr or set train.grad_clip_norm, and rerun with --overwrite"
+            f"arrays ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): {fix}"
         )
 
 
-def _given_variables(ctx: RunContext) -> None:
-    """The config's ``variables`` (a msgpack file or an orbax folder), analysed as they
-    are (no training)."""
-    config, run = ctx.config, ctx.run
-    path = os.path.abspath(config.variables)
+def load_given_variables(config: Config, model, splits: data.Splits) -> tuple[Any, str]:
+    """The config's ``variables`` (a msgpack file or an orbax folder) and their digest,
+    checked against the model before the run folder is touched."""
+    path = os.path.abspath(str(config.variables))
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"variables file {path!r} (config field 'variables') does not exist"
         )
-    run.checkpoint_digest = sha256(path)
-    ctx.variables = training.load_checkpoint(
-        path, _template(config, ctx.model, ctx.splits.train.input_shape)
+    variables = training.load_checkpoint(path, _template(config, model, splits.train.input_shape))
+    check_finite_weights(
+        variables, path, "these variables cannot be analysed; name a trained model's variables"
     )
-    check_finite_weights(ctx.variables, path)
+    return variables, sha256(path)
+
+
+def _given_variables(ctx: RunContext, digest: str) -> None:
+    """Record (or reload) what the given variables score; nothing is trained."""
+    config, run = ctx.config, ctx.run
+    run.checkpoint_digest = digest
     if run.valid("train.json"):
         with open(run.file("train.json")) as f:
             ctx.train_info = json.load(f)
         return
+    path = os.path.abspath(str(config.variables))
     ctx.train_info = {
         "variables": path,
-        "sha256": run.checkpoint_digest,
+        "sha256": digest,
         "validation_accuracy": training.evaluate(
             ctx.model, ctx.variables, ctx.splits.validation, batch_size=config.batch_size
         ),
@@ -140,12 +157,13 @@ def _given_variables(ctx: RunContext) -> None:
     )
 
 
-def stage_train(ctx: RunContext) -> None:
-    """Train, or load the checkpoint that verifies, or take the config's ``variables``.
-    Sets ``ctx.variables``, ``ctx.train_info`` and ``run.checkpoint_digest``."""
+def stage_train(ctx: RunContext, given_digest: str | None = None) -> None:
+    """Train, or load the checkpoint that verifies, or take the config's ``variables``
+    (already in ``ctx.variables``, with ``given_digest``). Sets ``ctx.variables``,
+    ``ctx.train_info`` and ``run.checkpoint_digest``."""
     config, run, log = ctx.config, ctx.run, ctx.log
-    if config.variables is not None:
-        return _given_variables(ctx)
+    if given_digest is not None:
+        return _given_variables(ctx, given_digest)
     ckpt = run.file("checkpoint.msgpack")
     if run.valid("checkpoint.msgpack"):
         run.checkpoint_digest = run.manifest["checkpoint.msgpack"]["sha256"]
@@ -260,6 +278,7 @@ def make_scale(config: Config, samples: Mapping[str, np.ndarray]) -> scale.Scale
 
 __all__ = [
     "RunContext",
+    "load_given_variables",
     "check_finite_weights",
     "check_model",
     "load_analysis",
