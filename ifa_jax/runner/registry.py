@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+from flax import nnx
 
 from ifa_jax import data, models
 
@@ -134,21 +135,22 @@ def call_with_accepted(
 ) -> Any:
     """``factory(**kwargs, **those of optional its signature accepts)``; a call the
     signature rejects is reported naming ``what`` and the keyword arguments."""
+    # A class is read through its __init__ (a metaclass may hide it behind *args, **kwargs).
+    is_class = isinstance(factory, type)
     try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
+        signature = inspect.signature(factory.__init__ if is_class else factory)
+    except (TypeError, ValueError):  # no signature to read (a builtin): just call it
+        return factory(**kwargs)
+    params = signature.parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     extra = {k: v for k, v in optional.items() if takes_all or k in params}
     try:
-        inspect.signature(factory).bind(**kwargs, **extra)
+        signature.bind(*((None,) if is_class else ()), **kwargs, **extra)
     except TypeError as e:
         raise ValueError(
             f"{what} does not take the arguments {sorted({**kwargs, **extra})} ({e}); fix the "
             "config's model_kwargs / dataset_kwargs"
         ) from None
-    except ValueError:  # no signature to check against (a builtin): just call it
-        pass
     return factory(**kwargs, **extra)
 
 
@@ -214,7 +216,7 @@ def build_model(config, splits: data.Splits):
         )
         hint = (
             "; NNX models are not run by the runner yet: probe them with ifa_jax.nnx_probe"
-            if "nnx" in type(model).__module__ or "nnx" in getattr(model, "__module__", "")
+            if isinstance(model, nnx.Module)
             else ""
         )
         raise ValueError(
