@@ -16,12 +16,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 
 def is_traced(*arrays: Any) -> bool:
     """True when any of ``arrays`` is a tracer (inside ``jit``/``vmap``/``grad``): its
     values are unknown, so value checks must be skipped."""
-    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+    return any(isinstance(a, Tracer) for a in arrays)
 
 
 def one_of(what: str, value: Any, options: Sequence[Any]) -> None:

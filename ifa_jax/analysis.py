@@ -261,7 +261,7 @@ def batch_stats(
     methods = (method,) if isinstance(method, str) else tuple(method)
     result = probe(variables, x, y if target == "label" else target, score=score)
     A, G = result.activations, result.gradients
-    if isinstance(A, dict):
+    if isinstance(A, dict) or isinstance(G, dict):
         raise ValueError("analyse one layer at a time: build the probe with a single layer")
     prediction = jnp.argmax(result.logits, -1).astype(jnp.int32)
     valid = valid.astype(bool)
@@ -485,7 +485,7 @@ class RecordBatches:
 
     source: Any
     batch_size: int
-    keys: tuple[str, str] = DEFAULT_KEYS
+    keys: tuple[str, ...] = DEFAULT_KEYS
     spatial_ndim: int | None = None
     drop_remainder: bool = False
     shard_index: int = 0
@@ -660,7 +660,7 @@ def _label_dtype_error(i: int, dtype: np.dtype) -> ValueError:
 def _is_output_target(target: Any) -> bool:
     """An int output index or a callable objective (what a binned target needs)."""
     index = isinstance(target, (int, np.integer)) and not isinstance(target, (bool, np.bool_))
-    return index or callable_target(target) is not None
+    return index or (callable(target) and not isinstance(target, str))
 
 
 def _length(batches: Any) -> int | None:

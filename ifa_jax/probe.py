@@ -119,8 +119,9 @@ def _output_hint(out: Any) -> str:
     if isinstance(out, Mapping) and out:
         keys = list(out)
         return f"output={'logits' if 'logits' in keys else keys[0]!r} (a key)"
-    if hasattr(out, "_fields") and out._fields:
-        fields = list(out._fields)
+    names = getattr(out, "_fields", None)
+    if names:
+        fields = list(names)
         return f"output={'logits' if 'logits' in fields else fields[0]!r} (a field)"
     return "output=0 (an index)"
 
@@ -139,7 +140,7 @@ def select_output(out: Any, output: Output = None) -> Array:
             f"array of shape {tuple(out.shape)}; leave output=None"
         )
     else:
-        fields = hasattr(out, "_fields") or dataclasses.is_dataclass(out)
+        fields = hasattr(out, "_fields") or hasattr(type(out), "__dataclass_fields__")
         try:
             if isinstance(output, str) and fields and hasattr(out, output):
                 picked = getattr(out, output)
@@ -239,7 +240,9 @@ def _tap_output(name: str, path: str, out: Any, acts: dict, deltas: Mapping | No
 # --------------------------------------------------------------------------- Linen
 
 
-def linen_layers(model: nn.Module, variables: Any, x: Array, **apply_kwargs) -> dict[str, Any]:
+def linen_layers(
+    model: nn.Module, variables: Any, x: Array | jax.ShapeDtypeStruct, **apply_kwargs
+) -> dict[str, Any]:
     """All submodule paths called by ``model.apply`` on ``x``, with their output shapes.
 
     Runs abstractly (``jax.eval_shape``): nothing is computed.
@@ -402,6 +405,9 @@ class LayerProbe:
     layers: tuple[str, ...]
     single: bool = True
     check_finite: bool = True
+    # Set in __post_init__: the jitted core and the cache of output shapes.
+    _jit_core: Callable = dataclasses.field(init=False, repr=False)
+    _shapes: dict = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self):
         core = jax.jit(self._core, static_argnames=("mode", "fn", "score"))

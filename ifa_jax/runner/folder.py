@@ -51,7 +51,7 @@ def write_json(path: str, obj) -> None:
 def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     """``arrays`` as an ``.npz`` at ``path``, atomically."""
     with io.atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # pyright: ignore[reportArgumentType] (numpy stub: **kwds)
 
 
 # The file that marks a folder as made by the runner: --overwrite clears only such folders.
@@ -248,8 +248,9 @@ class RunFolder:
 
     def close(self) -> None:
         """Release the folder's lock."""
-        if getattr(self, "_lock", None) is not None:
-            self._lock.close()
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
             self._lock = None
 
     def __enter__(self) -> RunFolder:

@@ -121,7 +121,7 @@ def run(
     check_model(config, model, splits)
     given = load_given_variables(config, model, splits) if config.variables else None
     if given is not None and overwrite:
-        inside = os.path.commonpath([os.path.abspath(out), os.path.abspath(config.variables)])
+        inside = os.path.commonpath([os.path.abspath(out), os.path.abspath(str(config.variables))])
         if inside == os.path.abspath(out):
             raise ValueError(
                 f"variables {config.variables!r} lie inside the run folder {str(out)!r} that "

@@ -92,6 +92,7 @@ def load_object(spec: str, what: str) -> Callable[..., Any]:
             raise FileNotFoundError(f"{what} {spec!r}: the file {path!r} does not exist")
         name = f"ifa_jax_plugin_{abs(hash(path))}"
         module_spec = importlib.util.spec_from_file_location(name, path)
+        assert module_spec is not None and module_spec.loader is not None  # a .py file
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module  # dataclasses and pickling look modules up by name
         module_spec.loader.exec_module(module)

@@ -37,11 +37,14 @@ class RunContext:
     splits: data.Splits
     model: Any
     log: Callable[[str], None]
-    variables: Any = None
-    train_info: dict | None = None
-    probe: LayerProbe | None = None
-    analyses: dict[str, dict[str, tuple[analysis.Summary, dict[str, np.ndarray]]]] | None = None
-    scales: dict[str, scale.Scale] | None = None
+    # Filled by the stages in turn (reading one before its stage ran is an AttributeError).
+    variables: Any = dataclasses.field(init=False)
+    train_info: dict = dataclasses.field(init=False)
+    probe: LayerProbe = dataclasses.field(init=False)
+    analyses: dict[str, dict[str, tuple[analysis.Summary, dict[str, np.ndarray]]]] = (
+        dataclasses.field(init=False)
+    )
+    scales: dict[str, scale.Scale] = dataclasses.field(init=False)
     evaluations: dict[str, tuple[dict, dict[str, np.ndarray]]] = dataclasses.field(
         default_factory=dict
     )
@@ -240,7 +243,7 @@ def stage_analyse(ctx: RunContext) -> None:
         if not all(run.valid(n) for n in names.values()):
             ds = getattr(ctx.splits, split_name)
             start = time.perf_counter()
-            results = analysis.analyze(
+            results = analyze_all(
                 ctx.probe,
                 ctx.variables,
                 ctx.batches(ds),
@@ -261,6 +264,13 @@ def stage_analyse(ctx: RunContext) -> None:
         for m in methods:
             ctx.analyses[m][split_name] = load_analysis(run.file(names[m]))
     ctx.scales = {m: make_scale(config, ctx.analyses[m]["train"][1]) for m in methods}
+
+
+def analyze_all(*args, **kwargs) -> dict[str, analysis.Analysis]:
+    """:func:`ifa_jax.analysis.analyze` with a tuple of methods: ``{method: Analysis}``."""
+    results = analysis.analyze(*args, **kwargs)
+    assert isinstance(results, dict)  # a tuple of methods gives one Analysis per method
+    return results
 
 
 def make_scale(config: Config, samples: Mapping[str, np.ndarray]) -> scale.Scale:
