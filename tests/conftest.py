@@ -45,3 +45,26 @@ def random_ag(key, shape, positive=True):
     ka, kg = jax.random.split(key)
     a = jax.random.uniform(ka, shape) if positive else jax.random.normal(ka, shape)
     return a, jax.random.normal(kg, shape)
+
+
+class _TraceCounter:
+    """Counts how often the analysis step is traced (= compiled) while installed."""
+
+    def __init__(self, inner):
+        self.inner, self.count = inner, 0
+
+    def __call__(self, *args, **kwargs):
+        self.count += 1  # runs only while jax traces the jitted step
+        return self.inner(*args, **kwargs)
+
+
+@pytest.fixture
+def traces(monkeypatch):
+    """``traces.count``: traces of ``analysis.analysis_step`` since the test began. The
+    jitted step calls ``analysis.batch_stats`` only while tracing, so counting its calls
+    counts compilations through public behaviour, not jax's private cache."""
+    from ifa_jax import analysis
+
+    counter = _TraceCounter(analysis.batch_stats)
+    monkeypatch.setattr(analysis, "batch_stats", counter)
+    return counter

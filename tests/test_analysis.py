@@ -135,15 +135,15 @@ def batches_of(x, y, size):
     return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
 
 
-def test_analyze_matches_per_sample_cams_and_compiles_once(small_model):
+def test_analyze_matches_per_sample_cams_and_compiles_once(small_model, traces):
     model, variables, x, y = small_model
     probe = linen_probe(model, "conv2")
-    before = analysis.analysis_step._cache_size()
+    before = traces.count
     result = analysis.analyze(
         probe, variables, batches_of(x, y, 4), num_classes=3, method="gradcam", progress=False
     )
     # 3 batches, the last one short (3 of 4): one compilation for the whole pass.
-    assert analysis.analysis_step._cache_size() - before == 1
+    assert traces.count - before == 1
     res, cam = explain(probe, variables, x, y, "gradcam")
     pred = np.asarray(res.logits).argmax(-1)
     counted = pred == y

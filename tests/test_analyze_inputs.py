@@ -49,12 +49,12 @@ def run(probe, variables, batches, **kw):
 # --------------------------------------------------------------------------- batch kinds
 
 
-def test_batch_and_dict_batches_equal_tuples_and_compile_once(colour):
+def test_batch_and_dict_batches_equal_tuples_and_compile_once(colour, traces):
     variables, x, y = colour
     probe = linen_probe(MODEL, "conv2")
-    before = analysis.analysis_step._cache_size()
+    before = traces.count
     want = run(probe, variables, tuples(x, y))  # batches of 4, 4, 2
-    assert analysis.analysis_step._cache_size() - before == 1
+    assert traces.count - before == 1
     ds = data.Dataset(x, y.astype(np.int32), 3)
     as_batch = list(data.batches(ds, 4, shard_index=0, shard_count=1))  # padded to 4
     assert isinstance(as_batch[-1], data.Batch) and as_batch[-1].mask.sum() == 2
@@ -69,7 +69,7 @@ def test_batch_and_dict_batches_equal_tuples_and_compile_once(colour):
     ]:
         assert_same(run(probe, variables, batches, keys=keys), want)
     # Every kind pads to the same (4, 6, 5, 2) batch: still the one compilation.
-    assert analysis.analysis_step._cache_size() - before == 1
+    assert traces.count - before == 1
 
 
 def test_batch_mask_is_honoured(colour):
@@ -138,7 +138,7 @@ def grey_records():
     return records, images, labels, variables
 
 
-def test_record_batches_from_a_list_of_dicts(grey_records):
+def test_record_batches_from_a_list_of_dicts(grey_records, traces):
     records, images, labels, variables = grey_records
     batches = analysis.record_batches(records, 4)
     assert len(batches) == 3
@@ -153,9 +153,9 @@ def test_record_batches_from_a_list_of_dicts(grey_records):
     floats = [{"image": r["image"], "label": r["label"] + 0.25} for r in records]
     np.testing.assert_allclose(next(iter(analysis.record_batches(floats, 4))).y, labels[:4] + 0.25)
     probe = linen_probe(MODEL, "conv2")
-    before = analysis.analysis_step._cache_size()
+    before = traces.count
     want = run(probe, variables, tuples(data.as_images(images), labels), count="all")
-    assert analysis.analysis_step._cache_size() - before == 1
+    assert traces.count - before == 1
     assert_same(run(probe, variables, batches, count="all"), want)
     pairs = [(r["image"], r["label"]) for r in records]  # records as (image, label) pairs
     assert_same(run(probe, variables, analysis.record_batches(pairs, 4), count="all"), want)
@@ -166,7 +166,7 @@ def test_record_batches_from_a_list_of_dicts(grey_records):
         ),
         want,
     )
-    assert analysis.analysis_step._cache_size() - before == 1
+    assert traces.count - before == 1
 
 
 def test_record_source_and_dataset_passed_directly_point_to_the_helpers(grey_records, colour):
@@ -203,7 +203,7 @@ def test_record_source_and_dataset_passed_directly_point_to_the_helpers(grey_rec
         analysis.record_batches(records, 0)
 
 
-def test_record_batches_from_a_tfds_data_source():
+def test_record_batches_from_a_tfds_data_source(traces):
     model = ConvNet(ndim=2, features=(4, 6), num_classes=10)
     with tfds.testing.mock_data(num_examples=6):
         source = tfds.data_source("mnist", split="train")
@@ -211,9 +211,9 @@ def test_record_batches_from_a_tfds_data_source():
         probe = linen_probe(model, "conv2")
         images = np.stack([source[i]["image"] for i in range(6)])  # (6, 28, 28, 1) uint8
         labels = np.array([source[i]["label"] for i in range(6)])
-        before = analysis.analysis_step._cache_size()
+        before = traces.count
         got = run(probe, variables, analysis.record_batches(source, 4), num_classes=10, count="all")
-        assert analysis.analysis_step._cache_size() - before == 1
+        assert traces.count - before == 1
         want = run(
             probe, variables, tuples(images / np.float32(255), labels), num_classes=10, count="all"
         )
@@ -261,12 +261,12 @@ def regression():
     return model, variables, x, y
 
 
-def test_float_targets_are_analysed_per_quantile_bin(regression):
+def test_float_targets_are_analysed_per_quantile_bin(regression, traces):
     model, variables, x, y = regression
     probe = linen_probe(model, "conv2")
     edges = analysis.quantile_bins(y, 4)
     np.testing.assert_allclose(edges, np.quantile(y.astype(np.float64), [0, 0.25, 0.5, 0.75, 1]))
-    before = analysis.analysis_step._cache_size()
+    before = traces.count
     result = analysis.analyze(
         probe,
         variables,
@@ -276,7 +276,7 @@ def test_float_targets_are_analysed_per_quantile_bin(regression):
         keep_importance=True,
         progress=False,
     )  # batches 8, 8, 6
-    assert analysis.analysis_step._cache_size() - before == 1
+    assert traces.count - before == 1
     bin_of = np.digitize(y, edges[1:-1])
     np.testing.assert_array_equal(result.summary.class_counts, np.histogram(y, edges)[0])
     np.testing.assert_array_equal(result.summary.class_counts, np.bincount(bin_of, minlength=4))
@@ -310,7 +310,7 @@ def test_float_targets_are_analysed_per_quantile_bin(regression):
         keep_importance=True,
         progress=False,
     )
-    assert analysis.analysis_step._cache_size() - before == 1
+    assert traces.count - before == 1
     want = np.bincount(np.clip(np.digitize(y, narrow) - 1, 0, 3), minlength=4)
     np.testing.assert_array_equal(other.summary.class_counts, want)
     np.testing.assert_array_equal(other.samples["label"], np.digitize(y, narrow[1:-1]))
