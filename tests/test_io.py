@@ -52,6 +52,9 @@ def test_stale_temporaries_are_found_below_a_folder(tmp_path):
 
 def test_a_folder_that_cannot_hold_the_file_is_named(tmp_path):
     (tmp_path / "figures").write_text("a file where a folder should be")
-    with pytest.raises(io.WriteError, match=r"could not write .*figures/cams\.png .*fix the "
-                                            r"folder's permissions"):
+    with pytest.raises(
+        io.WriteError,
+        match=r"could not write .*figures/cams\.png .*fix the "
+        r"folder's permissions",
+    ):
         io.atomic_write_bytes(tmp_path / "figures" / "cams.png", b"png")
