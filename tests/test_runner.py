@@ -599,3 +599,15 @@ def test_overwrite_refuses_to_clear_the_variables_it_analyses(finished_run, tmp_
     with pytest.raises(ValueError, match=r"lie inside the run folder .* --overwrite would clear"):
         runner.run(inside, copy, overwrite=True, log=lambda s: None)
     assert (copy / "checkpoint.msgpack").exists()
+
+
+def test_editing_a_plugin_changes_the_run_inputs(tmp_path):
+    plugin = tmp_path / "bad.py"
+    plugin.write_text(BAD_PLUGINS)
+    config = tiny(model=f"{plugin}:Net", model_kwargs=(), layer="conv")
+    assert runner.registry.plugin_sources(config) == [str(plugin)]
+    before = runner.folder.config_digest(config, *runner.registry.plugin_sources(config))
+    plugin.write_text(BAD_PLUGINS.replace("nn.Conv(4,", "nn.Conv(5,"))
+    after = runner.folder.config_digest(config, *runner.registry.plugin_sources(config))
+    assert before != after  # so every stage output of the old code is recomputed
+    assert runner.registry.plugin_sources(tiny()) == []
