@@ -64,18 +64,20 @@ def class_levels(probe, variables, x, classes, masks, scales, *, methods: tuple[
 
 class ConsistencyLevels(NamedTuple):
     """Activation levels over a dataset. classes: (n,) the explained classes; methods: the
-    CAM methods; levels: (n, len(methods), len(LEVELS), N) over the N valid samples in
-    input order; logits: (N, O)."""
+    CAM methods; levels: (n, len(methods), len(names), N) over the N valid samples in
+    input order; logits: (N, O); names: the ways of scaling held (:data:`LEVELS`, or only
+    'common' from :func:`common_levels`)."""
 
     classes: np.ndarray
     methods: tuple[str, ...]
     levels: np.ndarray
     logits: np.ndarray
+    names: tuple[str, ...] = LEVELS
 
     def of(self, c: int, method: str, level: str) -> np.ndarray:
         """The (N,) levels of class ``c`` for one method and way of scaling."""
         i = int(np.flatnonzero(self.classes == c)[0])
-        return self.levels[i, self.methods.index(method), LEVELS.index(level)]
+        return self.levels[i, self.methods.index(method), self.names.index(level)]
 
 
 def consistency_levels(
@@ -143,6 +145,110 @@ def consistency_levels(
     )
 
 
+# --------------------------------------------------------------------------- the jvp path
+
+# Methods whose CAM mass sum(M) over grid and channels is linear in G: it equals <G, T(A)>
+# for a tangent T built from the activations alone.
+LINEAR_METHODS = ("gradcam", "hirescam", "xgradcam")
+
+
+def mass_tangent(A: jax.Array, method: str) -> jax.Array:
+    """The tangent T (B, *spatial, K) with sum over grid and channels of M = <G, T>.
+
+    HiResCAM: T = A. GradCAM (w_k = grid mean of G_k): T_k = grid mean of A_k, broadcast.
+    XGradCAM (w_k = sum(G_k A_k) / (sum(A_k) + eps)): T_k = A_k sum(A_k) / (sum(A_k) + eps).
+    """
+    method = cams.canonical_method(method)
+    axes = cams.spatial_axes(A)
+    if method == "hirescam":
+        return A
+    if method == "gradcam":
+        return jnp.broadcast_to(jnp.mean(A, axis=axes, keepdims=True), A.shape)
+    if method == "xgradcam":
+        total = jnp.sum(A, axis=axes, keepdims=True)
+        return A * (total / (total + cams.EPS))
+    raise ValueError(
+        f"{method}'s CAM mass is not linear in the gradients, so it has no jvp path; the "
+        f"linear methods are {', '.join(LINEAR_METHODS)} (use consistency_levels)"
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("probe", "methods"))
+def class_masses(probe, variables, x, *, methods: tuple[str, ...]):
+    """CAM mass sum(M) of every method for every output class at once: (methods, B, O),
+    and the logits (B, O). One forward pass, linearised at the layer, and one application
+    of the linear map per method: the class count does not change the cost.
+    """
+    (layer,) = probe.layers
+    shapes = jax.eval_shape(lambda: probe.tapped(variables, x, None))[1]
+    zeros = jnp.zeros(shapes[layer].shape, shapes[layer].dtype)
+
+    def logits_and_A(delta):
+        logits, acts = probe.tapped(variables, x, {layer: delta})
+        logits = logits[:, None] if logits.ndim == 1 else logits
+        return logits, acts[layer]  # A is recorded before delta is added: no tangent
+
+    (logits, A), linear = jax.linearize(logits_and_A, zeros)
+    tangents = jnp.stack([mass_tangent(A, m) for m in methods])
+    masses = jax.vmap(lambda t: linear(t)[0])(tangents)  # d logits along T = <G_c, T>
+    return masses, logits
+
+
+def common_levels(
+    probe,
+    variables,
+    batches: Iterable,
+    *,
+    scales: Mapping[str, Any],
+    classes: Sequence[int] | None = None,
+) -> ConsistencyLevels:
+    """The 'common' activation level of every class from one jvp per method.
+
+    For the linear methods (:data:`LINEAR_METHODS`) and an affine scale (``norm`` or
+    ``tanh`` inverted, without ``remove_negative``) the mean of the rescaled CAM is
+    ``a * sum(M) / grid + b``, and sum(M) for every class is one directional derivative
+    of the logits (:func:`class_masses`). Equals :func:`consistency_levels`' 'common'
+    level; the clipped, per-image and subset levels (and the other methods) need the maps
+    and so the per-class vjps there. classes: the outputs to keep (default: all).
+    """
+    methods = tuple(scales)
+    for m in methods:
+        sc = scales[m]
+        if not isinstance(sc, scale.Scale):
+            raise ValueError(f"scales[{m!r}] is a {type(sc).__name__}, not an ifa_jax.scale.Scale")
+        if sc.remove_negative:
+            raise ValueError(
+                f"scales[{m!r}] removes negatives (relu), which is not linear in the CAM; use "
+                "consistency_levels for it"
+            )
+        mass_tangent(jnp.zeros((1, 1, 1)), m)  # refuses a non-linear method up front
+    chunks, logits_all, valid_all = [], [], []
+    grid = None
+    for batch in batches:
+        x, _, valid = batch if len(batch) == 3 else (*batch, np.ones(len(batch[0]), bool))
+        masses, logits = jax.device_get(
+            class_masses(probe, variables, jnp.asarray(x), methods=methods)
+        )
+        if grid is None:
+            A_shape = probe.output_shapes(variables, jnp.asarray(x))[1][probe.layers[0]]
+            grid = int(np.prod(A_shape[1:-1]))
+        chunks.append(masses)
+        logits_all.append(logits)
+        valid_all.append(np.asarray(valid, bool))
+    if not chunks:
+        raise ValueError("batches is empty: nothing to evaluate")
+    valid = np.concatenate(valid_all)
+    masses = np.concatenate(chunks, axis=1)[:, valid]  # (M, N, O)
+    logits = np.concatenate(logits_all)[valid]
+    keep = np.arange(logits.shape[1]) if classes is None else np.asarray(list(classes))
+    outputs_in_range(keep, logits.shape[1])
+    a = np.array([scales[m].a for m in methods])[:, None, None]
+    b = np.array([scales[m].b for m in methods])[:, None, None]
+    levels = a * masses / grid + b  # (M, N, O)
+    levels = np.transpose(levels[..., keep], (2, 0, 1))[:, :, None, :]  # (n, M, 1, N)
+    return ConsistencyLevels(keep, methods, levels.astype(np.float32), logits, ("common",))
+
+
 class ConsistencySummary(NamedTuple):
     """per_class: ``{method: {class: {level: metrics.consistency(...), 'auroc':
     metrics.auroc(...)}}}`` (classes as strings, JSON-ready); summary: ``{method: {level:
@@ -161,13 +267,13 @@ def summarize_consistency(levels: ConsistencyLevels) -> ConsistencySummary:
     for c in levels.classes.tolist():
         y_c = levels.logits[:, c]
         for m in levels.methods:
-            row = {k: metrics.consistency(levels.of(c, m, k), y_c) for k in LEVELS}
+            row = {k: metrics.consistency(levels.of(c, m, k), y_c) for k in levels.names}
             row["auroc"] = metrics.auroc(levels.of(c, m, "common"), predicted == c)
             per_class[m][str(c)] = row
     summary: dict[str, dict[str, Any]] = {}
     for m, rows in per_class.items():
         summary[m] = {}
-        for k in LEVELS:
+        for k in levels.names:
             rs = [r[k]["pearson"] for r in rows.values() if r[k]["pearson"] is not None]
             summary[m][k] = {
                 "mean_pearson": float(np.mean(rs)) if rs else None,
@@ -186,7 +292,11 @@ __all__ = [
     "LEVELS",
     "ConsistencyLevels",
     "ConsistencySummary",
+    "LINEAR_METHODS",
     "class_levels",
+    "class_masses",
+    "common_levels",
+    "mass_tangent",
     "consistency_levels",
     "summarize_consistency",
 ]

@@ -79,3 +79,12 @@ def test_benchmark_entry_point_flags():
         args.memory,
         args.memory_sizes,
     ) == (True, "mnist64", True, True, "2,1", True, [10])
+
+
+def test_class_scaling_structure():
+    from experiments.bench.class_scaling import run
+
+    rows = run((3,), samples=8, vjp_samples=4, batch=4, repeats=1)
+    ((classes, floor, jvp, vjp, to_floor_jvp, to_floor_vjp),) = rows
+    assert classes == 3 and (floor.images, jvp.images, vjp.images) == (4, 8, 4)
+    assert all(math.isfinite(r) and r > 0 for r in (*to_floor_jvp, *to_floor_vjp))

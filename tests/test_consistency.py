@@ -82,3 +82,46 @@ def test_empty_inputs_are_refused(setup):
         consistency_levels(probe, variables, [], scales=sc, masks=np.ones((3, 6)), classes=[])
     with pytest.raises(ValueError, match="batches is empty"):
         consistency_levels(probe, variables, [], scales=sc, masks=np.ones((3, 6)), classes=[0])
+
+
+@pytest.mark.parametrize("mode", ["norm", "tanh"])
+def test_the_jvp_path_equals_the_per_class_vjps(setup, mode):
+    from ifa_jax.consistency import common_levels
+
+    probe, variables, x = setup
+    methods = ("gradcam", "hirescam", "xgradcam")
+    scales = {m: scale.scale_from_bounds(-0.2, 0.5, mode=mode) for m in methods}
+    valid = np.ones(len(x), bool)
+    valid[-2:] = False
+    batches = [(x[:5], np.zeros(5, np.int32), valid[:5]), (x[5:], np.zeros(5, np.int32), valid[5:])]
+    vjp = consistency_levels(
+        probe, variables, batches, scales=scales, masks=np.ones((3, 6)), classes=[0, 1, 2]
+    )
+    jvp = common_levels(probe, variables, batches, scales=scales)
+    assert jvp.names == ("common",) and jvp.levels.shape == (3, 3, 1, 8)
+    for c in range(3):
+        for m in methods:
+            np.testing.assert_allclose(
+                jvp.of(c, m, "common"), vjp.of(c, m, "common"), rtol=1e-5, atol=1e-6
+            )
+    np.testing.assert_allclose(jvp.logits, vjp.logits, rtol=1e-6)
+    summary = summarize_consistency(jvp).summary
+    assert set(summary["gradcam"]) == {"common", "auroc"}
+
+
+def test_the_jvp_path_refuses_what_is_not_linear(setup):
+    from ifa_jax.consistency import common_levels
+
+    probe, variables, x = setup
+    batches = [(x, np.zeros(len(x), np.int32))]
+    with pytest.raises(ValueError, match=r"gradcam\+\+'s CAM mass is not linear"):
+        common_levels(
+            probe, variables, batches, scales={"gradcam++": scale.scale_from_bounds(0, 1)}
+        )
+    with pytest.raises(ValueError, match=r"removes negatives \(relu\), which is not linear"):
+        common_levels(
+            probe,
+            variables,
+            batches,
+            scales={"gradcam": scale.scale_from_bounds(-1, 1, remove_negative=True)},
+        )
