@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check $(LINTED)
 	$(PY) -m ruff check $(LINTED)
 	$(VENV)/bin/pyright ifa_jax
+	$(PY) tools/import_graph.py
 
 format: $(STAMP)
 	$(PY) -m ruff format $(LINTED)

@@ -1,11 +1,15 @@
 """ifa_jax: integrated feature analysis and class activation maps for JAX/Flax models."""
 
 import importlib
+from typing import TYPE_CHECKING
 
 from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, scale
 from ifa_jax.cams import METHODS, CamResult, cam, upsample
 from ifa_jax.explaining import explain
 from ifa_jax.probe import LayerProbe, ProbeResult, linen_layers, linen_probe, nnx_probe
+
+if TYPE_CHECKING:  # for type checkers; at run time plots is imported on first use
+    from ifa_jax import plots
 
 __version__ = "0.1.0"
 

@@ -304,19 +304,55 @@ def batch_stats(
     return pairs[0] if isinstance(method, str) else tuple(pairs)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "probe",
-        "method",
-        "target",
-        "score",
-        "count",
-        "chunk_size",
-        "num_classes",
-        "keep_importance",
-    ),
+_STEP_STATIC = (
+    "probe",
+    "method",
+    "target",
+    "score",
+    "count",
+    "chunk_size",
+    "num_classes",
+    "keep_importance",
 )
+
+
+def _step(
+    state,
+    probe: LayerProbe,
+    variables,
+    x: Array,
+    y: Array,
+    valid: Array,
+    *,
+    num_classes: int,
+    method: str | tuple[str, ...] = "gradcam",
+    target: Any = "label",
+    score: str = "logit",
+    count: str = "correct",
+    chunk_size: int = 16,
+    keep_importance: bool = False,
+):
+    out = batch_stats(
+        probe,
+        variables,
+        x,
+        y,
+        valid,
+        method=method,
+        target=target,
+        score=score,
+        count=count,
+        chunk_size=chunk_size,
+        keep_importance=keep_importance,
+    )
+    if isinstance(method, str):
+        stats, per = out
+        return merge(state, from_batch(stats, num_classes)), per
+    new = tuple(merge(s, from_batch(b, num_classes)) for s, (b, _) in zip(state, out))
+    return new, tuple(per for _, per in out)
+
+
+@functools.partial(jax.jit, static_argnames=_STEP_STATIC)
 def analysis_step(
     state,
     probe: LayerProbe,
@@ -337,12 +373,14 @@ def analysis_step(
 
     With a tuple of methods, ``state`` and both outputs are tuples, one entry per method.
     """
-    out = batch_stats(
+    return _step(
+        state,
         probe,
         variables,
         x,
         y,
         valid,
+        num_classes=num_classes,
         method=method,
         target=target,
         score=score,
@@ -350,11 +388,114 @@ def analysis_step(
         chunk_size=chunk_size,
         keep_importance=keep_importance,
     )
-    if isinstance(method, str):
-        stats, per = out
-        return merge(state, from_batch(stats, num_classes)), per
-    new = tuple(merge(s, from_batch(b, num_classes)) for s, (b, _) in zip(state, out))
-    return new, tuple(per for _, per in out)
+
+
+# Per-sample fields that do not depend on the CAM method, and those that do.
+_SHARED_FIELDS = ("score", "label", "prediction", "counted", "valid", "nonfinite")
+_METHOD_FIELDS = ("cam_max", "cam_min", "importance")
+
+
+@functools.partial(jax.jit, static_argnames=_STEP_STATIC)
+def _pass_step(states, probe, variables, x, y, valid, **kwargs):
+    """:func:`analysis_step` for a tuple of methods, as :func:`analyze` runs it: the
+    per-sample outputs come without duplicates, ``(shared, per_method)``: one dict of the
+    fields every method shares (label, score, ...), and per method a dict of its own
+    (cam_max, cam_min and, with ``keep_importance``, importance)."""
+    new, pers = _step(states, probe, variables, x, y, valid, **kwargs)
+    shared = {f: getattr(pers[0], f) for f in _SHARED_FIELDS}
+    own = tuple(
+        {f: getattr(p, f) for f in _METHOD_FIELDS if getattr(p, f) is not None} for p in pers
+    )
+    return new, (shared, own)
+
+
+@jax.jit
+def _stack_chunk(items):
+    """Per-batch outputs (a list of equal pytrees, leaves (B, ...)) -> one array per leaf,
+    (len(items), B, ...). Stacking on a new axis keeps a batch-sharded axis as it is."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *items)
+
+
+# Per-sample outputs come to the host once per chunk of batches (see analyze).
+_FETCH_EVERY = 32
+_IN_FLIGHT_BYTES = 256 << 20
+
+
+class _SampleFetcher:
+    """Keeps the per-sample outputs of :func:`_pass_step` on the device and brings them to
+    the host one chunk of batches at a time, with no host synchronisation in between.
+
+    Every ``every`` batches, one jitted stack makes one array per field of the chunk and
+    its copy to the host starts at once (asynchronously); the host reads it at the end of
+    the next chunk (or of the pass), when it is long done. At most two chunks are in
+    flight, which also bounds how far the host runs ahead of the device (their inputs).
+    The non-finite check runs on each chunk as it is read and names the first bad batch.
+    A short last chunk is padded (repeating its last batch) to a power of two, so the
+    stack compiles for a few chunk lengths only; the padding rows are dropped.
+    """
+
+    def __init__(self, every: int, layer: str):
+        self.every, self.layer = every, layer
+        self.ids: list[int] = []  # batch indices of the open chunk
+        self.items: list = []  # their device outputs
+        self.in_flight: tuple[list[int], Any] | None = None
+        self.read: list = []  # host chunks: (shared, per_method), rows trimmed
+
+    def add(self, i: int, out) -> None:
+        self.ids.append(i)
+        self.items.append(out)
+        if len(self.items) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.items:
+            n = len(self.items)
+            padded = min(self.every, 1 << (n - 1).bit_length())
+            chunk = _stack_chunk(self.items + [self.items[-1]] * (padded - n))
+            for leaf in jax.tree.leaves(chunk):
+                if leaf.is_fully_addressable:
+                    leaf.copy_to_host_async()
+            ids, self.ids, self.items = self.ids, [], []
+        else:
+            ids, chunk = None, None
+        self._read()
+        if ids is not None:
+            self.in_flight = (ids, chunk)
+
+    def finish(self) -> None:
+        self.flush()
+        self._read()
+
+    def _read(self) -> None:
+        if self.in_flight is None:
+            return
+        ids, chunk = self.in_flight
+        self.in_flight = None
+        n = len(ids)
+        shared, own = jax.tree.map(lambda a: a[:n].reshape(-1, *a.shape[2:]), jax.device_get(chunk))
+        nonfinite = shared["nonfinite"].reshape(n, -1).sum(axis=1)
+        for i, bad in zip(ids, nonfinite):
+            if bad:
+                raise FloatingPointError(
+                    f"batch {i}: {int(bad)} sample(s) have non-finite activations or gradients "
+                    f"at layer {self.layer!r}; check the inputs and the parameters"
+                )
+        self.read.append((shared, own))
+
+    def samples(self, j: int) -> dict[str, np.ndarray]:
+        """Method ``j``'s per-sample values of the valid rows, in input order."""
+        shared = {f: np.concatenate([s[f] for s, _ in self.read]) for f in _SHARED_FIELDS}
+        own = {
+            f: np.concatenate([o[j][f] for _, o in self.read])
+            for f in _METHOD_FIELDS
+            if f in self.read[0][1][j]
+        }
+        valid = shared["valid"]
+        return {
+            f: (own[f] if f in own else shared[f])[valid]
+            for f in PerSample._fields
+            if f in own or (f in shared and f not in ("valid", "nonfinite"))
+        }
 
 
 class Analysis(NamedTuple):
@@ -736,6 +877,16 @@ def analyze(
     and the global batch is assembled with ``jax.make_array_from_process_local_data``.
     Labels outside [0, num_classes) (and, with ``target='label'``, labels the model has
     no output for) and non-finite activations or gradients raise errors naming the batch.
+
+    The loop never waits for the device batch by batch: the per-sample values (the fields
+    every method shares, such as label and score, once; cam_max, cam_min and the
+    importance per method) stay on the device and come to the host one chunk of batches
+    at a time, as one array per field, copied asynchronously while the next chunk runs.
+    A chunk is 32 batches, fewer when a batch's input exceeds 8 MiB (at most 256 MiB of
+    inputs per chunk), so the device holds at most two chunks: their inputs, queued ahead,
+    and their per-sample values (with ``keep_importance``, 32 x B x K floats per method).
+    The non-finite check runs as a chunk is read, so its error (naming the batch and the
+    layer) may come up to two chunks after the bad batch, or at the end of the pass.
     """
     single = isinstance(method, str)
     methods = tuple(cams.canonical_method(m) for m in ((method,) if single else method))
@@ -791,19 +942,8 @@ def analyze(
 
     states = None
     size, first_shape, num_outputs = batch_size, None, 0
-    pending: list[tuple[int, tuple[PerSample, ...]]] = []
-    kept: list[tuple[PerSample, ...]] = []
+    fetcher: _SampleFetcher | None = None
     values: list[np.ndarray] = []  # the valid rows' target values, with bins=
-
-    def collect(i, per):
-        per = jax.device_get(per)
-        bad = int(np.sum(per[0].nonfinite))
-        if bad:
-            raise FloatingPointError(
-                f"batch {i}: {bad} sample(s) have non-finite activations or gradients at "
-                f"layer {probe.layers[0]!r}; check the inputs and the parameters"
-            )
-        kept.append(per)
 
     for i, batch in enumerate(tqdm(batches, total=total, disable=not progress, desc="analyse")):
         bx, by, bvalid = _unpack(batch, i, keys)
@@ -863,7 +1003,7 @@ def analyze(
                 f"[0, {num_outputs - 1}]; fix the labels (or the model), or pass "
                 "target='predicted'"
             )
-        states, per = analysis_step(
+        states, per = _pass_step(
             states,
             probe,
             variables,
@@ -878,29 +1018,20 @@ def analyze(
             chunk_size=chunk_size,
             keep_importance=keep_importance,
         )
-        pending.append((i, per))
-        if len(pending) > 1:  # fetch one batch behind, so the device stays busy
-            collect(*pending.pop(0))
-    for item in pending:
-        collect(*item)
+        if fetcher is None:
+            # Chunks of at most _FETCH_EVERY batches, fewer for large inputs: the inputs
+            # of at most two chunks (about 2 * _IN_FLIGHT_BYTES) wait on the device.
+            every = max(1, min(_FETCH_EVERY, _IN_FLIGHT_BYTES // max(1, x.nbytes)))
+            fetcher = _SampleFetcher(every, probe.layers[0])
+        fetcher.add(i, per)
+    if fetcher is not None:
+        fetcher.finish()
     if states is None:
         raise ValueError("batches is empty (or every batch has 0 samples): nothing to analyse")
     results = {}
     for j, (m, state) in enumerate(zip(methods, states)):
-        samples = _gather_samples([p[j] for p in kept])
+        samples = fetcher.samples(j)
         if edges is not None:
             samples["target_value"] = np.concatenate(values)
         results[m] = Analysis(state, finalize(state), samples)
     return results[methods[0]] if single else results
-
-
-def _gather_samples(kept: list[PerSample]) -> dict[str, np.ndarray]:
-    """Concatenate per-batch scalars and keep the valid rows, in input order."""
-    samples = {
-        field: np.concatenate([np.asarray(getattr(p, field)) for p in kept])
-        for field in PerSample._fields
-        if getattr(kept[0], field) is not None
-    }
-    valid = samples.pop("valid")
-    samples.pop("nonfinite")
-    return {k: v[valid] for k, v in samples.items()}

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ifa_jax._stats import minmax_per_image
 
@@ -171,7 +172,9 @@ def cam(
     return reduce(contributions(A, G, method, weights=weights), mask)
 
 
-def upsample(L: Array, spatial_shape: tuple[int, ...], method: str = "linear") -> Array:
+def upsample(
+    L: Array | np.ndarray, spatial_shape: tuple[int, ...], method: str = "linear"
+) -> Array:
     """Resize CAMs (B, *spatial) to the input grid (B, *spatial_shape)."""
     if len(spatial_shape) != L.ndim - 1:
         raise ValueError(

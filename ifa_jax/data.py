@@ -23,7 +23,7 @@ import functools
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import jax
 import numpy as np
@@ -131,8 +131,11 @@ class Splits(NamedTuple):
 class Source(Protocol):
     """What :func:`batches` needs: a length, ``gather(indices) -> (x, y)`` and an input shape."""
 
-    num_classes: int
-    name: str
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
 
     def __len__(self) -> int: ...
 
@@ -499,7 +502,9 @@ class TfdsSource:
         if self.image_size is not None:
             h, w = self.image_size
         c = 3 if c == 4 else c
-        return (h, w, self.channels or c)
+        # load_tfds rejects unknown H, W unless image_size is given, and tfds image features
+        # have a fixed channel count, so no entry is None here
+        return cast(tuple[int, ...], (h, w, self.channels or c))
 
     def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Decoded examples at ``indices`` -> ``(x: (k, *input_shape), y: (k,))``."""

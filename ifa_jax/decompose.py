@@ -37,6 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from ifa_jax._checks import is_traced
 
@@ -54,7 +55,7 @@ def _concrete(x) -> np.ndarray | None:
     return np.asarray(x)
 
 
-def n_selected(ratio: float, channels: int) -> int:
+def n_selected(ratio: float | None, channels: int) -> int:
     """Channels a ratio selects: round(ratio * K), halves up, at least 1.
 
     ratio must lie in (0, 1]. E.g. K = 10: 0.25 -> 3, 0.24 -> 2, 0.01 -> 1, 1.0 -> 10.
@@ -99,14 +100,14 @@ def _check_rows(rows, name: str) -> None:
 
 
 def select(
-    importance_rows: Array,
+    importance_rows: ArrayLike,
     mode: str,
     *,
     ratio: float | None = None,
     index: int | None = None,
     threshold: float | None = None,
     key: Array | None = None,
-    im_diff: Array | None = None,
+    im_diff: ArrayLike | None = None,
 ) -> Array:
     """Binary channel masks, float32 of the shape of ``importance_rows`` ((C, K) or (K,)).
 
@@ -247,7 +248,7 @@ def _square(cov, name="covariance") -> Array:
     return cov
 
 
-def explained_variance(covariance: Array, levels: Sequence[float] = LEVELS) -> Spectrum:
+def explained_variance(covariance: ArrayLike, levels: Sequence[float] = LEVELS) -> Spectrum:
     """Spectrum of the importance covariance: eigenvalues, explained ratios, cumulative,
     components needed for each level (default 90/95/99%) and principal directions.
 
@@ -302,7 +303,7 @@ class ClassSVD(NamedTuple):
 
 
 def class_svd(
-    im_class: Array, *, center: bool = True, levels: Sequence[float] = LEVELS
+    im_class: ArrayLike, *, center: bool = True, levels: Sequence[float] = LEVELS
 ) -> ClassSVD:
     """SVD of IM (C, K). ``center=True`` (default) subtracts the unweighted mean over
     classes first, so the components are the directions in which classes *differ*
@@ -334,7 +335,7 @@ def class_svd(
     return ClassSVD(s, ratio, cumulative, _n_components(cumulative, levels), u * s, v, bool(center))
 
 
-def effective_rank(variances: Array, kind: str = "entropy") -> Array:
+def effective_rank(variances: ArrayLike, kind: str = "entropy") -> Array:
     """Effective rank of S (N, K) from its variance spectrum (covariance eigenvalues).
 
     kind='entropy' (Roy & Vetterli 2007): exp(H(p)), p_i = sigma_i / sum_j sigma_j over the
@@ -366,7 +367,7 @@ def effective_rank(variances: Array, kind: str = "entropy") -> Array:
     return jnp.exp(-jnp.sum(plogp))
 
 
-def near_zero_channels(im_all: Array, *, rtol: float = 0.01) -> Array:
+def near_zero_channels(im_all: ArrayLike, *, rtol: float = 0.01) -> Array:
     """Bool (K,): channels with |IM_all_k| <= rtol * max_j |IM_all_j| (near-zero importance).
 
     ``mask.mean()`` is the share of channels that contribute almost nothing to the CAM on

@@ -222,7 +222,9 @@ class ResNet(nn.Module):
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="stem_bn")(x)
         x = nn.relu(x)
         if large:
-            x = nn.max_pool(x, (3,) * d, (2,) * d, padding=[(1, 1)] * d)
+            # flax leaves max_pool unannotated, so pyright infers padding: str from its default;
+            # it documents (low, high) pairs as well
+            x = nn.max_pool(x, (3,) * d, (2,) * d, padding=[(1, 1)] * d)  # pyright: ignore[reportArgumentType]
         for i, n in enumerate(self.stage_sizes):
             stage = ResNetStage(self.width * 2**i, n, 1 if i == 0 else 2, name=f"stage{i + 1}")
             x = stage(x, train)

@@ -37,6 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from ifa_jax._checks import per_sample_values
 
@@ -166,7 +167,7 @@ def common_scale(
         ) from None
 
 
-def apply_scale(L: Array, scale: Scale, *, clip: bool = False) -> Array:
+def apply_scale(L: ArrayLike, scale: Scale, *, clip: bool = False) -> Array:
     """Rescale raw CAMs L (any shape, e.g. (B, *spatial)) with a common scale.
 
     'norm': (L' - vmin) / (vmax - vmin); 'tanh': tanh(a L' + b); L' = relu(L) with

@@ -152,7 +152,7 @@ def _takes_train_flag(model: nn.Module) -> bool:
     return "train" in inspect.signature(model.__call__).parameters
 
 
-def inference_kwargs(model: nn.Module) -> dict[str, bool]:
+def inference_kwargs(model: nn.Module) -> dict[str, Any]:
     """``model.apply`` keywords for inference: ``{"train": False}`` if it has that flag."""
     return {"train": False} if _takes_train_flag(model) else {}
 
@@ -475,7 +475,7 @@ def _save_run_state(
     early: tuple[float, Any, int],
 ) -> None:
     best_acc, best_variables, since_best = early
-    hist = {k: np.asarray(getattr(history, k), np.float64) for k in _HISTORY_LISTS}
+    hist: dict[str, Any] = {k: np.asarray(getattr(history, k), np.float64) for k in _HISTORY_LISTS}
     hist.update(best_epoch=history.best_epoch, stopped_early=history.stopped_early)
     payload = {
         "format": _STATE_FORMAT,
@@ -562,7 +562,9 @@ def save_checkpoint(path: str | os.PathLike, target: Any) -> None:
 
 def _leaf_specs(state_dict: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     """Path -> (shape, dtype) of every leaf; leaves may be arrays or jax.ShapeDtypeStruct."""
-    flat = traverse_util.flatten_dict(state_dict, sep="/") if isinstance(state_dict, dict) else {}
+    flat: dict[str, Any] = (
+        traverse_util.flatten_dict(state_dict, sep="/") if isinstance(state_dict, dict) else {}
+    )
     return {
         k: (tuple(np.shape(v)), str(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype))
         for k, v in flat.items()
@@ -603,6 +605,7 @@ def load_checkpoint(path: str | os.PathLike, template: Any) -> Any:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
+    restored: Any  # the saved pytree (nested dicts of arrays), as msgpack or orbax returns it
     if os.path.isdir(path):
         restored = _restore_orbax(path)
     else:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
+from jax.typing import ArrayLike
 
 from ifa_jax._checks import index_targets, is_traced, one_of
 from ifa_jax.metrics.correlation import _pair
@@ -107,7 +108,7 @@ def _confidence_core(score_fn, x, saliency, target):
 
 
 def confidence_scores(
-    score_fn: ScoreFn, x: Array, saliency: Array, target: Any
+    score_fn: ScoreFn, x: Array, saliency: ArrayLike, target: Any
 ) -> tuple[Array, Array]:
     """Target scores of the inputs and of the inputs masked by their saliency.
 
@@ -145,7 +146,9 @@ def drop_increase(y: Any, y_masked: Any) -> dict[str, Any]:
     }
 
 
-def confidence_change(score_fn: ScoreFn, x: Array, saliency: Array, target: Any) -> dict[str, Any]:
+def confidence_change(
+    score_fn: ScoreFn, x: Array, saliency: ArrayLike, target: Any
+) -> dict[str, Any]:
     """:func:`drop_increase` of :func:`confidence_scores` for one batch."""
     y, ym = confidence_scores(score_fn, x, saliency, target)
     return drop_increase(np.asarray(y), np.asarray(ym))

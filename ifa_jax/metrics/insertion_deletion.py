@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from ifa_jax._checks import index_targets
 from ifa_jax.metrics.confidence import ScoreFn, _as_scorer, _check_inputs, _check_scores
@@ -43,10 +44,22 @@ def blur(x: Array, sigma: float = 5.0, truncate: float = 4.0) -> Array:
         pad = [(0, 0)] * out.ndim
         pad[axis] = (r, r)
         padded = jnp.pad(out, pad, mode="edge")
-        out = sum(
-            float(wj) * jax.lax.slice_in_dim(padded, j, j + n, axis=axis) for j, wj in enumerate(w)
+        # w has at least one tap, so the sum is an array, never the int start value 0
+        out = cast(
+            Array,
+            sum(
+                float(wj) * jax.lax.slice_in_dim(padded, j, j + n, axis=axis)
+                for j, wj in enumerate(w)
+            ),
         )
     return out.astype(x.dtype)
+
+
+def _window_sizes(window: int | Sequence[int], n_axes: int) -> tuple[int, ...]:
+    """One window size per spatial axis: an int repeated n_axes times, or the sizes given."""
+    if np.ndim(window) == 0:
+        return (int(cast(int, window)),) * n_axes
+    return tuple(int(w) for w in cast(Sequence[int], window))
 
 
 def window_ids(spatial: Sequence[int], window: int | Sequence[int]) -> tuple[np.ndarray, tuple]:
@@ -55,7 +68,7 @@ def window_ids(spatial: Sequence[int], window: int | Sequence[int]) -> tuple[np.
     Windows tile the grid from the origin; edge windows may be partial (ceil division).
     """
     spatial = tuple(int(n) for n in spatial)
-    win = (int(window),) * len(spatial) if np.ndim(window) == 0 else tuple(int(w) for w in window)
+    win = _window_sizes(window, len(spatial))
     if len(win) != len(spatial):
         raise ValueError(
             f"window {tuple(win)} has {len(win)} axes but the input grid "
@@ -152,7 +165,7 @@ def _baseline(spec: Any, x: Array, blur_sigma: float, what: str) -> Array:
 def insertion_deletion(
     score_fn: ScoreFn,
     x: Array,
-    saliency: Array,
+    saliency: ArrayLike,
     target: Any,
     *,
     window: int | Sequence[int] = 4,
@@ -184,7 +197,7 @@ def insertion_deletion(
             f"{windows_per_step} and {images_per_batch}"
         )
     window_ids(x.shape[1:-1], window)  # validates the window before compiling
-    win = (int(window),) * (x.ndim - 2) if np.ndim(window) == 0 else tuple(map(int, window))
+    win = _window_sizes(window, x.ndim - 2)
     out = _insdel_core(
         _as_scorer(score_fn),
         x,

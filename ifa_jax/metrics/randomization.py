@@ -4,8 +4,8 @@ of the randomised models with :mod:`ifa_jax.metrics.similarity`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +31,8 @@ def _locate(params: Any, order: Sequence[str]) -> tuple[Mapping, bool]:
 def _rebuild(like: Mapping, **changes) -> Mapping:
     new = dict(like)
     new.update(changes)
-    try:
-        return type(like)(new)
+    try:  # e.g. FrozenDict(dict); a Mapping type without that constructor raises TypeError
+        return cast(Callable[[dict], Mapping], type(like))(new)
     except TypeError:
         return new
 

@@ -3,7 +3,7 @@ Spearman rho over the grid) and :func:`ssim` (structural similarity)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -84,9 +84,10 @@ def ssim(
     w = _window_1d(window, int(win_size), float(sigma))
     n_h, n_w = H - win_size + 1, W - win_size + 1
 
-    def filt(m):  # separable weighted sums over every full window
-        m = sum(wj * m[:, j : j + n_h, :] for j, wj in enumerate(w))
-        return sum(wj * m[:, :, j : j + n_w] for j, wj in enumerate(w))
+    def filt(m: np.ndarray) -> np.ndarray:  # separable weighted sums over every full window
+        # w has win_size >= 1 taps, so each sum is an array, never the int start value 0
+        m = cast(np.ndarray, sum(wj * m[:, j : j + n_h, :] for j, wj in enumerate(w)))
+        return cast(np.ndarray, sum(wj * m[:, :, j : j + n_w] for j, wj in enumerate(w)))
 
     mu_a, mu_b = filt(a), filt(b)
     var_a = filt(a * a) - mu_a * mu_a
