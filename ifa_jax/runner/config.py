@@ -52,7 +52,7 @@ class Config:
     name: str = "mnist"
     dataset: str = "mnist_embedded"
     image_size: tuple[int, ...] | None = None
-    validation_size: float = 1000
+    validation_size: int | float = 1000
     model: str = "mnist_cnn"
     model_kwargs: tuple[tuple[str, Any], ...] = ()
     dataset_kwargs: tuple[tuple[str, Any], ...] = ()
