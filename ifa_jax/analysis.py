@@ -483,18 +483,15 @@ class _SampleFetcher:
         self.read.append((shared, own))
 
     def samples(self, j: int) -> dict[str, np.ndarray]:
-        """Method ``j``'s per-sample values of the valid rows, in input order."""
-        shared = {f: np.concatenate([s[f] for s, _ in self.read]) for f in _SHARED_FIELDS}
-        own = {
-            f: np.concatenate([o[j][f] for _, o in self.read])
-            for f in _METHOD_FIELDS
-            if f in self.read[0][1][j]
-        }
-        valid = shared["valid"]
+        """Method ``j``'s per-sample values of the valid rows, in input order: new arrays
+        (each method its own copy of the shared fields). A chunk with no padding row is
+        concatenated as it is, so a value is copied once (twice in a padded chunk)."""
+        chunks = [({**shared, **own[j]}, shared["valid"]) for shared, own in self.read]
+        first = chunks[0][0]
         return {
-            f: (own[f] if f in own else shared[f])[valid]
+            f: np.concatenate([c[f] if v.all() else c[f][v] for c, v in chunks])
             for f in PerSample._fields
-            if f in own or (f in shared and f not in ("valid", "nonfinite"))
+            if f in first and f not in ("valid", "nonfinite")
         }
 
 
@@ -978,15 +975,13 @@ def analyze(
             raise _label_dtype_error(i, y.dtype)
         label_range(y, valid, num_classes, i, "pass the right num_classes or fix the labels")
         yv = y[valid]
-        xj, yj, vj = jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.asarray(valid)
+        # On the host, then one transfer of the three (jnp.asarray would run device ops).
+        host = (np.asarray(x, jax.dtypes.canonicalize_dtype(x.dtype)), y.astype(np.int32), valid)
         if sharding is not None and jax.process_count() > 1:
             # Each process holds its own shard of the global batch.
-            xj, yj, vj = (
-                jax.make_array_from_process_local_data(sharding, np.asarray(a))
-                for a in (xj, yj, vj)
-            )
-        elif sharding is not None:
-            xj, yj, vj = (jax.device_put(a, sharding) for a in (xj, yj, vj))
+            xj, yj, vj = (jax.make_array_from_process_local_data(sharding, a) for a in host)
+        else:
+            xj, yj, vj = jax.device_put(host, sharding)
         if states is None:
             logits_shape, act_shapes = probe.output_shapes(variables, xj)  # abstract, cached
             num_outputs = logits_shape[-1]
@@ -1026,7 +1021,7 @@ def analyze(
         fetcher.add(i, per)
     if fetcher is not None:
         fetcher.finish()
-    if states is None:
+    if states is None or fetcher is None:
         raise ValueError("batches is empty (or every batch has 0 samples): nothing to analyse")
     results = {}
     for j, (m, state) in enumerate(zip(methods, states)):

@@ -239,3 +239,62 @@ def test_several_methods_in_one_pass_equal_separate_passes(small_model):
     with pytest.raises(ValueError, match="input shape"):
         mixed = [(x[:4], y[:4]), (x[4:8, :4], y[4:8])]
         analysis.analyze(probe, variables, mixed, num_classes=3, progress=False)
+
+
+@pytest.mark.parametrize("every, in_flight", [(4, 1 << 30), (32, 1)], ids=["chunks4", "bytes1"])
+def test_per_sample_values_come_back_per_chunk(small_model, traces, monkeypatch, every, in_flight):
+    """No fetch per batch: one device_get per chunk of batches (4 here, or 1 batch when the
+    input bytes bound is tiny), one array per field, the shared fields once for all methods;
+    the results equal those of a pass fetched in one chunk, and the step compiles once."""
+    model, variables, x, y = small_model
+    probe = linen_probe(model, "conv2")
+    methods = ("gradcam", "hirescam")
+
+    def run():
+        return analysis.analyze(
+            probe,
+            variables,
+            batches_of(x, y, 2),  # 6 batches, the last one short
+            num_classes=3,
+            method=methods,
+            keep_importance=True,
+            progress=False,
+        )
+
+    whole = run()
+    fetched = []
+    device_get = jax.device_get
+
+    def spy(tree):
+        fetched.append(len(jax.tree.leaves(tree)))
+        return device_get(tree)
+
+    monkeypatch.setattr(analysis, "_FETCH_EVERY", every)
+    monkeypatch.setattr(analysis, "_IN_FLIGHT_BYTES", in_flight)
+    monkeypatch.setattr(jax, "device_get", spy)
+    before = traces.count
+    chunked = run()
+    assert traces.count - before == 0  # the same step as the first pass: no new trace
+    # 6 shared fields (score, label, prediction, counted, valid, nonfinite) once, and
+    # cam_max, cam_min, importance per method.
+    assert fetched == [6 + 3 * len(methods)] * (2 if every == 4 else 6)
+    for m in methods:
+        assert list(chunked[m].samples) == list(whole[m].samples)
+        for k in whole[m].samples:
+            np.testing.assert_array_equal(chunked[m].samples[k], whole[m].samples[k])
+            assert chunked[m].samples[k].dtype == whole[m].samples[k].dtype
+        for a, b in zip(chunked[m].summary, whole[m].summary):
+            np.testing.assert_array_equal(a, b)
+        assert chunked[m].samples["importance"].shape == (11, 6)
+    # Shared fields are per-method copies, not one array.
+    assert chunked["gradcam"].samples["label"] is not chunked["hirescam"].samples["label"]
+
+
+def test_nonfinite_check_names_the_batch_of_a_later_chunk(small_model, monkeypatch):
+    model, variables, x, y = small_model
+    probe = linen_probe(model, "conv2")
+    monkeypatch.setattr(analysis, "_FETCH_EVERY", 2)
+    nan_x = x.copy()
+    nan_x[9] = np.nan  # batch 4 (samples 8, 9): the third chunk, read at the end of the pass
+    with pytest.raises(FloatingPointError, match="batch 4: 1 sample.*layer 'conv2'"):
+        analysis.analyze(probe, variables, batches_of(nan_x, y, 2), num_classes=3, progress=False)

@@ -10,7 +10,9 @@ For each case (model, input, batch, layer) it times, interleaved in one process:
   (``probe.tapped`` with zero deltas; returns logits, A and G, nothing else), and a
   forward pass alone (ScoreCAM's bound is its throughput / K);
 * ifa_jax: the analysis step (``analysis.analysis_step``: probe, CAM, statistics update)
-  for GradCAM, HiResCAM and four methods from one probe call; a CAM with the common scale
+  for GradCAM, HiResCAM and four methods from one probe call; the whole ``analyze()`` pass
+  of the four methods over 8 host batches (the host loop and the per-sample values'
+  transfer included, with the runner's options); a CAM with the common scale
   at input resolution (probe + cam + apply_scale + upsample, one jit); the eager
   ``explain()`` API; ScoreCAM via ``explain(..., 'scorecam')`` (+ the same scale and
   upsample);

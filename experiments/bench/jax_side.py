@@ -14,6 +14,8 @@ from ifa_jax.probe import LayerProbe
 
 # The ifa_jax rows that the peers are compared with.
 CAM_ROW = "ifa CAM gradcam, common scale, input res"
+# Batches of the whole analyze() pass row.
+PASS_BATCHES = 8
 
 
 def scorecam_row(batch: int) -> str:
@@ -98,6 +100,23 @@ def ifa_entries(case: Case, variables, probe: LayerProbe, x, y) -> list[Entry]:
         return jax.block_until_ready(scale_and_upsample(out.cam, sc_score["s"], xs))
 
     forward = jax.jit(probe.forward)
+    # The whole analyze() pass (host loop, per-sample values to the host) over PASS_BATCHES
+    # host batches, with the runner's options: against the floor it shows what the loop
+    # costs on top of the step (the step rows above keep x on the device).
+    host_batches = [(np.asarray(x), np.asarray(y))] * PASS_BATCHES
+
+    def analyze_pass():
+        return analysis.analyze(
+            probe,
+            variables,
+            host_batches,
+            num_classes=case.num_classes,
+            method=E2E_METHODS,
+            count="all",
+            keep_importance=True,
+            progress=False,
+        )
+
     return [
         Entry(
             "floor: jit fwd + vjp to layer (A, G)",
@@ -115,6 +134,12 @@ def ifa_entries(case: Case, variables, probe: LayerProbe, x, y) -> list[Entry]:
         Entry("ifa analysis_step hirescam", "ifa", b, step("hirescam")),
         Entry(
             f"ifa analysis_step {len(E2E_METHODS)} methods, 1 probe", "ifa", b, step(E2E_METHODS)
+        ),
+        Entry(
+            f"ifa analyze() {len(E2E_METHODS)} methods, {PASS_BATCHES} host batches",
+            "ifa",
+            b * PASS_BATCHES,
+            analyze_pass,
         ),
         Entry(CAM_ROW, "ifa", b, lambda: jax.block_until_ready(cam_fn(variables, x, y, sc))),
         Entry("ifa explain() gradcam (eager API)", "ifa", b, api_gradcam),
