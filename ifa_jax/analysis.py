@@ -332,6 +332,11 @@ def _step(
     chunk_size: int = 16,
     keep_importance: bool = False,
 ):
+    """One step: probe, CAM, statistics update. Returns (new state, per-sample).
+
+    With a tuple of methods, ``state`` and both outputs are tuples, one entry per method.
+    Jitted as :data:`analysis_step`.
+    """
     out = batch_stats(
         probe,
         variables,
@@ -352,42 +357,9 @@ def _step(
     return new, tuple(per for _, per in out)
 
 
-@functools.partial(jax.jit, static_argnames=_STEP_STATIC)
-def analysis_step(
-    state,
-    probe: LayerProbe,
-    variables,
-    x: Array,
-    y: Array,
-    valid: Array,
-    *,
-    num_classes: int,
-    method: str | tuple[str, ...] = "gradcam",
-    target: Any = "label",
-    score: str = "logit",
-    count: str = "correct",
-    chunk_size: int = 16,
-    keep_importance: bool = False,
-):
-    """One jitted step: probe, CAM, statistics update. Returns (new state, per-sample).
-
-    With a tuple of methods, ``state`` and both outputs are tuples, one entry per method.
-    """
-    return _step(
-        state,
-        probe,
-        variables,
-        x,
-        y,
-        valid,
-        num_classes=num_classes,
-        method=method,
-        target=target,
-        score=score,
-        count=count,
-        chunk_size=chunk_size,
-        keep_importance=keep_importance,
-    )
+# One jitted step: probe, CAM, statistics update. Returns (new state, per-sample); with a
+# tuple of methods, ``state`` and both outputs are tuples, one entry per method.
+analysis_step = jax.jit(_step, static_argnames=_STEP_STATIC)
 
 
 # Per-sample fields that do not depend on the CAM method, and those that do.
