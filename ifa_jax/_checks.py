@@ -80,6 +80,17 @@ def index_targets(target: Any, batch: int) -> jax.Array:
     return t.astype(jnp.int32)
 
 
+def shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+    """This process's shard of the data: (index, count), defaulting to the JAX process."""
+    index = jax.process_index() if shard_index is None else shard_index
+    count = jax.process_count() if shard_count is None else shard_count
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(
+            f"need 0 <= shard_index < shard_count; got shard_index={index}, shard_count={count}"
+        )
+    return index, count
+
+
 def outputs_in_range(target: Any, num_outputs: int) -> None:
     """Raise when an int target (or any of an int array's) is not an output index."""
     lo, hi = int(np.min(target)), int(np.max(target))

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ifa_jax import cams
-from ifa_jax._checks import label_range, one_of, outputs_in_range, pad_batch
+from ifa_jax._checks import label_range, one_of, outputs_in_range, pad_batch, shard
 from ifa_jax._stats import DEFAULT_PERCENTILES, percentiles
 from ifa_jax.data import Batch, as_images, as_labels
 from ifa_jax.explaining import callable_target, forward_weights
@@ -316,41 +316,12 @@ _STEP_STATIC = (
 )
 
 
-def _step(
-    state,
-    probe: LayerProbe,
-    variables,
-    x: Array,
-    y: Array,
-    valid: Array,
-    *,
-    num_classes: int,
-    method: str | tuple[str, ...] = "gradcam",
-    target: Any = "label",
-    score: str = "logit",
-    count: str = "correct",
-    chunk_size: int = 16,
-    keep_importance: bool = False,
-):
-    """One step: probe, CAM, statistics update. Returns (new state, per-sample).
-
-    With a tuple of methods, ``state`` and both outputs are tuples, one entry per method.
-    Jitted as :data:`analysis_step`.
-    """
-    out = batch_stats(
-        probe,
-        variables,
-        x,
-        y,
-        valid,
-        method=method,
-        target=target,
-        score=score,
-        count=count,
-        chunk_size=chunk_size,
-        keep_importance=keep_importance,
-    )
-    if isinstance(method, str):
+def _step(state, probe: LayerProbe, variables, x, y, valid, *, num_classes: int, **options):
+    """One step: :func:`batch_stats` (``options`` are its keywords) and the statistics
+    update. Returns (new state, per-sample); with a tuple of methods, ``state`` and both
+    outputs are tuples, one entry per method. Jitted as :data:`analysis_step`."""
+    out = batch_stats(probe, variables, x, y, valid, **options)
+    if isinstance(options.get("method", "gradcam"), str):
         stats, per = out
         return merge(state, from_batch(stats, num_classes)), per
     new = tuple(merge(s, from_batch(b, num_classes)) for s, (b, _) in zip(state, out))
@@ -671,13 +642,7 @@ def record_batches(
     ):
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     keys = _check_keys(keys, sizes=(2,))
-    shard_index = jax.process_index() if shard_index is None else shard_index
-    shard_count = jax.process_count() if shard_count is None else shard_count
-    if shard_count < 1 or not 0 <= shard_index < shard_count:
-        raise ValueError(
-            f"need 0 <= shard_index < shard_count; got shard_index="
-            f"{shard_index}, shard_count={shard_count}"
-        )
+    shard_index, shard_count = shard(shard_index, shard_count)
     return RecordBatches(
         source,
         int(batch_size),

@@ -117,30 +117,37 @@ def consistency_levels(
             f"masks has shape {masks.shape}; give one channel mask per class, (C, K) with a "
             f"row for every class up to {max(classes)}"
         )
-    chunks: list[np.ndarray] = []
-    logits_all, valid_all = [], []
-    for i, batch in enumerate(batches):
-        x, _, valid = batch if len(batch) == 3 else (*batch, np.ones(len(batch[0]), bool))
-        if i == 0:
-            outputs_in_range(classes, probe.output_shapes(variables, jnp.asarray(x))[0][-1])
-        per_group = []
+
+    def levels_of(x):
+        outputs_in_range(classes, probe.output_shapes(variables, x)[0][-1])  # cached shapes
+        per_group, logits = [], None
         for start in range(0, len(classes), group):
             chunk = jnp.asarray(classes[start : start + group], jnp.int32)
             lv, logits = class_levels(
-                probe, variables, jnp.asarray(x), chunk, masks, method_scales, methods=methods
+                probe, variables, x, chunk, masks, method_scales, methods=methods
             )
             per_group.append(lv)
-        levels, logits = jax.device_get((jnp.concatenate(per_group), logits))
-        chunks.append(levels)
+        return jnp.concatenate(per_group), logits
+
+    levels, logits = _over_batches(batches, levels_of, axis=-1)
+    return ConsistencyLevels(np.asarray(classes), methods, levels, logits)
+
+
+def _over_batches(batches: Iterable, fn, *, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """``fn(x) -> (values, logits (B, O))`` over ``(x, y[, valid])`` batches, on the host:
+    values concatenated along their batch ``axis`` and logits, valid rows only."""
+    values, logits_all, valid_all = [], [], []
+    for batch in batches:
+        x, _, valid = batch if len(batch) == 3 else (*batch, np.ones(len(batch[0]), bool))
+        v, logits = jax.device_get(fn(jnp.asarray(x)))
+        values.append(v)
         logits_all.append(logits)
         valid_all.append(np.asarray(valid, bool))
-    if not chunks:
+    if not values:
         raise ValueError("batches is empty: nothing to evaluate")
     valid = np.concatenate(valid_all)
-    return ConsistencyLevels(
-        np.asarray(classes),
-        methods,
-        np.concatenate(chunks, axis=-1)[..., valid],
+    return (
+        np.compress(valid, np.concatenate(values, axis=axis), axis=axis),
         np.concatenate(logits_all)[valid],
     )
 
@@ -222,24 +229,16 @@ def common_levels(
                 "consistency_levels for it"
             )
         mass_tangent(jnp.zeros((1, 1, 1)), m)  # refuses a non-linear method up front
-    chunks, logits_all, valid_all = [], [], []
-    grid = None
-    for batch in batches:
-        x, _, valid = batch if len(batch) == 3 else (*batch, np.ones(len(batch[0]), bool))
-        masses, logits = jax.device_get(
-            class_masses(probe, variables, jnp.asarray(x), methods=methods)
-        )
-        if grid is None:
-            A_shape = probe.output_shapes(variables, jnp.asarray(x))[1][probe.layers[0]]
-            grid = int(np.prod(A_shape[1:-1]))
-        chunks.append(masses)
-        logits_all.append(logits)
-        valid_all.append(np.asarray(valid, bool))
-    if not chunks:
-        raise ValueError("batches is empty: nothing to evaluate")
-    valid = np.concatenate(valid_all)
-    masses = np.concatenate(chunks, axis=1)[:, valid]  # (M, N, O)
-    logits = np.concatenate(logits_all)[valid]
+    cells: list[int] = []  # the feature grid's size, read on the first batch
+
+    def masses_of(x):
+        if not cells:
+            A_shape = probe.output_shapes(variables, x)[1][probe.layers[0]]
+            cells.append(int(np.prod(A_shape[1:-1])))
+        return class_masses(probe, variables, x, methods=methods)
+
+    masses, logits = _over_batches(batches, masses_of, axis=1)  # (M, N, O), (N, O)
+    grid = cells[0]
     keep = np.arange(logits.shape[1]) if classes is None else np.asarray(list(classes))
     outputs_in_range(keep, logits.shape[1])
     a = np.array([scales[m].a for m in methods])[:, None, None]

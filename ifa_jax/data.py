@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Protocol, cast
 import jax
 import numpy as np
 
-from ifa_jax._checks import require
+from ifa_jax._checks import require, shard
 
 __all__ = [
     "Batch",
@@ -356,13 +356,7 @@ def batches(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    shard_index = jax.process_index() if shard_index is None else shard_index
-    shard_count = jax.process_count() if shard_count is None else shard_count
-    if shard_count < 1 or not 0 <= shard_index < shard_count:
-        raise ValueError(
-            f"need 0 <= shard_index < shard_count; got shard_index={shard_index}, "
-            f"shard_count={shard_count}"
-        )
+    shard_index, shard_count = shard(shard_index, shard_count)
     n = len(ds)
     if shuffle_key is None:
         order = np.arange(n)

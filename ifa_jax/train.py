@@ -420,6 +420,16 @@ def train(
 # --------------------------------------------------------------------------------------
 
 
+def _read_msgpack(path: str, error: Callable[[Exception], Exception]) -> Any:
+    """The pytree in a flax msgpack file; a file that does not decode raises ``error(e)``."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return serialization.msgpack_restore(data)
+    except Exception as e:
+        raise error(e) from e
+
+
 class TrainStateFileError(ValueError):
     """A ``train(state_path=...)`` file is corrupt or was written by another run."""
 
@@ -496,14 +506,12 @@ def _load_run_state(path: str, fingerprint: dict[str, str], state: TrainState) -
     ``state`` is the freshly initialised TrainState, used as the template.
     """
     fix = f"delete {path!r} to restart training from epoch 1"
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        raw = serialization.msgpack_restore(data)
-    except Exception as e:
-        raise TrainStateFileError(
+    raw = _read_msgpack(
+        path,
+        lambda e: TrainStateFileError(
             f"training state {path!r} is corrupt or truncated ({type(e).__name__}: {e}); {fix}"
-        ) from e
+        ),
+    )
     if not isinstance(raw, dict) or raw.get("format") != _STATE_FORMAT:
         raise TrainStateFileError(
             f"{path!r} is not a training-state file of ifa_jax.train.train (format "
@@ -609,16 +617,14 @@ def load_checkpoint(path: str | os.PathLike, template: Any) -> Any:
     if os.path.isdir(path):
         restored = _restore_orbax(path)
     else:
-        with open(path, "rb") as f:
-            data = f.read()
-        try:
-            restored = serialization.msgpack_restore(data)
-        except Exception as e:
-            raise ValueError(
+        restored = _read_msgpack(
+            path,
+            lambda e: ValueError(
                 f"{path!r} is not a flax msgpack checkpoint (damaged or "
                 f"truncated?): {e}; save the variables again with "
                 "save_checkpoint or flax.serialization.to_bytes"
-            ) from e
+            ),
+        )
     want = _leaf_specs(serialization.to_state_dict(template))
     got = _leaf_specs(restored)
     problems = [f"missing {k} {want[k][0]}" for k in want if k not in got]

@@ -41,6 +41,19 @@ class Evaluation:
     log: Callable[[RunContext, Numbers], None] | None = None
 
 
+def table_section(title: str, text: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A report section: a title, a paragraph, and a Markdown table."""
+    return [
+        f"## {title}",
+        "",
+        text,
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
 def fmt(v) -> str:
     """A number for the report and the log: 3 decimals, or 'undefined'."""
     return "undefined" if v is None else f"{v:.3f}"
@@ -84,25 +97,24 @@ def log_consistency(ctx: RunContext, numbers: Numbers) -> None:
 
 
 def report_consistency(ctx: RunContext, numbers: Numbers) -> list[str]:
-    lines = [
-        "## Consistency: CAM activation level vs logit",
-        "",
+    lines = table_section(
+        "Consistency: CAM activation level vs logit",
         "Pearson r per class between the mean of the rescaled CAM and the logit of the "
         "explained class, averaged over classes. *common*: the dataset-wide scale "
         "(unclipped); *clipped*: the same clipped to [0, 1] as displayed; *per-image*: "
         "min-max per image (the usual CAM); *subset*: the top "
         f"{ctx.config.consistency_ratio:.0%} channels per class on the common scale.",
-        "",
-        "| method | common | clipped | per-image | subset | min r (common) | AUROC |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for m, row in numbers["summary"].items():
-        lines.append(
-            f"| {m} | "
-            + " | ".join(fmt(row[k]["mean_pearson"]) for k in LEVELS)
-            + f" | {fmt(row['common']['min_pearson'])} | "
-            f"{fmt(row['auroc']['mean'])} |"
-        )
+        ["method", "common", "clipped", "per-image", "subset", "min r (common)", "AUROC"],
+        [
+            [
+                m,
+                *(fmt(row[k]["mean_pearson"]) for k in LEVELS),
+                fmt(row["common"]["min_pearson"]),
+                fmt(row["auroc"]["mean"]),
+            ]
+            for m, row in numbers["summary"].items()
+        ],
+    )
     for m, per in numbers["per_class"].items():
         for what, key, value in (("Consistency", "common", "pearson"), ("AUROC", "auroc", "auroc")):
             undefined = [c for c, r in per.items() if r[key][value] is None]
@@ -151,19 +163,13 @@ def log_subsets(ctx: RunContext, curves: Numbers) -> None:
 
 
 def report_subsets(ctx: RunContext, curves: Numbers) -> list[str]:
-    ratios = ctx.config.subset_ratios
-    lines = [
-        "## Feature subsets",
-        "",
+    return table_section(
+        "Feature subsets",
         "Validation accuracy when only a share of the layer's channels is kept (chosen "
         "per class from the training split's importances), per selection mode.",
-        "",
-        "| mode | " + " | ".join(f"{r:.0%}" for r in ratios) + " |",
-        "|---|" + "---|" * len(ratios),
-    ]
-    for mode, c in curves.items():
-        lines.append(f"| {mode} | " + " | ".join(f"{a:.3f}" for a in c["accuracy"]) + " |")
-    return lines
+        ["mode", *(f"{r:.0%}" for r in ctx.config.subset_ratios)],
+        [[mode, *(f"{a:.3f}" for a in c["accuracy"])] for mode, c in curves.items()],
+    )
 
 
 # --------------------------------------------------------------------------- decomposition
@@ -374,25 +380,26 @@ def scale_coverage(ctx: RunContext) -> tuple[Numbers, Arrays]:
 
 
 def report_scale_coverage(ctx: RunContext, cov: Numbers) -> list[str]:
-    lines = [
-        "## Common scale coverage",
-        "",
+    return table_section(
+        "Common scale coverage",
         "The share of validation images whose raw CAM maximum lies above the common "
         "scale's vmax (drawn saturated) and whose minimum lies below vmin. With the "
         f"defaults (vmax at the {ctx.config.scale_hi_percentile:g}th percentile of the "
         "training maxima) about "
         f"{1 - ctx.config.scale_hi_percentile / 100:.0%} lie above vmax; far more means "
         "the validation split is brighter than the training split.",
-        "",
-        "| method | vmin | vmax | above vmax | below vmin |",
-        "|---|---|---|---|---|",
-    ]
-    for m, row in cov.items():
-        lines.append(
-            f"| {m} | {row['vmin']:.4g} | {row['vmax']:.4g} | "
-            f"{row['above_vmax']:.1%} | {row['below_vmin']:.1%} |"
-        )
-    return lines
+        ["method", "vmin", "vmax", "above vmax", "below vmin"],
+        [
+            [
+                m,
+                f"{row['vmin']:.4g}",
+                f"{row['vmax']:.4g}",
+                f"{row['above_vmax']:.1%}",
+                f"{row['below_vmin']:.1%}",
+            ]
+            for m, row in cov.items()
+        ],
+    )
 
 
 EVALUATIONS: tuple[Evaluation, ...] = (
