@@ -56,13 +56,14 @@ class ConvNet(nn.Module):
     """A small rank-agnostic CNN: ``len(features)`` conv+relu blocks, global average pool, dense.
 
     ``ndim`` is the spatial rank (1: signals, 2: images, 3: volumes). The convs are named
-    ``conv1 .. convN``; the natural target layer is the last one. Because the head is
-    linear after global average pooling, GradCAM at the last conv equals the classic CAM
-    of Zhou et al. (2016) divided by the number of grid cells.
+    ``conv1 .. convN`` and their ReLUs ``relu1 .. reluN`` (modules, so they can be
+    tapped). The natural target layer is the last ReLU's output: the head is linear after
+    global average pooling of it, so GradCAM there equals the classic CAM of Zhou et al.
+    (2016) divided by the number of grid cells. ``relu_last=False`` drops the last ReLU.
 
     ``ConvNet(ndim=1)`` is the reference 1-D CNN for signals ``(B, T, C)`` and
     ``ConvNet(ndim=3)`` the reference 3-D CNN for volumes ``(B, D, H, W, C)``; their target
-    layer is likewise ``f"conv{len(features)}"``.
+    layer is likewise ``f"relu{len(features)}"``.
     """
 
     ndim: int = 2
@@ -82,7 +83,7 @@ class ConvNet(nn.Module):
         for i, f in enumerate(self.features, start=1):
             x = nn.Conv(f, (self.kernel,) * self.ndim, padding="SAME", name=f"conv{i}")(x)
             if i < len(self.features) or self.relu_last:
-                x = nn.relu(x)
+                x = ReLU(name=f"relu{i}")(x)
         x = jnp.mean(x, axis=tuple(range(1, self.ndim + 1)))
         return nn.Dense(self.num_classes, name="head")(x)
 
@@ -162,25 +163,61 @@ class BasicBlock(nn.Module):
         return nn.relu(x + y)
 
 
-class ResNetStage(nn.Module):
-    """``num_blocks`` basic blocks, the first may downsample. Output: (B, *spatial, features)."""
+class BottleneckBlock(nn.Module):
+    """ResNet-50 bottleneck: 1^d conv to ``features``, 3^d conv (strided), 1^d conv to
+    ``4 * features``, each with BatchNorm; identity or 1^d projection shortcut."""
 
     features: int
-    num_blocks: int = 2
     strides: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Output (B, *spatial', 4 * features) of x (B, *spatial, C)."""
+        d = x.ndim - 2
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
+        out = 4 * self.features
+        y = nn.Conv(self.features, (1,) * d, use_bias=False, name="conv1")(x)
+        y = nn.relu(norm(name="bn1")(y))
+        y = nn.Conv(
+            self.features,
+            (3,) * d,
+            (self.strides,) * d,
+            padding="SAME",
+            use_bias=False,
+            name="conv2",
+        )(y)
+        y = nn.relu(norm(name="bn2")(y))
+        y = nn.Conv(out, (1,) * d, use_bias=False, name="conv3")(y)
+        y = norm(name="bn3")(y)
+        if self.strides != 1 or x.shape[-1] != out:
+            x = nn.Conv(out, (1,) * d, (self.strides,) * d, use_bias=False, name="proj")(x)
+            x = norm(name="proj_bn")(x)
+        return nn.relu(x + y)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
+
+
+class ResNetStage(nn.Module):
+    """``num_blocks`` blocks (``block``: 'basic' or 'bottleneck'), the first may downsample.
+    Output: (B, *spatial, features), times 4 for bottleneck blocks."""
+
+    features: int
+    num_blocks: int = 2
+    strides: int = 1
+    block: str = "basic"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Logits of x (B, *spatial, C); ``train`` puts BatchNorm in training mode."""
+        block = BLOCKS[self.block]
         for i in range(self.num_blocks):
-            x = BasicBlock(self.features, self.strides if i == 0 else 1, name=f"block{i + 1}")(
-                x, train
-            )
+            x = block(self.features, self.strides if i == 0 else 1, name=f"block{i + 1}")(x, train)
         return x
 
 
 class ResNet(nn.Module):
-    """A small ResNet in the ResNet-18 layout (4 stages x 2 basic blocks) with BatchNorm.
+    """A ResNet with BatchNorm, by default in the ResNet-18 layout (4 stages x 2 basic blocks).
 
     Rank-agnostic: inputs ``(B, *spatial, C)`` with 1, 2 or 3 spatial axes. Stage widths are
     ``width * (1, 2, 4, 8)`` (``width=64`` is ResNet-18); stages 2-4 halve the grid.
@@ -190,12 +227,15 @@ class ResNet(nn.Module):
     Call with ``train=True`` (and ``mutable=["batch_stats"]``) to train, ``train=False`` to use
     the running statistics. Natural target layer: ``"stage4"``, whose output is the last
     feature map, (B, 4, 4, 8 * width) for 32x32 inputs and (B, 7, 7, 8 * width) for 224x224.
+    ``block="bottleneck"`` uses bottleneck blocks (4x wider outputs):
+    ``ResNet(stage_sizes=(3, 4, 6, 3), block="bottleneck")`` is ResNet-50 (:data:`ResNet50`).
     """
 
     num_classes: int = 10
     width: int = 64
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     stem: str = "auto"
+    block: str = "basic"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -205,6 +245,8 @@ class ResNet(nn.Module):
             raise ValueError(
                 f"ResNet expects (B, *spatial, C) with 1-3 spatial axes; got {x.shape}"
             )
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {', '.join(BLOCKS)}; got {self.block!r}")
         if self.stem not in ("auto", "small", "large"):
             raise ValueError(f"stem must be 'auto', 'small' or 'large'; got {self.stem!r}")
         large = self.stem == "large" or (self.stem == "auto" and min(x.shape[1:-1]) >= 96)
@@ -226,7 +268,9 @@ class ResNet(nn.Module):
             # it documents (low, high) pairs as well
             x = nn.max_pool(x, (3,) * d, (2,) * d, padding=[(1, 1)] * d)  # pyright: ignore[reportArgumentType]
         for i, n in enumerate(self.stage_sizes):
-            stage = ResNetStage(self.width * 2**i, n, 1 if i == 0 else 2, name=f"stage{i + 1}")
+            stage = ResNetStage(
+                self.width * 2**i, n, 1 if i == 0 else 2, self.block, name=f"stage{i + 1}"
+            )
             x = stage(x, train)
         x = jnp.mean(x, axis=tuple(range(1, d + 1)))
         return nn.Dense(self.num_classes, name="head")(x)
@@ -234,3 +278,8 @@ class ResNet(nn.Module):
 
 ResNet18 = ResNet
 """Alias: :class:`ResNet` defaults to the ResNet-18 layout (``width=64``, 2-2-2-2 blocks)."""
+
+
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck")
+"""ResNet-50: :class:`ResNet` with bottleneck blocks in the 3-4-6-3 layout (2048 channels
+at ``"stage4"``)."""

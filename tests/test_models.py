@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ifa_jax.models import ConvNet, ResNet
+from ifa_jax.models import ConvNet, ResNet, ResNet50
+from ifa_jax.probe import linen_probe
 
 
 def _stage4_shape(model, shape):
@@ -78,3 +79,16 @@ def test_convnet_serves_as_1d_and_3d_cnn(ndim, shape):
     assert state["intermediates"]["conv2"]["__call__"][0].shape == (*shape[:-1], 8)
     with pytest.raises(ValueError, match=f"rank {ndim + 2}"):
         model.init(jax.random.key(0), jnp.zeros((2, 4, 4, 4, 4, 1)[: ndim + 3]))
+
+
+def test_resnet50_layout():
+    """ResNet-50 has the torchvision parameter count (25,557,032 with a 1000-class head)
+    and a 2048-channel stage4 on a 7x7 grid at 224x224."""
+    model = ResNet50(num_classes=1000)
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(variables["params"]))
+    assert count == 25_557_032
+    probe = linen_probe(model, "stage4", train=False)
+    logits, acts = probe.output_shapes(variables, x)
+    assert logits == (1, 1000) and acts["stage4"] == (1, 7, 7, 2048)
