@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from experiments.bench.main import parser
 from experiments.bench.report import format_case
 from experiments.bench.suite import run_benchmark
@@ -88,3 +90,19 @@ def test_class_scaling_structure():
     ((classes, floor, jvp, vjp, to_floor_jvp, to_floor_vjp),) = rows
     assert classes == 3 and (floor.images, jvp.images, vjp.images) == (4, 8, 4)
     assert all(math.isfinite(r) and r > 0 for r in (*to_floor_jvp, *to_floor_vjp))
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke(tmp_path):
+    """The accelerator script's ResNet-50 section runs (shrunk) and writes its figures:
+    a fixed cost per pass and a marginal throughput for every variant."""
+    from experiments.bench import gpu
+
+    assert gpu.main(["--smoke", "--sections", "resnet50", "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "gpu.json").read_text())
+    assert out["environment"]["device_count"] >= 1
+    res = out["resnet50"]
+    assert "error" not in res, res
+    for variant in ("analysis", "consistency_jvp"):
+        assert res[variant]["marginal_images_per_s"] > 0
+        assert len(res[variant]["seconds_short_long"]) == 2
