@@ -80,6 +80,16 @@ def test_run_writes_every_artifact(finished_run):
     assert summary["hirescam"]["common"]["mean_pearson"] == pytest.approx(
         np.mean([row["common"]["pearson"] for row in per_class.values()])
     )
+    # The jvp path's common level covers all 10 classes and agrees with the vjp path's on
+    # the 3 classes both evaluate.
+    every = saved["consistency_all_classes"]
+    assert every["classes"] == 10 and every["methods"] == ["gradcam", "hirescam"]
+    for m in ("gradcam", "hirescam"):
+        for c in ("0", "1", "2"):
+            assert every["per_class"][m][c]["common"]["pearson"] == pytest.approx(
+                saved["consistency"]["per_class"][m][c]["common"]["pearson"], abs=1e-5
+            )
+    assert "Consistency on every class" in (out / "report.md").read_text()
     # The last ratio keeps every channel: exactly the plain accuracy.
     for curve in saved["subsets"].values():
         assert curve["accuracy"][-1] == curve["full_accuracy"]

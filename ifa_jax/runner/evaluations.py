@@ -20,7 +20,13 @@ import jax
 import numpy as np
 
 from ifa_jax import cams, decompose, diagnostics, metrics, scale
-from ifa_jax.consistency import LEVELS, consistency_levels, summarize_consistency
+from ifa_jax.consistency import (
+    LEVELS,
+    LINEAR_METHODS,
+    common_levels,
+    consistency_levels,
+    summarize_consistency,
+)
 from ifa_jax.explaining import explain
 from ifa_jax.runner.stages import RunContext
 
@@ -62,12 +68,22 @@ def fmt(v) -> str:
 # --------------------------------------------------------------------------- consistency
 
 
+# Without max_classes, the per-class vjp evaluation stops at this many classes: it costs
+# one backward pass per class and image. consistency_all_classes covers every class.
+DEFAULT_MAX_CLASSES = 64
+
+
+def evaluated_classes(config, num_classes: int) -> list[int]:
+    """The classes of the four-level evaluation: max_classes, or all up to 64."""
+    limit = DEFAULT_MAX_CLASSES if config.max_classes is None else config.max_classes
+    return list(range(min(num_classes, limit)))
+
+
 def consistency(ctx: RunContext) -> tuple[Numbers, Arrays]:
     """Per class and method: r between CAM activation level and logit, and AUROC. The
     arrays are the first class's levels per method and scaling, and its logit."""
     config, ds = ctx.config, ctx.splits.validation
-    C = ds.num_classes
-    classes = list(range(C if config.max_classes is None else min(C, config.max_classes)))
+    classes = evaluated_classes(config, ds.num_classes)
     masks = decompose.select(
         np.nan_to_num(ctx.summary.im_class), "top", ratio=config.consistency_ratio
     )
@@ -85,6 +101,66 @@ def consistency(ctx: RunContext) -> tuple[Numbers, Arrays]:
     arrays = {f"{m} {k}": levels.of(c, m, k) for m in config.methods for k in LEVELS}
     arrays["logit"] = levels.logits[:, c]
     return {"per_class": result.per_class, "summary": result.summary, "scatter_class": c}, arrays
+
+
+def consistency_all_classes(ctx: RunContext) -> tuple[Numbers, Arrays]:
+    """The common level's r for every class, from the jvp path: one forward linearised at
+    the layer per batch and linear method, whatever the number of classes."""
+    methods = [m for m in ctx.config.methods if m in LINEAR_METHODS]
+    if not methods:
+        return {"methods": [], "classes": 0, "summary": {}, "per_class": {}}, {}
+    ds = ctx.splits.validation
+    levels = common_levels(
+        ctx.probe,
+        ctx.variables,
+        ctx.batches(ds),
+        scales={m: ctx.scales[m] for m in methods},
+    )
+    result = summarize_consistency(levels)
+    numbers = {
+        "methods": methods,
+        "classes": len(levels.classes),
+        "summary": result.summary,
+        "per_class": result.per_class,
+    }
+    return numbers, {}
+
+
+def log_consistency_all_classes(ctx: RunContext, numbers: Numbers) -> None:
+    if numbers["methods"] and numbers["classes"] > len(
+        evaluated_classes(ctx.config, numbers["classes"])
+    ):
+        ctx.log(
+            f"consistency on all {numbers['classes']} classes (common scale, jvp path): "
+            + ", ".join(
+                f"{m} {fmt(numbers['summary'][m]['common']['mean_pearson'])}"
+                for m in numbers["methods"]
+            )
+        )
+
+
+def report_consistency_all_classes(ctx: RunContext, numbers: Numbers) -> list[str]:
+    if not numbers["methods"]:
+        return []
+    return table_section(
+        "Consistency on every class (common scale)",
+        f"Pearson r per class between the mean of the CAM on the common scale and the logit, "
+        f"over all {numbers['classes']} classes, for the methods linear in the gradient. "
+        "Computed by the jvp path: the CAM mass of every class from one forward pass "
+        "linearised at the layer, so its cost does not grow with the number of classes; it "
+        "equals the *common* column above on the classes both cover.",
+        ["method", "mean r", "min r", "classes defined", "AUROC"],
+        [
+            [
+                m,
+                fmt(numbers["summary"][m]["common"]["mean_pearson"]),
+                fmt(numbers["summary"][m]["common"]["min_pearson"]),
+                str(numbers["summary"][m]["common"]["classes_defined"]),
+                fmt(numbers["summary"][m]["auroc"]["mean"]),
+            ]
+            for m in numbers["methods"]
+        ],
+    )
 
 
 def log_consistency(ctx: RunContext, numbers: Numbers) -> None:
@@ -404,6 +480,13 @@ def report_scale_coverage(ctx: RunContext, cov: Numbers) -> list[str]:
 
 EVALUATIONS: tuple[Evaluation, ...] = (
     Evaluation("consistency", 1, consistency, report_consistency, log_consistency),
+    Evaluation(
+        "consistency_all_classes",
+        1,
+        consistency_all_classes,
+        report_consistency_all_classes,
+        log_consistency_all_classes,
+    ),
     Evaluation("subsets", 1, subsets, report_subsets, log_subsets),
     Evaluation("decomposition", 1, decomposition, report_decomposition),
     Evaluation("diagnostics", 1, diagnostics_, report_diagnostics),
