@@ -515,7 +515,7 @@ def test_bad_runs_fail_before_anything_is_written(tmp_path):
     with pytest.raises(
         ValueError,
         match=r"'head' outputs \(1, 10\), not a feature grid.*"
-        r"layers with one: conv1, conv2",
+        r"layers with one: conv1, relu1, conv2, relu2",
     ):
         runner.run(tiny(layer="head"), out, log=lambda s: None)
     with pytest.raises(FileNotFoundError, match=r"variables file .*nothere\.msgpack"):
