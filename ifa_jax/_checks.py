@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def is_traced(*arrays: Any) -> bool:
@@ -44,7 +45,8 @@ def per_sample_values(values: Any, name: str) -> np.ndarray:
         raise ValueError(
             f"{name} is empty; pass at least one value per sample (was any sample analysed?)"
         )
-    if arr.dtype == bool or np.issubdtype(arr.dtype, np.number):
+    # jnp.issubdtype also knows bfloat16 (an ml_dtypes type, not a NumPy number).
+    if arr.dtype == bool or jnp.issubdtype(arr.dtype, jnp.number):
         arr = arr.astype(np.float64)
     else:
         try:  # an object array of numbers converts; strings and the like do not
@@ -114,11 +116,69 @@ def pick_layer(layers: Sequence[str], layer: str | None) -> str:
     return layer
 
 
+def batch_sharding(mesh: Any, sharding: Any) -> Any:
+    """The sharding of the batch axis from ``mesh=`` (a :class:`jax.sharding.Mesh`, or a
+    device count n: a 1-D mesh ``'batch'`` over ``jax.devices()[:n]``) or ``sharding=``
+    (returned as it is). A mesh splits the batch over all of its axes."""
+    if mesh is None:
+        return sharding
+    if sharding is not None:
+        raise ValueError(
+            "pass mesh= or sharding=, not both; mesh=m means "
+            "sharding=NamedSharding(m, PartitionSpec(m.axis_names))"
+        )
+    if isinstance(mesh, (int, np.integer)) and not isinstance(mesh, (bool, np.bool_)):
+        available = jax.device_count()
+        if not 1 <= mesh <= available:
+            raise ValueError(
+                f"mesh={mesh} devices, but {available} {jax.default_backend()} device(s) "
+                f"exist; pass 1 to {available} (for host devices, set XLA_FLAGS="
+                "--xla_force_host_platform_device_count=N before jax is imported)"
+            )
+        if jax.process_count() > 1 and mesh != available:
+            raise ValueError(
+                f"mesh={mesh} with {jax.process_count()} processes: every process must hold "
+                f"devices of the mesh; pass mesh={available} (all devices) or a Mesh"
+            )
+        mesh = Mesh(np.array(jax.devices()[: int(mesh)]), ("batch",))
+    if not isinstance(mesh, Mesh):
+        raise ValueError(
+            f"mesh must be a jax.sharding.Mesh or a device count (int); got {type(mesh).__name__}"
+        )
+    return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
+
+
+def batch_multiple(sharding: Any) -> int:
+    """Rows of a (per-process) batch must be a multiple of this to split evenly over the
+    devices of ``sharding`` (1 for None). For a :class:`NamedSharding` it is the number of
+    shards of the batch axis held by this process; for another sharding, the number of its
+    devices held here (a multiple of any split of the batch axis)."""
+    if sharding is None:
+        return 1
+    held = len(sharding.addressable_devices) / len(sharding.device_set)
+    if isinstance(sharding, NamedSharding):
+        axes = sharding.spec[0] if len(sharding.spec) else None
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        shards = int(np.prod([sharding.mesh.shape[a] for a in axes]))
+    else:
+        shards = len(sharding.device_set)
+    return max(1, round(shards * held))
+
+
 def pad_batch(
-    x: Any, y: Any, valid: Any, size: int, i: int, *, size_from: str, fix: str
+    x: Any,
+    y: Any,
+    valid: Any,
+    size: int,
+    i: int,
+    *,
+    size_from: str,
+    fix: str,
+    multiple: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batch ``i``: x (n, ...), y (n,) or (n, 1), valid (n,) or None -> the three padded
-    to ``size`` rows (padding has valid=False). When n > size the error says where
+    to ``size`` rows, rounded up to a multiple of ``multiple`` (the devices the batch is
+    split over), with valid=False on the padding. When n > size the error says where
     ``size`` comes from (``size_from``, e.g. "the first batch's size") and ``fix``.
 
     Rows with valid=False (given or padding) are zeroed, so nothing a masked row holds
@@ -144,14 +204,30 @@ def pad_batch(
         y = np.where(valid, y, np.zeros((), y.dtype))
     if n > size:
         raise ValueError(f"batch {i} has {n} samples, more than {size_from} {size}; {fix}")
-    if n == size:
+    pad = -(-size // multiple) * multiple - n
+    if pad == 0:
         return x, y, valid
-    pad = size - n
     return (
         np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]),
         np.concatenate([y, np.zeros(pad, y.dtype)]),
         np.concatenate([valid, np.zeros(pad, bool)]),
     )
+
+
+def floating_dtype(what: str, dtype: Any) -> np.dtype | None:
+    """``dtype`` (None, a dtype or its name) as a floating NumPy dtype, e.g. bfloat16."""
+    if dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(
+            f"{what} must be a floating dtype such as jnp.bfloat16 or jnp.float32 (or None); "
+            f"got {dtype!r}"
+        )
+    return dt
 
 
 def label_range(y: np.ndarray, valid: np.ndarray, n: int, i: int, fix: str) -> None:
