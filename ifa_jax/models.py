@@ -283,3 +283,66 @@ ResNet18 = ResNet
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck")
 """ResNet-50: :class:`ResNet` with bottleneck blocks in the 3-4-6-3 layout (2048 channels
 at ``"stage4"``)."""
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer encoder block on tokens (B, N, D) -> (B, N, D):
+    ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))`` (MLP: fc1, GELU, fc2)."""
+
+    num_heads: int = 4
+    mlp_dim: int = 128
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Tokens (B, N, D) -> tokens (B, N, D)."""
+        y = nn.LayerNorm(name="norm1")(x)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="attn")(y)
+        y = nn.LayerNorm(name="norm2")(x)
+        y = nn.Dense(x.shape[-1], name="fc2")(nn.gelu(nn.Dense(self.mlp_dim, name="fc1")(y)))
+        return x + y
+
+
+class ViT(nn.Module):
+    """A small Vision Transformer: patch embedding, class token, learned position
+    embedding, ``depth`` pre-norm blocks (:class:`ViTBlock`), final norm, head on the class
+    token. Defaults suit 28x28 MNIST: ``patch=7`` gives a 4x4 grid (16 patch tokens plus
+    the class token, N = 17); ``patch=4`` gives 7x7. Rank-agnostic like the CNNs: inputs
+    (B, *spatial, C) with 1-3 spatial axes, each divisible by ``patch``.
+
+    Submodules: ``patch_embed`` (a conv with stride = patch), ``block1 .. block{depth}``
+    (each with ``norm1``, ``attn``, ``norm2``, ``fc1``, ``fc2``), ``norm``, ``head``.
+
+    Natural target layer: ``f"block{depth}/norm1"``, the norm before the last block's
+    attention (pytorch-grad-cam's documented choice), read as a grid with
+    ``reshape=ifa_jax.tokens_to_grid()``. Not the last block's output (``f"block{depth}"``)
+    nor ``"norm"``: the head reads only the class token, and after the last attention
+    nothing mixes tokens any more, so the gradient at every patch token there is exactly 0.
+    """
+
+    num_classes: int = 10
+    patch: int = 7
+    dim: int = 64
+    depth: int = 2
+    num_heads: int = 4
+    mlp_dim: int = 128
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (B, num_classes) of inputs x (B, *spatial, C)."""
+        d = x.ndim - 2
+        if d not in (1, 2, 3) or any(n % self.patch for n in x.shape[1:-1]):
+            raise ValueError(
+                f"ViT(patch={self.patch}) expects inputs (B, *spatial, C) with 1-3 spatial "
+                f"axes, each divisible by {self.patch}; got shape {x.shape}"
+            )
+        p = (self.patch,) * d
+        x = nn.Conv(self.dim, p, strides=p, padding="VALID", name="patch_embed")(x)
+        x = x.reshape(x.shape[0], -1, self.dim)  # (B, patches, D), row-major over the grid
+        cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.dim))
+        x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)), x], axis=1)
+        pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, x.shape[1], self.dim))
+        x = x + pos
+        for i in range(self.depth):
+            x = ViTBlock(self.num_heads, self.mlp_dim, name=f"block{i + 1}")(x)
+        x = nn.LayerNorm(name="norm")(x)
+        return nn.Dense(self.num_classes, name="head")(x[:, 0])

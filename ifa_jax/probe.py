@@ -12,6 +12,10 @@ into the parameters (they are constants of the vjp).
 * :func:`nnx_probe` taps an NNX model by swapping the named submodule, on a private copy
   made with ``nnx.split``/``nnx.merge``, for a thin wrapper: no edit to the model either.
 
+Both take ``layers=None`` for the model's natural target layer (:func:`natural_layer`)
+and ``reshape=`` for layers whose output is not yet a grid, such as transformer tokens
+(``reshape=ifa_jax.tokens_to_grid()``; :mod:`ifa_jax.tokens`).
+
 Both return a :class:`LayerProbe`, a callable that may itself be called under ``jax.jit``,
 ``vmap`` or ``grad``. A model that returns a tuple or a dict needs ``output=`` to pick its
 logits. Errors with a known cause (a model in training mode, an input without its channel
@@ -24,7 +28,11 @@ import contextlib
 import dataclasses
 import difflib
 import functools
-from collections.abc import Callable, Mapping, Sequence
+import itertools
+import logging
+import math
+import warnings
+from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -35,6 +43,7 @@ from flax import errors as flax_errors
 from flax import nnx
 
 from ifa_jax._checks import index_targets, is_traced, one_of, outputs_in_range
+from ifa_jax.tokens import GridTapped, Reshape
 
 Array = jax.Array
 # tapped(variables, x, deltas | None) -> (logits (B, O), {layer: A (B, *spatial, K)})
@@ -45,6 +54,14 @@ Target = int | str | Array | np.ndarray | Callable[[Array], Array] | None
 Output = int | str | Callable[[Any], Array] | None
 
 SCORES = ("logit", "probability")
+# The layer key of a probe built with layer=None: the natural target layer, found when the
+# probe first runs (it needs an input to see the model's calls).
+AUTO = "auto"
+logger = logging.getLogger("ifa_jax")
+
+
+class ZeroGradientWarning(UserWarning):
+    """The gradients at a tapped layer are zero for the requested targets (see the message)."""
 
 
 class ProbeResult(NamedTuple):
@@ -176,7 +193,7 @@ def _flax_detail(e: Exception) -> str:
 
 
 @contextlib.contextmanager
-def _explained_errors(x: Array):
+def _explained_errors(x: Array | jax.ShapeDtypeStruct):
     """Re-raise model errors that have a known cause as ValueErrors that name the fix.
 
     Works under an outer ``jit`` too: these errors are raised while tracing.
@@ -214,7 +231,7 @@ def _explained_errors(x: Array):
         raise ValueError(_input_shape_message(x, str(e))) from e
 
 
-def _input_shape_message(x: Array, detail: str) -> str:
+def _input_shape_message(x: Array | jax.ShapeDtypeStruct, detail: str) -> str:
     return (
         f"the model does not accept an input of shape {tuple(x.shape)} ({detail}). Inputs "
         "are batched and channels-last, (B, *spatial, C), with the channels the model was "
@@ -223,21 +240,130 @@ def _input_shape_message(x: Array, detail: str) -> str:
     )
 
 
-def _tap_output(name: str, path: str, out: Any, acts: dict, deltas: Mapping | None) -> Any:
+def _tap_output(
+    name: str, path: str, out: Any, acts: dict, deltas: Mapping | None, check_rank: bool = True
+) -> Any:
     """What a tapped layer passes on: records its output ``out`` in ``acts[name]`` (once
-    per forward pass) and adds ``deltas[name]`` to it when given."""
+    per forward pass) and adds ``deltas[name]`` to it when given. ``check_rank=False``
+    leaves the rank check to a ``reshape`` (:class:`ifa_jax.tokens.GridTapped`)."""
     if name in acts:
         raise ValueError(
             f"layer {name!r} ({path}) is called more than once per forward pass "
             "(a shared module); tap a module that is called once"
         )
-    _check_activation(name, out)
+    if check_rank:
+        _check_activation(name, out)
     acts[name] = out
     delta = None if deltas is None else deltas.get(name)
     return out if delta is None else out + delta
 
 
+# --------------------------------------------------------------------------- natural layer
+
+
+class LayerCall(NamedTuple):
+    """One submodule call of a forward pass: its path, class name, output shape (a tree of
+    shapes for a tuple or dict output) and when it started and ended (one clock)."""
+
+    path: str
+    kind: str
+    shape: Any
+    start: int
+    end: int
+
+
+def _shapes(out: Any) -> Any:
+    return jax.tree.map(lambda a: tuple(getattr(a, "shape", ())) or None, out)
+
+
+def _is_grid(shape: Any) -> bool:
+    """Whether an output shape is (B, *spatial, K) with 1-3 spatial axes."""
+    return (
+        isinstance(shape, tuple) and 3 <= len(shape) <= 5 and all(isinstance(n, int) for n in shape)
+    )
+
+
+def natural_layer(calls: Sequence[LayerCall]) -> tuple[str, str]:
+    """The natural target layer among a forward pass's submodule calls, and why.
+
+    With an attention module (a class named ``*Attention``): the last norm (a class named
+    ``*Norm*``) that ran before the last attention started, i.e. the norm before the last
+    block's attention in a pre-norm transformer (the input of that attention when no norm
+    precedes it). Otherwise (a CNN): the last module to finish with a grid output
+    (B, *spatial, K), so the enclosing block or stage wins over its inner layers, and a
+    ReLU module after a conv wins over the conv.
+    """
+    attentions = [c for c in calls if c.kind.endswith("Attention")]
+    if attentions:
+        last = max(attentions, key=lambda c: c.start)
+        before = [c for c in calls if c.end < last.start and _is_grid(c.shape)]
+        norms = [c for c in before if "Norm" in c.kind]
+        if norms or before:
+            pick = max(norms or before, key=lambda c: c.end)
+            what = "the norm" if norms else "the input"
+            return pick.path, f"{what} before the last attention, {last.path!r}"
+    grids = [c for c in calls if _is_grid(c.shape)]
+    if not grids:
+        listing = ", ".join(f"{c.path} {c.shape}" for c in calls) or "(none)"
+        raise ValueError(
+            "layer=None found no layer with a grid output (B, *spatial, K) to tap; name "
+            f"the layer. Layers and output shapes: {listing}"
+        )
+    return max(grids, key=lambda c: c.end).path, "the last layer with a spatial output"
+
+
+def _announce(picked: tuple[str, str], shape: Any, reshape: Reshape | None) -> None:
+    path, why = picked
+    hint = ""
+    if reshape is None and "attention" in why:
+        hint = (
+            f"; its output {shape} is a token sequence: pass reshape=ifa_jax.tokens_to_grid() "
+            "to see the patch tokens as a grid"
+        )
+    logger.info("layer=None: tapping %r, %s%s", path, why, hint)
+
+
+def _auto_resolver(reshape: Reshape | None) -> Callable[[Sequence[LayerCall]], str]:
+    """calls -> the natural layer's path, logged once per path (a probe retraces often)."""
+    announced: set[str] = set()
+
+    def resolve(calls: Sequence[LayerCall]) -> str:
+        picked = natural_layer(calls)
+        if picked[0] not in announced:
+            announced.add(picked[0])
+            shape = next(c.shape for c in calls if c.path == picked[0])
+            _announce(picked, shape, reshape)
+        return picked[0]
+
+    return resolve
+
+
 # --------------------------------------------------------------------------- Linen
+
+
+def linen_calls(
+    model: nn.Module, variables: Any, x: Array | jax.ShapeDtypeStruct, **apply_kwargs
+) -> list[LayerCall]:
+    """The submodule calls of ``model.apply`` on ``x`` (first call of each path), in the
+    order they end. Runs abstractly (``jax.eval_shape``): nothing is computed."""
+    calls: dict[str, LayerCall] = {}
+    clock = itertools.count()
+
+    def record(next_fun, args, kwargs, context):
+        start = next(clock)
+        out = next_fun(*args, **kwargs)
+        path = "/".join(context.module.path)
+        if context.method_name == "__call__" and path and path not in calls:
+            kind = type(context.module).__name__
+            calls[path] = LayerCall(path, kind, _shapes(out), start, next(clock))
+        return out
+
+    def run(variables, x):
+        with nn.intercept_methods(record):
+            return model.apply(variables, x, **apply_kwargs)
+
+    jax.eval_shape(run, variables, x)
+    return sorted(calls.values(), key=lambda c: c.end)
 
 
 def linen_layers(
@@ -247,33 +373,38 @@ def linen_layers(
 
     Runs abstractly (``jax.eval_shape``): nothing is computed.
     """
-    found: dict[str, Any] = {}
+    return {c.path: c.shape for c in linen_calls(model, variables, x, **apply_kwargs)}
 
-    def record(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        path = "/".join(context.module.path)
-        if context.method_name == "__call__" and path:
-            found.setdefault(path, jax.tree.map(lambda a: getattr(a, "shape", None), out))
-        return out
 
-    def run(variables, x):
-        with nn.intercept_methods(record):
-            return model.apply(variables, x, **apply_kwargs)
-
-    jax.eval_shape(run, variables, x)
-    return found
+def linen_natural_layer(
+    model: nn.Module, variables: Any, x: Array | jax.ShapeDtypeStruct, **apply_kwargs
+) -> tuple[str, str]:
+    """The path of the model's natural target layer and why (see :func:`natural_layer`):
+    what ``linen_probe(model, None)`` taps. Runs abstractly."""
+    with _explained_errors(x):
+        return natural_layer(linen_calls(model, variables, x, **apply_kwargs))
 
 
 def _linen_tapped(
-    model: nn.Module, layers: tuple[str, ...], apply_kwargs: dict, output: Output = None
+    model: nn.Module,
+    layers: tuple[str, ...],
+    apply_kwargs: dict,
+    output: Output = None,
+    reshape: Reshape | None = None,
 ) -> TappedFn:
+    auto = _auto_resolver(reshape)
+
     def tapped(variables, x, deltas):
         with _explained_errors(x):
             return _tapped(variables, x, deltas)
 
     def _tapped(variables, x, deltas):
-        available = list(linen_layers(model, variables, x, **apply_kwargs))
-        paths = {resolve_layer(layer, available): layer for layer in layers}
+        calls = linen_calls(model, variables, x, **apply_kwargs)
+        available = [c.path for c in calls]
+        paths = {
+            auto(calls) if layer == AUTO else resolve_layer(layer, available): layer
+            for layer in layers
+        }
         acts: dict[str, Array] = {}
 
         def tap(next_fun, args, kwargs, context):
@@ -281,7 +412,7 @@ def _linen_tapped(
             path = "/".join(context.module.path)
             if context.method_name != "__call__" or path not in paths:
                 return out
-            return _tap_output(paths[path], path, out, acts, deltas)
+            return _tap_output(paths[path], path, out, acts, deltas, reshape is None)
 
         with nn.intercept_methods(tap):
             out = model.apply(variables, x, **apply_kwargs)
@@ -291,19 +422,33 @@ def _linen_tapped(
 
 
 def linen_probe(
-    model: nn.Module, layers: str | Sequence[str], *, output: Output = None, **apply_kwargs
+    model: nn.Module,
+    layers: str | Sequence[str] | None = None,
+    *,
+    output: Output = None,
+    reshape: Reshape | None = None,
+    **apply_kwargs,
 ) -> LayerProbe:
     """A probe for a Linen model at one layer (arrays out) or several (dicts out).
 
+    ``layers=None`` taps the natural target layer (:func:`natural_layer`: the last layer
+    with a spatial output for a CNN, the norm before the last block's attention for a
+    transformer), found when the probe first runs and logged (``logging``, logger
+    ``"ifa_jax"``, level INFO); its key in results is ``"auto"``.
+    ``reshape`` maps each tapped output to a grid (B, *spatial, K) before every method,
+    e.g. ``ifa_jax.tokens_to_grid()`` for transformer tokens (see :mod:`ifa_jax.tokens`).
     ``apply_kwargs`` go to ``model.apply`` (e.g. ``train=False`` for BatchNorm models).
     ``output`` picks the logits (B, O) when the model returns a tuple or a dict: an index
     (``0``), a key (``'logits'``) or a callable ``out -> logits``.
     """
     names = _layer_names(layers)
+    kwargs = dict(apply_kwargs)
     return LayerProbe(
-        _linen_tapped(model, names, dict(apply_kwargs), output),
+        _linen_tapped(model, names, kwargs, output, reshape),
         names,
-        single=isinstance(layers, str),
+        single=layers is None or isinstance(layers, str),
+        reshape=reshape,
+        find_layer=lambda v, x: linen_natural_layer(model, v, x, **kwargs),
     )
 
 
@@ -318,59 +463,134 @@ def nnx_layers(model: nnx.Module) -> list[str]:
 class _NnxTap:
     """Stands in for a submodule on a private copy of the model: records and perturbs its output."""
 
-    def __init__(self, inner, name, path, acts, deltas):
+    def __init__(self, inner, name, path, acts, deltas, check_rank=True):
         self.inner, self.name, self.path = inner, name, path
-        self.acts, self.deltas = acts, deltas
+        self.acts, self.deltas, self.check_rank = acts, deltas, check_rank
 
     def __call__(self, *args, **kwargs):
         out = self.inner(*args, **kwargs)
-        return _tap_output(self.name, self.path, out, self.acts, self.deltas)
+        return _tap_output(self.name, self.path, out, self.acts, self.deltas, self.check_rank)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class _NnxRecorder:
+    """Stands in for a submodule on a private copy of the model: records its call."""
+
+    def __init__(self, inner, path: str, calls: dict, clock):
+        self.inner, self.path, self.calls, self.clock = inner, path, calls, clock
+
+    def __call__(self, *args, **kwargs):
+        start = next(self.clock)
+        out = self.inner(*args, **kwargs)
+        kind = type(self.inner).__name__
+        call = LayerCall(self.path, kind, _shapes(out), start, next(self.clock))
+        self.calls.setdefault(self.path, call)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
 def _get_child(parent, key: str):
-    return parent[int(key)] if isinstance(parent, (list, tuple)) else getattr(parent, key)
+    if key.isdigit() and isinstance(parent, Sequence):
+        return parent[int(key)]
+    return getattr(parent, key)
 
 
 def _set_child(parent, key: str, value) -> None:
-    if isinstance(parent, list):
+    if key.isdigit() and isinstance(parent, MutableSequence):
         parent[int(key)] = value
     else:
         # NNX modules guard attribute assignment; the copy is private, so bypass it.
         object.__setattr__(parent, key, value)
 
 
+def _swap_in(root, path: str, wrap: Callable[[Any], Any]) -> None:
+    """Replace the submodule at ``path`` of ``root`` (a private copy) by ``wrap(it)``."""
+    *parents, last = path.split("/")
+    parent = functools.reduce(_get_child, parents, root)
+    _set_child(parent, last, wrap(_get_child(parent, last)))
+
+
+def _nnx_calls(graphdef, state, x) -> list[LayerCall]:
+    """The submodule calls of the NNX model ``merge(graphdef, state)`` on ``x``, in the
+    order they end; runs abstractly."""
+    calls: dict[str, LayerCall] = {}
+    clock = itertools.count()
+
+    def run(state, x):
+        copy = nnx.merge(graphdef, state)
+        # Deepest first, so that every parent on a path is still the module itself;
+        # containers (nnx.List) are iterated, not called, so they stay as they are.
+        modules = {"/".join(map(str, p)): m for p, m in nnx.iter_modules(copy) if p}
+        for path in sorted(modules, key=lambda p: -p.count("/")):
+            if not isinstance(modules[path], Sequence):
+                _swap_in(copy, path, lambda m, p=path: _NnxRecorder(m, p, calls, clock))
+        copy(x)
+
+    with _explained_errors(x):
+        jax.eval_shape(run, state, x)
+    return sorted(calls.values(), key=lambda c: c.end)
+
+
+def nnx_natural_layer(model: nnx.Module, x: Array | jax.ShapeDtypeStruct) -> tuple[str, str]:
+    """The path of an NNX model's natural target layer and why (see :func:`natural_layer`):
+    what ``nnx_probe(model, None)`` taps. Runs abstractly; ``model`` is untouched."""
+    graphdef, state = nnx.split(model)
+    return natural_layer(_nnx_calls(graphdef, state, x))
+
+
 def nnx_probe(
-    model: nnx.Module, layers: str | Sequence[str], *, output: Output = None
+    model: nnx.Module,
+    layers: str | Sequence[str] | None = None,
+    *,
+    output: Output = None,
+    reshape: Reshape | None = None,
 ) -> tuple[LayerProbe, nnx.State]:
     """A probe for an NNX model, and the model's state to pass as ``variables``.
 
     Nothing needs adding to the model. Call ``model.eval()`` first if it has BatchNorm or
     Dropout. The probe works on a private copy (``nnx.merge``), so ``model`` is untouched.
-    ``output`` picks the logits as in :func:`linen_probe`.
+    ``layers=None``, ``reshape`` and ``output`` work as in :func:`linen_probe`.
     """
     names = _layer_names(layers)
     graphdef, state = nnx.split(model)
     available = nnx_layers(model)
-    paths = {name: resolve_layer(name, available) for name in names}
+    paths = {name: resolve_layer(name, available) for name in names if name != AUTO}
+    auto = _auto_resolver(reshape)
 
     def tapped(state, x, deltas):
+        found = dict(paths)
+        if AUTO in names:
+            found[AUTO] = auto(_nnx_calls(graphdef, state, x))
         copy = nnx.merge(graphdef, state)
         acts: dict[str, Array] = {}
-        for name, path in paths.items():
-            *parents, last = path.split("/")
-            parent = functools.reduce(_get_child, parents, copy)
-            _set_child(parent, last, _NnxTap(_get_child(parent, last), name, path, acts, deltas))
+        # Deepest first, so that every parent on a path is still the module itself.
+        for name, path in sorted(found.items(), key=lambda item: -item[1].count("/")):
+            _swap_in(
+                copy,
+                path,
+                lambda m, n=name, p=path: _NnxTap(m, n, p, acts, deltas, reshape is None),
+            )
         with _explained_errors(x):
             out = copy(x)
         return select_output(out, output), acts
 
-    return LayerProbe(tapped, names, single=isinstance(layers, str)), state
+    def find_layer(state, x):
+        return natural_layer(_nnx_calls(graphdef, state, x))
+
+    single = layers is None or isinstance(layers, str)
+    return LayerProbe(tapped, names, single=single, reshape=reshape, find_layer=find_layer), state
 
 
 # --------------------------------------------------------------------------- the probe
 
 
-def _layer_names(layers: str | Sequence[str]) -> tuple[str, ...]:
+def _layer_names(layers: str | Sequence[str] | None) -> tuple[str, ...]:
+    if layers is None:
+        return (AUTO,)
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     if not names:
         raise ValueError("layers is empty; name at least one layer, e.g. 'conv2'")
@@ -398,18 +618,37 @@ class LayerProbe:
     ``logits (B, O) -> score (B,)`` (regression, custom objectives).
     score: ``'logit'`` (the raw output; also for regression) or ``'probability'``
     (softmax). Non-finite activations or gradients raise ``FloatingPointError`` when the
-    probe is called eagerly (under an outer ``jit`` the check is skipped).
+    probe is called eagerly (under an outer ``jit`` the check is skipped), and gradients
+    that are zero on the whole grid (or reach one position of it) warn
+    (:class:`ZeroGradientWarning`), naming ``find_layer``'s layer to try.
+
+    reshape: maps each tapped output to a grid (B, *spatial, K) before every method
+    (:mod:`ifa_jax.tokens`); ``probe.tapped`` is then the given tapped forward seen on the
+    grid (a :class:`ifa_jax.tokens.GridTapped`). find_layer: ``(variables, x) -> (path,
+    why)`` of the model's natural target layer, for the zero-gradient warning.
     """
 
     tapped: TappedFn
     layers: tuple[str, ...]
     single: bool = True
     check_finite: bool = True
+    reshape: Reshape | None = None
+    find_layer: Callable[[Any, Array], tuple[str, str]] | None = None
     # Set in __post_init__: the jitted core and the cache of output shapes.
     _jit_core: Callable = dataclasses.field(init=False, repr=False)
     _shapes: dict = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self):
+        if self.reshape is not None:
+            if not callable(self.reshape):
+                raise ValueError(
+                    f"reshape={self.reshape!r} must be a function A -> (B, *spatial, K), "
+                    "e.g. ifa_jax.tokens_to_grid()"
+                )
+            # dataclasses.replace passes the grid-space tapped back: wrap it only once.
+            tapped = self.tapped
+            if not (isinstance(tapped, GridTapped) and tapped.reshape is self.reshape):
+                object.__setattr__(self, "tapped", GridTapped(tapped, self.reshape))
         core = jax.jit(self._core, static_argnames=("mode", "fn", "score"))
         object.__setattr__(self, "_jit_core", core)
         object.__setattr__(self, "_shapes", {})
@@ -469,11 +708,18 @@ class LayerProbe:
             return jnp.sum(y), (logits, y, idx, acts)
 
         grads, (logits, y, idx, acts) = jax.grad(total, has_aux=True)(zeros)
-        nonfinite = {
-            k: jnp.stack([jnp.sum(~jnp.isfinite(acts[k])), jnp.sum(~jnp.isfinite(grads[k]))])
+        # Per layer: non-finite counts in A and G, and the grid positions G reaches.
+        checks = {
+            k: jnp.stack(
+                [
+                    jnp.sum(~jnp.isfinite(acts[k])),
+                    jnp.sum(~jnp.isfinite(grads[k])),
+                    jnp.sum(jnp.any(grads[k] != 0, axis=(0, grads[k].ndim - 1))),
+                ]
+            )
             for k in acts
         }
-        return logits, y, idx, acts, grads, nonfinite
+        return logits, y, idx, acts, grads, checks
 
     def per_class(self, variables, x: Array, classes: Array, *, score: str = "logit"):
         """One forward and one batched vjp: gradients for several targets at once.
@@ -521,6 +767,41 @@ class LayerProbe:
             outputs_in_range(t, self.output_shapes(variables, x)[0][-1])
         return "index", None, t
 
+    def _warn_if_blind(self, checks, grids: dict[str, int], variables, x) -> None:
+        """Warn for each layer whose gradients reach no grid position, or one of many."""
+        for name, counts in checks.items():
+            reached, grid = int(counts[2]), grids[name]
+            if reached > 1 or (reached == 1 and grid == 1):
+                continue
+            where = (
+                "are zero at every grid position, so gradient-based CAMs there are blank"
+                if reached == 0
+                else f"reach only 1 of its {grid} grid positions, so gradient-based CAMs "
+                "there show that position alone"
+            )
+            warnings.warn(
+                f"the gradients at layer {name!r} for the requested targets {where}. "
+                "Likely cause: the output "
+                "reads only some tokens or positions of this layer (a ViT head reads only "
+                "the class token, so the patch tokens of the last block's output get no "
+                f"gradient). {self._layer_hint(variables, x)}",
+                ZeroGradientWarning,
+                stacklevel=3,
+            )
+
+    def _layer_hint(self, variables, x) -> str:
+        """'Try layer ...' from find_layer, or a generic hint when there is none."""
+        generic = "Tap an earlier layer, one whose output the model reads at every position."
+        if self.find_layer is None:
+            return generic
+        try:
+            path, why = self.find_layer(variables, x)
+        except ValueError:
+            return generic
+        tokens = self.reshape is None and "attention" in why
+        grid = " with reshape=ifa_jax.tokens_to_grid()" if tokens else ""
+        return f"Try layer {path!r}{grid}: {why}."
+
     def __call__(
         self, variables, x: Array, target: Target = "predicted", *, score: str = "logit"
     ) -> ProbeResult:
@@ -528,7 +809,7 @@ class LayerProbe:
         one_of("score", score, SCORES)
         x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
         mode, fn, t = self._resolve_target(variables, x, target)
-        logits, y, idx, acts, grads, nonfinite = self._jit_core(
+        logits, y, idx, acts, grads, checks = self._jit_core(
             variables, x, t, mode=mode, fn=fn, score=score
         )
         if mode == "callable" and y.shape != (x.shape[0],):
@@ -537,19 +818,22 @@ class LayerProbe:
                 f"got {y.shape}"
             )
         if self.check_finite and not is_traced(y):
-            _raise_if_not_finite(jax.device_get(nonfinite))
+            checks = jax.device_get(checks)
+            _raise_if_not_finite(checks)
+            grids = {k: math.prod(a.shape[1:-1]) for k, a in acts.items()}
+            self._warn_if_blind(checks, grids, variables, x)
         if self.single:
             (name,) = self.layers
             acts, grads = acts[name], grads[name]
         return ProbeResult(logits, y, idx, acts, grads)
 
 
-def _raise_if_not_finite(nonfinite: dict[str, np.ndarray]) -> None:
-    """nonfinite: {layer: [count in A, count in G]} from the jitted core."""
+def _raise_if_not_finite(checks: dict[str, np.ndarray]) -> None:
+    """checks: {layer: [non-finite count in A, in G, ...]} from the jitted core."""
     problems = [
         f"{int(n)} non-finite {kind} at layer {name!r}"
-        for name, counts in nonfinite.items()
-        for kind, n in zip(("activations", "gradients"), counts)
+        for name, counts in checks.items()
+        for kind, n in zip(("activations", "gradients"), counts[:2])
         if n
     ]
     if problems:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-OPTIONAL = ("tensorflow_datasets", "mlxtend", "sklearn", "matplotlib")
+OPTIONAL = ("tensorflow_datasets", "mlxtend", "sklearn", "matplotlib", "equinox", "haiku")
 
 # Runs in a fresh interpreter in which the optional packages cannot be imported.
 SCRIPT = f"""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from ifa_jax import explain
 from ifa_jax.models import ConvNet
@@ -278,3 +281,92 @@ def test_batchnorm_model_in_inference_mode_gives_per_sample_gradients():
     assert batch.activations.shape[0] == 3 and batch.activations.ndim == 4
     np.testing.assert_allclose(batch.gradients[1:2], alone.gradients, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(batch.score[1], alone.score[0], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- layer=None
+
+
+def test_layer_none_picks_the_last_spatial_layer_after_its_relu(mnist, nested, caplog):
+    from ifa_jax.models import ResNet
+    from ifa_jax.probe import linen_natural_layer
+
+    model, variables, x = mnist
+    assert linen_natural_layer(model, variables, x) == (
+        "relu2",
+        "the last layer with a spatial output",
+    )
+    with caplog.at_level(logging.INFO, logger="ifa_jax"):
+        auto = linen_probe(model)(variables, x, 3)
+    assert "layer=None: tapping 'relu2'" in caplog.text
+    np.testing.assert_array_equal(
+        auto.gradients, linen_probe(model, "relu2")(variables, x, 3).gradients
+    )
+    # A stage or block that ends after its inner layers is picked over them.
+    resnet = ResNet(num_classes=3, width=4, stage_sizes=(1, 1, 1, 1))
+    spec = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    template = jax.eval_shape(lambda: resnet.init(jax.random.key(0), jnp.zeros(spec.shape)))
+    assert linen_natural_layer(resnet, template, spec, train=False)[0] == "stage4"
+    nested_model, nested_variables, nested_x = nested
+    assert linen_natural_layer(nested_model, nested_variables, nested_x)[0] == "backbone"
+
+
+class _TwoBlocks(nnx.Module):
+    """Pre-norm attention blocks held in an nnx.List, a head on token 0."""
+
+    def __init__(self, rngs):
+        self.embed = nnx.Linear(2, 8, rngs=rngs)
+        self.blocks = nnx.List([_Block(rngs), _Block(rngs)])
+        self.head = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h[:, 0])
+
+
+class _Block(nnx.Module):
+    def __init__(self, rngs):
+        self.norm = nnx.LayerNorm(8, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(num_heads=2, in_features=8, decode=False, rngs=rngs)
+
+    def __call__(self, x):
+        return x + self.attn(self.norm(x))
+
+
+def test_nnx_layer_none(nnx_model):
+    from ifa_jax.probe import nnx_natural_layer
+
+    model, x = nnx_model
+    assert nnx_natural_layer(model, x)[0] == "conv2"
+    tokens = _TwoBlocks(nnx.Rngs(0))
+    t = jax.random.normal(jax.random.key(1), (2, 5, 2))
+    assert nnx_natural_layer(tokens, t) == (
+        "blocks/1/norm",
+        "the norm before the last attention, 'blocks/1/attn'",
+    )
+    auto, state = nnx_probe(tokens)
+    named, _ = nnx_probe(tokens, "blocks/1/norm")
+    got = auto(state, t, 1).gradients
+    np.testing.assert_array_equal(got, named(state, t, 1).gradients)
+    # by hand: d head(h + attn(a))[:, 1] / d a at a = norm(h), h the first block's output
+    h = tokens.blocks[0](tokens.embed(t))
+    a = tokens.blocks[1].norm(h)
+    want = jax.grad(lambda a: tokens.head((h + tokens.blocks[1].attn(a))[:, 0])[:, 1].sum())(a)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_layer_none_without_a_grid_layer_is_an_error():
+    class Mlp(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2, name="out")(nn.Dense(4, name="hidden")(x))
+
+    x = jnp.ones((2, 3))
+    variables = Mlp().init(jax.random.key(0), x)
+    with pytest.raises(
+        ValueError,
+        match=r"layer=None found no layer with a grid output.*"
+        r"name the layer.*hidden \(2, 4\), out \(2, 2\)",
+    ):
+        linen_probe(Mlp())(variables, x)

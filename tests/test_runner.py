@@ -478,7 +478,7 @@ def test_plugin_errors_name_the_fix(tmp_path):
     with pytest.raises(
         ValueError,
         match=r"model 'cnn' is not one of mnist_cnn, convnet, "
-        r"resnet18 nor a plug-in",
+        r"resnet18, vit nor a plug-in",
     ):
         tiny(model="cnn")
     with pytest.raises(ValueError, match=r"dataset 'tfds' must be written 'tfds:<name>'"):

@@ -7,9 +7,11 @@ import only modules of a LOWER OR EQUAL layer:
 
     0  _checks, _stats, io          shared checks and helpers (no ifa_jax imports above 0)
     1  data, models                 inputs and example models
-    2  probe, train                 activations and gradients; training
+    2  probe, frameworks, tokens,   activations and gradients (Flax; other frameworks;
+       train                        token grids); training
     3  cams                         CAMs from A and G
-    4  explaining                   probe + CAM in one call (explain, forward weights)
+    4  explaining, smoothing        probe + CAM in one call (explain, forward weights);
+                                    smoothed CAMs (augmentation, noise, eigen)
     5  analysis                     the streaming analysis pass
     6  scale, decompose, metrics    computed from the analysis' outputs
     7  diagnostics, consistency, plots
@@ -38,9 +40,12 @@ LAYERS = {
     "ifa_jax.data": 1,
     "ifa_jax.models": 1,
     "ifa_jax.probe": 2,
+    "ifa_jax.tokens": 2,
+    "ifa_jax.frameworks": 2,
     "ifa_jax.train": 2,
     "ifa_jax.cams": 3,
     "ifa_jax.explaining": 4,
+    "ifa_jax.smoothing": 4,
     "ifa_jax.analysis": 5,
     "ifa_jax.scale": 6,
     "ifa_jax.decompose": 6,

@@ -32,21 +32,29 @@ class Config:
     :mod:`ifa_jax.runner.registry`. image_size: resize tfds images to it.
     validation_size: validation examples for datasets that are split here (a count, or a
     share when below 1).
-    model: ``mnist_cnn``, ``convnet``, ``resnet18`` or a plug-in factory, with
+    model: ``mnist_cnn``, ``convnet``, ``resnet18``, ``vit`` or a plug-in factory, with
     ``model_kwargs`` (pairs).
     variables: a trained model's variables (a ``.msgpack`` file of
     ``flax.serialization``, or an orbax checkpoint folder): analysed as they are, with no
-    training. layer: the layer to analyse. train: a :class:`ifa_jax.train.TrainConfig`.
+    training. layer: the layer to analyse (None: the model's natural target layer, see
+    :func:`ifa_jax.probe.natural_layer`; the run logs and records which). tokens_prefix:
+    for a layer that outputs transformer tokens (B, N, D), the number of class/register
+    tokens before the patch tokens, which are read as a square grid
+    (:func:`ifa_jax.tokens_to_grid`); None for a layer that outputs a grid.
+    train: a :class:`ifa_jax.train.TrainConfig`.
     methods: CAM methods analysed and evaluated (the first one drives the figures).
     scale_*: the common intensity scale (docs/method.md).
     subset_ratios / subset_modes: feature-subset accuracy.
     consistency_ratio: the 'top' subset whose CAMs are evaluated beside all features.
-    max_classes: classes evaluated for consistency (all when None); consistency_group:
-    classes sharing one forward pass there (memory grows with it).
+    max_classes: classes of the four-level consistency evaluation (None: up to 64);
+    consistency_group: classes sharing one forward pass there (memory grows with it).
     outliers_shown: the worst outliers listed and drawn.
     faithfulness_samples / sanity_samples: images for drop/increase, insertion/deletion
     and the randomisation check (0 skips them); figure_samples: images in the CAM figure.
     All three are drawn stratified by class with ``seed`` (one per class first).
+    devices: devices the analysis pass splits each batch over (the first n of
+    ``jax.devices()``; batches are padded to a multiple of n); the results equal one
+    device's.
     """
 
     name: str = "mnist"
@@ -57,7 +65,8 @@ class Config:
     model_kwargs: tuple[tuple[str, Any], ...] = ()
     dataset_kwargs: tuple[tuple[str, Any], ...] = ()
     variables: str | None = None
-    layer: str = "conv2"
+    layer: str | None = None
+    tokens_prefix: int | None = None
     train: training.TrainConfig = training.TrainConfig(epochs=4, batch_size=128, lr=2e-3)
     batch_size: int = 250
     methods: tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "hirescam")
@@ -76,6 +85,7 @@ class Config:
     sanity_samples: int = 16
     figure_samples: int = 10
     seed: int = 0
+    devices: int = 1
 
     def __post_init__(self):
         for name, value in _typed_fields(
@@ -89,6 +99,11 @@ class Config:
             (bool(self.methods), "methods is empty; name at least one CAM method"),
             (self.validation_size > 0, "validation_size must be > 0 (a count, or a share < 1)"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (
+                self.tokens_prefix is None or self.tokens_prefix >= 0,
+                "tokens_prefix must be >= 0 (the class/register tokens) or None",
+            ),
+            (self.devices >= 1, "devices must be >= 1 (the devices the analysis runs on)"),
             (self.scale_ratio > 0, "scale_ratio must be > 0"),
             (
                 0 <= self.scale_lo_percentile < self.scale_hi_percentile <= 100,

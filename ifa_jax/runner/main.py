@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -118,7 +119,10 @@ def run(
             )
     splits = registry.load_data(config)
     model = registry.build_model(config, splits)
-    check_model(config, model, splits)
+    layer, why = check_model(config, model, splits)
+    if config.layer is None:  # recorded in config.json, the report and results.json
+        log(f"layer: {layer} ({why})")
+        config = dataclasses.replace(config, layer=layer)
     given = load_given_variables(config, model, splits) if config.variables else None
     if given is not None and overwrite:
         inside = os.path.commonpath([os.path.abspath(out), os.path.abspath(str(config.variables))])

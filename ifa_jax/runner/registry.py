@@ -42,11 +42,16 @@ def _resnet18(*, num_classes, input_shape, **kwargs):
     return models.ResNet18(num_classes=num_classes, **kwargs)
 
 
+def _vit(*, num_classes, input_shape, **kwargs):
+    return models.ViT(num_classes=num_classes, **kwargs)
+
+
 # name -> factory(*, num_classes, input_shape, **model_kwargs) -> Linen module
 MODELS: dict[str, Callable[..., Any]] = {
     "mnist_cnn": _mnist_cnn,
     "convnet": _convnet,
     "resnet18": _resnet18,
+    "vit": _vit,
 }
 
 

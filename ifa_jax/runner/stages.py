@@ -18,9 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ifa_jax import analysis, data, scale
+from ifa_jax import analysis, data, scale, tokens
 from ifa_jax import train as training
-from ifa_jax.probe import LayerProbe, linen_layers, linen_probe, resolve_layer
+from ifa_jax.probe import (
+    LayerProbe,
+    linen_layers,
+    linen_natural_layer,
+    linen_probe,
+    resolve_layer,
+)
 from ifa_jax.runner.config import Config
 from ifa_jax.runner.folder import RunFolder, sha256
 
@@ -77,23 +83,38 @@ def _template(config: Config, model, input_shape):
     )
 
 
-def check_model(config: Config, model, splits: data.Splits) -> None:
+def reshape_of(config: Config) -> tokens.TokenGrid | None:
+    """The probe's ``reshape``: tokens to a grid when the config sets ``tokens_prefix``."""
+    return None if config.tokens_prefix is None else tokens.tokens_to_grid(config.tokens_prefix)
+
+
+def check_model(config: Config, model, splits: data.Splits) -> tuple[str, str]:
     """Resolve the layer and check the model's outputs abstractly (nothing is computed),
-    so a wrong name fails before any file is written or any training is done."""
+    so a wrong name fails before any file is written or any training is done. Returns
+    the layer's path and how it was chosen (the natural layer when ``layer`` is None)."""
     input_shape = splits.train.input_shape
     kwargs = training.inference_kwargs(model)
     template = _template(config, model, input_shape)
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     available = linen_layers(model, template, x, **kwargs)
     try:
-        path = resolve_layer(config.layer, list(available))
+        if config.layer is None:
+            path, why = linen_natural_layer(model, template, x, **kwargs)
+        else:
+            path, why = resolve_layer(config.layer, list(available)), "named by the config"
     except ValueError as e:
         raise ValueError(f"config field 'layer': {e}") from None
     shape = available[path]
+    reshape = reshape_of(config)
+    if reshape is not None:
+        try:
+            shape = tuple(jax.eval_shape(reshape, jax.ShapeDtypeStruct(shape, jnp.float32)).shape)
+        except ValueError as e:
+            raise ValueError(f"config field 'tokens_prefix' (layer {path!r}): {e}") from None
     if not (isinstance(shape, tuple) and 3 <= len(shape) <= 5):
         grids = [p for p, s in available.items() if isinstance(s, tuple) and 3 <= len(s) <= 5]
         raise ValueError(
-            f"config field 'layer': {config.layer!r} outputs {shape}, not a feature grid "
+            f"config field 'layer': {path!r} outputs {shape}, not a feature grid "
             f"(B, *spatial, K); layers with one: {', '.join(grids) or '(none)'}"
         )
     out = jax.eval_shape(lambda v, x: model.apply(v, x, **kwargs), template, x)
@@ -104,6 +125,7 @@ def check_model(config: Config, model, splits: data.Splits) -> None:
             f"the dataset {config.dataset!r} has {num_classes} classes; the model must "
             f"return logits (B, >= {num_classes})"
         )
+    return path, why
 
 
 TRAINING_DIVERGED = (
@@ -235,7 +257,9 @@ def stage_analyse(ctx: RunContext) -> None:
     """One streaming pass per split for all methods together (one probe call per batch);
     sets ``ctx.probe``, ``ctx.analyses`` and ``ctx.scales``."""
     config, run = ctx.config, ctx.run
-    ctx.probe = linen_probe(ctx.model, config.layer, **training.inference_kwargs(ctx.model))
+    ctx.probe = linen_probe(
+        ctx.model, config.layer, reshape=reshape_of(config), **training.inference_kwargs(ctx.model)
+    )
     methods = config.methods
     ctx.analyses = {m: {} for m in methods}
     for split_name in SPLITS:
@@ -251,6 +275,7 @@ def stage_analyse(ctx: RunContext) -> None:
                 method=methods,
                 progress=False,
                 keep_importance=True,
+                mesh=config.devices if config.devices > 1 else None,
             )
             for m, result in results.items():
                 arrays = _summary_arrays(result)
@@ -293,6 +318,7 @@ __all__ = [
     "check_model",
     "load_analysis",
     "make_scale",
+    "reshape_of",
     "stage_analyse",
     "stage_train",
 ]

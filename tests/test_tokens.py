@@ -1,0 +1,382 @@
+"""Token layers read as grids (``reshape=``), checked against a hand-split ViT."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ifa_jax
+from ifa_jax import cams, explain, tokens_to_grid
+from ifa_jax.models import ViT
+from ifa_jax.probe import ZeroGradientWarning, linen_natural_layer, linen_probe
+from ifa_jax.tokens import GridTapped
+from tests import reference as ref
+
+SIDE = 3  # 12x12 inputs, patch 4: a 3x3 grid of patch tokens after the class token
+TARGET = np.array([0, 2])
+
+
+@pytest.fixture(scope="module")
+def vit():
+    """(model, variables, x (2, 12, 12, 1))."""
+    model = ViT(num_classes=3, patch=4, dim=8, depth=2, num_heads=2, mlp_dim=16)
+    x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 1))
+    return model, model.init(jax.random.key(1), x), x
+
+
+def vit_split(model, variables):
+    """The ViT cut by hand at block2/norm1: features(x) -> (residual stream h, tokens a),
+    head(h, a) -> logits, with a the tapped tokens (B, 1 + SIDE^2, D)."""
+    p = variables["params"]
+    D = model.dim
+
+    def norm(prm, t):
+        return nn.LayerNorm().apply({"params": prm}, t)
+
+    def attention(prm, t):
+        return nn.MultiHeadDotProductAttention(num_heads=model.num_heads).apply({"params": prm}, t)
+
+    def dense(prm, t, n):
+        return nn.Dense(n).apply({"params": prm}, t)
+
+    def mlp(prm, t):
+        return dense(prm["fc2"], nn.gelu(dense(prm["fc1"], t, model.mlp_dim)), D)
+
+    def features(x):
+        k = (model.patch, model.patch)
+        e = nn.Conv(D, k, strides=k, padding="VALID").apply({"params": p["patch_embed"]}, x)
+        e = e.reshape(x.shape[0], -1, D)
+        cls = jnp.broadcast_to(p["cls_token"], (x.shape[0], 1, D))
+        h = jnp.concatenate([cls, e], axis=1) + p["pos_embedding"]
+        b1 = p["block1"]
+        h = h + attention(b1["attn"], norm(b1["norm1"], h))
+        h = h + mlp(b1, norm(b1["norm2"], h))
+        return h, norm(p["block2"]["norm1"], h)
+
+    def head(h, a):
+        b2 = p["block2"]
+        h = h + attention(b2["attn"], a)
+        h = h + mlp(b2, norm(b2["norm2"], h))
+        return dense(p["head"], norm(p["norm"], h)[:, 0], model.num_classes)
+
+    return features, head
+
+
+def to_grid_by_hand(a):
+    """Patch tokens (B, 1 + SIDE^2, D) -> (B, SIDE, SIDE, D), one token at a time."""
+    a = np.asarray(a)
+    out = np.zeros((a.shape[0], SIDE, SIDE, a.shape[-1]), a.dtype)
+    for i in range(SIDE):
+        for j in range(SIDE):
+            out[:, i, j] = a[:, 1 + SIDE * i + j]
+    return out
+
+
+def to_tokens_by_hand(delta):
+    """A grid delta (B, SIDE, SIDE, D) added to the patch tokens; the class token gets 0."""
+    delta = np.asarray(delta)
+    out = np.zeros((delta.shape[0], 1 + SIDE * SIDE, delta.shape[-1]), delta.dtype)
+    for i in range(SIDE):
+        for j in range(SIDE):
+            out[:, 1 + SIDE * i + j] = delta[:, i, j]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(vit):
+    """The hand-split model's A and G on the grid, and its split functions."""
+    model, variables, x = vit
+    features, head = vit_split(model, variables)
+    h, a = features(x)
+    rows = jnp.arange(x.shape[0])
+    g = jax.grad(lambda a: jnp.sum(head(h, a)[rows, TARGET]))(a)
+    return {
+        "features": features,
+        "head": head,
+        "h": h,
+        "tokens": a,
+        "A": to_grid_by_hand(a),
+        "G": to_grid_by_hand(g),
+        "logits": head(h, a),
+    }
+
+
+def forward_reference_weights(method, reference, x):
+    """ScoreCAM / AblationCAM weights (B, K) from loops over channels, with the masking on
+    the input and the ablation mapped to the tokens by hand."""
+    features, head, h, a = (reference[k] for k in ("features", "head", "h", "tokens"))
+    rows = np.arange(x.shape[0])
+
+    def target_score(logits):
+        return np.asarray(logits)[rows, TARGET]
+
+    if method == "scorecam":
+        return ref.scorecam_weights(
+            reference["A"],
+            x,
+            lambda xm: target_score(head(*features(jnp.asarray(xm, jnp.float32)))),
+            lambda m: jax.image.resize(m, (m.shape[0], *x.shape[1:-1]), "linear"),
+        )
+    return ref.ablation_weights(
+        reference["A"],
+        lambda delta: target_score(head(h, a + to_tokens_by_hand(delta))),
+        target_score(reference["logits"]),
+    )
+
+
+def test_activations_gradients_and_every_cam_equal_hand_split_model(vit, reference):
+    model, variables, x = vit
+    probe = linen_probe(model, "block2/norm1", reshape=tokens_to_grid())
+    out = probe(variables, x, TARGET)
+    np.testing.assert_allclose(out.logits, reference["logits"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.activations, reference["A"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.gradients, reference["G"], rtol=1e-5, atol=1e-7)
+    assert out.activations.shape == (2, SIDE, SIDE, model.dim)
+    assert np.abs(reference["G"]).max() > 1e-3  # patch tokens get gradient here
+    key = jax.random.key(3)
+    for method in ifa_jax.METHODS:
+        _, got = explain(probe, variables, x, TARGET, method, key=key)
+        weights = None
+        if method in ("scorecam", "ablationcam"):
+            weights = jnp.asarray(forward_reference_weights(method, reference, x), jnp.float32)
+        elif method in cams.FORWARD_METHODS:  # a forward method added later: its weights
+            weights = _forward_weights_by_hand_probe(method, reference, variables, x, key)
+        want = cams.cam(
+            jnp.asarray(reference["A"]),
+            jnp.asarray(reference["G"]),
+            method,
+            weights=weights,
+            key=key,
+        )
+        for field in ("cam", "importance", "max", "min"):
+            np.testing.assert_allclose(
+                getattr(got, field),
+                getattr(want, field),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"{method} {field}",
+            )
+
+
+def _forward_weights_by_hand_probe(method, reference, variables, x, key):
+    """Weights of any other forward-pass method, through a probe on the hand-split model."""
+    from ifa_jax.explaining import forward_weights
+    from ifa_jax.probe import LayerProbe
+
+    features, head = reference["features"], reference["head"]
+
+    def tapped(v, x, deltas):
+        h, a = features(x)
+        if deltas is not None:
+            a = a.at[:, 1:].add(deltas["grid"].reshape(a.shape[0], -1, a.shape[-1]))
+        return head(h, a), {"grid": a[:, 1:].reshape(a.shape[0], SIDE, SIDE, -1)}
+
+    probe = LayerProbe(tapped, ("grid",))
+    result = probe(variables, x, TARGET)
+    A = result.activations
+    return forward_weights(probe, variables, x, A, result, method, layer="grid", key=key)
+
+
+def test_one_forward_and_one_vjp(vit, reference):
+    """The jaxpr holds the ops of the hand-split model's forward plus one vjp to the tokens:
+    the reshape adds no model pass, and the vjp never reaches the patch embedding."""
+    model, variables, x = vit
+    probe = linen_probe(model, "block2/norm1", reshape=tokens_to_grid())
+    t = jnp.asarray(TARGET)
+    got = str(
+        jax.make_jaxpr(lambda v, x: probe._core(v, x, t, mode="index", fn=None, score="logit"))(
+            variables, x
+        )
+    )
+    features, head = reference["features"], reference["head"]
+
+    def by_hand(x):
+        h, a = features(x)
+        return jax.grad(lambda a: jnp.sum(head(h, a)[jnp.arange(2), t]))(a)
+
+    want = str(jax.make_jaxpr(by_hand)(x))
+    assert got.count("conv_general_dilated") == 1
+    for op in ("conv_general_dilated", "dot_general", "exp", "rsqrt"):
+        assert got.count(op) == want.count(op), op
+
+
+def test_token_layer_is_read_as_tokens_without_reshape_and_as_a_grid_with_it(vit):
+    """Without reshape a rank-3 token output is a 1-D grid of N tokens (class token
+    included); with it ScoreCAM's masks come from the patch grid, upsampled to the input."""
+    model, variables, x = vit
+    plain = linen_probe(model, "block2/norm1")
+    assert plain(variables, x, TARGET).activations.shape == (2, 1 + SIDE * SIDE, model.dim)
+    gridded = linen_probe(model, "block2/norm1", reshape=tokens_to_grid())
+    _, out = explain(gridded, variables, x, TARGET, "scorecam")
+    assert out.cam.shape == (2, SIDE, SIDE)
+
+
+def test_ablation_on_the_grid_leaves_the_class_token(vit, reference):
+    """forward_with on the grid adds R^T(delta): the class token is untouched."""
+    model, variables, x = vit
+    probe = linen_probe(model, "block2/norm1", reshape=tokens_to_grid())
+    delta = jax.random.normal(jax.random.key(4), (2, SIDE, SIDE, model.dim))
+    got = probe.forward_with(variables, x, {"block2/norm1": delta})
+    want = reference["head"](reference["h"], reference["tokens"] + to_tokens_by_hand(delta))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # dataclasses.replace keeps the reshape once (no second reshape of the grid)
+    again = dataclasses.replace(probe, check_finite=False)
+    np.testing.assert_allclose(again.forward_with(variables, x, {"block2/norm1": delta}), got)
+
+
+def test_tokens_to_grid_round_trip():
+    tokens = jax.random.normal(jax.random.key(5), (2, 2 + 3 * 4, 5))
+    reshape = tokens_to_grid(prefix=2, grid=(3, 4))
+    grid = reshape(tokens)
+    assert grid.shape == (2, 3, 4, 5)
+    np.testing.assert_array_equal(grid[:, 1, 2], tokens[:, 2 + 4 * 1 + 2])  # row-major
+    tapped = GridTapped(lambda v, x, d: (x, {}), reshape)
+    primal = jax.ShapeDtypeStruct(tokens.shape, tokens.dtype)
+    back = tapped.to_tokens("layer", primal, grid)
+    np.testing.assert_array_equal(back[:, 2:], tokens[:, 2:])  # R^T R keeps patch tokens
+    np.testing.assert_array_equal(back[:, :2], 0.0)  # and zeroes the prefix
+    np.testing.assert_array_equal(reshape(back), grid)  # R R^T = identity on the grid
+    square = tokens_to_grid()(jax.random.normal(jax.random.key(6), (1, 1 + 16, 3)))
+    assert square.shape == (1, 4, 4, 3)
+
+
+def test_tokens_to_grid_errors():
+    with pytest.raises(
+        ValueError,
+        match=r"17 tokens; after dropping prefix=2 there are 15, "
+        r"not a square.*prefix=.*grid=\(h, w\)",
+    ):
+        tokens_to_grid(prefix=2)(jnp.zeros((1, 17, 3)))
+    with pytest.raises(ValueError, match=r"there are 16, but grid=\(3, 4\) holds 12"):
+        tokens_to_grid(grid=(3, 4))(jnp.zeros((1, 17, 3)))
+    with pytest.raises(ValueError, match=r"expects tokens \(B, N, D\); got shape \(1, 4, 4, 3\)"):
+        tokens_to_grid()(jnp.zeros((1, 4, 4, 3)))
+    with pytest.raises(ValueError, match=r"prefix=-1 must be an int >= 0"):
+        tokens_to_grid(prefix=-1)
+    with pytest.raises(ValueError, match=r"grid=\(0, 4\) must be 1-3 positive ints"):
+        tokens_to_grid(grid=(0, 4))
+
+
+def test_reshape_errors_name_the_fix(vit):
+    model, variables, x = vit
+    with pytest.raises(
+        ValueError,
+        match=r"reshape maps layer 'block2/norm1'.*\(2, 10, 8\) to "
+        r"shape \(2, 8\); it must give a grid \(B, \*spatial, K\) of rank 3-5",
+    ):
+        linen_probe(model, "block2/norm1", reshape=lambda a: a[:, 0])(variables, x)
+    with pytest.raises(ValueError, match=r"reshape must be linear"):
+        linen_probe(model, "block2/norm1", reshape=lambda a: tokens_to_grid()(jnp.tanh(a)))(
+            variables, x
+        )
+    # A reshape also lifts the rank check of the raw output: (B, N, D) tokens of rank 3
+    # would pass anyway, but a rank-2 output made into a grid is accepted.
+    grid = linen_probe(model, "head", reshape=lambda z: z[:, :, None])(variables, x, TARGET)
+    assert grid.activations.shape == (2, 3, 1)
+
+
+def test_zero_gradients_warn_with_a_layer_to_try(vit):
+    model, variables, x = vit
+    last = linen_probe(model, "block2", reshape=tokens_to_grid())
+    with pytest.warns(
+        ZeroGradientWarning,
+        match=r"'block2'.*zero at every grid position.*"
+        r"class token.*Try layer 'block2/norm1'",
+    ):
+        out = last(variables, x, TARGET)
+    assert np.all(np.asarray(out.gradients) == 0)
+    tokens = linen_probe(model, "block2")
+    with pytest.warns(
+        ZeroGradientWarning,
+        match=r"reach only 1 of its 10 grid positions.*"
+        r"Try layer 'block2/norm1' with reshape=ifa_jax.tokens_to_grid\(\)",
+    ):
+        tokens(variables, x, TARGET)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # traced: no value checks, so no warning
+        jax.jit(lambda v, x: last(v, x, TARGET).score)(variables, x)
+        linen_probe(model, "block2/norm1", reshape=tokens_to_grid())(variables, x, TARGET)
+
+
+def test_layer_none_picks_the_norm_before_the_last_attention(vit, caplog):
+    model, variables, x = vit
+    assert linen_natural_layer(model, variables, x) == (
+        "block2/norm1",
+        "the norm before the last attention, 'block2/attn'",
+    )
+    with caplog.at_level(logging.INFO, logger="ifa_jax"):
+        auto = linen_probe(model, reshape=tokens_to_grid())(variables, x, TARGET)
+    assert "layer=None: tapping 'block2/norm1'" in caplog.text
+    named = linen_probe(model, "block2/norm1", reshape=tokens_to_grid())(variables, x, TARGET)
+    np.testing.assert_array_equal(auto.gradients, named.gradients)
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+def _vit_config(**changes):
+    from ifa_jax import runner
+    from ifa_jax.train import TrainConfig
+
+    base = {
+        "name": "tiny_vit",
+        "dataset": "sklearn_digits",
+        "validation_size": 0.2,
+        "model": "vit",
+        "model_kwargs": (("patch", 2), ("dim", 8), ("depth", 2), ("num_heads", 2), ("mlp_dim", 16)),
+        "tokens_prefix": 1,
+        "train": TrainConfig(epochs=1, batch_size=128, lr=3e-3, progress=False),
+        "batch_size": 128,
+        "methods": ("gradcam", "hirescam"),
+        "subset_ratios": (0.25, 1.0),
+        "subset_modes": ("top",),
+        "max_classes": 2,
+        "faithfulness_samples": 2,
+        "sanity_samples": 2,
+        "figure_samples": 2,
+    }
+    return runner.Config(**{**base, **changes})
+
+
+def test_runner_checks_the_natural_layer_and_the_token_grid():
+    from ifa_jax import data
+    from ifa_jax.runner import registry, stages
+
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    splits = data.Splits(data.Dataset(x, np.arange(4) % 3, 3), data.Dataset(x, np.zeros(4, int), 3))
+    config = _vit_config()
+    model = registry.build_model(config, splits)
+    assert config.layer is None  # the layer may be left out
+    assert stages.check_model(config, model, splits) == (
+        "block2/norm1",
+        "the norm before the last attention, 'block2/attn'",
+    )
+    # 8x8 inputs, patch 2: 1 + 16 tokens. Two prefix tokens leave 15, not a square.
+    with pytest.raises(
+        ValueError,
+        match=r"config field 'tokens_prefix' \(layer 'block2/norm1'\)"
+        r".*17 tokens; after dropping prefix=2 there are 15, not a square",
+    ):
+        stages.check_model(_vit_config(tokens_prefix=2), model, splits)
+
+
+@pytest.mark.slow
+def test_runner_analyses_a_vit_with_the_layer_left_out(tmp_path):
+    from ifa_jax import runner
+
+    logs: list[str] = []
+    results = runner.run(_vit_config(), tmp_path / "run", log=logs.append)
+    assert "layer: block2/norm1 (the norm before the last attention, 'block2/attn')" in logs
+    assert results["config"]["layer"] == "block2/norm1"
+    assert "layer `block2/norm1`" in (tmp_path / "run" / "report.md").read_text()
+    # The per-class mean CAMs lie on the 4x4 grid of patch tokens.
+    assert set(results["consistency"]["summary"]) == {"gradcam", "hirescam"}
+    with np.load(tmp_path / "run" / "analysis" / "gradcam_train.npz") as z:
+        assert z["summary_cam_mean"].shape == (10, 4, 4)
