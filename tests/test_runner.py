@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 from experiments import run as run_cli
 from ifa_jax import io, runner
 from ifa_jax.runner import stages
+from ifa_jax.runner.folder import config_digest
 from ifa_jax.train import TrainConfig
 
 
@@ -621,3 +623,23 @@ def test_editing_a_plugin_changes_the_run_inputs(tmp_path):
     after = runner.folder.config_digest(config, *runner.registry.plugin_sources(config))
     assert before != after  # so every stage output of the old code is recomputed
     assert runner.registry.plugin_sources(tiny()) == []
+
+
+def test_a_folder_from_before_a_new_config_field_still_resumes(tmp_path):
+    """An older config.json lacks fields added since (here devices and tokens_prefix, at
+    their defaults): the folder is still this config's, and its stage outputs keep their
+    digest; a field that really differs is still refused."""
+    folder = tmp_path / "run"
+    with runner.RunFolder(folder, tiny(), log=lambda s: None):
+        pass
+    old = json.loads((folder / "config.json").read_text())
+    for added in ("devices", "tokens_prefix"):
+        del old[added]
+    (folder / "config.json").write_text(json.dumps(old))
+    with runner.RunFolder(folder, tiny(), log=lambda s: None):
+        pass
+    digest = config_digest
+    assert digest(tiny()) == digest(dataclasses.replace(tiny(), tokens_prefix=None))
+    assert digest(tiny()) != digest(tiny(devices=2))
+    with pytest.raises(FileExistsError, match=r"devices: 1 -> 2"):
+        runner.RunFolder(folder, tiny(devices=2), log=lambda s: None)

@@ -77,9 +77,17 @@ class RunFolderBusyError(FileExistsError):
     """Another process holds the run folder's lock."""
 
 
+def _set_fields(config: dict) -> dict:
+    """The fields of a config dict that differ from the defaults: a field added to
+    :class:`Config` later (with a default that keeps the old behaviour) changes neither
+    the digest nor the comparison with a folder's older config.json."""
+    defaults = Config().to_dict()
+    return {k: v for k, v in config.items() if k not in defaults or v != defaults[k]}
+
+
 def config_digest(config: Config, *sources: str) -> str:
-    """Digest of a config and of the source files it runs (plug-ins)."""
-    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    """Digest of a config's non-default fields and of the source files it runs (plug-ins)."""
+    digest = hashlib.sha256(json.dumps(_set_fields(config.to_dict()), sort_keys=True).encode())
     for path in sources:
         digest.update(sha256(path).encode())
     return digest.hexdigest()
@@ -202,11 +210,13 @@ class RunFolder:
                     "folder belongs to is unknown; pass --overwrite to start it afresh, or "
                     "choose another --out"
                 ) from None
-            if theirs != mine:
+            theirs, set_mine = _set_fields(theirs), _set_fields(mine)
+            if theirs != set_mine:
+                default = Config().to_dict()
                 diff = [
-                    f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}"
-                    for k in sorted(set(theirs) | set(mine))
-                    if theirs.get(k) != mine.get(k)
+                    f"{k}: {theirs.get(k, default.get(k))!r} -> {mine.get(k)!r}"
+                    for k in sorted(set(theirs) | set(set_mine))
+                    if theirs.get(k) != set_mine.get(k)
                 ]
                 raise FileExistsError(
                     f"run folder {self.path!r} belongs to another config (differences: "
