@@ -3,10 +3,13 @@
 import importlib
 from typing import TYPE_CHECKING
 
-from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, scale
-from ifa_jax.cams import METHODS, CamResult, cam, upsample
+from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, scale, smoothing
+from ifa_jax.cams import METHODS, CamResult, cam, cams_per_layer, fuse, upsample
 from ifa_jax.explaining import explain
+from ifa_jax.frameworks import equinox_probe, function_probe, haiku_probe
 from ifa_jax.probe import LayerProbe, ProbeResult, linen_layers, linen_probe, nnx_probe
+from ifa_jax.smoothing import aug_smooth, eigen_smooth, explain_smoothed, smoothgrad
+from ifa_jax.tokens import tokens_to_grid
 
 if TYPE_CHECKING:  # for type checkers; at run time plots is imported on first use
     from ifa_jax import plots
@@ -27,12 +30,20 @@ __all__ = [
     "LayerProbe",
     "ProbeResult",
     "analysis",
+    "aug_smooth",
     "cam",
     "cams",
+    "cams_per_layer",
     "data",
     "decompose",
     "diagnostics",
+    "eigen_smooth",
+    "equinox_probe",
     "explain",
+    "explain_smoothed",
+    "function_probe",
+    "fuse",
+    "haiku_probe",
     "linen_layers",
     "linen_probe",
     "metrics",
@@ -40,5 +51,8 @@ __all__ = [
     "nnx_probe",
     "plots",
     "scale",
+    "smoothgrad",
+    "smoothing",
+    "tokens_to_grid",
     "upsample",
 ]

@@ -1,7 +1,8 @@
 """The CAM family as pure, rank-agnostic functions of activations A and gradients G.
 
-Every method is a per-channel contribution map ``M_k = w_k * A_k`` (docs/method.md
-section 1) where ``w_k`` is a scalar per sample and channel, or a map on the grid. From M:
+Every method gives per-channel contribution maps ``M_k`` (docs/method.md section 2),
+mostly ``M_k = w_k * A_k`` with ``w_k`` a scalar per sample and channel or a map on the
+grid. From M:
 
 * the raw CAM ``L = sum_k m_k M_k`` (no ReLU: removing negatives belongs to the scale),
 * the per-sample channel importances ``s_k = sum over the grid of m_k M_k`` (signed),
@@ -9,15 +10,28 @@ section 1) where ``w_k`` is a scalar per sample and channel, or a map on the gri
 
 Shapes: A, G: (B, *spatial, K) with 1-3 spatial axes; masks m: (K,) or (B, K).
 All functions jit, vmap and differentiate (``jax.grad`` through a CAM works).
-ScoreCAM and AblationCAM need forward passes: their weights come from
-:func:`scorecam_weights` and :func:`ablation_weights`, batched over channels with
-``jax.lax.map(..., batch_size=chunk)`` so memory stays bounded.
+
+The methods are one table, :data:`REGISTRY`: one :class:`Method` entry each, with its
+name, aliases, what it needs (gradients, forward passes, a PRNG key), its options with
+their defaults (e.g. GradCAM++'s ``eps``) and its function. :data:`METHODS`,
+:data:`GRADIENT_METHODS`, :data:`FORWARD_METHODS`, name resolution, the error messages
+and the dispatch of :func:`contributions` and :func:`ifa_jax.explaining.forward_weights`
+all read the table; :func:`register_method` adds a user's method to it. The methods
+that need the model (``"forward_passes"``) get their weights (B, K) from their entry's
+``forward`` hook and a :class:`ForwardPasses`: ScoreCAM, SS-CAM and IS-CAM
+(:func:`scorecam_weights`) and AblationCAM (:func:`ablation_weights`), batched over
+channels with ``jax.lax.map`` so memory stays bounded; ShapleyCAM (a Hessian-vector
+product at the layer), FinerCAM (the gradient of a class contrast), SmoothGradCAM++
+(gradients at noisy inputs) through :func:`layer_gradient`; the classic CAM from the
+head's weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+import dataclasses
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,17 +41,17 @@ from ifa_jax._stats import minmax_per_image
 
 Array = jax.Array
 
-GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigengradcam")
-METHODS = GRADIENT_METHODS + ("eigencam", "scorecam", "ablationcam")
-FORWARD_METHODS = ("scorecam", "ablationcam")
-ALIASES = {
-    "fullcam": "hirescam",
-    "gradcampp": "gradcam++",
-    "gradcamplusplus": "gradcam++",
-    "score": "scorecam",
-    "ablation": "ablationcam",
-}
-EPS = 1e-7
+# What a method may need beyond the activations A:
+#   gradients       G = dy/dA from the probe;
+#   forward_passes  the model itself: extra runs, derivatives at the layer, its parameters
+#                   or the explained target (its weights come from Method.forward);
+#   key             a PRNG key, passed as key= (never global random state).
+NEEDS = ("gradients", "forward_passes", "key")
+
+GRADCAMPP_EPS = 1e-6  # pytorch-grad-cam's; with gradients ~1e-3 it dominates alpha's denominator
+XGRADCAM_EPS = 1e-7  # pytorch-grad-cam's
+EPS = XGRADCAM_EPS  # XGradCAM's default eps (ifa_jax.consistency builds its tangent with it)
+FEM_K = 2.0  # FEM's k-sigma threshold (Fuad et al. 2020)
 
 
 class CamResult(NamedTuple):
@@ -51,13 +65,212 @@ class CamResult(NamedTuple):
     min: Array
 
 
+class CamInputs(NamedTuple):
+    """What a method's contribution function reads: activations A (B, *spatial, K);
+    gradients G (same shape) or None; key: a PRNG key or None. A method gets G and key
+    when it declares them in ``needs`` (then they are never None)."""
+
+    activations: Array
+    gradients: Array | None
+    key: Array | None
+
+
+class ForwardPasses(NamedTuple):
+    """The model runs a forward-pass method may make (built by
+    :func:`ifa_jax.explaining.forward_weights`).
+
+    x: the inputs (B, *spatial_in, C). target: (B,) each sample's explained output.
+    base_score: (B,) the explained score of the unchanged model. ``score_inputs(x (N,
+    *spatial_in, C), target (N,)) -> (N,)`` scores other inputs. ``score_with_delta(delta
+    (B, *spatial, K)) -> (B,)`` scores ``x`` with ``delta`` added to the layer's output.
+    chunk_size: how many channels go through the model together.
+    logits: (B, O) of the unchanged model. gradients: G (B, *spatial, K) from the probe.
+    ``logits_at(x (B, *spatial_in, C), delta (B, *spatial, K) | None) -> (B, O)``: the
+    probe's tapped model, differentiable in ``delta`` (e.g. ``jax.jvp`` over ``jax.grad``
+    for a Hessian-vector product at the layer; the parameters stay constants).
+    ``score(logits (N, O), target (N,)) -> (N,)``: the explained objective.
+    indexed: whether ``target`` holds output indices (False for a callable objective,
+    whose target is -1). variables: the model's variables. key: the PRNG key given to
+    ``explain(..., key=)`` (never None for a method that needs ``"key"``).
+    """
+
+    x: Array
+    target: Array
+    base_score: Array
+    score_inputs: Callable[[Array, Array], Array]
+    score_with_delta: Callable[[Array], Array]
+    chunk_size: int
+    logits: Array
+    gradients: Array
+    logits_at: Callable[[Array, Array | None], Array]
+    score: Callable[[Array, Array], Array]
+    indexed: bool
+    variables: Any
+    key: Array | None
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One CAM method: one entry of :data:`REGISTRY`.
+
+    name: canonical name, lower case without ``-`` or ``_`` (``"gradcam++"``).
+    fn: ``fn(inputs: CamInputs, **options) -> M (B, *spatial, K)``; None for a
+    forward-pass method, whose ``M_k = w_k * A_k`` with ``w`` (B, K) from ``forward``.
+    aliases: other names (matched like ``name``: case, ``-`` and ``_`` ignored).
+    needs: a subset of :data:`NEEDS`.
+    options: keyword options of ``fn`` (or ``forward``) with their defaults; callers
+    override them by keyword (``cam(A, G, "gradcam++", eps=1e-7)``).
+    forward: ``forward(A, passes: ForwardPasses, **options) -> w (B, K)``, for methods
+    that need ``"forward_passes"``; None otherwise.
+    channelwise: True when ``M_k`` is channel k's own share of the CAM (importances and
+    channel masks mean something); False when the map is not a sum over channels and
+    ``M`` spreads it evenly, ``M_k = L / K``.
+    summary: the formula in one line, with its source.
+    """
+
+    name: str
+    fn: Callable[..., Array] | None
+    aliases: tuple[str, ...] = ()
+    needs: frozenset[str] = frozenset()
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    forward: Callable[..., Array] | None = None
+    channelwise: bool = True
+    summary: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name or _normalise(self.name) != self.name:
+            raise ValueError(
+                f"method name {self.name!r} must be a non-empty lower-case string without "
+                f"'-' or '_' (e.g. {_normalise(str(self.name))!r}); spellings go in aliases"
+            )
+        object.__setattr__(self, "aliases", tuple(_normalise(a) for a in self.aliases))
+        object.__setattr__(self, "needs", frozenset(self.needs))
+        object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
+        unknown = sorted(self.needs - set(NEEDS))
+        if unknown:
+            raise ValueError(
+                f"method {self.name!r} needs {unknown}, which nothing supplies; "
+                f"needs must be a subset of {NEEDS}"
+            )
+        forward_method = "forward_passes" in self.needs
+        if forward_method != (self.forward is not None) or forward_method == (self.fn is not None):
+            raise ValueError(
+                f"method {self.name!r}: give fn= (contributions from A, G, key) for a local "
+                "method, or forward= (weights from forward passes) with "
+                "needs={'forward_passes'} for a forward-pass method; exactly one of them"
+            )
+
+
+# The table, filled by register_method below: canonical name -> Method, in order.
+REGISTRY: dict[str, Method] = {}
+_ALIASES: dict[str, str] = {}  # every accepted normalised spelling -> canonical name
+ALIASES = types.MappingProxyType(_ALIASES)  # read-only view: spelling -> canonical name
+
+
+class _Names(Sequence):
+    """A read-only, live tuple of registered method names (those that need ``need``,
+    or all): it follows :func:`register_method`, also where it was imported by name."""
+
+    def __init__(self, need: str | None = None):
+        self._need = need
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(n for n, m in REGISTRY.items() if self._need is None or self._need in m.needs)
+
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __add__(self, other) -> tuple[str, ...]:
+        return self._names() + tuple(other)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (tuple, list, _Names)) and self._names() == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+METHODS = _Names()  # every registered method
+GRADIENT_METHODS = _Names("gradients")  # those that need G
+FORWARD_METHODS = _Names("forward_passes")  # those that need forward passes
+
+
+def register_method(method: Method, *, replace: bool = False) -> Method:
+    """Add ``method`` to :data:`REGISTRY` (and its aliases); returns it.
+
+    Every name and alias must be new unless ``replace=True`` (which replaces a method of
+    the same name; do it before the first use, jitted callers cache by name).
+    """
+    if not isinstance(method, Method):
+        raise ValueError(f"register_method takes an ifa_jax.cams.Method; got {type(method)}")
+    old = REGISTRY.get(method.name)
+    if old is not None and not replace:
+        raise ValueError(
+            f"CAM method {method.name!r} is already registered; pass replace=True to replace it"
+        )
+    spellings = {method.name, *method.aliases}
+    taken = sorted(s for s in spellings if _ALIASES.get(s, method.name) != method.name)
+    if taken:
+        raise ValueError(
+            f"CAM method {method.name!r}: {', '.join(map(repr, taken))} already name "
+            f"{', '.join(repr(_ALIASES[s]) for s in taken)}; choose other aliases"
+        )
+    if old is not None:
+        for alias in old.aliases:
+            _ALIASES.pop(alias, None)
+    REGISTRY[method.name] = method
+    _ALIASES.update(dict.fromkeys(spellings, method.name))
+    return method
+
+
+def get_method(method: str | Method) -> Method:
+    """The registered :class:`Method` for a name or alias (case, ``-`` and ``_`` ignored)."""
+    if isinstance(method, Method):
+        return method
+    name = _ALIASES.get(_normalise(method)) if isinstance(method, str) else None
+    if name is None:
+        raise ValueError(
+            f"unknown CAM method {method!r}; known methods: {', '.join(REGISTRY)} "
+            "(ifa_jax.cams.register_method adds one)"
+        )
+    return REGISTRY[name]
+
+
 def canonical_method(method: str) -> str:
     """Lower-case name with aliases resolved; unknown names list the known ones."""
-    key = method.lower().replace("-", "").replace("_", "")
-    key = ALIASES.get(key, key)
-    if key not in METHODS:
-        raise ValueError(f"unknown CAM method {method!r}; known methods: {', '.join(METHODS)}")
-    return key
+    return get_method(method).name
+
+
+def method_options(method: str | Method, options: Mapping[str, Any] | None = None) -> dict:
+    """The method's options: its defaults overridden by ``options``; unknown ones raise."""
+    spec = get_method(method)
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        known = ", ".join(f"{k}={v!r}" for k, v in spec.options.items()) or "none"
+        raise ValueError(
+            f"{spec.name} has no option {', '.join(map(repr, unknown))}; its options: {known}"
+        )
+    return {**spec.options, **options}
+
+
+def require_key(method: str | Method, key: Array | None) -> None:
+    """Raise a ValueError naming the fix when ``method`` needs a PRNG key and ``key`` is None."""
+    spec = get_method(method)
+    if "key" in spec.needs and key is None:
+        raise ValueError(
+            f"{spec.name} needs a PRNG key: pass key=jax.random.key(seed) (keyword-only; "
+            "ifa_jax keeps no global random state)"
+        )
 
 
 def spatial_axes(a: Array) -> tuple[int, ...]:
@@ -74,6 +287,11 @@ def _grid_sum(a: Array) -> Array:
     return jnp.sum(a, axis=spatial_axes(a), keepdims=True)
 
 
+def _per_channel(w: Array, a: Array) -> Array:
+    """Weights (B, K) broadcast over the grid of a (B, *spatial, K), times a."""
+    return w.reshape(w.shape[0], *(1,) * (a.ndim - 2), w.shape[-1]) * a
+
+
 def _first_component(a: Array) -> Array:
     """Per sample, the first right singular vector v (B, K) of a reshaped (B, P, K).
 
@@ -86,54 +304,519 @@ def _first_component(a: Array) -> Array:
     return v * jnp.where(sign == 0, 1.0, sign)[:, None]
 
 
+# --------------------------------------------------------------------------- the methods
+# Each is fn(inputs: CamInputs, **options) -> M (B, *spatial, K); see the table below.
+
+
+def _gradcam(inputs: CamInputs) -> Array:
+    A, G = inputs.activations, inputs.gradients
+    assert G is not None
+    return jnp.mean(G, axis=spatial_axes(A), keepdims=True) * A
+
+
+def _gradcampp(inputs: CamInputs, *, eps=GRADCAMPP_EPS) -> Array:
+    A, G = inputs.activations, inputs.gradients
+    assert G is not None
+    g2 = G * G
+    alpha = jnp.where(G != 0, g2 / (2.0 * g2 + _grid_sum(A) * g2 * G + eps), 0.0)
+    return jnp.sum(jax.nn.relu(G) * alpha, axis=spatial_axes(A), keepdims=True) * A
+
+
+def _xgradcam(inputs: CamInputs, *, eps=XGRADCAM_EPS) -> Array:
+    A, G = inputs.activations, inputs.gradients
+    assert G is not None
+    return _grid_sum(G * A) / (_grid_sum(A) + eps) * A
+
+
+def _hirescam(inputs: CamInputs) -> Array:
+    assert inputs.gradients is not None
+    return inputs.gradients * inputs.activations
+
+
+def _layercam(inputs: CamInputs) -> Array:
+    assert inputs.gradients is not None
+    return jax.nn.relu(inputs.gradients) * inputs.activations
+
+
+def _elementwise(inputs: CamInputs) -> Array:
+    assert inputs.gradients is not None
+    return jax.nn.relu(inputs.gradients * inputs.activations)
+
+
+def _eigencam(inputs: CamInputs) -> Array:
+    A = inputs.activations
+    return _per_channel(_first_component(A), A)
+
+
+def _eigengradcam(inputs: CamInputs) -> Array:
+    assert inputs.gradients is not None
+    ga = inputs.gradients * inputs.activations
+    return _per_channel(_first_component(ga), ga)
+
+
+def _randomcam(inputs: CamInputs) -> Array:
+    A, key = inputs.activations, inputs.key
+    assert key is not None
+    w = jax.random.uniform(key, (A.shape[0], A.shape[-1]), A.dtype, minval=-1.0, maxval=1.0)
+    return _per_channel(w, A)
+
+
+def _fem(inputs: CamInputs, *, k=FEM_K) -> Array:
+    A = inputs.activations
+    axes = spatial_axes(A)
+    mean = jnp.mean(A, axis=axes, keepdims=True)
+    # The mask is piecewise constant: the threshold carries no gradient.
+    threshold = jax.lax.stop_gradient(mean + k * jnp.std(A, axis=axes, keepdims=True))
+    return mean * jnp.greater(A, threshold).astype(A.dtype)
+
+
+def _safe_sqrt(x: Array) -> Array:
+    """sqrt(max(x, 0)) with a finite gradient (0) where x <= 0."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
+# Kernels of KPCA-CAM on rows x, y of X (B, P, K), as scikit-learn defines them
+# (coef0 = 1, degree = 3, its defaults): (X, gamma) -> (B, P, P).
+def _dot(X: Array) -> Array:
+    return jnp.einsum("bpk,bqk->bpq", X, X)
+
+
+def _rbf(X: Array, gamma) -> Array:
+    sq = jnp.sum(X * X, axis=-1)
+    dist = jnp.maximum(sq[:, :, None] + sq[:, None, :] - 2.0 * _dot(X), 0.0)
+    return jnp.exp(-gamma * dist)
+
+
+def _cosine(X: Array, gamma) -> Array:
+    del gamma
+    sq = jnp.sum(X * X, axis=-1, keepdims=True)
+    unit = X / jnp.sqrt(jnp.where(sq > 0, sq, 1.0))  # zero rows stay zero, as in sklearn
+    return _dot(unit)
+
+
+KPCA_KERNELS: dict[str, Callable[[Array, Any], Array]] = {
+    "linear": lambda X, gamma: _dot(X),
+    "poly": lambda X, gamma: (gamma * _dot(X) + 1.0) ** 3,
+    "rbf": _rbf,
+    "sigmoid": lambda X, gamma: jnp.tanh(gamma * _dot(X) + 1.0),
+    "cosine": _cosine,
+}
+
+
+def _kpcacam(inputs: CamInputs, *, kernel="sigmoid", gamma=None) -> Array:
+    if not isinstance(kernel, str) or kernel not in KPCA_KERNELS:
+        raise ValueError(
+            f"kpcacam kernel must be one of {', '.join(KPCA_KERNELS)}; got {kernel!r} "
+            "(under jit, pass it as a static argument)"
+        )
+    A = inputs.activations
+    B, K = A.shape[0], A.shape[-1]
+    X = A.reshape(B, -1, K)
+    X = X - jnp.mean(X, axis=1, keepdims=True)  # each channel centred over the grid
+    km = KPCA_KERNELS[kernel](X, 1.0 / K if gamma is None else gamma)
+    # centre in feature space (sklearn's KernelCenterer)
+    km = (
+        km
+        - jnp.mean(km, axis=1, keepdims=True)
+        - jnp.mean(km, axis=2, keepdims=True)
+        + jnp.mean(km, axis=(1, 2), keepdims=True)
+    )
+    values, vectors = jnp.linalg.eigh(km)  # ascending
+    u = vectors[:, :, -1]
+    top = jnp.take_along_axis(u, jnp.argmax(jnp.abs(u), axis=1)[:, None], axis=1)
+    u = u * jnp.where(top < 0, -1.0, 1.0)  # sklearn's sign: the largest |entry| is positive
+    L = (u * _safe_sqrt(values[:, -1])[:, None]).reshape(A.shape[:-1])
+    return jnp.broadcast_to(L[..., None] / K, A.shape)
+
+
+def _scorecam_forward(A: Array, passes: ForwardPasses) -> Array:
+    return scorecam_weights(
+        A, passes.x, passes.score_inputs, passes.target, chunk_size=passes.chunk_size
+    )
+
+
+def _ablation_forward(A: Array, passes: ForwardPasses) -> Array:
+    return ablation_weights(
+        A, passes.score_with_delta, passes.base_score, chunk_size=passes.chunk_size
+    )
+
+
+def _count_option(method: str, name: str, value) -> int:
+    """An option that counts something (samples, classes): an int >= 1, else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{method} {name} must be an int >= 1; got {value!r}")
+    return int(value)
+
+
+def _scale_option(method: str, name: str, value) -> float:
+    """A noise scale: a finite float >= 0, else a ValueError."""
+    if not isinstance(value, (int, float, np.number)) or not 0 <= float(value) < float("inf"):
+        raise ValueError(f"{method} {name} must be a finite number >= 0; got {value!r}")
+    return float(value)
+
+
+def _requires_index_target(method: str, passes: ForwardPasses, why: str) -> None:
+    if not passes.indexed:
+        raise ValueError(
+            f"{method} {why}, so the target must be an output index (an int, an int array "
+            "(B,) such as the labels, or 'predicted'); got a callable target"
+        )
+
+
+def layer_gradient(
+    passes: ForwardPasses, x: Array | None = None, *, delta: Array | None = None, objective=None
+) -> Array:
+    """G (B, *spatial, K) = d objective / dA at the layer, by one vjp to the layer's delta
+    (the parameters stay constants).
+
+    x: inputs (B, *in, C), default ``passes.x``. delta: (B, *spatial, K) added to the
+    layer's output, default zeros (then G is the probe's for the explained score).
+    ``objective(logits (B, O)) -> (B,)``, default the explained score.
+    """
+    x = passes.x if x is None else x
+    delta = jnp.zeros_like(passes.gradients) if delta is None else delta
+
+    def total(d):
+        logits = passes.logits_at(x, d)
+        y = passes.score(logits, passes.target) if objective is None else objective(logits)
+        return jnp.sum(y)
+
+    return jax.grad(total)(delta)
+
+
+def _shapleycam_forward(A: Array, passes: ForwardPasses) -> Array:
+    # Forward over reverse at the layer: the jvp of G(delta) along A gives G and H A.
+    G, HA = jax.jvp(lambda d: layer_gradient(passes, delta=d), (jnp.zeros_like(A),), (A,))
+    return jnp.mean(G - 0.5 * HA, axis=spatial_axes(A))
+
+
+FINER_EPS = 1e-9  # pytorch-grad-cam's FinerWeightedTarget
+
+
+def finer_comparisons(logits: Array, target: Array, comparisons: int) -> Array:
+    """(B, n) the n = min(comparisons, O - 1) classes whose logits are closest to the
+    target's, nearest first (ties by class index); the target itself is never one."""
+    n = min(comparisons, logits.shape[-1] - 1)
+    own = jnp.take_along_axis(logits, target[:, None], axis=-1)
+    distance = jnp.abs(logits - own)
+    distance = jnp.where(jax.nn.one_hot(target, logits.shape[-1], dtype=bool), jnp.inf, distance)
+    return jnp.argsort(distance, axis=-1, stable=True)[:, :n]
+
+
+def finer_objective(logits: Array, target: Array, others: Array, alpha) -> Array:
+    """(B,) sum_j p_j (y_c - alpha y_j) / (sum_j p_j + 1e-9) over the comparison classes j
+    (B, n), p = softmax(logits), differentiated through p too (pytorch-grad-cam's)."""
+    p = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), others, axis=-1)
+    y_c = jnp.take_along_axis(logits, target[:, None], axis=-1)
+    y_j = jnp.take_along_axis(logits, others, axis=-1)
+    return jnp.sum(p * (y_c - alpha * y_j), axis=-1) / (jnp.sum(p, axis=-1) + FINER_EPS)
+
+
+def _finercam_forward(A: Array, passes: ForwardPasses, *, alpha=1.0, comparisons=3) -> Array:
+    _requires_index_target("finercam", passes, "contrasts the target with its nearest classes")
+    comparisons = _count_option("finercam", "comparisons", comparisons)
+    if passes.logits.shape[-1] < 2:
+        raise ValueError(
+            f"finercam needs at least 2 model outputs to contrast; the model has "
+            f"{passes.logits.shape[-1]}"
+        )
+    others = finer_comparisons(passes.logits, passes.target, comparisons)
+    G = layer_gradient(
+        passes, objective=lambda logits: finer_objective(logits, passes.target, others, alpha)
+    )
+    return jnp.mean(G, axis=spatial_axes(A))  # GradCAM on the contrast, as the peer's default
+
+
+def _classic_cam_forward(A: Array, passes: ForwardPasses, *, head=None) -> Array:
+    if head is None:
+        # The head's weights as the layer sees them: exact for global average pooling +
+        # a dense head, where G_k = W[k, c] / cells at every cell.
+        return jnp.sum(passes.gradients, axis=spatial_axes(A))
+    _requires_index_target("cam", passes, "reads the head's column of the target class")
+    W = jnp.asarray(head(passes.variables) if callable(head) else head)
+    K, outputs = A.shape[-1], passes.logits.shape[-1]
+    if W.shape != (K, outputs):
+        raise ValueError(
+            f"cam head= must be the dense head's weights (K, O) = ({K}, {outputs}) for the "
+            f"layer's {K} channels and the model's {outputs} outputs; got shape {W.shape}. "
+            "Pass the kernel array or a callable variables -> kernel, e.g. "
+            "head=lambda v: v['params']['head']['kernel']"
+        )
+    return jnp.take(W, passes.target, axis=1).T.astype(A.dtype)
+
+
+SSCAM_SAMPLES, SSCAM_STD = 35, 2.0  # torch-cam's SSCAM defaults
+ISCAM_SAMPLES = 10  # torch-cam's ISCAM default
+SMOOTH_SAMPLES, SMOOTH_STD = 4, 0.3  # torch-cam's SmoothGradCAMpp defaults
+
+
+def _sscam_forward(A: Array, passes: ForwardPasses, *, samples=SSCAM_SAMPLES, std=SSCAM_STD):
+    samples = _count_option("sscam", "samples", samples)
+    std = _scale_option("sscam", "std", std)
+    key = passes.key
+    assert key is not None
+
+    def noisy(masks, channels, i):
+        def noise(k):  # drawn per channel and sample: independent of chunk_size
+            k = jax.random.fold_in(jax.random.fold_in(key, k), i)
+            return jax.random.normal(k, masks.shape[1:], masks.dtype)
+
+        return masks + std * jax.vmap(noise)(channels)
+
+    return scorecam_weights(
+        A,
+        passes.x,
+        passes.score_inputs,
+        passes.target,
+        chunk_size=passes.chunk_size,
+        samples=samples,
+        perturb=noisy,
+    )
+
+
+def iscam_coefficients(samples: int) -> Array:
+    """(samples,) the mask scales of IS-CAM, torch-cam's: c_i = sum_{j<=i} j / N, i = 1..N."""
+    return jnp.cumsum(jnp.arange(1, samples + 1) / samples)
+
+
+def _iscam_forward(A: Array, passes: ForwardPasses, *, samples=ISCAM_SAMPLES):
+    coefficients = iscam_coefficients(_count_option("iscam", "samples", samples))
+    return scorecam_weights(
+        A,
+        passes.x,
+        passes.score_inputs,
+        passes.target,
+        chunk_size=passes.chunk_size,
+        samples=len(coefficients),
+        perturb=lambda masks, channels, i: coefficients[i].astype(masks.dtype) * masks,
+    )
+
+
+def _smoothgradcampp_forward(
+    A: Array, passes: ForwardPasses, *, samples=SMOOTH_SAMPLES, std=SMOOTH_STD, eps=GRADCAMPP_EPS
+):
+    samples = _count_option("smoothgradcam++", "samples", samples)
+    std = _scale_option("smoothgradcam++", "std", std)
+    key, x = passes.key, passes.x
+    assert key is not None
+    dtype = jnp.result_type(x.dtype, float)
+
+    def add_moments(i, moments):
+        noisy = x + std * jax.random.normal(jax.random.fold_in(key, i), x.shape, dtype)
+        g = layer_gradient(passes, noisy)
+        return tuple(m + g**p for p, m in enumerate(moments, start=1))
+
+    zeros = jnp.zeros_like(passes.gradients)
+    g1, g2, g3 = (m / samples for m in jax.lax.fori_loop(0, samples, add_moments, (zeros,) * 3))
+    alpha = jnp.where(g2 != 0, g2 / (2.0 * g2 + _grid_sum(A) * g3 + eps), 0.0)
+    return jnp.sum(jax.nn.relu(g1) * alpha, axis=spatial_axes(A))
+
+
+_G = frozenset({"gradients"})
+_F = frozenset({"forward_passes"})
+_FK = frozenset({"forward_passes", "key"})
+
+# The table. Adding a method is one entry here (and its reference in tests/reference.py).
+for _method in (
+    Method(
+        "gradcam",
+        _gradcam,
+        needs=_G,
+        summary="w_k = grid mean of G_k (Selvaraju et al. 2017)",
+    ),
+    Method(
+        "gradcam++",
+        _gradcampp,
+        aliases=("gradcampp", "gradcamplusplus"),
+        needs=_G,
+        options={"eps": GRADCAMPP_EPS},
+        summary="w_k = sum relu(G) alpha, alpha = G^2 / (2 G^2 + sum(A_k) G^3 + eps), "
+        "0 where G = 0 (Chattopadhay et al. 2018)",
+    ),
+    Method(
+        "xgradcam",
+        _xgradcam,
+        needs=_G,
+        options={"eps": XGRADCAM_EPS},
+        summary="w_k = sum(G_k A_k) / (sum(A_k) + eps) (Fu et al. 2020)",
+    ),
+    Method(
+        "hirescam",
+        _hirescam,
+        aliases=("fullcam",),
+        needs=_G,
+        summary="w_k = G_k element-wise (Draelos and Carin 2020)",
+    ),
+    Method(
+        "layercam",
+        _layercam,
+        needs=_G,
+        summary="w_k = relu(G_k) element-wise (Jiang et al. 2021)",
+    ),
+    Method(
+        "eigencam",
+        _eigencam,
+        summary="w_k = v_k, the first right singular vector of A (P, K), uncentred, "
+        "signed so sum(A v) >= 0 (Muhammad and Yeasin 2020)",
+    ),
+    Method(
+        "eigengradcam",
+        _eigengradcam,
+        needs=_G,
+        summary="M_k = v_k (G A)_k, v from G * A as in eigencam",
+    ),
+    Method(
+        "gradcamelementwise",
+        _elementwise,
+        aliases=("elementwise",),
+        needs=_G,
+        summary="M_k = relu(G_k A_k) (pytorch-grad-cam's GradCAMElementWise)",
+    ),
+    Method(
+        "randomcam",
+        _randomcam,
+        aliases=("random",),
+        needs=frozenset({"key"}),
+        summary="w ~ uniform[-1, 1] per sample and channel, from key= (a baseline)",
+    ),
+    Method(
+        "fem",
+        _fem,
+        options={"k": FEM_K},
+        summary="M_k = mean(A_k) [A_k > mean(A_k) + k std(A_k)] (Fuad et al. 2020)",
+    ),
+    Method(
+        "kpcacam",
+        _kpcacam,
+        aliases=("kpca",),
+        options={"kernel": "sigmoid", "gamma": None},
+        channelwise=False,
+        summary="first kernel-PCA component of the grid cells' centred channel vectors, "
+        "gamma None = 1/K (Karmani et al. 2024); M_k = L / K",
+    ),
+    Method(
+        "scorecam",
+        None,
+        aliases=("score",),
+        needs=frozenset({"forward_passes"}),
+        forward=_scorecam_forward,
+        summary="w = softmax over k of the scores of inputs masked by A_k (Wang et al. 2020)",
+    ),
+    Method(
+        "ablationcam",
+        None,
+        aliases=("ablation",),
+        needs=frozenset({"forward_passes"}),
+        forward=_ablation_forward,
+        summary="w_k = y - y^(k), channel k zeroed (Desai and Ramaswamy 2020)",
+    ),
+    Method(
+        "cam",
+        None,
+        aliases=("classiccam",),
+        needs=_F,
+        forward=_classic_cam_forward,
+        options={"head": None},
+        summary="w_k = W[k, c], the dense head's weights (K, O) after global pooling, "
+        "head= an array or variables -> W; None reads W off G (Zhou et al. 2016)",
+    ),
+    Method(
+        "shapleycam",
+        None,
+        needs=_F,
+        forward=_shapleycam_forward,
+        summary="w_k = grid mean of (G - H A / 2)_k, H A the Hessian-vector product of y "
+        "at the layer (Cai et al. 2025)",
+    ),
+    Method(
+        "finercam",
+        None,
+        needs=_F,
+        forward=_finercam_forward,
+        options={"alpha": 1.0, "comparisons": 3},
+        summary="GradCAM of sum_j p_j (y_c - alpha y_j) / sum_j p_j over the classes j with "
+        "logits nearest y_c (Zhang et al. 2025)",
+    ),
+    Method(
+        "sscam",
+        None,
+        aliases=("smoothscorecam",),
+        needs=_FK,
+        forward=_sscam_forward,
+        options={"samples": SSCAM_SAMPLES, "std": SSCAM_STD},
+        summary="ScoreCAM with scores averaged over masks + N(0, std^2) noise, key= "
+        "(Wang et al. 2020, SS-CAM)",
+    ),
+    Method(
+        "iscam",
+        None,
+        aliases=("integratedscorecam",),
+        needs=_F,
+        forward=_iscam_forward,
+        options={"samples": ISCAM_SAMPLES},
+        summary="ScoreCAM with scores averaged over masks scaled by c_i = sum_{j<=i} j/N "
+        "(Naidu et al. 2020)",
+    ),
+    Method(
+        "smoothgradcam++",
+        None,
+        aliases=("smoothgradcampp",),
+        needs=_FK,
+        forward=_smoothgradcampp_forward,
+        options={"samples": SMOOTH_SAMPLES, "std": SMOOTH_STD, "eps": GRADCAMPP_EPS},
+        summary="GradCAM++ from G, G^2, G^3 averaged over inputs + N(0, std^2) noise, key= "
+        "(Omeiza et al. 2019)",
+    ),
+):
+    register_method(_method)
+
+
+# --------------------------------------------------------------------------- from M to a CAM
+
+
 def contributions(
-    A: Array, G: Array | None = None, method: str = "gradcam", *, weights: Array | None = None
+    A: Array,
+    G: Array | None = None,
+    method: str = "gradcam",
+    *,
+    weights: Array | None = None,
+    key: Array | None = None,
+    **options,
 ) -> Array:
     """Per-channel contribution maps M (B, *spatial, K) of one CAM method.
 
     ``weights`` (B, K) are required for the forward methods (scorecam, ablationcam) and
-    override the method's own weights when given for any method.
+    override the method's own weights when given for any method. ``key`` (keyword-only)
+    is the PRNG key of methods that need one (randomcam); others ignore it. ``options``
+    are the method's keyword options (``eps`` of gradcam++ and xgradcam, ``k`` of fem,
+    ``kernel`` and ``gamma`` of kpcacam; see ``REGISTRY[name].options``).
     """
-    method = canonical_method(method)
-    axes = spatial_axes(A)
-    expand = (slice(None),) + (None,) * len(axes) + (slice(None),)
+    spec = get_method(method)
+    opts = method_options(spec, options)
+    spatial_axes(A)
     if weights is not None:
         if weights.shape != (A.shape[0], A.shape[-1]):
             raise ValueError(
                 f"weights must have shape (B, K) = {(A.shape[0], A.shape[-1])}; got {weights.shape}"
             )
-        return weights[expand] * A
-    if method in FORWARD_METHODS:
+        return _per_channel(weights, A)
+    if spec.fn is None:
         raise ValueError(
-            f"{method} needs forward passes: compute weights with "
-            f"{'scorecam_weights' if method == 'scorecam' else 'ablation_weights'}(...) and "
-            "pass weights=..., or use ifa_jax.explain which does both"
+            f"{spec.name} needs forward passes through the model, which cam() cannot run: "
+            "use ifa_jax.explain, or compute its weights (B, K) with "
+            "ifa_jax.explaining.forward_weights (or cams.scorecam_weights / "
+            "cams.ablation_weights) and pass weights=..."
         )
-    if method == "eigencam":
-        return _first_component(A)[expand] * A
-    if G is None:
-        raise ValueError(f"{method} needs the gradients G; got G=None")
-    if G.shape != A.shape:
-        raise ValueError(
-            f"gradients have shape {G.shape} but activations {A.shape}; they must match"
-        )
-    if method == "gradcam":
-        w = jnp.mean(G, axis=axes, keepdims=True)
-    elif method == "gradcam++":
-        g2 = G * G
-        denom = 2.0 * g2 + _grid_sum(A) * g2 * G
-        alpha = jnp.where(G != 0, g2 / (denom + EPS), 0.0)
-        w = jnp.sum(jax.nn.relu(G) * alpha, axis=axes, keepdims=True)
-    elif method == "xgradcam":
-        w = _grid_sum(G * A) / (_grid_sum(A) + EPS)
-    elif method == "hirescam":
-        w = G
-    elif method == "layercam":
-        w = jax.nn.relu(G)
-    else:  # eigengradcam: the first component of G*A, applied to G*A
-        ga = G * A
-        return _first_component(ga)[expand] * ga
-    return w * A
+    if "gradients" in spec.needs:
+        if G is None:
+            raise ValueError(f"{spec.name} needs the gradients G; got G=None")
+        if G.shape != A.shape:
+            raise ValueError(
+                f"gradients have shape {G.shape} but activations {A.shape}; they must match"
+            )
+    require_key(spec, key)
+    return spec.fn(CamInputs(A, G, key), **opts)
 
 
 def _check_mask(mask: Array, batch: int, channels: int) -> Array:
@@ -149,11 +832,7 @@ def _check_mask(mask: Array, batch: int, channels: int) -> Array:
 def reduce(M: Array, mask: Array | None = None) -> CamResult:
     """From contributions M (B, *spatial, K) to the raw CAM, importances and max/min."""
     axes = spatial_axes(M)
-    if mask is None:
-        masked = M
-    else:
-        m = _check_mask(mask, M.shape[0], M.shape[-1])
-        masked = M * m[(slice(None),) + (None,) * len(axes) + (slice(None),)]
+    masked = M if mask is None else _per_channel(_check_mask(mask, M.shape[0], M.shape[-1]), M)
     L = jnp.sum(masked, axis=-1)
     s = jnp.sum(masked, axis=axes)
     flat = L.reshape(L.shape[0], -1)
@@ -167,9 +846,15 @@ def cam(
     mask: Array | None = None,
     *,
     weights: Array | None = None,
+    key: Array | None = None,
+    **options,
 ) -> CamResult:
-    """Contributions, raw CAM, importances and max/min for one method. See the module doc."""
-    return reduce(contributions(A, G, method, weights=weights), mask)
+    """Contributions, raw CAM, importances and max/min for one method.
+
+    ``weights``, ``key`` and the method's ``options`` (e.g. ``eps=``) as in
+    :func:`contributions`. See the module doc.
+    """
+    return reduce(contributions(A, G, method, weights=weights, key=key, **options), mask)
 
 
 def upsample(
@@ -191,6 +876,8 @@ def scorecam_weights(
     target: Array,
     *,
     chunk_size: int = 16,
+    samples: int = 1,
+    perturb: Callable[[Array, Array, Array], Array] | None = None,
 ) -> Array:
     """ScoreCAM weights (B, K): softmax over channels of the target score of masked inputs.
 
@@ -200,6 +887,9 @@ def scorecam_weights(
     channels go through the model together, flattened into one batch of chunk_size * B
     inputs (flattening, not vmapping, keeps the model's ops in their fast batched form).
     As in pytorch-grad-cam, weights are the softmax of the scores over channels.
+    ``perturb(masks (chunk, B, *in), channels (chunk,) int, i) -> masks`` changes the masks
+    of variant i of ``samples`` (SS-CAM's noise, IS-CAM's scales); the scores are averaged
+    over the variants before the softmax.
     """
     if A.shape[0] != x.shape[0]:
         raise ValueError(f"activations have batch {A.shape[0]} but inputs {x.shape[0]}")
@@ -209,17 +899,26 @@ def scorecam_weights(
     per_channel = jnp.moveaxis(A, -1, 0)  # (K, B, *spatial)
     per_channel = jnp.pad(per_channel, [(0, groups * chunk - K)] + [(0, 0)] * (A.ndim - 1))
     per_group = per_channel.reshape(groups, chunk, *per_channel.shape[1:])
+    channels = jnp.arange(groups * chunk).reshape(groups, chunk)
     tiled_target = jnp.tile(target, chunk)
 
-    def one_group(a):  # a: (chunk, B, *spatial)
+    def one_group(group):  # a: (chunk, B, *spatial), ks: (chunk,)
+        a, ks = group
         up = jax.image.resize(a, (chunk, B, *x.shape[1:-1]), method="linear")
         # exact min-max (eps=0) of each upsampled channel, per sample
         up = minmax_per_image(up.reshape(chunk * B, *up.shape[2:]), eps=0.0).reshape(up.shape)
-        masked = x[None] * up[..., None]  # (chunk, B, *in, C)
-        scores = score_fn(masked.reshape(chunk * B, *x.shape[1:]), tiled_target)
-        return scores.reshape(chunk, B)
 
-    scores = jax.lax.map(one_group, per_group).reshape(groups * chunk, B)[:K]  # (K, B)
+        def one_variant(i):
+            masks = up if perturb is None else perturb(up, ks, i)
+            masked = x[None] * masks[..., None]  # (chunk, B, *in, C)
+            scores = score_fn(masked.reshape(chunk * B, *x.shape[1:]), tiled_target)
+            return scores.reshape(chunk, B)
+
+        if samples == 1:
+            return one_variant(0)
+        return jnp.mean(jax.lax.map(one_variant, jnp.arange(samples)), axis=0)
+
+    scores = jax.lax.map(one_group, (per_group, channels)).reshape(groups * chunk, B)[:K]
     return jax.nn.softmax(scores.T, axis=-1)
 
 
@@ -239,3 +938,103 @@ def ablation_weights(
         return base_score - ablated_score_fn(-A * jax.nn.one_hot(k, channels, dtype=A.dtype))
 
     return jax.lax.map(one_channel, jnp.arange(channels), batch_size=chunk_size).T
+
+
+def cams_per_layer(
+    A: Mapping[str, Array],
+    G: Mapping[str, Array] | None = None,
+    method: str = "gradcam",
+    mask: Mapping[str, Array] | None = None,
+    *,
+    weights: Mapping[str, Array] | None = None,
+    key: Array | None = None,
+    **options,
+) -> dict[str, CamResult]:
+    """:func:`cam` for every layer of a multi-layer probe: ``{layer: CamResult}``.
+
+    A, G: the dicts ``{layer: (B, *spatial_l, K_l)}`` a probe built for several layers
+    returns. ``mask`` and ``weights`` are dicts too (layers differ in K): ``{layer: (K_l,)
+    or (B, K_l)}`` and ``{layer: (B, K_l)}``; a layer missing from them gets None. ``key``
+    and ``options`` are passed to every layer. Combine the maps with :func:`fuse`.
+    """
+    for name, given in (("A", A), ("G", G), ("mask", mask), ("weights", weights)):
+        if given is not None and not isinstance(given, Mapping):
+            raise ValueError(
+                f"cams_per_layer takes {name} as a dict {{layer: array}} (what a probe of "
+                f"several layers returns); got {type(given).__name__}. For one layer use cam()"
+            )
+    if G is not None and set(G) != set(A):
+        raise ValueError(
+            f"G's layers {sorted(G)} differ from A's {sorted(A)}; pass both from one probe call"
+        )
+    return {
+        layer: cam(
+            A[layer],
+            None if G is None else G[layer],
+            method,
+            None if mask is None else mask.get(layer),
+            weights=None if weights is None else weights.get(layer),
+            key=key,
+            **options,
+        )
+        for layer in A
+    }
+
+
+def fuse(
+    cams: Mapping[str, Array] | Sequence[Array],
+    shape: Sequence[int],
+    *,
+    how: str = "mean",
+    scale: Any = None,
+) -> Array:
+    """Several layers' CAMs combined on one grid: (B, *shape).
+
+    cams: ``{layer: L (B, *spatial_l)}`` (e.g. ``{k: r.cam for k, r in
+    cams_per_layer(A, G).items()}``) or a sequence of such maps. Each is put on its
+    common scale when ``scale`` is given (an :class:`ifa_jax.scale.Scale` for all, or a
+    dict ``{layer: Scale}``; applied as :func:`ifa_jax.scale.apply_scale`, unclipped, on the
+    layer's own grid, where the scale was measured), then upsampled to ``shape``
+    (:func:`upsample`, linear), then combined per cell: ``how`` = "mean" (as the peers
+    do), "max" or "sum". Without a scale the raw maps are combined as they are.
+    """
+    combine = {"mean": jnp.mean, "max": jnp.max, "sum": jnp.sum}
+    if how not in combine:
+        raise ValueError(f"how={how!r} is not one of {tuple(combine)}")
+    if isinstance(cams, Mapping):
+        items = list(cams.items())
+    elif isinstance(cams, (list, tuple)):
+        items = list(enumerate(cams))
+    else:
+        raise ValueError(
+            f"fuse takes a dict {{layer: CAM (B, *spatial)}} or a list of CAMs; got "
+            f"{type(cams).__name__}. For one CAM use ifa_jax.cams.upsample"
+        )
+    if not items:
+        raise ValueError("fuse needs at least one CAM; got none")
+    batches = {name: jnp.shape(L)[0] if jnp.ndim(L) else None for name, L in items}
+    if len(set(batches.values())) != 1:
+        raise ValueError(f"the CAMs must share their batch size (B, *spatial); got {batches}")
+    if isinstance(scale, Mapping):
+        if not isinstance(cams, Mapping):
+            raise ValueError("a dict of scales needs the CAMs as a dict keyed by the same layers")
+        missing = [name for name, _ in items if name not in scale]
+        if missing:
+            raise ValueError(f"scale has no entry for layer(s) {missing}; give one Scale per layer")
+        scales = [scale[name] for name, _ in items]
+    else:
+        scales = [scale] * len(items)
+    maps = []
+    for (name, L), s in zip(items, scales):
+        L = jnp.asarray(L)
+        if s is not None:
+            # ifa_jax.scale.apply_scale's map (cams sits below scale in the layer order).
+            if getattr(s, "mode", None) not in ("norm", "tanh"):
+                raise ValueError(
+                    f"scale for layer {name!r} must be an ifa_jax.scale.Scale (mode 'norm' or "
+                    f"'tanh'); got {s!r}"
+                )
+            L = jax.nn.relu(L) if s.remove_negative else L
+            L = (L - s.vmin) / (s.vmax - s.vmin) if s.mode == "norm" else jnp.tanh(s.a * L + s.b)
+        maps.append(upsample(L, tuple(shape)))
+    return combine[how](jnp.stack(maps), axis=0)

@@ -1,15 +1,21 @@
 """One call from a probe to a CAM: probe the layer, then apply any CAM method.
 
 :func:`explain` (exported as ``ifa_jax.explain``) probes ``x`` and computes one CAM.
-Gradient methods reuse the probe's A and G; ScoreCAM and AblationCAM add their batched
-forward passes (:func:`forward_weights`, also used by :mod:`ifa_jax.analysis`; see
-:mod:`ifa_jax.cams`). Everything after the probe runs under ``jit``.
+Gradient methods reuse the probe's A and G; methods that need the model (ScoreCAM,
+AblationCAM, ShapleyCAM, FinerCAM, ...) add their batched model runs (:func:`forward_weights`,
+also used by :mod:`ifa_jax.analysis`), dispatched through the method table
+:data:`ifa_jax.cams.REGISTRY`. Everything after the probe runs under ``jit``.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ifa_jax import cams
 from ifa_jax._checks import pick_layer
@@ -41,35 +47,85 @@ def forward_weights(
     target_fn=None,
     score: str = "logit",
     chunk_size: int = 16,
+    options: Mapping[str, Any] | tuple = (),
+    array_options: Mapping[str, Any] | None = None,
+    key: Array | None = None,
 ) -> Array | None:
-    """ScoreCAM / AblationCAM weights (B, K) from batched forward passes; None for others.
+    """Weights (B, K) of a method that needs the model (``cams.FORWARD_METHODS``:
+    ScoreCAM, AblationCAM, ShapleyCAM, ...); None for other methods.
 
-    Traceable: call it under ``jit`` with ``probe``, ``method``, ``layer``, ``target_fn``,
-    ``score`` and ``chunk_size`` static.
+    The method's ``forward`` function in :data:`ifa_jax.cams.REGISTRY` gets the model runs
+    as a :class:`ifa_jax.cams.ForwardPasses`, and ``options`` (a mapping or (name, value)
+    pairs) and ``array_options`` (array-valued options, e.g. the classic CAM's ``head``)
+    over its defaults. ``key``: the PRNG key of methods that need one (a ValueError names
+    the fix when it is missing). Traceable: call it under ``jit`` with ``probe``,
+    ``method``, ``layer``, ``target_fn``, ``score``, ``chunk_size`` and ``options`` static.
     """
+    spec = cams.get_method(method)
+    if spec.forward is None:
+        return None
+    cams.require_key(spec, key)
+    opts = cams.method_options(spec, {**dict(options), **dict(array_options or {})})
     to_score = _scorer(target_fn, score)
-    if method == "scorecam":
-        return cams.scorecam_weights(
-            A,
-            x,
-            lambda xm, t: to_score(probe.forward(variables, xm), t),
-            result.target,
-            chunk_size=chunk_size,
-        )
-    if method == "ablationcam":
 
-        def ablated(delta):
-            return to_score(probe.forward_with(variables, x, {layer: delta}), result.target)
+    def logits_at(inputs, delta):
+        if delta is None:
+            return probe.forward(variables, inputs)
+        return probe.forward_with(variables, inputs, {layer: delta})
 
-        return cams.ablation_weights(A, ablated, result.score, chunk_size=chunk_size)
-    return None
+    def score_with_delta(delta):
+        return to_score(logits_at(x, delta), result.target)
+
+    G = result.gradients[layer] if isinstance(result.gradients, dict) else result.gradients
+    passes = cams.ForwardPasses(
+        x=x,
+        target=result.target,
+        base_score=result.score,
+        score_inputs=lambda xm, t: to_score(probe.forward(variables, xm), t),
+        score_with_delta=score_with_delta,
+        chunk_size=chunk_size,
+        logits=result.logits,
+        gradients=G,
+        logits_at=logits_at,
+        score=to_score,
+        indexed=target_fn is None,
+        variables=variables,
+        key=key,
+    )
+    return spec.forward(A, passes, **opts)
 
 
 _forward_weights = jax.jit(
     forward_weights,
-    static_argnames=("probe", "method", "layer", "target_fn", "score", "chunk_size"),
+    static_argnames=("probe", "method", "layer", "target_fn", "score", "chunk_size", "options"),
 )
-_cam = jax.jit(cams.cam, static_argnames=("method",))
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_cam(method: str, options: tuple):
+    """cams.cam for one method with its options fixed, jitted (cached by both)."""
+    return jax.jit(functools.partial(cams.cam, method=method, **dict(options)))
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, (jax.Array, np.ndarray))
+
+
+def _split_options(method: str, options: Mapping[str, Any]) -> tuple[tuple, dict]:
+    """The method's options as (static, arrays): the hashable ones (defaults filled in) as
+    sorted (name, value) pairs, compiled as constants, and the array-valued ones, traced."""
+    arrays = {k: v for k, v in options.items() if _is_array(v)}
+    rest = {k: v for k, v in options.items() if k not in arrays}
+    items = tuple(sorted(cams.method_options(method, {**rest, **arrays}).items()))
+    items = tuple((k, None if k in arrays else v) for k, v in items)
+    try:
+        hash(items)
+    except TypeError:
+        raise ValueError(
+            f"explain compiles {method} with its options as constants, so they must be "
+            f"hashable (float, int, str, None, a function) or arrays; got {dict(items)!r}"
+        ) from None
+    return items, arrays
 
 
 def callable_target(target: Target):
@@ -88,22 +144,30 @@ def explain(
     score: str = "logit",
     layer: str | None = None,
     chunk_size: int = 16,
+    key: Array | None = None,
+    **options,
 ) -> tuple[ProbeResult, cams.CamResult]:
     """Probe ``x`` and compute one CAM method. Returns (probe result, CAM result).
 
     x: (B, *spatial_in, C). The CAM result's ``cam`` is on the layer's grid; use
     :func:`ifa_jax.cams.upsample` for the input grid. ``mask`` (K,) or (B, K) keeps a
     subset of channels. ``layer`` picks one layer of a multi-layer probe (it must be one
-    of ``probe.layers``; None for a one-layer probe).
+    of ``probe.layers``; None for a one-layer probe). ``key`` is the PRNG key of methods
+    that need one (randomcam, sscam, smoothgradcam++). ``options`` are the method's
+    keyword options over its defaults (``cams.REGISTRY[method].options``), e.g.
+    ``eps=1e-6`` for gradcam++; they are compile-time constants (each new value compiles
+    once), except array-valued ones (the classic CAM's ``head=W``), which are traced.
     """
     method = cams.canonical_method(method)
+    static, arrays = _split_options(method, options)
+    cams.require_key(method, key)
     layer = pick_layer(probe.layers, layer)
     result = probe(variables, x, target, score=score)
     A, G = result.activations, result.gradients
     if isinstance(A, dict):
         A, G = A[layer], G[layer]
     weights = None
-    if method in cams.FORWARD_METHODS:
+    if cams.get_method(method).forward is not None:
         weights = _forward_weights(
             probe,
             variables,
@@ -115,5 +179,9 @@ def explain(
             target_fn=callable_target(target),
             score=score,
             chunk_size=chunk_size,
+            options=static,
+            array_options=arrays,
+            key=key,
         )
-    return result, _cam(A, G, method, mask, weights=weights)
+    cam_fn = _jitted_cam(method, static)
+    return result, cam_fn(A, G, mask=mask, weights=weights, key=key, **arrays)

@@ -6,21 +6,82 @@ vectorisation tricks with ifa_jax. Shapes: A, G (B, *spatial, K).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import numpy as np
 
-EPS = 1e-7
+EPS = 1e-7  # the per-image min-max baseline's eps
+GRADCAMPP_EPS = 1e-6  # pytorch-grad-cam's grad_cam_plusplus.py
+XGRADCAM_EPS = 1e-7  # pytorch-grad-cam's xgrad_cam.py
 
 
 def _channels(a, n, k):
     return np.asarray(a[n][..., k], dtype=np.float64)
 
 
-def channel_weights(A, G, method):
-    """M (B, *spatial, K) by explicit loops over samples and channels."""
+def _kernel(kind, x, y, gamma):
+    """One kernel entry k(x, y) for channel vectors x, y, as scikit-learn defines it."""
+    dot = sum(float(a) * float(b) for a, b in zip(x, y))
+    if kind == "linear":
+        return dot
+    if kind == "poly":
+        return (gamma * dot + 1.0) ** 3
+    if kind == "sigmoid":
+        return math.tanh(gamma * dot + 1.0)
+    if kind == "rbf":
+        return math.exp(-gamma * sum((float(a) - float(b)) ** 2 for a, b in zip(x, y)))
+    if kind == "cosine":
+        nx, ny = math.sqrt(sum(a * a for a in x)), math.sqrt(sum(b * b for b in y))
+        return dot / ((nx or 1.0) * (ny or 1.0))
+    raise ValueError(kind)
+
+
+def kpca_projection(cells, kernel="sigmoid", gamma=None):
+    """First kernel-PCA component of the rows of cells (P, K), as pytorch-grad-cam's
+    KPCA_CAM calls scikit-learn's KernelPCA(n_components=1): rows centred per column,
+    kernel matrix centred in feature space, top eigenvector u signed so that its largest
+    |entry| is positive, projection u * sqrt(eigenvalue). Returns (P,)."""
+    X = np.asarray(cells, np.float64)
+    P, K = X.shape
+    X = X - X.mean(axis=0)
+    g = 1.0 / K if gamma is None else gamma
+    km = np.zeros((P, P))
+    for i in range(P):
+        for j in range(P):
+            km[i, j] = _kernel(kernel, X[i], X[j], g)
+    row, col, tot = km.mean(1), km.mean(0), km.mean()
+    kc = np.zeros((P, P))
+    for i in range(P):
+        for j in range(P):
+            kc[i, j] = km[i, j] - row[i] - col[j] + tot
+    values, vectors = np.linalg.eigh(kc)
+    u = vectors[:, np.argmax(values)]
+    if u[np.argmax(np.abs(u))] < 0:
+        u = -u
+    return u * math.sqrt(max(values.max(), 0.0))
+
+
+def channel_weights(A, G, method, key=None, **options):
+    """M (B, *spatial, K) by explicit loops over samples and channels.
+
+    ``key``: the PRNG key of randomcam; ``options`` as in ifa_jax (eps, k, kernel, gamma).
+    """
     A = np.asarray(A, np.float64)
     G = None if G is None else np.asarray(G, np.float64)
     B, K = A.shape[0], A.shape[-1]
     M = np.zeros_like(A)
+    if method == "randomcam":
+        # The draw itself is the specification: uniform in [-1, 1) per sample and channel
+        # from jax.random with the given key; the rest is a loop.
+        import jax
+
+        w = np.asarray(jax.random.uniform(key, (B, K), minval=-1.0, maxval=1.0), np.float64)
+        for n in range(B):
+            for k in range(K):
+                M[n][..., k] = w[n, k] * A[n][..., k]
+        return M
     for n in range(B):
         if method in ("eigencam", "eigengradcam"):
             src = A[n] if method == "eigencam" else A[n] * G[n]
@@ -32,24 +93,42 @@ def channel_weights(A, G, method):
             for k in range(K):
                 M[n][..., k] = v[k] * src[..., k]
             continue
+        if method == "kpcacam":
+            L = kpca_projection(A[n].reshape(-1, K), **options).reshape(A.shape[1:-1])
+            for k in range(K):
+                M[n][..., k] = L / K
+            continue
         for k in range(K):
-            a, g = _channels(A, n, k), _channels(G, n, k)
+            a = _channels(A, n, k)
+            g = None if G is None else _channels(G, n, k)
             if method == "gradcam":
                 M[n][..., k] = g.mean() * a
             elif method == "gradcam++":
+                eps = options.get("eps", GRADCAMPP_EPS)
                 total_a = a.sum()
                 w = 0.0
                 for gi in g.ravel():
                     if gi != 0:
-                        alpha = gi**2 / (2 * gi**2 + total_a * gi**3 + EPS)
+                        alpha = gi**2 / (2 * gi**2 + total_a * gi**3 + eps)
                         w += max(gi, 0.0) * alpha
                 M[n][..., k] = w * a
             elif method == "xgradcam":
-                M[n][..., k] = (g * a).sum() / (a.sum() + EPS) * a
+                eps = options.get("eps", XGRADCAM_EPS)
+                M[n][..., k] = (g * a).sum() / (a.sum() + eps) * a
             elif method == "hirescam":
                 M[n][..., k] = g * a
             elif method == "layercam":
                 M[n][..., k] = np.maximum(g, 0) * a
+            elif method == "gradcamelementwise":
+                for idx in np.ndindex(a.shape):
+                    M[n][idx + (k,)] = max(g[idx] * a[idx], 0.0)
+            elif method == "fem":
+                # Fuad et al. 2020: the channel mean times the k-sigma mask (std with ddof 0)
+                mean = sum(a.ravel()) / a.size
+                std = math.sqrt(sum((v - mean) ** 2 for v in a.ravel()) / a.size)
+                threshold = mean + options.get("k", 2.0) * std
+                for idx in np.ndindex(a.shape):
+                    M[n][idx + (k,)] = mean if a[idx] > threshold else 0.0
             else:
                 raise ValueError(method)
     return M
@@ -96,6 +175,161 @@ def ablation_weights(A, ablated_score_fn, base):
         delta[..., k] = -A[..., k]
         out[:, k] = np.asarray(base) - np.asarray(ablated_score_fn(delta))
     return out
+
+
+class ModelOracle(NamedTuple):
+    """What the forward-method references ask of the model, as callables returning NumPy.
+
+    x (B, *in, C), target (B,), logits (B, O), gradients G (B, *spatial, K) of the
+    explained score. score_inputs(x (N, ...), target (N,)) -> (N,);
+    score_with_delta(delta) -> (B,); gradient(x, delta) -> G of the explained score at
+    inputs x with delta added at the layer; class_gradients() -> (O, B, *spatial, K), the
+    gradient of every logit; resize(a (B, *spatial)) -> (B, *in); variables.
+    """
+
+    x: Any
+    target: Any
+    logits: Any
+    gradients: Any
+    score_inputs: Callable
+    score_with_delta: Callable
+    gradient: Callable
+    class_gradients: Callable
+    resize: Callable
+    variables: Any
+
+
+def _softmax_rows(scores):
+    e = np.exp(scores - scores.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _minmax_masks(A, k, resize):
+    """Channel k of A resized to the input grid and min-max scaled per sample (0 if flat)."""
+    up = np.asarray(resize(np.asarray(A)[..., k]), np.float64)
+    out = np.zeros_like(up)
+    for n in range(up.shape[0]):
+        lo, hi = up[n].min(), up[n].max()
+        if hi > lo:
+            out[n] = (up[n] - lo) / (hi - lo)
+    return out
+
+
+def _masked_scores(oracle, masks):
+    """Scores (B,) of the inputs times per-sample masks (B, *in)."""
+    x = np.asarray(oracle.x, np.float64)
+    return np.asarray(oracle.score_inputs(x * masks[..., None], oracle.target), np.float64)
+
+
+def finer_objective(logits, c, others, alpha):
+    """sum_j p_j (l_c - alpha l_j) / (sum_j p_j + 1e-9) for one sample's logits (O,)."""
+    e = [math.exp(v - max(logits)) for v in logits]
+    p = [v / sum(e) for v in e]
+    num = sum(p[j] * (logits[c] - alpha * logits[j]) for j in others)
+    return num / (sum(p[j] for j in others) + 1e-9)
+
+
+def forward_weights(method, A, oracle, key=None, **options):
+    """Weights (B, K) of a method that needs the model, one sample, channel and model run
+    at a time. Noise draws (sscam, smoothgradcam++) are specified as the exact
+    jax.random calls; everything else is loops over NumPy values."""
+    import jax
+
+    A = np.asarray(A, np.float64)
+    B, K = A.shape[0], A.shape[-1]
+    target = [int(t) for t in np.asarray(oracle.target)]
+    w = np.zeros((B, K))
+    if method == "scorecam":
+        return scorecam_weights(
+            A, oracle.x, lambda xm: oracle.score_inputs(xm, oracle.target), oracle.resize
+        )
+    if method == "ablationcam":
+        base = oracle.score_with_delta(np.zeros(A.shape, np.float32))
+        return ablation_weights(A.astype(np.float32), oracle.score_with_delta, base)
+    if method == "cam":
+        head = options.get("head")
+        G = np.asarray(oracle.gradients, np.float64)
+        W = None if head is None else np.asarray(head(oracle.variables) if callable(head) else head)
+        for n in range(B):
+            for k in range(K):
+                w[n, k] = G[n][..., k].sum() if W is None else W[k, target[n]]
+        return w
+    if method == "shapleycam":
+        # H A by central differences of the gradient along A: (G(eps A) - G(-eps A)) / 2 eps
+        eps = 1e-2
+        plus = np.asarray(oracle.gradient(oracle.x, (eps * A).astype(np.float32)), np.float64)
+        minus = np.asarray(oracle.gradient(oracle.x, (-eps * A).astype(np.float32)), np.float64)
+        G = np.asarray(oracle.gradients, np.float64)
+        for n in range(B):
+            for k in range(K):
+                hvp = (plus[n][..., k] - minus[n][..., k]) / (2 * eps)
+                w[n, k] = (G[n][..., k] - 0.5 * hvp).mean()
+        return w
+    if method == "finercam":
+        alpha, wanted = options.get("alpha", 1.0), options.get("comparisons", 3)
+        logits = np.asarray(oracle.logits, np.float64)
+        per_class = np.asarray(oracle.class_gradients(), np.float64)  # (O, B, *spatial, K)
+        outputs = logits.shape[1]
+        for n in range(B):
+            c = target[n]
+            others = sorted(
+                (j for j in range(outputs) if j != c),
+                key=lambda j: (abs(logits[n, j] - logits[n, c]), j),
+            )
+            others = others[: min(wanted, outputs - 1)]
+            h = 1e-5
+            G = np.zeros(A.shape[1:])
+            for o in range(outputs):  # chain rule: dF/dA = sum_o dF/dl_o dl_o/dA
+                up, down = logits[n].copy(), logits[n].copy()
+                up[o] += h
+                down[o] -= h
+                d = (
+                    finer_objective(up, c, others, alpha) - finer_objective(down, c, others, alpha)
+                ) / (2 * h)
+                G += d * per_class[o, n]
+            for k in range(K):
+                w[n, k] = G[..., k].mean()
+        return w
+    if method in ("sscam", "iscam"):
+        samples = options.get("samples", 35 if method == "sscam" else 10)
+        std = options.get("std", 2.0)
+        coefficients, coefficient = [], 0.0
+        for i in range(samples):  # IS-CAM's scales, torch-cam's cumulative sum
+            coefficient += (i + 1) / samples
+            coefficients.append(coefficient)
+        scores = np.zeros((B, K))
+        for k in range(K):
+            masks = _minmax_masks(A, k, oracle.resize)
+            for i in range(samples):
+                if method == "sscam":
+                    draw = jax.random.fold_in(jax.random.fold_in(key, k), i)
+                    noise = np.asarray(jax.random.normal(draw, masks.shape), np.float64)
+                    varied = masks + std * noise
+                else:
+                    varied = coefficients[i] * masks
+                scores[:, k] += _masked_scores(oracle, varied) / samples
+        return _softmax_rows(scores)
+    if method == "smoothgradcam++":
+        samples, std = options.get("samples", 4), options.get("std", 0.3)
+        eps = options.get("eps", GRADCAMPP_EPS)
+        x = np.asarray(oracle.x)
+        moments = [np.zeros(A.shape) for _ in range(3)]
+        for i in range(samples):
+            noise = np.asarray(jax.random.normal(jax.random.fold_in(key, i), x.shape))
+            g = np.asarray(oracle.gradient((x + std * noise).astype(np.float32), None), np.float64)
+            for p in range(3):
+                moments[p] += g ** (p + 1) / samples
+        g1, g2, g3 = moments
+        for n in range(B):
+            for k in range(K):
+                total_a = A[n][..., k].sum()
+                for idx in np.ndindex(A.shape[1:-1]):
+                    d2, d3 = g2[n][idx + (k,)], g3[n][idx + (k,)]
+                    if d2 != 0:
+                        alpha = d2 / (2 * d2 + total_a * d3 + eps)
+                        w[n, k] += max(g1[n][idx + (k,)], 0.0) * alpha
+        return w
+    raise ValueError(f"no reference for {method!r}: add its loop to forward_weights")
 
 
 def dataset_statistics(s, L, labels, counted, num_classes):

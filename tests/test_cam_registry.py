@@ -1,0 +1,219 @@
+"""The method table: derived lists, errors and dispatch, register_method, and explain()
+threading a method's options and PRNG key."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ifa_jax
+from ifa_jax import cams
+from ifa_jax.explaining import explain
+from ifa_jax.models import ConvNet
+from ifa_jax.probe import linen_probe
+from tests.conftest import random_ag
+
+
+@pytest.fixture
+def registry():
+    """Restores the table (methods and aliases) after a test that registers methods."""
+    methods, aliases = dict(cams.REGISTRY), dict(cams.ALIASES)
+    yield cams
+    cams.REGISTRY.clear()
+    cams.REGISTRY.update(methods)
+    cams._ALIASES.clear()
+    cams._ALIASES.update(aliases)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """(probe at the last ReLU, variables, x (3, 6, 5, 2)) of a small GAP CNN."""
+    model = ConvNet(ndim=2, features=(4, 6), num_classes=3)
+    x = jax.random.normal(jax.random.key(0), (3, 6, 5, 2))
+    return linen_probe(model, "relu2"), model.init(jax.random.key(1), x), x
+
+
+def test_lists_come_from_the_table():
+    table = cams.REGISTRY
+    assert tuple(cams.METHODS) == tuple(table)
+    assert set(cams.GRADIENT_METHODS) == {m for m in table if "gradients" in table[m].needs}
+    assert set(cams.FORWARD_METHODS) == {m for m in table if table[m].forward is not None}
+    assert {"scorecam", "ablationcam", "shapleycam", "cam"} <= set(cams.FORWARD_METHODS)
+    assert {"sscam", "smoothgradcam++"} <= {m for m in table if "key" in table[m].needs}
+    assert "gradcam++" in cams.GRADIENT_METHODS and "eigencam" not in cams.GRADIENT_METHODS
+    assert ifa_jax.METHODS == cams.METHODS
+    for name, method in table.items():
+        assert cams.canonical_method(name.upper()) == name
+        for alias in method.aliases:
+            assert cams.canonical_method(alias) == name
+
+
+def test_every_need_has_its_error():
+    """A call without what a method needs names it and the fix, for every entry."""
+    A, G = random_ag(jax.random.key(0), (2, 3, 4, 3))
+    for name, method in cams.REGISTRY.items():
+        if "forward_passes" in method.needs:
+            with pytest.raises(ValueError, match=rf"{re_name(name)} needs forward passes"):
+                cams.cam(A, G, name, key=jax.random.key(0))
+            continue
+        if "gradients" in method.needs:
+            with pytest.raises(ValueError, match=rf"{re_name(name)} needs the gradients G"):
+                cams.cam(A, None, name, key=jax.random.key(0))
+        if "key" in method.needs:
+            with pytest.raises(ValueError, match=rf"{re_name(name)} needs a PRNG key: pass key="):
+                cams.cam(A, G, name)
+        out = cams.cam(A, G, name, key=jax.random.key(0))  # everything given: it runs
+        assert out.cam.shape == A.shape[:-1] and bool(jnp.isfinite(out.cam).all())
+        if not method.options:
+            with pytest.raises(ValueError, match=rf"{re_name(name)} has no option 'eps'.*none"):
+                cams.cam(A, G, name, key=jax.random.key(0), eps=1e-3)
+
+
+def re_name(name: str) -> str:
+    return name.replace("+", r"\+")
+
+
+def test_options_are_declared_with_their_defaults():
+    assert cams.REGISTRY["gradcam++"].options["eps"] == 1e-6
+    assert cams.REGISTRY["xgradcam"].options["eps"] == cams.EPS == 1e-7
+    assert cams.method_options("gradcam++", {"eps": 0.1}) == {"eps": 0.1}
+    with pytest.raises(ValueError, match=r"gradcam\+\+ has no option 'epsilon'; its options: eps"):
+        cams.method_options("Grad-CAM++", {"epsilon": 0.1})
+
+
+def test_register_a_method(registry):
+    def squared(inputs, *, scale=1.0):
+        return scale * inputs.gradients**2 * inputs.activations
+
+    cams.register_method(
+        cams.Method(
+            "gradsquared",
+            squared,
+            aliases=("Grad-Squared", "g2"),
+            needs=frozenset({"gradients"}),
+            options={"scale": 1.0},
+        )
+    )
+    # the live lists, also where they were imported by name
+    assert "gradsquared" in cams.METHODS and "gradsquared" in ifa_jax.METHODS
+    assert "gradsquared" in cams.GRADIENT_METHODS and "gradsquared" not in cams.FORWARD_METHODS
+    assert cams.canonical_method("GRAD_SQUARED") == "gradsquared"
+    A, G = random_ag(jax.random.key(1), (2, 5, 3))
+    got = jax.jit(cams.cam, static_argnames="method")(A, G, "g2", scale=2.0)
+    np.testing.assert_allclose(got.contributions, 2.0 * G**2 * A, rtol=1e-6)
+    with pytest.raises(ValueError, match="needs the gradients"):
+        cams.cam(A, None, "gradsquared")
+    with pytest.raises(ValueError, match="'gradsquared' is already registered.*replace=True"):
+        cams.register_method(cams.Method("gradsquared", squared))
+    cams.register_method(cams.Method("gradsquared", squared, options={"scale": 3.0}), replace=True)
+    assert "g2" not in cams.ALIASES  # the replaced entry's aliases went with it
+    np.testing.assert_allclose(cams.contributions(A, G, "gradsquared"), 3.0 * G**2 * A, rtol=1e-6)
+
+
+def test_bad_entries_are_refused(registry):
+    def fn(inputs):
+        return inputs.activations
+
+    with pytest.raises(ValueError, match=r"'fullcam' already name 'hirescam'"):
+        cams.register_method(cams.Method("mine", fn, aliases=("FullCAM",)))
+    assert "mine" not in cams.REGISTRY
+    with pytest.raises(ValueError, match=r"'Grad_Mine'.*lower-case.*'gradmine'"):
+        cams.Method("Grad_Mine", fn)
+    with pytest.raises(ValueError, match=r"needs \['weights'\], which nothing supplies"):
+        cams.Method("mine", fn, needs=frozenset({"weights"}))
+    with pytest.raises(ValueError, match="exactly one of them"):
+        cams.Method("mine", fn, needs=frozenset({"forward_passes"}))
+    with pytest.raises(ValueError, match="exactly one of them"):
+        cams.Method("mine", None)
+    with pytest.raises(ValueError, match="takes an ifa_jax.cams.Method"):
+        cams.register_method("mine")  # type: ignore[arg-type]
+
+
+def test_explain_threads_options_and_key(small):
+    probe, variables, x = small
+    res = probe(variables, x, 1)
+    A, G = res.activations, res.gradients
+    for method, options in (
+        ("gradcam++", {"eps": 1e-3}),
+        ("xgradcam", {"eps": 0.5}),
+        ("fem", {"k": 0.5}),
+        ("kpcacam", {"kernel": "rbf", "gamma": 0.3}),
+    ):
+        _, out = explain(probe, variables, x, 1, method, **options)
+        want = cams.cam(A, G, method, **options)
+        np.testing.assert_allclose(out.contributions, want.contributions, rtol=1e-5, atol=1e-7)
+        default = cams.cam(A, G, method).contributions
+        assert not np.allclose(out.contributions, default, rtol=1e-4, atol=1e-7), method
+    _, r1 = explain(probe, variables, x, 1, "randomcam", key=jax.random.key(3))
+    want = cams.cam(A, G, "randomcam", key=jax.random.key(3))
+    np.testing.assert_allclose(r1.cam, want.cam, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="randomcam needs a PRNG key"):
+        explain(probe, variables, x, 1, "randomcam")
+    with pytest.raises(ValueError, match=r"gradcam has no option 'eps'"):
+        explain(probe, variables, x, 1, "gradcam", eps=1e-6)
+    with pytest.raises(ValueError, match="must be hashable"):
+        explain(probe, variables, x, 1, "gradcam++", eps=[1e-6])
+
+
+def test_a_registered_forward_method_runs_through_explain(registry, small):
+    """forward_weights dispatches on the table: a user's forward-pass method needs only
+    its entry."""
+    probe, variables, x = small
+
+    def scaled_ablation(A, passes, *, scale=1.0):
+        drop = cams.ablation_weights(A, passes.score_with_delta, passes.base_score)
+        return scale * drop
+
+    cams.register_method(
+        cams.Method(
+            "scaledablation",
+            None,
+            needs=frozenset({"forward_passes"}),
+            forward=scaled_ablation,
+            options={"scale": 1.0},
+        )
+    )
+    assert "scaledablation" in cams.FORWARD_METHODS
+    _, base = explain(probe, variables, x, 2, "ablationcam")
+    _, mine = explain(probe, variables, x, 2, "scaledablation", scale=-2.0)
+    np.testing.assert_allclose(mine.importance, -2.0 * base.importance, rtol=1e-5, atol=1e-6)
+
+
+def test_explain_runs_every_method(small):
+    """Every entry of the table, with its defaults, through explain on a Linen ConvNet; a
+    method that needs a key refuses to run without one."""
+    probe, variables, x = small
+    labels = jnp.array([0, 2, 1])
+    key = jax.random.key(5)
+    for name, method in cams.REGISTRY.items():
+        result, out = explain(probe, variables, x, labels, name, key=key)
+        assert out.cam.shape == result.activations.shape[:-1], name
+        assert bool(jnp.isfinite(out.contributions).all()), name
+        assert float(jnp.abs(out.cam).max()) > 0, name
+        if "key" in method.needs:
+            with pytest.raises(ValueError, match=rf"{re_name(name)} needs a PRNG key: pass key="):
+                explain(probe, variables, x, labels, name)
+
+
+def test_array_options_are_traced(small):
+    """An array-valued option (the classic CAM's head) is an argument of the compiled
+    function, not a constant: a new array does not need to be hashable."""
+    probe, variables, x = small
+    W = variables["params"]["head"]["kernel"]
+    _, one = explain(probe, variables, x, 1, "cam", head=W)
+    _, two = explain(probe, variables, x, 1, "cam", head=2.0 * np.asarray(W))
+    np.testing.assert_allclose(two.contributions, 2.0 * one.contributions, rtol=1e-6)
+    with pytest.raises(ValueError, match="must be hashable"):
+        explain(probe, variables, x, 1, "cam", head=[[1.0]])
+
+
+def test_analyze_refuses_a_method_that_needs_a_key(small):
+    from ifa_jax import analysis
+
+    probe, variables, x = small
+    with pytest.raises(ValueError, match=r"randomcam needs a PRNG key, which analyze does not"):
+        analysis.analyze(
+            probe, variables, [(x, jnp.zeros(3, jnp.int32))], num_classes=3, method=("random",)
+        )
