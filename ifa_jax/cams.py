@@ -148,7 +148,8 @@ class Method:
                 f"'-' or '_' (e.g. {_normalise(str(self.name))!r}); spellings go in aliases"
             )
         object.__setattr__(self, "aliases", tuple(_normalise(a) for a in self.aliases))
-        object.__setattr__(self, "needs", frozenset(self.needs))
+        needs = (self.needs,) if isinstance(self.needs, str) else self.needs
+        object.__setattr__(self, "needs", frozenset(needs))
         object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
         unknown = sorted(self.needs - set(NEEDS))
         if unknown:
@@ -208,7 +209,8 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     """Add ``method`` to :data:`REGISTRY` (and its aliases); returns it.
 
     Every name and alias must be new unless ``replace=True`` (which replaces a method of
-    the same name; do it before the first use, jitted callers cache by name).
+    the same name). Replacing a method clears JAX's compilation caches, so functions
+    jitted earlier (which look methods up by name while tracing) trace the new one.
     """
     if not isinstance(method, Method):
         raise ValueError(f"register_method takes an ifa_jax.cams.Method; got {type(method)}")
@@ -229,6 +231,8 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
             _ALIASES.pop(alias, None)
     REGISTRY[method.name] = method
     _ALIASES.update(dict.fromkeys(spellings, method.name))
+    if old is not None:
+        jax.clear_caches()
     return method
 
 
@@ -1001,6 +1005,8 @@ def fuse(
     combine = {"mean": jnp.mean, "max": jnp.max, "sum": jnp.sum}
     if how not in combine:
         raise ValueError(f"how={how!r} is not one of {tuple(combine)}")
+    if isinstance(cams, CamResult):
+        cams = [cams]
     if isinstance(cams, Mapping):
         items = list(cams.items())
     elif isinstance(cams, (list, tuple)):
@@ -1012,6 +1018,8 @@ def fuse(
         )
     if not items:
         raise ValueError("fuse needs at least one CAM; got none")
+    # A CamResult (what cams_per_layer gives) stands for its map.
+    items = [(name, L.cam if isinstance(L, CamResult) else L) for name, L in items]
     batches = {name: jnp.shape(L)[0] if jnp.ndim(L) else None for name, L in items}
     if len(set(batches.values())) != 1:
         raise ValueError(f"the CAMs must share their batch size (B, *spatial); got {batches}")

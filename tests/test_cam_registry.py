@@ -217,3 +217,21 @@ def test_analyze_refuses_a_method_that_needs_a_key(small):
         analysis.analyze(
             probe, variables, [(x, jnp.zeros(3, jnp.int32))], num_classes=3, method=("random",)
         )
+
+
+def test_replacing_a_method_reaches_functions_jitted_before(registry, small):
+    """explain() caches a jitted CAM per method name: replacing the method must not leave
+    the old function in that cache (a silent wrong map otherwise). A needs given as one
+    string is that one need, not its letters."""
+    probe, variables, x = small
+
+    def plain(inputs):
+        return jnp.mean(inputs.gradients, axis=(1, 2), keepdims=True) * inputs.activations
+
+    cams.register_method(cams.Method("mine", plain, needs="gradients"))
+    assert cams.REGISTRY["mine"].needs == frozenset({"gradients"})
+    before = explain(probe, variables, x, 0, "mine")[1].cam
+    tenfold = cams.Method("mine", lambda i: 10 * plain(i), needs="gradients")
+    cams.register_method(tenfold, replace=True)
+    after = explain(probe, variables, x, 0, "mine")[1].cam
+    np.testing.assert_allclose(after, 10 * before, rtol=1e-5)

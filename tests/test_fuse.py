@@ -87,6 +87,10 @@ def test_multi_layer_dicts_through_cams_per_layer_and_fuse(two_layers):
     np.testing.assert_allclose(
         fused, naive_fuse(list(maps.values()), (28, 28), "mean"), rtol=1e-5, atol=1e-7
     )
+    # cams_per_layer's results go in as they are (each stands for its map)
+    np.testing.assert_array_equal(ifa_jax.fuse(per_layer, (28, 28)), fused)
+    one = per_layer["relu1"]
+    np.testing.assert_array_equal(ifa_jax.fuse(one, (28, 28)), cams.upsample(one.cam, (28, 28)))
 
 
 def test_fuse_and_cams_per_layer_errors(two_layers):

@@ -97,6 +97,14 @@ class Config:
         checks = [(False, p) for p in registry.check_names(self.model, self.dataset)] + [
             (self.scale_mode in scale.MODES, f"scale_mode must be one of {scale.MODES}"),
             (bool(self.methods), "methods is empty; name at least one CAM method"),
+            *(
+                (
+                    "key" not in cams.get_method(m).needs,
+                    f"methods: {m} draws random numbers (it needs a PRNG key), which the "
+                    "analysis pass does not take yet; use ifa_jax.explain(..., key=...) for it",
+                )
+                for m in self.methods
+            ),
             (self.validation_size > 0, "validation_size must be > 0 (a count, or a share < 1)"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (
