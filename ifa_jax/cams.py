@@ -986,7 +986,7 @@ def cams_per_layer(
 
 
 def fuse(
-    cams: Mapping[str, Array] | Sequence[Array],
+    cams: Mapping[str, Array | CamResult] | Sequence[Array | CamResult] | CamResult,
     shape: Sequence[int],
     *,
     how: str = "mean",
@@ -995,7 +995,8 @@ def fuse(
     """Several layers' CAMs combined on one grid: (B, *shape).
 
     cams: ``{layer: L (B, *spatial_l)}`` (e.g. ``{k: r.cam for k, r in
-    cams_per_layer(A, G).items()}``) or a sequence of such maps. Each is put on its
+    cams_per_layer(A, G).items()}``) or a sequence of such maps; a CamResult (e.g.
+    ``cams_per_layer``'s dict as it is) stands for its map. Each is put on its
     common scale when ``scale`` is given (an :class:`ifa_jax.scale.Scale` for all, or a
     dict ``{layer: Scale}``; applied as :func:`ifa_jax.scale.apply_scale`, unclipped, on the
     layer's own grid, where the scale was measured), then upsampled to ``shape``
