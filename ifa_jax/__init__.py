@@ -7,6 +7,7 @@ from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, model
 from ifa_jax.cams import METHODS, CamResult, cam, cams_per_layer, fuse, upsample
 from ifa_jax.explaining import explain
 from ifa_jax.frameworks import equinox_probe, function_probe, haiku_probe
+from ifa_jax.guided import guided_backprop, guided_gradcam
 from ifa_jax.probe import LayerProbe, ProbeResult, linen_layers, linen_probe, nnx_probe
 from ifa_jax.smoothing import aug_smooth, eigen_smooth, explain_smoothed, smoothgrad
 from ifa_jax.tokens import tokens_to_grid
@@ -43,6 +44,8 @@ __all__ = [
     "explain_smoothed",
     "function_probe",
     "fuse",
+    "guided_backprop",
+    "guided_gradcam",
     "haiku_probe",
     "linen_layers",
     "linen_probe",

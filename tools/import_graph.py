@@ -10,8 +10,9 @@ import only modules of a LOWER OR EQUAL layer:
     2  probe, frameworks, tokens,   activations and gradients (Flax; other frameworks;
        train                        token grids); training
     3  cams                         CAMs from A and G
-    4  explaining, smoothing        probe + CAM in one call (explain, forward weights);
-                                    smoothed CAMs (augmentation, noise, eigen)
+    4  explaining, smoothing,       probe + CAM in one call (explain, forward weights);
+       guided                       smoothed CAMs (augmentation, noise, eigen); guided
+                                    backprop and Guided GradCAM at input resolution
     5  analysis                     the streaming analysis pass
     6  scale, decompose, metrics    computed from the analysis' outputs
     7  diagnostics, consistency, plots
@@ -46,6 +47,7 @@ LAYERS = {
     "ifa_jax.cams": 3,
     "ifa_jax.explaining": 4,
     "ifa_jax.smoothing": 4,
+    "ifa_jax.guided": 4,
     "ifa_jax.analysis": 5,
     "ifa_jax.scale": 6,
     "ifa_jax.decompose": 6,
