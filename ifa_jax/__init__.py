@@ -4,7 +4,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, scale, smoothing
-from ifa_jax.cams import METHODS, CamResult, cam, cams_per_layer, fuse, upsample
+from ifa_jax.cams import METHODS, CamResult, cam, cam_layers, cams_per_layer, fuse, upsample
 from ifa_jax.explaining import explain
 from ifa_jax.frameworks import equinox_probe, function_probe, haiku_probe
 from ifa_jax.guided import guided_backprop, guided_gradcam
@@ -34,6 +34,7 @@ __all__ = [
     "aug_smooth",
     "cam",
     "cams",
+    "cam_layers",
     "cams_per_layer",
     "data",
     "decompose",

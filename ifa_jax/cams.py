@@ -48,6 +48,17 @@ Array = jax.Array
 #   key             a PRNG key, passed as key= (never global random state).
 NEEDS = ("gradients", "forward_passes", "key")
 
+# What a method maps from (see Method.kind):
+#   layer   one layer's A (and G, or forward passes at it) -> contributions M (B, *spatial, K);
+#   layers  several layers of one probe -> one map L (B, *grid) (RefineCAM, multi-block LeGrad);
+#   input   the model itself -> one map L (B, *spatial_in) at input resolution (FullGrad, SESS).
+KINDS = ("layer", "layers", "input")
+_KIND_NEEDS = {
+    "layer": frozenset(NEEDS),
+    "layers": frozenset({"gradients", "key"}),
+    "input": frozenset({"key"}),
+}
+
 GRADCAMPP_EPS = 1e-6  # pytorch-grad-cam's; with gradients ~1e-3 it dominates alpha's denominator
 XGRADCAM_EPS = 1e-7  # pytorch-grad-cam's
 EPS = XGRADCAM_EPS  # XGradCAM's default eps (ifa_jax.consistency builds its tangent with it)
@@ -109,6 +120,31 @@ class ForwardPasses(NamedTuple):
     key: Array | None
 
 
+class ModelInputs(NamedTuple):
+    """What a method of kind ``"input"`` reads (built by :func:`ifa_jax.explain`).
+
+    probe: the :class:`ifa_jax.probe.LayerProbe` explain was given (its ``forward``,
+    ``forward_with`` and module reach the whole model). variables: the model's variables.
+    x: (B, *spatial_in, C) the inputs. target: (B,) int32 each sample's explained output
+    (-1 for a callable target). ``score(logits (N, O), target (N,)) -> (N,)``: the explained
+    objective. indexed: whether ``target`` holds output indices. logits: (B, O) of the
+    model at x. key: the PRNG key given to explain (never None for a method that needs
+    ``"key"``). layer: the probe layer explain was asked for (a name), for methods that
+    run a layer method inside (SESS); None when explain got a probe of several layers and
+    no layer= (a method that needs one raises, naming layer=).
+    """
+
+    probe: Any
+    variables: Any
+    x: Array
+    target: Array
+    score: Callable[[Array, Array], Array]
+    indexed: bool
+    logits: Array
+    key: Array | None
+    layer: str | None
+
+
 def _normalise(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "")
 
@@ -118,8 +154,11 @@ class Method:
     """One CAM method: one entry of :data:`REGISTRY`.
 
     name: canonical name, lower case without ``-`` or ``_`` (``"gradcam++"``).
-    fn: ``fn(inputs: CamInputs, **options) -> M (B, *spatial, K)``; None for a
-    forward-pass method, whose ``M_k = w_k * A_k`` with ``w`` (B, K) from ``forward``.
+    fn: for kind ``"layer"``, ``fn(inputs: CamInputs, **options) -> M (B, *spatial, K)``,
+    or None for a forward-pass method, whose ``M_k = w_k * A_k`` with ``w`` (B, K) from
+    ``forward``; for kind ``"layers"``, ``fn(inputs: Mapping[str, CamInputs], **options)
+    -> L (B, *grid)`` (one map from every layer of a probe, see :func:`cam_layers`); for
+    kind ``"input"``, ``fn(model: ModelInputs, **options) -> L (B, *spatial_in)``.
     aliases: other names (matched like ``name``: case, ``-`` and ``_`` ignored).
     needs: a subset of :data:`NEEDS`.
     options: keyword options of ``fn`` (or ``forward``) with their defaults; callers
@@ -130,6 +169,11 @@ class Method:
     channel masks mean something); False when the map is not a sum over channels and
     ``M`` spreads it evenly, ``M_k = L / K``.
     summary: the formula in one line, with its source.
+    kind: what the method maps from, one of :data:`KINDS`: ``"layer"`` (one layer: the
+    default; :func:`cam`, :func:`ifa_jax.analyze` and the runner take these), ``"layers"``
+    (several layers of one probe: :func:`cam_layers`) or ``"input"`` (the model, a map at
+    input resolution: :func:`ifa_jax.explain`). Maps of the other kinds have no channels:
+    their CamResult holds ``L[..., None]`` (K = 1).
     """
 
     name: str
@@ -140,6 +184,7 @@ class Method:
     forward: Callable[..., Array] | None = None
     channelwise: bool = True
     summary: str = ""
+    kind: str = "layer"
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or _normalise(self.name) != self.name:
@@ -157,6 +202,17 @@ class Method:
                 f"method {self.name!r} needs {unknown}, which nothing supplies; "
                 f"needs must be a subset of {NEEDS}"
             )
+        if self.kind not in KINDS:
+            raise ValueError(f"method {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+        if self.kind != "layer":
+            extra = sorted(self.needs - _KIND_NEEDS[self.kind])
+            if extra or self.fn is None or self.forward is not None:
+                raise ValueError(
+                    f"method {self.name!r} of kind {self.kind!r} takes fn= only (no forward=) "
+                    f"and needs at most {sorted(_KIND_NEEDS[self.kind])}; got needs {extra}"
+                )
+            object.__setattr__(self, "channelwise", False)
+            return
         forward_method = "forward_passes" in self.needs
         if forward_method != (self.forward is not None) or forward_method == (self.fn is not None):
             raise ValueError(
@@ -176,11 +232,16 @@ class _Names(Sequence):
     """A read-only, live tuple of registered method names (those that need ``need``,
     or all): it follows :func:`register_method`, also where it was imported by name."""
 
-    def __init__(self, need: str | None = None):
-        self._need = need
+    def __init__(self, need: str | None = None, kind: str | None = None):
+        self._need, self._kind = need, kind
 
     def _names(self) -> tuple[str, ...]:
-        return tuple(n for n, m in REGISTRY.items() if self._need is None or self._need in m.needs)
+        return tuple(
+            n
+            for n, m in REGISTRY.items()
+            if (self._need is None or self._need in m.needs)
+            and (self._kind is None or m.kind == self._kind)
+        )
 
     def __getitem__(self, index):
         return self._names()[index]
@@ -200,8 +261,9 @@ class _Names(Sequence):
         return repr(self._names())
 
 
-METHODS = _Names()  # every registered method
-GRADIENT_METHODS = _Names("gradients")  # those that need G
+METHODS = _Names()  # every registered method, of every kind
+LAYER_METHODS = _Names(kind="layer")  # those of one layer (cam, analyze, the runner)
+GRADIENT_METHODS = _Names("gradients", "layer")  # layer methods that need G
 FORWARD_METHODS = _Names("forward_passes")  # those that need forward passes
 
 
@@ -798,6 +860,17 @@ def contributions(
     """
     spec = get_method(method)
     opts = method_options(spec, options)
+    if spec.kind != "layer":
+        fix = {
+            "layers": "cams.cam_layers(A_dict, G_dict, method) or ifa_jax.explain with a probe "
+            "of several layers",
+            "input": "ifa_jax.explain(probe, variables, x, target, method)",
+        }[spec.kind]
+        raise ValueError(
+            f"{spec.name} is a method of kind {spec.kind!r}: it maps "
+            f"{'several layers' if spec.kind == 'layers' else 'the model'} to one map, not one "
+            f"layer's (A, G) to channel contributions; use {fix}"
+        )
     spatial_axes(A)
     if weights is not None:
         if weights.shape != (A.shape[0], A.shape[-1]):
@@ -821,6 +894,61 @@ def contributions(
             )
     require_key(spec, key)
     return spec.fn(CamInputs(A, G, key), **opts)
+
+
+def map_result(L: Array) -> CamResult:
+    """A map without channels, L (B, *grid), as a CamResult with K = 1 (methods of kind
+    ``"layers"`` and ``"input"``): contributions L[..., None], importance (B, 1)."""
+    return reduce(L[..., None])
+
+
+def cam_layers(
+    A: Mapping[str, Array],
+    G: Mapping[str, Array] | None = None,
+    method: str = "refinecam",
+    *,
+    key: Array | None = None,
+    **options,
+) -> CamResult:
+    """One map from several layers, for a method of kind ``"layers"`` (RefineCAM, LeGrad).
+
+    A, G: ``{layer: (B, *spatial_l, K_l)}``, what a probe of several layers returns (G may
+    be None for methods that do not need it). ``key`` and ``options`` as in :func:`cam`.
+    Returns :func:`map_result` of the method's map L (B, *grid), on the grid the method
+    chooses (see its entry's summary).
+    """
+    spec = get_method(method)
+    if spec.kind != "layers":
+        raise ValueError(
+            f"cam_layers takes a method of kind 'layers' ({', '.join(_Names(kind='layers'))}); "
+            f"{spec.name} is of kind {spec.kind!r}: use cams_per_layer for one map per layer"
+        )
+    for name, given in (("A", A), ("G", G)):
+        if given is not None and not isinstance(given, Mapping):
+            raise ValueError(
+                f"cam_layers takes {name} as a dict {{layer: array}} (what a probe of several "
+                f"layers returns); got {type(given).__name__}"
+            )
+    if not A:
+        raise ValueError(f"{spec.name} needs at least one layer; got no activations")
+    if "gradients" in spec.needs:
+        if G is None or set(G) != set(A):
+            raise ValueError(
+                f"{spec.name} needs the gradients of every layer: G's layers "
+                f"{None if G is None else sorted(G)} differ from A's {sorted(A)}"
+            )
+        for layer in A:
+            if G[layer].shape != A[layer].shape:
+                raise ValueError(
+                    f"layer {layer!r}: gradients {G[layer].shape} and activations "
+                    f"{A[layer].shape} must have the same shape"
+                )
+    for a in A.values():
+        spatial_axes(a)
+    require_key(spec, key)
+    opts = method_options(spec, options)
+    inputs = {layer: CamInputs(a, None if G is None else G[layer], key) for layer, a in A.items()}
+    return map_result(spec.fn(inputs, **opts))  # type: ignore[misc]
 
 
 def _check_mask(mask: Array, batch: int, channels: int) -> Array:

@@ -101,6 +101,52 @@ _forward_weights = jax.jit(
 )
 
 
+def input_map(
+    probe: LayerProbe,
+    variables,
+    x: Array,
+    result: ProbeResult,
+    method: str,
+    *,
+    layer: str | None,
+    target_fn=None,
+    score: str = "logit",
+    options: Mapping[str, Any] | tuple = (),
+    array_options: Mapping[str, Any] | None = None,
+    key: Array | None = None,
+) -> Array:
+    """The map L (B, *spatial_in) of a method of kind ``"input"`` (FullGrad, SESS), from
+    its entry's ``fn`` and a :class:`ifa_jax.cams.ModelInputs`. Traceable; jitted by
+    :func:`explain` with everything but the arrays static."""
+    spec = cams.get_method(method)
+    cams.require_key(spec, key)
+    opts = cams.method_options(spec, {**dict(options), **dict(array_options or {})})
+    model = cams.ModelInputs(
+        probe=probe,
+        variables=variables,
+        x=x,
+        target=result.target,
+        score=_scorer(target_fn, score),
+        indexed=target_fn is None,
+        logits=result.logits,
+        key=key,
+        layer=layer,
+    )
+    assert spec.fn is not None
+    return spec.fn(model, **opts)
+
+
+_input_map = jax.jit(
+    input_map, static_argnames=("probe", "method", "layer", "target_fn", "score", "options")
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_layers(method: str, options: tuple):
+    """cams.cam_layers for one method with its options fixed, jitted (cached by both)."""
+    return jax.jit(functools.partial(cams.cam_layers, method=method, **dict(options)))
+
+
 @functools.lru_cache(maxsize=64)
 def _jitted_cam(method: str, options: tuple):
     """cams.cam for one method with its options fixed, jitted (cached by both)."""
@@ -157,10 +203,50 @@ def explain(
     keyword options over its defaults (``cams.REGISTRY[method].options``), e.g.
     ``eps=1e-6`` for gradcam++; they are compile-time constants (each new value compiles
     once), except array-valued ones (the classic CAM's ``head=W``), which are traced.
+
+    Methods of kind ``"layers"`` (``cams.REGISTRY[method].kind``: RefineCAM, LeGrad) use
+    every layer of the probe (``layer`` must be None) and methods of kind ``"input"``
+    (FullGrad, SESS) the whole model; both give one map without channels: the CamResult
+    of :func:`ifa_jax.cams.map_result` (K = 1; for ``"input"``, at input resolution).
     """
     method = cams.canonical_method(method)
+    kind = cams.get_method(method).kind
     static, arrays = _split_options(method, options)
     cams.require_key(method, key)
+    if kind != "layer" and mask is not None:
+        raise ValueError(
+            f"{method} (kind {kind!r}) gives one map without channels, so it takes no channel "
+            "mask; pass mask=None"
+        )
+    if kind == "layers":
+        if layer is not None:
+            raise ValueError(
+                f"{method} uses every layer of the probe ({', '.join(probe.layers)}); pass "
+                f"layer=None, or build the probe for the layers you want"
+            )
+        result = probe(variables, x, target, score=score)
+        A, G = result.activations, result.gradients
+        if not isinstance(A, dict):
+            A, G = {probe.layers[0]: A}, {probe.layers[0]: G}
+        return result, _jitted_layers(method, static)(A, G, key=key, **arrays)
+    if kind == "input":
+        # the model's map needs no layer; a method that does (SESS) says so when it is None
+        several = layer is None and len(probe.layers) > 1
+        result = probe(variables, x, target, score=score)
+        L = _input_map(
+            probe,
+            variables,
+            jnp.asarray(x),
+            result,
+            method,
+            layer=None if several else pick_layer(probe.layers, layer),
+            target_fn=callable_target(target),
+            score=score,
+            options=static,
+            array_options=arrays,
+            key=key,
+        )
+        return result, cams.map_result(L)
     layer = pick_layer(probe.layers, layer)
     result = probe(variables, x, target, score=score)
     A, G = result.activations, result.gradients

@@ -38,7 +38,9 @@ def small():
 def test_lists_come_from_the_table():
     table = cams.REGISTRY
     assert tuple(cams.METHODS) == tuple(table)
-    assert set(cams.GRADIENT_METHODS) == {m for m in table if "gradients" in table[m].needs}
+    layer = {m for m in table if table[m].kind == "layer"}
+    assert set(cams.LAYER_METHODS) == layer
+    assert set(cams.GRADIENT_METHODS) == {m for m in layer if "gradients" in table[m].needs}
     assert set(cams.FORWARD_METHODS) == {m for m in table if table[m].forward is not None}
     assert {"scorecam", "ablationcam", "shapleycam", "cam"} <= set(cams.FORWARD_METHODS)
     assert {"sscam", "smoothgradcam++"} <= {m for m in table if "key" in table[m].needs}
@@ -187,9 +189,18 @@ def test_explain_runs_every_method(small):
     probe, variables, x = small
     labels = jnp.array([0, 2, 1])
     key = jax.random.key(5)
+    two_layers = linen_probe(ConvNet(ndim=2, features=(4, 6), num_classes=3), ["relu1", "relu2"])
     for name, method in cams.REGISTRY.items():
-        result, out = explain(probe, variables, x, labels, name, key=key)
-        assert out.cam.shape == result.activations.shape[:-1], name
+        used = two_layers if method.kind == "layers" else probe
+        result, out = explain(used, variables, x, labels, name, key=key)
+        grid = (
+            x.shape[:-1]
+            if method.kind == "input"
+            else result.activations["relu2"].shape[:-1]
+            if method.kind == "layers"
+            else result.activations.shape[:-1]
+        )
+        assert out.cam.shape == grid, name
         assert bool(jnp.isfinite(out.contributions).all()), name
         assert float(jnp.abs(out.cam).max()) > 0, name
         if "key" in method.needs:
@@ -235,3 +246,68 @@ def test_replacing_a_method_reaches_functions_jitted_before(registry, small):
     cams.register_method(tenfold, replace=True)
     after = explain(probe, variables, x, 0, "mine")[1].cam
     np.testing.assert_allclose(after, 10 * before, rtol=1e-5)
+
+
+def _layer_mean_relu(inputs):
+    """A toy method of kind 'layers': the sum over layers of each layer's mean relu(G)."""
+    return sum(jnp.mean(jax.nn.relu(i.gradients), axis=-1) for i in inputs.values())
+
+
+def _input_times_gradient(model, *, scale=1.0):
+    """A toy method of kind 'input': scale * sum over channels of x * d score / dx."""
+
+    def total(x):
+        return jnp.sum(model.score(model.probe.forward(model.variables, x), model.target))
+
+    return scale * jnp.sum(model.x * jax.grad(total)(model.x), axis=-1)
+
+
+def test_methods_of_other_kinds(registry, small):
+    """Kinds 'layers' and 'input' through register_method, cam_layers and explain, each
+    against the same formula written here; the lists and refusals follow the kind."""
+    probe, variables, x = small
+    layers = cams.Method("meanrelu", _layer_mean_relu, needs="gradients", kind="layers")
+    model = cams.Method("inputgrad", _input_times_gradient, options={"scale": 1.0}, kind="input")
+    for method in (layers, model):
+        cams.register_method(method)
+        assert method.name in cams.METHODS and method.name not in cams.LAYER_METHODS
+        assert method.name not in cams.GRADIENT_METHODS and not method.channelwise
+    two = linen_probe(ConvNet(ndim=2, features=(4, 6), num_classes=3), ["relu1", "relu2"])
+    result, out = explain(two, variables, x, 1, "meanrelu")
+    G = result.gradients
+    want = np.mean(np.maximum(G["relu1"], 0), -1) + np.mean(np.maximum(G["relu2"], 0), -1)
+    np.testing.assert_allclose(out.cam, want, rtol=1e-6)
+    np.testing.assert_allclose(out.contributions[..., 0], want, rtol=1e-6)
+    np.testing.assert_allclose(out.importance[:, 0], want.sum((1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(out.max, want.reshape(3, -1).max(1), rtol=1e-6)
+    direct = cams.cam_layers(result.activations, result.gradients, "meanrelu")
+    np.testing.assert_allclose(direct.cam, want, rtol=1e-6)
+
+    result, out = explain(probe, variables, x, 2, "inputgrad", scale=2.0)
+    grad = jax.grad(lambda x: jnp.sum(probe.forward(variables, x)[:, 2]))(x)
+    np.testing.assert_allclose(out.cam, 2.0 * np.sum(x * grad, -1), rtol=1e-5, atol=1e-7)
+    assert out.contributions.shape == (*x.shape[:-1], 1)
+    # a probe of several layers needs no layer= for a method of the model
+    np.testing.assert_allclose(
+        explain(two, variables, x, 2, "inputgrad", scale=2.0)[1].cam, out.cam, rtol=1e-5, atol=1e-7
+    )
+
+    A, G = result.activations, result.gradients
+    with pytest.raises(ValueError, match=r"meanrelu is a method of kind 'layers'.*cam_layers"):
+        cams.cam(A, G, "meanrelu")
+    with pytest.raises(ValueError, match=r"inputgrad is a method of kind 'input'.*explain"):
+        cams.cam(A, G, "inputgrad")
+    with pytest.raises(ValueError, match=r"takes a method of kind 'layers'.*gradcam is of kind"):
+        cams.cam_layers({"a": A}, {"a": G}, "gradcam")
+    with pytest.raises(ValueError, match=r"takes A as a dict"):
+        cams.cam_layers(A, G, "meanrelu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"gradients of every layer"):
+        cams.cam_layers({"a": A, "b": A}, {"a": G}, "meanrelu")
+    with pytest.raises(ValueError, match=r"uses every layer of the probe.*layer=None"):
+        explain(two, variables, x, 1, "meanrelu", layer="relu1")
+    with pytest.raises(ValueError, match=r"takes no channel mask"):
+        explain(probe, variables, x, 1, "inputgrad", mask=jnp.ones(6))
+    with pytest.raises(ValueError, match=r"kind 'layer ' is not one of"):
+        cams.Method("bad", _layer_mean_relu, kind="layer ")
+    with pytest.raises(ValueError, match=r"kind 'input' takes fn= only.*\['forward_passes'\]"):
+        cams.Method("bad", _input_times_gradient, needs="forward_passes", kind="input")

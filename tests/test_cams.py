@@ -19,7 +19,7 @@ from tests.conftest import random_ag
 
 SHAPES = {1: (3, 7, 5), 2: (3, 4, 5, 6), 3: (2, 3, 4, 2, 5)}
 # Every method cam() computes from A (and G, key) alone, from the table.
-LOCAL_METHODS = tuple(m for m in cams.METHODS if cams.REGISTRY[m].fn is not None)
+LOCAL_METHODS = tuple(m for m in cams.LAYER_METHODS if cams.REGISTRY[m].fn is not None)
 KEY = jax.random.key(42)  # for the methods that need one; the others ignore it
 
 

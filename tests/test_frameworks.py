@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import ifa_jax
-from ifa_jax import explain
+from ifa_jax import cams, explain
 from ifa_jax.frameworks import equinox_layers, equinox_probe, function_probe, haiku_probe
 from ifa_jax.models import ReLU
 from ifa_jax.probe import linen_probe
@@ -185,7 +185,7 @@ def linen_cams(case, hand_split):
     a, g, _ = hand_split
     np.testing.assert_allclose(out.activations, a, **TOL)
     np.testing.assert_allclose(out.gradients, g, **TOL)
-    return {m: explain(probe, variables, x, TARGET, m, key=KEY)[1] for m in ifa_jax.METHODS}
+    return {m: explain(probe, variables, x, TARGET, m, key=KEY)[1] for m in cams.LAYER_METHODS}
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -198,7 +198,7 @@ def test_every_method_equals_the_reference(path, case, probes, hand_split, linen
     np.testing.assert_allclose(out.activations, a, **TOL)
     np.testing.assert_allclose(out.gradients, g, **TOL)
     assert float(jnp.abs(g).max()) > 1e-3  # the comparison is not of zeros
-    for method in ifa_jax.METHODS:
+    for method in cams.LAYER_METHODS:
         result, got = explain(probe, variables, x, TARGET, method, key=KEY)
         np.testing.assert_allclose(result.gradients, g, **TOL)
         for field, mine, want in zip(got._fields, got, linen_cams[method]):
