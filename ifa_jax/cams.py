@@ -1025,6 +1025,13 @@ def scorecam_weights(
     """
     if A.shape[0] != x.shape[0]:
         raise ValueError(f"activations have batch {A.shape[0]} but inputs {x.shape[0]}")
+    if A.ndim != x.ndim:
+        raise ValueError(
+            f"ScoreCAM-style masks upsample the layer's grid {A.shape[1:-1]} to the input's "
+            f"{x.shape[1:-1]}, so both need as many spatial axes; got {A.ndim - 2} and "
+            f"{x.ndim - 2}. A token layer (B, T, D) needs the probe's reshape=, e.g. "
+            "reshape=ifa_jax.tokens_to_grid(prefix=1)"
+        )
     B, K = A.shape[0], A.shape[-1]
     chunk = max(1, min(chunk_size, K))
     groups = -(-K // chunk)

@@ -131,6 +131,13 @@ def test_scorecam_weights_match_reference(ndim):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_scorecam_names_the_reshape_for_a_token_layer():
+    """Tokens (B, T, D) read as a 1-D grid cannot mask a 2-D input: the error names the fix."""
+    tokens, x = jnp.ones((2, 5, 3)), jnp.ones((2, 4, 4, 1))
+    with pytest.raises(ValueError, match=r"1 and 2.*reshape=ifa_jax.tokens_to_grid"):
+        cams.scorecam_weights(tokens, x, lambda xm, t: xm.sum((1, 2, 3)), jnp.zeros(2, int))
+
+
 def test_ablation_weights_match_reference():
     A, _ = random_ag(jax.random.key(6), (3, 4, 5))
     W = jax.random.normal(jax.random.key(7), (4, 5))
