@@ -1,42 +1,90 @@
 """Golden data from the PyTorch peers: tests/data/peers.npz, read by tests/test_peer_golden.py.
 
 Regenerate (from the repository root; the peers live in their own venv, the tests need no
-torch):
+torch). On x86_64 with this machine's local wheels (pip takes torch and torchvision from
+its local disk; PyPI's torchvision does not import beside the local torch 2.13.0, and
+opencv-python-headless gives pytorch-grad-cam its cv2):
 
     python3 -m venv /tmp/venv_peers
-    /tmp/venv_peers/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu
-    /tmp/venv_peers/bin/pip install grad-cam torchcam==0.5.0 -e .
+    /tmp/venv_peers/bin/pip install torch==2.14.1 torchvision==0.29.1
+    /tmp/venv_peers/bin/pip install grad-cam==1.5.7 torchcam==0.5.0 \
+        opencv-python-headless jax==0.10.2 flax==0.12.8 optax==0.2.8 scikit-learn
     /tmp/venv_peers/bin/python -m experiments.golden_peers
 
-(torch-cam is optional: without it only pytorch-grad-cam's maps are written.) It prints one
-line per case and the file's size (about 100 KB).
+(torch-cam is optional: without it only pytorch-grad-cam's maps are written.) It runs in
+about 20 s, prints what it stored per case and the file's size (about 360 KB; the tests
+allow 400 KB).
 
 Two small Flax CNNs are trained on scikit-learn's 8x8 digits (3 and 20 epochs), so that
 gradients are those of a model that classifies: ``MnistCNN`` shrunk (28x28 inputs,
-rectified second conv ``relu2``, a 6x6 grid after max-pooling, so G varies over the grid)
-and ``ConvNet`` (the 8x8 digits, ``relu2`` on the input's own grid, global mean + dense, so
-resampling the grid is the identity and the classic CAM applies). Each is ported weight for
-weight to PyTorch (:mod:`experiments.bench.torch_twins`), and on eight validation digits,
-target = the label, every peer method that maps the tapped layer's (A, G) to a CAM writes
-its raw map: the CAM before the peers' ReLU and per-image min-max scaling (for
-pytorch-grad-cam, what ``get_cam_image`` returns; for torch-cam, ``normalized=False`` with
-its ReLU switched off). RandomCAM, SSCAM and SmoothGradCAM++ draw from torch's or NumPy's
-global random state, which ifa_jax cannot reproduce: they are not stored. FullGrad,
-RefineCAM, SESS and LeGrad do not take one layer's (A, G): not stored either.
+rectified second conv ``relu2``, a 6x6 grid after max-pooling, so G varies over the grid;
+``relu1`` on a 24x24 grid) and ``ConvNet`` (the 8x8 digits, ``relu1`` and ``relu2`` on the
+input's own grid, global mean + dense, so resampling the grid is the identity and the
+classic CAM applies). Each is ported weight for weight to PyTorch
+(:mod:`experiments.bench.torch_twins`; the ConvNet twin gets ReLU modules,
+:class:`ConvNetWithReLUs`), and on eight validation digits, target = the label, every peer
+method that maps the tapped layer's (A, G) to a CAM writes its raw map: the CAM before the
+peers' ReLU and per-image min-max scaling (for pytorch-grad-cam, what ``get_cam_image``
+returns; for torch-cam, ``normalized=False`` with its ReLU switched off). RandomCAM, SSCAM
+and SmoothGradCAM++ draw from torch's or NumPy's global random state, which ifa_jax
+cannot reproduce: they are not stored. Methods of more than one layer (RefineCAM) or of
+the whole model (FullGrad, SESS) are stored for logit targets, as described below; LeGrad
+is not stored.
 
-Keys (``case`` in ``mnist_cnn``, ``convnet``; ``score`` in ``logit``, ``probability``):
+Keys (``case`` in ``mnist_cnn``, ``convnet``; ``score`` in ``logit``, ``probability``;
+B = 8, (H, W) the input grid, (h, w) the tapped layer's):
 
 - ``versions``: the peers' and frameworks' versions, one string each;
-- ``{case}/spec``: JSON ``{"model": class in ifa_jax.models, "kwargs": ..., "layer": ...,
-  "scores": [...]}``;
+- ``{case}/spec``: JSON ``{"model": class in ifa_jax.models, "kwargs": ..., "layer": the
+  tapped layer, "scores": [...], "layers": RefineCAM's layers ["relu1", "relu2"]}``;
 - ``{case}/variables/params/conv1/kernel`` ...: the Flax variables, '/'-joined paths;
 - ``{case}/x`` (B, H, W, C), ``{case}/labels`` (B,), ``{case}/logits`` (B, 10) (torch);
-- ``{case}/A`` (B, h, w, K) and ``{case}/{score}/G`` (B, h, w, K): the layer's output and
-  the gradient of the summed target scores, from torch, channels-last;
+- ``{case}/A`` (B, h, w, K) and ``{case}/{score}/G`` (B, h, w, K): the tapped layer's
+  output and the gradient of the summed target scores, from torch, channels-last;
 - ``{case}/{score}/pytorch-grad-cam/{Class}`` and ``{case}/{score}/torch-cam/{Class}``
   (B, h, w): raw maps; ``pytorch-grad-cam/GradCAM+eigen_smooth`` with ``eigen_smooth=True``;
   FinerCAM (both libraries) builds its own target from the label, so it is stored under
-  ``logit`` only.
+  ``logit`` only. ``pytorch-grad-cam/SegEigenCAM``: its projection after the sign
+  correction (it centres |G| * A over the grid before the SVD).
+
+The other layers of ``spec["layers"]`` (``relu1``; logit targets):
+
+- ``{case}/layers/{layer}/A_sum`` (B, K_l) float64: torch's A summed over the grid (A in
+  full would double the file); ``{case}/logit/layers/{layer}/G`` (B, h_l, w_l, K_l).
+
+RefineCAM on ``spec["layers"]``, logit targets (:func:`refine_maps`):
+
+- ``{case}/logit/pytorch-grad-cam/RefineCAM`` (B, H, W): base GradCAMPlusPlus; the product
+  over layers of each layer's BaseCAM output (ReLU, min-max per image with eps 1e-7,
+  cv2.resize to the input grid, min-max again), before the final scale_cam_image;
+- ``{case}/logit/torch-cam/RefineCAM`` (B, *largest): base GradCAMpp (torch-cam's
+  default), ``normalized=False``: the product over layers of each layer's map after ReLU
+  and min-max per image (eps 1e-8), resized (bilinear, align_corners=False) to the per-axis
+  largest layer grid (24x24 on mnist_cnn, 8x8 on convnet), not rescaled;
+- ``{case}/logit/torch-cam/RefineCAM+GradCAM``: the same with GradCAM as base.
+
+FullGrad, logit targets (:func:`fullgrad_map`; pytorch-grad-cam ignores target_layers and
+takes every Conv2d and BatchNorm2d with a bias, here the two convs):
+
+- ``{case}/logit/pytorch-grad-cam/FullGrad`` (B, H, W): the sum that its
+  ``aggregate_multi_layers`` min-max scales, i.e. piece 0 + the bias pieces: piece 0 sums
+  over the input channels c of |x_c * dy/dx_c|, each min-max scaled (eps 1e-7) per image
+  and channel; each bias piece sums over the channels k of one layer of |b_k * dy/dz_k|
+  (z the conv's output, before its ReLU), each min-max scaled per image and channel (so
+  |b_k| cancels unless b_k = 0) and then resized to (H, W) with cv2.resize (bilinear);
+- ``.../FullGrad/bias_pieces`` (B, n, H, W): the bias pieces, in module order (piece 0 is
+  the map minus their sum); ``.../FullGrad/bias_layers`` (n,): their torch module names.
+
+SESS, logit targets (:func:`sess_maps`; base GradCAM at the tapped layer, pytorch-grad-cam's
+defaults):
+
+- ``{case}/logit/pytorch-grad-cam/SESS`` (B, H, W): each image's fused map (patch CAMs
+  weighted by their softmax scores over the maximum, pasted back, averaged where > theta,
+  Gaussian blur), before the final scale_cam_image over the batch;
+- ``.../SESS/params``: JSON of the parameters as resolved for these inputs (window and
+  step = the input's shorter side, the scales, theta, pool, blur, ...);
+- ``convnet/logit/pytorch-grad-cam/SESS/unblurred`` (B, 8, 8): the same with
+  ``smooth=False`` (small inputs only, to keep the file small).
 """
 
 from __future__ import annotations
@@ -69,7 +117,8 @@ TRAIN_CONFIG = TrainConfig(batch_size=64, lr=3e-3, seed=0, progress=False)
 @dataclasses.dataclass(frozen=True)
 class GoldenCase:
     """One model of the golden data: an ``ifa_jax.models`` class, its kwargs, the tapped
-    layer, the input side, the target scores the peers explain and the training epochs."""
+    layer, the input side, the target scores the peers explain, the training epochs and
+    the layers of the multi-layer methods (RefineCAM)."""
 
     name: str
     model: str
@@ -78,6 +127,7 @@ class GoldenCase:
     side: int
     scores: tuple[str, ...]
     epochs: int
+    layers: tuple[str, ...] = ("relu1", "relu2")  # RefineCAM's
 
     def flax_model(self):
         return getattr(models, self.model)(**self.kwargs)
@@ -121,17 +171,34 @@ def trained_variables(case: GoldenCase):
     return variables, val_ds.x[:SAMPLES], val_ds.y[:SAMPLES]
 
 
-def torch_model(case: GoldenCase, variables) -> tuple[nn.Module, nn.Module]:
-    """The torch twin (eval mode) and its module whose output is the Flax layer's."""
+class ConvNetWithReLUs(nn.Module):
+    """A ConvNet twin whose ReLUs are modules (the twin's are functional), so that hooks
+    see the Flax layers ``relu1 ..``: each conv is ``Sequential(conv, ReLU)``, named as the
+    twin's conv, then the global mean and the twin's head."""
+
+    def __init__(self, twin: torch_twins.TorchConvNet):
+        super().__init__()
+        self.names = twin.names
+        for name in self.names:
+            setattr(self, name, nn.Sequential(getattr(twin, name), nn.ReLU()))
+        self.head = twin.head
+
+    def forward(self, x):
+        for name in self.names:
+            x = getattr(self, name)(x)
+        return self.head(torch.mean(x, dim=tuple(range(2, x.ndim))))
+
+
+def torch_model(case: GoldenCase, variables) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """The torch twin (eval mode) and, for each of its ReLUs, the module whose output is
+    the Flax layer's: ``{"relu1": ..., "relu2": ...}``."""
     params = variables["params"]
     if case.model == "MnistCNN":
         tm = torch_twins.mnist_cnn_from_flax(params)
-        return tm.eval(), tm.relu2
-    # The twin's ReLUs are functional: give the last one a module, as the Flax model has.
-    tm = torch_twins.convnet_from_flax(params, relu_last=False)
-    last = tm.names[-1]
-    setattr(tm, last, nn.Sequential(getattr(tm, last), nn.ReLU()))
-    return tm.eval(), getattr(tm, last)[1]
+        return tm.eval(), {"relu1": tm.relu1, "relu2": tm.relu2}
+    tm = ConvNetWithReLUs(torch_twins.convnet_from_flax(params))
+    modules = {f"relu{i}": getattr(tm, n)[1] for i, n in enumerate(tm.names, start=1)}
+    return tm.eval(), modules
 
 
 def channels_last(t: torch.Tensor) -> np.ndarray:
@@ -139,21 +206,28 @@ def channels_last(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(t.detach().numpy(), 1, -1)).astype(np.float32)
 
 
-def layer_tensors(tm, layer, xt, score_fn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Logits, the layer's output A and the gradient G of the summed scores, from torch."""
+def layer_tensors(tm, modules, xt, score_fn) -> tuple[np.ndarray, dict, dict]:
+    """Logits, each module's output A and the gradient G of the summed scores, from torch:
+    (logits, {name: A}, {name: G})."""
     grabbed = {}
 
-    def hook(module, inputs, output):
-        output.retain_grad()
-        grabbed["a"] = output
+    def hook(name):
+        def grab(module, inputs, output):
+            output.retain_grad()
+            grabbed[name] = output
 
-    handle = layer.register_forward_hook(hook)
+        return grab
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
     try:
         logits = tm(xt)
         score_fn(logits).sum().backward()
     finally:
-        handle.remove()
-    return logits.detach().numpy(), channels_last(grabbed["a"]), channels_last(grabbed["a"].grad)
+        for handle in handles:
+            handle.remove()
+    A = {name: channels_last(a) for name, a in grabbed.items()}
+    G = {name: channels_last(a.grad) for name, a in grabbed.items()}
+    return logits.detach().numpy(), A, G
 
 
 # --------------------------------------------------------------------------- the peers
@@ -261,22 +335,189 @@ def torch_cam_maps(tm, layer, xt, labels, score: str, case: GoldenCase) -> dict[
     return maps
 
 
+# --------------------------------------------------------------------------- beyond one layer
+
+
+@contextlib.contextmanager
+def recording(owner, name: str, seen: list, output: bool = False):
+    """Replace the function ``owner.name`` (of a module or an object) by one that appends
+    its first argument (or, with ``output``, what it returns), as float32, to ``seen``;
+    restored on exit."""
+    original = getattr(owner, name)
+
+    def record(*args, **kwargs):
+        result = original(*args, **kwargs)
+        seen.append(np.asarray(result if output else args[0], np.float32))
+        return result
+
+    setattr(owner, name, record)
+    try:
+        yield seen
+    finally:
+        setattr(owner, name, original)
+
+
+def refine_maps(tm, modules, xt, labels) -> dict[str, np.ndarray]:
+    """RefineCAM of both peers on ``modules`` (a dict of >= 2 layers), logit targets.
+
+    pytorch-grad-cam: the product of the per-layer GradCAM++ maps as its BaseCAM returns
+    them (ReLU, min-max, cv2.resize to the input grid, min-max again), before its final
+    scale_cam_image: (B, *input grid). torch-cam: ``normalized=False`` (ReLU and min-max
+    per layer, resized to the per-axis largest layer grid, multiplied), with GradCAMpp
+    (its default) and with GradCAM as base: (B, *largest grid).
+    """
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam import refine_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    targets = [ClassifierOutputTarget(int(c)) for c in labels]
+    maps = {}
+    with recording(refine_cam, "scale_cam_image", []) as seen:
+        cam = pgc.RefineCAM(tm, list(modules.values()), base_method=pgc.GradCAMPlusPlus)
+        cam(xt, targets)
+        for base in cam.base_cam_per_layer:
+            base.activations_and_grads.release()
+    (maps["pytorch-grad-cam/RefineCAM"],) = seen
+    try:
+        from torchcam import methods as tc
+    except ImportError:
+        return maps
+    for key, base in (("RefineCAM", tc.GradCAMpp), ("RefineCAM+GradCAM", tc.GradCAM)):
+        layers = list(modules.values())
+        with tc.RefineCAM(tm, layers, input_shape=tuple(xt.shape[1:]), base_method=base) as ex:
+            (out,) = ex(class_idx=[int(c) for c in labels], scores=tm(xt), normalized=False)
+        maps[f"torch-cam/{key}"] = out.detach().numpy().astype(np.float32)
+    return maps
+
+
+def fullgrad_map(tm, xt, labels) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """pytorch-grad-cam's FullGrad, logit targets: (map (B, *input grid) before its final
+    scale_cam_image, pieces (B, 1 + n, *input grid), names of the pieces).
+
+    The map is the sum of the pieces: piece 0 sums over the input's channels c the map
+    |x_c dy/dx_c|, each min-max scaled per image and channel; piece 1 + i sums over the
+    channels k of the i-th Conv2d/BatchNorm2d with a bias (in module order) the map
+    |b_k dy/dz_k| (z the layer's output, before any ReLU), each min-max scaled per image
+    and channel (so |b_k| cancels unless b_k = 0) and resized to the input grid with
+    cv2.resize (bilinear).
+    """
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam import fullgrad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    targets = [ClassifierOutputTarget(int(c)) for c in labels]
+    pieces: list[np.ndarray] = []
+    original = fullgrad_cam.scale_accross_batch_and_channels
+
+    def per_piece(tensor, target_size):
+        scaled = original(tensor, target_size)
+        pieces.append(np.asarray(scaled, np.float32).sum(axis=1))
+        return scaled
+
+    fullgrad_cam.scale_accross_batch_and_channels = per_piece
+    try:
+        with recording(fullgrad_cam, "scale_cam_image", []) as seen:
+            cam = pgc.FullGrad(tm, [])
+            cam(xt, targets)
+            cam.activations_and_grads.release()
+    finally:
+        fullgrad_cam.scale_accross_batch_and_channels = original
+    (raw,) = seen
+    stacked = np.stack(pieces, axis=1)
+    np.testing.assert_allclose(stacked.sum(axis=1), raw, rtol=1e-5, atol=1e-5)
+    names = {id(m): n for n, m in tm.named_modules()}
+    return raw, stacked, ["input"] + [names[id(layer)] for layer in cam.target_layers]
+
+
+def sess_maps(tm, layer, xt, labels) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """pytorch-grad-cam's SESS with GradCAM at ``layer`` and its default parameters, logit
+    targets: (map, the same without the Gaussian blur (smooth=False), the parameters as
+    resolved for this input). Maps (B, *input grid): one fused map per image, before the
+    final scale_cam_image over the batch."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    targets = [ClassifierOutputTarget(int(c)) for c in labels]
+    out = []
+    for smooth in (True, False):
+        sess = pgc.SESS(tm, [layer], base_method=pgc.GradCAM, smooth=smooth)
+        # forward_single_image gives one image's map; forward min-max scales their batch
+        with recording(sess, "forward_single_image", [], output=True) as rows:
+            sess(xt, targets)
+        sess.base_cam.activations_and_grads.release()
+        out.append(np.stack(rows))
+    window = min(xt.shape[-2:])
+    params = {
+        "base_method": "GradCAM",
+        "target": "ClassifierOutputTarget(label): the logit for the base CAM, the softmax "
+        "probability for the patch scores (use_softmax_scores)",
+        "window_size": window,
+        "step_size": window,
+        "scales": sess.get_scales(window),
+        "num_scales": sess.num_scales,
+        "scale_step_ratio": sess.scale_step_ratio,
+        "pre_filter_ratio": sess.pre_filter_ratio,
+        "theta": sess.theta,
+        "pool": sess.pool,
+        "smooth": "cv2.GaussianBlur(cam, (11, 11), 5.0)",
+        "use_softmax_scores": sess.use_softmax_scores,
+        "batch_size": sess.batch_size,
+    }
+    return out[0], out[1], params
+
+
 # --------------------------------------------------------------------------- the file
 
 
 def versions() -> list[str]:
     """'package version' of the peers and of the frameworks that made the data."""
     out = []
-    for package in ("torch", "grad-cam", "torchcam", "jax", "flax"):
+    packages = ("torch", "torchvision", "grad-cam", "torchcam", "opencv-python-headless", "jax")
+    for package in (*packages, "flax"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out.append(f"{package} {importlib.metadata.version(package)}")
+    return out
+
+
+def beyond_one_layer(case: GoldenCase, tm, modules, xt, labels, A, G) -> dict[str, np.ndarray]:
+    """RefineCAM, FullGrad and SESS (logit targets), with the extra layers' A and G."""
+    name, grid = case.name, tuple(xt.shape[2:])
+    out = {}
+    for layer in case.layers:
+        if layer != case.layer:
+            # A in full would double the file (mnist_cnn's relu1); its sums pin it down.
+            out[f"{name}/layers/{layer}/A_sum"] = A[layer].sum(axis=(1, 2), dtype=np.float64)
+            out[f"{name}/logit/layers/{layer}/G"] = G[layer]
+    largest = tuple(max(s) for s in zip(*(A[layer].shape[1:-1] for layer in case.layers)))
+    refine = refine_maps(tm, {layer: modules[layer] for layer in case.layers}, xt, labels)
+    for key, cam in refine.items():
+        want = grid if key.startswith("pytorch-grad-cam") else largest
+        assert cam.shape == (len(xt), *want), (key, cam.shape)
+        out[f"{name}/logit/{key}"] = cam
+    fullgrad, pieces, names = fullgrad_map(tm, xt, labels)
+    prefix = f"{name}/logit/pytorch-grad-cam/FullGrad"
+    # the input's piece is the map minus the others: not stored
+    out[prefix], out[f"{prefix}/bias_pieces"] = fullgrad, pieces[:, 1:]
+    out[f"{prefix}/bias_layers"] = np.array(names[1:])
+    sess, unblurred, params = sess_maps(tm, modules[case.layer], xt, labels)
+    prefix = f"{name}/logit/pytorch-grad-cam/SESS"
+    out[prefix], out[f"{prefix}/params"] = sess, np.array(json.dumps(params))
+    if np.prod(grid) <= 64:  # small inputs only, to keep the file small
+        out[f"{prefix}/unblurred"] = unblurred
+    for key in (f"{name}/logit/pytorch-grad-cam/{m}" for m in ("FullGrad", "SESS")):
+        assert out[key].shape == (len(xt), *grid), (key, out[key].shape)
+    print(
+        f"{name}: RefineCAM on {list(case.layers)} (largest grid {largest}), FullGrad "
+        f"({', '.join(names)}), SESS ({len(params['scales'])} scales)"
+    )
     return out
 
 
 def golden_case(case: GoldenCase) -> dict[str, np.ndarray]:
     """Every array of one case, under its keys (see the module doc)."""
     variables, x, labels = trained_variables(case)
-    tm, layer = torch_model(case, variables)
+    tm, modules = torch_model(case, variables)
+    layer = modules[case.layer]
     xt = torch_twins.to_torch_input(x)
     out = {
         f"{case.name}/spec": np.array(
@@ -286,6 +527,7 @@ def golden_case(case: GoldenCase) -> dict[str, np.ndarray]:
                     "kwargs": case.kwargs,
                     "layer": case.layer,
                     "scores": case.scores,
+                    "layers": case.layers,
                 }
             )
         ),
@@ -301,7 +543,8 @@ def golden_case(case: GoldenCase) -> dict[str, np.ndarray]:
         "probability": lambda logits: torch.softmax(logits, -1).gather(1, index),
     }
     for score in case.scores:
-        logits, A, G = layer_tensors(tm, layer, xt, score_fns[score])
+        logits, As, Gs = layer_tensors(tm, modules, xt, score_fns[score])
+        A, G = As[case.layer], Gs[case.layer]
         np.testing.assert_allclose(logits, flax_logits, rtol=1e-4, atol=1e-4)
         out[f"{case.name}/logits"], out[f"{case.name}/A"] = logits, A
         out[f"{case.name}/{score}/G"] = G
@@ -319,6 +562,8 @@ def golden_case(case: GoldenCase) -> dict[str, np.ndarray]:
             f"median(|G| > 0) {np.median(np.abs(G[G != 0])):.3g}, accuracy {accuracy:.2f}, "
             f"{sum(map(len, peers.values()))} peer maps"
         )
+        if score == "logit":
+            out.update(beyond_one_layer(case, tm, modules, xt, labels, As, Gs))
     return out
 
 

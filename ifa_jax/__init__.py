@@ -8,9 +8,10 @@ from ifa_jax.cams import METHODS, CamResult, cam, cam_layers, cams_per_layer, fu
 from ifa_jax.explaining import explain
 from ifa_jax.frameworks import equinox_probe, function_probe, haiku_probe
 from ifa_jax.guided import guided_backprop, guided_gradcam
+from ifa_jax.legrad import legrad_probe
 from ifa_jax.probe import LayerProbe, ProbeResult, linen_layers, linen_probe, nnx_probe
-from ifa_jax.smoothing import aug_smooth, eigen_smooth, explain_smoothed, smoothgrad
-from ifa_jax.tokens import tokens_to_grid
+from ifa_jax.smoothing import aug_smooth, eigen_smooth, explain_smoothed, sess, smoothgrad
+from ifa_jax.tokens import attention_to_grid, tokens_to_grid
 
 if TYPE_CHECKING:  # for type checkers; at run time plots is imported on first use
     from ifa_jax import plots
@@ -31,6 +32,7 @@ __all__ = [
     "LayerProbe",
     "ProbeResult",
     "analysis",
+    "attention_to_grid",
     "aug_smooth",
     "cam",
     "cams",
@@ -48,6 +50,7 @@ __all__ = [
     "guided_backprop",
     "guided_gradcam",
     "haiku_probe",
+    "legrad_probe",
     "linen_layers",
     "linen_probe",
     "metrics",
@@ -55,6 +58,7 @@ __all__ = [
     "nnx_probe",
     "plots",
     "scale",
+    "sess",
     "smoothgrad",
     "smoothing",
     "tokens_to_grid",

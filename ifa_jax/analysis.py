@@ -44,7 +44,7 @@ from ifa_jax._checks import (
 )
 from ifa_jax._stats import DEFAULT_PERCENTILES, percentiles
 from ifa_jax.data import Batch, as_images, as_labels
-from ifa_jax.explaining import callable_target, forward_weights
+from ifa_jax.explaining import _split_options, callable_target, forward_weights
 from ifa_jax.probe import LayerProbe
 
 Array = jax.Array
@@ -265,6 +265,10 @@ def batch_stats(
     count: str = "correct",
     chunk_size: int = 16,
     keep_importance: bool = False,
+    options: tuple = (),
+    array_options: Mapping[str, Mapping[str, Array]] | None = None,
+    key: Array | None = None,
+    index: Array | None = None,
 ):
     """Probe one batch and reduce it to the statistics' inputs. Traceable (jit it).
 
@@ -274,8 +278,18 @@ def batch_stats(
     of such pairs, all from ONE probe call (one forward + one vjp for every method).
     A model run in bfloat16 (variables and x cast) gives A and G in bfloat16: they are cast
     to float32 before the CAMs, so every output is float32.
+
+    options: ``((method, ((name, value), ...)), ...)``, hashable method options (static
+    under jit); array_options: ``{method: {name: array}}`` (traced), both keyed by
+    canonical name (:func:`analyze` builds them from its ``method_options``). key: the
+    PRNG key of keyed methods; sample n of the batch is explained alone with
+    ``fold_in(key, index[n])`` (index (B,) int, default ``arange(B)``), exactly as
+    ``explain(x[n:n+1], key=fold_in(key, index[n]))``, so its draws do not depend on the
+    batch it sits in.
     """
     methods = (method,) if isinstance(method, str) else tuple(method)
+    static = dict(options)
+    arrays = dict(array_options or {})
     result = probe(variables, x, y if target == "label" else target, score=score)
     A, G = result.activations, result.gradients
     if isinstance(A, dict) or isinstance(G, dict):
@@ -288,22 +302,26 @@ def batch_stats(
     )
     labels = y.astype(jnp.int32)
     A32, G32, score32 = (_at_least_f32(a) for a in (A, G, result.score))
+    common = {
+        "layer": probe.layers[0],
+        "target_fn": callable_target(target),
+        "score": score,
+        "chunk_size": chunk_size,
+    }
     pairs = []
     for m in methods:
-        weights = forward_weights(
-            probe,
-            variables,
-            x,
-            A,
-            result,
-            m,
-            layer=probe.layers[0],
-            target_fn=callable_target(target),
-            score=score,
-            chunk_size=chunk_size,
-        )
-        weights = None if weights is None else _at_least_f32(weights)
-        out = cams.cam(A32, G32, m, weights=weights)
+        name = cams.canonical_method(m)
+        own = {"options": static.get(name, ()), "array_options": arrays.get(name)}
+        if "key" in cams.get_method(name).needs:
+            cams.require_key(name, key)
+            assert key is not None
+            rows = jnp.arange(x.shape[0]) if index is None else index
+            keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
+            out = _per_sample_cam(probe, variables, x, A, A32, G32, result, keys, name, common, own)
+        else:
+            weights = forward_weights(probe, variables, x, A, result, name, **common, **own)
+            weights = None if weights is None else _at_least_f32(weights)
+            out = cams.cam(A32, G32, name, weights=weights, **_merged(own))
         pairs.append(
             (
                 BatchStats(out.importance, out.cam, labels, counted, valid),
@@ -323,6 +341,25 @@ def batch_stats(
     return pairs[0] if isinstance(method, str) else tuple(pairs)
 
 
+def _merged(own: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's static and array options as one keyword dict."""
+    return {**dict(own["options"]), **dict(own["array_options"] or {})}
+
+
+def _per_sample_cam(probe, variables, x, A, A32, G32, result, keys, method, common, own):
+    """A keyed method's CamResult (B, ...), each sample explained alone (a batch of one,
+    vmapped) with its own key from ``keys`` (B,)."""
+
+    def one(x1, a, a32, g32, res, k):
+        x1, a, a32, g32, res = jax.tree.map(lambda v: v[None], (x1, a, a32, g32, res))
+        weights = forward_weights(probe, variables, x1, a, res, method, key=k, **common, **own)
+        weights = None if weights is None else _at_least_f32(weights)
+        out = cams.cam(a32, g32, method, weights=weights, key=k, **_merged(own))
+        return jax.tree.map(lambda v: v[0], out)
+
+    return jax.vmap(one)(x, A, A32, G32, result, keys)
+
+
 _STEP_STATIC = (
     "probe",
     "method",
@@ -332,15 +369,16 @@ _STEP_STATIC = (
     "chunk_size",
     "num_classes",
     "keep_importance",
+    "options",
 )
 
 
-def _step(state, probe: LayerProbe, variables, x, y, valid, *, num_classes: int, **options):
-    """One step: :func:`batch_stats` (``options`` are its keywords) and the statistics
+def _step(state, probe: LayerProbe, variables, x, y, valid, *, num_classes: int, **kwargs):
+    """One step: :func:`batch_stats` (``kwargs`` are its keywords) and the statistics
     update. Returns (new state, per-sample); with a tuple of methods, ``state`` and both
     outputs are tuples, one entry per method. Jitted as :data:`analysis_step`."""
-    out = batch_stats(probe, variables, x, y, valid, **options)
-    if isinstance(options.get("method", "gradcam"), str):
+    out = batch_stats(probe, variables, x, y, valid, **kwargs)
+    if isinstance(kwargs.get("method", "gradcam"), str):
         stats, per = out
         return merge(state, from_batch(stats, num_classes)), per
     new = tuple(merge(s, from_batch(b, num_classes)) for s, (b, _) in zip(state, out))
@@ -358,17 +396,24 @@ _METHOD_FIELDS = ("cam_max", "cam_min", "importance")
 
 
 @functools.partial(jax.jit, static_argnames=_STEP_STATIC)
-def _pass_step(states, probe, variables, x, y, valid, **kwargs):
+def _pass_step(states, probe, variables, x, y, valid, offset=None, **kwargs):
     """:func:`analysis_step` for a tuple of methods, as :func:`analyze` runs it: the
     per-sample outputs come without duplicates, ``(shared, per_method)``: one dict of the
     fields every method shares (label, score, ...), and per method a dict of its own
-    (cam_max, cam_min and, with ``keep_importance``, importance)."""
-    new, pers = _step(states, probe, variables, x, y, valid, **kwargs)
+    (cam_max, cam_min and, with ``keep_importance``, importance). With a ``key``,
+    ``offset`` () int32 counts the valid samples of the earlier batches: a valid row's
+    index is its position among all valid samples of the pass. Returns (new states,
+    per-sample, the next offset or None)."""
+    index = None
+    if offset is not None:
+        index = offset + jnp.cumsum(valid.astype(jnp.int32)) - 1
+        offset = offset + jnp.sum(valid.astype(jnp.int32))
+    new, pers = _step(states, probe, variables, x, y, valid, index=index, **kwargs)
     shared = {f: getattr(pers[0], f) for f in _SHARED_FIELDS}
     own = tuple(
         {f: getattr(p, f) for f in _METHOD_FIELDS if getattr(p, f) is not None} for p in pers
     )
-    return new, (shared, own)
+    return new, (shared, own), offset
 
 
 @jax.jit
@@ -790,6 +835,87 @@ def _length(batches: Any) -> int | None:
         return None
 
 
+def check_layer_methods(methods: Sequence[str]) -> None:
+    """Refuse methods of a kind other than ``"layer"`` (RefineCAM, FullGrad, SESS, ...),
+    naming the fix: the analysis is of one layer's channel contributions."""
+    for m in methods:
+        spec = cams.get_method(m)
+        if spec.kind != "layer":
+            maps = "several layers" if spec.kind == "layers" else "the whole model"
+            raise ValueError(
+                f"{spec.name} is a method of kind {spec.kind!r}: it maps {maps} to one map "
+                "without channels, so it has no channel contributions to analyse; the "
+                f"analysis takes methods of kind 'layer' ({', '.join(cams.LAYER_METHODS)}). "
+                f"Use ifa_jax.explain(probe, variables, x, target, {spec.name!r}) for its maps"
+            )
+
+
+def _check_method_options(
+    methods: Sequence[str], method_options: Any
+) -> tuple[tuple, dict[str, dict[str, Any]]]:
+    """``{method: {option: value}}`` -> (static, arrays) for :func:`batch_stats`: the
+    hashable options of each method named (defaults filled in) as sorted pairs, and the
+    array-valued ones, traced. Unknown methods, methods not analysed, unknown options
+    and unhashable values raise, naming the fix."""
+    if method_options is None:
+        return (), {}
+    if not isinstance(method_options, Mapping):
+        raise ValueError(
+            "method_options must be a dict {method: {option: value}}, e.g. "
+            f"{{'gradcam++': {{'eps': 1e-7}}}}; got {type(method_options).__name__}"
+        )
+    static, arrays, named = [], {}, {}
+    for name, given in method_options.items():
+        m = cams.canonical_method(name)
+        if m not in methods:
+            raise ValueError(
+                f"method_options names {name!r}, which is not among the methods analysed "
+                f"({', '.join(methods)}); add it to method= or drop its options"
+            )
+        if m in named:
+            raise ValueError(
+                f"method_options names {m} twice ({named[m]!r} and {name!r}); give its options once"
+            )
+        named[m] = name
+        if not isinstance(given, Mapping):
+            raise ValueError(
+                f"method_options[{name!r}] must be a dict {{option: value}}; got {given!r}"
+            )
+        cams.method_options(m, given)  # an unknown option raises, naming the known ones
+        for option, value in given.items():
+            if isinstance(value, (jax.Array, np.ndarray)):
+                continue
+            try:
+                hash(value)
+            except TypeError:
+                raise ValueError(
+                    f"analyze compiles {m} with its options as constants, so {option}= must "
+                    "be hashable (a number, string, None, tuple or function) or an array, "
+                    f"which is traced; got {value!r}"
+                ) from None
+        items, traced = _split_options(m, given)
+        static.append((m, items))
+        if traced:
+            arrays[m] = traced
+    return tuple(static), arrays
+
+
+def _check_key(key: Any) -> Array | None:
+    """One PRNG key: a typed key (``jax.random.key``) or a raw uint32 (2,) one
+    (``jax.random.PRNGKey``, wrapped); anything else raises."""
+    if key is None:
+        return None
+    if isinstance(key, (jax.Array, np.ndarray)):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return jnp.asarray(key)
+        if key.dtype == np.uint32 and key.shape == (2,):
+            return jax.random.wrap_key_data(jnp.asarray(key))
+    raise ValueError(
+        f"key must be one PRNG key, e.g. key=jax.random.key(0); got "
+        f"{type(key).__name__} {getattr(key, 'shape', '')} {getattr(key, 'dtype', '')}".rstrip()
+    )
+
+
 def analyze(
     probe: LayerProbe,
     variables,
@@ -810,6 +936,8 @@ def analyze(
     bins: Any = None,
     mesh: Any = None,
     compute_dtype: Any = None,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    key: Array | None = None,
 ) -> Analysis | dict[str, Analysis]:
     """One pass over ``batches``: tuples ``(x, y)`` or ``(x, y, valid)``,
     :class:`ifa_jax.data.Batch` es ``(x, y, mask)``, or dicts.
@@ -828,7 +956,23 @@ def analyze(
     (returns ``{method: Analysis}``): every method's statistics come from the same single
     probe call per batch, so analysing four methods costs one model pass, not four.
     ``count`` is ``'correct'`` (default: only correctly classified samples count) or
-    ``'all'``.
+    ``'all'``. Only methods of kind ``"layer"`` (:data:`ifa_jax.cams.LAYER_METHODS`) are
+    analysed: the statistics are of one layer's channel contributions.
+
+    ``method_options`` gives methods their options over the defaults, ``{method:
+    {option: value}}`` (e.g. ``{'gradcam++': {'eps': 1e-7}, 'finercam': {'alpha':
+    0.5}}``), validated as :func:`ifa_jax.cams.method_options` does; as in
+    :func:`ifa_jax.explain`, hashable values are compiled as constants and arrays (the
+    classic CAM's ``head=W``) are traced, so a new array does not recompile the step.
+    ``key`` (``jax.random.key(seed)``) is required by the methods that draw random numbers
+    (randomcam, sscam, smoothgradcam++) and ignored by the others. Sample n of the pass
+    (row n of ``samples``: the n-th valid sample in input order, from 0) is explained on
+    its own with the key ``jax.random.fold_in(key, n)``, i.e. exactly as
+    ``explain(probe, variables, x[n:n+1], y[n:n+1], method, key=fold_in(key, n))``: its
+    draws do not depend on the batch size, the padding, the devices or the other methods,
+    and its values equal those of any other batching up to float rounding. A keyed method
+    runs its model passes per sample (vmapped), which costs no more passes but gives XLA
+    batch-of-one work to fuse.
 
     Float targets (regression): the statistics are per class, so a continuous target is
     cut into C bins of its value and each bin plays the part of a class: IM per bin, the
@@ -885,12 +1029,14 @@ def analyze(
     methods = tuple(cams.canonical_method(m) for m in ((method,) if single else method))
     if not methods:
         raise ValueError("method is an empty tuple; name at least one CAM method")
+    check_layer_methods(methods)
+    static_options, array_options = _check_method_options(methods, method_options)
+    key = _check_key(key)
     keyed = [m for m in methods if "key" in cams.get_method(m).needs]
-    if keyed:
-        raise ValueError(
-            f"{', '.join(keyed)} needs a PRNG key, which analyze does not take; "
-            "use ifa_jax.explain(..., key=jax.random.key(seed)) for it"
-        )
+    for m in keyed:
+        cams.require_key(m, key)
+    if not keyed:
+        key = None  # nothing draws: the step stays the one without a key
     sharding = batch_sharding(mesh, sharding)
     multiple = batch_multiple(sharding)
     # With several processes, the per-sample outputs and the state are copied to every
@@ -950,6 +1096,9 @@ def analyze(
     from tqdm.auto import tqdm
 
     states = None
+    offset = None if key is None else np.zeros((), np.int32)  # valid samples so far
+    if key is not None and replicated is not None:
+        key = jax.device_put(key, replicated)
     size, first_shape, num_outputs = batch_size, None, 0
     fetcher: _SampleFetcher | None = None
     values: list[np.ndarray] = []  # the valid rows' target values, with bins=
@@ -1014,13 +1163,14 @@ def analyze(
                 f"[0, {num_outputs - 1}]; fix the labels (or the model), or pass "
                 "target='predicted'"
             )
-        states, per = _pass_step(
+        states, per, offset = _pass_step(
             states,
             probe,
             variables,
             xj,
             yj,
             vj,
+            offset,
             num_classes=num_classes,
             method=methods,
             target=target,
@@ -1028,6 +1178,9 @@ def analyze(
             count=count,
             chunk_size=chunk_size,
             keep_importance=keep_importance,
+            options=static_options,
+            array_options=array_options,
+            key=key,
         )
         if fetcher is None:
             # Chunks of at most _FETCH_EVERY batches, fewer for large inputs: the inputs

@@ -380,12 +380,17 @@ def _gradcam(inputs: CamInputs) -> Array:
     return jnp.mean(G, axis=spatial_axes(A), keepdims=True) * A
 
 
+def _gradcampp_weights(A: Array, G: Array, eps) -> Array:
+    """GradCAM++'s w (B, 1.., K) from A and G (B, *spatial, K), grid axes kept."""
+    g2 = G * G
+    alpha = jnp.where(G != 0, g2 / (2.0 * g2 + _grid_sum(A) * g2 * G + eps), 0.0)
+    return jnp.sum(jax.nn.relu(G) * alpha, axis=spatial_axes(A), keepdims=True)
+
+
 def _gradcampp(inputs: CamInputs, *, eps=GRADCAMPP_EPS) -> Array:
     A, G = inputs.activations, inputs.gradients
     assert G is not None
-    g2 = G * G
-    alpha = jnp.where(G != 0, g2 / (2.0 * g2 + _grid_sum(A) * g2 * G + eps), 0.0)
-    return jnp.sum(jax.nn.relu(G) * alpha, axis=spatial_axes(A), keepdims=True) * A
+    return _gradcampp_weights(A, G, eps) * A
 
 
 def _xgradcam(inputs: CamInputs, *, eps=XGRADCAM_EPS) -> Array:
@@ -496,6 +501,89 @@ def _kpcacam(inputs: CamInputs, *, kernel="sigmoid", gamma=None) -> Array:
     return jnp.broadcast_to(L[..., None] / K, A.shape)
 
 
+def _segeigencam(inputs: CamInputs) -> Array:
+    assert inputs.gradients is not None
+    X = jnp.abs(inputs.gradients) * inputs.activations
+    X = X - jnp.mean(X, axis=spatial_axes(X), keepdims=True)  # centred, as pytorch-grad-cam
+    flat = X.reshape(X.shape[0], -1, X.shape[-1])
+    _, _, vt = jnp.linalg.svd(flat, full_matrices=False)
+    v = vt[:, 0, :]
+    projection = jnp.einsum("bpk,bk->bp", flat, v)
+    # Sign correction (Chung and Ying 2025, eq. 13): the larger extreme is positive.
+    flip = jnp.abs(jnp.min(projection, axis=1)) > jnp.abs(jnp.max(projection, axis=1))
+    return _per_channel(v * jnp.where(flip, -1.0, 1.0)[:, None], X)
+
+
+REFINE_EPS = 1e-8  # torch-cam's _normalize: (L - min) / (max - min + eps)
+
+
+def _refinecam(
+    inputs: Mapping[str, CamInputs], *, base="gradcam++", shape=None, eps=None, base_options=None
+) -> Array:
+    """RefineCAM: {layer: CamInputs} -> L (B, *grid), the product over layers of the base
+    method's map, rectified, min-max scaled per image and resized (linear) to ``grid``."""
+    spec = get_method(base)
+    if spec.kind != "layer" or spec.fn is None:
+        local = [n for n, m in REGISTRY.items() if m.kind == "layer" and m.fn is not None]
+        raise ValueError(
+            f"refinecam's base must be a method of kind 'layer' that needs no forward passes "
+            f"({', '.join(local)}); got base={base!r} (kind {spec.kind!r}"
+            f"{', forward passes' if spec.fn is None else ''})"
+        )
+    if len(inputs) < 2:
+        raise ValueError(
+            f"refinecam multiplies the maps of at least two layers; got {list(inputs)}. Build "
+            "the probe for several layers, e.g. linen_probe(model, ['relu1', 'relu2'])"
+        )
+    grids = {layer: i.activations.shape[1:-1] for layer, i in inputs.items()}
+    if len({len(g) for g in grids.values()}) != 1:
+        raise ValueError(f"refinecam's layers must have as many spatial axes; got grids {grids}")
+    if shape is None:
+        target = tuple(max(sizes) for sizes in zip(*grids.values()))
+    else:
+        target = tuple(int(s) for s in shape)
+        if len(target) != len(next(iter(grids.values()))) or min(target) < 1:
+            raise ValueError(
+                f"refinecam shape={shape!r} must give a positive size for each of the layers' "
+                f"{len(next(iter(grids.values())))} spatial axes (grids {grids})"
+            )
+    options = dict(base_options or ())
+    if eps is not None:
+        options["eps"] = eps
+    product = None
+    for i in inputs.values():
+        M = contributions(i.activations, i.gradients, spec.name, key=i.key, **options)
+        L = minmax_per_image(jax.nn.relu(jnp.sum(M, axis=-1)), eps=REFINE_EPS)
+        L = L if L.shape[1:] == target else upsample(L, target)
+        product = L if product is None else product * L
+    assert product is not None
+    return product
+
+
+def _legrad_map(G: Array) -> Array:
+    """relu(G) averaged over the channels: LeGrad's map (B, *grid) of one block, with the
+    probe's attention grid's channels heads x queries (ifa_jax.tokens.attention_to_grid)."""
+    return jnp.mean(jax.nn.relu(G), axis=-1)
+
+
+def _legrad(inputs: CamInputs) -> Array:
+    assert inputs.gradients is not None
+    G = inputs.gradients
+    return jnp.broadcast_to(_legrad_map(G)[..., None] / G.shape[-1], G.shape)
+
+
+def _legradlayers(inputs: Mapping[str, CamInputs]) -> Array:
+    """LeGrad over several blocks: {layer: CamInputs} -> the mean of their maps (B, *grid)."""
+    grids = {layer: i.activations.shape[1:-1] for layer, i in inputs.items()}
+    if len(set(grids.values())) != 1:
+        raise ValueError(
+            f"legradlayers averages maps on one grid; the layers' grids differ: {grids}. Tap "
+            "attention probabilities of blocks with the same number of tokens"
+        )
+    maps = [_legrad_map(i.gradients) for i in inputs.values() if i.gradients is not None]
+    return sum(maps[1:], maps[0]) / len(maps)
+
+
 def _scorecam_forward(A: Array, passes: ForwardPasses) -> Array:
     return scorecam_weights(
         A, passes.x, passes.score_inputs, passes.target, chunk_size=passes.chunk_size
@@ -570,28 +658,80 @@ def finer_comparisons(logits: Array, target: Array, comparisons: int) -> Array:
     return jnp.argsort(distance, axis=-1, stable=True)[:, :n]
 
 
-def finer_objective(logits: Array, target: Array, others: Array, alpha) -> Array:
-    """(B,) sum_j p_j (y_c - alpha y_j) / (sum_j p_j + 1e-9) over the comparison classes j
-    (B, n), p = softmax(logits), differentiated through p too (pytorch-grad-cam's)."""
-    p = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), others, axis=-1)
+# FinerCAM's contrasts: pytorch-grad-cam's (the default) and torch-cam 0.5.0's, with each
+# peer's default strength (alpha=None picks it), and the bases whose weights are per channel.
+FINER_ALPHA = {"pgc": 1.0, "torchcam": 0.6}
+FINER_BASES = ("gradcam", "gradcam++")
+
+
+def finer_objective(logits: Array, target: Array, others: Array, alpha, objective="pgc") -> Array:
+    """(B,) the contrast of the target c with the comparison classes j (B, n).
+
+    ``"pgc"`` (pytorch-grad-cam's): sum_j p_j (y_c - alpha y_j) / (sum_j p_j + 1e-9),
+    p = softmax(logits), differentiated through p too. ``"torchcam"`` (torch-cam 0.5.0's):
+    y_c - alpha mean_j y_j.
+    """
     y_c = jnp.take_along_axis(logits, target[:, None], axis=-1)
     y_j = jnp.take_along_axis(logits, others, axis=-1)
+    if objective == "torchcam":
+        return y_c[:, 0] - alpha * jnp.mean(y_j, axis=-1)
+    p = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), others, axis=-1)
     return jnp.sum(p * (y_c - alpha * y_j), axis=-1) / (jnp.sum(p, axis=-1) + FINER_EPS)
 
 
-def _finercam_forward(A: Array, passes: ForwardPasses, *, alpha=1.0, comparisons=3) -> Array:
+def _finer_base(base) -> str:
+    try:
+        name = canonical_method(base)
+    except ValueError:
+        name = None
+    if name not in FINER_BASES:
+        why = (
+            ": LayerCAM weights every cell (relu(G) element-wise), and a forward-pass method "
+            "gives one weight per channel"
+            if name == "layercam"
+            else ""
+        )
+        raise ValueError(f"finercam base must be 'gradcam' or 'gradcam++'; got {base!r}{why}")
+    return name
+
+
+def _finercam_forward(
+    A: Array,
+    passes: ForwardPasses,
+    *,
+    alpha=None,
+    comparisons=3,
+    objective="pgc",
+    base="gradcam",
+    eps=None,
+) -> Array:
     _requires_index_target("finercam", passes, "contrasts the target with its nearest classes")
     comparisons = _count_option("finercam", "comparisons", comparisons)
+    if objective not in FINER_ALPHA:
+        raise ValueError(
+            f"finercam objective must be 'pgc' (pytorch-grad-cam's, the default) or "
+            f"'torchcam' (torch-cam's y_c - alpha mean_j y_j); got {objective!r}"
+        )
+    base = _finer_base(base)
+    if eps is not None and base != "gradcam++":
+        raise ValueError(
+            f"finercam eps={eps!r} is GradCAM++'s; it applies with base='gradcam++' only"
+        )
     if passes.logits.shape[-1] < 2:
         raise ValueError(
             f"finercam needs at least 2 model outputs to contrast; the model has "
             f"{passes.logits.shape[-1]}"
         )
+    alpha = FINER_ALPHA[objective] if alpha is None else alpha
     others = finer_comparisons(passes.logits, passes.target, comparisons)
     G = layer_gradient(
-        passes, objective=lambda logits: finer_objective(logits, passes.target, others, alpha)
+        passes,
+        objective=lambda logits: finer_objective(logits, passes.target, others, alpha, objective),
     )
-    return jnp.mean(G, axis=spatial_axes(A))  # GradCAM on the contrast, as the peer's default
+    if base == "gradcam++":
+        w = _gradcampp_weights(A, G, GRADCAMPP_EPS if eps is None else eps)
+        return w.reshape(A.shape[0], A.shape[-1])
+    return jnp.mean(G, axis=spatial_axes(A))  # GradCAM on the contrast, both peers' default
 
 
 def _classic_cam_forward(A: Array, passes: ForwardPasses, *, head=None) -> Array:
@@ -762,6 +902,14 @@ for _method in (
         "gamma None = 1/K (Karmani et al. 2024); M_k = L / K",
     ),
     Method(
+        "segeigencam",
+        _segeigencam,
+        needs=_G,
+        summary="M_k = s v_k X_k, X = |G| A centred over the grid (as pytorch-grad-cam; so "
+        "every importance is 0), v its first right singular vector, s = -1 where "
+        "|min L| > |max L| (Chung and Ying 2025)",
+    ),
+    Method(
         "scorecam",
         None,
         aliases=("score",),
@@ -800,9 +948,17 @@ for _method in (
         None,
         needs=_F,
         forward=_finercam_forward,
-        options={"alpha": 1.0, "comparisons": 3},
-        summary="GradCAM of sum_j p_j (y_c - alpha y_j) / sum_j p_j over the classes j with "
-        "logits nearest y_c (Zhang et al. 2025)",
+        options={
+            "alpha": None,
+            "comparisons": 3,
+            "objective": "pgc",
+            "base": "gradcam",
+            "eps": None,
+        },
+        summary="GradCAM (or base='gradcam++') of a contrast of y_c with the classes j whose "
+        "logits are nearest: objective 'pgc' sum_j p_j (y_c - alpha y_j) / sum_j p_j "
+        "(pytorch-grad-cam's, alpha None = 1) or 'torchcam' y_c - alpha mean_j y_j "
+        "(torch-cam's, alpha None = 0.6) (Zhang et al. 2025)",
     ),
     Method(
         "sscam",
@@ -833,6 +989,35 @@ for _method in (
         options={"samples": SMOOTH_SAMPLES, "std": SMOOTH_STD, "eps": GRADCAMPP_EPS},
         summary="GradCAM++ from G, G^2, G^3 averaged over inputs + N(0, std^2) noise, key= "
         "(Omeiza et al. 2019)",
+    ),
+    Method(
+        "refinecam",
+        _refinecam,
+        needs=_G,
+        kind="layers",
+        options={"base": "gradcam++", "shape": None, "eps": None, "base_options": None},
+        summary="product over >= 2 layers of the base map (a local kind-'layer' method; eps, "
+        "base_options go to it), rectified, min-max scaled per image (eps 1e-8) and resized "
+        "(linear) to the per-axis largest layer grid or shape=; not rescaled after the "
+        "product, which the peers do (RefineCAM, arXiv 2605.14641)",
+    ),
+    Method(
+        "legrad",
+        _legrad,
+        needs=_G,
+        channelwise=False,
+        summary="L = channel mean of relu(G), G at one block's attention probabilities on "
+        "ifa_jax.tokens.attention_to_grid (keys x heads*queries); M_k = L / K; with "
+        "ifa_jax.legrad.legrad_probe's layer score, LeGrad of one block (Bousselham et al. "
+        "2024)",
+    ),
+    Method(
+        "legradlayers",
+        _legradlayers,
+        needs=_G,
+        kind="layers",
+        summary="mean over the probe's layers (one grid) of legrad's L: LeGrad of several "
+        "blocks with ifa_jax.legrad.legrad_probe (torch-cam's, before its min-max scaling)",
     ),
 ):
     register_method(_method)

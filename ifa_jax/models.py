@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.linen.dtypes import promote_dtype
 
 
 class ReLU(nn.Module):
@@ -285,9 +286,55 @@ ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck
 at ``"stage4"``)."""
 
 
+class AttentionProbs(nn.Module):
+    """The identity on attention probabilities (B, heads, queries, keys): a named,
+    parameter-free step, so a probe can tap them (``"block1/attn/probs"``)."""
+
+    @nn.compact
+    def __call__(self, probs: jax.Array) -> jax.Array:
+        """Probabilities (B, heads, queries, keys), unchanged."""
+        return probs
+
+
+def tappable_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    bias: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    broadcast_dropout: bool = True,
+    dropout_rng: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = False,
+    dtype=None,
+    precision=None,
+) -> jax.Array:
+    """``nn.dot_product_attention`` (same numbers) with the post-softmax probabilities
+    passed through :class:`AttentionProbs` named ``"probs"``, a child of the calling
+    attention module. Pass it as ``nn.MultiHeadDotProductAttention(attention_fn=...)``:
+    no parameter is added."""
+    query, key, value = promote_dtype(query, key, value, dtype=dtype)
+    probs = nn.dot_product_attention_weights(
+        query,
+        key,
+        bias,
+        mask,
+        broadcast_dropout,
+        dropout_rng,
+        dropout_rate,
+        deterministic,
+        query.dtype,
+        precision,
+    )
+    probs = AttentionProbs(name="probs")(probs)
+    return jnp.einsum("...hqk,...khd->...qhd", probs, value, precision=precision)
+
+
 class ViTBlock(nn.Module):
     """Pre-norm transformer encoder block on tokens (B, N, D) -> (B, N, D):
-    ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))`` (MLP: fc1, GELU, fc2)."""
+    ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))`` (MLP: fc1, GELU, fc2). The
+    attention's probabilities (B, heads, N, N) are the tappable layer ``"attn/probs"``
+    (:func:`tappable_attention`)."""
 
     num_heads: int = 4
     mlp_dim: int = 128
@@ -296,7 +343,10 @@ class ViTBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Tokens (B, N, D) -> tokens (B, N, D)."""
         y = nn.LayerNorm(name="norm1")(x)
-        x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="attn")(y)
+        attention = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, attention_fn=tappable_attention, name="attn"
+        )
+        x = x + attention(y)
         y = nn.LayerNorm(name="norm2")(x)
         y = nn.Dense(x.shape[-1], name="fc2")(nn.gelu(nn.Dense(self.mlp_dim, name="fc1")(y)))
         return x + y
@@ -310,7 +360,10 @@ class ViT(nn.Module):
     (B, *spatial, C) with 1-3 spatial axes, each divisible by ``patch``.
 
     Submodules: ``patch_embed`` (a conv with stride = patch), ``block1 .. block{depth}``
-    (each with ``norm1``, ``attn``, ``norm2``, ``fc1``, ``fc2``), ``norm``, ``head``.
+    (each with ``norm1``, ``attn``, ``norm2``, ``fc1``, ``fc2``), ``norm``, ``head``. Each
+    ``attn`` has a parameter-free ``probs`` child, its attention probabilities (B, heads,
+    N, N): tap ``"block1/attn/probs"`` with ``reshape=ifa_jax.tokens.attention_to_grid()``
+    (LeGrad, :mod:`ifa_jax.legrad`).
 
     Natural target layer: ``f"block{depth}/norm1"``, the norm before the last block's
     attention (pytorch-grad-cam's documented choice), read as a grid with

@@ -1,7 +1,8 @@
-"""Smoothed CAMs: test-time augmentation, SmoothGrad noise and the eigen projection.
+"""Smoothed CAMs: test-time augmentation, SmoothGrad noise, the eigen projection, SESS.
 
 Each smoothing is a transformation around the method, not a copy of it, so it works with
-every entry of :data:`ifa_jax.cams.REGISTRY` (a user's own ones too), in 1-D, 2-D and 3-D:
+every method of one layer in :data:`ifa_jax.cams.REGISTRY` (a user's own ones too), in
+1-D, 2-D and 3-D:
 
 * ``"aug"``: explain augmented copies of x (:class:`Augmentation`: flips along any
   spatial axis, intensity factors, zoomed grids), bring each copy's contributions back
@@ -46,6 +47,19 @@ steps around it (copies, noise, method, eigen, back to x's frame, average) are j
 functions compiled once per configuration. With the identity augmentation alone the
 copy is x itself and the result is explain's, bit for bit. Memory grows with the number
 of copies: explain fewer samples per call.
+
+SESS (Tursun et al. 2022, :func:`sess`; registered as the method ``"sess"`` of kind
+``"input"``, so ``explain(probe, variables, x, target, "sess", base_method=...)`` runs it)
+wraps any registered method differently: it explains rescaled, cropped patches of x and
+fuses their maps at input resolution, with pytorch-grad-cam's post-processing (each patch
+map relu'd and min-max scaled, the result in [0, 1]), so it is not on the common scale.
+Its facts are pytorch-grad-cam 1.5.7's: defaults, window layout, softmax patch scores,
+pre-filtering, the mean-above-theta fusion and the 11-tap, sigma-5 blur. On purpose:
+resizes back to the input use exact interpolation weights (cv2 leaves ~1e-15 residues
+where a sample falls on a cell, which pytorch-grad-cam's theta = 0 mean then counts),
+ties in the pre-filter keep the earlier patch, 1-D and 3-D inputs are supported (linear
+resizes, the blur along every axis), and every patch explains x's own objective (logit,
+probability or a callable target; the patch scores are the target's softmax probability).
 """
 
 from __future__ import annotations
@@ -59,9 +73,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ifa_jax import cams
 from ifa_jax._checks import pick_layer
+from ifa_jax._stats import minmax_per_image
 from ifa_jax.explaining import callable_target, explain
 from ifa_jax.probe import LayerProbe, ProbeResult, Target
 
@@ -306,6 +322,11 @@ def explain_smoothed(
     """
     steps = _steps(smooth)
     spec = cams.get_method(method)
+    if spec.kind != "layer":
+        raise ValueError(
+            f"explain_smoothed smooths methods of one layer (ifa_jax.cams.LAYER_METHODS); "
+            f"{spec.name} is of kind {spec.kind!r}: use ifa_jax.explain for it"
+        )
     x = jnp.asarray(x)
     layer = pick_layer(probe.layers, layer)
     augs = tuple(augmentations) if "aug" in steps else (IDENTITY,)
@@ -447,3 +468,390 @@ def smoothgrad(
         key=key,
         **kwargs,
     )
+
+
+# --------------------------------------------------------------------------- SESS
+
+SESS_NUM_SCALES = 12  # pytorch-grad-cam's (the paper's 224, 288, ..., 928 for 224 inputs)
+SESS_SCALE_STEP = 2.0 / 7.0  # scale step as a share of the window (64 / 224)
+SESS_BATCH = 32  # patches per model call
+SESS_BLUR = (11, 5.0)  # the fused map's Gaussian blur: taps per axis, sigma (in input cells)
+SESS_EPS = 1e-7  # the per-map min-max's eps (pytorch-grad-cam's scale_cam_image)
+
+
+def sess_scales(
+    window: int, num_scales: int = SESS_NUM_SCALES, step_ratio: float = SESS_SCALE_STEP
+) -> tuple[int, ...]:
+    """SESS's default scales: ``num_scales`` sizes of the shortest input side, from the
+    window on, ``round(window * step_ratio)`` apart."""
+    step = round(window * step_ratio)
+    return tuple(window + step * i for i in range(num_scales))
+
+
+def window_starts(length: int, window: int, step: int) -> tuple[int, ...]:
+    """Start cells of SESS's windows along an axis of ``length`` cells: every ``step``
+    cells; the last window is moved back inside the axis (so it may overlap the previous)."""
+    starts = []
+    for start in range(0, length, step):
+        if start + window >= length:
+            starts.append(max(length - window, 0))
+            break
+        starts.append(start)
+    return tuple(starts)
+
+
+def sess_layout(
+    spatial: Sequence[int], window: int, step: int, scales: Sequence[int]
+) -> list[tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]]:
+    """Per scale s: (the rescaled input's spatial sizes, the windows' start cells).
+
+    The shortest side becomes s and every side n becomes ``s * n // shortest`` (the
+    aspect ratio kept, as torchvision's resize to an int size); the windows are the
+    product over axes of :func:`window_starts`, the last axis running fastest.
+    """
+    shortest = min(spatial)
+    layout = []
+    for s in scales:
+        shape = tuple(s * n // shortest for n in spatial)
+        starts = [window_starts(n, window, step) for n in shape]
+        layout.append((shape, tuple(itertools.product(*starts))))
+    return layout
+
+
+def _resize_paste(size: int, scaled: Array, offset: Array, window: int) -> Array:
+    """(..., size, window): the linear map from a window at ``offset`` on an axis of
+    ``scaled`` cells (zero elsewhere) to that axis linearly resized to ``size`` cells
+    (half-pixel centres, edges clamped: cv2's INTER_LINEAR). scaled, offset: (...,) ints.
+    Source positions ``((2 i + 1) scaled - size) / (2 size)`` are split exactly, in
+    integers, into cell and fraction."""
+    num = (2 * jnp.arange(size) + 1) * scaled[..., None] - size
+    den = 2 * size
+    cell = num // den
+    clamped = (num < 0) | (cell >= scaled[..., None] - 1)
+    frac = jnp.where(clamped, 0, num % den) / den
+    lo = jnp.clip(cell, 0, scaled[..., None] - 1)
+    hi = jnp.minimum(lo + 1, scaled[..., None] - 1)
+    cols = offset[..., None, None] + jnp.arange(window)
+    return (1 - frac)[..., None] * (cols == lo[..., None]) + frac[..., None] * (
+        cols == hi[..., None]
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("size", "sigma"))
+def gaussian_blur(L: Array, size: int = SESS_BLUR[0], sigma: float = SESS_BLUR[1]) -> Array:
+    """L (B, *spatial) blurred along every spatial axis by a normalised Gaussian of
+    ``size`` taps, borders reflected without repeating the edge (cv2's GaussianBlur)."""
+    r = size // 2
+    taps = np.exp(-((np.arange(size) - r) ** 2) / (2.0 * sigma**2))
+    taps = (taps / taps.sum()).astype(np.float32)
+    for axis in range(1, L.ndim):
+        pad = [(0, 0)] * L.ndim
+        pad[axis] = (r, r)
+        padded = jnp.pad(L, pad, mode="reflect")
+        n = L.shape[axis]
+        cuts = [jax.lax.slice_in_dim(padded, j, j + n, axis=axis) for j in range(size)]
+        L = functools.reduce(jnp.add, [float(w) * c for w, c in zip(taps, cuts)])
+    return L
+
+
+def _pgc_map(L: Array, shape: tuple[int, ...]) -> Array:
+    """pytorch-grad-cam's post-processing of a base CAM L (N, *grid): relu, per-map
+    min-max, linear resize to ``shape`` (no antialiasing, as cv2.resize), relu, min-max."""
+    L = minmax_per_image(jax.nn.relu(L), SESS_EPS)
+    L = jax.image.resize(L, (L.shape[0], *shape), method="linear", antialias=False)
+    return minmax_per_image(jax.nn.relu(L), SESS_EPS)
+
+
+def _in_chunks(fn, arrays: tuple[Array, ...], size: int | None):
+    """fn(index, *chunk) over chunks of ``size`` rows of ``arrays`` (a lax.map; the last
+    chunk padded with copies of its last row), outputs concatenated back to the rows;
+    one call fn(None, *arrays) when they fit in one chunk."""
+    n = arrays[0].shape[0]
+    if size is None or n <= size:
+        return fn(None, *arrays)
+    count = -(-n // size)
+    extra = count * size - n
+    chunks = tuple(
+        jnp.pad(a, [(0, extra)] + [(0, 0)] * (a.ndim - 1), mode="edge").reshape(
+            count, size, *a.shape[1:]
+        )
+        for a in arrays
+    )
+    out = jax.lax.map(lambda c: fn(c[0], *c[1:]), (jnp.arange(count), *chunks))
+    return jax.tree.map(lambda o: o.reshape(count * size, *o.shape[2:])[:n], out)
+
+
+def _check_sess_options(
+    spatial, base, *, scales, num_scales, scale_step_ratio, window_size, step_size,
+    pre_filter_ratio, theta, pool, batch_size,
+) -> tuple[int, int, tuple[int, ...]]:  # fmt: skip
+    """(window, step, scales) after checking SESS's options; a ValueError names the fix."""
+
+    def count(name, value, allow_none=True):
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"sess {name} must be an int >= 1; got {value!r}")
+
+    if not spatial:
+        raise ValueError(
+            "sess slides windows over the input's spatial axes, x (B, *spatial, C); the "
+            "input has none: pass x with at least one spatial axis"
+        )
+    if base.name == "sess":
+        raise ValueError("sess cannot wrap itself: pass a base method, e.g. base_method='gradcam'")
+    for name, value in (("window_size", window_size), ("step_size", step_size)):
+        count(name, value)
+    count("num_scales", num_scales, allow_none=False)
+    count("batch_size", batch_size)
+    if pool not in ("mean", "max"):
+        raise ValueError(f"sess pool must be 'mean' or 'max'; got {pool!r}")
+    if not 0.0 <= pre_filter_ratio < 1.0:
+        raise ValueError(
+            f"sess pre_filter_ratio (the share of lowest-scoring patches dropped) must be in "
+            f"[0, 1); got {pre_filter_ratio!r}"
+        )
+    if not math.isfinite(theta):
+        raise ValueError(f"sess theta must be a finite threshold; got {theta!r}")
+    window = int(window_size) if window_size is not None else min(spatial)
+    step = int(step_size) if step_size is not None else window
+    if not (math.isfinite(scale_step_ratio) and scale_step_ratio >= 0):
+        raise ValueError(f"sess scale_step_ratio must be finite and >= 0; got {scale_step_ratio!r}")
+    scales = sess_scales(window, num_scales, scale_step_ratio) if scales is None else scales
+    if isinstance(scales, (int, str)) or not len(scales):
+        raise ValueError(f"sess scales must be a non-empty tuple of ints; got {scales!r}")
+    for s in scales:
+        count("scales entry", s, allow_none=False)
+    small = [s for s in scales if s < window]
+    if small:
+        raise ValueError(
+            f"sess scales {small} are below the window size {window}: every scale (the "
+            f"shortest side of a rescaled input) must hold a window; use scales >= "
+            f"{window} or a smaller window_size"
+        )
+    return window, step, tuple(int(s) for s in scales)
+
+
+def _sess(
+    model: cams.ModelInputs,
+    *,
+    base_method: str = "gradcam",
+    base_options: tuple = (),
+    scales: tuple[int, ...] | None = None,
+    num_scales: int = SESS_NUM_SCALES,
+    scale_step_ratio: float = SESS_SCALE_STEP,
+    window_size: int | None = None,
+    step_size: int | None = None,
+    pre_filter_ratio: float = 0.0,
+    theta: float = 0.0,
+    pool: str = "mean",
+    smooth: bool = True,
+    softmax_scores: bool = True,
+    batch_size: int | None = SESS_BATCH,
+) -> Array:
+    """SESS's map (B, *spatial_in) in [0, 1]: the method "sess" of kind "input" (:func:`sess`)."""
+    x = model.x
+    B, spatial, C = x.shape[0], tuple(x.shape[1:-1]), x.shape[-1]
+    base = cams.get_method(base_method)
+    window, step, scales = _check_sess_options(
+        spatial, base, scales=scales, num_scales=num_scales, scale_step_ratio=scale_step_ratio,
+        window_size=window_size, step_size=step_size, pre_filter_ratio=pre_filter_ratio,
+        theta=theta, pool=pool, batch_size=batch_size,
+    )  # fmt: skip
+    try:
+        options = dict(base_options)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"sess base_options must be (name, value) pairs, e.g. (('eps', 1e-7),); got "
+            f"{base_options!r}"
+        ) from None
+    cams.method_options(base, options)  # unknown options of the base method raise here
+    win = (window,) * len(spatial)
+
+    pieces, sizes, offsets = [], [], []
+    for shape, starts in sess_layout(spatial, window, step, scales):
+        # torchvision's bilinear resize (antialiased when it shrinks)
+        xs = x if shape == spatial else jax.image.resize(x, (B, *shape, C), method="linear")
+        for start in starts:
+            pieces.append(xs[(slice(None), *(slice(o, o + window) for o in start))])
+            sizes.append(shape)
+            offsets.append(start)
+    patches = jnp.stack(pieces, axis=1)  # (B, P, *win, C), image-major
+    P = patches.shape[1]
+    drop = int(P * pre_filter_ratio)
+    keep = P - drop
+    sizes_a = jnp.broadcast_to(jnp.asarray(sizes, jnp.int32), (B, P, len(spatial)))
+    offsets_a = jnp.broadcast_to(jnp.asarray(offsets, jnp.int32), (B, P, len(spatial)))
+
+    def patch_scores(logits, target):
+        if not softmax_scores:
+            s = model.score(logits, target)
+        else:
+            p = jax.nn.softmax(logits, axis=-1)
+            s = jnp.take_along_axis(p, target[:, None], -1)[:, 0] if model.indexed else (
+                model.score(p, target)
+            )  # fmt: skip
+        return jax.nn.relu(s)
+
+    if drop:  # score every patch, explain the `keep` best of each image
+        flat = patches.reshape(B * P, *win, C)
+        logits = _in_chunks(
+            lambda _, xc: model.probe.forward(model.variables, xc), (flat,), batch_size
+        )
+        scores = patch_scores(logits, jnp.repeat(model.target, P)).reshape(B, P)
+        order = jnp.argsort(scores, axis=1)[:, drop:]  # (B, keep)
+
+        def take(a):
+            idx = order.reshape(B, keep, *(1,) * (a.ndim - 2))
+            return jnp.take_along_axis(a, idx, axis=1)
+
+        patches, scores, sizes_a, offsets_a = map(take, (patches, scores, sizes_a, offsets_a))
+    layer = None if base.kind == "layers" else model.layer
+
+    def explain_image(args):
+        """Base CAMs (keep, *grid) and logits (keep, O) of image n's patches xs."""
+        n, xs, t = args
+
+        def objective(logits):  # image n's explained objective, for any number of rows
+            return model.score(logits, jnp.full(logits.shape[:1], t))
+
+        def explain_chunk(index, xc):
+            key = model.key
+            if key is not None:
+                key = jax.random.fold_in(key, n)
+                key = key if index is None else jax.random.fold_in(key, index)
+            result, out = explain(
+                model.probe, model.variables, xc, objective, base.name, layer=layer, key=key,
+                **options,
+            )  # fmt: skip
+            return out.cam, result.logits
+
+        return _in_chunks(explain_chunk, (xs,), batch_size)
+
+    # image by image (as pytorch-grad-cam): every patch of an image shares its target
+    grid_maps, logits = jax.lax.map(explain_image, (jnp.arange(B), patches, model.target))
+    if not drop:
+        scores = patch_scores(logits.reshape(B * keep, -1), jnp.repeat(model.target, keep))
+        scores = scores.reshape(B, keep)
+    grid_maps = grid_maps.reshape(B * keep, *grid_maps.shape[2:])
+    maps = _pgc_map(grid_maps, win).reshape(B, keep, *win)
+    top = jnp.max(scores, axis=1, keepdims=True)
+    weights = jnp.where(top > 0, scores / jnp.where(top > 0, top, 1.0), 1.0)
+    maps = maps * weights.reshape(B, keep, *(1,) * len(spatial))
+    # each weighted patch map pasted at its window of its scale, resized to the input
+    for axis, n in enumerate(spatial):
+        paste = _resize_paste(n, sizes_a[..., axis], offsets_a[..., axis], window)
+        maps = jnp.moveaxis(maps, 2 + axis, -1)
+        maps = jnp.einsum("bp...j,bpij->bp...i", maps, paste)
+        maps = jnp.moveaxis(maps, -1, 2 + axis)
+    if pool == "max":
+        fused = jnp.maximum(jnp.max(maps, axis=1), 0.0)
+    else:  # per cell, the mean over the patch maps above theta there
+        above = maps > theta
+        total = jnp.sum(jnp.where(above, maps, 0.0), axis=1)
+        counts = jnp.sum(above, axis=1)
+        fused = jnp.where(counts > 0, total / jnp.maximum(counts, 1), 0.0)
+    if smooth:
+        fused = gaussian_blur(fused)
+    return minmax_per_image(fused, SESS_EPS)
+
+
+def sess(
+    probe: LayerProbe,
+    variables,
+    x: Array,
+    target: Target = "predicted",
+    method: str = "gradcam",
+    *,
+    score: str = "logit",
+    layer: str | None = None,
+    key: Array | None = None,
+    scales: Sequence[int] | None = None,
+    num_scales: int = SESS_NUM_SCALES,
+    scale_step_ratio: float = SESS_SCALE_STEP,
+    window_size: int | None = None,
+    step_size: int | None = None,
+    pre_filter_ratio: float = 0.0,
+    theta: float = 0.0,
+    pool: str = "mean",
+    smooth: bool = True,
+    softmax_scores: bool = True,
+    batch_size: int | None = SESS_BATCH,
+    **options,
+) -> Array:
+    """SESS (Tursun et al. 2022) around ``method``: maps (B, *spatial_in) in [0, 1].
+
+    Per image x (B, *spatial_in, C), 1-3 spatial axes: the input is rescaled so that its
+    shortest side is each of ``scales`` (default :func:`sess_scales`: ``num_scales`` sizes
+    from the window on, ``round(window * scale_step_ratio)`` apart), cut into cubic windows
+    of ``window_size`` cells (default the shortest side) every ``step_size`` cells
+    (default the window; :func:`window_starts`), and ``method`` (with its ``options``)
+    explains every patch, ``batch_size`` patches per model call. The lowest-scoring
+    ``pre_filter_ratio`` of the patches are dropped first. Each patch's map is relu'd,
+    min-max scaled, resized to the window and weighted by its score over the best
+    patch's; scores are the softmax probability of the target (``softmax_scores``; for a
+    callable target, the callable on the softmax), else the explained score, clipped at
+    0. The weighted maps are pasted at their windows, resized to the input and fused per
+    cell: ``pool="mean"`` averages those above ``theta``, ``"max"`` takes the largest.
+    ``smooth`` blurs the result (:func:`gaussian_blur`), then it is min-max scaled.
+
+    target, score, layer and key as in :func:`ifa_jax.explain`: every patch explains x's
+    resolved objective, given to the base method as a callable target, so bases that need
+    an output index (finercam, cam with head=) refuse; a keyed base gets the key folded
+    with the image (and chunk) index. Same as ``explain(probe, variables, x, target,
+    "sess", base_method=method, base_options=tuple(options.items()), ...)[1].cam``.
+
+    Cost: one compilation per configuration; images go one after another (lax.map), the
+    patches of one image through the model ``batch_size`` at a time (None: all at once);
+    the default 12 scales of a 224 x 224 input make 122 patches per image.
+    """
+    return explain(
+        probe,
+        variables,
+        x,
+        target,
+        "sess",
+        score=score,
+        layer=layer,
+        key=key,
+        base_method=method,
+        base_options=tuple(sorted(options.items())),
+        scales=None if scales is None else tuple(scales),
+        num_scales=num_scales,
+        scale_step_ratio=scale_step_ratio,
+        window_size=window_size,
+        step_size=step_size,
+        pre_filter_ratio=pre_filter_ratio,
+        theta=theta,
+        pool=pool,
+        smooth=smooth,
+        softmax_scores=softmax_scores,
+        batch_size=batch_size,
+    )[1].cam
+
+
+cams.register_method(
+    cams.Method(
+        "sess",
+        _sess,
+        kind="input",
+        options={
+            "base_method": "gradcam",
+            "base_options": (),
+            "scales": None,
+            "num_scales": SESS_NUM_SCALES,
+            "scale_step_ratio": SESS_SCALE_STEP,
+            "window_size": None,
+            "step_size": None,
+            "pre_filter_ratio": 0.0,
+            "theta": 0.0,
+            "pool": "mean",
+            "smooth": True,
+            "softmax_scores": True,
+            "batch_size": SESS_BATCH,
+        },
+        summary="base_method on rescaled, sliding-window patches, maps weighted by the "
+        "patches' softmax scores, mean-fused above theta at input resolution, blurred, "
+        "min-max scaled (Tursun et al. 2022, pytorch-grad-cam's SESS)",
+    )
+)

@@ -3,8 +3,10 @@
 A transformer layer outputs tokens ``(B, N, D)``: maybe a few prefix tokens (class or
 register tokens), then one token per patch. A ``reshape`` maps a tapped output to a grid
 ``(B, *spatial, K)`` so every CAM method works on it; :func:`tokens_to_grid` builds the
-usual one. :class:`GridTapped` applies a reshape to a tapped forward
-``tapped(variables, x, deltas) -> (logits, {layer: A})``:
+usual one, and :func:`attention_to_grid` the one for attention probabilities ``(B, heads,
+queries, keys)`` (keys on the grid, heads x queries as channels). :class:`GridTapped`
+applies a reshape to a tapped forward ``tapped(variables, x, deltas) -> (logits, {layer:
+A})``:
 
 * the recorded activations are reshaped, ``A_grid = R(A)``;
 * a delta given on the grid is mapped back to the layer's true output with the transpose
@@ -40,6 +42,7 @@ class TokenGrid:
 
     prefix: int = 1
     grid: tuple[int, ...] | None = None
+    unit = "tokens"  # what the token axis holds, for the error messages
 
     def grid_shape(self, num_tokens: int) -> tuple[int, ...]:
         """The grid that ``num_tokens`` tokens (prefix included) fill; a ValueError when
@@ -48,7 +51,7 @@ class TokenGrid:
         if self.grid is not None:
             if patches != math.prod(self.grid):
                 raise ValueError(
-                    f"the layer outputs {num_tokens} tokens; after dropping prefix="
+                    f"the layer outputs {num_tokens} {self.unit}; after dropping prefix="
                     f"{self.prefix} there are {patches}, but grid={self.grid} holds "
                     f"{math.prod(self.grid)}. Pass the grid of patches the model uses and "
                     "its number of class/register tokens as prefix"
@@ -57,7 +60,7 @@ class TokenGrid:
         side = math.isqrt(max(patches, 0))
         if patches < 1 or side * side != patches:
             raise ValueError(
-                f"the layer outputs {num_tokens} tokens; after dropping prefix={self.prefix} "
+                f"the layer outputs {num_tokens} {self.unit}; after dropping prefix={self.prefix} "
                 f"there are {patches}, not a square number of patches. Pass prefix= (the "
                 "number of class/register tokens) or grid=(h, w) for a non-square grid"
             )
@@ -76,13 +79,30 @@ class TokenGrid:
         return tokens[:, self.prefix :].reshape(batch, *grid, dim)
 
 
-def tokens_to_grid(prefix: int = 1, grid: Sequence[int] | None = None) -> TokenGrid:
-    """A reshape for token layers: ``(B, prefix + prod(grid), D) -> (B, *grid, D)``.
+@dataclasses.dataclass(frozen=True)
+class AttentionGrid(TokenGrid):
+    """The reshape ``(B, H, Q, prefix + prod(grid)) -> (B, *grid, H * Q)`` of attention
+    probabilities: drop the ``prefix`` leading keys, lay the rest out row-major on ``grid``,
+    channel ``h * Q + q`` holding head h's query q. Build it with :func:`attention_to_grid`."""
 
-    prefix: leading tokens to drop (1 for a class token; add register tokens). grid: the
-    patch grid, 1-3 axes (``(h, w)``; None infers a square). Channels stay last. Pass it
-    as ``linen_probe(model, layer, reshape=tokens_to_grid())``.
-    """
+    unit = "keys"
+
+    def __call__(self, probs: Array) -> Array:
+        """probs (B, H, Q, T) -> grid (B, *grid, H * Q)."""
+        if getattr(probs, "ndim", None) != 4:
+            raise ValueError(
+                f"attention_to_grid expects attention probabilities (B, heads, queries, keys); "
+                f"got shape {tuple(getattr(probs, 'shape', ()))}. Tap the attention's "
+                "probabilities (ifa_jax.models.ViT: '<block>/attn/probs'), not its output; for "
+                "tokens (B, N, D) use tokens_to_grid"
+            )
+        batch, heads, queries, keys = probs.shape
+        grid = self.grid_shape(keys)
+        patches = probs[..., self.prefix :].transpose(0, 3, 1, 2)  # (B, P, H, Q)
+        return patches.reshape(batch, *grid, heads * queries)
+
+
+def _checked(prefix: int, grid: Sequence[int] | None) -> tuple[int, tuple[int, ...] | None]:
     if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
         raise ValueError(
             f"prefix={prefix!r} must be an int >= 0: the number of class/register tokens "
@@ -96,7 +116,28 @@ def tokens_to_grid(prefix: int = 1, grid: Sequence[int] | None = None) -> TokenG
                 f"grid={grid!r} must be 1-3 positive ints, the patch grid (e.g. (14, 14)); "
                 "or None for a square grid"
             )
-    return TokenGrid(prefix, grid)
+    return prefix, grid
+
+
+def tokens_to_grid(prefix: int = 1, grid: Sequence[int] | None = None) -> TokenGrid:
+    """A reshape for token layers: ``(B, prefix + prod(grid), D) -> (B, *grid, D)``.
+
+    prefix: leading tokens to drop (1 for a class token; add register tokens). grid: the
+    patch grid, 1-3 axes (``(h, w)``; None infers a square). Channels stay last. Pass it
+    as ``linen_probe(model, layer, reshape=tokens_to_grid())``.
+    """
+    return TokenGrid(*_checked(prefix, grid))
+
+
+def attention_to_grid(prefix: int = 1, grid: Sequence[int] | None = None) -> AttentionGrid:
+    """A reshape for attention probabilities: ``(B, H, Q, prefix + prod(grid)) ->
+    (B, *grid, H * Q)``, the keys on the patch grid and heads x queries as channels
+    (channel ``h * Q + q``); every query is kept, the prefix keys are dropped.
+
+    prefix and grid as in :func:`tokens_to_grid`. Pass it as ``linen_probe(model,
+    "block2/attn/probs", reshape=attention_to_grid())`` (LeGrad: :mod:`ifa_jax.legrad`).
+    """
+    return AttentionGrid(*_checked(prefix, grid))
 
 
 class GridTapped:
@@ -166,4 +207,11 @@ class GridTapped:
         return logits, {k: self.to_grid(k, a) for k, a in acts.items()}
 
 
-__all__ = ["GridTapped", "Reshape", "TokenGrid", "tokens_to_grid"]
+__all__ = [
+    "AttentionGrid",
+    "GridTapped",
+    "Reshape",
+    "TokenGrid",
+    "attention_to_grid",
+    "tokens_to_grid",
+]

@@ -93,8 +93,27 @@ def channel_weights(A, G, method, key=None, **options):
             for k in range(K):
                 M[n][..., k] = v[k] * src[..., k]
             continue
+        if method == "segeigencam":
+            # |G| A, each channel minus its grid mean; projection on the first right
+            # singular vector; flipped when its most negative value outweighs the largest.
+            X = np.abs(G[n]) * A[n]
+            for k in range(K):
+                X[..., k] -= X[..., k].sum() / X[..., k].size
+            flat = X.reshape(-1, K)
+            v = np.linalg.svd(flat, full_matrices=False)[2][0]
+            projection = flat @ v
+            if abs(projection.min()) > abs(projection.max()):
+                v = -v
+            for k in range(K):
+                M[n][..., k] = v[k] * X[..., k]
+            continue
         if method == "kpcacam":
             L = kpca_projection(A[n].reshape(-1, K), **options).reshape(A.shape[1:-1])
+            for k in range(K):
+                M[n][..., k] = L / K
+            continue
+        if method == "legrad":  # L = mean over channels of max(G, 0), spread as L / K
+            L = sum(np.maximum(_channels(G, n, k), 0.0) for k in range(K)) / K
             for k in range(K):
                 M[n][..., k] = L / K
             continue
@@ -146,6 +165,75 @@ def cam_outputs(M, mask=None):
             L[n] += m[n, k] * M[n][..., k]
             s[n, k] = m[n, k] * M[n][..., k].sum()
     return L, s, L.reshape(B, -1).max(1), L.reshape(B, -1).min(1)
+
+
+def linear_resize(L, shape):
+    """(B, *spatial) -> (B, *shape), one axis at a time: output cell o samples the input at
+    (o + 0.5) * n_in / n_out - 0.5 (cell centres), clamped to the edge cells, linearly
+    between its two neighbours. What jax.image.resize's "linear" does when enlarging."""
+    out = np.asarray(L, np.float64)
+    for axis, n_out in enumerate(shape, start=1):
+        n_in = out.shape[axis]
+        new = np.zeros(out.shape[:axis] + (n_out,) + out.shape[axis + 1 :])
+        for o in range(n_out):
+            x = min(max((o + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1.0)
+            i0 = int(math.floor(x))
+            i1, w = min(i0 + 1, n_in - 1), x - i0
+            lo, hi = np.take(out, i0, axis=axis), np.take(out, i1, axis=axis)
+            index = (slice(None),) * axis + (o,)
+            new[index] = (1.0 - w) * lo + w * hi
+        out = new
+    return out
+
+
+def refinecam(A, G, base="gradcam++", shape=None, key=None, minmax_eps=1e-8, **options):
+    """RefineCAM of layers A, G ({layer: (B, *spatial_l, K_l)}): per layer the base
+    method's CAM, max(., 0), min-max per image (+ minmax_eps in the denominator), enlarged
+    linearly to ``shape`` (default: each axis's largest size over the layers); their
+    product. ``options`` go to the base (eps, k, ...)."""
+    grids = [np.shape(a)[1:-1] for a in A.values()]
+    shape = (
+        tuple(max(g[i] for g in grids) for i in range(len(grids[0]))) if shape is None else shape
+    )
+    product = None
+    for layer in A:
+        L, *_ = cam_outputs(channel_weights(A[layer], G[layer], base, key=key, **options))
+        L = linear_resize(minmax_per_image(np.maximum(L, 0.0), minmax_eps), shape)
+        product = L if product is None else product * L
+    assert product is not None
+    return product
+
+
+def attention_grid(probs, prefix, grid):
+    """Attention probabilities (B, H, Q, T) -> (B, *grid, H * Q), one entry at a time: cell
+    i (row-major) holds key prefix + i, channel h * Q + q holds head h's query q."""
+    probs = np.asarray(probs, np.float64)
+    B, H, Q, _ = probs.shape
+    out = np.zeros((B, *grid, H * Q))
+    for n in range(B):
+        for i, cell in enumerate(np.ndindex(*grid)):
+            for h in range(H):
+                for q in range(Q):
+                    out[(n, *cell, h * Q + q)] = probs[n, h, q, prefix + i]
+    return out
+
+
+def legrad(gradients, prefix, grid):
+    """LeGrad from each block's gradient at its attention probabilities (B, H, Q, T):
+    max(G, 0) averaged over heads and queries, prefix keys dropped, laid row-major on
+    ``grid``, averaged over the blocks. (B, *grid)."""
+    maps = []
+    for G in gradients:
+        G = np.asarray(G, np.float64)
+        B, H, Q, _ = G.shape
+        L = np.zeros((B, *grid))
+        for n in range(B):
+            for i, cell in enumerate(np.ndindex(*grid)):
+                L[(n, *cell)] = sum(
+                    max(G[n, h, q, prefix + i], 0.0) for h in range(H) for q in range(Q)
+                ) / (H * Q)
+        maps.append(L)
+    return sum(maps) / len(maps)
 
 
 def scorecam_weights(A, x, score_fn, resize):
@@ -229,6 +317,11 @@ def finer_objective(logits, c, others, alpha):
     return num / (sum(p[j] for j in others) + 1e-9)
 
 
+def finer_mean_contrast(logits, c, others, alpha):
+    """l_c - alpha * (mean over j in others of l_j), torch-cam's Finer-CAM objective."""
+    return logits[c] - alpha * sum(logits[j] for j in others) / len(others)
+
+
 def forward_weights(method, A, oracle, key=None, **options):
     """Weights (B, K) of a method that needs the model, one sample, channel and model run
     at a time. Noise draws (sscam, smoothgradcam++) are specified as the exact
@@ -266,7 +359,13 @@ def forward_weights(method, A, oracle, key=None, **options):
                 w[n, k] = (G[n][..., k] - 0.5 * hvp).mean()
         return w
     if method == "finercam":
-        alpha, wanted = options.get("alpha", 1.0), options.get("comparisons", 3)
+        # objective "pgc": pytorch-grad-cam's contrast (alpha None = 1); "torchcam":
+        # torch-cam's l_c - alpha mean_j l_j (alpha None = 0.6). base: how G weighs A_k.
+        objective, alpha = options.get("objective", "pgc"), options.get("alpha")
+        alpha = {"pgc": 1.0, "torchcam": 0.6}[objective] if alpha is None else alpha
+        contrast = finer_objective if objective == "pgc" else finer_mean_contrast
+        base, wanted = options.get("base", "gradcam"), options.get("comparisons", 3)
+        eps = options.get("eps") or GRADCAMPP_EPS
         logits = np.asarray(oracle.logits, np.float64)
         per_class = np.asarray(oracle.class_gradients(), np.float64)  # (O, B, *spatial, K)
         outputs = logits.shape[1]
@@ -283,12 +382,16 @@ def forward_weights(method, A, oracle, key=None, **options):
                 up, down = logits[n].copy(), logits[n].copy()
                 up[o] += h
                 down[o] -= h
-                d = (
-                    finer_objective(up, c, others, alpha) - finer_objective(down, c, others, alpha)
-                ) / (2 * h)
+                d = (contrast(up, c, others, alpha) - contrast(down, c, others, alpha)) / (2 * h)
                 G += d * per_class[o, n]
             for k in range(K):
-                w[n, k] = G[..., k].mean()
+                if base == "gradcam":
+                    w[n, k] = G[..., k].mean()
+                    continue
+                total_a = A[n][..., k].sum()  # gradcam++: as in channel_weights
+                for gi in G[..., k].ravel():
+                    if gi != 0:
+                        w[n, k] += max(gi, 0.0) * gi**2 / (2 * gi**2 + total_a * gi**3 + eps)
         return w
     if method in ("sscam", "iscam"):
         samples = options.get("samples", 35 if method == "sscam" else 10)
@@ -548,3 +651,93 @@ def border_share(cam, width):
         if any(i < width or i >= n - width for i, n in zip(idx, cam.shape)):
             ring += m
     return ring / total
+
+
+def gaussian_blur(L, size=11, sigma=5.0):
+    """(B, *spatial): every cell the weighted sum of its neighbours along each spatial axis
+    in turn, weights exp(-d^2 / 2 sigma^2) normalised, indices past an edge mirrored
+    without repeating the edge cell (-1 -> 1, n -> n - 2), as often as needed."""
+
+    def mirror(i, n):
+        while not 0 <= i < n:
+            i = -i if i < 0 else 2 * (n - 1) - i
+        return i if n > 1 else 0
+
+    r = size // 2
+    w = [math.exp(-(d * d) / (2.0 * sigma * sigma)) for d in range(-r, r + 1)]
+    w = [v / sum(w) for v in w]
+    out = np.asarray(L, np.float64)
+    for axis in range(1, out.ndim):
+        new = np.zeros_like(out)
+        n = out.shape[axis]
+        for idx in np.ndindex(out.shape):
+            new[idx] = sum(
+                w[d + r] * out[idx[:axis] + (mirror(idx[axis] + d, n),) + idx[axis + 1 :]]
+                for d in range(-r, r + 1)
+            )
+        out = new
+    return out
+
+
+def sess(x, cam_of, logits_of, target, scales, window, step, pre_filter_ratio=0.0, theta=0.0,
+         pool="mean", smooth=True, softmax_scores=True, eps=EPS):  # fmt: skip
+    """SESS of x (B, *spatial, C), one image, scale and window at a time. cam_of(patch
+    (*window, C), n) -> the base CAM (*grid) of image n's patch; logits_of(patch) -> (O,).
+    Only enlarging scales (every rescaled side >= the input's). Per image: rescale (the
+    shortest side to s, every side n to floor(s n / shortest)), windows every ``step``
+    cells (the last moved back inside), patch scores (softmax)[target] clipped at 0, the
+    lowest ``pre_filter_ratio`` dropped; each patch CAM relu'd, min-max'd, enlarged to the
+    window, min-max'd, times score / best score, pasted on a zero canvas of the rescaled
+    size, resized to the input; mean over the patches above theta per cell (or max),
+    blurred, min-max'd."""
+    import itertools
+
+    x = np.asarray(x, np.float64)
+    out = []
+    for n in range(x.shape[0]):
+        spatial, channels = x.shape[1:-1], x.shape[-1]
+        shortest = min(spatial)
+        patches = []  # (patch, rescaled shape, corner)
+        for s in scales:
+            shape = tuple(s * m // shortest for m in spatial)
+            scaled = np.stack(
+                [linear_resize(x[n : n + 1, ..., c], shape)[0] for c in range(channels)], -1
+            )
+            starts = []
+            for m in shape:
+                axis, start = [], 0
+                while start + window < m:
+                    axis.append(start)
+                    start += step
+                starts.append(axis + [m - window])
+            for corner in itertools.product(*starts):
+                cut = tuple(slice(c, c + window) for c in corner)
+                patches.append((scaled[cut], shape, corner))
+        scores = []
+        for patch, _, _ in patches:
+            z = np.asarray(logits_of(patch), np.float64)
+            p = np.exp(z - z.max()) / np.exp(z - z.max()).sum() if softmax_scores else z
+            scores.append(max(p[int(target[n])], 0.0))
+        order = sorted(range(len(patches)), key=lambda i: scores[i])
+        order = order[int(len(patches) * pre_filter_ratio) :]
+        best = max(scores[i] for i in order)
+        total, count, top = (np.zeros(spatial) for _ in range(3))
+        for i in order:
+            patch, shape, corner = patches[i]
+            L = np.maximum(np.asarray(cam_of(patch, n), np.float64), 0.0)[None]
+            L = linear_resize(minmax_per_image(L, eps), (window,) * len(spatial))
+            L = minmax_per_image(np.maximum(L, 0.0), eps)[0]
+            L = L * (scores[i] / best if best > 0 else 1.0)
+            canvas = np.zeros(shape)
+            canvas[tuple(slice(c, c + window) for c in corner)] = L
+            full = linear_resize(canvas[None], spatial)[0]
+            for idx in np.ndindex(spatial):
+                top[idx] = max(top[idx], full[idx])
+                if full[idx] > theta:
+                    total[idx] += full[idx]
+                    count[idx] += 1
+        fused = top if pool == "max" else np.where(count > 0, total / np.maximum(count, 1), 0.0)
+        if smooth:
+            fused = gaussian_blur(fused[None])[0]
+        out.append(minmax_per_image(fused[None], eps)[0])
+    return np.stack(out)

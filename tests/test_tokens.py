@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import ifa_jax
 from ifa_jax import cams, explain, tokens_to_grid
 from ifa_jax.models import ViT
 from ifa_jax.probe import ZeroGradientWarning, linen_natural_layer, linen_probe
@@ -23,12 +22,20 @@ SIDE = 3  # 12x12 inputs, patch 4: a 3x3 grid of patch tokens after the class to
 TARGET = np.array([0, 2])
 
 
+def random_variables(model, x, seed=1, std=0.5):
+    """Variables shaped as ``model.init``'s, drawn with NumPy: no init to compile (an eager
+    ViT init takes seconds)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype), shapes)
+
+
 @pytest.fixture(scope="module")
 def vit():
     """(model, variables, x (2, 12, 12, 1))."""
     model = ViT(num_classes=3, patch=4, dim=8, depth=2, num_heads=2, mlp_dim=16)
-    x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 1))
-    return model, model.init(jax.random.key(1), x), x
+    x = jnp.asarray(np.random.default_rng(0).random((2, 12, 12, 1), np.float32))
+    return model, random_variables(model, x), x
 
 
 def vit_split(model, variables):
@@ -89,29 +96,43 @@ def to_tokens_by_hand(delta):
     return out
 
 
+def add_on_patches(a, delta):
+    """Tokens a (B, 1 + SIDE^2, D) plus a grid delta (B, SIDE, SIDE, D) on the patch tokens
+    (traceable; the placement of to_tokens_by_hand)."""
+    return a.at[:, 1:].add(delta.reshape(a.shape[0], -1, a.shape[-1]))
+
+
 @pytest.fixture(scope="module")
 def reference(vit):
-    """The hand-split model's A and G on the grid, and its split functions."""
+    """The hand-split model's A and G on the grid, and its split functions (jitted: they
+    are called in loops)."""
     model, variables, x = vit
     features, head = vit_split(model, variables)
-    h, a = features(x)
     rows = jnp.arange(x.shape[0])
-    g = jax.grad(lambda a: jnp.sum(head(h, a)[rows, TARGET]))(a)
+
+    @jax.jit
+    def at_x(x):
+        h, a = features(x)
+        g = jax.grad(lambda a: jnp.sum(head(h, a)[rows, TARGET]))(a)
+        return h, a, g, head(h, a)
+
+    h, a, g, logits = at_x(x)
     return {
         "features": features,
         "head": head,
+        "model": jax.jit(lambda x: head(*features(x))),
+        "ablated": jax.jit(lambda d: head(h, add_on_patches(a, d))),
         "h": h,
         "tokens": a,
         "A": to_grid_by_hand(a),
         "G": to_grid_by_hand(g),
-        "logits": head(h, a),
+        "logits": logits,
     }
 
 
 def forward_reference_weights(method, reference, x):
     """ScoreCAM / AblationCAM weights (B, K) from loops over channels, with the masking on
-    the input and the ablation mapped to the tokens by hand."""
-    features, head, h, a = (reference[k] for k in ("features", "head", "h", "tokens"))
+    the input and the ablation placed on the patch tokens by hand."""
     rows = np.arange(x.shape[0])
 
     def target_score(logits):
@@ -121,17 +142,21 @@ def forward_reference_weights(method, reference, x):
         return ref.scorecam_weights(
             reference["A"],
             x,
-            lambda xm: target_score(head(*features(jnp.asarray(xm, jnp.float32)))),
+            lambda xm: target_score(reference["model"](jnp.asarray(xm, jnp.float32))),
             lambda m: jax.image.resize(m, (m.shape[0], *x.shape[1:-1]), "linear"),
         )
     return ref.ablation_weights(
         reference["A"],
-        lambda delta: target_score(head(h, a + to_tokens_by_hand(delta))),
+        lambda delta: target_score(reference["ablated"](jnp.asarray(delta))),
         target_score(reference["logits"]),
     )
 
 
-def test_activations_gradients_and_every_cam_equal_hand_split_model(vit, reference):
+def test_activations_gradients_and_cams_equal_hand_split_model(vit, reference):
+    """A and G on the grid equal the hand-split model's, so every local method (a function
+    of A, G and a key) does; explain passes them through (gradcam), and ScoreCAM and
+    AblationCAM, which run the model on masked inputs and ablated patch tokens, equal
+    loops over channels. The other forward methods: the next test."""
     model, variables, x = vit
     probe = linen_probe(model, "block2/norm1", reshape=tokens_to_grid())
     out = probe(variables, x, TARGET)
@@ -140,20 +165,13 @@ def test_activations_gradients_and_every_cam_equal_hand_split_model(vit, referen
     np.testing.assert_allclose(out.gradients, reference["G"], rtol=1e-5, atol=1e-7)
     assert out.activations.shape == (2, SIDE, SIDE, model.dim)
     assert np.abs(reference["G"]).max() > 1e-3  # patch tokens get gradient here
-    key = jax.random.key(3)
-    for method in ifa_jax.METHODS:
-        _, got = explain(probe, variables, x, TARGET, method, key=key)
+    for method in ("gradcam", "scorecam", "ablationcam"):
+        _, got = explain(probe, variables, x, TARGET, method)
         weights = None
-        if method in ("scorecam", "ablationcam"):
+        if method != "gradcam":
             weights = jnp.asarray(forward_reference_weights(method, reference, x), jnp.float32)
-        elif method in cams.FORWARD_METHODS:  # a forward method added later: its weights
-            weights = _forward_weights_by_hand_probe(method, reference, variables, x, key)
         want = cams.cam(
-            jnp.asarray(reference["A"]),
-            jnp.asarray(reference["G"]),
-            method,
-            weights=weights,
-            key=key,
+            jnp.asarray(reference["A"]), jnp.asarray(reference["G"]), method, weights=weights
         )
         for field in ("cam", "importance", "max", "min"):
             np.testing.assert_allclose(
@@ -165,23 +183,48 @@ def test_activations_gradients_and_every_cam_equal_hand_split_model(vit, referen
             )
 
 
-def _forward_weights_by_hand_probe(method, reference, variables, x, key):
-    """Weights of any other forward-pass method, through a probe on the hand-split model."""
-    from ifa_jax.explaining import forward_weights
-    from ifa_jax.probe import LayerProbe
+def test_forward_methods_see_the_hand_split_model(vit, reference):
+    """Every forward-pass method (cams.FORWARD_METHODS) reaches the model only through
+    cams.ForwardPasses: the probe's forward at other inputs (masked, noisy) and its forward
+    with a delta on the grid, differentiated in the delta (gradients; ShapleyCAM's
+    Hessian-vector product). At random inputs, delta, tangent and cotangent these equal
+    the hand-split model's with the delta placed on the patch tokens by hand, to second
+    order, so each method's weights do (each method is checked against its loop reference
+    in test_cams)."""
+    model, variables, x = vit
+    probe = linen_probe(model, "block2/norm1", reshape=tokens_to_grid())
+    rng = np.random.default_rng(7)
+    x2 = jnp.asarray(rng.random(x.shape, np.float32))
+    delta, tangent = (
+        jnp.asarray(rng.normal(size=(2, SIDE, SIDE, model.dim)), jnp.float32) for _ in range(2)
+    )
+    cotangent = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
+
+    def orders(forward, logits_at):
+        """forward(x2); logits_at(delta), its vjp with cotangent, and that vjp's jvp."""
+
+        def pulled(d):
+            return jax.vjp(logits_at, d)[1](cotangent)[0]
+
+        grad, hvp = jax.jvp(pulled, (delta,), (tangent,))
+        return forward(x2), logits_at(delta), grad, hvp
 
     features, head = reference["features"], reference["head"]
+    got = jax.jit(
+        lambda x2: orders(
+            lambda x: probe.forward(variables, x),
+            lambda d: probe.forward_with(variables, x2, {"block2/norm1": d}),
+        )
+    )(x2)
 
-    def tapped(v, x, deltas):
-        h, a = features(x)
-        if deltas is not None:
-            a = a.at[:, 1:].add(deltas["grid"].reshape(a.shape[0], -1, a.shape[-1]))
-        return head(h, a), {"grid": a[:, 1:].reshape(a.shape[0], SIDE, SIDE, -1)}
+    def by_hand(x2):
+        h, a = features(x2)
+        return orders(lambda x: head(*features(x)), lambda d: head(h, add_on_patches(a, d)))
 
-    probe = LayerProbe(tapped, ("grid",))
-    result = probe(variables, x, TARGET)
-    A = result.activations
-    return forward_weights(probe, variables, x, A, result, method, layer="grid", key=key)
+    want = jax.jit(by_hand)(x2)
+    assert float(jnp.abs(want[3]).max()) > 1e-4  # the second order is not trivially 0
+    for name, g, w in zip(("forward", "forward_with", "vjp", "hvp"), got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_one_forward_and_one_vjp(vit, reference):
@@ -222,13 +265,17 @@ def test_ablation_on_the_grid_leaves_the_class_token(vit, reference):
     """forward_with on the grid adds R^T(delta): the class token is untouched."""
     model, variables, x = vit
     probe = linen_probe(model, "block2/norm1", reshape=tokens_to_grid())
-    delta = jax.random.normal(jax.random.key(4), (2, SIDE, SIDE, model.dim))
-    got = probe.forward_with(variables, x, {"block2/norm1": delta})
-    want = reference["head"](reference["h"], reference["tokens"] + to_tokens_by_hand(delta))
+    delta = np.random.default_rng(4).normal(size=(2, SIDE, SIDE, model.dim)).astype(np.float32)
+
+    def ablated(probe):  # jitted: an eager ViT forward takes longer than its compilation
+        return jax.jit(lambda d: probe.forward_with(variables, x, {"block2/norm1": d}))(delta)
+
+    got = ablated(probe)
+    tokens = reference["tokens"] + to_tokens_by_hand(delta)
+    want = jax.jit(reference["head"])(reference["h"], tokens)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # dataclasses.replace keeps the reshape once (no second reshape of the grid)
-    again = dataclasses.replace(probe, check_finite=False)
-    np.testing.assert_allclose(again.forward_with(variables, x, {"block2/norm1": delta}), got)
+    np.testing.assert_allclose(ablated(dataclasses.replace(probe, check_finite=False)), got)
 
 
 def test_tokens_to_grid_round_trip():
@@ -369,10 +416,19 @@ def test_runner_checks_the_natural_layer_and_the_token_grid():
 
 @pytest.mark.slow
 def test_runner_analyses_a_vit_with_the_layer_left_out(tmp_path):
-    from ifa_jax import runner
+    """Given random variables, so nothing is trained (training compiles for seconds and is
+    no different for a ViT)."""
+    from ifa_jax import data, runner
+    from ifa_jax.runner import registry
+    from ifa_jax.train import save_checkpoint
 
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    splits = data.Splits(data.Dataset(x, np.arange(4), 10), data.Dataset(x, np.arange(4), 10))
+    model = registry.build_model(_vit_config(), splits)
+    save_checkpoint(tmp_path / "vit.msgpack", random_variables(model, jnp.asarray(x[:1])))
     logs: list[str] = []
-    results = runner.run(_vit_config(), tmp_path / "run", log=logs.append)
+    config = _vit_config(variables=str(tmp_path / "vit.msgpack"))
+    results = runner.run(config, tmp_path / "run", log=logs.append)
     assert "layer: block2/norm1 (the norm before the last attention, 'block2/attn')" in logs
     assert results["config"]["layer"] == "block2/norm1"
     assert "layer `block2/norm1`" in (tmp_path / "run" / "report.md").read_text()

@@ -8,7 +8,7 @@ import only modules of a LOWER OR EQUAL layer:
     0  _checks, _stats, io          shared checks and helpers (no ifa_jax imports above 0)
     1  data, models                 inputs and example models
     2  probe, frameworks, tokens,   activations and gradients (Flax; other frameworks;
-       train                        token grids); training
+       train, legrad                token grids); training; LeGrad's probe
     3  cams                         CAMs from A and G
     4  explaining, smoothing,       probe + CAM in one call (explain, forward weights);
        guided                       smoothed CAMs (augmentation, noise, eigen); guided
@@ -42,6 +42,7 @@ LAYERS = {
     "ifa_jax.models": 1,
     "ifa_jax.probe": 2,
     "ifa_jax.tokens": 2,
+    "ifa_jax.legrad": 2,
     "ifa_jax.frameworks": 2,
     "ifa_jax.train": 2,
     "ifa_jax.cams": 3,

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from ifa_jax import cams, metrics, scale
+from ifa_jax import analysis, cams, metrics, scale
 from ifa_jax import train as training
 from ifa_jax.runner import registry
 
@@ -42,7 +42,12 @@ class Config:
     tokens before the patch tokens, which are read as a square grid
     (:func:`ifa_jax.tokens_to_grid`); None for a layer that outputs a grid.
     train: a :class:`ifa_jax.train.TrainConfig`.
-    methods: CAM methods analysed and evaluated (the first one drives the figures).
+    methods: CAM methods analysed and evaluated (the first one drives the figures), of kind
+    ``"layer"`` (:data:`ifa_jax.cams.LAYER_METHODS`).
+    method_options: options of the methods over their defaults, ``{method: {option:
+    value}}`` (JSON values; ``--set method_options.gradcam++.eps=1e-7``); stored as
+    sorted pairs. Keyed methods (randomcam, sscam, smoothgradcam++) draw from keys
+    derived from ``seed`` (:func:`ifa_jax.runner.stages.method_key`).
     scale_*: the common intensity scale (docs/method.md).
     subset_ratios / subset_modes: feature-subset accuracy.
     consistency_ratio: the 'top' subset whose CAMs are evaluated beside all features.
@@ -70,6 +75,7 @@ class Config:
     train: training.TrainConfig = training.TrainConfig(epochs=4, batch_size=128, lr=2e-3)
     batch_size: int = 250
     methods: tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "hirescam")
+    method_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     scale_mode: str = "norm"
     scale_ratio: float = 1.0
     scale_hi_percentile: float = 90
@@ -94,17 +100,15 @@ class Config:
             object.__setattr__(self, name, value)
         # Canonical names once, here: every stage and file keys on them.
         object.__setattr__(self, "methods", tuple(cams.canonical_method(m) for m in self.methods))
+        try:
+            analysis.check_layer_methods(self.methods)
+            options = _canonical_options(self.method_options, self.methods)
+        except ValueError as e:
+            raise ValueError(f"invalid config {self.name!r}: {e}") from None
+        object.__setattr__(self, "method_options", options)
         checks = [(False, p) for p in registry.check_names(self.model, self.dataset)] + [
             (self.scale_mode in scale.MODES, f"scale_mode must be one of {scale.MODES}"),
             (bool(self.methods), "methods is empty; name at least one CAM method"),
-            *(
-                (
-                    "key" not in cams.get_method(m).needs,
-                    f"methods: {m} draws random numbers (it needs a PRNG key), which the "
-                    "analysis pass does not take yet; use ifa_jax.explain(..., key=...) for it",
-                )
-                for m in self.methods
-            ),
             (self.validation_size > 0, "validation_size must be > 0 (a count, or a share < 1)"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (
@@ -138,8 +142,72 @@ class Config:
             raise ValueError(f"invalid config {self.name!r}: {'; '.join(bad)}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain JSON values (what config.json holds)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """The config as plain JSON values (what config.json holds); ``method_options`` as
+        ``{method: {option: value}}``."""
+        values = dataclasses.asdict(self)
+        values["method_options"] = self.options_of()
+        return json.loads(json.dumps(values))
+
+    def options_of(self, method: str | None = None) -> dict[str, Any]:
+        """``method``'s options given by ``method_options`` (``{}`` when none), or with no
+        ``method``, all of them: ``{method: {option: value}}``."""
+        given = {m: dict(pairs) for m, pairs in self.method_options}
+        return given if method is None else given.get(cams.canonical_method(method), {})
+
+
+def _json_value(value, where: str, fix: str):
+    """A JSON literal (None, bool, int, finite float, str, or a list of them) with lists
+    as tuples (hashable); anything else raises naming ``where`` and ``fix``."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{where}={value!r} is not finite, which JSON cannot hold")
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(_json_value(v, where, fix) for v in value)
+    what = "a function" if callable(value) else f"a {type(value).__name__}"
+    raise ValueError(
+        f"{where} is {what}, not a JSON value (a number, string, bool, None or a list of "
+        f"them), so config.json cannot record it; {fix}"
+    )
+
+
+def _canonical_options(given, methods: tuple[str, ...]) -> tuple:
+    """``method_options`` (a mapping or pairs) as sorted ``((method, ((option, value), ...)),
+    ...)``: canonical method names among ``methods``, options the method has, JSON values."""
+    pairs = tuple(given.items()) if isinstance(given, Mapping) else tuple(given)
+    out: dict[str, tuple] = {}
+    for entry in pairs:
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2):
+            raise ValueError(
+                "method_options must map each method to its options, e.g. "
+                f'{{"gradcam++": {{"eps": 1e-7}}}}; got the entry {entry!r}'
+            )
+        name, options = entry
+        m = cams.canonical_method(name)
+        if m not in methods:
+            raise ValueError(
+                f"method_options names {name!r}, which is not among methods "
+                f"({', '.join(methods)}); add it to methods or drop its options"
+            )
+        if m in out:
+            raise ValueError(f"method_options names {m} twice; give its options once")
+        options = dict(options.items() if isinstance(options, Mapping) else options)
+        cams.method_options(m, options)  # an unknown option raises, naming the known ones
+        fixed = []
+        for option, value in sorted(options.items()):
+            fix = (
+                "leave head out (the head's weights are then read off the gradients, exact "
+                "for global average pooling + a dense head) or give the kernel as a nested "
+                "list (K rows of O numbers)"
+                if (m, option) == ("cam", "head")
+                else "give a JSON value, or run ifa_jax.analyze(..., method_options=...) "
+                "from Python"
+            )
+            fixed.append((option, _json_value(value, f"method_options[{m!r}][{option!r}]", fix)))
+        out[m] = tuple(fixed)
+    return tuple(sorted((m, fixed) for m, fixed in out.items() if fixed))
 
 
 def _field_names(cls) -> list[str]:
@@ -160,8 +228,9 @@ def _describe(hint) -> str:
 
 
 def _typed(value, hint, name: str):
-    """``value`` checked against the annotation ``hint``; lists become tuples and a bare
-    string (``methods=gradcam,hirescam``) a tuple of strings. Raises naming the field."""
+    """``value`` checked against the annotation ``hint``; lists become tuples, a bare
+    string (``methods=gradcam,hirescam``) a tuple of strings and a mapping its (key,
+    value) pairs where pairs are expected. Raises naming the field."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
@@ -177,6 +246,9 @@ def _typed(value, hint, name: str):
     elif origin is tuple:
         if isinstance(value, str) and args == (str, Ellipsis):
             value = tuple(v.strip() for v in value.split(",") if v.strip())
+        pairs = len(args) == 2 and args[1] is Ellipsis and typing.get_origin(args[0]) is tuple
+        if isinstance(value, Mapping) and pairs and len(typing.get_args(args[0])) == 2:
+            value = tuple(value.items())
         if isinstance(value, list):
             value = tuple(value)
         if isinstance(value, tuple):
@@ -279,7 +351,17 @@ def override(config: Config, assignment: str) -> Config:
     except (ValueError, SyntaxError):
         value = raw
     values = dataclasses.asdict(config)
-    if key.startswith("train."):
+    if key.startswith("method_options."):
+        parts = key.split(".")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(
+                f"override {assignment!r}: set one option as method_options.METHOD.OPTION="
+                "VALUE, e.g. method_options.gradcam++.eps=1e-7"
+            )
+        options = config.options_of()
+        options.setdefault(cams.canonical_method(parts[1]), {})[parts[2]] = value
+        values["method_options"] = options
+    elif key.startswith("train."):
         sub = key.split(".", 1)[1]
         if sub not in _field_names(training.TrainConfig):
             raise ValueError(

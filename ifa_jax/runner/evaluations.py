@@ -27,7 +27,6 @@ from ifa_jax.consistency import (
     consistency_levels,
     summarize_consistency,
 )
-from ifa_jax.explaining import explain
 from ifa_jax.runner.stages import RunContext
 
 Numbers = dict[str, Any]
@@ -79,11 +78,33 @@ def evaluated_classes(config, num_classes: int) -> list[int]:
     return list(range(min(num_classes, limit)))
 
 
+def per_class_methods(config) -> tuple[list[str], dict[str, str]]:
+    """The methods the per-class consistency evaluation computes (from A and the class's
+    G alone, at their default options) and, for the others, why not: ``(methods,
+    {method: reason})``."""
+    methods, skipped = [], {}
+    for m in config.methods:
+        spec = cams.get_method(m)
+        if "forward_passes" in spec.needs:
+            skipped[m] = "it needs forward passes, which the per-class vjps do not run"
+        elif "key" in spec.needs:
+            skipped[m] = "it draws random numbers, which the per-class evaluation does not"
+        elif cams.method_options(m, config.options_of(m)) != dict(spec.options):
+            skipped[m] = "its method_options, which the per-class evaluation does not take"
+        else:
+            methods.append(m)
+    return methods, skipped
+
+
 def consistency(ctx: RunContext) -> tuple[Numbers, Arrays]:
     """Per class and method: r between CAM activation level and logit, and AUROC. The
-    arrays are the first class's levels per method and scaling, and its logit."""
+    arrays are the first class's levels per method and scaling, and its logit. Methods
+    the per-class vjps cannot compute as configured are listed under ``skipped``."""
     config, ds = ctx.config, ctx.splits.validation
     classes = evaluated_classes(config, ds.num_classes)
+    methods, skipped = per_class_methods(config)
+    if not methods:
+        return {"per_class": {}, "summary": {}, "scatter_class": None, "skipped": skipped}, {}
     masks = decompose.select(
         np.nan_to_num(ctx.summary.im_class), "top", ratio=config.consistency_ratio
     )
@@ -91,22 +112,25 @@ def consistency(ctx: RunContext) -> tuple[Numbers, Arrays]:
         ctx.probe,
         ctx.variables,
         ctx.batches(ds),
-        scales={m: ctx.scales[m] for m in config.methods},
+        scales={m: ctx.scales[m] for m in methods},
         masks=masks,
         classes=classes,
         group=config.consistency_group,
     )
     result = summarize_consistency(levels)
     c = classes[0]
-    arrays = {f"{m} {k}": levels.of(c, m, k) for m in config.methods for k in LEVELS}
+    arrays = {f"{m} {k}": levels.of(c, m, k) for m in methods for k in LEVELS}
     arrays["logit"] = levels.logits[:, c]
-    return {"per_class": result.per_class, "summary": result.summary, "scatter_class": c}, arrays
+    numbers = {"per_class": result.per_class, "summary": result.summary, "scatter_class": c}
+    if skipped:
+        numbers["skipped"] = skipped
+    return numbers, arrays
 
 
 def consistency_all_classes(ctx: RunContext) -> tuple[Numbers, Arrays]:
     """The common level's r for every class, from the jvp path: one forward linearised at
     the layer per batch and linear method, whatever the number of classes."""
-    methods = [m for m in ctx.config.methods if m in LINEAR_METHODS]
+    methods = [m for m in per_class_methods(ctx.config)[0] if m in LINEAR_METHODS]
     if not methods:
         return {"methods": [], "classes": 0, "summary": {}, "per_class": {}}, {}
     ds = ctx.splits.validation
@@ -170,6 +194,8 @@ def log_consistency(ctx: RunContext, numbers: Numbers) -> None:
     )
     for m, row in numbers["summary"].items():
         ctx.log(f"  {m:>10}: " + " | ".join(fmt(row[k]["mean_pearson"]) for k in LEVELS))
+    for m, why in numbers.get("skipped", {}).items():
+        ctx.log(f"  {m:>10}: not evaluated ({why})")
 
 
 def report_consistency(ctx: RunContext, numbers: Numbers) -> list[str]:
@@ -191,6 +217,16 @@ def report_consistency(ctx: RunContext, numbers: Numbers) -> list[str]:
             for m, row in numbers["summary"].items()
         ],
     )
+    if not numbers["summary"]:
+        lines = lines[:1]  # no table: no method could be evaluated per class
+    skipped = numbers.get("skipped", {})
+    if skipped:
+        lines += [
+            "",
+            "Not evaluated: "
+            + "; ".join(f"{m} ({why})" for m, why in skipped.items())
+            + ". Their statistics and figures come from the analysis pass as usual.",
+        ]
     for m, per in numbers["per_class"].items():
         for what, key, value in (("Consistency", "common", "pearson"), ("AUROC", "auroc", "auroc")):
             undefined = [c for c, r in per.items() if r[key][value] is None]
@@ -356,7 +392,7 @@ def faithfulness(ctx: RunContext) -> tuple[Numbers, Arrays]:
     if len(indices) == 0:
         return {}, {}
     x, y = ctx.splits.validation.gather(indices)
-    res, out = explain(ctx.probe, ctx.variables, x, y, ctx.method)
+    res, out = ctx.explain(x, y)
     spatial = x.shape[1:-1]
     common = np.clip(
         np.asarray(cams.upsample(scale.apply_scale(out.cam, ctx.scales[ctx.method]), spatial)), 0, 1
@@ -401,14 +437,14 @@ def sanity(ctx: RunContext) -> tuple[Numbers, Arrays]:
     if len(indices) == 0:
         return {"steps": []}, {}
     x, y = ctx.splits.validation.gather(indices)
-    _, ref = explain(ctx.probe, ctx.variables, x, y, ctx.method)
+    _, ref = ctx.explain(x, y)
     ref_maps = np.asarray(scale.minmax_per_image(ref.cam))
     order = list(reversed(list(ctx.variables["params"])))
     rows = []
     for name, randomised in metrics.cascading_randomization(
         ctx.variables, jax.random.key(ctx.config.seed + 1), order
     ):
-        _, out = explain(ctx.probe, randomised, x, y, ctx.method)
+        _, out = ctx.explain(x, y, variables=randomised)
         maps = np.asarray(scale.minmax_per_image(out.cam))
         rc = [r for r in metrics.rank_correlation(ref_maps, maps) if r is not None]
         row = {"randomised_down_to": name, "rank_correlation": float(np.mean(rc)) if rc else None}

@@ -16,7 +16,6 @@ import numpy as np
 
 from ifa_jax import cams, io, plots, scale
 from ifa_jax.consistency import LEVELS
-from ifa_jax.explaining import explain
 from ifa_jax.runner.evaluations import Evaluation
 from ifa_jax.runner.stages import RunContext
 
@@ -46,7 +45,7 @@ def draw_cams(ctx: RunContext):
     if len(ds.input_shape) != 3:
         return None
     x, y = ds.gather(ctx.sample_indices(ctx.config.figure_samples))
-    res, out = explain(ctx.probe, ctx.variables, x, "predicted", ctx.method)
+    res, out = ctx.explain(x, "predicted")
     titles = [
         f"y={int(a)} p={int(b)}\nlogit {float(s):.1f}"
         for a, b, s in zip(y, np.asarray(res.target), np.asarray(res.score))
@@ -60,10 +59,12 @@ def draw_consistency(ctx: RunContext):
     if "consistency" not in ctx.evaluations:
         return None
     numbers, arrays = ctx.evaluations["consistency"]
+    if numbers["scatter_class"] is None:  # no method could be evaluated per class
+        return None
     c = str(numbers["scatter_class"])
     panels = {
         f"{m} {k}": (arrays[f"{m} {k}"], arrays["logit"], numbers["per_class"][m][c][k]["pearson"])
-        for m in ctx.config.methods
+        for m in numbers["per_class"]
         for k in LEVELS
     }
     return plots.consistency_scatter(panels)
@@ -101,7 +102,7 @@ def draw_outliers(ctx: RunContext):
         return None
     idx = np.asarray(diag["outliers"]["indices"], np.int64)
     x, y = ctx.splits.validation.gather(idx)
-    _, out = explain(ctx.probe, ctx.variables, x, y, ctx.method)
+    _, out = ctx.explain(x, y)
     titles = [
         f"#{int(i)} y={int(label)}\nd={d:.1f}"
         for i, label, d in zip(idx, y, diag["outliers"]["distances"])
@@ -186,6 +187,15 @@ def make_figures(ctx: RunContext, figures: Sequence[Figure] = FIGURES) -> dict[s
     return out
 
 
+def _methods_line(config) -> str:
+    """The methods, each with the options the config gives it: ``gradcam++ (eps=1e-07)``."""
+    out = []
+    for m in config.methods:
+        options = ", ".join(f"{k}={v!r}" for k, v in config.options_of(m).items())
+        out.append(f"{m} ({options})" if options else m)
+    return ", ".join(out)
+
+
 def write_report(
     ctx: RunContext,
     results: dict,
@@ -205,7 +215,7 @@ def write_report(
         f"# Integrated feature analysis: {config.name}",
         "",
         f"Dataset `{config.dataset}`, model `{config.model}` ({source}), layer "
-        f"`{config.layer}`, methods {', '.join(config.methods)}. Validation accuracy "
+        f"`{config.layer}`, methods {_methods_line(config)}. Validation accuracy "
         f"{trained['validation_accuracy']['accuracy']:.4f}. "
         f"{results['samples'][0].upper()}{results['samples'][1:]}.",
     ]

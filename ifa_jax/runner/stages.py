@@ -20,6 +20,7 @@ import numpy as np
 
 from ifa_jax import analysis, data, scale, tokens
 from ifa_jax import train as training
+from ifa_jax.explaining import explain
 from ifa_jax.probe import (
     LayerProbe,
     linen_layers,
@@ -31,6 +32,19 @@ from ifa_jax.runner.config import Config
 from ifa_jax.runner.folder import RunFolder, sha256
 
 SPLITS = ("train", "validation")
+# The uses of the keyed CAM methods' PRNG key: the analysis pass of each split, and the
+# CAMs of the evaluations and figures (see method_key).
+KEY_STREAMS = (*SPLITS, "explain")
+
+
+def method_key(config: Config, stream: str) -> jax.Array:
+    """The PRNG key of the keyed methods (randomcam, sscam, smoothgradcam++) for one
+    stream of :data:`KEY_STREAMS`: ``fold_in(key(seed), i + 1)``, i the stream's position.
+    In the analysis of a split, sample n (in the split's order) is explained with
+    ``fold_in(method_key(config, split), n)`` (see :func:`ifa_jax.analysis.analyze`)."""
+    if stream not in KEY_STREAMS:
+        raise ValueError(f"stream must be one of {KEY_STREAMS}; got {stream!r}")
+    return jax.random.fold_in(jax.random.key(config.seed), KEY_STREAMS.index(stream) + 1)
 
 
 @dataclasses.dataclass
@@ -64,6 +78,16 @@ class RunContext:
     def summary(self) -> analysis.Summary:
         """The first method's statistics on the training split."""
         return self.analyses[self.method]["train"][0]
+
+    def explain(self, x, target, *, method: str | None = None, variables: Any = None):
+        """:func:`ifa_jax.explain` of ``method`` (default: the first) at the run's layer,
+        with the config's options for it and the key of the ``"explain"`` stream, on the
+        run's variables (or ``variables``)."""
+        method = self.method if method is None else method
+        variables = self.variables if variables is None else variables
+        key = method_key(self.config, "explain")
+        options = self.config.options_of(method)
+        return explain(self.probe, variables, x, target, method, key=key, **options)
 
     def batches(self, ds):
         """``(x, y, valid)`` batches of the config's size over ``ds``."""
@@ -276,6 +300,8 @@ def stage_analyse(ctx: RunContext) -> None:
                 progress=False,
                 keep_importance=True,
                 mesh=config.devices if config.devices > 1 else None,
+                method_options=config.options_of() or None,
+                key=method_key(config, split_name),
             )
             for m, result in results.items():
                 arrays = _summary_arrays(result)
@@ -312,7 +338,9 @@ def make_scale(config: Config, samples: Mapping[str, np.ndarray]) -> scale.Scale
 
 
 __all__ = [
+    "KEY_STREAMS",
     "RunContext",
+    "method_key",
     "load_given_variables",
     "check_finite_weights",
     "check_model",
