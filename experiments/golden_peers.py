@@ -28,8 +28,8 @@ peers' ReLU and per-image min-max scaling (for pytorch-grad-cam, what ``get_cam_
 returns; for torch-cam, ``normalized=False`` with its ReLU switched off). RandomCAM, SSCAM
 and SmoothGradCAM++ draw from torch's or NumPy's global random state, which ifa_jax
 cannot reproduce: they are not stored. Methods of more than one layer (RefineCAM) or of
-the whole model (FullGrad, SESS) are stored for logit targets, as described below; LeGrad
-is not stored.
+the whole model (FullGrad, SESS) are stored for logit targets, as described below.
+LeGrad needs a transformer: ``--vit`` writes it to its own file (last section below).
 
 Keys (``case`` in ``mnist_cnn``, ``convnet``; ``score`` in ``logit``, ``probability``;
 B = 8, (H, W) the input grid, (h, w) the tapped layer's):
@@ -85,10 +85,38 @@ defaults):
   step = the input's shorter side, the scales, theta, pool, blur, ...);
 - ``convnet/logit/pytorch-grad-cam/SESS/unblurred`` (B, 8, 8): the same with
   ``smooth=False`` (small inputs only, to keep the file small).
+
+LeGrad: tests/data/peers_vit.npz, read by tests/test_legrad.py, written (alone; peers.npz
+is left as it is) by
+
+    /tmp/venv_peers/bin/python -m experiments.golden_peers --vit
+
+in about 1 min (about 100 KB). A ``models.ViT`` (8x8 digits, patch 2: a 4x4 grid plus the
+class token, N = 17; dim 16, 2 blocks of 2 heads, MLP 32) is trained for 15 epochs
+(about 330 steps) and ported weight for weight to torchvision's ``VisionTransformer``
+(:func:`vit_from_flax`: q, k, v kernels stacked into ``in_proj_weight``; a 1-channel
+``conv_proj``; its MLPs' exact GELU swapped for ``nn.GELU(approximate="tanh")``, flax's
+``nn.gelu`` default; LayerNorm eps 1e-6 on both sides); its logits equal Flax's to 1e-5
+(measured 3e-6). torch-cam 0.5.0's ``LeGrad`` has no default blocks (an explicit list is
+required), so each block alone and all of them are stored, its default score projection
+(``heads(encoder.ln(tokens.mean(1)))``), ``prefix_tokens=1``, ``normalized=False``,
+``class_idx`` = the labels (logit targets). Keys (B = 8, ``block`` in ``block1``,
+``block2``, the Flax block names):
+
+- ``versions``; ``vit/spec``: JSON ``{"model": "ViT", "kwargs": ..., "blocks": [...],
+  "torch_blocks": the twin's module names, "prefix": 1, "grid": [4, 4], "score": "logit"}``;
+- ``vit/variables/params/...``, ``vit/x`` (B, 8, 8, 1), ``vit/labels`` (B,), ``vit/logits``
+  (B, 10) (torch);
+- ``vit/logit/P/{block}`` (B, heads, N, N): the attention probabilities torch-cam captures;
+  ``vit/logit/G/{block}`` (B, heads, N, N): the gradient there of the block's layer score
+  for the label;
+- ``vit/logit/torch-cam/LeGrad/{block}`` (B, 4, 4): LeGrad on that block alone;
+  ``vit/logit/torch-cam/LeGrad/block1+block2`` (B, 4, 4): on both (the mean of their maps).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import importlib.metadata
@@ -110,6 +138,7 @@ from ifa_jax import data, models  # noqa: E402
 from ifa_jax.train import TrainConfig, train  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "peers.npz"
+OUT_VIT = OUT.with_name("peers_vit.npz")
 SAMPLES = 8
 TRAIN_CONFIG = TrainConfig(batch_size=64, lr=3e-3, seed=0, progress=False)
 
@@ -152,6 +181,17 @@ CASES = (
         ("logit",),
         20,
     ),
+)
+# LeGrad's ViT (written to OUT_VIT by --vit): the 8x8 digits in 2x2 patches, a 4x4 grid.
+VIT_CASE = GoldenCase(
+    "vit",
+    "ViT",
+    {"num_classes": 10, "patch": 2, "dim": 16, "depth": 2, "num_heads": 2, "mlp_dim": 32},
+    "block2",
+    8,
+    ("logit",),
+    15,
+    ("block1", "block2"),
 )
 
 
@@ -466,6 +506,129 @@ def sess_maps(tm, layer, xt, labels) -> tuple[np.ndarray, np.ndarray, dict[str, 
     return out[0], out[1], params
 
 
+# --------------------------------------------------------------------------- LeGrad on a ViT
+
+
+def vit_from_flax(params, kwargs: dict[str, Any], side: int, channels: int) -> nn.Module:
+    """A torchvision ``VisionTransformer`` twin of ``models.ViT(**kwargs)`` on (side, side,
+    channels) inputs, weight for weight, in eval mode. Its MLPs' GELU is swapped for the
+    tanh approximation (flax's ``nn.gelu`` default; torchvision's is exact) and its patch
+    conv takes ``channels`` (torchvision's takes 3). LayerNorm eps is 1e-6 on both sides."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    dim, patch = kwargs["dim"], kwargs["patch"]
+    tm = VisionTransformer(
+        image_size=side,
+        patch_size=patch,
+        num_layers=kwargs["depth"],
+        num_heads=kwargs["num_heads"],
+        hidden_dim=dim,
+        mlp_dim=kwargs["mlp_dim"],
+        num_classes=kwargs["num_classes"],
+    )
+    tm.conv_proj = nn.Conv2d(channels, dim, patch, stride=patch)
+    torch_twins.load_conv(tm.conv_proj, params["patch_embed"])
+    tm.class_token.data.copy_(torch_twins._tensor(params["cls_token"]))
+    tm.encoder.pos_embedding.data.copy_(torch_twins._tensor(params["pos_embedding"]))
+
+    def load_norm(norm: nn.LayerNorm, p) -> None:
+        assert norm.eps == 1e-6, norm.eps  # flax's LayerNorm epsilon
+        norm.weight.data.copy_(torch_twins._tensor(p["scale"]))
+        norm.bias.data.copy_(torch_twins._tensor(p["bias"]))
+
+    def flat(a) -> np.ndarray:
+        """A (D, heads, d) kernel as (D, D) or a (heads, d) bias as (D,)."""
+        a = np.asarray(a)
+        return a.reshape(a.shape[0], -1) if a.ndim == 3 else a.reshape(-1)
+
+    for i, layer in enumerate(tm.encoder.layers):
+        p = params[f"block{i + 1}"]
+        load_norm(layer.ln_1, p["norm1"])
+        attn, q = layer.self_attention, ("query", "key", "value")
+        # torch: q = x W_q^T + b_q with in_proj_weight = [W_q; W_k; W_v]; heads split the
+        # output features in order, as flax's (heads, d) do.
+        weight = np.concatenate([flat(p["attn"][n]["kernel"]).T for n in q])
+        attn.in_proj_weight.data.copy_(torch_twins._tensor(weight))
+        attn.in_proj_bias.data.copy_(
+            torch_twins._tensor(np.concatenate([flat(p["attn"][n]["bias"]) for n in q]))
+        )
+        out = np.asarray(p["attn"]["out"]["kernel"])  # (heads, d, D)
+        torch_twins.load_dense(attn.out_proj, p["attn"]["out"], out.reshape(-1, out.shape[-1]))
+        load_norm(layer.ln_2, p["norm2"])
+        torch_twins.load_dense(layer.mlp[0], p["fc1"])
+        layer.mlp[1] = nn.GELU(approximate="tanh")
+        torch_twins.load_dense(layer.mlp[3], p["fc2"])
+    load_norm(tm.encoder.ln, params["norm"])
+    torch_twins.load_dense(tm.heads.head, params["head"])
+    return tm.eval()
+
+
+def legrad_maps(tm, blocks: dict[str, str], xt, labels) -> dict[str, np.ndarray]:
+    """torch-cam's LeGrad (``normalized=False``, ``class_idx`` = the labels: logit
+    targets) on each block alone and on all of them; ``blocks`` maps the Flax block names
+    to the twin's module names. Also, per block, the attention probabilities P (B, heads,
+    N, N) torch-cam captures and the gradient of the block's layer score at them."""
+    from torchcam import methods as tc
+
+    labels = [int(c) for c in labels]
+    index = torch.as_tensor(labels)[:, None]
+    out = {}
+    names = list(blocks)
+    for chosen in [[n] for n in names] + [names]:
+        with tc.LeGrad(tm, [blocks[n] for n in chosen]) as extractor:
+            scores = tm(xt)
+            if len(chosen) == 1:
+                # the layer score's gradient, as torch-cam takes it (graph kept for its call)
+                (P,), (s,) = extractor.hook_attn, extractor.hook_a
+                (G,) = torch.autograd.grad(s.gather(1, index).sum(), P, retain_graph=True)
+                out[f"P/{chosen[0]}"] = P.detach().numpy().astype(np.float32)
+                out[f"G/{chosen[0]}"] = G.numpy().astype(np.float32)
+            (cam,) = extractor(class_idx=labels, scores=scores, normalized=False)
+        out[f"torch-cam/LeGrad/{'+'.join(chosen)}"] = cam.detach().numpy().astype(np.float32)
+    return out
+
+
+def golden_vit(case: GoldenCase) -> dict[str, np.ndarray]:
+    """The ViT's arrays, under ``{case.name}/...`` (see the module doc)."""
+    variables, x, labels = trained_variables(case)
+    channels, grid = x.shape[-1], case.side // case.kwargs["patch"]
+    tm = vit_from_flax(variables["params"], case.kwargs, case.side, channels)
+    xt = torch_twins.to_torch_input(x)
+    with torch.no_grad():
+        logits = tm(xt).numpy()
+    flax_logits = np.asarray(case.flax_model().apply(variables, x))
+    np.testing.assert_allclose(logits, flax_logits, rtol=1e-5, atol=1e-5)
+    depth = case.kwargs["depth"]
+    blocks = {f"block{i + 1}": f"encoder.layers.encoder_layer_{i}" for i in range(depth)}
+    name = case.name
+    spec = {
+        "model": case.model,
+        "kwargs": case.kwargs,
+        "blocks": list(blocks),
+        "torch_blocks": list(blocks.values()),
+        "prefix": 1,
+        "grid": [grid, grid],
+        "score": "logit",
+    }
+    out = {
+        f"{name}/spec": np.array(json.dumps(spec)),
+        f"{name}/x": np.asarray(x, np.float32),
+        f"{name}/labels": np.asarray(labels, np.int32),
+        f"{name}/logits": logits.astype(np.float32),
+    }
+    flat = traverse_util.flatten_dict(variables, sep="/")
+    out.update({f"{name}/variables/{k}": np.asarray(v, np.float32) for k, v in flat.items()})
+    maps = legrad_maps(tm, blocks, xt, labels)
+    out.update({f"{name}/logit/{k}": v for k, v in maps.items()})
+    accuracy = float(np.mean(np.argmax(logits, -1) == labels))
+    difference = float(np.abs(logits - flax_logits).max())
+    print(
+        f"{name}: twin logits max |torch - flax| {difference:.1e}, accuracy {accuracy:.2f}, "
+        + ", ".join(f"{k} {v.shape}" for k, v in maps.items() if k.startswith("torch-cam"))
+    )
+    return out
+
+
 # --------------------------------------------------------------------------- the file
 
 
@@ -567,15 +730,25 @@ def golden_case(case: GoldenCase) -> dict[str, np.ndarray]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--vit", action="store_true", help=f"write torch-cam's LeGrad maps to {OUT_VIT.name} only"
+    )
+    args = parser.parse_args(argv)
     torch.manual_seed(0)
     np.random.seed(0)
     arrays = {"versions": np.array(versions())}
-    for case in CASES:
-        arrays.update(golden_case(case))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(OUT, **arrays)
-    print(f"wrote {OUT} ({OUT.stat().st_size / 1024:.0f} KB): {', '.join(arrays['versions'])}")
+    if args.vit:
+        out = OUT_VIT
+        arrays.update(golden_vit(VIT_CASE))
+    else:
+        out = OUT
+        for case in CASES:
+            arrays.update(golden_case(case))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **arrays)
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB): {', '.join(arrays['versions'])}")
 
 
 if __name__ == "__main__":

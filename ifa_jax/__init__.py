@@ -3,8 +3,21 @@
 import importlib
 from typing import TYPE_CHECKING
 
-from ifa_jax import analysis, cams, data, decompose, diagnostics, metrics, models, scale, smoothing
+from ifa_jax import (
+    analysis,
+    cams,
+    data,
+    decompose,
+    dff,
+    diagnostics,
+    fullgrad,
+    metrics,
+    models,
+    scale,
+    smoothing,
+)
 from ifa_jax.cams import METHODS, CamResult, cam, cam_layers, cams_per_layer, fuse, upsample
+from ifa_jax.dff import concept_maps, concept_scores, dff_dataset
 from ifa_jax.explaining import explain
 from ifa_jax.frameworks import equinox_probe, function_probe, haiku_probe
 from ifa_jax.guided import guided_backprop, guided_gradcam
@@ -38,14 +51,19 @@ __all__ = [
     "cams",
     "cam_layers",
     "cams_per_layer",
+    "concept_maps",
+    "concept_scores",
     "data",
     "decompose",
+    "dff",
+    "dff_dataset",
     "diagnostics",
     "eigen_smooth",
     "equinox_probe",
     "explain",
     "explain_smoothed",
     "function_probe",
+    "fullgrad",
     "fuse",
     "guided_backprop",
     "guided_gradcam",

@@ -64,6 +64,15 @@ class ZeroGradientWarning(UserWarning):
     """The gradients at a tapped layer are zero for the requested targets (see the message)."""
 
 
+class LinenModel(NamedTuple):
+    """What :func:`linen_probe` was built from, for methods that tap layers of their own
+    choosing (FullGrad): the module, its ``apply`` keyword arguments and ``output=``."""
+
+    module: nn.Module
+    apply_kwargs: Mapping[str, Any]
+    output: Output
+
+
 class ProbeResult(NamedTuple):
     """What one probe call returns.
 
@@ -449,6 +458,7 @@ def linen_probe(
         single=layers is None or isinstance(layers, str),
         reshape=reshape,
         find_layer=lambda v, x: linen_natural_layer(model, v, x, **kwargs),
+        linen=LinenModel(model, kwargs, output),
     )
 
 
@@ -625,7 +635,8 @@ class LayerProbe:
     reshape: maps each tapped output to a grid (B, *spatial, K) before every method
     (:mod:`ifa_jax.tokens`); ``probe.tapped`` is then the given tapped forward seen on the
     grid (a :class:`ifa_jax.tokens.GridTapped`). find_layer: ``(variables, x) -> (path,
-    why)`` of the model's natural target layer, for the zero-gradient warning.
+    why)`` of the model's natural target layer, for the zero-gradient warning. linen: the
+    Linen model of a :func:`linen_probe` (None for other probes).
     """
 
     tapped: TappedFn
@@ -634,6 +645,7 @@ class LayerProbe:
     check_finite: bool = True
     reshape: Reshape | None = None
     find_layer: Callable[[Any, Array], tuple[str, str]] | None = None
+    linen: LinenModel | None = None
     # Set in __post_init__: the jitted core and the cache of output shapes.
     _jit_core: Callable = dataclasses.field(init=False, repr=False)
     _shapes: dict = dataclasses.field(init=False, repr=False)

@@ -741,3 +741,49 @@ def sess(x, cam_of, logits_of, target, scales, window, step, pre_filter_ratio=0.
             fused = gaussian_blur(fused[None])[0]
         out.append(minmax_per_image(fused[None], eps)[0])
     return np.stack(out)
+
+
+def fullgrad(x, grad_x, biased, minmax=True, eps=EPS):
+    """FullGrad as pytorch-grad-cam computes it, channel by channel. x, grad_x (B, *in, C):
+    the input and dy/dx; biased: [(b (K,), grad_z (B, *grid, K))] per biased layer, z its
+    output. Each |x_c grad_x_c| and |b_k grad_z_k| is min-max scaled per image and channel,
+    resized to the input grid (linear_resize), and all are summed; min-max per image."""
+    x, grad_x = np.asarray(x, np.float64), np.asarray(grad_x, np.float64)
+    B, spatial = x.shape[0], x.shape[1:-1]
+    total = np.zeros((B, *spatial))
+    terms = [(x, grad_x)] + [
+        (np.broadcast_to(np.asarray(b, np.float64), np.shape(g)), np.asarray(g, np.float64))
+        for b, g in biased
+    ]
+    for value, grad in terms:
+        for n in range(B):
+            for k in range(value.shape[-1]):
+                v = np.abs(value[n][..., k] * grad[n][..., k])[None]
+                total[n] += linear_resize(minmax_per_image(v, eps), spatial)[0]
+    return minmax_per_image(total, eps) if minmax else total
+
+
+def nmf_multiplicative(X, H, W, iterations, eps=1e-12):
+    """Lee & Seung's multiplicative updates for 0.5 ||X - H W||_F^2, one entry at a time:
+    X (N, K), H (N, n), W (n, K); each iteration updates all of H, then all of W."""
+    X, H, W = (np.array(a, dtype=np.float64) for a in (X, H, W))
+    N, K = X.shape
+    n = W.shape[0]
+    for _ in range(iterations):
+        HW = [[sum(H[i, r] * W[r, k] for r in range(n)) for k in range(K)] for i in range(N)]
+        newH = np.empty_like(H)
+        for i in range(N):
+            for j in range(n):
+                num = sum(X[i, k] * W[j, k] for k in range(K))
+                den = sum(HW[i][k] * W[j, k] for k in range(K))
+                newH[i, j] = H[i, j] * num / (den + eps)
+        H = newH
+        HW = [[sum(H[i, r] * W[r, k] for r in range(n)) for k in range(K)] for i in range(N)]
+        newW = np.empty_like(W)
+        for j in range(n):
+            for k in range(K):
+                num = sum(H[i, j] * X[i, k] for i in range(N))
+                den = sum(H[i, j] * HW[i][k] for i in range(N))
+                newW[j, k] = W[j, k] * num / (den + eps)
+        W = newW
+    return H, W

@@ -1,12 +1,17 @@
-"""LeGrad (ifa_jax.legrad, cams "legrad" / "legradlayers") against a ViT written by hand,
-and attention_to_grid's layout against a loop."""
+"""LeGrad (ifa_jax.legrad, cams "legrad" / "legradlayers") against a ViT written by hand and
+against torch-cam's maps (tests/data/peers_vit.npz, experiments/golden_peers.py --vit; no
+torch needed), and attention_to_grid's layout against a loop."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from ifa_jax import cams, explain
 from ifa_jax.legrad import legrad_probe
@@ -17,6 +22,8 @@ from tests import reference as ref
 
 GRID = (2, 3)  # 8x12 inputs, patch 4: a 2x3 grid of patches after the class token
 TARGET = np.array([0, 2])
+PEERS_VIT = Path(__file__).parent / "data" / "peers_vit.npz"
+PEER_RTOL = 1e-4  # max |ours - theirs| / max |theirs|, per image
 
 
 def random_variables(model, x, seed=1, std=0.5):
@@ -209,3 +216,49 @@ def test_errors_name_the_fix(vit):
     G = {"a": jnp.ones((1, 2, 3, 4)), "b": jnp.ones((1, 3, 2, 4))}
     with pytest.raises(ValueError, match=r"one grid; the layers' grids differ"):
         cams.cam_layers(G, G, "legradlayers")
+
+
+# --------------------------------------------------------------------------- torch-cam's maps
+
+
+def relative_error(ours, theirs) -> float:
+    """max over images of max |ours - theirs| / max |theirs|."""
+    ours, theirs = (np.asarray(a, np.float64).reshape(len(a), -1) for a in (ours, theirs))
+    return float(np.max(np.abs(ours - theirs).max(1) / np.abs(theirs).max(1)))
+
+
+@pytest.fixture(scope="module")
+def peer_vit():
+    """(spec, model, variables, arrays) of the stored ViT and torch-cam's LeGrad maps."""
+    if not PEERS_VIT.exists():
+        pytest.skip(f"{PEERS_VIT} is missing: python -m experiments.golden_peers --vit")
+    with np.load(PEERS_VIT) as data:
+        arrays = {k: data[k] for k in data.files}
+    spec = json.loads(str(arrays["vit/spec"]))
+    prefix = "vit/variables/"
+    flat = {k[len(prefix) :]: jnp.asarray(v) for k, v in arrays.items() if k.startswith(prefix)}
+    return spec, ViT(**spec["kwargs"]), traverse_util.unflatten_dict(flat, sep="/"), arrays
+
+
+def test_equals_torch_cams_legrad(peer_vit):
+    """torch-cam 0.5.0's LeGrad (normalized=False, logit targets) on each block of a trained
+    ViT's torchvision twin, and on both: our probabilities and layer-score gradients equal
+    the ones it captured, and "legrad" / "legradlayers" equal its maps to 1e-4 relative."""
+    spec, model, variables, arrays = peer_vit
+    x, labels, grid = arrays["vit/x"], arrays["vit/labels"], tuple(spec["grid"])
+    to_grid = attention_to_grid(spec["prefix"], grid)
+    theirs = {k.rsplit("/", 1)[-1]: v for k, v in arrays.items() if "/torch-cam/LeGrad/" in k}
+    assert set(theirs) == {*spec["blocks"], "+".join(spec["blocks"])}
+    # One probe of every block (its gradients are each block's own: one compilation).
+    probe = legrad_probe(model, spec["blocks"], grid=grid)
+    result, out = explain(probe, variables, x, labels, "legradlayers")
+    np.testing.assert_allclose(result.logits, arrays["vit/logits"], rtol=1e-5, atol=1e-5)
+    assert relative_error(out.cam, theirs["+".join(spec["blocks"])]) < PEER_RTOL
+    for block, layer in zip(spec["blocks"], probe.layers, strict=True):
+        for ours, key in ((result.activations, "P"), (result.gradients, "G")):
+            assert relative_error(ours[layer], to_grid(arrays[f"vit/logit/{key}/{block}"])) < 1e-5
+        _, one = explain(probe, variables, x, labels, "legrad", layer=layer)
+        assert relative_error(one.cam, theirs[block]) < PEER_RTOL, block
+    # The comparison can fail: the blocks' maps differ from each other by far more.
+    first, second = (theirs[b] for b in spec["blocks"])
+    assert np.abs(first).max() > 1e-2 and relative_error(first, second) > 0.1

@@ -14,7 +14,8 @@ import only modules of a LOWER OR EQUAL layer:
        guided                       smoothed CAMs (augmentation, noise, eigen); guided
                                     backprop and Guided GradCAM at input resolution
     5  analysis                     the streaming analysis pass
-    6  scale, decompose, metrics    computed from the analysis' outputs
+    6  scale, decompose, metrics,   computed from the analysis' outputs; dff: concepts
+       dff                          by NMF of a layer's activations, streamed like it
     7  diagnostics, consistency, plots
     8  ifa_jax (the package's __init__: the public facade)
     9  runner                       the experiment runner, on top of everything
@@ -49,9 +50,11 @@ LAYERS = {
     "ifa_jax.explaining": 4,
     "ifa_jax.smoothing": 4,
     "ifa_jax.guided": 4,
+    "ifa_jax.fullgrad": 4,
     "ifa_jax.analysis": 5,
     "ifa_jax.scale": 6,
     "ifa_jax.decompose": 6,
+    "ifa_jax.dff": 6,
     "ifa_jax.metrics": 6,
     "ifa_jax.diagnostics": 7,
     "ifa_jax.consistency": 7,

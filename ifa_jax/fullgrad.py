@@ -1,0 +1,287 @@
+"""FullGrad (Srinivas and Fleuret 2019) at input resolution, as pytorch-grad-cam 1.5.7 has it.
+
+The map of inputs x (B, *spatial_in, C) is a sum of pieces, one for the input and one
+per biased layer z = W a + b (every Conv and BatchNorm with a bias, in call order)::
+
+    piece_0 = sum_c  up(mm(|x_c * dy/dx_c|))
+    piece_l = sum_k  up(mm(|b_k * dy/dz_k|))        (z the layer's output, before any ReLU)
+    L       = mm(sum of the pieces)
+
+mm min-max scales each image (and channel) over its grid with eps 1e-7 (pytorch-grad-cam's
+``scale_cam_image``: (v - min) / (max - min + 1e-7)) and up resizes to the input grid
+linearly with half-pixel centres and no antialiasing (cv2.resize's INTER_LINEAR; on the
+input's own grid it is the identity). Registered as the method ``"fullgrad"`` of kind
+``"input"``: ``explain(probe, variables, x, target, "fullgrad")`` or :func:`fullgrad`.
+
+Layers: for a :func:`ifa_jax.linen_probe` the model is tapped anew at its biased layers,
+whatever layers the probe itself taps (pytorch-grad-cam ignores target_layers too);
+``layers=`` names others (any module with a ``bias`` parameter and a grid output). The
+bias of a BatchNorm is its effective bias ``beta - mean * gamma / sqrt(var + eps)``, the
+paper's and pytorch-grad-cam's. For other probes (NNX, Equinox, Haiku, functions) pass
+``layers=``, tapped layers of the probe whose ``bias`` is found in the variables at the
+layer's path (``variables[...]["bias"]``, or under ``"params"``); a BatchNorm's running
+statistics are not read there, so its plain bias is used.
+
+Deviations from pytorch-grad-cam, on purpose: the channel sum of a layer's piece is taken
+on the layer's grid and resized once (a linear resize commutes with the sum, so this
+equals resizing each channel, up to rounding, with a K-fold smaller intermediate); 1-D
+and 3-D inputs are supported (linear resizes; pytorch-grad-cam resizes 3-D maps with
+scipy's cubic zoom); the target may be any objective explain takes; ``minmax=False``
+returns the sum before the last scaling (what tests/test_peer_golden.py compares).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ifa_jax import cams
+from ifa_jax._stats import minmax_per_image
+from ifa_jax.explaining import explain
+from ifa_jax.probe import (
+    LayerProbe,
+    LinenModel,
+    Target,
+    _explained_errors,
+    linen_calls,
+    resolve_layer,
+    select_output,
+)
+
+Array = jax.Array
+
+EPS = 1e-7  # pytorch-grad-cam's scale_cam_image
+BIASED = (nn.Conv, nn.BatchNorm)  # the modules taken when layers=None (Conv2d, BatchNorm2d)
+
+# tapped(variables, x, deltas) -> (logits, {layer: z (B, *grid, K)}, {layer: b (K,)})
+BiasTapped = Callable[[Any, Array, Mapping[str, Array] | None], tuple[Array, dict, dict]]
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def channel_piece(v: Array, spatial: tuple[int, ...]) -> Array:
+    """One FullGrad piece (B, *spatial) from |.| maps v (B, *grid, K): each image and
+    channel min-max scaled over the grid (eps 1e-7), summed over channels, resized
+    linearly to ``spatial`` (half-pixel centres, no antialiasing: cv2's INTER_LINEAR)."""
+    B, K = v.shape[0], v.shape[-1]
+    per = jnp.moveaxis(v, -1, 1).reshape(B * K, *v.shape[1:-1])
+    summed = minmax_per_image(per, EPS).reshape(B, K, *v.shape[1:-1]).sum(axis=1)
+    if summed.shape[1:] == spatial:
+        return summed
+    return jax.image.resize(summed, (B, *spatial), method="linear", antialias=False)
+
+
+def _module_bias(module: nn.Module) -> Array:
+    """The bias b (K,) of a Linen module with a ``bias`` parameter; a BatchNorm's
+    effective bias beta - mean * gamma / sqrt(var + eps)."""
+    bias = module.variables["params"]["bias"]
+    if isinstance(module, nn.BatchNorm):
+        stats = module.variables["batch_stats"]
+        scale = module.variables["params"].get("scale", 1.0)
+        bias = bias - stats["mean"] * scale / jnp.sqrt(stats["var"] + module.epsilon)
+    return bias
+
+
+def _linen_tapped(linen: LinenModel, layers: tuple[str, ...] | None) -> BiasTapped:
+    """The Linen model tapped at ``layers`` (None: every Conv/BatchNorm with a bias)."""
+    model, kwargs = linen.module, dict(linen.apply_kwargs)
+
+    def chosen(variables, x) -> dict[str, str]:
+        """{module path: layer key} of the tapped modules."""
+        calls = linen_calls(model, variables, x, **kwargs)
+        if layers is not None:
+            paths = [c.path for c in calls]
+            return {resolve_layer(name, paths): name for name in layers}
+        found: list[str] = []
+
+        def record(next_fun, args, kw, context):
+            m = context.module
+            path = "/".join(m.path)
+            biased = isinstance(m, BIASED) and m.has_variable("params", "bias")
+            if context.method_name == "__call__" and biased and path and path not in found:
+                found.append(path)
+            return next_fun(*args, **kw)
+
+        def run(variables, x):
+            with nn.intercept_methods(record):
+                return model.apply(variables, x, **kwargs)
+
+        jax.eval_shape(run, variables, x)
+        if not found:
+            listing = ", ".join(f"{c.path} ({c.kind})" for c in calls) or "(none)"
+            raise ValueError(
+                f"fullgrad found no Conv or BatchNorm with a bias in the model; name the "
+                f"biased layers with layers=(...). Modules: {listing}"
+            )
+        order = {c.path: c.end for c in calls}
+        return {p: p for p in sorted(found, key=lambda p: order.get(p, 0))}
+
+    def tapped(variables, x, deltas):
+        paths = chosen(variables, x)
+        zs: dict[str, Array] = {}
+        bs: dict[str, Array] = {}
+
+        def tap(next_fun, args, kw, context):
+            out = next_fun(*args, **kw)
+            path = "/".join(context.module.path)
+            if context.method_name != "__call__" or path not in paths:
+                return out
+            name = paths[path]
+            if name in zs:
+                raise ValueError(
+                    f"layer {name!r} ({path}) is called more than once per forward pass; "
+                    "fullgrad needs one output per biased layer"
+                )
+            if not context.module.has_variable("params", "bias"):
+                raise ValueError(
+                    f"layer {name!r} ({path}, a {type(context.module).__name__}) has no bias "
+                    "parameter, so it adds no FullGrad piece; name layers with a bias"
+                )
+            zs[name], bs[name] = out, _module_bias(context.module)
+            return out + deltas[name] if deltas is not None and name in deltas else out
+
+        with _explained_errors(x), nn.intercept_methods(tap):
+            out = model.apply(variables, x, **kwargs)
+        return select_output(out, linen.output), zs, bs
+
+    return tapped
+
+
+def _leaf(tree: Any, keys: Sequence[str]) -> Any:
+    for key in keys:
+        tree = tree[int(key)] if key.isdigit() and isinstance(tree, Sequence) else tree[key]
+    return tree.get_value() if hasattr(tree, "get_value") else tree
+
+
+def _variables_bias(variables: Any, name: str) -> Array:
+    """A layer's ``bias`` in the variables at its path (or under ``"params"``)."""
+    keys = [*name.split("/"), "bias"]
+    for prefix in ([], ["params"]):
+        try:
+            return jnp.asarray(_leaf(variables, prefix + keys))
+        except (KeyError, IndexError, TypeError, AttributeError):
+            continue
+    raise ValueError(
+        f"fullgrad found no bias for layer {name!r} in the variables (looked for "
+        f"variables[...][{'/'.join(keys)!r}] and under 'params'); name layers with a bias "
+        "parameter at their path, or use a linen_probe"
+    )
+
+
+def _probe_tapped(probe: LayerProbe, layers: tuple[str, ...] | None) -> BiasTapped:
+    """A probe's own tapped layers ``layers``, biases read from the variables."""
+    if layers is None:
+        raise ValueError(
+            "fullgrad finds the biased layers by itself for linen_probe models only; for this "
+            f"probe pass layers=(...): layers it taps that have a bias (it taps "
+            f"{', '.join(probe.layers)})"
+        )
+    missing = [name for name in layers if name not in probe.layers]
+    if missing:
+        raise ValueError(
+            f"fullgrad layers {missing} are not tapped by this probe (it taps "
+            f"{', '.join(probe.layers)}); build the probe for the biased layers, e.g. "
+            f"nnx_probe(model, {list(layers)!r})"
+        )
+
+    def tapped(variables, x, deltas):
+        logits, acts = probe.tapped(variables, x, deltas)
+        zs = {name: acts[name] for name in layers}
+        return logits, zs, {name: _variables_bias(variables, name) for name in layers}
+
+    return tapped
+
+
+def _check(x: Array, zs: Mapping[str, Any]) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.floating) or not 3 <= x.ndim <= 5:
+        raise ValueError(
+            f"fullgrad differentiates the input: x must be floating, (B, *spatial_in, C) "
+            f"with 1-3 spatial axes; got shape {tuple(x.shape)}, dtype {x.dtype}"
+        )
+    for name, z in zs.items():
+        if z.ndim != x.ndim:
+            raise ValueError(
+                f"fullgrad layer {name!r} outputs shape {tuple(z.shape)}, not a grid "
+                f"(B, *spatial, K) with the input's {x.ndim - 2} spatial axes; name "
+                "convolutional layers"
+            )
+
+
+def fullgrad_pieces(model: cams.ModelInputs, layers: tuple[str, ...] | None = None):
+    """(pieces (B, 1 + n, *spatial_in), layer names (n,)): the input's piece, then one per
+    biased layer, before their sum (see the module doc). Traceable."""
+    probe, variables, x = model.probe, model.variables, model.x
+    linen = getattr(probe, "linen", None)
+    layers = None if layers is None else tuple(layers)
+    tapped = _linen_tapped(linen, layers) if linen is not None else _probe_tapped(probe, layers)
+    _, shapes, _ = jax.eval_shape(lambda v, x: tapped(v, x, None), variables, x)
+    _check(x, shapes)
+    zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
+
+    def total(x, deltas):
+        logits, _, bs = tapped(variables, x, deltas)
+        logits = logits[:, None] if logits.ndim == 1 else logits
+        # samples are independent, so d(sum_n y_n)/dx_n = dy_n/dx_n
+        return jnp.sum(model.score(logits, model.target)), bs
+
+    (gx, gz), bs = jax.grad(total, argnums=(0, 1), has_aux=True)(x, zeros)
+    spatial = tuple(x.shape[1:-1])
+    pieces = [channel_piece(jnp.abs(x * gx), spatial)]
+    pieces += [channel_piece(jnp.abs(bs[k] * gz[k]), spatial) for k in shapes]
+    return jnp.stack(pieces, axis=1), tuple(shapes)
+
+
+def _fullgrad(
+    model: cams.ModelInputs, *, layers: tuple[str, ...] | None = None, minmax: bool = True
+) -> Array:
+    """FullGrad's map (B, *spatial_in): the method "fullgrad" of kind "input"."""
+    pieces, _ = fullgrad_pieces(model, layers)
+    total = jnp.sum(pieces, axis=1)
+    return minmax_per_image(total, EPS) if minmax else total
+
+
+def fullgrad(
+    probe: LayerProbe,
+    variables,
+    x: Array,
+    target: Target = "predicted",
+    *,
+    score: str = "logit",
+    layers: Sequence[str] | None = None,
+    minmax: bool = True,
+) -> Array:
+    """FullGrad maps (B, *spatial_in) of x (B, *spatial_in, C), in [0, 1] (``minmax``).
+
+    ``probe``: a :func:`ifa_jax.linen_probe` of the model at any layer (its biased layers
+    are found anew: every Conv and BatchNorm with a bias), or another probe tapping the
+    biased ``layers``. target and score as in :func:`ifa_jax.explain`; the same as
+    ``explain(probe, variables, x, target, "fullgrad", layers=..., minmax=...)[1].cam``.
+    """
+    return explain(
+        probe,
+        variables,
+        x,
+        target,
+        "fullgrad",
+        score=score,
+        layers=None if layers is None else tuple(layers),
+        minmax=minmax,
+    )[1].cam
+
+
+cams.register_method(
+    cams.Method(
+        "fullgrad",
+        _fullgrad,
+        kind="input",
+        options={"layers": None, "minmax": True},
+        summary="sum over the input and every biased layer of the channel-summed, per-channel "
+        "min-max scaled |x dy/dx| and |b dy/dz|, resized to the input, min-max scaled "
+        "(Srinivas and Fleuret 2019, pytorch-grad-cam's FullGrad)",
+    )
+)
