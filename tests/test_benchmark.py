@@ -11,7 +11,7 @@ import math
 import pytest
 
 from experiments.bench.main import parser
-from experiments.bench.report import format_case
+from experiments.bench.report import format_case, format_methods
 from experiments.bench.suite import run_benchmark
 
 
@@ -106,3 +106,74 @@ def test_gpu_script_smoke(tmp_path):
     for variant in ("analysis", "consistency_jvp"):
         assert res[variant]["marginal_images_per_s"] > 0
         assert len(res[variant]["seconds_short_long"]) == 2
+
+
+def test_methods_section_structure(tmp_path):
+    """The methods section on a tiny case (batch 2, GradCAM and one keyed method, one
+    round) through run_benchmark: its rows, ratios and JSON; no timing is checked."""
+    path = tmp_path / "methods.json"
+    out = run_benchmark(
+        [],
+        repeats=1,
+        min_time=0.0,
+        peers=False,
+        e2e=False,
+        batch=2,
+        methods=["randomcam"],
+        json_path=str(path),
+        log=lambda s: None,
+    )
+    res = out["methods"]
+    assert (res["batch"], res["layer"], res["reference"]) == (2, "relu2", "gradcam")
+    assert "batch 2" in res["description"] and "CPU threads" in res["description"]
+    assert [r["method"] for r in res["rows"]] == ["gradcam", "randomcam"]
+    gradcam, randomcam = res["rows"]
+    assert gradcam["ratio_to_gradcam"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+    for r in res["rows"]:
+        assert r["error"] is None, r
+        assert (r["kind"], r["model"], r["layers"], r["batch"], r["rounds"]) == (
+            "layer",
+            "MnistCNN",
+            ["relu2"],
+            2,
+            1,
+        )
+        q = r["ratio_to_gradcam"]
+        assert 0 < q["min"] <= q["median"] <= q["max"] and math.isfinite(q["max"])
+        assert r["images_per_s"] > 0 and r["ms_per_batch_median"] > 0
+    assert out["cases"] == {} and out["peers"] == {"skipped": "disabled (--no-peers)"}
+    written = json.loads(path.read_text())["methods"]
+    assert written["rows"][1]["ratio_to_gradcam"] == randomcam["ratio_to_gradcam"]
+    table = format_methods(res).splitlines()
+    assert len(table) == 2 + len(res["rows"]) and table[3].split()[:2] == ["randomcam", "layer"]
+
+
+def test_methods_plan_covers_the_registry():
+    """Every registered method gets a row, GradCAM first: LeGrad on the ViT, kind 'layers'
+    on relu1 and relu2, the others on relu2; the heavy ScoreCAMs on a slice of the batch."""
+    from experiments.bench.cases import make_cases
+    from experiments.bench.methods import VIT_LABEL, method_names, method_rows_plan
+    from ifa_jax import cams
+
+    plan = method_rows_plan(make_cases()["mnist256"], method_names(), quick=False)
+    rows = {r["method"]: r for r in plan}
+    assert plan[0]["method"] == "gradcam" and set(rows) == set(cams.REGISTRY)
+    assert rows["legradlayers"]["model"] == VIT_LABEL
+    assert rows["legradlayers"]["layers"] == ["block1", "block2"]
+    assert rows["refinecam"]["layers"] == ["relu1", "relu2"]
+    assert rows["sess"]["layers"] == ["relu2"] and rows["sess"]["kind"] == "input"
+    assert rows["sscam"]["key"] and not rows["scorecam"]["key"]
+    assert rows["scorecam"]["batch"] == 256 and rows["sscam"]["batch"] < 256
+
+
+def test_benchmark_only_selects_sections():
+    from experiments.bench.main import selected_sections
+
+    assert selected_sections(parser().parse_args([])) == {"cases", "e2e"}
+    assert selected_sections(parser().parse_args(["--no-e2e", "--memory"])) == {
+        "cases",
+        "memory",
+    }
+    assert selected_sections(parser().parse_args(["--only", "methods"])) == {"methods"}
+    with pytest.raises(ValueError, match="methods"):
+        selected_sections(parser().parse_args(["--only", "method"]))

@@ -2,7 +2,8 @@
 
     python -m experiments.benchmark [--quick] [--cases mnist64,mnist256,resnet18,cnn3d]
                                     [--json out.json] [--memory] [--torch-threads 2,1]
-                                    [--no-peers] [--no-e2e]
+                                    [--no-peers] [--no-e2e] [--only cases,e2e,memory,methods]
+                                    [--method-names gradcam,scorecam,...]
 
 For each case (model, input, batch, layer) it times, interleaved in one process:
 
@@ -36,6 +37,12 @@ evaluation for every method, scale and feature subset), in seconds per 1,000 ima
 the model passes counted. ``--memory`` adds the peak RSS of the analysis pass at 5,000 and
 50,000 samples (:mod:`experiments.bench_memory`, one subprocess per size).
 
+``--only methods`` (a section that runs only when named) times every registered CAM
+method (``ifa_jax.cams.REGISTRY``, read when it runs) through ``explain()`` with its
+default options on the ``mnist256`` case, interleaved with GradCAM, and reports each one's
+seconds per image over GradCAM's in the same round (median, min, max) and its images per
+second (:mod:`~experiments.bench.methods` says which probe and batch each kind gets).
+
 ``--quick`` shrinks the ResNet-18 case to 112x112 inputs, the 3-D case to batch 2, the
 ScoreCAM batches and the end-to-end dataset (1,000 digits), and takes 3 repeats.
 
@@ -50,6 +57,7 @@ The modules, one per concern:
 * :mod:`~experiments.bench.peers`: the pytorch-grad-cam and bare torch rows;
 * :mod:`~experiments.bench.end_to_end`: the pipeline timings and the model pass count;
 * :mod:`~experiments.bench.memory`: peak RSS per size, one subprocess each;
+* :mod:`~experiments.bench.methods`: every registered CAM method against GradCAM;
 * :mod:`~experiments.bench.report`: versions, tables, JSON;
 * :mod:`~experiments.bench.suite`: one case and the whole run (``run_benchmark``);
 * :mod:`~experiments.bench.main`: the command line.

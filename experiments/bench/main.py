@@ -9,6 +9,8 @@ from experiments.bench.cases import CASE_NAMES
 from experiments.bench.suite import run_benchmark
 
 DESCRIPTION = "Throughput of ifa_jax against its floor and against the PyTorch peers."
+# The sections --only picks from; without it: cases and e2e (memory with --memory).
+SECTIONS = ("cases", "e2e", "memory", "methods")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,23 +45,49 @@ def parser() -> argparse.ArgumentParser:
         "--memory", action="store_true", help="also measure peak RSS at --memory-sizes samples"
     )
     p.add_argument("--memory-sizes", type=int, nargs="+", default=[5000, 50000])
+    p.add_argument(
+        "--only",
+        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (methods: every "
+        "registered CAM method against GradCAM on mnist256; only run when named here)",
+    )
+    p.add_argument(
+        "--method-names",
+        help="comma-separated methods for the methods section (default: all registered)",
+    )
     return p
+
+
+def selected_sections(args: argparse.Namespace) -> set[str]:
+    """The sections to run: --only's, else cases, e2e (unless --no-e2e), memory (--memory)."""
+    if args.only is None:
+        return {"cases", *(() if args.no_e2e else ("e2e",)), *(("memory",) if args.memory else ())}
+    chosen = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = sorted(chosen - set(SECTIONS))
+    if unknown or not chosen:
+        raise ValueError(
+            f"--only {args.only!r}: unknown or no section(s) {', '.join(unknown)}; "
+            f"choose from {','.join(SECTIONS)}, e.g. --only methods"
+        )
+    return chosen
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    sections = selected_sections(args)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()] if "cases" in sections else []
+    names = [m.strip() for m in (args.method_names or "").split(",") if m.strip()]
     run_benchmark(
         cases,
         quick=args.quick,
         repeats=args.repeats,
         min_time=args.min_time,
         peers=not args.no_peers,
-        e2e=not args.no_e2e,
+        e2e="e2e" in sections,
         e2e_samples=args.e2e_samples,
-        memory_sizes=args.memory_sizes if args.memory else None,
+        memory_sizes=args.memory_sizes if "memory" in sections else None,
         json_path=args.json,
         torch_threads=[int(t) for t in args.torch_threads.split(",") if t.strip()],
+        methods=(names or True) if "methods" in sections else False,
     )
     return 0
 

@@ -116,6 +116,30 @@ def format_memory(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_methods(res: dict) -> str:
+    """The methods section: one row per method, its ratio to GradCAM within each round."""
+    lines = [
+        f"== methods: {res['description']}; {res['repeats']} rounds ({res['slow_rounds']} "
+        f"for a warm-up call >= {res['slow_s']:g} s), ratio = method / {res['reference']} "
+        "seconds per image in the same round: median [min, max] ==",
+        f"{'method':20}{'kind':8}{'model, layers':38}{'batch':>6}{'rounds':>7}"
+        f"{'ms/batch':>11}{'ratio':>10}{'[min, max]':>22}{'img/s':>10}",
+    ]
+    for r in res["rows"]:
+        where = f"{r['model']} {','.join(r['layers'])}"
+        head = f"{r['method']:20}{r['kind']:8}{where:38}{r['batch']:>6}"
+        if r["error"]:
+            lines.append(f"{head}  not run: {r['error'][:70]}")
+            continue
+        q = r["ratio_to_gradcam"]
+        spread = f"[{q['min']:.2f}, {q['max']:.2f}]"
+        lines.append(
+            f"{head}{r['rounds']:>7}{r['ms_per_batch_median']:>11.1f}{q['median']:>10.2f}"
+            f"{spread:>22}{r['images_per_s']:>10.1f}"
+        )
+    return "\n".join(lines)
+
+
 def jsonable(obj):
     """``obj`` with tuples as lists, numpy scalars as Python's and non-finite floats None."""
     if isinstance(obj, dict):

@@ -10,12 +10,14 @@ from experiments.bench.cases import CASE_NAMES, Case, make_cases, setup_case
 from experiments.bench.end_to_end import end_to_end
 from experiments.bench.jax_side import ifa_entries
 from experiments.bench.memory import memory
+from experiments.bench.methods import run_methods
 from experiments.bench.peers import peer_entries, peer_versions
 from experiments.bench.report import (
     format_case,
     format_e2e,
     format_header,
     format_memory,
+    format_methods,
     versions,
     write_json,
 )
@@ -121,13 +123,16 @@ def run_benchmark(
     batch: int | None = None,
     scorecam_batch: int | None = None,
     torch_threads: Sequence[int] | None = None,
+    methods: bool | Sequence[str] = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run the benchmark and return (and optionally write) its results as a dict.
 
     ``batch`` / ``scorecam_batch`` override every case's (for tests); ``memory_sizes``
     None skips the memory benchmark. ``torch_threads``: the torch thread counts to time
-    the peers with (default: JAX's CPU thread count only).
+    the peers with (default: JAX's CPU thread count only). ``methods``: also time every
+    registered CAM method against GradCAM (:mod:`experiments.bench.methods`; a sequence
+    names the methods; ``batch`` overrides its batch too).
     """
     repeats = repeats if repeats is not None else (3 if quick else 5)
     min_time = min_time if min_time is not None else (0.2 if quick else 0.4)
@@ -142,7 +147,10 @@ def run_benchmark(
         "min_time_s": min_time,
         "cases": {},
     }
-    peer_info = peer_versions() if peers else "disabled (--no-peers)"
+    if not peers:
+        peer_info = "disabled (--no-peers)"
+    else:
+        peer_info = peer_versions() if cases else "no case selected"
     if isinstance(peer_info, dict):
         import torch
 
@@ -152,7 +160,7 @@ def run_benchmark(
         out["peers"] = peer_info
     else:
         out["peers"] = {"skipped": peer_info}
-        if peers:
+        if peers and cases:
             log(f"PyTorch peers skipped: {peer_info}")
     for line in format_header(out):
         log(line)
@@ -176,6 +184,15 @@ def run_benchmark(
         n = e2e_samples if e2e_samples is not None else (1000 if quick else 5000)
         out["end_to_end"] = end_to_end(n, batch=min(256, n), repeats=repeats, log=log)
         log(format_e2e(out["end_to_end"]))
+    if methods:
+        out["methods"] = run_methods(
+            quick=quick,
+            names=None if methods is True else list(methods),
+            batch=batch,
+            repeats=repeats,
+            min_time=min_time,
+        )
+        log(format_methods(out["methods"]))
     if memory_sizes:
         out["memory"] = memory(memory_sizes)
         log(format_memory(out["memory"]))

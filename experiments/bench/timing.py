@@ -45,11 +45,27 @@ def paired_ratio(a: Entry, b: Entry) -> float:
     return statistics.median((a.images / a.times[i]) / (b.images / b.times[i]) for i in range(n))
 
 
-def time_interleaved(entries: Sequence[Entry], *, repeats: int, min_time: float) -> None:
+def time_ratios(a: Entry, b: Entry) -> list[float]:
+    """a's seconds per image over b's, one ratio per round that timed both (round i of a
+    with round i of b)."""
+    n = min(len(a.times), len(b.times))
+    return [(a.times[i] / a.images) / (b.times[i] / b.images) for i in range(n)]
+
+
+def time_interleaved(
+    entries: Sequence[Entry],
+    *,
+    repeats: int,
+    min_time: float,
+    slow_s: float = math.inf,
+    slow_rounds: int | None = None,
+) -> None:
     """First call (trace + compile), a warm-up call that sets how many calls make one
     measurement (>= min_time seconds), then ``repeats`` rounds over all entries in turn,
-    so slow drifts of a shared machine hit every entry alike."""
-    live = []
+    so slow drifts of a shared machine hit every entry alike. An entry whose warm-up call
+    takes >= ``slow_s`` seconds is timed in the first ``slow_rounds`` rounds only (still
+    interleaved with the others, so its paired ratios stay within a round)."""
+    live, slow = [], set()
     for e in entries:
         try:
             t0 = time.perf_counter()
@@ -63,8 +79,12 @@ def time_interleaved(entries: Sequence[Entry], *, repeats: int, min_time: float)
             continue
         e.number = max(1, math.ceil(min_time / max(warm, 1e-9))) if min_time > 0 else 1
         live.append(e)
-    for _ in range(repeats):
+        if warm >= slow_s:
+            slow.add(id(e))
+    for r in range(repeats):
         for e in live:
+            if slow_rounds is not None and id(e) in slow and r >= slow_rounds:
+                continue
             t0 = time.perf_counter()
             for _ in range(e.number):
                 e.fn()
