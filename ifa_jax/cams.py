@@ -326,7 +326,41 @@ def method_options(method: str | Method, options: Mapping[str, Any] | None = Non
         raise ValueError(
             f"{spec.name} has no option {', '.join(map(repr, unknown))}; its options: {known}"
         )
+    for name, value in options.items():
+        _check_option_value(spec, name, value)
     return {**spec.options, **options}
+
+
+def _check_option_value(spec: Method, name: str, value: Any) -> None:
+    """A given option value against its default's type: a bool where the default is one, a
+    number where it is a float, an integer where it is an int; an ``eps`` a finite number
+    >= 0. Arrays and
+    options whose default is None or another type are the method's to check."""
+    default = spec.options[name]
+    if isinstance(value, (jax.Array, np.ndarray)) or callable(value):
+        return
+    if isinstance(default, bool):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{spec.name} option {name}={value!r} must be True or False")
+        return
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+    numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if (numeric_default or name == "eps") and value is not None:
+        if not real:
+            raise ValueError(
+                f"{spec.name} option {name}={value!r} must be a number (its default is {default!r})"
+            )
+        if isinstance(default, int) and not isinstance(default, float) and value != int(value):
+            raise ValueError(f"{spec.name} option {name}={value!r} must be an integer")
+        if not np.isfinite(value):
+            raise ValueError(f"{spec.name} option {name}={value!r} must be finite")
+        if name == "eps" and value < 0:
+            raise ValueError(
+                f"{spec.name} option eps={value!r} must be >= 0 (it keeps a denominator "
+                f"away from 0; default {default!r})"
+            )
 
 
 def require_key(method: str | Method, key: Array | None) -> None:

@@ -86,6 +86,23 @@ def test_options_are_declared_with_their_defaults():
         cams.method_options("Grad-CAM++", {"epsilon": 0.1})
 
 
+@pytest.mark.parametrize(
+    "method, option, value, message",
+    [
+        ("gradcam++", "eps", "abc", r"gradcam\+\+ option eps='abc' must be a number"),
+        ("gradcam++", "eps", -1.0, r"eps=-1.0 must be >= 0"),
+        ("xgradcam", "eps", float("nan"), r"eps=nan must be finite"),
+        ("sscam", "samples", 2.5, r"samples=2.5 must be an integer"),
+        ("fullgrad", "minmax", "no", r"minmax='no' must be True or False"),
+        ("refinecam", "eps", "x", r"refinecam option eps='x' must be a number"),
+    ],
+)
+def test_option_values_are_checked_against_their_defaults(method, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        cams.method_options(method, {option: value})
+    assert cams.method_options("sscam", {"samples": 3, "std": 1})["std"] == 1
+
+
 def test_register_a_method(registry):
     def squared(inputs, *, scale=1.0):
         return scale * inputs.gradients**2 * inputs.activations

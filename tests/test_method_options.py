@@ -203,6 +203,14 @@ def test_config_round_trip_and_overrides():
     )
     both = runner.override(set_one, "method_options.gradcam++.eps=1e-7")
     assert both == config
+    # All assignments are applied before the check: an option may precede its method.
+    later = runner.override(
+        runner.Config(methods=("gradcam",)),
+        "method_options.finercam.objective=torchcam",
+        "method_options.gradcam++.eps=1e-7",
+        "methods=GradCAM++,randomcam,finercam",
+    )
+    assert later == config
     literal = "method_options={'finercam': {'objective': 'torchcam'}, 'gradcam++': {'eps': 1e-7}}"
     assert runner.override(set_one, literal) == config
     # No options: the digest of every config made before the field existed is unchanged.
@@ -222,7 +230,11 @@ def test_config_errors_name_the_fix():
         ),
         (
             {"methods": ("gradcam++",), "method_options": {"gradcam++": {"eps": float("inf")}}},
-            r"eps'\]=inf is not finite",
+            r"gradcam\+\+ option eps=inf must be finite",
+        ),
+        (
+            {"methods": ("gradcam++",), "method_options": {"gradcam++": {"eps": "abc"}}},
+            r"gradcam\+\+ option eps='abc' must be a number",
         ),
         (
             {"methods": ("gradcam",), "method_options": {"hirescam": {}}},

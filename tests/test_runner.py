@@ -142,7 +142,8 @@ def test_evaluation_samples_are_stratified(finished_run):
         ("subset_modes=freq", r"subset_modes must be among top, diff_top"),
         ("scale_hi_percentile=20", r"scale_lo_percentile < scale_hi_percentile"),
         ("batch_size=0", r"batch_size must be >= 1"),
-        ("methods=gradcam,randomcam", r"methods: randomcam draws random numbers"),
+        ("methods=gradcam,refinecam", r"refinecam is a method of kind 'layers'"),
+        ("method_options.xgradcam.eps=abc", r"not among methods"),
     ],
 )
 def test_override_checks_every_field(assignment, message):

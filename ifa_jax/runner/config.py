@@ -341,8 +341,21 @@ def load_config(path: str | os.PathLike) -> Config:
     return config
 
 
-def override(config: Config, assignment: str) -> Config:
-    """Apply ``key=value`` (``train.epochs=2``); values are Python literals or strings."""
+def override(config: Config, *assignments: str) -> Config:
+    """Apply ``key=value`` assignments (``train.epochs=2``, ``methods=gradcam,finercam``,
+    ``method_options.finercam.alpha=0.5``), values Python literals or strings. All are
+    applied before the config is checked, so their order does not matter (an option for
+    a method named by a later ``methods=`` is accepted)."""
+    values = dataclasses.asdict(config)
+    values["method_options"] = config.options_of()
+    for assignment in assignments:
+        _assign(values, assignment)
+    context = ", ".join(map(repr, assignments))
+    return config_from_dict(values, f"override {context}")
+
+
+def _assign(values: dict[str, Any], assignment: str) -> None:
+    """One ``key=value`` into the config's plain ``values`` (method_options as a dict)."""
     if "=" not in assignment:
         raise ValueError(f"override {assignment!r} must look like key=value, e.g. train.epochs=2")
     key, raw = assignment.split("=", 1)
@@ -350,7 +363,6 @@ def override(config: Config, assignment: str) -> Config:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw
-    values = dataclasses.asdict(config)
     if key.startswith("method_options."):
         parts = key.split(".")
         if len(parts) != 3 or not all(parts):
@@ -358,9 +370,8 @@ def override(config: Config, assignment: str) -> Config:
                 f"override {assignment!r}: set one option as method_options.METHOD.OPTION="
                 "VALUE, e.g. method_options.gradcam++.eps=1e-7"
             )
-        options = config.options_of()
+        options = values["method_options"]
         options.setdefault(cams.canonical_method(parts[1]), {})[parts[2]] = value
-        values["method_options"] = options
     elif key.startswith("train."):
         sub = key.split(".", 1)[1]
         if sub not in _field_names(training.TrainConfig):
@@ -369,9 +380,10 @@ def override(config: Config, assignment: str) -> Config:
                 f"{', '.join(_field_names(training.TrainConfig))}"
             )
         values["train"][sub] = value
+    elif key == "method_options":
+        values[key] = dict(value) if isinstance(value, Mapping) else value
     else:
         values[key] = value
-    return config_from_dict(values, f"override {assignment!r}")
 
 
 __all__ = ["SUBSET_MODES", "Config", "config_from_dict", "load_config", "override"]

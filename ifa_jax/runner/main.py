@@ -200,8 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-        for assignment in args.set:
-            config = override(config, assignment)
+        config = override(config, *args.set)
         out = args.out or os.path.join("runs", config.name)
         run(config, out, overwrite=args.overwrite)
     except (ValueError, OSError, FloatingPointError) as e:
