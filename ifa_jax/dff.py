@@ -10,14 +10,16 @@ vector of a cell that fully shows it, and can be fed to the model's head
 
 :func:`dff` factorizes one batch with Lee & Seung's multiplicative updates (Frobenius
 loss), which never increase the loss. The dataset-scale version streams batches with a
-fixed-memory state (:class:`DFFState`, ``init / update / merge / loss / refit``): with
-W fixed, every cell's coefficients are solved on its own (:func:`concept_maps`), and
-the loss over all cells as a function of W depends only on the sums G = H^T H (n, n),
-C = H^T X (n, K) and ||X||^2, which :func:`update` accumulates. :func:`refit` then
-improves W from them (multiplicative updates on the whole dataset's W sub-problem)
-and starts the next pass. Since cells are solved independently, the result does not
-depend on how the data is split into batches. :func:`dff_dataset` runs the passes with
-a probe's forward activations.
+fixed-memory state (:class:`DFFState`, ``init / update / merge / pass_loss / refit``):
+with W fixed, every cell's coefficients are solved on its own by HALS sweeps (exact
+coordinate minimisation, :func:`concept_maps`), and the loss over all cells as a
+function of W depends only on the sums G = H^T H (n, n), C = H^T X (n, K) and ||X||^2,
+which :func:`update` accumulates. :func:`refit` then improves W from them
+(block-coordinate descent on the whole dataset's W sub-problem) and starts the next
+pass; :func:`peak_concepts` scales a pass's concepts so that their maps peak at 1.
+Since cells are solved independently, the result does not depend on how the data is
+split into batches. :func:`dff_dataset` runs the passes with a probe's forward
+activations.
 """
 
 from __future__ import annotations
@@ -93,6 +95,12 @@ def _check_sign(lowest: float, largest: float, tolerance: float, what: str) -> N
 def _check_components(n_components: int, channels: int) -> None:
     if not (isinstance(n_components, (int, np.integer)) and n_components >= 1):
         raise ValueError(f"n_components must be an int >= 1; got {n_components!r}")
+    if n_components > channels:
+        raise ValueError(
+            f"n_components={n_components} is more than the layer's {channels} channels; "
+            f"ask for n_components <= {channels} (more concepts than channels cannot be "
+            "told apart)"
+        )
 
 
 # --------------------------------------------------------------------------- one batch
@@ -192,13 +200,25 @@ def concept_scores(concepts: ArrayLike, kernel: ArrayLike, bias: ArrayLike | Non
     (n, O), the logits of an input whose every cell shows that concept fully (for a
     global-average-pool + dense head; ``jax.nn.softmax`` gives class probabilities)."""
     c, k = jnp.asarray(concepts), jnp.asarray(kernel)
+    if c.ndim != 2:
+        raise ValueError(
+            f"concepts have shape {c.shape}; give (n, K) concepts (one concept: concepts[None])"
+        )
     if k.ndim != 2 or k.shape[0] != c.shape[-1]:
         raise ValueError(
             f"kernel has shape {k.shape}; a dense head over the {c.shape[-1]} channels needs "
             f"({c.shape[-1]}, outputs), e.g. variables['params']['head']['kernel']"
         )
     out = c @ k
-    return out if bias is None else out + jnp.asarray(bias)
+    if bias is None:
+        return out
+    b = jnp.asarray(bias)
+    if b.shape != (k.shape[1],):
+        raise ValueError(
+            f"bias has shape {b.shape}; the kernel {k.shape} has {k.shape[1]} outputs, so give "
+            f"bias ({k.shape[1]},), e.g. variables['params']['head']['bias']"
+        )
+    return out + b
 
 
 # --------------------------------------------------------------------------- streaming
@@ -207,11 +227,15 @@ def concept_scores(concepts: ArrayLike, kernel: ArrayLike, bias: ArrayLike | Non
 def _solve_maps(X: Array, W: Array, steps: int) -> Array:
     """Coefficients H (N, n) >= 0 of cells X (N, K) with concepts W fixed: ``steps``
     sweeps of exact coordinate minimisation over the concepts (HALS, Cichocki & Phan
-    2009), from each cell's best uniform mix (x ~ c * sum_j w_j). Each cell is solved on
-    its own, whatever batch it sits in."""
-    s = W.sum(axis=0)
+    2009), from each cell's best uniform mix of the unit-norm concepts (x ~ c * sum_j
+    w_j / ||w_j||). Each cell is solved on its own, whatever batch it sits in. Rescaling a
+    concept by s divides its coefficients by s (the start included), so concepts scaled
+    after a pass (:func:`peak_concepts`) give the same maps scaled."""
+    norm = jnp.linalg.norm(W, axis=1)
+    norm = jnp.where(norm > 0, norm, 1.0)  # an all-zero concept: its column stays at c
+    s = (W / norm[:, None]).sum(axis=0)
     c = jnp.maximum(X @ s / jnp.maximum(s @ s, 1e-30), 0.0)
-    H = jnp.broadcast_to(c[:, None], (X.shape[0], W.shape[0]))
+    H = c[:, None] / norm[None, :]
     XWt, WWt = X @ W.T, W @ W.T
     return jax.lax.fori_loop(0, steps, lambda _, H: _hals_sweep(H, XWt, WWt, axis=1), H)
 
@@ -253,10 +277,16 @@ def concept_maps(
     tolerance: float = NEGATIVE_TOLERANCE,
 ) -> Array:
     """Maps (B, *grid, n) of any batch A (B, *grid, K) >= 0 on fixed concepts (n, K):
-    the non-negative coefficients fitted by ``steps`` multiplicative updates."""
+    the non-negative coefficients fitted by ``steps`` HALS sweeps (exact minimisation
+    over one concept's coefficient at a time, the others fixed)."""
     A = jnp.asarray(activations)
     W = jnp.asarray(concepts)
-    if W.ndim != 2 or W.shape[1] != A.shape[-1]:
+    if W.ndim != 2:
+        raise ValueError(
+            f"concepts have shape {W.shape}; give (n, K) = (n, {A.shape[-1]}) concepts of "
+            "this layer (one concept: concepts[None])"
+        )
+    if W.shape[1] != A.shape[-1]:
         raise ValueError(
             f"concepts have shape {W.shape} but the activations {A.shape} have "
             f"{A.shape[-1]} channels; use concepts of this layer, (n, {A.shape[-1]})"
@@ -413,15 +443,25 @@ def refit(state: DFFState, *, steps: int = 50) -> DFFState:
     return _cleared(W)
 
 
+def peak_concepts(state: DFFState) -> Array:
+    """The pass's concepts (n, K), each scaled so that its maps over the pass's data peak
+    at 1 (a concept no cell used keeps its scale). After the last :func:`refit`, run one
+    more pass of :func:`update` with the new concepts to scale them."""
+    return state.concepts * jnp.where(state.peak > 0, state.peak, 1.0)[:, None]
+
+
 # --------------------------------------------------------------------------- a dataset
 
 
 class DatasetFactorization(NamedTuple):
     """The result of :func:`dff_dataset`.
 
-    concepts: (n, K) NumPy, after the last pass. losses: (epochs,) relative error
-    ||X - H W|| / ||X|| of each pass (its concepts, before the refit). cells: cells per
-    pass. maps: ``x -> (B, *grid, n)``, the concept maps of any input batch.
+    concepts: (n, K) NumPy, after the last refit, each map peaking at 1 over the data.
+    losses: (epochs + 1,) relative errors ||X - H W|| / ||X|| over the data: losses[i]
+    of the concepts entering pass i with their maps solved in that pass (losses[0]: the
+    starting concepts), losses[epochs] of the returned concepts (the map-only last
+    pass). cells: cells per pass. maps: ``x -> (B, *grid, n)``, the concept maps of any
+    input batch.
     """
 
     concepts: np.ndarray
@@ -431,13 +471,18 @@ class DatasetFactorization(NamedTuple):
 
 
 def _one_pass(batches: Any, epoch: int) -> Iterable:
-    source: Any = batches() if callable(batches) else batches
-    if epoch > 0 and iter(source) is source:
+    """The batches of pass ``epoch``: a fresh call of a function, else ``batches`` itself,
+    which must then be re-iterable after the first pass."""
+    if callable(batches):
+        fresh: Any = batches()
+        return fresh
+    if epoch > 0 and iter(batches) is batches:
         raise ValueError(
-            "batches is a one-shot iterator but epochs > 1 need several passes; pass a list, "
-            "a re-iterable dataset, or a function returning a fresh iterator"
+            "batches is a one-shot iterator, but dff_dataset passes over the data epochs + 1 "
+            "times (the last pass scales the final concepts); pass a list, a re-iterable "
+            "dataset, or a function returning a fresh iterator"
         )
-    return source
+    return batches
 
 
 def _input_of(batch: Any, i: int, keys: tuple[str, ...]) -> tuple[Any, Any]:
@@ -465,18 +510,19 @@ def dff_dataset(
     tolerance: float = NEGATIVE_TOLERANCE,
 ) -> DatasetFactorization:
     """DFF over a whole dataset: ``epochs`` streaming passes of the probe's forward
-    activations at ``layer``, each followed by :func:`refit`.
+    activations at ``layer``, each followed by :func:`refit`, then one map-only pass
+    that measures the final concepts' error and scales them (:func:`peak_concepts`).
 
     batches: arrays x, tuples ``(x, y[, valid])``, :class:`ifa_jax.data.Batch` es or
-    dicts (``keys``), re-iterable for epochs > 1 (or a function returning a fresh
-    iterable). Smaller batches are padded to the first's size (or ``batch_size``).
+    dicts (``keys``), re-iterable (a list, a dataset) or a function returning a fresh
+    iterable. Smaller batches are padded to the first's size (or ``batch_size``).
     Starts from ``concepts`` (n, K) or random ones (``key``).
     """
     layer = pick_layer(probe.layers, layer)
     if not (isinstance(epochs, (int, np.integer)) and epochs >= 1):
         raise ValueError(f"epochs must be an int >= 1; got {epochs!r}")
 
-    if epochs > 1 and not callable(batches) and iter(batches) is batches:
+    if not callable(batches) and iter(batches) is batches:
         _one_pass(batches, 1)  # raises: a one-shot iterator cannot be passed over twice
 
     def acts(variables, x):
@@ -486,7 +532,7 @@ def dff_dataset(
         lambda state, variables, x, valid: update(state, acts(variables, x), valid, steps=map_steps)
     )
     state, size, losses, cells = None, batch_size, [], 0
-    for epoch in range(epochs):
+    for epoch in range(epochs + 1):  # the last pass only solves the final concepts' maps
         for i, batch in enumerate(_one_pass(batches, epoch)):
             x, valid = _input_of(batch, i, tuple(keys))
             n = len(x)
@@ -511,9 +557,10 @@ def dff_dataset(
         check(state, tolerance)
         losses.append(float(pass_loss(state)))
         cells = int(state.cells)
-        state = refit(state, steps=concept_steps)
+        if epoch < epochs:
+            state = refit(state, steps=concept_steps)
     assert state is not None
-    W = state.concepts
+    W = peak_concepts(state)
 
     def maps(x: Any) -> Array:
         return _maps(acts(variables, jnp.asarray(x)), W, map_steps)

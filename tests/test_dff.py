@@ -159,6 +159,12 @@ def test_negative_activations_name_the_fix(data):
         D.check(traced)
     with pytest.raises(ValueError, match="key=jax.random.key"):
         D.dff(A, 2)
+    with pytest.raises(ValueError, match=r"n_components=17 is more than .* 16 channels.*<= 16"):
+        D.dff(A, CHANNELS + 1, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"n_components=17 .*<= 16"):
+        D.init(CHANNELS + 1, CHANNELS, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"give \(n, K\) = \(n, 16\) concepts"):
+        D.concept_maps(A, np.ones(CHANNELS))
     bad = A.copy()
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
@@ -174,6 +180,10 @@ def test_concept_scores_through_a_dense_head():
     )
     with pytest.raises(ValueError, match=r"\(3, outputs\)"):
         D.concept_scores(concepts, kernel.T)
+    with pytest.raises(ValueError, match=r"bias has shape \(3,\).*give bias \(2,\)"):
+        D.concept_scores(concepts, kernel, np.zeros(3))
+    with pytest.raises(ValueError, match=r"give \(n, K\) concepts"):
+        D.concept_scores(concepts[0], kernel)
 
 
 def test_dff_dataset_through_the_probe():
@@ -190,26 +200,34 @@ def test_dff_dataset_through_the_probe():
     out = D.dff_dataset(
         probe,
         variables,
-        batches,
+        lambda: (b for b in batches),  # a fresh one-shot generator every pass
         3,
         epochs=3,
         key=jax.random.key(0),
         map_steps=STEPS,
         concept_steps=STEPS,
     )
-    assert out.concepts.shape == (3, 6) and out.losses.shape == (3,)
+    assert out.concepts.shape == (3, 6) and out.losses.shape == (4,)  # + the map-only pass
     assert out.cells == 10 * 30
     # the same passes by hand on the activations: padding changed nothing
     A = probe.forward_activations(variables, x)[1]["relu"]
     state = D.init(3, 6, key=jax.random.key(0))
     padded = jnp.concatenate([A[8:], A[:2]])  # one batch shape, one compilation
-    for _ in range(3):
+    losses = []
+    for epoch in range(4):
         for a, valid in ((A[:4], None), (A[4:8], None), (padded, np.arange(4) < 2)):
             state = D.update(state, a, valid, steps=STEPS)
-        state = D.refit(state, steps=STEPS)
-    np.testing.assert_allclose(out.concepts, state.concepts, rtol=1e-3, atol=1e-5)
+        losses.append(float(D.pass_loss(state)))
+        state = D.refit(state, steps=STEPS) if epoch < 3 else state
+    np.testing.assert_allclose(out.concepts, D.peak_concepts(state), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(out.losses, losses, rtol=1e-4)
     np.testing.assert_allclose(
         out.maps(x[:4]), D.concept_maps(A[:4], out.concepts, steps=STEPS), atol=1e-4
     )
+    # the returned concepts: maps over the data peak at 1, losses[-1] is their error
+    maps = D.concept_maps(A, out.concepts, steps=STEPS)
+    np.testing.assert_allclose(maps.reshape(-1, 3).max(0), 1.0, rtol=1e-4)
+    final = float(D.reconstruction_error(A, out.concepts, maps))
+    np.testing.assert_allclose(out.losses[-1], final, rtol=1e-3)
     with pytest.raises(ValueError, match="one-shot iterator"):
-        D.dff_dataset(probe, variables, iter([x[:4]]), 3, epochs=2, key=jax.random.key(0))
+        D.dff_dataset(probe, variables, iter([x[:4]]), 3, epochs=1, key=jax.random.key(0))
