@@ -157,9 +157,18 @@ def _is_array(value) -> bool:
     return isinstance(value, (jax.Array, np.ndarray))
 
 
+def _names_as_tuple(value):
+    """A list of strings as a tuple (hashable); any other value as it is."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    return value
+
+
 def _split_options(method: str, options: Mapping[str, Any]) -> tuple[tuple, dict]:
     """The method's options as (static, arrays): the hashable ones (defaults filled in) as
-    sorted (name, value) pairs, compiled as constants, and the array-valued ones, traced."""
+    sorted (name, value) pairs, compiled as constants, and the array-valued ones, traced.
+    A list of strings (layer names, e.g. FullGrad's layers=) is taken as a tuple."""
+    options = {k: _names_as_tuple(v) for k, v in options.items()}
     arrays = {k: v for k, v in options.items() if _is_array(v)}
     rest = {k: v for k, v in options.items() if k not in arrays}
     items = tuple(sorted(cams.method_options(method, {**rest, **arrays}).items()))
@@ -169,7 +178,7 @@ def _split_options(method: str, options: Mapping[str, Any]) -> tuple[tuple, dict
     except TypeError:
         raise ValueError(
             f"explain compiles {method} with its options as constants, so they must be "
-            f"hashable (float, int, str, None, a function) or arrays; got {dict(items)!r}"
+            f"hashable (float, int, str, None, a function, a tuple) or arrays; got {dict(items)!r}"
         ) from None
     return items, arrays
 

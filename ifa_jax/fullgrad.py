@@ -18,9 +18,10 @@ whatever layers the probe itself taps (pytorch-grad-cam ignores target_layers to
 ``layers=`` names others (any module with a ``bias`` parameter and a grid output). The
 bias of a BatchNorm is its effective bias ``beta - mean * gamma / sqrt(var + eps)``, the
 paper's and pytorch-grad-cam's. For other probes (NNX, Equinox, Haiku, functions) pass
-``layers=``, tapped layers of the probe whose ``bias`` is found in the variables at the
-layer's path (``variables[...]["bias"]``, or under ``"params"``); a BatchNorm's running
-statistics are not read there, so its plain bias is used.
+``layers=`` (one name or several), tapped layers of the probe whose bias is found in the
+variables at the layer's path (keys, indices or Equinox fields, also under ``"params"``;
+named ``bias``, or Haiku's ``b``; Equinox's (K, 1, ...) read as (K,)); a BatchNorm's
+running statistics are not read there, so its plain bias is used.
 
 Deviations from pytorch-grad-cam, on purpose: the channel sum of a layer's piece is taken
 on the layer's grid and resized once (a linear resize commutes with the sum, so this
@@ -47,6 +48,7 @@ from ifa_jax.probe import (
     LinenModel,
     Target,
     _explained_errors,
+    _layer_key,
     linen_calls,
     resolve_layer,
     select_output,
@@ -152,24 +154,65 @@ def _linen_tapped(linen: LinenModel, layers: tuple[str, ...] | None) -> BiasTapp
     return tapped
 
 
-def _leaf(tree: Any, keys: Sequence[str]) -> Any:
-    for key in keys:
-        tree = tree[int(key)] if key.isdigit() and isinstance(tree, Sequence) else tree[key]
-    return tree.get_value() if hasattr(tree, "get_value") else tree
+def _child(tree: Any, key: str) -> Any:
+    """One step down a layer path: a mapping key, a sequence index or an attribute (an
+    Equinox module's field)."""
+    if key.isdigit() and isinstance(tree, Sequence) and not isinstance(tree, str):
+        return tree[int(key)]
+    node: Any = tree
+    try:
+        return node[key]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return getattr(tree, key)
+
+
+def _at_path(tree: Any, name: str) -> Any:
+    """The subtree of a layer: a flat Haiku key (``"net/~/conv"`` read as ``"net/conv"``,
+    or a unique suffix of it) or nested keys, indices and attributes along ``name``."""
+    if isinstance(tree, Mapping):
+        flat = {k.replace("/~/", "/"): k for k in tree if isinstance(k, str) and "/~/" in k}
+        hits = [flat[k] for k in flat if k == name or k.endswith("/" + name)]
+        if len(hits) == 1:
+            return tree[hits[0]]
+    for key in name.split("/"):
+        tree = _child(tree, key)
+    return tree
+
+
+def _bias_vector(bias: Any) -> Array:
+    """A bias as (K,): Equinox's convolutions keep theirs as (K, 1, ...)."""
+    bias = bias.get_value() if hasattr(bias, "get_value") else bias
+    bias = jnp.asarray(bias)
+    return bias.reshape(-1) if bias.ndim > 1 and bias.size == bias.shape[0] else bias
+
+
+BIAS_NAMES = ("bias", "b")  # Linen, NNX, Equinox: "bias"; Haiku: "b"
 
 
 def _variables_bias(variables: Any, name: str) -> Array:
-    """A layer's ``bias`` in the variables at its path (or under ``"params"``)."""
-    keys = [*name.split("/"), "bias"]
-    for prefix in ([], ["params"]):
+    """A layer's bias (K,) in the variables at its path: ``bias`` (Linen, NNX, Equinox) or
+    ``b`` (Haiku), also under ``"params"`` or in a Haiku (params, state) pair."""
+    roots = [variables]
+    if isinstance(variables, Mapping) and "params" in variables:
+        roots.append(variables["params"])
+    if isinstance(variables, tuple) and len(variables) == 2:
+        roots.append(variables[0])
+    for root in roots:
         try:
-            return jnp.asarray(_leaf(variables, prefix + keys))
-        except (KeyError, IndexError, TypeError, AttributeError):
+            layer = _at_path(root, name)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
             continue
+        for bias_name in BIAS_NAMES:
+            try:
+                bias = _child(layer, bias_name)
+            except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+                continue
+            if hasattr(bias, "shape") or hasattr(bias, "get_value"):
+                return _bias_vector(bias)
     raise ValueError(
         f"fullgrad found no bias for layer {name!r} in the variables (looked for "
-        f"variables[...][{'/'.join(keys)!r}] and under 'params'); name layers with a bias "
-        "parameter at their path, or use a linen_probe"
+        f"{' or '.join(repr(b) for b in BIAS_NAMES)} at path {name!r}, also under 'params'); "
+        "name layers with a bias parameter at their path, or use a linen_probe"
     )
 
 
@@ -181,18 +224,30 @@ def _probe_tapped(probe: LayerProbe, layers: tuple[str, ...] | None) -> BiasTapp
             f"probe pass layers=(...): layers it taps that have a bias (it taps "
             f"{', '.join(probe.layers)})"
         )
+    # "layers.0" and "layers/0" name the same layer
+    tapped_keys = {_layer_key(name): name for name in probe.layers}
+    layers = tuple(tapped_keys.get(_layer_key(name), name) for name in layers)
     missing = [name for name in layers if name not in probe.layers]
     if missing:
         raise ValueError(
             f"fullgrad layers {missing} are not tapped by this probe (it taps "
-            f"{', '.join(probe.layers)}); build the probe for the biased layers, e.g. "
-            f"nnx_probe(model, {list(layers)!r})"
+            f"{', '.join(probe.layers)}); rebuild the probe with them among its tapped layers "
+            "(its layers argument; where for equinox_probe)"
         )
 
     def tapped(variables, x, deltas):
         logits, acts = probe.tapped(variables, x, deltas)
         zs = {name: acts[name] for name in layers}
-        return logits, zs, {name: _variables_bias(variables, name) for name in layers}
+        bs = {name: _variables_bias(variables, _layer_key(name)) for name in layers}
+        for name in layers:
+            K = zs[name].shape[-1]
+            if bs[name].shape != (K,):
+                raise ValueError(
+                    f"fullgrad layer {name!r} has a bias of shape {tuple(bs[name].shape)}, "
+                    f"not ({K},) for its {K} output channels; name layers whose bias is "
+                    "one value per output channel"
+                )
+        return logits, zs, bs
 
     return tapped
 
@@ -212,12 +267,26 @@ def _check(x: Array, zs: Mapping[str, Any]) -> None:
             )
 
 
-def fullgrad_pieces(model: cams.ModelInputs, layers: tuple[str, ...] | None = None):
+def _layer_names(layers: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """layers= as a tuple of names (one name may be a string); None: found by fullgrad."""
+    if layers is None:
+        return None
+    names = (layers,) if isinstance(layers, str) else tuple(layers)
+    if not names or not all(isinstance(name, str) for name in names):
+        raise ValueError(
+            f"fullgrad layers={layers!r} must name one layer or several, e.g. 'conv2' or "
+            "('conv1', 'conv2'); or None for a linen_probe's Conv and BatchNorm layers"
+        )
+    return names
+
+
+def fullgrad_pieces(model: cams.ModelInputs, layers: str | Sequence[str] | None = None):
     """(pieces (B, 1 + n, *spatial_in), layer names (n,)): the input's piece, then one per
-    biased layer, before their sum (see the module doc). Traceable."""
+    biased layer, before their sum (see the module doc). ``layers``: one name, several, or
+    None (a linen_probe's biased layers). Traceable."""
     probe, variables, x = model.probe, model.variables, model.x
     linen = getattr(probe, "linen", None)
-    layers = None if layers is None else tuple(layers)
+    layers = _layer_names(layers)
     tapped = _linen_tapped(linen, layers) if linen is not None else _probe_tapped(probe, layers)
     _, shapes, _ = jax.eval_shape(lambda v, x: tapped(v, x, None), variables, x)
     _check(x, shapes)
@@ -237,7 +306,7 @@ def fullgrad_pieces(model: cams.ModelInputs, layers: tuple[str, ...] | None = No
 
 
 def _fullgrad(
-    model: cams.ModelInputs, *, layers: tuple[str, ...] | None = None, minmax: bool = True
+    model: cams.ModelInputs, *, layers: str | tuple[str, ...] | None = None, minmax: bool = True
 ) -> Array:
     """FullGrad's map (B, *spatial_in): the method "fullgrad" of kind "input"."""
     pieces, _ = fullgrad_pieces(model, layers)
@@ -252,7 +321,7 @@ def fullgrad(
     target: Target = "predicted",
     *,
     score: str = "logit",
-    layers: Sequence[str] | None = None,
+    layers: str | Sequence[str] | None = None,
     minmax: bool = True,
 ) -> Array:
     """FullGrad maps (B, *spatial_in) of x (B, *spatial_in, C), in [0, 1] (``minmax``).
@@ -269,7 +338,7 @@ def fullgrad(
         target,
         "fullgrad",
         score=score,
-        layers=None if layers is None else tuple(layers),
+        layers=_layer_names(layers),
         minmax=minmax,
     )[1].cam
 

@@ -141,15 +141,61 @@ def test_other_probes_take_their_tapped_layers():
     model = nnx.merge(graphdef, _random(shapes))
     x = _random(jax.ShapeDtypeStruct((2, 10, 1), jnp.float32))
     probe, state = ifa_jax.nnx_probe(model, "conv")
-    got = F.fullgrad(probe, state, x, 1, layers=("conv",))
+    got = F.fullgrad(probe, state, x, 1, layers="conv")  # one name: not 'c', 'o', ...
     result = probe(state, x, 1)
     grad_x = jax.jit(jax.grad(lambda x: model(x)[:, 1].sum()))(x)
     want = ref.fullgrad(x, grad_x, [(model.conv.bias[...], result.gradients)])
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL)
+    for layers in ("conv", ["conv"]):  # explain takes one name, and a list as a tuple
+        _, out = ifa_jax.explain(probe, state, x, 1, "fullgrad", layers=layers)
+        np.testing.assert_allclose(out.cam, got, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="linen_probe models only; for this probe pass layers"):
         F.fullgrad(probe, state, x, 1)
     with pytest.raises(ValueError, match=r"layers \['head'\] are not tapped by this probe"):
         F.fullgrad(probe, state, x, 1, layers=("head",))
+
+
+def _framework_case(probe, params, x, bias):
+    """FullGrad through another framework's probe of one conv layer, against the
+    reference with that layer's bias (K,) and the probe's gradients."""
+    (layer,) = probe.layers
+    got = F.fullgrad(probe, params, x, 1, layers=layer)
+    result = probe(params, x, 1)
+    grad_x = jax.jit(jax.grad(lambda x: probe.forward(params, x)[:, 1].sum()))(x)
+    want = ref.fullgrad(x, grad_x, [(bias, result.gradients)])
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL)
+
+
+def test_equinox_bias_is_a_field_shaped_k_1():
+    """An Equinox layer path is followed through fields and indices ('layers.0'), and a
+    Conv's bias (K, 1) is read as (K,); the error for an untapped layer names no nnx_probe."""
+    eqx = pytest.importorskip("equinox")
+    keys = jax.random.split(jax.random.key(0), 2)
+    model = eqx.nn.Sequential([
+        eqx.nn.Conv1d(1, 3, 3, key=keys[0]), eqx.nn.Lambda(jax.nn.relu),
+        eqx.nn.Lambda(lambda a: a.mean(axis=1)), eqx.nn.Linear(3, 2, key=keys[1]),
+    ])  # fmt: skip
+    probe, params = ifa_jax.equinox_probe(model, "layers.0")
+    x = _random(jax.ShapeDtypeStruct((2, 10, 1), jnp.float32))
+    assert model.layers[0].bias.shape == (3, 1)
+    _framework_case(probe, params, x, model.layers[0].bias[:, 0])
+    with pytest.raises(ValueError, match="not tapped by this probe") as error:
+        F.fullgrad(probe, params, x, 1, layers="layers/3")
+    assert "nnx_probe" not in str(error.value)
+
+
+def test_haiku_bias_is_named_b():
+    hk = pytest.importorskip("haiku")
+
+    def net(x):
+        a = jax.nn.relu(hk.Conv1D(3, 3, name="conv")(x))
+        return hk.Linear(2, name="head")(a.mean(axis=1))
+
+    transformed = hk.without_apply_rng(hk.transform(net))
+    x = _random(jax.ShapeDtypeStruct((2, 10, 1), jnp.float32))
+    params = _random(jax.eval_shape(transformed.init, jax.random.key(0), x))
+    probe = ifa_jax.haiku_probe(transformed, "conv")
+    _framework_case(probe, params, x, params["conv"]["b"])
 
 
 def test_errors_name_the_fix(convbn):
