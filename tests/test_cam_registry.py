@@ -319,3 +319,28 @@ def test_methods_of_other_kinds(registry, small):
         cams.Method("bad", _layer_mean_relu, kind="layer ")
     with pytest.raises(ValueError, match=r"kind 'input' takes fn= only.*\['forward_passes'\]"):
         cams.Method("bad", _input_times_gradient, needs="forward_passes", kind="input")
+
+
+@pytest.mark.parametrize("grid", [(5,), (4, 3), (4, 2, 4)], ids=["1d", "2d", "3d"])
+def test_methods_of_several_layers_in_every_rank(grid):
+    """Every registered method of kind "layers" maps two layers (one on a coarser grid
+    where the method resizes, else the same grid) to one map under jit, 1-3 D, with
+    gradients with respect to the activations that are finite and not all zero."""
+    layer_methods = [n for n, m in cams.REGISTRY.items() if m.kind == "layers"]
+    assert {"refinecam", "legradlayers"} <= set(layer_methods)
+    for name in layer_methods:
+        same_grid = name == "legradlayers"  # it averages maps on one grid
+        coarse = grid if same_grid else tuple(max(1, s // 2) for s in grid)
+        (a1, g1), (a2, g2) = (
+            random_ag(jax.random.key(i), (2, *g, 3)) for i, g in enumerate((grid, coarse))
+        )
+
+        def total(A, G, name=name):
+            return jnp.sum(jnp.tanh(cams.cam_layers(A, G, name).cam))
+
+        A, G = {"a": a1, "b": a2}, {"a": g1, "b": g2}
+        L = jax.jit(cams.cam_layers, static_argnames="method")(A, G, method=name).cam
+        assert L.shape == (2, *grid) and bool(jnp.isfinite(L).all()), name
+        grads = jax.jit(jax.grad(total, argnums=1))(A, G)
+        flat = jnp.concatenate([g.ravel() for g in grads.values()])
+        assert bool(jnp.isfinite(flat).all()) and float(jnp.abs(flat).max()) > 0, name

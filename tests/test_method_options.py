@@ -113,7 +113,9 @@ def test_option_errors_name_the_fix(small):
         run(small, method="gradcam++", method_options={"gradcam++": {}, "GradCAMpp": {}})
     with pytest.raises(ValueError, match=r"must be a dict \{method: \{option: value\}\}"):
         run(small, method="gradcam++", method_options=[("gradcam++", {"eps": 1.0})])
-    with pytest.raises(ValueError, match=r"fem .* hashable .* an array, which is traced"):
+    with pytest.raises(ValueError, match=r"kpcacam .* hashable .* an array, which is traced"):
+        run(small, method="kpcacam", method_options={"kpcacam": {"kernel": {"rbf": 1}}})
+    with pytest.raises(ValueError, match=r"fem option k=\[1.0\] must be a number"):
         run(small, method="fem", method_options={"fem": {"k": [1.0]}})
     with pytest.raises(ValueError, match=r"randomcam needs a PRNG key: pass key=jax.random.key"):
         run(small, method=("gradcam", "randomcam"))
