@@ -112,6 +112,29 @@ required), so each block alone and all of them are stored, its default score pro
   for the label;
 - ``vit/logit/torch-cam/LeGrad/{block}`` (B, 4, 4): LeGrad on that block alone;
   ``vit/logit/torch-cam/LeGrad/block1+block2`` (B, 4, 4): on both (the mean of their maps).
+
+Guided backpropagation: tests/data/peers_guided.npz, read by tests/test_guided.py, written
+(alone; peers.npz is read, not written) by
+
+    /tmp/venv_peers/bin/python -m experiments.golden_peers --guided
+
+in about 10 s (about 45 KB). It takes the two CNN cases' Flax variables, inputs and labels
+from peers.npz (no training) and runs pytorch-grad-cam 1.5.7's ``GuidedBackpropReLUModel``
+on their twins (:func:`golden_guided`). That class swaps ``torch.nn.ReLU`` modules for a
+guided ReLU (backward: grad_out * (x > 0) * (grad_out > 0)); a functional ``F.relu`` stays
+plain, so the MnistCNN twin, which rectifies ``fc1`` with ``F.relu``, is wrapped with a
+ReLU module there (:class:`MnistCNNWithReLUs`; the ConvNet twin's ReLUs are modules
+already). It explains ``output[0, target_category]`` only, so each image is run alone,
+target_category = its label (logit targets); it returns d logit / d x as (H, W, C) with
+no post-processing (``deprocess_image`` is a separate function). pytorch-grad-cam has no
+function for Guided GradCAM (its example script multiplies by the min-max scaled CAM
+and deprocesses): only guided backprop is stored. Keys (B = 8):
+
+- ``versions``; ``peers_sha256``: the sha256 of the peers.npz the data was made from;
+- ``{case}/logit/pytorch-grad-cam/GuidedBackprop`` (B, H, W, C): the guided gradients;
+- ``mnist_cnn/logit/pytorch-grad-cam/GuidedBackprop+functional_relu`` (B, 28, 28, 1): the
+  same on the stock twin, whose ``fc1`` ReLU is left plain (a check that the comparison
+  can fail: 0.36 to 0.65 relative from the other).
 """
 
 from __future__ import annotations
@@ -139,6 +162,7 @@ from ifa_jax.train import TrainConfig, train  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "peers.npz"
 OUT_VIT = OUT.with_name("peers_vit.npz")
+OUT_GUIDED = OUT.with_name("peers_guided.npz")
 SAMPLES = 8
 TRAIN_CONFIG = TrainConfig(batch_size=64, lr=3e-3, seed=0, progress=False)
 
@@ -629,6 +653,77 @@ def golden_vit(case: GoldenCase) -> dict[str, np.ndarray]:
     return out
 
 
+# --------------------------------------------------------------------------- guided backprop
+
+
+class MnistCNNWithReLUs(nn.Module):
+    """A MnistCNN twin whose every ReLU is a module: the twin rectifies ``fc1`` with a
+    functional ``F.relu``, which pytorch-grad-cam's guided backprop leaves plain (it swaps
+    ``nn.ReLU`` modules only), while every ReLU of the Flax model is guided by ifa_jax."""
+
+    def __init__(self, twin: torch_twins.TorchMnistCNN):
+        super().__init__()
+        self.twin, self.relu3 = twin, nn.ReLU()
+
+    def forward(self, x):
+        t = self.twin
+        x = t.pool1(t.relu1(t.conv1(x)))
+        x = t.pool2(t.relu2(t.conv2(x)))
+        return t.head(self.relu3(t.fc1(torch.flatten(x, 1))))
+
+
+def stored_case(arrays, name: str):
+    """(spec, Flax variables, x, labels) of one case of peers.npz."""
+    prefix = f"{name}/variables/"
+    flat = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+    variables = traverse_util.unflatten_dict(flat, sep="/")
+    spec = json.loads(str(arrays[f"{name}/spec"]))
+    return spec, variables, arrays[f"{name}/x"], arrays[f"{name}/labels"]
+
+
+def guided_backprop_maps(tm, xt, labels) -> np.ndarray:
+    """pytorch-grad-cam's ``GuidedBackpropReLUModel`` on each image alone (it explains
+    ``output[0, target_category]``, the batch's first sample only), target = the label:
+    (B, H, W, C), as it returns them (no post-processing)."""
+    import pytorch_grad_cam as pgc
+
+    gb = pgc.GuidedBackpropReLUModel(model=tm, device="cpu")
+    rows = [gb(xt[i : i + 1].clone(), target_category=int(c)) for i, c in enumerate(labels)]
+    return np.stack(rows).astype(np.float32)
+
+
+def golden_guided() -> dict[str, np.ndarray]:
+    """Guided backprop of pytorch-grad-cam on the cases stored in peers.npz (see the module
+    doc), read from that file (its weights, inputs and labels) rather than retrained."""
+    import hashlib
+
+    with np.load(OUT) as data:
+        arrays = {k: data[k] for k in data.files}
+    out = {"peers_sha256": np.array(hashlib.sha256(OUT.read_bytes()).hexdigest())}
+    for case in CASES:
+        spec, variables, x, labels = stored_case(arrays, case.name)
+        assert spec["model"] == case.model, (spec, case)
+        xt = torch_twins.to_torch_input(x)
+        stock, _ = torch_model(case, variables)
+        tm = MnistCNNWithReLUs(stock).eval() if case.model == "MnistCNN" else stock
+        with torch.no_grad():
+            logits = tm(xt).numpy()
+        np.testing.assert_allclose(logits, arrays[f"{case.name}/logits"], rtol=1e-5, atol=1e-5)
+        key = f"{case.name}/logit/pytorch-grad-cam/GuidedBackprop"
+        out[key] = guided_backprop_maps(tm, xt, labels)
+        assert out[key].shape == x.shape, (key, out[key].shape)
+        message = (
+            f"{case.name}: GuidedBackprop {out[key].shape}, max |gb| {np.abs(out[key]).max():.3g}"
+        )
+        if tm is not stock:
+            plain = guided_backprop_maps(stock, xt, labels)
+            out[f"{key}+functional_relu"] = plain
+            share = np.abs(plain - out[key]).max() / np.abs(out[key]).max()
+            message += f"; with fc1's functional F.relu (left plain) it differs by {share:.2g} rel."
+        print(message)
+    return out
+
+
 # --------------------------------------------------------------------------- the file
 
 
@@ -735,13 +830,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--vit", action="store_true", help=f"write torch-cam's LeGrad maps to {OUT_VIT.name} only"
     )
+    parser.add_argument(
+        "--guided",
+        action="store_true",
+        help=f"write pytorch-grad-cam's guided backprop on {OUT.name}'s cases to "
+        f"{OUT_GUIDED.name} only",
+    )
     args = parser.parse_args(argv)
+    if args.vit and args.guided:
+        parser.error("--vit and --guided write different files: pass one of them")
     torch.manual_seed(0)
     np.random.seed(0)
     arrays = {"versions": np.array(versions())}
     if args.vit:
         out = OUT_VIT
         arrays.update(golden_vit(VIT_CASE))
+    elif args.guided:
+        out = OUT_GUIDED
+        arrays.update(golden_guided())
     else:
         out = OUT
         for case in CASES:

@@ -21,7 +21,7 @@ directly (``jnp.maximum(x, 0.0)``). The evaluation steps into ``jit``, ``jax.che
 inside a ``jax.custom_vjp`` function or another primitive the evaluation cannot enter
 (``lax.while_loop``, ``shard_map``, ...) raises a ValueError naming it.
 
-Against pytorch-grad-cam 1.5.5 (``GuidedBackpropReLUModel``): the same backward rule,
+Against pytorch-grad-cam 1.5.7 (``GuidedBackpropReLUModel``): the same backward rule,
 but it swaps ``torch.nn.ReLU`` modules only (a functional ``F.relu`` stays plain) while
 every ReLU is guided here (JAX has no module boundary to tell them apart); it explains
 the first sample of the batch only, for the argmax over its whole output, where we

@@ -1,18 +1,23 @@
 """Guided Backpropagation and Guided GradCAM (ifa_jax.guided) against a hand-written
-network with an explicit guided backward pass in NumPy."""
+network with an explicit guided backward pass in NumPy, and against pytorch-grad-cam's
+guided backprop on golden data (tests/data/peers_guided.npz; no torch needed)."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 import ifa_jax
-from ifa_jax import cams, guided
+from ifa_jax import cams, guided, models
 from ifa_jax.models import MnistCNN
 from ifa_jax.probe import linen_probe
 
@@ -344,3 +349,66 @@ def test_guided_gradcam_on_mnist_is_zero_where_the_cam_is(mnist):
         lambda x: MnistCNN().apply(variables, x), x[:2], jnp.array([1, 2])
     )
     assert_saliency(out.guided, np.asarray(direct))
+
+
+# --------------------------------------------------------------------------- pytorch-grad-cam
+
+PEERS = Path(__file__).parent / "data" / "peers.npz"
+PEERS_GUIDED = PEERS.with_name("peers_guided.npz")
+PEER_RTOL = 1e-4  # max |ours - theirs| / max |theirs|, per image
+
+
+def relative_errors(ours, theirs) -> np.ndarray:
+    """Per image: max |ours - theirs| / max |theirs|."""
+    ours, theirs = (np.asarray(a, np.float64).reshape(len(a), -1) for a in (ours, theirs))
+    return np.abs(ours - theirs).max(1) / np.abs(theirs).max(1)
+
+
+@pytest.fixture(scope="module")
+def peer_guided():
+    """{case: (model, variables, x, labels)} rebuilt from peers.npz, and the arrays of
+    peers_guided.npz (pytorch-grad-cam's guided backprop on the same cases)."""
+    for path in (PEERS, PEERS_GUIDED):
+        if not path.exists():
+            pytest.skip(f"{path} is missing: python -m experiments.golden_peers --guided")
+    with np.load(PEERS_GUIDED) as data:
+        theirs = {k: data[k] for k in data.files}
+    digest = hashlib.sha256(PEERS.read_bytes()).hexdigest()
+    assert str(theirs["peers_sha256"]) == digest, (
+        f"{PEERS_GUIDED.name} was made from another {PEERS.name}: rerun "
+        "python -m experiments.golden_peers --guided"
+    )
+    with np.load(PEERS) as data:
+        stored = {k: data[k] for k in data.files}
+    cases = {}
+    for name in ("mnist_cnn", "convnet"):
+        spec = json.loads(str(stored[f"{name}/spec"]))
+        prefix = f"{name}/variables/"
+        flat = {k[len(prefix) :]: jnp.asarray(v) for k, v in stored.items() if k.startswith(prefix)}
+        model = getattr(models, spec["model"])(**spec["kwargs"])
+        variables = traverse_util.unflatten_dict(flat, sep="/")
+        cases[name] = (model, variables, stored[f"{name}/x"], stored[f"{name}/labels"])
+    return cases, theirs
+
+
+def test_equals_pytorch_grad_cams_guided_backprop(peer_guided):
+    """pytorch-grad-cam 1.5.7's GuidedBackpropReLUModel (one image at a time, target = the
+    label's logit) on torch twins of the two trained CNNs of peers.npz, every ReLU a module
+    so that it is swapped: ``guided_backprop`` equals it to 1e-4 relative per image, and so
+    does the saliency of ``guided_gradcam`` (through the probe's forward)."""
+    cases, theirs = peer_guided
+    assert PEERS_GUIDED.stat().st_size < 100_000
+    for name, (model, variables, x, labels) in cases.items():
+        expected = theirs[f"{name}/logit/pytorch-grad-cam/GuidedBackprop"]
+        assert expected.shape == x.shape and np.all(np.abs(expected).max(axis=(1, 2, 3)) > 0)
+        ours = guided.guided_backprop(functools.partial(model.apply, variables), x, labels)
+        assert relative_errors(ours, expected).max() < PEER_RTOL, name
+        if name == "convnet":
+            probe = linen_probe(model, "relu2")
+            via_probe = guided.guided_gradcam(probe, variables, x, labels).guided
+            assert relative_errors(via_probe, expected).max() < PEER_RTOL
+        if name == "mnist_cnn":
+            # The comparison can fail: with the twin's functional F.relu after fc1, which
+            # pytorch-grad-cam leaves plain, its map is far from ours.
+            plain = theirs[f"{name}/logit/pytorch-grad-cam/GuidedBackprop+functional_relu"]
+            assert relative_errors(ours, plain).max() > 0.1
