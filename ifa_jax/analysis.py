@@ -864,24 +864,11 @@ def _check_method_options(
             "method_options must be a dict {method: {option: value}}, e.g. "
             f"{{'gradcam++': {{'eps': 1e-7}}}}; got {type(method_options).__name__}"
         )
-    static, arrays, named = [], {}, {}
-    for name, given in method_options.items():
-        m = cams.canonical_method(name)
-        if m not in methods:
-            raise ValueError(
-                f"method_options names {name!r}, which is not among the methods analysed "
-                f"({', '.join(methods)}); add it to method= or drop its options"
-            )
-        if m in named:
-            raise ValueError(
-                f"method_options names {m} twice ({named[m]!r} and {name!r}); give its options once"
-            )
-        named[m] = name
-        if not isinstance(given, Mapping):
-            raise ValueError(
-                f"method_options[{name!r}] must be a dict {{option: value}}; got {given!r}"
-            )
-        cams.method_options(m, given)  # an unknown option raises, naming the known ones
+    static, arrays = [], {}
+    given_per_method = cams.options_per_method(
+        method_options.items(), methods, among="the methods analysed", add_to="method="
+    )
+    for m, given in given_per_method.items():
         for option, value in given.items():
             if isinstance(value, (jax.Array, np.ndarray)):
                 continue

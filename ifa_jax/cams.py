@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -329,6 +329,36 @@ def method_options(method: str | Method, options: Mapping[str, Any] | None = Non
     for name, value in options.items():
         _check_option_value(spec, name, value)
     return {**spec.options, **options}
+
+
+def options_per_method(
+    given: Iterable[tuple[str, Any]], methods: Sequence[str], *, among: str, add_to: str
+) -> dict[str, dict[str, Any]]:
+    """``(method, {option: value})`` pairs -> ``{canonical method: options}``, each method
+    among ``methods`` (canonical names; ``among`` names them in the error, ``add_to`` the
+    argument to add a method to) and named once, each option known and of a valid type
+    (:func:`method_options`). Defaults are not filled in."""
+    out: dict[str, dict[str, Any]] = {}
+    named: dict[str, str] = {}
+    for name, options in given:
+        m = canonical_method(name)
+        if m not in methods:
+            raise ValueError(
+                f"method_options names {name!r}, which is not among {among} "
+                f"({', '.join(methods)}); add it to {add_to} or drop its options"
+            )
+        if m in named:
+            raise ValueError(
+                f"method_options names {m} twice ({named[m]!r} and {name!r}); give its options once"
+            )
+        named[m] = name
+        if not isinstance(options, Mapping):
+            raise ValueError(
+                f"method_options[{name!r}] must be a dict {{option: value}}; got {options!r}"
+            )
+        method_options(m, options)  # an unknown option or a bad value raises
+        out[m] = dict(options)
+    return out
 
 
 def _check_option_value(spec: Method, name: str, value: Any) -> None:

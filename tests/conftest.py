@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -38,6 +40,14 @@ def nested():
 def nnx_model():
     """(NNX model, x (2, 6, 6, 1))."""
     return NnxCNN(rngs=nnx.Rngs(0)), jax.random.normal(jax.random.key(4), (2, 6, 6, 1))
+
+
+def random_variables(model, x, seed=1, std=0.5):
+    """Variables shaped as ``model.init``'s, drawn with NumPy: no init to compile (an eager
+    ViT init takes seconds)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype), shapes)
 
 
 def random_ag(key, shape, positive=True):

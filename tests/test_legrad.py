@@ -19,18 +19,12 @@ from ifa_jax.models import ConvNet, ViT
 from ifa_jax.probe import linen_probe
 from ifa_jax.tokens import GridTapped, attention_to_grid
 from tests import reference as ref
+from tests.conftest import random_variables
 
 GRID = (2, 3)  # 8x12 inputs, patch 4: a 2x3 grid of patches after the class token
 TARGET = np.array([0, 2])
 PEERS_VIT = Path(__file__).parent / "data" / "peers_vit.npz"
 PEER_RTOL = 1e-4  # max |ours - theirs| / max |theirs|, per image
-
-
-def random_variables(model, x, seed=1, std=0.5):
-    """Variables shaped as ``model.init``'s, drawn with NumPy (no init to compile)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype), shapes)
 
 
 @pytest.fixture(scope="module")

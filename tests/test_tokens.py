@@ -17,17 +17,10 @@ from ifa_jax.models import ViT
 from ifa_jax.probe import ZeroGradientWarning, linen_natural_layer, linen_probe
 from ifa_jax.tokens import GridTapped
 from tests import reference as ref
+from tests.conftest import random_variables
 
 SIDE = 3  # 12x12 inputs, patch 4: a 3x3 grid of patch tokens after the class token
 TARGET = np.array([0, 2])
-
-
-def random_variables(model, x, seed=1, std=0.5):
-    """Variables shaped as ``model.init``'s, drawn with NumPy: no init to compile (an eager
-    ViT init takes seconds)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype), shapes)
 
 
 @pytest.fixture(scope="module")

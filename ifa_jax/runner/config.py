@@ -177,24 +177,18 @@ def _canonical_options(given, methods: tuple[str, ...]) -> tuple:
     """``method_options`` (a mapping or pairs) as sorted ``((method, ((option, value), ...)),
     ...)``: canonical method names among ``methods``, options the method has, JSON values."""
     pairs = tuple(given.items()) if isinstance(given, Mapping) else tuple(given)
-    out: dict[str, tuple] = {}
     for entry in pairs:
         if not (isinstance(entry, (tuple, list)) and len(entry) == 2):
             raise ValueError(
                 "method_options must map each method to its options, e.g. "
                 f'{{"gradcam++": {{"eps": 1e-7}}}}; got the entry {entry!r}'
             )
-        name, options = entry
-        m = cams.canonical_method(name)
-        if m not in methods:
-            raise ValueError(
-                f"method_options names {name!r}, which is not among methods "
-                f"({', '.join(methods)}); add it to methods or drop its options"
-            )
-        if m in out:
-            raise ValueError(f"method_options names {m} twice; give its options once")
-        options = dict(options.items() if isinstance(options, Mapping) else options)
-        cams.method_options(m, options)  # an unknown option raises, naming the known ones
+    # stored as pairs: a method's options may come back as ((option, value), ...)
+    pairs = tuple((n, dict(o) if isinstance(o, (tuple, list)) else o) for n, o in pairs)
+    out: dict[str, tuple] = {}
+    for m, options in cams.options_per_method(
+        pairs, methods, among="methods", add_to="methods"
+    ).items():
         fixed = []
         for option, value in sorted(options.items()):
             fix = (
