@@ -49,6 +49,12 @@ from ifa_jax.probe import LayerProbe
 
 Array = jax.Array
 COUNT_MODES = ("correct", "all")
+
+
+class NothingCountedError(ValueError):
+    """No sample of the pass was counted, so no statistic is defined."""
+
+
 DEFAULT_KEYS = ("image", "label")
 
 
@@ -217,7 +223,7 @@ def finalize(state: Stats) -> Summary:
     count = np.asarray(state.count, np.float64)
     total = count.sum()
     if total == 0:
-        raise ValueError(
+        raise NothingCountedError(
             "no sample was counted (none valid and correctly classified); analyse more data, "
             "or pass count='all' to count misclassified samples too"
         )

@@ -11,7 +11,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ifa_jax import analysis, cams, metrics, scale
@@ -57,6 +57,8 @@ class Config:
     faithfulness_samples / sanity_samples: images for drop/increase, insertion/deletion
     and the randomisation check (0 skips them); figure_samples: images in the CAM figure.
     All three are drawn stratified by class with ``seed`` (one per class first).
+    count: which samples the importance statistics count: ``"correct"`` (correctly
+    classified ones, the method's default) or ``"all"``.
     devices: devices the analysis pass splits each batch over (the first n of
     ``jax.devices()``; batches are padded to a multiple of n); the results equal one
     device's.
@@ -92,6 +94,7 @@ class Config:
     figure_samples: int = 10
     seed: int = 0
     devices: int = 1
+    count: str = "correct"
 
     def __post_init__(self):
         for name, value in _typed_fields(
@@ -106,7 +109,14 @@ class Config:
         except ValueError as e:
             raise ValueError(f"invalid config {self.name!r}: {e}") from None
         object.__setattr__(self, "method_options", options)
-        checks = [(False, p) for p in registry.check_names(self.model, self.dataset)] + [
+        checks = [
+            (False, p) for p in registry.check_names(self.model, self.dataset, self.dataset_kwargs)
+        ] + [
+            (
+                _is_folder_name(self.name),
+                f"name {self.name!r} must be one folder name (no '/', '\\', '..' or surrounding "
+                "spaces): it names the run folder runs/<name>",
+            ),
             (self.scale_mode in scale.MODES, f"scale_mode must be one of {scale.MODES}"),
             (bool(self.methods), "methods is empty; name at least one CAM method"),
             (self.validation_size > 0, "validation_size must be > 0 (a count, or a share < 1)"),
@@ -116,6 +126,10 @@ class Config:
                 "tokens_prefix must be >= 0 (the class/register tokens) or None",
             ),
             (self.devices >= 1, "devices must be >= 1 (the devices the analysis runs on)"),
+            (
+                self.count in analysis.COUNT_MODES,
+                f"count must be one of {', '.join(analysis.COUNT_MODES)}; got {self.count!r}",
+            ),
             (self.scale_ratio > 0, "scale_ratio must be > 0"),
             (
                 0 <= self.scale_lo_percentile < self.scale_hi_percentile <= 100,
@@ -153,6 +167,16 @@ class Config:
         ``method``, all of them: ``{method: {option: value}}``."""
         given = {m: dict(pairs) for m, pairs in self.method_options}
         return given if method is None else given.get(cams.canonical_method(method), {})
+
+
+def _is_folder_name(name: str) -> bool:
+    """Whether ``name`` is one path component that stays where it is put."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and not any(c in name for c in "/\\\0")
+        and name == name.strip()
+    )
 
 
 def _json_value(value, where: str, fix: str):
@@ -287,9 +311,14 @@ def config_from_dict(values: Mapping[str, Any], where: str = "config") -> Config
     return _coerce(Config, values, where)
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """A config from a ``.py`` file with ``get_config()`` or a ``.json`` file."""
+def load_config(path: str | os.PathLike, *, plugins: Sequence[str] = ()) -> Config:
+    """A config from a ``.py`` file with ``get_config()`` or a ``.json`` file. A relative
+    plug-in path (``"my_models.py:CNN"``) is resolved against the config file's folder
+    (:func:`ifa_jax.runner.registry.resolve_plugin_paths`). A JSON file is data: the
+    plug-ins it names must be ``.py`` files in its own folder or listed in ``plugins``
+    (:func:`ifa_jax.runner.registry.check_trusted`)."""
     path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"config file {path!r} does not exist; the shipped ones are "
@@ -311,12 +340,13 @@ def load_config(path: str | os.PathLike) -> Config:
                 f"config file {path!r} holds a JSON {type(values).__name__}; it must hold an "
                 'object of config fields, e.g. {"name": "mine", "layer": "conv2"}'
             )
-        return config_from_dict(values, path)
+        config = registry.resolve_plugin_paths(config_from_dict(values, path), folder)
+        registry.check_trusted(config, folder=folder, plugins=plugins)
+        return config
     spec = importlib.util.spec_from_file_location("ifa_config", path)
     assert spec is not None and spec.loader is not None  # a .py file that exists
     module = importlib.util.module_from_spec(spec)
     # A config may import helpers that sit beside it (experiments/configs/common.py).
-    folder = os.path.dirname(os.path.abspath(path))
     sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
@@ -326,13 +356,13 @@ def load_config(path: str | os.PathLike) -> Config:
         raise ValueError(f"{path} has no get_config() function returning a Config")
     config = module.get_config()
     if isinstance(config, Mapping):
-        return config_from_dict(config, path)
+        config = config_from_dict(config, path)
     if not isinstance(config, Config):
         raise ValueError(
             f"{path}: get_config() returned a {type(config).__name__}; return a Config (or a "
             "dict of its fields)"
         )
-    return config
+    return registry.resolve_plugin_paths(config, folder)
 
 
 def override(config: Config, *assignments: str) -> Config:

@@ -10,12 +10,16 @@ checkpoint it was computed from.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
-from collections.abc import Callable, Mapping
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -137,9 +141,86 @@ class RunFolder:
         self.log = log
         self.checkpoint_digest: str | None = None
         self.inputs = inputs or config_digest(config)
+        self._lock = None
+        created_folder = not os.path.isdir(self.path)
         try:
             os.makedirs(self.path, exist_ok=True)
-            fd, probe_file = tempfile.mkstemp(dir=self.path, prefix=".write-test-")
+        except OSError as e:
+            raise PermissionError(
+                f"cannot write to the output folder {self.path!r} ({e.strerror}); pass a "
+                "writable --out path"
+            ) from None
+        # The lock comes first: nothing else is created in the folder before it is held,
+        # so a runner opening the same folder at the same moment sees only the lock.
+        created_lock = not os.path.lexists(self.file(LOCK_FILE))
+        try:
+            self._acquire_lock()
+            self._check_writable()
+            self._adopt(config, overwrite)
+        except BaseException:
+            # A lock file this call made is removed while still held, so no one else can
+            # hold it in the meantime.
+            if self._lock is not None and created_lock and not self._is_run_folder():
+                with contextlib.suppress(OSError):
+                    os.remove(self.file(LOCK_FILE))
+            self.close()
+            if created_folder:
+                with contextlib.suppress(OSError):  # only while it is empty
+                    os.rmdir(self.path)
+            raise
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _acquire_lock(self) -> None:
+        """Hold the folder's lock (``self._lock``) and write this process's PID in it."""
+        lock = self.file(LOCK_FILE)
+        try:
+            # O_NOFOLLOW: a lock file planted as a link must not lead the PID elsewhere.
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ValueError(
+                    f"{lock!r} is a symbolic link; the runner never writes through links in "
+                    "its run folder. Remove the link, or choose another --out"
+                ) from None
+            raise PermissionError(
+                f"cannot write to the output folder {self.path!r} ({e.strerror}); pass a "
+                "writable --out path"
+            ) from None
+        handle = os.fdopen(fd, "rb+", buffering=0)  # unbuffered: close() never writes
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A lock file removed (by a runner that gave up) after it was opened here no
+            # longer guards the folder: treat the folder as busy.
+            try:
+                same = os.fstat(fd).st_ino == os.lstat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                raise BlockingIOError
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().decode(errors="replace").strip() or "unknown"
+            handle.close()
+            raise RunFolderBusyError(
+                f"run folder {self.path!r} is in use by another runner (process {holder}); "
+                "wait for it to finish, or choose another --out"
+            ) from None
+        self._lock = handle
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()).encode())
+        except OSError as e:
+            raise io.WriteError(
+                e.errno,
+                f"could not write {lock} ({e.strerror or e}); free space or raise the "
+                "file-size limit, then run the same command again",
+            ) from None
+
+    def _check_writable(self) -> None:
+        try:
+            fd, probe_file = tempfile.mkstemp(dir=self.path, prefix=f".write-test{io.TEMP_MARK}")
             os.close(fd)
             os.remove(probe_file)
         except OSError as e:
@@ -147,33 +228,6 @@ class RunFolder:
                 f"cannot write to the output folder {self.path!r} ({e.strerror}); pass a "
                 "writable --out path"
             ) from None
-        self._lock = self._acquire_lock(created=not os.path.exists(self.file(LOCK_FILE)))
-        try:
-            self._adopt(config, overwrite)
-        except BaseException:
-            self.close()
-            raise
-
-    # -- opening -------------------------------------------------------------------------
-
-    def _acquire_lock(self, created: bool):
-        handle = open(self.file(LOCK_FILE), "a+")  # noqa: SIM115 (held until close())
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise RunFolderBusyError(
-                f"run folder {self.path!r} is in use by another runner (process {holder}); "
-                "wait for it to finish, or choose another --out"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._lock_created = created
-        return handle
 
     def _is_run_folder(self) -> bool:
         return self.has(RUN_MARKER)
@@ -186,14 +240,19 @@ class RunFolder:
         entries = self._foreign_entries()
         if entries and not ours:
             shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-            if self._lock_created:
-                os.remove(self.file(LOCK_FILE))
             raise FileExistsError(
                 f"{self.path!r} is not empty ({shown}) and is not a run folder (it has no "
                 f"{RUN_MARKER} file), so nothing was written or deleted there"
                 f"{' (--overwrite only ever clears run folders)' if overwrite else ''}; "
                 "choose a new or empty --out folder"
             )
+        for sub in SUBFOLDERS:
+            if os.path.islink(self.file(sub)):
+                raise ValueError(
+                    f"{self.file(sub)!r} is a symbolic link; the runner writes only inside "
+                    "its run folder and never through links. Replace the link by a folder "
+                    "(or remove it), or choose another --out"
+                )
         for stale in io.remove_stale_temporaries(self.path):
             self.log(
                 f"run folder: removed {os.path.relpath(stale, self.path)}, left by an "
@@ -204,6 +263,8 @@ class RunFolder:
             try:
                 with open(self.file("config.json")) as f:
                     theirs = json.load(f)
+                if not isinstance(theirs, dict):
+                    raise ValueError(f"it holds a JSON {type(theirs).__name__}, not an object")
             except ValueError as e:
                 raise ValueError(
                     f"{self.file('config.json')} is damaged ({e}), so the config this run "
@@ -232,26 +293,64 @@ class RunFolder:
         write_json(self.file("config.json"), mine)
 
     def _read_manifest(self) -> dict[str, dict]:
+        """The manifest's entries. Entries of the wrong shape are dropped (their files are
+        recomputed); an entry naming a path outside the folder is refused."""
         if not self.has(MANIFEST):
             return {}
         try:
             with open(self.file(MANIFEST)) as f:
                 manifest = json.load(f)
-            if isinstance(manifest, dict):
-                return manifest
         except ValueError:
-            pass
-        self.log(f"run folder: {MANIFEST} is damaged; every stage will be recomputed")
-        return {}
+            manifest = None
+        if not isinstance(manifest, dict):
+            self.log(f"run folder: {MANIFEST} is damaged; every stage will be recomputed")
+            return {}
+        entries = {}
+        for name, entry in manifest.items():
+            self.inside(name, f"{MANIFEST} entry")
+            fields_ok = isinstance(entry, dict) and all(
+                isinstance(entry.get(k), str) or (k != "sha256" and entry.get(k) is None)
+                for k in ("sha256", "checkpoint", "inputs")
+            )
+            if fields_ok:
+                entries[name] = entry
+            else:
+                self.log(
+                    f"run folder: {MANIFEST} entry {name!r} is damaged ({entry!r}); its "
+                    "file will be recomputed"
+                )
+        return entries
+
+    def inside(self, name: str, what: str = "path") -> str:
+        """The full path of ``name``, refused unless it stays inside the run folder: a
+        relative path with no ``..`` whose folder, links resolved, is the run folder's."""
+        ok = isinstance(name, str) and name and "\0" not in name and not os.path.isabs(name)
+        if ok:
+            parts = os.path.normpath(name).split(os.sep)
+            ok = ".." not in parts and parts != ["."]
+        full = os.path.join(self.path, name) if ok else ""
+        if ok:
+            root = os.path.realpath(self.path)
+            parent = os.path.realpath(os.path.dirname(full))
+            ok = os.path.commonpath([root, parent]) == root
+        if not ok:
+            raise ValueError(
+                f"{what} {name!r} in the run folder {self.path!r} points outside it; the "
+                "runner reads and deletes only inside its folder. Remove that entry (or "
+                f"delete {MANIFEST}: every stage is then recomputed) and run again"
+            )
+        return full
 
     def clear(self) -> None:
         """Remove what the runner wrote: its top-level files and the files its manifest
-        records; a subfolder goes only when nothing else is left in it."""
+        records, only regular files inside the folder (a link is never followed or
+        removed); a subfolder goes only when nothing else is left in it."""
         recorded = list(self._read_manifest())
         for name in (*recorded, *TOP_LEVEL_FILES):
-            full = self.file(name)
-            if os.path.isfile(full):
-                os.remove(full)
+            full = self.inside(name)
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(os.lstat(full).st_mode):
+                    os.remove(full)
         for sub in SUBFOLDERS:
             with contextlib.suppress(OSError):  # not empty: the user's files stay
                 os.rmdir(self.file(sub))
@@ -297,6 +396,9 @@ class RunFolder:
         """Whether ``name`` exists, is intact, and was computed from the current checkpoint."""
         if not self.has(name):
             return False
+        if os.path.islink(self.file(name)):
+            self.log(f"run folder: {name} is a symbolic link, not the runner's; recomputing it")
+            return False
         entry = self.manifest.get(name)
         if entry is None:
             self.log(f"run folder: {name} has no recorded checksum; recomputing it")
@@ -317,6 +419,44 @@ class RunFolder:
             self.log(f"run folder: {name} was computed from another checkpoint; recomputing it")
             return False
         return True
+
+    def read_json(self, name: str, check: Callable[[Any], str | None] = lambda _: None):
+        """The JSON value of ``name`` if the file verifies (:meth:`valid`) and ``check``
+        finds nothing wrong with it (``check`` returns a problem or None); otherwise None,
+        logging why, so the caller recomputes it."""
+        if not self.valid(name):
+            return None
+        try:
+            with open(self.file(name)) as f:
+                value = json.load(f)
+            problem = check(value)
+        except ValueError as e:
+            problem = str(e)
+        if problem is not None:
+            self.log(
+                f"run folder: {name} is not what the runner writes ({problem}); recomputing it"
+            )
+            return None
+        return value
+
+    def read_npz(self, name: str, keys: Sequence[str] = ()) -> dict[str, np.ndarray] | None:
+        """Every array of the ``.npz`` ``name`` if the file verifies and holds ``keys``;
+        otherwise None, logging why. Nothing is unpickled: object arrays are refused."""
+        if not self.valid(name):
+            return None
+        try:
+            with np.load(self.file(name), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            missing = [k for k in keys if k not in arrays]
+            problem = f"no array {', '.join(missing)}" if missing else None
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+            problem = str(e)
+        if problem is not None:
+            self.log(
+                f"run folder: {name} is not what the runner writes ({problem}); recomputing it"
+            )
+            return None
+        return arrays
 
     def write_json(self, name: str, obj) -> None:
         """``obj`` as JSON at ``name`` (relative), recorded in the manifest."""

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import jax
-import numpy as np
 
 from ifa_jax import scale
 from ifa_jax.runner import registry
@@ -36,28 +35,35 @@ def _jsonable(obj):
     return json.loads(json.dumps(to_jsonable(obj)))
 
 
+def evaluation_problem(stored) -> str | None:
+    """What is wrong with an ``evaluation/<name>.json`` read back (None: nothing)."""
+    if not isinstance(stored, dict):
+        return f"a JSON {type(stored).__name__}, not an object"
+    missing = [k for k in ("version", "numbers", "arrays") if k not in stored]
+    if missing:
+        return f"no {', '.join(missing)}"
+    arrays = stored["arrays"]
+    if not (isinstance(arrays, list) and all(isinstance(a, str) for a in arrays)):
+        return "arrays is not a list of names"
+    return None
+
+
 def stage_evaluate(ctx: RunContext, evaluations: Sequence[Evaluation]) -> None:
     """Each evaluation's verified file, or its computation; fills ``ctx.evaluations``."""
     run = ctx.run
     for e in evaluations:
         name_json, name_npz = f"evaluation/{e.name}.json", f"evaluation/{e.name}.npz"
-        stored = None
-        if run.valid(name_json):
-            with open(run.file(name_json)) as f:
-                stored = json.load(f)
-            if stored.get("version") != e.version:
-                ctx.log(
-                    f"evaluate: {name_json} has version {stored.get('version')}, not "
-                    f"{e.version}; recomputing"
-                )
-                stored = None
-            elif stored["arrays"] and not run.valid(name_npz):
-                stored = None
-        if stored is not None:
-            arrays = {}
-            if stored["arrays"]:
-                with np.load(run.file(name_npz)) as z:
-                    arrays = {k: z[k] for k in z.files}
+        stored = run.read_json(name_json, evaluation_problem)
+        arrays = None
+        if stored is not None and stored["version"] != e.version:
+            ctx.log(
+                f"evaluate: {name_json} has version {stored['version']}, not "
+                f"{e.version}; recomputing"
+            )
+            stored = None
+        elif stored is not None:
+            arrays = run.read_npz(name_npz, stored["arrays"]) if stored["arrays"] else {}
+        if stored is not None and arrays is not None:
             numbers = stored["numbers"]
             ctx.log(f"evaluate: loaded {name_json}")
         else:
@@ -117,7 +123,20 @@ def run(
                 f"{what} name(s) {', '.join(twice)} appear more than once; give "
                 f"each {what} its own name"
             )
+    if config.devices > jax.device_count():
+        raise ValueError(
+            f"config field 'devices' is {config.devices}, but this machine has "
+            f"{jax.device_count()} {jax.default_backend()} device(s); set devices <= "
+            f"{jax.device_count()}"
+        )
     splits = registry.load_data(config)
+    for split in ("train", "validation"):
+        if len(getattr(splits, split)) == 0:
+            raise ValueError(
+                f"the {split} split of dataset {config.dataset!r} is empty; the runner "
+                "trains on one split and analyses both (raise validation_size, or give the "
+                "dataset factory both splits)"
+            )
     model = registry.build_model(config, splits)
     layer, why = check_model(config, model, splits)
     if config.layer is None:  # recorded in config.json, the report and results.json
@@ -171,7 +190,8 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``ifa-jax run --config FILE [--out DIR] [--set KEY=VALUE ...] [--overwrite]``."""
+    """``ifa-jax run --config FILE [--out DIR] [--set KEY=VALUE ...] [--plugin CODE ...]
+    [--overwrite]``."""
     parser = argparse.ArgumentParser(
         prog="ifa-jax", description="Integrated feature analysis of a model on a dataset."
     )
@@ -192,6 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="override a config field, e.g. train.epochs=2 or methods=gradcam,hirescam",
     )
     p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py|MODULE",
+        help="allow the config (a JSON file or a --set value) to run this plug-in file or "
+        "module; a JSON config may name .py files in its own folder without it",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace a run folder (made by the runner) that belongs to another "
@@ -199,13 +227,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, plugins=args.plugin)
+        # What the config file names is checked by load_config; --set values are data too.
+        trusted = (config.model, config.dataset)
         config = override(config, *args.set)
+        registry.check_trusted(
+            config,
+            folder=os.path.dirname(os.path.abspath(args.config)),
+            plugins=args.plugin,
+            trusted=trusted,
+        )
+        if args.out is not None and not args.out.strip():
+            raise ValueError("--out is empty; name a folder, or leave --out out for runs/<name>")
         out = args.out or os.path.join("runs", config.name)
         run(config, out, overwrite=args.overwrite)
     except (ValueError, OSError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "\nstopped: the run folder keeps every finished stage (and training its last "
+            "finished epoch); run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

@@ -1,7 +1,14 @@
 """Where the runner's models and datasets come from: two tables, and plug-ins by name.
 
 A config names a model and a dataset either from the tables below or as a plug-in,
-``"package.module:factory"`` or ``"path/to/file.py:factory"``: any importable callable.
+``"package.module:factory"`` or ``"path/to/file.py:factory"``.
+
+A config file is read as data, so the code it may run is limited (:func:`check_trusted`):
+a JSON config may name a ``.py`` file inside its own folder; anything else (a module, a
+file elsewhere) runs only when the user names it on the command line (``--plugin``). A
+``.py`` config is code the user runs, so the plug-ins its ``get_config()`` names are
+trusted. A relative plug-in path is resolved against the config file's folder
+(:func:`resolve_plugin_paths`).
 
 * A **model factory** returns a Linen module mapping ``(B, *spatial, C)`` to logits
   ``(B, num_classes)``. It is called with the config's ``model_kwargs`` and, when its
@@ -16,12 +23,13 @@ A config names a model and a dataset either from the tables below or as a plug-i
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -121,6 +129,78 @@ def load_object(spec: str, what: str) -> Callable[..., Any]:
     return obj
 
 
+def plugin_target(spec: str) -> str:
+    """The file or module part of a plug-in spec (before the last ``:``)."""
+    return spec.rpartition(":")[0]
+
+
+def resolve_plugin_paths(config, base: str | os.PathLike):
+    """``config`` with each relative ``file.py`` plug-in path made absolute: against
+    ``base`` (the config file's folder) where the file is, else the working directory.
+    A file found in neither is named with both places tried."""
+    changes = {}
+    for field, table in (("model", MODELS), ("dataset", DATASETS)):
+        spec = getattr(config, field)
+        target = plugin_target(spec)
+        if not is_plugin(spec, table) or not target.endswith(".py") or os.path.isabs(target):
+            continue
+        tried = [os.path.abspath(os.path.join(base, target)), os.path.abspath(target)]
+        found = next((t for t in tried if os.path.isfile(t)), None)
+        if found is None:
+            raise FileNotFoundError(
+                f"{field} {spec!r}: the file {target!r} is neither in the config's folder "
+                f"({tried[0]!r}) nor in the working directory ({tried[1]!r}); give its path "
+                "relative to the config file, or an absolute path"
+            )
+        changes[field] = f"{found}:{spec.rpartition(':')[2]}"
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def check_trusted(
+    config,
+    *,
+    folder: str | os.PathLike | None = None,
+    plugins: Sequence[str] = (),
+    trusted: Sequence[str] = (),
+) -> None:
+    """Refuse plug-ins that the user did not name. A plug-in spec is allowed when it is in
+    ``trusted`` (named by code the user runs: a ``.py`` config), when its ``.py`` file lies
+    inside ``folder`` (a JSON config's own folder), or when its file or module is in
+    ``plugins`` (named on the command line with ``--plugin``)."""
+    named_files = {os.path.realpath(p) for p in plugins if p.endswith(".py")}
+    named_modules = {p for p in plugins if not p.endswith(".py")}
+    for field, table in (("model", MODELS), ("dataset", DATASETS)):
+        spec = getattr(config, field)
+        if not is_plugin(spec, table) or spec in trusted:
+            continue
+        target = plugin_target(spec)
+        if target.endswith(".py"):
+            real = os.path.realpath(target)
+            root = None if folder is None else os.path.realpath(folder)
+            if real in named_files or (
+                root is not None and os.path.commonpath([root, real]) == root
+            ):
+                continue
+            where = (
+                f"only a .py file inside the config's folder ({root})"
+                if root is not None
+                else "no plug-in of its own"
+            )
+        elif any(target == m or target.startswith(f"{m}.") for m in named_modules):
+            continue
+        else:
+            where = (
+                f"only a .py file inside the config's folder ({os.path.realpath(folder)})"
+                if folder is not None
+                else "no module"
+            )
+        raise ValueError(
+            f"{field} {spec!r} names code to run, and a config file or --set value is read as "
+            f"data: it may name {where}. If you trust {target!r}, name it on the command "
+            f"line: --plugin {target}"
+        )
+
+
 def plugin_sources(config) -> list[str]:
     """The source files of the config's plug-ins (their code is part of a run's inputs)."""
     sources = []
@@ -205,15 +285,21 @@ def build_model(config, splits: data.Splits):
     """The config's (untrained) Linen model for ``splits``."""
     plugin = is_plugin(config.model, MODELS)
     factory = load_object(config.model, "model") if plugin else MODELS[config.model]
-    model = call_with_accepted(
-        factory,
-        dict(config.model_kwargs),
-        {
-            "num_classes": splits.train.num_classes,
-            "input_shape": tuple(splits.train.input_shape),
-        },
-        f"model {config.model!r}",
-    )
+    try:
+        model = call_with_accepted(
+            factory,
+            dict(config.model_kwargs),
+            {
+                "num_classes": splits.train.num_classes,
+                "input_shape": tuple(splits.train.input_shape),
+            },
+            f"model {config.model!r}",
+        )
+    except TypeError as e:  # a built-in model's fields are read when it is built
+        raise ValueError(
+            f"model {config.model!r} does not take model_kwargs "
+            f"{dict(config.model_kwargs)} ({e}); fix the config's model_kwargs"
+        ) from None
     if isinstance(model, type) or not isinstance(model, nn.Module):
         what = (
             f"the class {model.__name__}"
@@ -232,7 +318,7 @@ def build_model(config, splits: data.Splits):
     return model
 
 
-def check_names(model: str, dataset: str) -> list[str]:
+def check_names(model: str, dataset: str, dataset_kwargs: Sequence = ()) -> list[str]:
     """Problems with a config's model and dataset names (plug-ins are checked on use)."""
     problems = []
     if not is_plugin(model, MODELS) and model not in MODELS:
@@ -241,6 +327,11 @@ def check_names(model: str, dataset: str) -> list[str]:
             "'package.module:factory' / 'file.py:factory'"
         )
     name, colon, argument = dataset.partition(":")
+    if not is_plugin(dataset, DATASETS) and dataset_kwargs:
+        problems.append(
+            f"dataset_kwargs {dict(dataset_kwargs)} apply only to a plug-in dataset; the "
+            f"built-in {name!r} takes none (remove them)"
+        )
     if not is_plugin(dataset, DATASETS):
         if name not in DATASETS:
             problems.append(

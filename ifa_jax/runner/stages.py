@@ -8,7 +8,6 @@ evaluations and the report.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -183,13 +182,25 @@ def load_given_variables(config: Config, model, splits: data.Splits) -> tuple[An
     return variables, sha256(path)
 
 
+def train_info_problem(info) -> str | None:
+    """What is wrong with a ``train.json`` read back (None: it has what the report reads)."""
+    if not isinstance(info, dict):
+        return f"a JSON {type(info).__name__}, not an object"
+    accuracy = info.get("validation_accuracy")
+    if not (isinstance(accuracy, dict) and isinstance(accuracy.get("accuracy"), (int, float))):
+        return "no validation_accuracy.accuracy"
+    if not isinstance(info.get("history", {}), dict):
+        return "history is not an object"
+    return None
+
+
 def _given_variables(ctx: RunContext, digest: str) -> None:
     """Record (or reload) what the given variables score; nothing is trained."""
     config, run = ctx.config, ctx.run
     run.checkpoint_digest = digest
-    if run.valid("train.json"):
-        with open(run.file("train.json")) as f:
-            ctx.train_info = json.load(f)
+    stored = run.read_json("train.json", train_info_problem)
+    if stored is not None:
+        ctx.train_info = stored
         return
     path = os.path.abspath(str(config.variables))
     ctx.train_info = {
@@ -216,14 +227,14 @@ def stage_train(ctx: RunContext, given_digest: str | None = None) -> None:
     ckpt = run.file("checkpoint.msgpack")
     if run.valid("checkpoint.msgpack"):
         run.checkpoint_digest = run.manifest["checkpoint.msgpack"]["sha256"]
-        if run.valid("train.json"):
+        stored = run.read_json("train.json", train_info_problem)
+        if stored is not None:
             log(f"train: loading {ckpt}")
             ctx.variables = training.load_checkpoint(
                 ckpt, _template(config, ctx.model, ctx.splits.train.input_shape)
             )
             check_finite_weights(ctx.variables, ckpt)
-            with open(run.file("train.json")) as f:
-                ctx.train_info = json.load(f)
+            ctx.train_info = stored
             return None
         run.checkpoint_digest = None
     start = time.perf_counter()
@@ -269,12 +280,28 @@ def _summary_arrays(result: analysis.Analysis) -> dict[str, np.ndarray]:
     return out
 
 
-def load_analysis(path: str) -> tuple[analysis.Summary, dict[str, np.ndarray]]:
-    """``(Summary, per-sample arrays)`` from an ``analysis/<method>_<split>.npz``."""
-    with np.load(path) as z:
-        summary = analysis.Summary(**{k: z[f"summary_{k}"] for k in analysis.Summary._fields})
-        samples = {k[len("sample_") :]: z[k] for k in z.files if k.startswith("sample_")}
-    return summary._replace(seen=int(summary.seen)), samples
+# The arrays of an analysis/<method>_<split>.npz that the later stages read.
+ANALYSIS_KEYS = (
+    *(f"summary_{k}" for k in analysis.Summary._fields),
+    "sample_cam_max",
+    "sample_cam_min",
+    "sample_label",
+)
+
+
+def load_analysis(
+    arrays: str | os.PathLike | Mapping[str, np.ndarray],
+) -> tuple[analysis.Summary, dict[str, np.ndarray]]:
+    """``(Summary, per-sample arrays)`` from an ``analysis/<method>_<split>.npz`` (its path,
+    or its arrays as :meth:`RunFolder.read_npz` gives them)."""
+    if not isinstance(arrays, Mapping):
+        with np.load(arrays, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    stored: Mapping[str, Any] = arrays
+    summary = analysis.Summary(**{k: stored[f"summary_{k}"] for k in analysis.Summary._fields})
+    summary = summary._replace(seen=int(summary.seen))
+    samples = {k[len("sample_") :]: v for k, v in arrays.items() if k.startswith("sample_")}
+    return summary, samples
 
 
 def stage_analyse(ctx: RunContext) -> None:
@@ -288,32 +315,43 @@ def stage_analyse(ctx: RunContext) -> None:
     ctx.analyses = {m: {} for m in methods}
     for split_name in SPLITS:
         names = {m: os.path.join("analysis", f"{m}_{split_name}.npz") for m in methods}
-        if not all(run.valid(n) for n in names.values()):
+        stored = {m: run.read_npz(n, ANALYSIS_KEYS) for m, n in names.items()}
+        if any(arrays is None for arrays in stored.values()):
             ds = getattr(ctx.splits, split_name)
             start = time.perf_counter()
-            results = analyze_all(
-                ctx.probe,
-                ctx.variables,
-                ctx.batches(ds),
-                num_classes=ds.num_classes,
-                method=methods,
-                progress=False,
-                keep_importance=True,
-                mesh=config.devices if config.devices > 1 else None,
-                method_options=config.options_of() or None,
-                key=method_key(config, split_name),
-            )
+            try:
+                results = analyze_all(
+                    ctx.probe,
+                    ctx.variables,
+                    ctx.batches(ds),
+                    num_classes=ds.num_classes,
+                    method=methods,
+                    count=config.count,
+                    progress=False,
+                    keep_importance=True,
+                    mesh=config.devices if config.devices > 1 else None,
+                    method_options=config.options_of() or None,
+                    key=method_key(config, split_name),
+                )
+            except analysis.NothingCountedError:
+                raise ValueError(
+                    f"analyse {split_name}: none of its {len(ds)} samples is correctly "
+                    "classified, so no importance statistic can be counted; set count='all' "
+                    "(--set count=all) to count every sample, or train longer"
+                ) from None
             for m, result in results.items():
                 arrays = _summary_arrays(result)
                 if m != methods[0]:  # per-sample importances are kept for the first only
                     arrays.pop("sample_importance")
                 run.save_npz(names[m], arrays)
+                stored[m] = arrays
             ctx.log(
                 f"analyse: {', '.join(methods)} on {split_name} ({len(ds)} samples, one "
                 f"pass) in {time.perf_counter() - start:.1f} s"
             )
-        for m in methods:
-            ctx.analyses[m][split_name] = load_analysis(run.file(names[m]))
+        for m, arrays in stored.items():
+            assert arrays is not None  # read back, or computed above
+            ctx.analyses[m][split_name] = load_analysis(arrays)
     ctx.scales = {m: make_scale(config, ctx.analyses[m]["train"][1]) for m in methods}
 
 

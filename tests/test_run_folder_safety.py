@@ -1,0 +1,320 @@
+"""The run folder and the config stay inside what the user named: planted paths, links
+and plug-ins are refused with nothing outside changed; files of the wrong shape are
+recomputed, not crashed on; faults name the file and leave nothing behind."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ifa_jax import runner
+from ifa_jax.runner import main as runner_main
+from ifa_jax.runner.folder import MANIFEST
+from ifa_jax.runner.stages import train_info_problem
+from tests.test_runner import tiny
+
+# ifa_jax.runner.main is also the name of the CLI function; the module holds run().
+MAIN_MODULE = sys.modules["ifa_jax.runner.main"]
+
+
+def quiet(_):
+    pass
+
+
+def snapshot(folder) -> dict[str, str]:
+    """Every file below ``folder`` (links as links) with a digest of its bytes."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, folder)
+            if os.path.islink(full):
+                out[rel] = "link:" + os.readlink(full)
+            elif os.path.isfile(full):
+                with open(full, "rb") as f:
+                    out[rel] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A folder beside the run folder holding files that must never change."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "victim.txt").write_text("precious")
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "gradcam_train.npz").write_bytes(b"not the runner's")
+    return folder
+
+
+def made_run(tmp_path):
+    folder = tmp_path / "run"
+    with runner.RunFolder(folder, tiny(), log=quiet) as run:
+        run.write_json("evaluation/sanity.json", {"x": 1})
+    return folder
+
+
+def plant_manifest(folder, **entries):
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest.update(entries)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+ENTRY = {"sha256": "0" * 64, "checkpoint": None, "inputs": None}
+
+
+@pytest.mark.parametrize("planted", ["../outside/victim.txt", "ABSOLUTE", "analysis/../../x"])
+def test_overwrite_never_deletes_a_manifest_path_outside_the_folder(tmp_path, outside, planted):
+    folder = made_run(tmp_path)
+    name = str(outside / "victim.txt") if planted == "ABSOLUTE" else planted
+    plant_manifest(folder, **{name: ENTRY})
+    before = snapshot(outside)
+    with pytest.raises(ValueError, match=r"manifest\.json entry .* points outside it"):
+        runner.RunFolder(folder, tiny(seed=1), overwrite=True, log=quiet)
+    assert snapshot(outside) == before
+    # Nothing of the folder was cleared either: the refusal comes before any deletion.
+    assert (folder / "evaluation" / "sanity.json").exists()
+    with pytest.raises(ValueError, match=r"points outside it"):  # resuming reads it too
+        runner.RunFolder(folder, tiny(), log=quiet)
+
+
+def test_a_linked_subfolder_is_refused_and_never_written_through(tmp_path, outside):
+    folder = made_run(tmp_path)
+    shutil.rmtree(folder / "analysis")
+    os.symlink(outside / "sub", folder / "analysis")
+    plant_manifest(folder, **{"analysis/gradcam_train.npz": ENTRY})
+    before = snapshot(outside)
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"points outside it|analysis' is a symbolic link"):
+            runner.RunFolder(folder, tiny(seed=int(overwrite)), overwrite=overwrite, log=quiet)
+    assert snapshot(outside) == before
+
+
+def test_overwrite_removes_a_link_in_place_of_a_runner_file_never_its_target(tmp_path, outside):
+    folder = made_run(tmp_path)
+    os.remove(folder / "evaluation" / "sanity.json")
+    os.symlink(outside / "victim.txt", folder / "evaluation" / "sanity.json")
+    os.symlink(outside / "notes.txt", folder / "report.md")
+    before = snapshot(outside)
+    logs: list[str] = []
+    with runner.RunFolder(folder, tiny(), log=logs.append) as run:
+        assert not run.valid("evaluation/sanity.json")  # a link is never the runner's file
+    assert any("is a symbolic link, not the runner's" in line for line in logs)
+    with runner.RunFolder(folder, tiny(seed=1), overwrite=True, log=quiet):
+        pass
+    assert snapshot(outside) == before
+
+
+def test_a_linked_lock_file_is_refused_and_its_target_untouched(tmp_path, outside):
+    folder = made_run(tmp_path)
+    os.remove(folder / ".lock")
+    os.symlink(outside / "notes.txt", folder / ".lock")
+    before = snapshot(outside)
+    with pytest.raises(ValueError, match=r"\.lock' is a symbolic link"):
+        runner.RunFolder(folder, tiny(), log=quiet)
+    assert snapshot(outside) == before
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/escaped", "a/b", "..", "", "a\\b"])
+def test_a_config_name_is_one_folder_name(name):
+    with pytest.raises(ValueError, match=r"must be one folder name"):
+        tiny(name=name)
+
+
+def test_cli_refuses_an_empty_out(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"name": "x"}))
+    assert runner_main(["run", "--config", str(config), "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
+
+
+PLUGIN = """
+import flax.linen as nn
+
+
+class Net(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+        return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+"""
+
+
+def cli(tmp_path, config: dict, *args: str) -> tuple[int, str]:
+    path = tmp_path / "cfg" / "config.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "--config", str(path), *args],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done.returncode, done.stderr
+
+
+def test_a_json_config_cannot_run_code_the_user_did_not_name(tmp_path):
+    touched = tmp_path / "touched"
+    command = {"command": f"touch {touched}"}
+    plugin = tmp_path / "elsewhere.py"
+    plugin.write_text(PLUGIN)
+    out = str(tmp_path / "o")
+    cases = [
+        ({"model": "os:system", "model_kwargs": command}, (), r"model 'os:system' names code"),
+        ({"dataset": "os:system", "dataset_kwargs": command}, (), r"dataset 'os:system'"),
+        ({}, ("--set", "dataset=os:system"), r"dataset 'os:system' names code to run"),
+        ({"model": f"{plugin}:Net"}, (), r"may name only a \.py file inside the config's folder"),
+        ({"model": "../elsewhere.py:Net"}, (), r"--plugin .*elsewhere\.py"),
+    ]
+    for fields, args, message in cases:
+        code, err = cli(tmp_path, {"name": "x", "layer": "conv", **fields}, "--out", out, *args)
+        assert code == 2 and "Traceback" not in err, err
+        assert re.search(message, err), err
+    assert not touched.exists()
+    assert not os.path.exists(out)
+
+
+def test_plugins_in_the_config_folder_or_named_on_the_command_line_are_loaded(tmp_path):
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "mine.py").write_text(PLUGIN)
+    (tmp_path / "elsewhere.py").write_text(PLUGIN)
+    relative = folder / "relative.json"
+    relative.write_text(json.dumps({"name": "x", "model": "mine.py:Net", "layer": "conv"}))
+    # Relative plug-in paths resolve against the config's folder, not the working directory.
+    config = runner.load_config(relative)
+    assert config.model == f"{folder / 'mine.py'}:Net"
+    away = folder / "away.json"
+    away.write_text(json.dumps({"name": "x", "model": "../elsewhere.py:Net", "layer": "conv"}))
+    with pytest.raises(ValueError, match=r"names code to run"):
+        runner.load_config(away)
+    named = runner.load_config(away, plugins=[str(tmp_path / "elsewhere.py")])
+    assert named.model == f"{tmp_path / 'elsewhere.py'}:Net"
+    missing = folder / "missing.json"
+    missing.write_text(json.dumps({"name": "x", "model": "nope.py:Net"}))
+    with pytest.raises(FileNotFoundError, match=r"neither in the config's folder .* nor in the"):
+        runner.load_config(missing)
+    # A module is run only when named with --plugin (a .py config is code: trusted).
+    runner.registry.check_trusted(tiny(model="json:Net"), plugins=["json"])
+    with pytest.raises(ValueError, match=r"--plugin json"):
+        runner.registry.check_trusted(tiny(model="json:Net"), folder=folder)
+
+
+def test_files_of_the_wrong_shape_are_recomputed_naming_the_file(tmp_path):
+    logs: list[str] = []
+    folder = tmp_path / "run"
+    with runner.RunFolder(folder, tiny(), log=logs.append) as run:
+        run.write_json("evaluation/a.json", {"version": 1})  # no numbers
+        run.write_json("train.json", [1, 2])
+        run.save_npz("analysis/m.npz", {"x": np.zeros(2)})
+        run.save_npz("analysis/pickled.npz", {"o": np.array([{"a": 1}], dtype=object)})
+        run.write_json("evaluation/b.json", {"version": 1, "numbers": {}, "arrays": []})
+        assert run.read_json("evaluation/a.json", MAIN_MODULE.evaluation_problem) is None
+        assert run.read_json("train.json", train_info_problem) is None
+        assert run.read_npz("analysis/m.npz", ["summary_count"]) is None
+        assert run.read_npz("analysis/pickled.npz") is None
+        assert run.read_json("evaluation/b.json", MAIN_MODULE.evaluation_problem) == {
+            "version": 1,
+            "numbers": {},
+            "arrays": [],
+        }
+    text = "\n".join(logs)
+    assert "evaluation/a.json is not what the runner writes (no numbers, arrays)" in text
+    assert "train.json is not what the runner writes (a JSON list" in text
+    assert "analysis/m.npz is not what the runner writes (no array summary_count)" in text
+    assert "analysis/pickled.npz is not what the runner writes (Object arrays" in text
+    # A manifest entry of the wrong shape is dropped (its file recomputed), not crashed on.
+    plant_manifest(folder, **{"evaluation/b.json": "a string"})
+    logs.clear()
+    with runner.RunFolder(folder, tiny(), log=logs.append) as run:
+        assert not run.valid("evaluation/b.json")
+    assert any("entry 'evaluation/b.json' is damaged" in line for line in logs)
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config\.json is damaged \(it holds a JSON list"):
+        runner.RunFolder(folder, tiny(), log=quiet)
+
+
+def test_runs_that_cannot_finish_are_refused_before_training(tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=r"'devices' is 64, but this machine has 1"):
+        runner.run(tiny(devices=64), out, log=quiet)
+    plugin = tmp_path / "empty.py"
+    plugin.write_text(
+        "import numpy as np\nfrom ifa_jax import data\n"
+        "def no_validation(seed):\n"
+        "    x = np.zeros((8, 8, 8, 1), np.float32); y = np.arange(8) % 2\n"
+        "    return data.Dataset(x, y, 2, 't'), data.Dataset(x[:0], y[:0], 2, 'v')\n"
+    )
+    with pytest.raises(ValueError, match=r"the validation split of dataset .* is empty"):
+        runner.run(tiny(dataset=f"{plugin}:no_validation"), out, log=quiet)
+    with pytest.raises(ValueError, match=r"model 'convnet' does not take model_kwargs"):
+        runner.run(tiny(model_kwargs=(("widht", 3),)), out, log=quiet)
+    with pytest.raises(ValueError, match=r"dataset_kwargs \{'limit': 3\} apply only to a plug"):
+        tiny(dataset_kwargs=(("limit", 3),))
+    with pytest.raises(ValueError, match=r"count must be one of correct, all; got 'some'"):
+        tiny(count="some")
+    assert not out.exists()
+
+
+def test_folders_opened_concurrently_are_busy_never_foreign(tmp_path):
+    def open_one(i):
+        try:
+            with runner.RunFolder(tmp_path / f"run{i % 3}", tiny(), log=quiet):
+                return "opened"
+        except runner.RunFolderBusyError:
+            return "busy"
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(open_one, range(60)))
+    assert set(outcomes) <= {"opened", "busy"} and "opened" in outcomes
+
+
+FULL_DISK = """
+import resource, sys
+from ifa_jax import io, runner
+from tests.test_runner import tiny
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+try:
+    runner.RunFolder(sys.argv[1], tiny(), log=print)
+except io.WriteError as e:
+    print("WriteError:", e)
+"""
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_lock(tmp_path):
+    out = tmp_path / "new"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(out)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert f"could not write {out / '.lock'} (File too large)" in done.stdout, done.stderr
+    assert not out.exists()  # the folder this call made is gone again, lock and all
+
+
+def test_an_interrupted_run_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MAIN_MODULE, "run", interrupted)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"name": "x"}))
+    assert runner_main(["run", "--config", str(config), "--out", str(tmp_path / "o")]) == 130
+    err = capsys.readouterr().err
+    assert "run the same command again to resume" in err and "Traceback" not in err
