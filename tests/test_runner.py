@@ -627,6 +627,53 @@ def test_editing_a_plugin_changes_the_run_inputs(tmp_path):
     assert runner.registry.plugin_sources(tiny()) == []
 
 
+def test_a_config_change_names_only_the_leaf_fields_and_keeps_the_trained_model(tmp_path):
+    folder = tmp_path / "run"
+    with runner.RunFolder(folder, tiny(), log=lambda s: None) as run:
+        (folder / "checkpoint.msgpack").write_bytes(b"weights")
+        run.record("checkpoint.msgpack", run.train_inputs)
+        run.write_json("train.json", {"validation_accuracy": {"accuracy": 1.0}}, run.train_inputs)
+        run.write_json("evaluation/sanity.json", {"x": 1})
+    longer = tiny(train=dataclasses.replace(tiny().train, epochs=3))
+    with pytest.raises(
+        FileExistsError, match=r"another config \(train\.epochs: 2 -> 3\); pass"
+    ) as e:
+        runner.RunFolder(folder, longer, log=lambda s: None)
+    assert "batch_size" not in str(e.value)  # the unchanged train fields are not listed
+    # Fields after training: accepted; the checkpoint stays valid, the rest is recomputed.
+    logs: list[str] = []
+    other = tiny(methods=("gradcam", "xgradcam"), scale_ratio=1.5)
+    with runner.RunFolder(folder, other, log=logs.append) as run:
+        assert run.valid("checkpoint.msgpack", run.train_inputs)
+        assert not run.valid("evaluation/sanity.json")
+    assert "methods: ['gradcam', 'hirescam'] -> ['gradcam', 'xgradcam']" in logs[0]
+    assert "scale_ratio: 1.0 -> 1.5" in logs[0] and "trained model is reused" in logs[0]
+    # --overwrite keeps a checkpoint whose training fields are unchanged...
+    with runner.RunFolder(folder, tiny(), overwrite=True, log=lambda s: None) as run:
+        assert run.valid("checkpoint.msgpack", run.train_inputs)
+    assert not (folder / "evaluation" / "sanity.json").exists()
+    # ... and clears it when they change.
+    with runner.RunFolder(folder, longer, overwrite=True, log=lambda s: None):
+        pass
+    assert not (folder / "checkpoint.msgpack").exists()
+
+
+@pytest.mark.slow
+def test_a_methods_change_reuses_the_checkpoint_and_the_analysis_it_has(finished_run, tmp_path):
+    out, results, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    logs: list[str] = []
+    again = runner.run(tiny(methods=("gradcam", "xgradcam")), copy, log=logs.append)
+    assert any(line.startswith("train: loading") for line in logs)
+    assert not any(line.startswith("train: ") and "validation accuracy" in line for line in logs)
+    analysed = [line for line in logs if line.startswith("analyse:")]
+    assert len(analysed) == 2 and all(line.startswith("analyse: xgradcam on") for line in analysed)
+    assert again["train"] == results["train"]
+    assert again["analysis"]["gradcam"] == results["analysis"]["gradcam"]
+    assert "xgradcam" in again["analysis"] and "hirescam" not in again["analysis"]
+
+
 def test_a_folder_from_before_a_new_config_field_still_resumes(tmp_path):
     """An older config.json lacks fields added since (here devices and tokens_prefix, at
     their defaults): the folder is still this config's, and its stage outputs keep their
@@ -643,5 +690,5 @@ def test_a_folder_from_before_a_new_config_field_still_resumes(tmp_path):
     digest = config_digest
     assert digest(tiny()) == digest(dataclasses.replace(tiny(), tokens_prefix=None))
     assert digest(tiny()) != digest(tiny(devices=2))
-    with pytest.raises(FileExistsError, match=r"devices: 1 -> 2"):
-        runner.RunFolder(folder, tiny(devices=2), log=lambda s: None)
+    with pytest.raises(FileExistsError, match=r"another config \(seed: 0 -> 1\)"):
+        runner.RunFolder(folder, tiny(seed=1), log=lambda s: None)

@@ -75,6 +75,21 @@ TOP_LEVEL_FILES = (
     "report.md",
 )
 SUBFOLDERS = ("analysis", "evaluation", "figures")
+# The config fields training depends on. A run whose other fields change keeps its trained
+# model: each stage output records a digest of only the fields it depends on.
+TRAIN_FIELDS = (
+    "dataset",
+    "dataset_kwargs",
+    "image_size",
+    "validation_size",
+    "model",
+    "model_kwargs",
+    "variables",
+    "train",
+    "seed",
+)
+# What training leaves in the folder (kept by --overwrite while TRAIN_FIELDS are unchanged).
+TRAINING_FILES = ("checkpoint.msgpack", "train.json", "train_state.msgpack")
 
 
 class RunFolderBusyError(FileExistsError):
@@ -89,12 +104,42 @@ def _set_fields(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in defaults or v != defaults[k]}
 
 
-def config_digest(config: Config, *sources: str) -> str:
-    """Digest of a config's non-default fields and of the source files it runs (plug-ins)."""
-    digest = hashlib.sha256(json.dumps(_set_fields(config.to_dict()), sort_keys=True).encode())
+def config_digest(
+    config: Config, *sources: str, fields: Sequence[str] | None = None, **extra
+) -> str:
+    """Digest of a config's non-default fields and of the source files it runs (plug-ins).
+    With ``fields``, of those fields only, and of ``extra`` (what a stage adds, such as
+    its method): the digest a stage output records, so a change elsewhere leaves it valid."""
+    values = _set_fields(config.to_dict())
+    if fields is not None:
+        values = {"fields": {k: v for k, v in values.items() if k in fields}, "extra": extra}
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode())
     for path in sources:
         digest.update(sha256(path).encode())
     return digest.hexdigest()
+
+
+def _leaves(values: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
+    """The leaf fields (``train.epochs``, ``method_options.gradcam++.eps``) that differ
+    between two config dicts, fields left out read as their defaults: ``[(field, old,
+    new)]``."""
+    default = _leaves(Config().to_dict())
+    a, b = default | _leaves(old), default | _leaves(new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _shown(changes: Sequence[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes)
 
 
 def sha256(path: str) -> str:
@@ -135,12 +180,15 @@ class RunFolder:
         overwrite: bool = False,
         log: Callable[[str], None] = print,
         inputs: str | None = None,
+        sources: Sequence[str] = (),
     ):
         self.path = os.path.abspath(os.fspath(path))
         self.config = config
         self.log = log
         self.checkpoint_digest: str | None = None
-        self.inputs = inputs or config_digest(config)
+        self.sources = tuple(sources)
+        self.inputs = inputs or config_digest(config, *self.sources)
+        self.train_inputs = self.digest(TRAIN_FIELDS)
         self._lock = None
         created_folder = not os.path.isdir(self.path)
         try:
@@ -259,33 +307,38 @@ class RunFolder:
                 "interrupted write"
             )
         mine = config.to_dict()
-        if self.has("config.json") and not overwrite:
+        retrain = True  # unknown config: nothing of it is kept by --overwrite
+        if self.has("config.json"):
             try:
                 with open(self.file("config.json")) as f:
                     theirs = json.load(f)
                 if not isinstance(theirs, dict):
                     raise ValueError(f"it holds a JSON {type(theirs).__name__}, not an object")
             except ValueError as e:
-                raise ValueError(
-                    f"{self.file('config.json')} is damaged ({e}), so the config this run "
-                    "folder belongs to is unknown; pass --overwrite to start it afresh, or "
-                    "choose another --out"
-                ) from None
-            theirs, set_mine = _set_fields(theirs), _set_fields(mine)
-            if theirs != set_mine:
-                default = Config().to_dict()
-                diff = [
-                    f"{k}: {theirs.get(k, default.get(k))!r} -> {mine.get(k)!r}"
-                    for k in sorted(set(theirs) | set(set_mine))
-                    if theirs.get(k) != set_mine.get(k)
-                ]
-                raise FileExistsError(
-                    f"run folder {self.path!r} belongs to another config (differences: "
-                    f"{'; '.join(diff)}); pass --overwrite to replace it or choose another "
-                    "--out"
-                )
+                if overwrite:
+                    theirs = None
+                else:
+                    raise ValueError(
+                        f"{self.file('config.json')} is damaged ({e}), so the config this "
+                        "run folder belongs to is unknown; pass --overwrite to start it "
+                        "afresh, or choose another --out"
+                    ) from None
+            if theirs is not None:
+                changes = config_changes(theirs, mine)
+                retrain = any(k.split(".")[0] in TRAIN_FIELDS for k, _, _ in changes)
+                if retrain and not overwrite:
+                    raise FileExistsError(
+                        f"run folder {self.path!r} holds a model trained with another config "
+                        f"({_shown(changes)}); pass --overwrite to retrain there, or choose "
+                        "another --out"
+                    )
+                if changes and not retrain:
+                    self.log(
+                        f"run folder: config changed ({_shown(changes)}); the trained model "
+                        "is reused, and what depends on these fields is recomputed"
+                    )
         if overwrite and ours:
-            self.clear()
+            self.clear(keep_training=not retrain)
         self.manifest = self._read_manifest()
         for sub in SUBFOLDERS:
             os.makedirs(self.file(sub), exist_ok=True)
@@ -341,19 +394,27 @@ class RunFolder:
             )
         return full
 
-    def clear(self) -> None:
+    def clear(self, keep_training: bool = False) -> None:
         """Remove what the runner wrote: its top-level files and the files its manifest
         records, only regular files inside the folder (a link is never followed or
-        removed); a subfolder goes only when nothing else is left in it."""
-        recorded = list(self._read_manifest())
-        for name in (*recorded, *TOP_LEVEL_FILES):
+        removed); a subfolder goes only when nothing else is left in it. With
+        ``keep_training``, the trained model (:data:`TRAINING_FILES`) and its manifest
+        entries stay."""
+        manifest = self._read_manifest()
+        kept = {k: v for k, v in manifest.items() if keep_training and k in TRAINING_FILES}
+        for name in (*manifest, *TOP_LEVEL_FILES):
             full = self.inside(name)
+            if name in kept or (keep_training and name in TRAINING_FILES):
+                continue
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISREG(os.lstat(full).st_mode):
                     os.remove(full)
         for sub in SUBFOLDERS:
             with contextlib.suppress(OSError):  # not empty: the user's files stay
                 os.rmdir(self.file(sub))
+        if kept:
+            self.manifest = kept
+            self._write_manifest()
 
     def close(self) -> None:
         """Release the folder's lock."""
@@ -378,22 +439,33 @@ class RunFolder:
         """Whether ``parts`` exists inside the run folder."""
         return os.path.exists(self.file(*parts))
 
-    def record(self, name: str) -> str:
-        """Note ``name``'s digest and the checkpoint it was computed from (None for the
-        checkpoint itself); returns the digest."""
+    def digest(self, fields: Sequence[str], **extra) -> str:
+        """The inputs digest of a stage output that depends on the config ``fields`` (and
+        ``extra``) and on the plug-in sources (see :func:`config_digest`)."""
+        return config_digest(self.config, *self.sources, fields=fields, **extra)
+
+    def _write_manifest(self) -> None:
+        io.atomic_write_bytes(
+            self.file(MANIFEST), json.dumps(self.manifest, indent=1, sort_keys=True).encode()
+        )
+
+    def record(self, name: str, inputs: str | None = None) -> str:
+        """Note ``name``'s digest, the checkpoint it was computed from (None for the
+        checkpoint itself) and its ``inputs`` (default: the whole config's digest);
+        returns the file's digest."""
         digest = sha256(self.file(name))
         self.manifest[name] = {
             "sha256": digest,
             "checkpoint": self.checkpoint_digest,
-            "inputs": self.inputs,
+            "inputs": inputs or self.inputs,
         }
-        io.atomic_write_bytes(
-            self.file(MANIFEST), json.dumps(self.manifest, indent=1, sort_keys=True).encode()
-        )
+        self._write_manifest()
         return digest
 
-    def valid(self, name: str) -> bool:
-        """Whether ``name`` exists, is intact, and was computed from the current checkpoint."""
+    def valid(self, name: str, inputs: str | None = None) -> bool:
+        """Whether ``name`` exists, is intact, and was computed from the current checkpoint
+        and ``inputs`` (a stage's digest, see :meth:`digest`; default: the whole config's).
+        A file recorded with the whole config's digest is valid for every stage."""
         if not self.has(name):
             return False
         if os.path.islink(self.file(name)):
@@ -409,7 +481,7 @@ class RunFolder:
                 "changed outside the runner); recomputing it"
             )
             return False
-        if entry.get("inputs") != self.inputs:
+        if entry.get("inputs") not in (inputs or self.inputs, self.inputs):
             self.log(
                 f"run folder: {name} was computed from another config or plug-in code; "
                 "recomputing it"
@@ -420,11 +492,16 @@ class RunFolder:
             return False
         return True
 
-    def read_json(self, name: str, check: Callable[[Any], str | None] = lambda _: None):
-        """The JSON value of ``name`` if the file verifies (:meth:`valid`) and ``check``
-        finds nothing wrong with it (``check`` returns a problem or None); otherwise None,
-        logging why, so the caller recomputes it."""
-        if not self.valid(name):
+    def read_json(
+        self,
+        name: str,
+        check: Callable[[Any], str | None] = lambda _: None,
+        inputs: str | None = None,
+    ):
+        """The JSON value of ``name`` if the file verifies (:meth:`valid` with ``inputs``)
+        and ``check`` finds nothing wrong with it (``check`` returns a problem or None);
+        otherwise None, logging why, so the caller recomputes it."""
+        if not self.valid(name, inputs):
             return None
         try:
             with open(self.file(name)) as f:
@@ -439,10 +516,13 @@ class RunFolder:
             return None
         return value
 
-    def read_npz(self, name: str, keys: Sequence[str] = ()) -> dict[str, np.ndarray] | None:
-        """Every array of the ``.npz`` ``name`` if the file verifies and holds ``keys``;
-        otherwise None, logging why. Nothing is unpickled: object arrays are refused."""
-        if not self.valid(name):
+    def read_npz(
+        self, name: str, keys: Sequence[str] = (), inputs: str | None = None
+    ) -> dict[str, np.ndarray] | None:
+        """Every array of the ``.npz`` ``name`` if the file verifies (with ``inputs``) and
+        holds ``keys``; otherwise None, logging why. Nothing is unpickled: object arrays
+        are refused."""
+        if not self.valid(name, inputs):
             return None
         try:
             with np.load(self.file(name), allow_pickle=False) as z:
@@ -458,18 +538,23 @@ class RunFolder:
             return None
         return arrays
 
-    def write_json(self, name: str, obj) -> None:
+    def write_json(self, name: str, obj, inputs: str | None = None) -> None:
         """``obj`` as JSON at ``name`` (relative), recorded in the manifest."""
         write_json(self.file(name), obj)
-        self.record(name)
+        self.record(name, inputs)
 
-    def save_npz(self, name: str, arrays: Mapping[str, np.ndarray]) -> None:
+    def save_npz(
+        self, name: str, arrays: Mapping[str, np.ndarray], inputs: str | None = None
+    ) -> None:
         """``arrays`` as ``.npz`` at ``name`` (relative), recorded in the manifest."""
         save_npz(self.file(name), arrays)
-        self.record(name)
+        self.record(name, inputs)
 
 
 __all__ = [
+    "TRAIN_FIELDS",
+    "TRAINING_FILES",
+    "config_changes",
     "LOCK_FILE",
     "MANIFEST",
     "SUBFOLDERS",

@@ -20,7 +20,7 @@ from ifa_jax import scale
 from ifa_jax.runner import registry
 from ifa_jax.runner.config import Config, load_config, override
 from ifa_jax.runner.evaluations import EVALUATIONS, Evaluation
-from ifa_jax.runner.folder import RunFolder, config_digest, to_jsonable, write_json
+from ifa_jax.runner.folder import RunFolder, to_jsonable, write_json
 from ifa_jax.runner.report import FIGURES, Figure, make_figures, write_report
 from ifa_jax.runner.stages import (
     RunContext,
@@ -150,8 +150,8 @@ def run(
                 f"variables {config.variables!r} lie inside the run folder {str(out)!r} that "
                 "--overwrite would clear; copy them elsewhere first, or choose another --out"
             )
-    inputs = config_digest(config, *registry.plugin_sources(config))
-    with RunFolder(out, config, overwrite=overwrite, log=log, inputs=inputs) as run_folder:
+    sources = registry.plugin_sources(config)
+    with RunFolder(out, config, overwrite=overwrite, log=log, sources=sources) as run_folder:
         ctx = RunContext(config, run_folder, splits, model, log)
         if given is not None:
             ctx.variables = given[0]

@@ -28,7 +28,7 @@ from ifa_jax.probe import (
     resolve_layer,
 )
 from ifa_jax.runner.config import Config
-from ifa_jax.runner.folder import RunFolder, sha256
+from ifa_jax.runner.folder import TRAIN_FIELDS, RunFolder, sha256
 
 SPLITS = ("train", "validation")
 # The uses of the keyed CAM methods' PRNG key: the analysis pass of each split, and the
@@ -198,7 +198,7 @@ def _given_variables(ctx: RunContext, digest: str) -> None:
     """Record (or reload) what the given variables score; nothing is trained."""
     config, run = ctx.config, ctx.run
     run.checkpoint_digest = digest
-    stored = run.read_json("train.json", train_info_problem)
+    stored = run.read_json("train.json", train_info_problem, run.train_inputs)
     if stored is not None:
         ctx.train_info = stored
         return
@@ -210,7 +210,7 @@ def _given_variables(ctx: RunContext, digest: str) -> None:
             ctx.model, ctx.variables, ctx.splits.validation, batch_size=config.batch_size
         ),
     }
-    run.write_json("train.json", ctx.train_info)
+    run.write_json("train.json", ctx.train_info, run.train_inputs)
     ctx.log(
         f"train: none; analysing the variables in {path} (validation accuracy "
         f"{ctx.train_info['validation_accuracy']['accuracy']:.4f})"
@@ -225,9 +225,9 @@ def stage_train(ctx: RunContext, given_digest: str | None = None) -> None:
     if given_digest is not None:
         return _given_variables(ctx, given_digest)
     ckpt = run.file("checkpoint.msgpack")
-    if run.valid("checkpoint.msgpack"):
+    if run.valid("checkpoint.msgpack", run.train_inputs):
         run.checkpoint_digest = run.manifest["checkpoint.msgpack"]["sha256"]
-        stored = run.read_json("train.json", train_info_problem)
+        stored = run.read_json("train.json", train_info_problem, run.train_inputs)
         if stored is not None:
             log(f"train: loading {ckpt}")
             ctx.variables = training.load_checkpoint(
@@ -262,8 +262,8 @@ def stage_train(ctx: RunContext, given_digest: str | None = None) -> None:
         ),
     }
     training.save_checkpoint(ckpt, variables)
-    run.checkpoint_digest = run.record("checkpoint.msgpack")
-    run.write_json("train.json", info)
+    run.checkpoint_digest = run.record("checkpoint.msgpack", run.train_inputs)
+    run.write_json("train.json", info, run.train_inputs)
     os.remove(state_path)
     check_finite_weights(variables, ckpt)
     log(
@@ -313,24 +313,27 @@ def stage_analyse(ctx: RunContext) -> None:
     )
     methods = config.methods
     ctx.analyses = {m: {} for m in methods}
+    digests = {m: analysis_digest(ctx, m) for m in methods}
     for split_name in SPLITS:
         names = {m: os.path.join("analysis", f"{m}_{split_name}.npz") for m in methods}
-        stored = {m: run.read_npz(n, ANALYSIS_KEYS) for m, n in names.items()}
-        if any(arrays is None for arrays in stored.values()):
+        stored = {m: run.read_npz(n, ANALYSIS_KEYS, digests[m]) for m, n in names.items()}
+        todo = tuple(m for m in methods if stored[m] is None)
+        if todo:
             ds = getattr(ctx.splits, split_name)
             start = time.perf_counter()
+            options = {m: o for m, o in config.options_of().items() if m in todo}
             try:
                 results = analyze_all(
                     ctx.probe,
                     ctx.variables,
                     ctx.batches(ds),
                     num_classes=ds.num_classes,
-                    method=methods,
+                    method=todo,
                     count=config.count,
                     progress=False,
                     keep_importance=True,
                     mesh=config.devices if config.devices > 1 else None,
-                    method_options=config.options_of() or None,
+                    method_options=options or None,
                     key=method_key(config, split_name),
                 )
             except analysis.NothingCountedError:
@@ -343,16 +346,33 @@ def stage_analyse(ctx: RunContext) -> None:
                 arrays = _summary_arrays(result)
                 if m != methods[0]:  # per-sample importances are kept for the first only
                     arrays.pop("sample_importance")
-                run.save_npz(names[m], arrays)
+                run.save_npz(names[m], arrays, digests[m])
                 stored[m] = arrays
             ctx.log(
-                f"analyse: {', '.join(methods)} on {split_name} ({len(ds)} samples, one "
+                f"analyse: {', '.join(todo)} on {split_name} ({len(ds)} samples, one "
                 f"pass) in {time.perf_counter() - start:.1f} s"
             )
         for m, arrays in stored.items():
             assert arrays is not None  # read back, or computed above
             ctx.analyses[m][split_name] = load_analysis(arrays)
     ctx.scales = {m: make_scale(config, ctx.analyses[m]["train"][1]) for m in methods}
+
+
+# The config fields the analysis of one method depends on, beyond training's.
+ANALYSIS_FIELDS = ("layer", "tokens_prefix", "count", "batch_size", "devices")
+
+
+def analysis_digest(ctx: RunContext, method: str) -> str:
+    """The inputs digest of ``analysis/<method>_<split>.npz``: training's fields, the
+    analysis fields, the method's options and whether it is the first method (which
+    keeps the per-sample importances)."""
+    config = ctx.config
+    return ctx.run.digest(
+        (*TRAIN_FIELDS, *ANALYSIS_FIELDS),
+        method=method,
+        options=config.options_of(method),
+        first=method == config.methods[0],
+    )
 
 
 def analyze_all(*args, **kwargs) -> dict[str, analysis.Analysis]:
