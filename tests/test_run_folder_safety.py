@@ -9,14 +9,14 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from ifa_jax import runner
+from ifa_jax import io, runner
 from ifa_jax.runner import main as runner_main
 from ifa_jax.runner.folder import MANIFEST
 from ifa_jax.runner.stages import train_info_problem
@@ -152,21 +152,15 @@ class Net(nn.Module):
 """
 
 
-def cli(tmp_path, config: dict, *args: str) -> tuple[int, str]:
+def cli(tmp_path, capsys, config: dict, *args: str) -> tuple[int, str]:
     path = tmp_path / "cfg" / "config.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(config))
-    done = subprocess.run(
-        [sys.executable, "-m", "experiments.run", "--config", str(path), *args],
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return done.returncode, done.stderr
+    code = runner_main(["run", "--config", str(path), *args])
+    return code, capsys.readouterr().err
 
 
-def test_a_json_config_cannot_run_code_the_user_did_not_name(tmp_path):
+def test_a_json_config_cannot_run_code_the_user_did_not_name(tmp_path, capsys):
     touched = tmp_path / "touched"
     command = {"command": f"touch {touched}"}
     plugin = tmp_path / "elsewhere.py"
@@ -180,7 +174,9 @@ def test_a_json_config_cannot_run_code_the_user_did_not_name(tmp_path):
         ({"model": "../elsewhere.py:Net"}, (), r"--plugin .*elsewhere\.py"),
     ]
     for fields, args, message in cases:
-        code, err = cli(tmp_path, {"name": "x", "layer": "conv", **fields}, "--out", out, *args)
+        code, err = cli(
+            tmp_path, capsys, {"name": "x", "layer": "conv", **fields}, "--out", out, *args
+        )
         assert code == 2 and "Traceback" not in err, err
         assert re.search(message, err), err
     assert not touched.exists()
@@ -282,29 +278,16 @@ def test_folders_opened_concurrently_are_busy_never_foreign(tmp_path):
     assert set(outcomes) <= {"opened", "busy"} and "opened" in outcomes
 
 
-FULL_DISK = """
-import resource, sys
-from ifa_jax import io, runner
-from tests.test_runner import tiny
-resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
-try:
-    runner.RunFolder(sys.argv[1], tiny(), log=print)
-except io.WriteError as e:
-    print("WriteError:", e)
-"""
-
-
 def test_a_full_disk_names_the_file_and_leaves_no_lock(tmp_path):
     out = tmp_path / "new"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run(
-        [sys.executable, "-c", FULL_DISK, str(out)],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert f"could not write {out / '.lock'} (File too large)" in done.stdout, done.stderr
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG, as on a full disk.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))
+    try:
+        with pytest.raises(io.WriteError, match=r"could not write .*new/\.lock \(File too large"):
+            runner.RunFolder(out, tiny(), log=quiet)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert not out.exists()  # the folder this call made is gone again, lock and all
 
 
