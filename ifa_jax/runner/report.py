@@ -196,6 +196,30 @@ def _methods_line(config) -> str:
     return ", ".join(out)
 
 
+def missing_classes_note(results: dict, method: str) -> list[str]:
+    """A paragraph naming the classes with no counted sample per split (none: [])."""
+    per_split = {
+        split: list(numbers["missing_classes"])
+        for split, numbers in results["analysis"][method].items()
+        if numbers["missing_classes"]
+    }
+    if not per_split:
+        return []
+    where = "; ".join(
+        f"{split} split: class{'es' if len(c) > 1 else ''} {', '.join(map(str, c))}"
+        for split, c in per_split.items()
+    )
+    return [
+        "",
+        f"**Classes without a counted sample** ({where}). The analysis counts only "
+        "correctly classified samples, so these classes have no importance row: they are "
+        "blank in the importance figure and left out of the class SVD, the confounders and "
+        "the outliers, and their channel masks (feature subsets, the *subset* consistency "
+        "level) come from a zero row, i.e. the first channels. Numbers per class for them "
+        "say nothing about their features.",
+    ]
+
+
 def write_report(
     ctx: RunContext,
     results: dict,
@@ -218,6 +242,7 @@ def write_report(
         f"`{config.layer}`, methods {_methods_line(config)}. Validation accuracy "
         f"{trained['validation_accuracy']['accuracy']:.4f}. "
         f"{results['samples'][0].upper()}{results['samples'][1:]}.",
+        *missing_classes_note(results, ctx.method),
     ]
     for e in evaluations:
         section = e.report(ctx, results[e.name])
@@ -232,4 +257,4 @@ def write_report(
     return path
 
 
-__all__ = ["FIGURES", "Figure", "make_figures", "write_report"]
+__all__ = ["FIGURES", "Figure", "make_figures", "missing_classes_note", "write_report"]
