@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from ifa_jax.runner import report
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from ifa_jax import data, metrics, runner, scale
+from ifa_jax.probe import linen_probe
+from ifa_jax.runner import evaluations, report, stages
+from tests.conftest import random_variables
 
 
 def _analysis_numbers(missing_train, missing_validation):
@@ -21,3 +31,68 @@ def test_report_names_the_classes_without_counted_samples():
     note = "\n".join(report.missing_classes_note(_analysis_numbers([3, 7], [3]), "gradcam"))
     assert "train split: classes 3, 7; validation split: class 3" in note
     assert "no importance row" in note and "first channels" in note
+
+
+# --------------------------------------------------------------------------- sanity check
+
+
+class AgainstTheAlphabet(nn.Module):
+    """Layers whose names sort against their call order (z_first runs first), plus a
+    parameter of the root module itself, which no submodule call reaches."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), name="z_first")(x))
+        x = nn.relu(nn.Conv(4, (3, 3), name="m_middle")(x))
+        x = x * self.param("gain", nn.initializers.ones, (4,))
+        return nn.Dense(3, name="a_last")(x.mean((1, 2)))
+
+
+def _sorted_by_name(variables):
+    """As a loaded checkpoint comes back: the parameter dict sorted by name."""
+    return {"params": dict(sorted(variables["params"].items()))}
+
+
+def test_top_down_order_follows_the_calls_not_the_names():
+    model, x = AgainstTheAlphabet(), jnp.zeros((2, 6, 6, 1))
+    variables = _sorted_by_name(random_variables(model, x))
+    assert list(variables["params"]) == ["a_last", "gain", "m_middle", "z_first"]
+    order = metrics.top_down_order(model, variables, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    assert order.order == ["a_last", "m_middle", "z_first", "gain"]
+    assert order.uncalled == ["gain"]
+    with pytest.raises(ValueError, match="no 'params' collection"):
+        metrics.top_down_order(model, {"batch_stats": {}}, x)
+
+
+def test_sanity_randomises_from_the_output_down_and_the_report_lists_the_order():
+    model = AgainstTheAlphabet()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(6, 6, 6, 1)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    ds = data.Dataset(x, y, 3, "six")
+    config = runner.Config(
+        name="order", dataset="sklearn_digits", model="convnet", layer="m_middle",
+        methods=("gradcam",), sanity_samples=3,
+    )  # fmt: skip
+    ctx = stages.RunContext(config, None, data.Splits(ds, ds), model, print)  # type: ignore[arg-type]
+    ctx.variables = _sorted_by_name(random_variables(model, jnp.asarray(x)))
+    ctx.probe = linen_probe(model, "m_middle")
+    ctx.analyses = {"gradcam": {"validation": (None, {"label": y})}}  # type: ignore[dict-item]
+    numbers, _ = evaluations.sanity(ctx)
+    steps = [r["randomised_down_to"] for r in numbers["steps"]]
+    assert steps == ["a_last", "m_middle", "z_first", "gain"]  # not z_first, m_middle, ...
+    assert numbers["order"] == steps
+    assert numbers["uncalled"] == ["gain"] and numbers["samples"] == 3
+    # Each row's r is the mean Spearman r of the per-image min-max maps: check the first.
+    idx = ctx.sample_indices(3)
+    ref = np.asarray(scale.minmax_per_image(ctx.explain(x[idx], y[idx])[1].cam))
+    first = next(
+        iter(metrics.cascading_randomization(ctx.variables, jax.random.key(1), ["a_last"]))
+    )
+    out = np.asarray(scale.minmax_per_image(ctx.explain(x[idx], y[idx], variables=first[1])[1].cam))
+    want = np.mean([stats.spearmanr(a.ravel(), b.ravel())[0] for a, b in zip(ref, out)])
+    assert numbers["steps"][0]["rank_correlation"] == pytest.approx(want, abs=1e-6)
+    text = "\n".join(evaluations.report_sanity(ctx, numbers))
+    assert "(a_last → m_middle → z_first → gain)" in text
+    assert "| a_last |" in text.split("| z_first |")[0]  # the table in that order
+    assert "gain: never called as a submodule" in text

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from ifa_jax import cams, decompose, diagnostics, metrics, scale
+from ifa_jax import train as training
 from ifa_jax.consistency import (
     LEVELS,
     LINEAR_METHODS,
@@ -439,10 +440,17 @@ def sanity(ctx: RunContext) -> tuple[Numbers, Arrays]:
     x, y = ctx.splits.validation.gather(indices)
     _, ref = ctx.explain(x, y)
     ref_maps = np.asarray(scale.minmax_per_image(ref.cam))
-    order = list(reversed(list(ctx.variables["params"])))
+    # Output layer first, from the model's own call order: the parameter dict is sorted by
+    # name once a checkpoint is loaded, so its order says nothing about the model.
+    order = metrics.top_down_order(
+        ctx.model,
+        ctx.variables,
+        jax.ShapeDtypeStruct(x.shape, x.dtype),
+        **training.inference_kwargs(ctx.model),
+    )
     rows = []
     for name, randomised in metrics.cascading_randomization(
-        ctx.variables, jax.random.key(ctx.config.seed + 1), order
+        ctx.variables, jax.random.key(ctx.config.seed + 1), order.order
     ):
         _, out = ctx.explain(x, y, variables=randomised)
         maps = np.asarray(scale.minmax_per_image(out.cam))
@@ -454,22 +462,47 @@ def sanity(ctx: RunContext) -> tuple[Numbers, Arrays]:
                 np.mean(metrics.ssim(ref_maps, maps, win_size=side - (1 - side % 2)))
             )
         rows.append(row)
-    return {"samples": len(indices), "steps": rows}, {}
+    numbers = {"samples": len(indices), "order": order.order, "steps": rows}
+    if order.uncalled:
+        numbers["uncalled"] = order.uncalled
+    return numbers, {}
 
 
 def report_sanity(ctx: RunContext, s: Numbers) -> list[str]:
     if not s["steps"]:
         return []
-    steps = ", ".join(
-        f"{r['randomised_down_to']}: {fmt(r['rank_correlation'])}" for r in s["steps"]
+    ssim = all("ssim" in r for r in s["steps"])
+    uncalled = s.get("uncalled", [])
+    text = (
+        "Cascading randomisation (Adebayo et al. 2018): the layers' parameters are redrawn "
+        "one layer at a time from the output down, in the model's call order read from "
+        f"one forward pass ({' → '.join(s['order'])}); each row has that layer and every "
+        "layer above it randomised. *rank r*: the Spearman rank correlation between the "
+        f"{ctx.method} CAM of the trained and of the randomised model (min-max per image), "
+        f"averaged over {s['samples']} validation images"
+        + ("; *SSIM*: their structural similarity (1 identical, 0 unrelated)" if ssim else "")
+        + ". Lower is better: near 0 from the first row on means the maps depend on the "
+        "learned weights; values that stay near 1 mean the map would look the same for an "
+        "untrained model (it shows the input, not the model)."
     )
-    return [
-        "## Sanity check",
-        "",
-        f"Rank correlation with the trained model's CAMs on {s['samples']} validation "
-        f"images as the layers are randomised from the top (near 0 is good: the maps "
-        f"depend on the weights): {steps}.",
-    ]
+    if uncalled:
+        text += (
+            f" {', '.join(uncalled)}: never called as a submodule, so their place in the "
+            "call order is unknown; they are randomised last."
+        )
+    return table_section(
+        "Sanity check: cascading randomisation",
+        text,
+        ["randomised down to", "rank r", *(["SSIM"] if ssim else [])],
+        [
+            [
+                r["randomised_down_to"],
+                fmt(r["rank_correlation"]),
+                *([fmt(r["ssim"])] if ssim else []),
+            ]
+            for r in s["steps"]
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- scale coverage
@@ -527,7 +560,7 @@ EVALUATIONS: tuple[Evaluation, ...] = (
     Evaluation("decomposition", 1, decomposition, report_decomposition),
     Evaluation("diagnostics", 1, diagnostics_, report_diagnostics),
     Evaluation("faithfulness", 1, faithfulness, report_faithfulness),
-    Evaluation("sanity", 1, sanity, report_sanity),
+    Evaluation("sanity", 2, sanity, report_sanity),
     Evaluation("scale_coverage", 1, scale_coverage, report_scale_coverage),
 )
 
