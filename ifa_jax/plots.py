@@ -334,17 +334,36 @@ def spectrum(explained_ratio: np.ndarray, marks: Mapping[str, int] | None = None
 def accuracy_curve(
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     full_accuracy: float | None = None,
+    *,
+    label_rows: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
 ):
-    """Accuracy against the share of channels kept, one line per selection mode."""
+    """Accuracy against the share of channels kept, one line per selection mode.
+
+    ``curves``: ``{mode: (ratios, accuracy)}``. ``label_rows``: the same modes evaluated
+    with the label's mask row (an oracle), drawn dashed in the colour of their mode; the
+    solid lines are then named as the predicted class's row.
+    """
     fig, ax = _figure(figsize=(6, 3.4), squeeze=True)
     for name, (ratios, acc) in curves.items():
-        ax.plot(np.asarray(ratios) * 100, acc, marker="o", label=name)
+        suffix = ", predicted row" if label_rows else ""
+        (line,) = ax.plot(np.asarray(ratios) * 100, acc, marker="o", label=name + suffix)
+        if label_rows and name in label_rows:
+            r, a = label_rows[name]
+            ax.plot(
+                np.asarray(r) * 100,
+                a,
+                marker="o",
+                ls="--",
+                mfc="none",
+                color=line.get_color(),
+                label=f"{name}, label row",
+            )
     if full_accuracy is not None:
-        ax.axhline(full_accuracy, color="gray", ls="--", label="all channels")
+        ax.axhline(full_accuracy, color="gray", ls=":", label="all channels")
     ax.set_xscale("log")
     ax.set_xlabel("channels kept (%)")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=7)
     return fig
 
 

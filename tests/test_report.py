@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -96,3 +98,48 @@ def test_sanity_randomises_from_the_output_down_and_the_report_lists_the_order()
     assert "(a_last → m_middle → z_first → gain)" in text
     assert "| a_last |" in text.split("| z_first |")[0]  # the table in that order
     assert "gain: never called as a submodule" in text
+
+
+# --------------------------------------------------------------------------- feature subsets
+
+
+class TwoChannels(nn.Module):
+    """A 1x1 conv then global average pool and a dense head: with identity weights the
+    logit of class c is the mean of channel c."""
+
+    @nn.compact
+    def __call__(self, x):
+        a = nn.Conv(2, (1, 1), use_bias=False, name="conv")(x)
+        return nn.Dense(2, use_bias=False, name="head")(a.mean((1, 2)))
+
+
+def test_subsets_report_the_predicted_and_the_label_mask_rows():
+    # Channel c is class c's only important channel, so keeping 1 of 2 channels keeps the
+    # row's class alone. Images 0-1 (label 0) are misclassified as 1: the predicted row
+    # keeps channel 1 (still wrong), the label row channel 0 (now right). Images 2-3 are
+    # right either way. Full model: 2 of 4; predicted row: 2 of 4; label row: 4 of 4.
+    x = np.zeros((4, 2, 2, 2), np.float32)
+    x[..., 0] = np.array([0.25, 0.25, 0.25, 0.5])[:, None, None]
+    x[..., 1] = np.array([0.5, 0.5, 0.5, 0.25])[:, None, None]
+    y = np.array([0, 0, 1, 0])
+    ds = data.Dataset(x, y, 2, "four")
+    eye = jnp.eye(2)
+    variables = {"params": {"conv": {"kernel": eye[None, None]}, "head": {"kernel": eye}}}
+    config = runner.Config(
+        name="rows", dataset="sklearn_digits", model="convnet", layer="conv",
+        methods=("gradcam",), subset_ratios=(0.5, 1.0), subset_modes=("top",), batch_size=4,
+    )  # fmt: skip
+    ctx = stages.RunContext(config, None, data.Splits(ds, ds), TwoChannels(), print)  # type: ignore[arg-type]
+    ctx.variables, ctx.probe = variables, linen_probe(TwoChannels(), "conv")
+    summary = types.SimpleNamespace(im_class=np.eye(2), im_diff=np.eye(2) - 0.5)
+    ctx.analyses = {"gradcam": {"train": (summary, {})}}  # type: ignore[dict-item]
+    numbers, _ = evaluations.subsets(ctx)
+    top = numbers["top"]
+    assert top["full_accuracy"] == 0.5
+    assert top["accuracy"] == [0.5, 0.5]  # the predicted class's row
+    assert top["accuracy_label_row"] == [1.0, 0.5]  # the label's row: an oracle
+    text = "\n".join(evaluations.report_subsets(ctx, numbers))
+    assert "| top, predicted | 0.500 | 0.500 |" in text
+    assert "| top, label | 1.000 | 0.500 |" in text
+    assert "*label*: the row of the sample's true class, an oracle" in text
+    assert set(evaluations.SUBSET_MODE_TEXT) == set(runner.SUBSET_MODES)

@@ -93,6 +93,7 @@ def draw_subsets(ctx: RunContext):
     return plots.accuracy_curve(
         {m: (c["ratios"], c["accuracy"]) for m, c in curves.items()},
         next(iter(curves.values()))["full_accuracy"],
+        label_rows={m: (c["ratios"], c["accuracy_label_row"]) for m, c in curves.items()},
     )
 
 
@@ -161,7 +162,9 @@ FIGURES: tuple[Figure, ...] = (
         "subsets",
         "Accuracy with a subset of channels",
         "Validation accuracy when only a share of the layer's channels is kept (the rest "
-        "zeroed), per selection mode; the dashed line is the accuracy with all channels.",
+        "zeroed), per selection mode: solid lines with the predicted class's mask row, "
+        "dashed with the label's (an oracle; see Feature subsets); the dotted line is the "
+        "accuracy with all channels.",
         draw_subsets,
     ),
     Figure(
