@@ -20,6 +20,10 @@ from ifa_jax.runner import stages
 from ifa_jax.runner.folder import config_digest
 from ifa_jax.train import TrainConfig
 
+# The tiny runs train for seconds, so some classes get no correctly classified sample:
+# the analysis warns (MissingClassesWarning) and the report names them.
+pytestmark = pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")
+
 
 def tiny(**changes) -> runner.Config:
     base = {
