@@ -143,3 +143,8 @@ def test_subsets_report_the_predicted_and_the_label_mask_rows():
     assert "| top, label | 1.000 | 0.500 |" in text
     assert "*label*: the row of the sample's true class, an oracle" in text
     assert set(evaluations.SUBSET_MODE_TEXT) == set(runner.SUBSET_MODES)
+
+
+def test_figure_numbers_never_read_minus_zero():
+    values = (-0.04, -0.0, -0.0004, 12.93, -1234.4)
+    assert [report.number(v) for v in values] == ["-0.04", "0", "-0.0004", "12.9", "-1234"]

@@ -19,6 +19,7 @@ from ifa_jax import io, runner
 from ifa_jax.runner import stages
 from ifa_jax.runner.folder import config_digest
 from ifa_jax.train import TrainConfig
+from tests.figure_checks import figure_problems
 
 # The tiny runs train for seconds, so some classes get no correctly classified sample:
 # the analysis warns (MissingClassesWarning) and the report names them.
@@ -516,6 +517,29 @@ def test_an_evaluation_added_to_the_table_reaches_results_and_report(finished_ru
     assert json.loads((copy / "results.json").read_text())["channels"]["channels"] == 16
     assert "## Channels\n\nThe layer has 16 channels." in (copy / "report.md").read_text()
     assert json.loads((copy / "evaluation" / "channels.json").read_text())["version"] == 1
+
+
+@pytest.mark.slow
+def test_every_report_figure_is_readable(finished_run, tmp_path):
+    """Each figure of the report, drawn from a finished run: no two texts overlap and every
+    axis with tick labels has a label (tests/figure_checks.py)."""
+    out, _, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    problems = {}
+
+    def checked(figure):
+        def draw(ctx):
+            fig = figure.draw(ctx)
+            if fig is not None:
+                problems[figure.key] = figure_problems(fig)
+            return fig
+
+        return dataclasses.replace(figure, draw=draw)
+
+    runner.run(tiny(), copy, log=lambda s: None, figures=tuple(map(checked, runner.FIGURES)))
+    assert set(problems) == {f.key for f in runner.FIGURES}
+    assert {k: v for k, v in problems.items() if v} == {}
 
 
 def test_bad_runs_fail_before_anything_is_written(tmp_path):

@@ -31,6 +31,13 @@ class Figure:
     draw: Callable[[RunContext], object | None]
 
 
+def number(v) -> str:
+    """A value for a figure title: 3 significant digits (whole numbers from 100), never
+    "-0" (-0.04 stays -0.04)."""
+    v = float(v) + 0.0  # -0.0 + 0.0 is 0.0
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
 def _image_maps(ctx: RunContext, x, cam, common: bool) -> np.ndarray:
     spatial = x.shape[1:-1]
     if common:
@@ -47,7 +54,7 @@ def draw_cams(ctx: RunContext):
     x, y = ds.gather(ctx.sample_indices(ctx.config.figure_samples))
     res, out = ctx.explain(x, "predicted")
     titles = [
-        f"y={int(a)} p={int(b)}\nlogit {float(s):.1f}"
+        f"y={int(a)} p={int(b)}\nlogit {number(s)}"
         for a, b, s in zip(y, np.asarray(res.target), np.asarray(res.score))
     ]
     return plots.cam_grid(
