@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ifa_jax import data, metrics, runner, scale
+from ifa_jax import data, metrics, models, runner, scale
 from ifa_jax.probe import linen_probe
 from ifa_jax.runner import evaluations, report, stages
 from tests.conftest import random_variables
@@ -148,3 +148,85 @@ def test_subsets_report_the_predicted_and_the_label_mask_rows():
 def test_figure_numbers_never_read_minus_zero():
     values = (-0.04, -0.0, -0.0004, 12.93, -1234.4)
     assert [report.number(v) for v in values] == ["-0.04", "0", "-0.0004", "12.9", "-1234"]
+
+
+# --------------------------------------------------------------------------- explanations
+
+
+def _ctx(**config):
+    fields = {"name": "words", "dataset": "sklearn_digits", "model": "convnet", **config}
+    return types.SimpleNamespace(config=runner.Config(**fields), method="gradcam")
+
+
+def test_methods_with_identical_levels_are_found_and_reported_as_one_result():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 1, 4, 20)) * 50  # (classes, methods, scalings, images)
+    levels = np.concatenate([a, a * (1 + 1e-9), a + rng.normal(size=a.shape) * 1e-2], axis=1)
+    assert evaluations.coinciding_methods(levels, ("gradcam", "hirescam", "xgradcam")) == [
+        ["gradcam", "hirescam"]
+    ]
+    assert evaluations.coinciding_methods(levels[:, [0, 2]], ("gradcam", "xgradcam")) == []
+    row = {k: {"mean_pearson": 1.0, "min_pearson": 1.0} for k in evaluations.LEVELS}
+    numbers = {
+        "per_class": {
+            m: {c: {"common": {"pearson": 1.0}, "auroc": {"auroc": 0.9}} for c in "01"}
+            for m in ("gradcam", "hirescam")
+        },
+        "summary": {m: {**row, "auroc": {"mean": 0.9}} for m in ("gradcam", "hirescam")},
+        "coincide": [["gradcam", "hirescam"]],
+    }
+    text = "\n".join(evaluations.report_consistency(_ctx(), numbers))
+    assert "**gradcam and hirescam coincide**" in text and "global average pool" in text
+    assert "averaged over the 2 class(es)" in text and "*AUROC*: how well" in text
+
+
+def test_scale_coverage_says_what_share_to_expect_and_why():
+    cov = {"gradcam": {"vmin": -0.1, "vmax": 2.0, "above_vmax": 0.11, "below_vmin": 0.49}}
+    text = "\n".join(evaluations.report_scale_coverage(_ctx(), cov))
+    assert "expect about 10% above vmax and about 50% below vmin" in text
+    assert "about half of the maps reach below vmin is by construction" in text
+    text = "\n".join(evaluations.report_scale_coverage(_ctx(scale_ratio=1.5), cov))
+    assert "vmax is 1.5 x the 90th percentile" in text and "expect" not in text
+
+
+def test_faithfulness_names_each_number_and_its_direction():
+    f = {
+        "samples": 4,
+        "confidence_common": {"average_drop": 23.0, "average_increase": 5.0},
+        "confidence_per_image": {"average_drop": 12.0, "average_increase": 9.0},
+        "insertion_deletion": {"insertion_auc": 0.7, "deletion_auc": 0.5},
+    }
+    text = "\n".join(evaluations.report_faithfulness(_ctx(), f))
+    assert "| common | 23.0 | 5.0 |" in text and "| per-image | 12.0 | 9.0 |" in text
+    assert "average drop (%) ↓" in text and "increase (%) ↑" in text
+    assert "Insertion AUC 0.700 (higher is better" in text
+    assert "deletion AUC 0.500 (lower is better" in text
+
+
+def test_gradcam_and_hirescam_coincide_after_the_last_relu_of_a_gap_dense_model():
+    """ConvNet's relu2 feeds a global average pool and a dense head, so G is constant over
+    the grid there and GradCAM's map is HiResCAM's and XGradCAM's (its weights sum(G * A)
+    / sum(A) are then G too): the evaluation says they coincide and keeps GradCAM++, whose
+    weights are not, apart."""
+    model = models.ConvNet(ndim=2, features=(4, 6), num_classes=3)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(size=(9, 6, 6, 1)).astype(np.float32)
+    y = np.arange(9) % 3
+    ds = data.Dataset(x, y, 3, "nine")
+    methods = ("gradcam", "hirescam", "xgradcam", "gradcam++")
+    config = runner.Config(
+        name="gap", dataset="sklearn_digits", model="convnet", layer="relu2",
+        methods=methods, batch_size=9,
+    )  # fmt: skip
+    ctx = stages.RunContext(config, None, data.Splits(ds, ds), model, print)  # type: ignore[arg-type]
+    ctx.variables = random_variables(model, jnp.asarray(x))
+    ctx.probe = linen_probe(model, "relu2")
+    summary = types.SimpleNamespace(im_class=rng.normal(size=(3, 6)))
+    ctx.analyses = {"gradcam": {"train": (summary, {})}}  # type: ignore[dict-item]
+    ctx.scales = {m: scale.scale_from_bounds(-0.5, 0.5) for m in methods}
+    numbers, arrays = evaluations.consistency(ctx)
+    np.testing.assert_allclose(arrays["gradcam common"], arrays["hirescam common"], rtol=1e-5)
+    assert numbers["coincide"] == [["gradcam", "hirescam", "xgradcam"]]
+    assert "**gradcam, hirescam and xgradcam coincide**" in "\n".join(
+        evaluations.report_consistency(ctx, numbers)
+    )

@@ -542,6 +542,22 @@ def test_every_report_figure_is_readable(finished_run, tmp_path):
     assert {k: v for k, v in problems.items() if v} == {}
 
 
+@pytest.mark.slow
+def test_report_explains_its_numbers(finished_run):
+    """The tiny run's 2 epochs leave classes without a correctly classified sample: the
+    report names them. Its layer conv2 comes before a ReLU, so G varies over the grid and
+    GradCAM differs from HiResCAM: nothing is reported as coinciding (test_report has the
+    case where they do)."""
+    out, results, _ = finished_run
+    text = (out / "report.md").read_text()
+    assert results["consistency"]["coincide"] == [] and "coincide**" not in text
+    missing = results["analysis"]["gradcam"]["train"]["missing_classes"]
+    assert bool(missing) == ("**Classes without a counted sample** (train split: cl" in text)
+    for words in ("Higher is better", "lower is better", "is by construction, not a defect"):
+        assert words in text
+    assert "| top, label |" in text and "randomised down to" in text
+
+
 def test_bad_runs_fail_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(

@@ -128,41 +128,47 @@ FIGURES: tuple[Figure, ...] = (
         "cams",
         "CAMs on the common scale vs per image",
         "One validation image per class (drawn with the run's seed), explaining the "
-        "predicted class. Top: one shared colour scale for the whole dataset, so "
-        "brightness compares across images. Bottom: each map stretched to its own min "
-        "and max.",
+        "predicted class; titles: y the label, p the predicted class, and its logit. "
+        "Top: one shared colour scale for the whole dataset, so brightness compares "
+        "across images (a dim map is a weak decision). Bottom: each map stretched to its "
+        "own min and max, so every map looks equally confident.",
         draw_cams,
     ),
     Figure(
         "consistency",
         _consistency_title,
         "Each point is a validation image explained as this class: its mean rescaled "
-        "CAM (x) against the logit of the class (y), per method and scaling. On a "
-        "faithful scale the points lie on a rising line (r near 1); per-image min-max "
-        "scatters them.",
+        "CAM (x, the activation level) against the logit of the class (y), per method and "
+        "scaling; r as in the consistency table. On a faithful scale the points lie on a "
+        "rising line (r near 1); per-image min-max scatters them.",
         draw_consistency,
     ),
     Figure(
         "importance",
         "Importance matrices",
-        "Rows: classes; columns: channels (the 64 with the largest mean importance). "
-        "IM_c is a class's mean channel importance; IM_diff = IM_c - IM_all shows the "
-        "channels that single out a class (red above, blue below the average).",
+        "Rows: classes; columns: the 64 channels with the largest mean importance, most "
+        "important left, labelled with their channel ids. IM_c is a class's mean channel "
+        "importance on the training split; IM_diff = IM_c - IM_all shows the channels "
+        "that single out a class (red above, blue below the average over classes). "
+        "Classes without a counted sample are blank.",
         draw_importance,
     ),
     Figure(
         "distributions",
         "CAM max/min, train vs validation",
-        "Histograms of each image's raw CAM maximum and minimum. A shift between splits "
-        "is a sign of overfitting.",
+        "Densities of each image's raw CAM maximum (left) and minimum (right) on the "
+        "feature grid, training vs validation split. Overlapping histograms are what one "
+        "wants; validation maxima shifted left (weaker CAMs on unseen images) are the "
+        "sign of overfitting that the KS statistic under Diagnostics measures.",
         draw_distributions,
     ),
     Figure(
         "spectrum",
         "Explained variance of channel importances",
-        "Bars: the share of the variance of per-image channel importances along each "
-        "principal direction; line: the cumulative share. Few components to 90-99% mean "
-        "the decision rests on few directions (redundant channels).",
+        "Bars: the share of the variance of per-image channel importances (training "
+        "split) along each principal direction, largest first; line: the cumulative "
+        "share; dotted lines: the components needed for 90, 95 and 99%. Few components "
+        "mean the decision rests on few directions (redundant channels).",
         draw_spectrum,
     ),
     Figure(
@@ -178,7 +184,8 @@ FIGURES: tuple[Figure, ...] = (
         "outliers",
         "Outliers: samples farthest from their class in importance space",
         "Validation images whose channel importances lie farthest (Mahalanobis distance "
-        "d) from their class mean, with their CAMs on the common scale.",
+        "d) from their class mean, with their CAMs on the common scale explaining the "
+        "label; titles: #index in the validation split, y the label, d the distance.",
         draw_outliers,
     ),
 )
