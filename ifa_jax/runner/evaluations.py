@@ -491,9 +491,9 @@ def report_diagnostics(ctx: RunContext, diag: Numbers) -> list[str]:
         lines.append(
             f"- Confounders: {shared['n_shared']} of the {len(shared['channels'])} channels "
             "with the largest mean importance are about as important for every class (the "
-            f"least using class gives at least {shared['threshold']:.0%} of the most using "
-            "one's importance): features of no class, such as background or a marker; 0 is "
-            "what one wants. The mean |CAM| of class "
+            f"smallest class importance at least {shared['threshold']:.0%} of the largest): "
+            "features of no class, such as background or a marker; 0 is what one wants. "
+            "The mean |CAM| of class "
             f"{border['worst_class']} puts {border['worst']:.1%} of its mass on the border "
             f"of the feature grid, where a uniform map would put {border['uniform']:.1%} "
             "(the most of any class); far above uniform means the model looks at the edges."
