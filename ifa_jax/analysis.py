@@ -218,8 +218,14 @@ class Summary(NamedTuple):
         return tuple(int(c) for c in np.flatnonzero(~self.present))
 
 
+class MissingClassesWarning(UserWarning):
+    """Some classes have no counted sample: their rows of the :class:`Summary` are NaN."""
+
+
 def finalize(state: Stats) -> Summary:
-    """Importance matrices, spreads and covariance from a state."""
+    """Importance matrices, spreads and covariance from a state. Warns
+    (:class:`MissingClassesWarning`, naming them) when some classes have no counted
+    sample: their rows are NaN and ``present`` is False for them."""
     count = np.asarray(state.count, np.float64)
     total = count.sum()
     if total == 0:
@@ -228,6 +234,16 @@ def finalize(state: Stats) -> Summary:
             "or pass count='all' to count misclassified samples too"
         )
     present = count > 0
+    if not present.all():
+        missing = [int(c) for c in np.flatnonzero(~present)]
+        warnings.warn(
+            f"{len(missing)} of {len(present)} classes have no counted sample: "
+            f"{missing}. Their rows of im_class, im_diff, im_var and cam_mean are NaN "
+            "(Summary.present is False). Analyse more samples of them, or pass "
+            "count='all' to count misclassified samples too",
+            MissingClassesWarning,
+            stacklevel=2,
+        )
     mean = np.asarray(state.mean, np.float64)
     im_all = (count @ mean) / total
     im_class = np.where(present[:, None], mean, np.nan)

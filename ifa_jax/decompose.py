@@ -84,7 +84,15 @@ def top_mask(scores: Array, n: int) -> Array:
     return (_rank_desc(scores) < n).astype(jnp.float32)
 
 
-def _check_rows(rows, name: str) -> None:
+SELECT_FIX = (
+    "Select on present classes only (e.g. {name}[present]), fill the rows explicitly (e.g. "
+    "with IM_all), or use mode 'all', 'index' or 'random', which do not read importances"
+)
+
+
+def _check_rows(rows, name: str, fix: str = SELECT_FIX) -> None:
+    """Refuse non-finite rows (classes without counted samples), naming them and ``fix``
+    (formatted with ``name``)."""
     arr = _concrete(rows)
     if arr is None:
         return
@@ -93,9 +101,7 @@ def _check_rows(rows, name: str) -> None:
         which = [int(c) for c in np.flatnonzero(bad)]
         raise ValueError(
             f"{name} has non-finite rows for class(es) {which}: those classes had no counted "
-            "sample in the analysis (see Summary.present). Select on present classes only "
-            f"(e.g. {name}[present]), fill the rows explicitly (e.g. with IM_all), or use "
-            "mode 'all', 'index' or 'random', which do not read importances"
+            "sample in the analysis (see Summary.present). " + fix.format(name=name)
         )
 
 
@@ -314,7 +320,12 @@ def class_svd(
     im = jnp.asarray(im_class)
     if im.ndim != 2:
         raise ValueError(f"im_class must be (C, K); got shape {im.shape}")
-    _check_rows(im, "im_class")
+    _check_rows(
+        im,
+        "im_class",
+        "Pass the present classes' rows, class_svd(summary.im_class[summary.present]); the "
+        "components then span those classes only",
+    )
     if center:
         im = im - jnp.mean(im, axis=0, keepdims=True)
     arr = _concrete(im)

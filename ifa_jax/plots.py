@@ -267,31 +267,51 @@ def cam_grid(
     return fig
 
 
+def _tick_step(n: int, most: int) -> int:
+    """Every how many of ``n`` positions to label so that at most ``most`` are labelled."""
+    return max(1, -(-n // most))
+
+
 def importance_heatmaps(matrices: Mapping[str, np.ndarray], max_channels: int = 64):
-    """Class x channel heatmaps (e.g. IM_c and IM_diff). Channels are ordered by the first
-    matrix's mean importance, and at most ``max_channels`` are shown."""
+    """Class x channel heatmaps (e.g. IM_c and IM_diff), one per entry, the entry's name as
+    its title and colour-bar label. Columns are the ``max_channels`` channels with the
+    largest mean of the first matrix, most important left, labelled with their channel ids;
+    rows are the classes 0..C-1."""
     first = np.nan_to_num(next(iter(matrices.values())))
     order = np.argsort(-first.mean(0))[:max_channels]
-    fig, axes = _figure(len(matrices), 1, figsize=(10, 2.2 * len(matrices) + 0.6))
+    fig = Figure(figsize=(10, 2.2 * len(matrices) + 0.8), layout="constrained")
+    axes = fig.subplots(len(matrices), 1, squeeze=False, sharex=True)
     for ax, (name, m) in zip(axes[:, 0], matrices.items()):
         m = np.asarray(m)[:, order]
         bound = np.nanmax(np.abs(m)) or 1.0
         im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound)
+        classes = np.arange(0, m.shape[0], _tick_step(m.shape[0], 12))
+        ax.set_yticks(classes, [str(c) for c in classes])
         ax.set_ylabel("class")
         ax.set_title(name, fontsize=9)
-        fig.colorbar(im, ax=ax)
-    axes[-1, 0].set_xlabel(f"channel (top {len(order)} by mean importance)")
+        fig.colorbar(im, ax=ax, label=name)
+    bottom = axes[-1, 0]
+    columns = np.arange(0, len(order), _tick_step(len(order), 32))
+    bottom.set_xticks(columns, [str(int(order[i])) for i in columns], rotation=90, fontsize=7)
+    bottom.set_xlabel(
+        f"channel id (the {len(order)} with the largest mean importance, most important left)"
+    )
     return fig
 
 
 def distributions(splits: Mapping[str, Mapping[str, np.ndarray]], keys=("cam_max", "cam_min")):
-    """Histograms of per-sample CAM max/min for each split (overfitting shows as a shift)."""
+    """Histograms (densities) of per-sample values, e.g. the raw CAM max and min, one panel
+    per key and one colour per split (overfitting shows as a shift between splits)."""
+    words = {"cam_max": "raw CAM maximum per image", "cam_min": "raw CAM minimum per image"}
     fig, axes = _figure(1, len(keys), figsize=(5 * len(keys), 3.2))
     for ax, key in zip(axes[0], keys):
         for name, samples in splits.items():
             ax.hist(np.asarray(samples[key]), bins=40, alpha=0.55, density=True, label=name)
         ax.set_title(key)
+        ax.set_xlabel(words.get(key, key))
+        ax.set_ylabel("density (share per unit)")
         ax.legend(loc="upper right")  # a fixed place: "best" scans the data, slowly
+    fig.tight_layout()
     return fig
 
 
@@ -315,36 +335,64 @@ def consistency_scatter(panels: Mapping[str, tuple[np.ndarray, np.ndarray, float
 
 
 def spectrum(explained_ratio: np.ndarray, marks: Mapping[str, int] | None = None):
-    """Explained-variance ratio per component and its cumulative sum."""
+    """Explained-variance ratio per component and its cumulative sum. ``marks``: ``{level:
+    components}`` (e.g. ``{"90": 8, "95": 11}``), drawn as dotted lines named in the legend;
+    levels reached by the same component share one line."""
     ratio = np.asarray(explained_ratio)
     fig, ax = _figure(figsize=(6, 3.2), squeeze=True)
     idx = np.arange(1, len(ratio) + 1)
     ax.bar(idx, ratio, color="tab:blue", label="per component")
     ax.plot(idx, np.cumsum(ratio), color="tab:red", label="cumulative")
-    for label, k in (marks or {}).items():
-        ax.axvline(k, color="gray", ls=":")
-        ax.text(k, 0.5, f" {label}: {k}", fontsize=8, rotation=90)
+    levels: dict[int, list[str]] = {}
+    for level, k in (marks or {}).items():
+        levels.setdefault(int(k), []).append(f"{str(level).rstrip('%')}%")
+    for k, names in sorted(levels.items()):
+        ax.axvline(
+            k,
+            color="gray",
+            ls=":",
+            label=f"{', '.join(names)} of the variance: {k} component{'s' * (k != 1)}",
+        )
     ax.set_xscale("log")
-    ax.set_xlabel("component")
-    ax.set_ylabel("explained variance")
-    ax.legend(loc="center right")  # between the cumulative curve (top) and the bars
+    ax.set_xlabel("principal component (rank)")
+    ax.set_ylabel("share of the variance")
+    ax.legend(loc="center right", fontsize=7)  # between the cumulative curve and the bars
     return fig
 
 
 def accuracy_curve(
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     full_accuracy: float | None = None,
+    *,
+    label_rows: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
 ):
-    """Accuracy against the share of channels kept, one line per selection mode."""
+    """Accuracy against the share of channels kept, one line per selection mode.
+
+    ``curves``: ``{mode: (ratios, accuracy)}``. ``label_rows``: the same modes evaluated
+    with the label's mask row (an oracle), drawn dashed in the colour of their mode; the
+    solid lines are then named as the predicted class's row.
+    """
     fig, ax = _figure(figsize=(6, 3.4), squeeze=True)
     for name, (ratios, acc) in curves.items():
-        ax.plot(np.asarray(ratios) * 100, acc, marker="o", label=name)
+        suffix = ", predicted row" if label_rows else ""
+        (line,) = ax.plot(np.asarray(ratios) * 100, acc, marker="o", label=name + suffix)
+        if label_rows and name in label_rows:
+            r, a = label_rows[name]
+            ax.plot(
+                np.asarray(r) * 100,
+                a,
+                marker="o",
+                ls="--",
+                mfc="none",
+                color=line.get_color(),
+                label=f"{name}, label row",
+            )
     if full_accuracy is not None:
-        ax.axhline(full_accuracy, color="gray", ls="--", label="all channels")
+        ax.axhline(full_accuracy, color="gray", ls=":", label="all channels")
     ax.set_xscale("log")
     ax.set_xlabel("channels kept (%)")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=7)
     return fig
 
 

@@ -62,6 +62,7 @@ def test_statistics_match_reference():
     assert summary.seen == 37
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # class 2
 def test_class_rows_accumulate_not_overwrite():
     """The reference code overwrote IM_c with the last sample; here IM_c is the mean."""
     s = np.array([[1.0] * K, [3.0] * K, [10.0] * K], np.float32)
@@ -95,7 +96,8 @@ def test_merge_is_exact_for_any_split(seed):
 def test_missing_class_is_reported_not_propagated():
     s, L, labels, counted = synthetic(20)
     counted &= labels != 2
-    summary = analysis.finalize(run_updates(s, L, labels, counted, [20]))
+    with pytest.warns(analysis.MissingClassesWarning, match=r"1 of 3 classes .*: \[2\]\. Their"):
+        summary = analysis.finalize(run_updates(s, L, labels, counted, [20]))
     assert summary.missing_classes == (2,)
     assert np.isnan(summary.im_class[2]).all() and np.isfinite(summary.im_class[:2]).all()
     assert np.isfinite(summary.im_all).all() and np.isfinite(summary.covariance).all()
@@ -135,6 +137,7 @@ def batches_of(x, y, size):
     return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
 def test_analyze_matches_per_sample_cams_and_compiles_once(small_model, traces):
     model, variables, x, y = small_model
     probe = linen_probe(model, "conv2")
@@ -216,6 +219,7 @@ def test_sharded_pass_equals_single_device(tmp_path):
     assert "OK" in out.stdout
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
 def test_several_methods_in_one_pass_equal_separate_passes(small_model):
     model, variables, x, y = small_model
     probe = linen_probe(model, "conv2")
@@ -241,6 +245,7 @@ def test_several_methods_in_one_pass_equal_separate_passes(small_model):
         analysis.analyze(probe, variables, mixed, num_classes=3, progress=False)
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
 @pytest.mark.parametrize("every, in_flight", [(4, 1 << 30), (32, 1)], ids=["chunks4", "bytes1"])
 def test_per_sample_values_come_back_per_chunk(small_model, traces, monkeypatch, every, in_flight):
     """No fetch per batch: one device_get per chunk of batches (4 here, or 1 batch when the

@@ -49,6 +49,7 @@ def run(probe, variables, batches, **kw):
 # --------------------------------------------------------------------------- batch kinds
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
 def test_batch_and_dict_batches_equal_tuples_and_compile_once(colour, traces):
     variables, x, y = colour
     probe = linen_probe(MODEL, "conv2")
@@ -72,6 +73,7 @@ def test_batch_and_dict_batches_equal_tuples_and_compile_once(colour, traces):
     assert traces.count - before == 1
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
 def test_batch_mask_is_honoured(colour):
     """Masked rows hold NaN inputs and an out-of-range label: they are neither counted,
     nor checked, nor returned, and the result equals the pass over the valid rows alone."""
@@ -203,6 +205,7 @@ def test_record_source_and_dataset_passed_directly_point_to_the_helpers(grey_rec
         analysis.record_batches(records, 0)
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
 def test_record_batches_from_a_tfds_data_source(traces):
     model = ConvNet(ndim=2, features=(4, 6), num_classes=10)
     with tfds.testing.mock_data(num_examples=6):

@@ -15,6 +15,7 @@ from experiments.bench.report import format_case, format_methods
 from experiments.bench.suite import run_benchmark
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # few images
 def test_benchmark_smallest_case_structure(tmp_path):
     path = tmp_path / "bench.json"
     out = run_benchmark(
@@ -92,6 +93,7 @@ def test_class_scaling_structure():
     assert all(math.isfinite(r) and r > 0 for r in (*to_floor_jvp, *to_floor_vjp))
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # few images
 @pytest.mark.slow
 def test_gpu_script_smoke(tmp_path):
     """The accelerator script's ResNet-50 section runs (shrunk) and writes its figures:

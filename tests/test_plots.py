@@ -21,6 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from ifa_jax import plots  # noqa: E402
 from ifa_jax.cams import upsample  # noqa: E402
 from ifa_jax.scale import apply_scale, minmax_per_image, scale_from_bounds  # noqa: E402
+from tests.figure_checks import figure_problems  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -173,9 +174,15 @@ def _every_figure():
                 "gradcam max": (rng.normal(size=20), rng.normal(size=20), None),
             }
         ),
-        "spectrum": plots.spectrum(np.array([0.5, 0.3, 0.15, 0.05]), {"90%": 3}),
+        # Two levels reached by the same component: their marks must not be drawn apart
+        # at one place, over each other.
+        "spectrum": plots.spectrum(
+            np.array([0.5, 0.3, 0.15, 0.05]), {"90%": 3, "95%": 3, "99%": 4}
+        ),
         "accuracy_curve": plots.accuracy_curve(
-            {"top": ([0.1, 0.5, 1.0], [0.5, 0.8, 0.9])}, full_accuracy=0.9
+            {"top": ([0.1, 0.5, 1.0], [0.5, 0.8, 0.9])},
+            full_accuracy=0.9,
+            label_rows={"top": ([0.1, 0.5, 1.0], [0.7, 0.95, 0.9])},
         ),
         "outliers": plots.outliers(imgs, maps, ["x", "y"]),
         "overlay": plots.overlay(imgs[0], _cams(1)[0]),
@@ -187,6 +194,12 @@ def test_every_plot_function_returns_a_figure_that_save_writes_as_png(tmp_path):
     for name, fig in _every_figure().items():
         assert isinstance(fig, Figure), name
         assert _saved_png(fig, tmp_path, f"{name}.png") == PNG_MAGIC, name
+
+
+def test_every_plot_function_draws_readable_text():
+    """No two texts overlap and every axis with tick labels says what they count."""
+    problems = {name: figure_problems(fig) for name, fig in _every_figure().items()}
+    assert {k: v for k, v in problems.items() if v} == {}
 
 
 # ------------------------------------------------------------------- backend untouched

@@ -71,6 +71,7 @@ def net():
 # --------------------------------------------------------------------------- labels
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
 def test_label_without_model_output_is_refused(net):
     model, variables, labels = net
     probe = linen_probe(model, "conv")
@@ -201,6 +202,7 @@ def test_input_without_channel_axis_is_explained(net):
 # --------------------------------------------------------------------------- batches
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
 def test_empty_batches_are_skipped_and_batch_size_pads(net, traces):
     model, variables, labels = net
     probe = linen_probe(model, "conv")

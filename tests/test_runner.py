@@ -19,6 +19,11 @@ from ifa_jax import io, runner
 from ifa_jax.runner import stages
 from ifa_jax.runner.folder import config_digest
 from ifa_jax.train import TrainConfig
+from tests.figure_checks import figure_problems
+
+# The tiny runs train for seconds, so some classes get no correctly classified sample:
+# the analysis warns (MissingClassesWarning) and the report names them.
+pytestmark = pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")
 
 
 def tiny(**changes) -> runner.Config:
@@ -512,6 +517,45 @@ def test_an_evaluation_added_to_the_table_reaches_results_and_report(finished_ru
     assert json.loads((copy / "results.json").read_text())["channels"]["channels"] == 16
     assert "## Channels\n\nThe layer has 16 channels." in (copy / "report.md").read_text()
     assert json.loads((copy / "evaluation" / "channels.json").read_text())["version"] == 1
+
+
+@pytest.mark.slow
+def test_every_report_figure_is_readable(finished_run, tmp_path):
+    """Each figure of the report, drawn from a finished run: no two texts overlap and every
+    axis with tick labels has a label (tests/figure_checks.py)."""
+    out, _, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    problems = {}
+
+    def checked(figure):
+        def draw(ctx):
+            fig = figure.draw(ctx)
+            if fig is not None:
+                problems[figure.key] = figure_problems(fig)
+            return fig
+
+        return dataclasses.replace(figure, draw=draw)
+
+    runner.run(tiny(), copy, log=lambda s: None, figures=tuple(map(checked, runner.FIGURES)))
+    assert set(problems) == {f.key for f in runner.FIGURES}
+    assert {k: v for k, v in problems.items() if v} == {}
+
+
+@pytest.mark.slow
+def test_report_explains_its_numbers(finished_run):
+    """The tiny run's 2 epochs leave classes without a correctly classified sample: the
+    report names them. Its layer conv2 comes before a ReLU, so G varies over the grid and
+    GradCAM differs from HiResCAM: nothing is reported as coinciding (test_report has the
+    case where they do)."""
+    out, results, _ = finished_run
+    text = (out / "report.md").read_text()
+    assert results["consistency"]["coincide"] == [] and "coincide**" not in text
+    missing = results["analysis"]["gradcam"]["train"]["missing_classes"]
+    assert bool(missing) == ("**Classes without a counted sample** (train split: cl" in text)
+    for words in ("Higher is better", "lower is better", "is by construction, not a defect"):
+        assert words in text
+    assert "| top, label |" in text and "randomised down to" in text
 
 
 def test_bad_runs_fail_before_anything_is_written(tmp_path):

@@ -407,6 +407,7 @@ def test_runner_checks_the_natural_layer_and_the_token_grid():
         stages.check_model(_vit_config(tokens_prefix=2), model, splits)
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
 @pytest.mark.slow
 def test_runner_analyses_a_vit_with_the_layer_left_out(tmp_path):
     """Given random variables, so nothing is trained (training compiles for seconds and is

@@ -16,8 +16,9 @@ functions where the model is run. One module per concern, all re-exported here
 * :mod:`~ifa_jax.metrics.subsets` (runs the model): :func:`subset_accuracy` /
   :func:`subset_accuracy_curve`: accuracy when only selected channels at the layer are
   kept.
-* sanity check (Adebayo et al. 2018): :func:`cascading_randomization`
-  (:mod:`~ifa_jax.metrics.randomization`), :func:`rank_correlation` and :func:`ssim`
+* sanity check (Adebayo et al. 2018): :func:`cascading_randomization` in the order of
+  :func:`top_down_order` (:mod:`~ifa_jax.metrics.randomization`), :func:`rank_correlation`
+  and :func:`ssim`
   (:mod:`~ifa_jax.metrics.similarity`).
 
 Undefined statistics (too few samples, a constant input, a single class) are ``None`` with
@@ -55,7 +56,7 @@ from ifa_jax.metrics.insertion_deletion import (
     insertion_deletion,
     window_ids,
 )
-from ifa_jax.metrics.randomization import cascading_randomization
+from ifa_jax.metrics.randomization import LayerOrder, cascading_randomization, top_down_order
 from ifa_jax.metrics.similarity import rank_correlation, ssim
 from ifa_jax.metrics.subsets import (
     DEFAULT_RATIOS,
@@ -70,6 +71,7 @@ __all__ = [
     "MIN_SAMPLES",
     "ROW_MODES",
     "InsertionDeletion",
+    "LayerOrder",
     "ScoreFn",
     "activation_level",
     "auroc",
@@ -87,6 +89,7 @@ __all__ = [
     "rankdata",
     "spearman",
     "ssim",
+    "top_down_order",
     "subset_accuracy",
     "subset_accuracy_curve",
     "window_ids",

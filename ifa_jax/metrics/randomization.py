@@ -1,16 +1,54 @@
 """The model randomisation sanity check (Adebayo et al. 2018):
-:func:`cascading_randomization` re-initialises layers from the top down; compare the CAMs
-of the randomised models with :mod:`ifa_jax.metrics.similarity`."""
+:func:`cascading_randomization` re-initialises layers from the top down, in the order
+:func:`top_down_order` reads from one abstract forward pass of a Linen model; compare the
+CAMs of the randomised models with :mod:`ifa_jax.metrics.similarity`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ifa_jax.probe import linen_calls
+
 Array = jax.Array
+
+
+class LayerOrder(NamedTuple):
+    """Top-level parameter names, output layer first (``order``), and those of them whose
+    module is never called through ``__call__`` (``uncalled``: parameters of the root
+    module itself, a module used only through another method), which ``order`` puts last
+    in their dict order."""
+
+    order: list[str]
+    uncalled: list[str]
+
+
+def top_down_order(model: nn.Module, variables: Any, x: Any, **apply_kwargs) -> LayerOrder:
+    """The top-level parameter names of a Linen model in the reverse of their call order.
+
+    One abstract forward pass of ``model.apply(variables, x, **apply_kwargs)``
+    (:func:`ifa_jax.probe.linen_calls`: nothing is computed) records when each top-level
+    submodule is first called; the names are ordered by that, last called (the output
+    layer) first, ready for :func:`cascading_randomization`. Parameter names sort by name
+    once a checkpoint is loaded, so their dict order says nothing about the model.
+    """
+    params = variables.get("params", {}) if isinstance(variables, Mapping) else {}
+    if not isinstance(params, Mapping) or not params:
+        raise ValueError(
+            "variables has no 'params' collection to randomise; pass Flax variables "
+            "{'params': ...} as model.init returns them"
+        )
+    first: dict[str, int] = {}
+    for call in linen_calls(model, variables, x, **apply_kwargs):
+        top = call.path.split("/")[0]
+        first[top] = min(first.get(top, call.start), call.start)
+    called = sorted((n for n in params if n in first), key=lambda n: -first[n])
+    uncalled = [n for n in params if n not in first]
+    return LayerOrder(called + uncalled, uncalled)
 
 
 def _locate(params: Any, order: Sequence[str]) -> tuple[Mapping, bool]:

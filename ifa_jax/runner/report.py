@@ -31,6 +31,13 @@ class Figure:
     draw: Callable[[RunContext], object | None]
 
 
+def number(v) -> str:
+    """A value for a figure title: 3 significant digits (whole numbers from 100), never
+    "-0" (-0.04 stays -0.04)."""
+    v = float(v) + 0.0  # -0.0 + 0.0 is 0.0
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
 def _image_maps(ctx: RunContext, x, cam, common: bool) -> np.ndarray:
     spatial = x.shape[1:-1]
     if common:
@@ -47,7 +54,7 @@ def draw_cams(ctx: RunContext):
     x, y = ds.gather(ctx.sample_indices(ctx.config.figure_samples))
     res, out = ctx.explain(x, "predicted")
     titles = [
-        f"y={int(a)} p={int(b)}\nlogit {float(s):.1f}"
+        f"y={int(a)} p={int(b)}\nlogit {number(s)}"
         for a, b, s in zip(y, np.asarray(res.target), np.asarray(res.score))
     ]
     return plots.cam_grid(
@@ -93,6 +100,7 @@ def draw_subsets(ctx: RunContext):
     return plots.accuracy_curve(
         {m: (c["ratios"], c["accuracy"]) for m, c in curves.items()},
         next(iter(curves.values()))["full_accuracy"],
+        label_rows={m: (c["ratios"], c["accuracy_label_row"]) for m, c in curves.items()},
     )
 
 
@@ -120,55 +128,64 @@ FIGURES: tuple[Figure, ...] = (
         "cams",
         "CAMs on the common scale vs per image",
         "One validation image per class (drawn with the run's seed), explaining the "
-        "predicted class. Top: one shared colour scale for the whole dataset, so "
-        "brightness compares across images. Bottom: each map stretched to its own min "
-        "and max.",
+        "predicted class; titles: y the label, p the predicted class, and its logit. "
+        "Top: one shared colour scale for the whole dataset, so brightness compares "
+        "across images (a dim map is a weak decision). Bottom: each map stretched to its "
+        "own min and max, so every map looks equally confident.",
         draw_cams,
     ),
     Figure(
         "consistency",
         _consistency_title,
         "Each point is a validation image explained as this class: its mean rescaled "
-        "CAM (x) against the logit of the class (y), per method and scaling. On a "
-        "faithful scale the points lie on a rising line (r near 1); per-image min-max "
-        "scatters them.",
+        "CAM (x, the activation level) against the logit of the class (y), per method and "
+        "scaling; r as in the consistency table. On a faithful scale the points lie on a "
+        "rising line (r near 1); per-image min-max scatters them.",
         draw_consistency,
     ),
     Figure(
         "importance",
         "Importance matrices",
-        "Rows: classes; columns: channels (the 64 with the largest mean importance). "
-        "IM_c is a class's mean channel importance; IM_diff = IM_c - IM_all shows the "
-        "channels that single out a class (red above, blue below the average).",
+        "Rows: classes; columns: the 64 channels with the largest mean importance, most "
+        "important left, labelled with their channel ids. IM_c is a class's mean channel "
+        "importance on the training split; IM_diff = IM_c - IM_all shows the channels "
+        "that single out a class (red above, blue below the average over classes). "
+        "Classes without a counted sample are blank.",
         draw_importance,
     ),
     Figure(
         "distributions",
         "CAM max/min, train vs validation",
-        "Histograms of each image's raw CAM maximum and minimum. A shift between splits "
-        "is a sign of overfitting.",
+        "Densities of each image's raw CAM maximum (left) and minimum (right) on the "
+        "feature grid, training vs validation split. Overlapping histograms are what one "
+        "wants; validation maxima shifted left (weaker CAMs on unseen images) are the "
+        "sign of overfitting that the KS statistic under Diagnostics measures.",
         draw_distributions,
     ),
     Figure(
         "spectrum",
         "Explained variance of channel importances",
-        "Bars: the share of the variance of per-image channel importances along each "
-        "principal direction; line: the cumulative share. Few components to 90-99% mean "
-        "the decision rests on few directions (redundant channels).",
+        "Bars: the share of the variance of per-image channel importances (training "
+        "split) along each principal direction, largest first; line: the cumulative "
+        "share; dotted lines: the components needed for 90, 95 and 99%. Few components "
+        "mean the decision rests on few directions (redundant channels).",
         draw_spectrum,
     ),
     Figure(
         "subsets",
         "Accuracy with a subset of channels",
         "Validation accuracy when only a share of the layer's channels is kept (the rest "
-        "zeroed), per selection mode; the dashed line is the accuracy with all channels.",
+        "zeroed), per selection mode: solid lines with the predicted class's mask row, "
+        "dashed with the label's (an oracle; see Feature subsets); the dotted line is the "
+        "accuracy with all channels.",
         draw_subsets,
     ),
     Figure(
         "outliers",
         "Outliers: samples farthest from their class in importance space",
         "Validation images whose channel importances lie farthest (Mahalanobis distance "
-        "d) from their class mean, with their CAMs on the common scale.",
+        "d) from their class mean, with their CAMs on the common scale explaining the "
+        "label; titles: #index in the validation split, y the label, d the distance.",
         draw_outliers,
     ),
 )
@@ -196,6 +213,30 @@ def _methods_line(config) -> str:
     return ", ".join(out)
 
 
+def missing_classes_note(results: dict, method: str) -> list[str]:
+    """A paragraph naming the classes with no counted sample per split (none: [])."""
+    per_split = {
+        split: list(numbers["missing_classes"])
+        for split, numbers in results["analysis"][method].items()
+        if numbers["missing_classes"]
+    }
+    if not per_split:
+        return []
+    where = "; ".join(
+        f"{split} split: class{'es' if len(c) > 1 else ''} {', '.join(map(str, c))}"
+        for split, c in per_split.items()
+    )
+    return [
+        "",
+        f"**Classes without a counted sample** ({where}). The analysis counts only "
+        "correctly classified samples, so these classes have no importance row: they are "
+        "blank in the importance figure and left out of the class SVD, the confounders and "
+        "the outliers, and their channel masks (feature subsets, the *subset* consistency "
+        "level) come from a zero row, i.e. the first channels. Numbers per class for them "
+        "say nothing about their features.",
+    ]
+
+
 def write_report(
     ctx: RunContext,
     results: dict,
@@ -218,6 +259,7 @@ def write_report(
         f"`{config.layer}`, methods {_methods_line(config)}. Validation accuracy "
         f"{trained['validation_accuracy']['accuracy']:.4f}. "
         f"{results['samples'][0].upper()}{results['samples'][1:]}.",
+        *missing_classes_note(results, ctx.method),
     ]
     for e in evaluations:
         section = e.report(ctx, results[e.name])
@@ -232,4 +274,4 @@ def write_report(
     return path
 
 
-__all__ = ["FIGURES", "Figure", "make_figures", "write_report"]
+__all__ = ["FIGURES", "Figure", "make_figures", "missing_classes_note", "write_report"]
