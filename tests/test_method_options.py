@@ -274,8 +274,8 @@ def test_old_config_json_without_method_options_still_resumes(tmp_path):
     assert "config changed (method_options.gradcam++.eps: None -> 1e-07)" in logs[0]
 
 
-@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # 1 epoch
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # analyze(), 1 epoch
 def test_runner_runs_a_keyed_method_with_options(tmp_path):
     from ifa_jax import data
     from ifa_jax import train as training

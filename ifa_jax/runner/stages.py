@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -324,6 +325,8 @@ def stage_analyse(ctx: RunContext) -> None:
             options = {m: o for m, o in config.options_of().items() if m in todo}
             try:
                 results = analyze_all(
+                    ctx.log,
+                    split_name,
                     ctx.probe,
                     ctx.variables,
                     ctx.batches(ds),
@@ -375,9 +378,22 @@ def analysis_digest(ctx: RunContext, method: str) -> str:
     )
 
 
-def analyze_all(*args, **kwargs) -> dict[str, analysis.Analysis]:
-    """:func:`ifa_jax.analysis.analyze` with a tuple of methods: ``{method: Analysis}``."""
-    results = analysis.analyze(*args, **kwargs)
+def analyze_all(
+    log: Callable[[str], None], split: str, *args, **kwargs
+) -> dict[str, analysis.Analysis]:
+    """:func:`ifa_jax.analysis.analyze` with a tuple of methods: ``{method: Analysis}``.
+    Classes with no counted sample (a :class:`~ifa_jax.analysis.MissingClassesWarning`)
+    go to the run's log, once per split; the report names them too."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", analysis.MissingClassesWarning)
+        results = analysis.analyze(*args, **kwargs)
+    said = set()
+    for w in caught:
+        if not issubclass(w.category, analysis.MissingClassesWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif str(w.message) not in said:
+            said.add(str(w.message))
+            log(f"analyse {split}: {w.message}")
     assert isinstance(results, dict)  # a tuple of methods gives one Analysis per method
     return results
 
