@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 
@@ -78,18 +79,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
-    """Delete the temporaries that killed writers left anywhere below ``folder``.
+def remove_stale_temporaries(
+    folder: str | os.PathLike, subfolders: tuple[str, ...] = ()
+) -> list[str]:
+    """Delete the temporaries that killed writers left in ``folder`` and in its
+    ``subfolders`` (not below them, never through a link): regular files named as
+    :func:`atomic_path` names them, ``.<name>`` + :data:`TEMP_MARK` + ....
 
     Call it only while no other process writes there (the runner holds the run folder's
     lock). Returns the removed paths.
     """
     removed = []
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if TEMP_MARK in name:
-                full = os.path.join(root, name)
-                with contextlib.suppress(FileNotFoundError):
+    for sub in ("", *subfolders):
+        where = os.path.join(folder, sub)
+        if os.path.islink(where) or not os.path.isdir(where):
+            continue
+        for name in sorted(os.listdir(where)):
+            full = os.path.join(where, name)
+            if not (name.startswith(".") and TEMP_MARK in name[1:]):
+                continue
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.lstat(full).st_mode):
                     os.remove(full)
                     removed.append(full)
     return removed

@@ -40,14 +40,20 @@ def test_files_get_the_umask_mode(tmp_path, umask, mode):
     assert stat.S_IMODE(os.stat(tmp_path / "f").st_mode) == mode
 
 
-def test_stale_temporaries_are_found_below_a_folder(tmp_path):
-    (tmp_path / "sub").mkdir()
+def test_stale_temporaries_are_found_only_where_named(tmp_path):
+    for sub in ("sub", "other"):
+        (tmp_path / sub).mkdir()
     stale = tmp_path / "sub" / f".x.npz{io.TEMP_MARK}abc.npz"
     stale.write_bytes(b"partial")
-    keep = tmp_path / "sub" / ".hidden"
-    keep.write_bytes(b"user file")
-    assert io.remove_stale_temporaries(tmp_path) == [str(stale)]
-    assert keep.exists() and not stale.exists()
+    keep = [
+        tmp_path / "sub" / ".hidden",
+        tmp_path / "sub" / f"draft{io.TEMP_MARK}txt",  # not a name atomic_path gives
+        tmp_path / "other" / f".y.npz{io.TEMP_MARK}abc.npz",  # not a folder named
+    ]
+    for path in keep:
+        path.write_bytes(b"user file")
+    assert io.remove_stale_temporaries(tmp_path, ("sub",)) == [str(stale)]
+    assert all(path.exists() for path in keep) and not stale.exists()
 
 
 def test_a_folder_that_cannot_hold_the_file_is_named(tmp_path):

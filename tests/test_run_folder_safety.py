@@ -115,6 +115,58 @@ def test_overwrite_removes_a_link_in_place_of_a_runner_file_never_its_target(tmp
     assert snapshot(outside) == before
 
 
+def test_a_hard_linked_lock_file_is_refused_and_its_target_untouched(tmp_path, outside):
+    folder = made_run(tmp_path)
+    os.remove(folder / ".lock")
+    os.link(outside / "notes.txt", folder / ".lock")
+    before = snapshot(outside)
+    with pytest.raises(ValueError, match=r"\.lock' is a hard link to another file"):
+        runner.RunFolder(folder, tiny(), log=quiet)
+    assert snapshot(outside) == before
+
+
+def test_a_lock_file_in_a_folder_not_the_runners_is_left_as_it_is(tmp_path):
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    (folder / ".lock").write_text("another tool's lock")
+    with pytest.raises(FileExistsError, match=r"holds a \.lock file but is not a run folder"):
+        runner.RunFolder(folder, tiny(), log=quiet)
+    assert (folder / ".lock").read_text() == "another tool's lock"
+    assert os.listdir(folder) == [".lock"]
+
+
+def test_manifest_entries_that_are_not_runner_files_are_never_deleted(tmp_path):
+    folder = made_run(tmp_path)
+    (folder / "notes").mkdir()
+    (folder / "notes" / "mine.txt").write_text("mine")
+    (folder / "analysis" / "mine.txt").write_text("mine")
+    (folder / f"draft{io.TEMP_MARK}txt").write_text("mine")  # a user file, not a temporary
+    planted = ["notes/mine.txt", "analysis/mine.txt", ".lock", "a" * 300, "config.json/x"]
+    plant_manifest(folder, **dict.fromkeys(planted, ENTRY))
+    logs: list[str] = []
+    with runner.RunFolder(folder, tiny(seed=1), overwrite=True, log=logs.append):
+        assert (folder / ".lock").exists()  # held, and never cleared
+    assert (folder / "notes" / "mine.txt").read_text() == "mine"
+    assert (folder / "analysis" / "mine.txt").read_text() == "mine"
+    assert (folder / f"draft{io.TEMP_MARK}txt").read_text() == "mine"
+    assert not (folder / "evaluation" / "sanity.json").exists()  # the runner's own: cleared
+    assert sum("names no file the runner writes; ignored" in line for line in logs) == 5
+
+
+def test_a_pipe_in_place_of_a_runner_file_is_named_not_waited_on(tmp_path):
+    folder = made_run(tmp_path)
+    os.remove(folder / "evaluation" / "sanity.json")
+    os.mkfifo(folder / "evaluation" / "sanity.json")
+    logs: list[str] = []
+    with runner.RunFolder(folder, tiny(), log=logs.append) as run:
+        assert run.read_json("evaluation/sanity.json") is None
+    assert "evaluation/sanity.json is not a plain file" in logs[-1]
+    os.remove(folder / "config.json")
+    os.mkfifo(folder / "config.json")
+    with pytest.raises(ValueError, match=r"config\.json is damaged \(it is not a plain file"):
+        runner.RunFolder(folder, tiny(), log=quiet)
+
+
 def test_a_linked_lock_file_is_refused_and_its_target_untouched(tmp_path, outside):
     folder = made_run(tmp_path)
     os.remove(folder / ".lock")
@@ -125,7 +177,9 @@ def test_a_linked_lock_file_is_refused_and_its_target_untouched(tmp_path, outsid
     assert snapshot(outside) == before
 
 
-@pytest.mark.parametrize("name", ["../../escaped", "/tmp/escaped", "a/b", "..", "", "a\\b"])
+@pytest.mark.parametrize(
+    "name", ["../../escaped", "/tmp/escaped", "a/b", "..", "", "a\\b", "x" * 256, "a\nb", "\u202e"]
+)
 def test_a_config_name_is_one_folder_name(name):
     with pytest.raises(ValueError, match=r"must be one folder name"):
         tiny(name=name)
@@ -203,6 +257,13 @@ def test_plugins_in_the_config_folder_or_named_on_the_command_line_are_loaded(tm
     missing.write_text(json.dumps({"name": "x", "model": "nope.py:Net"}))
     with pytest.raises(FileNotFoundError, match=r"neither in the config's folder .* nor in the"):
         runner.load_config(missing)
+    with pytest.raises(ValueError, match=r"has more than one ':'"):
+        tiny(model="mine.py:Net:x")
+    os.symlink(tmp_path / "elsewhere.py", folder / "link.py")
+    linked = folder / "linked.json"
+    linked.write_text(json.dumps({"name": "x", "model": "link.py:Net", "layer": "conv"}))
+    with pytest.raises(ValueError, match=r"'.*link\.py' is a link to '.*elsewhere\.py', outside"):
+        runner.load_config(linked)
     # A module is run only when named with --plugin (a .py config is code: trusted).
     runner.registry.check_trusted(tiny(model="json:Net"), plugins=["json"])
     with pytest.raises(ValueError, match=r"--plugin json"):
@@ -243,6 +304,16 @@ def test_files_of_the_wrong_shape_are_recomputed_naming_the_file(tmp_path):
         runner.RunFolder(folder, tiny(), log=quiet)
 
 
+def test_set_plugin_paths_resolve_against_the_config_folder(tmp_path, capsys, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "mine.py").write_text(PLUGIN)
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    # The plug-in is found and trusted; the run then stops on the missing layer, before
+    # anything is written.
+    code, err = cli(tmp_path, capsys, {"name": "x", "layer": "nope"}, "--set", "model=mine.py:Net")
+    assert code == 2 and "layer 'nope' not found" in err, err
+
+
 def test_runs_that_cannot_finish_are_refused_before_training(tmp_path):
     out = tmp_path / "o"
     with pytest.raises(ValueError, match=r"'devices' is 64, but this machine has 1"):
@@ -258,6 +329,8 @@ def test_runs_that_cannot_finish_are_refused_before_training(tmp_path):
         runner.run(tiny(dataset=f"{plugin}:no_validation"), out, log=quiet)
     with pytest.raises(ValueError, match=r"model 'convnet' does not take model_kwargs"):
         runner.run(tiny(model_kwargs=(("widht", 3),)), out, log=quiet)
+    with pytest.raises(ValueError, match=r"model 'convnet' cannot be built .* model_kwargs"):
+        runner.run(tiny(model_kwargs=(("features", "abc"),)), out, log=quiet)
     with pytest.raises(ValueError, match=r"dataset_kwargs \{'limit': 3\} apply only to a plug"):
         tiny(dataset_kwargs=(("limit", 3),))
     with pytest.raises(ValueError, match=r"count must be one of correct, all; got 'some'"):

@@ -655,9 +655,15 @@ def test_overwrite_refuses_to_clear_the_variables_it_analyses(finished_run, tmp_
     out, _, _ = finished_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    inside = tiny(variables=str(copy / "checkpoint.msgpack"))
-    with pytest.raises(ValueError, match=r"lie inside the run folder .* --overwrite would clear"):
-        runner.run(inside, copy, overwrite=True, log=lambda s: None)
+    os.symlink(copy, tmp_path / "link")
+    # Named directly, through a link to the folder, or with the folder named through it.
+    for variables, folder in (
+        (copy / "checkpoint.msgpack", copy),
+        (tmp_path / "link" / "checkpoint.msgpack", copy),
+        (copy / "checkpoint.msgpack", tmp_path / "link"),
+    ):
+        with pytest.raises(ValueError, match=r"lie inside the run folder .* --overwrite would"):
+            runner.run(tiny(variables=str(variables)), folder, overwrite=True, log=lambda s: None)
     assert (copy / "checkpoint.msgpack").exists()
 
 
@@ -686,6 +692,10 @@ def test_a_config_change_names_only_the_leaf_fields_and_keeps_the_trained_model(
     ) as e:
         runner.RunFolder(folder, longer, log=lambda s: None)
     assert "batch_size" not in str(e.value)  # the unchanged train fields are not listed
+    # The progress bar is not training: no refusal, and the checkpoint stays valid.
+    shown = tiny(train=dataclasses.replace(tiny().train, progress=True))
+    with runner.RunFolder(folder, shown, log=lambda s: None) as run:
+        assert run.valid("checkpoint.msgpack", run.train_inputs)
     # Fields after training: accepted; the checkpoint stays valid, the rest is recomputed.
     logs: list[str] = []
     other = tiny(methods=("gradcam", "xgradcam"), scale_ratio=1.5)

@@ -114,8 +114,8 @@ class Config:
         ] + [
             (
                 _is_folder_name(self.name),
-                f"name {self.name!r} must be one folder name (no '/', '\\', '..' or surrounding "
-                "spaces): it names the run folder runs/<name>",
+                f"name {self.name!r} must be one folder name (printable, at most 255 bytes, no "
+                "'/', '\\', '..' or surrounding spaces): it names the run folder runs/<name>",
             ),
             (self.scale_mode in scale.MODES, f"scale_mode must be one of {scale.MODES}"),
             (bool(self.methods), "methods is empty; name at least one CAM method"),
@@ -174,8 +174,10 @@ def _is_folder_name(name: str) -> bool:
     return (
         bool(name)
         and name not in (".", "..")
-        and not any(c in name for c in "/\\\0")
+        and not any(c in name for c in "/\\")
         and name == name.strip()
+        and name.isprintable()
+        and len(name.encode()) <= 255
     )
 
 

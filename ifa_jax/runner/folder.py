@@ -88,19 +88,65 @@ TRAIN_FIELDS = (
     "train",
     "seed",
 )
+# Leaves of those fields that change how training is shown, not what it computes.
+NOT_TRAINING = ("train.progress",)
 # What training leaves in the folder (kept by --overwrite while TRAIN_FIELDS are unchanged).
 TRAINING_FILES = ("checkpoint.msgpack", "train.json", "train_state.msgpack")
+
+
+# The kinds of file the runner writes in its subfolders.
+SUBFOLDER_SUFFIXES = (".json", ".npz", ".png")
+
+
+def runner_file(name: str) -> bool:
+    """Whether ``name`` (relative) is a file the runner may write and so delete: one of
+    its top-level files, or ``<subfolder>/<file>.json|.npz|.png``."""
+    parts = os.path.normpath(name).split(os.sep)
+    if len(parts) == 1:
+        return parts[0] in TOP_LEVEL_FILES
+    return (
+        len(parts) == 2
+        and parts[0] in SUBFOLDERS
+        and not parts[1].startswith(".")
+        and parts[1].endswith(SUBFOLDER_SUFFIXES)
+    )
+
+
+def read_plain_json(path: str):
+    """The JSON value of the regular file ``path``, never through a link or from a pipe
+    or device (``ValueError`` saying what it is instead)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError("it is a symbolic link, which the runner never reads") from None
+        raise ValueError(e.strerror or str(e)) from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("it is not a plain file")
+        return json.loads(f.read())
 
 
 class RunFolderBusyError(FileExistsError):
     """Another process holds the run folder's lock."""
 
 
-def _set_fields(config: dict) -> dict:
+def _without(values: dict, leaves: Sequence[str]) -> dict:
+    out = dict(values)
+    for leaf in leaves:
+        top, _, sub = leaf.partition(".")
+        if isinstance(out.get(top), dict):
+            out[top] = {k: v for k, v in out[top].items() if k != sub}
+    return out
+
+
+def _set_fields(config: dict, drop: Sequence[str] = ()) -> dict:
     """The fields of a config dict that differ from the defaults: a field added to
     :class:`Config` later (with a default that keeps the old behaviour) changes neither
-    the digest nor the comparison with a folder's older config.json."""
-    defaults = Config().to_dict()
+    the digest nor the comparison with a folder's older config.json. ``drop``: leaves
+    (``train.progress``) left out of both first."""
+    defaults = _without(Config().to_dict(), drop)
+    config = _without(config, drop)
     return {k: v for k, v in config.items() if k not in defaults or v != defaults[k]}
 
 
@@ -110,9 +156,11 @@ def config_digest(
     """Digest of a config's non-default fields and of the source files it runs (plug-ins).
     With ``fields``, of those fields only, and of ``extra`` (what a stage adds, such as
     its method): the digest a stage output records, so a change elsewhere leaves it valid."""
-    values = _set_fields(config.to_dict())
-    if fields is not None:
-        values = {"fields": {k: v for k, v in values.items() if k in fields}, "extra": extra}
+    if fields is None:
+        values = _set_fields(config.to_dict())
+    else:
+        chosen = _set_fields(config.to_dict(), drop=NOT_TRAINING)
+        values = {"fields": {k: v for k, v in chosen.items() if k in fields}, "extra": extra}
     digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode())
     for path in sources:
         digest.update(sha256(path).encode())
@@ -200,7 +248,7 @@ class RunFolder:
             ) from None
         # The lock comes first: nothing else is created in the folder before it is held,
         # so a runner opening the same folder at the same moment sees only the lock.
-        created_lock = not os.path.lexists(self.file(LOCK_FILE))
+        self._created_lock = False
         try:
             self._acquire_lock()
             self._check_writable()
@@ -208,7 +256,7 @@ class RunFolder:
         except BaseException:
             # A lock file this call made is removed while still held, so no one else can
             # hold it in the meantime.
-            if self._lock is not None and created_lock and not self._is_run_folder():
+            if self._lock is not None and self._created_lock and not self._is_run_folder():
                 with contextlib.suppress(OSError):
                     os.remove(self.file(LOCK_FILE))
             self.close()
@@ -219,22 +267,49 @@ class RunFolder:
 
     # -- opening -------------------------------------------------------------------------
 
-    def _acquire_lock(self) -> None:
-        """Hold the folder's lock (``self._lock``) and write this process's PID in it."""
+    def _open_lock(self) -> tuple[int, bool]:
+        """The lock file's descriptor, and whether this call created it. Never through a
+        link (``O_NOFOLLOW``); a lock that is not a regular file of its own (a hard link
+        elsewhere, a folder, a pipe) is refused before anything is written to it."""
         lock = self.file(LOCK_FILE)
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            # O_NOFOLLOW: a lock file planted as a link must not lead the PID elsewhere.
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            try:
+                fd, created = os.open(lock, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+            except FileExistsError:
+                fd, created = os.open(lock, flags), False
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise ValueError(
                     f"{lock!r} is a symbolic link; the runner never writes through links in "
                     "its run folder. Remove the link, or choose another --out"
                 ) from None
+            if e.errno in (errno.EISDIR, errno.ENXIO):
+                raise ValueError(
+                    f"{lock!r} is not a file (the runner's lock is a plain file); remove it, "
+                    "or choose another --out"
+                ) from None
             raise PermissionError(
                 f"cannot write to the output folder {self.path!r} ({e.strerror}); pass a "
                 "writable --out path"
             ) from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            what = "a hard link to another file" if info.st_nlink != 1 else "not a plain file"
+            raise ValueError(
+                f"{lock!r} is {what}; the runner writes only its own files. Remove it, or "
+                "choose another --out"
+            )
+        return fd, created
+
+    def _acquire_lock(self) -> None:
+        """Hold the folder's lock (``self._lock``) and write this process's PID in it. A
+        lock file found in a folder that is not a run folder is someone else's: refused,
+        unchanged."""
+        lock = self.file(LOCK_FILE)
+        fd, created = self._open_lock()
+        self._created_lock = created
         handle = os.fdopen(fd, "rb+", buffering=0)  # unbuffered: close() never writes
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -248,13 +323,22 @@ class RunFolder:
                 raise BlockingIOError
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().decode(errors="replace").strip() or "unknown"
+            holder = handle.read(64).decode(errors="replace").strip() or "unknown"
             handle.close()
             raise RunFolderBusyError(
                 f"run folder {self.path!r} is in use by another runner (process {holder}); "
                 "wait for it to finish, or choose another --out"
             ) from None
         self._lock = handle
+        if not created and not self._is_run_folder():
+            self._lock = None
+            handle.close()
+            raise FileExistsError(
+                f"{self.path!r} holds a {LOCK_FILE} file but is not a run folder (it has no "
+                f"{RUN_MARKER} file), so nothing was written or deleted there; choose a new "
+                f"or empty --out folder (or delete {LOCK_FILE} if it is left from a runner "
+                "killed while it created this folder)"
+            )
         try:
             handle.seek(0)
             handle.truncate()
@@ -301,7 +385,7 @@ class RunFolder:
                     "its run folder and never through links. Replace the link by a folder "
                     "(or remove it), or choose another --out"
                 )
-        for stale in io.remove_stale_temporaries(self.path):
+        for stale in io.remove_stale_temporaries(self.path, SUBFOLDERS):
             self.log(
                 f"run folder: removed {os.path.relpath(stale, self.path)}, left by an "
                 "interrupted write"
@@ -310,8 +394,7 @@ class RunFolder:
         retrain = True  # unknown config: nothing of it is kept by --overwrite
         if self.has("config.json"):
             try:
-                with open(self.file("config.json")) as f:
-                    theirs = json.load(f)
+                theirs = read_plain_json(self.file("config.json"))
                 if not isinstance(theirs, dict):
                     raise ValueError(f"it holds a JSON {type(theirs).__name__}, not an object")
             except ValueError as e:
@@ -325,7 +408,9 @@ class RunFolder:
                     ) from None
             if theirs is not None:
                 changes = config_changes(theirs, mine)
-                retrain = any(k.split(".")[0] in TRAIN_FIELDS for k, _, _ in changes)
+                retrain = any(
+                    k.split(".")[0] in TRAIN_FIELDS and k not in NOT_TRAINING for k, _, _ in changes
+                )
                 if retrain and not overwrite:
                     raise FileExistsError(
                         f"run folder {self.path!r} holds a model trained with another config "
@@ -348,11 +433,10 @@ class RunFolder:
     def _read_manifest(self) -> dict[str, dict]:
         """The manifest's entries. Entries of the wrong shape are dropped (their files are
         recomputed); an entry naming a path outside the folder is refused."""
-        if not self.has(MANIFEST):
+        if not os.path.lexists(self.file(MANIFEST)):
             return {}
         try:
-            with open(self.file(MANIFEST)) as f:
-                manifest = json.load(f)
+            manifest = read_plain_json(self.file(MANIFEST))
         except ValueError:
             manifest = None
         if not isinstance(manifest, dict):
@@ -361,6 +445,12 @@ class RunFolder:
         entries = {}
         for name, entry in manifest.items():
             self.inside(name, f"{MANIFEST} entry")
+            if not runner_file(name):
+                self.log(
+                    f"run folder: {MANIFEST} entry {name!r} names no file the runner writes; "
+                    "ignored (that file is never read or deleted)"
+                )
+                continue
             fields_ok = isinstance(entry, dict) and all(
                 isinstance(entry.get(k), str) or (k != "sha256" and entry.get(k) is None)
                 for k in ("sha256", "checkpoint", "inputs")
@@ -403,10 +493,10 @@ class RunFolder:
         manifest = self._read_manifest()
         kept = {k: v for k, v in manifest.items() if keep_training and k in TRAINING_FILES}
         for name in (*manifest, *TOP_LEVEL_FILES):
-            full = self.inside(name)
             if name in kept or (keep_training and name in TRAINING_FILES):
                 continue
-            with contextlib.suppress(FileNotFoundError):
+            full = self.inside(name)
+            with contextlib.suppress(OSError):  # gone, or not a file: nothing to delete
                 if stat.S_ISREG(os.lstat(full).st_mode):
                     os.remove(full)
         for sub in SUBFOLDERS:
@@ -466,10 +556,13 @@ class RunFolder:
         """Whether ``name`` exists, is intact, and was computed from the current checkpoint
         and ``inputs`` (a stage's digest, see :meth:`digest`; default: the whole config's).
         A file recorded with the whole config's digest is valid for every stage."""
-        if not self.has(name):
+        try:
+            mode = os.lstat(self.file(name)).st_mode
+        except OSError:
             return False
-        if os.path.islink(self.file(name)):
-            self.log(f"run folder: {name} is a symbolic link, not the runner's; recomputing it")
+        if not stat.S_ISREG(mode):
+            what = "a symbolic link" if stat.S_ISLNK(mode) else "not a plain file"
+            self.log(f"run folder: {name} is {what}, not the runner's; recomputing it")
             return False
         entry = self.manifest.get(name)
         if entry is None:
@@ -504,8 +597,7 @@ class RunFolder:
         if not self.valid(name, inputs):
             return None
         try:
-            with open(self.file(name)) as f:
-                value = json.load(f)
+            value = read_plain_json(self.file(name))
             problem = check(value)
         except ValueError as e:
             problem = str(e)

@@ -144,8 +144,9 @@ def run(
         config = dataclasses.replace(config, layer=layer)
     given = load_given_variables(config, model, splits) if config.variables else None
     if given is not None and overwrite:
-        inside = os.path.commonpath([os.path.abspath(out), os.path.abspath(str(config.variables))])
-        if inside == os.path.abspath(out):
+        # Links resolved: variables reached through a link into the folder are inside too.
+        folder = os.path.realpath(out)
+        if os.path.commonpath([folder, os.path.realpath(str(config.variables))]) == folder:
             raise ValueError(
                 f"variables {config.variables!r} lie inside the run folder {str(out)!r} that "
                 "--overwrite would clear; copy them elsewhere first, or choose another --out"
@@ -228,12 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, plugins=args.plugin)
+        folder = os.path.dirname(os.path.abspath(args.config))
         # What the config file names is checked by load_config; --set values are data too.
         trusted = (config.model, config.dataset)
         config = override(config, *args.set)
+        config = registry.resolve_plugin_paths(config, folder)
         registry.check_trusted(
             config,
-            folder=os.path.dirname(os.path.abspath(args.config)),
+            folder=folder,
             plugins=args.plugin,
             trusted=trusted,
         )

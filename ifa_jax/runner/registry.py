@@ -186,6 +186,8 @@ def check_trusted(
                 if root is not None
                 else "no plug-in of its own"
             )
+            if real != os.path.abspath(target):
+                where += f"; {target!r} is a link to {real!r}, outside it"
         elif any(target == m or target.startswith(f"{m}.") for m in named_modules):
             continue
         else:
@@ -321,6 +323,12 @@ def build_model(config, splits: data.Splits):
 def check_names(model: str, dataset: str, dataset_kwargs: Sequence = ()) -> list[str]:
     """Problems with a config's model and dataset names (plug-ins are checked on use)."""
     problems = []
+    for what, spec, table in (("model", model, MODELS), ("dataset", dataset, DATASETS)):
+        if is_plugin(spec, table) and spec.count(":") > 1:
+            problems.append(
+                f"{what} {spec!r} has more than one ':'; write one plug-in as "
+                "'package.module:factory' or 'path/to/file.py:factory'"
+            )
     if not is_plugin(model, MODELS) and model not in MODELS:
         problems.append(
             f"model {model!r} is not one of {', '.join(MODELS)} nor a plug-in "

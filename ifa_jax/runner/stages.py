@@ -118,7 +118,14 @@ def check_model(config: Config, model, splits: data.Splits) -> tuple[str, str]:
     the layer's path and how it was chosen (the natural layer when ``layer`` is None)."""
     input_shape = splits.train.input_shape
     kwargs = training.inference_kwargs(model)
-    template = _template(config, model, input_shape)
+    try:
+        template = _template(config, model, input_shape)
+    except (TypeError, ValueError) as e:  # a field the model could not use
+        raise ValueError(
+            f"model {config.model!r} cannot be built for inputs {tuple(input_shape)} with "
+            f"model_kwargs {dict(config.model_kwargs)} ({type(e).__name__}: {e}); fix the "
+            "config's model_kwargs"
+        ) from None
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     available = linen_layers(model, template, x, **kwargs)
     try:
