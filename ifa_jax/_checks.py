@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
+from jax.experimental import checkify
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
@@ -94,14 +95,51 @@ def shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
 
 
 def outputs_in_range(target: Any, num_outputs: int) -> None:
-    """Raise when an int target (or any of an int array's) is not an output index."""
-    lo, hi = int(np.min(target)), int(np.max(target))
+    """Raise when an int target (or any of an int array's) is not an output index.
+
+    Checks concrete values on the host (``np.asarray``: a closed-over jax array inside a
+    user's ``jit`` is concrete, but its methods would be traced) and skips a tracer, whose
+    values are unknown: :func:`take_target` then handles an out-of-range index on the
+    device."""
+    if is_traced(target):
+        return
+    t = np.asarray(target)
+    if t.size == 0:
+        return
+    lo, hi = int(t.min()), int(t.max())
     if lo < 0 or hi >= num_outputs:
         bad = lo if lo < 0 else hi
         raise ValueError(
             f"target index {bad} is out of range: the model has {num_outputs} outputs, "
             f"so targets must lie in [0, {num_outputs - 1}]"
         )
+
+
+def in_range(target: Any, num_outputs: int) -> jax.Array:
+    """Bool, shaped as ``target``: which of the int indices are outputs, in [0, num_outputs),
+    with a ``checkify.debug_check`` on all of them (a no-op unless the caller runs under
+    :func:`jax.experimental.checkify.checkify`, which then reports the first bad one)."""
+    t = jnp.asarray(target)
+    ok = (t >= 0) & (t < num_outputs)
+    checkify.debug_check(
+        jnp.all(ok),
+        f"target index {{}} is out of range: the model has {num_outputs} outputs, so "
+        f"targets must lie in [0, {num_outputs - 1}]",
+        t.ravel()[jnp.argmin(ok.ravel())] if t.size else 0,  # the first bad one
+    )
+    return ok
+
+
+def take_target(values: jax.Array, target: jax.Array) -> jax.Array:
+    """values (B, O), target (B,) int -> (B,) ``values[n, target[n]]``, and 0 where
+    ``target[n]`` is not in [0, O) (no NaN, no wrap-around of negative indices; the
+    sample's gradient is then zero), as ``jax.nn.one_hot`` gives a zero row. Eager calls
+    refuse such targets before (:func:`outputs_in_range`); under a trace this is what an
+    out-of-range index gives, and :func:`in_range`'s check reports it under checkify."""
+    ok = in_range(target, values.shape[-1])
+    safe = jnp.where(ok, target, 0).astype(jnp.int32)
+    picked = jnp.take_along_axis(values, safe[:, None], axis=-1)[:, 0]
+    return jnp.where(ok, picked, jnp.zeros((), values.dtype))
 
 
 def pick_layer(layers: Sequence[str], layer: str | None) -> str:

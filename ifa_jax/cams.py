@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ifa_jax._checks import take_target
 from ifa_jax._stats import minmax_per_image
 
 Array = jax.Array
@@ -716,7 +717,7 @@ def finer_comparisons(logits: Array, target: Array, comparisons: int) -> Array:
     """(B, n) the n = min(comparisons, O - 1) classes whose logits are closest to the
     target's, nearest first (ties by class index); the target itself is never one."""
     n = min(comparisons, logits.shape[-1] - 1)
-    own = jnp.take_along_axis(logits, target[:, None], axis=-1)
+    own = take_target(logits, target)[:, None]
     distance = jnp.abs(logits - own)
     distance = jnp.where(jax.nn.one_hot(target, logits.shape[-1], dtype=bool), jnp.inf, distance)
     return jnp.argsort(distance, axis=-1, stable=True)[:, :n]
@@ -735,7 +736,7 @@ def finer_objective(logits: Array, target: Array, others: Array, alpha, objectiv
     p = softmax(logits), differentiated through p too. ``"torchcam"`` (torch-cam 0.5.0's):
     y_c - alpha mean_j y_j.
     """
-    y_c = jnp.take_along_axis(logits, target[:, None], axis=-1)
+    y_c = take_target(logits, target)[:, None]  # 0 for a target outside [0, O) under jit
     y_j = jnp.take_along_axis(logits, others, axis=-1)
     if objective == "torchcam":
         return y_c[:, 0] - alpha * jnp.mean(y_j, axis=-1)

@@ -42,7 +42,14 @@ import numpy as np
 from flax import errors as flax_errors
 from flax import nnx
 
-from ifa_jax._checks import index_targets, is_traced, one_of, outputs_in_range
+from ifa_jax._checks import (
+    in_range,
+    index_targets,
+    is_traced,
+    one_of,
+    outputs_in_range,
+    take_target,
+)
 from ifa_jax.tokens import GridTapped, Reshape
 
 Array = jax.Array
@@ -608,11 +615,12 @@ def _layer_names(layers: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def target_scores(logits: Array, target: Array, score: str = "logit") -> Array:
-    """y_c per sample: logits (B, O), target (B,) int -> (B,)."""
+    """y_c per sample: logits (B, O), target (B,) int -> (B,). A target outside [0, O)
+    scores 0 (zero gradient; reported under ``checkify``): :func:`ifa_jax._checks.take_target`."""
     one_of("score", score, SCORES)
     if score == "probability":
         logits = jax.nn.softmax(logits, axis=-1)
-    return jnp.take_along_axis(logits, target[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    return take_target(logits, target)
 
 
 def _as_2d(logits: Array) -> Array:
@@ -627,8 +635,13 @@ class LayerProbe:
     the labels), ``'predicted'`` (argmax of the logits), or a callable
     ``logits (B, O) -> score (B,)`` (regression, custom objectives).
     score: ``'logit'`` (the raw output; also for regression) or ``'probability'``
-    (softmax). Non-finite activations or gradients raise ``FloatingPointError`` when the
-    probe is called eagerly (under an outer ``jit`` the check is skipped), and gradients
+    (softmax). Target indices outside [0, O) raise ``ValueError`` when their values are
+    known: eager calls, and arrays closed over by the caller's ``jit``. A traced target
+    (an argument of the caller's ``jit``, ``vmap`` or ``grad``) cannot be read, so such a
+    sample scores 0 with zero gradients (finite, like ``jax.nn.one_hot``'s zero row);
+    run the function under ``checkify.checkify(f, errors=checkify.user_checks)`` to get an
+    error instead. Non-finite activations or gradients raise ``FloatingPointError`` when
+    the probe is called eagerly (under an outer ``jit`` the check is skipped), and gradients
     that are zero on the whole grid (or reach one position of it) warn
     (:class:`ZeroGradientWarning`), naming ``find_layer``'s layer to try.
 
@@ -741,7 +754,8 @@ class LayerProbe:
         exactly what ``probe(variables, x, classes[i]).gradients`` gives, but the forward
         pass is shared (the backward passes to the layer are batched with ``vmap``).
         Memory grows with n * B * |A|: pass a few classes at a time for large n.
-        Traceable (jit it with ``score`` static).
+        Traceable (jit it with ``score`` static); a class outside [0, O) gets zero
+        gradients (an error under ``checkify``), as an out-of-range target does.
         """
         one_of("score", score, SCORES)
         zeros = self._zero_deltas(variables, x)
@@ -755,9 +769,13 @@ class LayerProbe:
         y, vjp_fn, (logits, acts) = jax.vjp(outputs, zeros, has_aux=True)
 
         def grads_for(c):
-            return vjp_fn(jnp.zeros_like(y).at[:, c].set(1.0))[0]
+            # one_hot: an index outside [0, O) (possible only under a trace) gives zeros
+            cotangent = jax.nn.one_hot(c, y.shape[-1], dtype=y.dtype)
+            return vjp_fn(jnp.broadcast_to(cotangent, y.shape))[0]
 
-        grads = jax.vmap(grads_for)(jnp.asarray(classes, jnp.int32))
+        classes = jnp.asarray(classes, jnp.int32)
+        in_range(classes, y.shape[-1])  # reports an index outside [0, O) under checkify
+        grads = jax.vmap(grads_for)(classes)
         if self.single:
             (name,) = self.layers
             return logits, acts[name], grads[name]
