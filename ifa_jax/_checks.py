@@ -27,6 +27,37 @@ def is_traced(*arrays: Any) -> bool:
     return any(isinstance(a, Tracer) for a in arrays)
 
 
+def positive_int(what: str, value: Any, meaning: str = "") -> int:
+    """``value`` as an int >= 1, or a ValueError naming ``what`` and the value
+    (``meaning`` says what it counts, e.g. "channels per model call")."""
+    integral = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not integral or value < 1:
+        counts = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{what} must be an int >= 1{counts}; got {value!r}")
+    return int(value)
+
+
+def prng_key(key: Any, what: str = "key") -> jax.Array | None:
+    """One PRNG key: a typed key (``jax.random.key``, traced or not) or a raw uint32 (2,)
+    one (``jax.random.PRNGKey``, wrapped); None stays None; anything else (an int seed, a
+    batch of keys) raises naming ``what`` and the fix."""
+    if key is None:
+        return None
+    if isinstance(key, (jax.Array, np.ndarray)):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return jnp.asarray(key)
+        if key.dtype == np.uint32 and key.shape == (2,):
+            return jax.random.wrap_key_data(jnp.asarray(key))
+    if hasattr(key, "shape") and hasattr(key, "dtype"):
+        got = f"{type(key).__name__} of shape {tuple(key.shape)}, dtype {key.dtype}"
+    else:
+        got = f"{type(key).__name__} {key!r:.40}"
+    raise ValueError(
+        f"{what} must be one PRNG key, e.g. {what}=jax.random.key(0) (from a seed: "
+        f"jax.random.key(seed)); got {got}"
+    )
+
+
 def one_of(what: str, value: Any, options: Sequence[Any]) -> None:
     """Raise unless ``value`` is one of ``options`` (e.g. ``one_of('score', s, SCORES)``)."""
     if value not in options:
@@ -66,12 +97,31 @@ def per_sample_values(values: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _holds_text(value: Any) -> bool:
+    """Whether ``value`` is or holds strings (a str, a list of them, a str array)."""
+    if isinstance(value, (str, bytes)):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "USO" and any(map(_holds_text, value.ravel()))
+    if isinstance(value, (list, tuple)):
+        return any(map(_holds_text, value))
+    return False
+
+
 def index_targets(target: Any, batch: int) -> jax.Array:
     """Output indices (batch,) int32 from an int or an int array (batch,)."""
-    t = jnp.asarray(target)
-    if not jnp.issubdtype(t.dtype, jnp.integer):
+    try:
+        t = jnp.asarray(target)
+    except (TypeError, ValueError):  # strings, ragged lists, objects
+        t = None
+    if t is None or not jnp.issubdtype(t.dtype, jnp.integer):
+        got = f"dtype {t.dtype}" if t is not None else f"{type(target).__name__} {target!r:.60}"
+        hint = ""
+        if t is None and _holds_text(target):
+            hint = "; class names must become indices first, e.g. [names.index(n) for n in target]"
         raise ValueError(
-            f"target must be integer class indices (an int or ({batch},)); got dtype {t.dtype}"
+            "target must be 'predicted', integer class indices (an int or an int array of "
+            f"shape ({batch},)) or a callable logits (B, O) -> (B,); got {got}{hint}"
         )
     if t.ndim == 0:
         t = jnp.full((batch,), t)

@@ -40,6 +40,8 @@ from ifa_jax._checks import (
     one_of,
     outputs_in_range,
     pad_batch,
+    positive_int,
+    prng_key,
     shard,
 )
 from ifa_jax._stats import DEFAULT_PERCENTILES, percentiles
@@ -887,22 +889,6 @@ def _check_method_options(
     return tuple(static), arrays
 
 
-def _check_key(key: Any) -> Array | None:
-    """One PRNG key: a typed key (``jax.random.key``) or a raw uint32 (2,) one
-    (``jax.random.PRNGKey``, wrapped); anything else raises."""
-    if key is None:
-        return None
-    if isinstance(key, (jax.Array, np.ndarray)):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-            return jnp.asarray(key)
-        if key.dtype == np.uint32 and key.shape == (2,):
-            return jax.random.wrap_key_data(jnp.asarray(key))
-    raise ValueError(
-        f"key must be one PRNG key, e.g. key=jax.random.key(0); got "
-        f"{type(key).__name__} {getattr(key, 'shape', '')} {getattr(key, 'dtype', '')}".rstrip()
-    )
-
-
 def analyze(
     probe: LayerProbe,
     variables,
@@ -1018,7 +1004,12 @@ def analyze(
         raise ValueError("method is an empty tuple; name at least one CAM method")
     check_layer_methods(methods)
     static_options, array_options = _check_method_options(methods, method_options)
-    key = _check_key(key)
+    key = prng_key(key)
+    if num_classes is not None:
+        num_classes = positive_int("num_classes", num_classes, "the number of classes")
+    chunk_size = positive_int(
+        "chunk_size", chunk_size, "channels per model call of ScoreCAM and the like"
+    )
     keyed = [m for m in methods if "key" in cams.get_method(m).needs]
     for m in keyed:
         cams.require_key(m, key)

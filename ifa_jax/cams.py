@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ifa_jax._checks import take_target
+from ifa_jax._checks import positive_int, take_target
 from ifa_jax._stats import minmax_per_image
 
 Array = jax.Array
@@ -1242,7 +1242,16 @@ def cam(
 def upsample(
     L: Array | np.ndarray, spatial_shape: tuple[int, ...], method: str = "linear"
 ) -> Array:
-    """Resize CAMs (B, *spatial) to the input grid (B, *spatial_shape)."""
+    """Resize CAMs (B, *spatial) to the input grid (B, *spatial_shape), each size >= 1."""
+    try:
+        spatial_shape = tuple(spatial_shape)
+    except TypeError:
+        raise ValueError(
+            f"spatial_shape must be a tuple of sizes, one per spatial axis (e.g. (28, 28)); "
+            f"got {spatial_shape!r}"
+        ) from None
+    for n in spatial_shape:
+        positive_int(f"every size of spatial_shape {spatial_shape}", n, "cells")
     if len(spatial_shape) != L.ndim - 1:
         raise ValueError(
             f"spatial_shape {tuple(spatial_shape)} has {len(spatial_shape)} axes "
@@ -1283,7 +1292,7 @@ def scorecam_weights(
             "reshape=ifa_jax.tokens_to_grid(prefix=1)"
         )
     B, K = A.shape[0], A.shape[-1]
-    chunk = max(1, min(chunk_size, K))
+    chunk = min(positive_int("chunk_size", chunk_size, "channels per model call"), K)
     groups = -(-K // chunk)
     per_channel = jnp.moveaxis(A, -1, 0)  # (K, B, *spatial)
     per_channel = jnp.pad(per_channel, [(0, groups * chunk - K)] + [(0, 0)] * (A.ndim - 1))
@@ -1322,6 +1331,7 @@ def ablation_weights(
     ill-posed for logits near zero and would undo the common scale; we do not).
     """
     channels = A.shape[-1]
+    chunk_size = positive_int("chunk_size", chunk_size, "channels per model call")
 
     def one_channel(k):
         return base_score - ablated_score_fn(-A * jax.nn.one_hot(k, channels, dtype=A.dtype))

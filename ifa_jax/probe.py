@@ -97,21 +97,31 @@ class ProbeResult(NamedTuple):
 
 
 def _layer_key(layer: str | Sequence[str]) -> str:
+    """A layer path with ``/`` between its parts: ``"layers.3"`` -> ``"layers/3"``."""
     if isinstance(layer, str):
         return layer.strip("/").replace(".", "/")
     return "/".join(layer)
+
+
+def _suffix_matches(requested: str, available: Sequence[str]) -> list[str]:
+    """The paths of ``available`` that are ``requested`` or end with it (whole parts)."""
+    if requested in available:
+        return [requested]
+    parts = requested.split("/")
+    return [p for p in available if p.split("/")[-len(parts) :] == parts]
 
 
 def resolve_layer(requested: str, available: Sequence[str]) -> str:
     """Match a requested layer name or path against the available module paths.
 
     An exact path wins; otherwise the request must be a unique suffix of one path
-    (``"conv2"`` matches ``"backbone/conv2"``).
+    (``"conv2"`` matches ``"backbone/conv2"``). A name is matched as written first (a
+    module named ``"relu.1"``), then with its dots read as ``/`` (``"backbone.conv2"``,
+    ``"layers.3"``).
     """
-    if requested in available:
-        return requested
-    parts = requested.split("/")
-    matches = [p for p in available if p.split("/")[-len(parts) :] == parts]
+    matches = _suffix_matches(requested, available)
+    if not matches and "." in requested:
+        matches = _suffix_matches(_layer_key(requested), available)
     if len(matches) == 1:
         return matches[0]
     listing = ", ".join(available) if available else "(none)"
@@ -611,7 +621,8 @@ def _layer_names(layers: str | Sequence[str] | None) -> tuple[str, ...]:
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     if not names:
         raise ValueError("layers is empty; name at least one layer, e.g. 'conv2'")
-    return tuple(_layer_key(n) for n in names)
+    # Dots stay as written (a module may be named "relu.1"); resolve_layer reads them.
+    return tuple(n.strip("/") if isinstance(n, str) else _layer_key(n) for n in names)
 
 
 def target_scores(logits: Array, target: Array, score: str = "logit") -> Array:
@@ -633,7 +644,7 @@ class LayerProbe:
 
     target: an int (one output for the whole batch), an int array (B,) (per sample, e.g.
     the labels), ``'predicted'`` (argmax of the logits), or a callable
-    ``logits (B, O) -> score (B,)`` (regression, custom objectives).
+    ``logits (B, O) -> score (B,)``, float (regression, custom objectives).
     score: ``'logit'`` (the raw output; also for regression) or ``'probability'``
     (softmax). Target indices outside [0, O) raise ``ValueError`` when their values are
     known: eager calls, and arrays closed over by the caller's ``jit``. A traced target
@@ -726,6 +737,7 @@ class LayerProbe:
             if mode == "callable":
                 idx = jnp.full((logits.shape[0],), -1, jnp.int32)
                 y = fn(logits)
+                _check_callable_scores(y, logits.shape[0])
             else:
                 idx = jnp.argmax(logits, -1).astype(jnp.int32) if mode == "predicted" else target
                 y = target_scores(logits, idx, score)
@@ -856,6 +868,19 @@ class LayerProbe:
             (name,) = self.layers
             acts, grads = acts[name], grads[name]
         return ProbeResult(logits, y, idx, acts, grads)
+
+
+def _check_callable_scores(y: Any, batch: int) -> None:
+    """A callable target's output must be float scores (differentiated to the layer)."""
+    dtype = getattr(y, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        got = f"dtype {dtype}" if dtype is not None else f"a {type(y).__name__}"
+        raise ValueError(
+            f"a callable target must return float scores, one per sample ({batch},), which "
+            f"the probe differentiates; it returned {got}. Return values of the logits "
+            "(e.g. lambda z: z[:, 1] - z[:, 0]); to explain class indices (an argmax, the "
+            "labels), pass them as target= instead of a callable"
+        )
 
 
 def _raise_if_not_finite(checks: dict[str, np.ndarray]) -> None:

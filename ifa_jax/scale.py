@@ -154,7 +154,8 @@ def common_scale(
             f"ratio must be a positive finite number (1 natural images, 1.5 "
             f"medical in the paper); got {ratio}"
         )
-    hi, lo = check_percentile(hi_percentile), check_percentile(lo_percentile)
+    hi = check_percentile(hi_percentile, "hi_percentile")
+    lo = check_percentile(lo_percentile, "lo_percentile")
     vmax = ratio * float(np.percentile(mx, hi))
     vmin = ratio * float(np.percentile(mn, lo))
     try:
