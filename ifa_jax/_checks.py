@@ -10,6 +10,7 @@ rows); ``mask`` is always a channel mask (1 keeps a channel).
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,25 @@ def is_traced(*arrays: Any) -> bool:
     """True when any of ``arrays`` is a tracer (inside ``jit``/``vmap``/``grad``): its
     values are unknown, so value checks must be skipped."""
     return any(isinstance(a, Tracer) for a in arrays)
+
+
+class IntegerInputWarning(UserWarning):
+    """Integer inputs (uint8 images 0..255) reach a model that takes them as they are."""
+
+
+def warn_integer_inputs(dtype: Any, what: str, fix: str, *, stacklevel: int = 3) -> None:
+    """Warn (:class:`IntegerInputWarning`) when ``dtype`` is an integer dtype: inputs such
+    as uint8 images go to the model as they are, so a model meant for [0, 1] sees values
+    up to 255 and every statistic scales with them. A dtype check, never a data scan."""
+    if jnp.issubdtype(dtype, jnp.integer):
+        warnings.warn(
+            f"{what} are integers (dtype {np.dtype(dtype)}) and go to the model as they are: "
+            f"images in 0..255 give activations and statistics up to 255 times those of "
+            f"[0, 1] inputs. {fix} (If the model takes integers by design, silence this with "
+            "warnings.simplefilter('ignore', ifa_jax.analysis.IntegerInputWarning).)",
+            IntegerInputWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def positive_int(what: str, value: Any, meaning: str = "") -> int:

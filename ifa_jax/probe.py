@@ -809,36 +809,52 @@ class LayerProbe:
             outputs_in_range(t, self.output_shapes(variables, x)[0][-1])
         return "index", None, t
 
-    def _warn_if_blind(self, checks, grids: dict[str, int], variables, x) -> None:
-        """Warn for each layer whose gradients reach no grid position, or one of many."""
-        for name, counts in checks.items():
-            reached, grid = int(counts[2]), grids[name]
-            if reached > 1 or (reached == 1 and grid == 1):
+    def warn_if_blind(
+        self,
+        reached: Mapping[str, int],
+        grids: Mapping[str, int],
+        variables,
+        x: Array | jax.ShapeDtypeStruct,
+        *,
+        over: str = "",
+        blank: str = "gradient-based CAMs there are blank",
+    ) -> None:
+        """Warn (:class:`ZeroGradientWarning`) for each layer whose gradients reach no
+        grid position, or one of many: ``reached[layer]`` positions of ``grids[layer]``.
+        ``over`` says over what (e.g. "every sample analysed"; default: this call) and
+        ``blank`` what zero gradients mean there; ``x`` (an array or its shape) lets
+        ``find_layer`` name a layer to try."""
+        for name, count in reached.items():
+            grid = grids[name]
+            if count > 1 or (count == 1 and grid == 1):
                 continue
-            where = (
-                "are zero at every grid position, so gradient-based CAMs there are blank"
-                if reached == 0
-                else f"reach only 1 of its {grid} grid positions, so gradient-based CAMs "
-                "there show that position alone"
-            )
+            if count == 0:
+                where, then = "are zero at every grid position", blank
+            else:
+                where = f"reach only 1 of its {grid} grid positions"
+                then = "gradient-based CAMs there show that position alone"
             warnings.warn(
-                f"the gradients at layer {name!r} for the requested targets {where}. "
-                "Likely cause: the output "
+                f"the gradients at layer {name!r} for the requested targets {where}"
+                f"{f' for {over}' if over else ''}, so {then}. Likely causes: the output "
                 "reads only some tokens or positions of this layer (a ViT head reads only "
                 "the class token, so the patch tokens of the last block's output get no "
-                f"gradient). {self._layer_hint(variables, x)}",
+                "gradient), or no gradient flows back to it (a jax.lax.stop_gradient, ReLUs "
+                f"that are all off after it). {self._layer_hint(variables, x, name)}",
                 ZeroGradientWarning,
                 stacklevel=3,
             )
 
-    def _layer_hint(self, variables, x) -> str:
-        """'Try layer ...' from find_layer, or a generic hint when there is none."""
+    def _layer_hint(self, variables, x, tapped: str) -> str:
+        """'Try layer ...' from find_layer, or a generic hint when there is none (or it is
+        the ``tapped`` layer itself)."""
         generic = "Tap an earlier layer, one whose output the model reads at every position."
         if self.find_layer is None:
             return generic
         try:
             path, why = self.find_layer(variables, x)
         except ValueError:
+            return generic
+        if tapped == AUTO or path == tapped or path.endswith("/" + tapped):
             return generic
         tokens = self.reshape is None and "attention" in why
         grid = " with reshape=ifa_jax.tokens_to_grid()" if tokens else ""
@@ -863,7 +879,7 @@ class LayerProbe:
             checks = jax.device_get(checks)
             _raise_if_not_finite(checks)
             grids = {k: math.prod(a.shape[1:-1]) for k, a in acts.items()}
-            self._warn_if_blind(checks, grids, variables, x)
+            self.warn_if_blind({k: int(c[2]) for k, c in checks.items()}, grids, variables, x)
         if self.single:
             (name,) = self.layers
             acts, grads = acts[name], grads[name]
