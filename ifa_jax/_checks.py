@@ -10,6 +10,7 @@ rows); ``mask`` is always a channel mask (1 keeps a channel).
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
+from jax.experimental import checkify
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
@@ -24,6 +26,56 @@ def is_traced(*arrays: Any) -> bool:
     """True when any of ``arrays`` is a tracer (inside ``jit``/``vmap``/``grad``): its
     values are unknown, so value checks must be skipped."""
     return any(isinstance(a, Tracer) for a in arrays)
+
+
+class IntegerInputWarning(UserWarning):
+    """Integer inputs (uint8 images 0..255) reach a model that takes them as they are."""
+
+
+def warn_integer_inputs(dtype: Any, what: str, fix: str, *, stacklevel: int = 3) -> None:
+    """Warn (:class:`IntegerInputWarning`) when ``dtype`` is an integer dtype: inputs such
+    as uint8 images go to the model as they are, so a model meant for [0, 1] sees values
+    up to 255 and every statistic scales with them. A dtype check, never a data scan."""
+    if jnp.issubdtype(dtype, jnp.integer):
+        warnings.warn(
+            f"{what} are integers (dtype {np.dtype(dtype)}) and go to the model as they are: "
+            f"images in 0..255 give activations and statistics up to 255 times those of "
+            f"[0, 1] inputs. {fix} (If the model takes integers by design, silence this with "
+            "warnings.simplefilter('ignore', ifa_jax.analysis.IntegerInputWarning).)",
+            IntegerInputWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def positive_int(what: str, value: Any, meaning: str = "") -> int:
+    """``value`` as an int >= 1, or a ValueError naming ``what`` and the value
+    (``meaning`` says what it counts, e.g. "channels per model call")."""
+    integral = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not integral or value < 1:
+        counts = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{what} must be an int >= 1{counts}; got {value!r}")
+    return int(value)
+
+
+def prng_key(key: Any, what: str = "key") -> jax.Array | None:
+    """One PRNG key: a typed key (``jax.random.key``, traced or not) or a raw uint32 (2,)
+    one (``jax.random.PRNGKey``, wrapped); None stays None; anything else (an int seed, a
+    batch of keys) raises naming ``what`` and the fix."""
+    if key is None:
+        return None
+    if isinstance(key, (jax.Array, np.ndarray)):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return jnp.asarray(key)
+        if key.dtype == np.uint32 and key.shape == (2,):
+            return jax.random.wrap_key_data(jnp.asarray(key))
+    if hasattr(key, "shape") and hasattr(key, "dtype"):
+        got = f"{type(key).__name__} of shape {tuple(key.shape)}, dtype {key.dtype}"
+    else:
+        got = f"{type(key).__name__} {key!r:.40}"
+    raise ValueError(
+        f"{what} must be one PRNG key, e.g. {what}=jax.random.key(0) (from a seed: "
+        f"jax.random.key(seed)); got {got}"
+    )
 
 
 def one_of(what: str, value: Any, options: Sequence[Any]) -> None:
@@ -65,12 +117,31 @@ def per_sample_values(values: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _holds_text(value: Any) -> bool:
+    """Whether ``value`` is or holds strings (a str, a list of them, a str array)."""
+    if isinstance(value, (str, bytes)):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "USO" and any(map(_holds_text, value.ravel()))
+    if isinstance(value, (list, tuple)):
+        return any(map(_holds_text, value))
+    return False
+
+
 def index_targets(target: Any, batch: int) -> jax.Array:
     """Output indices (batch,) int32 from an int or an int array (batch,)."""
-    t = jnp.asarray(target)
-    if not jnp.issubdtype(t.dtype, jnp.integer):
+    try:
+        t = jnp.asarray(target)
+    except (TypeError, ValueError):  # strings, ragged lists, objects
+        t = None
+    if t is None or not jnp.issubdtype(t.dtype, jnp.integer):
+        got = f"dtype {t.dtype}" if t is not None else f"{type(target).__name__} {target!r:.60}"
+        hint = ""
+        if t is None and _holds_text(target):
+            hint = "; class names must become indices first, e.g. [names.index(n) for n in target]"
         raise ValueError(
-            f"target must be integer class indices (an int or ({batch},)); got dtype {t.dtype}"
+            "target must be 'predicted', integer class indices (an int or an int array of "
+            f"shape ({batch},)) or a callable logits (B, O) -> (B,); got {got}{hint}"
         )
     if t.ndim == 0:
         t = jnp.full((batch,), t)
@@ -94,14 +165,51 @@ def shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
 
 
 def outputs_in_range(target: Any, num_outputs: int) -> None:
-    """Raise when an int target (or any of an int array's) is not an output index."""
-    lo, hi = int(np.min(target)), int(np.max(target))
+    """Raise when an int target (or any of an int array's) is not an output index.
+
+    Checks concrete values on the host (``np.asarray``: a closed-over jax array inside a
+    user's ``jit`` is concrete, but its methods would be traced) and skips a tracer, whose
+    values are unknown: :func:`take_target` then handles an out-of-range index on the
+    device."""
+    if is_traced(target):
+        return
+    t = np.asarray(target)
+    if t.size == 0:
+        return
+    lo, hi = int(t.min()), int(t.max())
     if lo < 0 or hi >= num_outputs:
         bad = lo if lo < 0 else hi
         raise ValueError(
             f"target index {bad} is out of range: the model has {num_outputs} outputs, "
             f"so targets must lie in [0, {num_outputs - 1}]"
         )
+
+
+def in_range(target: Any, num_outputs: int) -> jax.Array:
+    """Bool, shaped as ``target``: which of the int indices are outputs, in [0, num_outputs),
+    with a ``checkify.debug_check`` on all of them (a no-op unless the caller runs under
+    :func:`jax.experimental.checkify.checkify`, which then reports the first bad one)."""
+    t = jnp.asarray(target)
+    ok = (t >= 0) & (t < num_outputs)
+    checkify.debug_check(
+        jnp.all(ok),
+        f"target index {{}} is out of range: the model has {num_outputs} outputs, so "
+        f"targets must lie in [0, {num_outputs - 1}]",
+        t.ravel()[jnp.argmin(ok.ravel())] if t.size else 0,  # the first bad one
+    )
+    return ok
+
+
+def take_target(values: jax.Array, target: jax.Array) -> jax.Array:
+    """values (B, O), target (B,) int -> (B,) ``values[n, target[n]]``, and 0 where
+    ``target[n]`` is not in [0, O) (no NaN, no wrap-around of negative indices; the
+    sample's gradient is then zero), as ``jax.nn.one_hot`` gives a zero row. Eager calls
+    refuse such targets before (:func:`outputs_in_range`); under a trace this is what an
+    out-of-range index gives, and :func:`in_range`'s check reports it under checkify."""
+    ok = in_range(target, values.shape[-1])
+    safe = jnp.where(ok, target, 0).astype(jnp.int32)
+    picked = jnp.take_along_axis(values, safe[:, None], axis=-1)[:, 0]
+    return jnp.where(ok, picked, jnp.zeros((), values.dtype))
 
 
 def pick_layer(layers: Sequence[str], layer: str | None) -> str:

@@ -7,7 +7,7 @@ the layer order) and :mod:`ifa_jax.cams` use them from here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +18,17 @@ from ifa_jax._checks import per_sample_values
 DEFAULT_PERCENTILES = (25, 50, 75, 90, 95, 99)
 
 
-def check_percentile(q) -> float:
-    """q as a float in [0, 100], or a ValueError."""
+def check_percentile(q, what: str = "percentile") -> float:
+    """q (a number) as a float in [0, 100], or a ValueError naming ``what``."""
+    if (
+        isinstance(q, (bool, np.bool_))
+        or np.ndim(q) != 0
+        or not np.issubdtype(np.asarray(q).dtype, np.number)
+    ):
+        raise ValueError(f"{what} must be a number in [0, 100], e.g. 90; got {q!r}")
     qf = float(q)
     if not 0.0 <= qf <= 100.0:
-        raise ValueError(f"percentile {q!r} is outside [0, 100]")
+        raise ValueError(f"{what} {q!r} is outside [0, 100]")
     return qf
 
 
@@ -40,10 +46,14 @@ def percentiles(values, qs: Sequence[float] = DEFAULT_PERCENTILES) -> dict:
     Empty or non-finite input raises ValueError.
     """
     arr = per_sample_values(values, "values")
+    if isinstance(qs, (str, bytes)) or not isinstance(qs, Iterable) or np.ndim(qs) == 0:
+        raise ValueError(
+            f"qs must be a sequence of percentiles, e.g. qs=(50,) or qs=[50, 90]; got {qs!r}"
+        )
     qs = tuple(qs)
     if not qs:
         raise ValueError("qs is empty; ask for at least one percentile, e.g. qs=(50, 90)")
-    qf = [check_percentile(q) for q in qs]
+    qf = [check_percentile(q, "each of qs") for q in qs]
     got = np.percentile(arr, qf)
     return {percentile_label(q): float(v) for q, v in zip(qs, got)}
 

@@ -32,6 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ifa_jax import cams
+
+# analyze warns with it (part of this module's API)
+from ifa_jax._checks import IntegerInputWarning as IntegerInputWarning
 from ifa_jax._checks import (
     batch_multiple,
     batch_sharding,
@@ -40,7 +43,10 @@ from ifa_jax._checks import (
     one_of,
     outputs_in_range,
     pad_batch,
+    positive_int,
+    prng_key,
     shard,
+    warn_integer_inputs,
 )
 from ifa_jax._stats import DEFAULT_PERCENTILES, percentiles
 from ifa_jax.data import Batch, as_images, as_labels
@@ -88,7 +94,9 @@ class BatchStats(NamedTuple):
 
 
 class PerSample(NamedTuple):
-    """Per-sample scalars of one batch (B,) each; padding rows have valid=False."""
+    """Per-sample scalars of one batch (B,) each; padding rows have valid=False.
+    reached: the grid positions where the sample's gradient G is non-zero (0 when the
+    layer gets no gradient: :class:`ifa_jax.probe.ZeroGradientWarning`)."""
 
     cam_max: Array
     cam_min: Array
@@ -99,6 +107,7 @@ class PerSample(NamedTuple):
     valid: Array
     nonfinite: Array
     importance: Array | None = None
+    reached: Array | None = None
 
 
 def init(num_classes: int, num_channels: int, spatial: tuple[int, ...]) -> Stats:
@@ -323,6 +332,7 @@ def batch_stats(
         axis=tuple(range(1, G.ndim))
     )
     labels = y.astype(jnp.int32)
+    reached = jnp.sum(jnp.any(G != 0, axis=-1), axis=tuple(range(1, G.ndim - 1)))
     A32, G32, score32 = (_at_least_f32(a) for a in (A, G, result.score))
     common = {
         "layer": probe.layers[0],
@@ -357,6 +367,7 @@ def batch_stats(
                     valid,
                     valid & ~finite,
                     out.importance if keep_importance else None,
+                    reached.astype(jnp.int32),
                 ),
             )
         )
@@ -413,7 +424,7 @@ analysis_step = jax.jit(_step, static_argnames=_STEP_STATIC)
 
 
 # Per-sample fields that do not depend on the CAM method, and those that do.
-_SHARED_FIELDS = ("score", "label", "prediction", "counted", "valid", "nonfinite")
+_SHARED_FIELDS = ("score", "label", "prediction", "counted", "valid", "nonfinite", "reached")
 _METHOD_FIELDS = ("cam_max", "cam_min", "importance")
 
 
@@ -472,6 +483,7 @@ class _SampleFetcher:
         self.items: list = []  # their device outputs
         self.in_flight: tuple[list[int], Any] | None = None
         self.read: list = []  # host chunks: (shared, per_method), rows trimmed
+        self.reached = 0  # the most grid positions a valid sample's gradient reached
 
     def add(self, i: int, out) -> None:
         self.ids.append(i)
@@ -514,6 +526,8 @@ class _SampleFetcher:
                     f"batch {i}: {int(bad)} sample(s) have non-finite activations or gradients "
                     f"at layer {self.layer!r}; check the inputs and the parameters"
                 )
+        reached = shared["reached"][shared["valid"]]
+        self.reached = max(self.reached, int(reached.max(initial=0)))
         self.read.append((shared, own))
 
     def samples(self, j: int) -> dict[str, np.ndarray]:
@@ -525,7 +539,7 @@ class _SampleFetcher:
         return {
             f: np.concatenate([c[f] if v.all() else c[f][v] for c, v in chunks])
             for f in PerSample._fields
-            if f in first and f not in ("valid", "nonfinite")
+            if f in first and f not in ("valid", "nonfinite", "reached")
         }
 
 
@@ -909,22 +923,6 @@ def _check_method_options(
     return tuple(static), arrays
 
 
-def _check_key(key: Any) -> Array | None:
-    """One PRNG key: a typed key (``jax.random.key``) or a raw uint32 (2,) one
-    (``jax.random.PRNGKey``, wrapped); anything else raises."""
-    if key is None:
-        return None
-    if isinstance(key, (jax.Array, np.ndarray)):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-            return jnp.asarray(key)
-        if key.dtype == np.uint32 and key.shape == (2,):
-            return jax.random.wrap_key_data(jnp.asarray(key))
-    raise ValueError(
-        f"key must be one PRNG key, e.g. key=jax.random.key(0); got "
-        f"{type(key).__name__} {getattr(key, 'shape', '')} {getattr(key, 'dtype', '')}".rstrip()
-    )
-
-
 def analyze(
     probe: LayerProbe,
     variables,
@@ -954,7 +952,8 @@ def analyze(
     A dict batch is read with ``keys=(image key, label key)`` (default ``('image',
     'label')``), its ``valid`` mask from a third entry of ``keys`` or else from ``'mask'``
     when present. Rows with ``valid``/``mask`` False are zeroed and never counted. ``x`` goes
-    to the model as it is (convert uint8 images with :func:`ifa_jax.data.as_images`). A
+    to the model as it is (convert uint8 images with :func:`ifa_jax.data.as_images`):
+    integer inputs of rank >= 3 warn (:class:`IntegerInputWarning`, a dtype check). A
     random-access source of single records (``tfds.data_source``, a grain ``MapDataset``)
     is not a sequence of batches: wrap it in :func:`record_batches` (given one, this
     raises an error that says so); a :class:`~ifa_jax.data.Dataset` or
@@ -1023,6 +1022,9 @@ def analyze(
     per-sample values up to a few 1e-2 (``python -m experiments.bench.precision``).
     Labels outside [0, num_classes) (and, with ``target='label'``, labels the model has
     no output for) and non-finite activations or gradients raise errors naming the batch.
+    When no valid sample's gradient at the layer reaches any grid position (or only one of
+    many), the pass warns once (:class:`ifa_jax.probe.ZeroGradientWarning`) for the
+    methods that read G, whose statistics are then all zero.
 
     The loop never waits for the device batch by batch: the per-sample values (the fields
     every method shares, such as label and score, once; cam_max, cam_min and the
@@ -1040,7 +1042,12 @@ def analyze(
         raise ValueError("method is an empty tuple; name at least one CAM method")
     check_layer_methods(methods)
     static_options, array_options = _check_method_options(methods, method_options)
-    key = _check_key(key)
+    key = prng_key(key)
+    if num_classes is not None:
+        num_classes = positive_int("num_classes", num_classes, "the number of classes")
+    chunk_size = positive_int(
+        "chunk_size", chunk_size, "channels per model call of ScoreCAM and the like"
+    )
     keyed = [m for m in methods if "key" in cams.get_method(m).needs]
     for m in keyed:
         cams.require_key(m, key)
@@ -1109,6 +1116,8 @@ def analyze(
     if key is not None and replicated is not None:
         key = jax.device_put(key, replicated)
     size, first_shape, num_outputs = batch_size, None, 0
+    first_x: Any = None  # the first batch's shape, for the zero-gradient warning's hint
+    grid = 1
     fetcher: _SampleFetcher | None = None
     values: list[np.ndarray] = []  # the valid rows' target values, with bins=
 
@@ -1134,6 +1143,13 @@ def analyze(
         )
         if first_shape is None:
             first_shape = x.shape[1:]
+            if x.ndim >= 3:  # images, signals, volumes; not (B, T) token ids
+                warn_integer_inputs(
+                    x.dtype,
+                    f"the inputs of batch {i}",
+                    "Convert them first: x / 255 for uint8 images (ifa_jax.data.as_images), "
+                    "or read records with ifa_jax.analysis.record_batches, which does it.",
+                )
         elif x.shape[1:] != first_shape:
             raise ValueError(
                 f"batch {i} has input shape {x.shape[1:]} but the first batch had "
@@ -1162,6 +1178,8 @@ def analyze(
             A_shape = act_shapes[probe.layers[0]]
             if not isinstance(target, str) and not callable(target):
                 outputs_in_range(target, num_outputs)  # the jitted step cannot check it
+            first_x = jax.ShapeDtypeStruct(xj.shape, xj.dtype)
+            grid = int(np.prod(A_shape[1:-1]))
             states = tuple(init(num_classes, A_shape[-1], tuple(A_shape[1:-1])) for _ in methods)
         if by_label and yv.size and yv.max() >= num_outputs:
             # The score would be NaN (take_along_axis out of range) and the check in the
@@ -1201,6 +1219,17 @@ def analyze(
         fetcher.finish()
     if states is None or fetcher is None:
         raise ValueError("batches is empty (or every batch has 0 samples): nothing to analyse")
+    gradient_methods = [m for m in methods if "gradients" in cams.get_method(m).needs]
+    if gradient_methods:
+        probe.warn_if_blind(
+            {probe.layers[0]: fetcher.reached},
+            {probe.layers[0]: grid},
+            variables,
+            first_x,
+            over="every sample analysed",
+            blank=f"the statistics of {', '.join(gradient_methods)} are all zero (and a "
+            "common scale of them degenerate)",
+        )
     if replicated is not None:
         states = jax.device_put(states, replicated)
     results = {}

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ifa_jax._checks import positive_int, take_target
 from ifa_jax._stats import minmax_per_image
 
 Array = jax.Array
@@ -716,7 +717,7 @@ def finer_comparisons(logits: Array, target: Array, comparisons: int) -> Array:
     """(B, n) the n = min(comparisons, O - 1) classes whose logits are closest to the
     target's, nearest first (ties by class index); the target itself is never one."""
     n = min(comparisons, logits.shape[-1] - 1)
-    own = jnp.take_along_axis(logits, target[:, None], axis=-1)
+    own = take_target(logits, target)[:, None]
     distance = jnp.abs(logits - own)
     distance = jnp.where(jax.nn.one_hot(target, logits.shape[-1], dtype=bool), jnp.inf, distance)
     return jnp.argsort(distance, axis=-1, stable=True)[:, :n]
@@ -735,7 +736,7 @@ def finer_objective(logits: Array, target: Array, others: Array, alpha, objectiv
     p = softmax(logits), differentiated through p too. ``"torchcam"`` (torch-cam 0.5.0's):
     y_c - alpha mean_j y_j.
     """
-    y_c = jnp.take_along_axis(logits, target[:, None], axis=-1)
+    y_c = take_target(logits, target)[:, None]  # 0 for a target outside [0, O) under jit
     y_j = jnp.take_along_axis(logits, others, axis=-1)
     if objective == "torchcam":
         return y_c[:, 0] - alpha * jnp.mean(y_j, axis=-1)
@@ -1241,7 +1242,16 @@ def cam(
 def upsample(
     L: Array | np.ndarray, spatial_shape: tuple[int, ...], method: str = "linear"
 ) -> Array:
-    """Resize CAMs (B, *spatial) to the input grid (B, *spatial_shape)."""
+    """Resize CAMs (B, *spatial) to the input grid (B, *spatial_shape), each size >= 1."""
+    try:
+        spatial_shape = tuple(spatial_shape)
+    except TypeError:
+        raise ValueError(
+            f"spatial_shape must be a tuple of sizes, one per spatial axis (e.g. (28, 28)); "
+            f"got {spatial_shape!r}"
+        ) from None
+    for n in spatial_shape:
+        positive_int(f"every size of spatial_shape {spatial_shape}", n, "cells")
     if len(spatial_shape) != L.ndim - 1:
         raise ValueError(
             f"spatial_shape {tuple(spatial_shape)} has {len(spatial_shape)} axes "
@@ -1282,7 +1292,7 @@ def scorecam_weights(
             "reshape=ifa_jax.tokens_to_grid(prefix=1)"
         )
     B, K = A.shape[0], A.shape[-1]
-    chunk = max(1, min(chunk_size, K))
+    chunk = min(positive_int("chunk_size", chunk_size, "channels per model call"), K)
     groups = -(-K // chunk)
     per_channel = jnp.moveaxis(A, -1, 0)  # (K, B, *spatial)
     per_channel = jnp.pad(per_channel, [(0, groups * chunk - K)] + [(0, 0)] * (A.ndim - 1))
@@ -1321,6 +1331,7 @@ def ablation_weights(
     ill-posed for logits near zero and would undo the common scale; we do not).
     """
     channels = A.shape[-1]
+    chunk_size = positive_int("chunk_size", chunk_size, "channels per model call")
 
     def one_channel(k):
         return base_score - ablated_score_fn(-A * jax.nn.one_hot(k, channels, dtype=A.dtype))

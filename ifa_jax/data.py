@@ -39,6 +39,7 @@ __all__ = [
     "as_images",
     "as_labels",
     "batches",
+    "example_order",
     "load_medmnist_npz",
     "load_mnist_embedded",
     "load_signals",
@@ -329,6 +330,15 @@ def _as_key(key: Any) -> jax.Array:
     return key
 
 
+def example_order(n: int, shuffle_key: Any = None) -> np.ndarray:
+    """The order (n,) in which :func:`batches` visits n examples: ``arange(n)``, or the
+    permutation drawn with ``shuffle_key`` (a key or an int seed). Global batch ``step``
+    of size B holds ``example_order(n, key)[step * B : (step + 1) * B]``."""
+    if shuffle_key is None:
+        return np.arange(n)
+    return np.asarray(jax.random.permutation(_as_key(shuffle_key), n))
+
+
 def batches(
     ds: Source,
     batch_size: int,
@@ -358,10 +368,7 @@ def batches(
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     shard_index, shard_count = shard(shard_index, shard_count)
     n = len(ds)
-    if shuffle_key is None:
-        order = np.arange(n)
-    else:
-        order = np.asarray(jax.random.permutation(_as_key(shuffle_key), n))
+    order = example_order(n, shuffle_key)
     global_bs = batch_size * shard_count
     num_steps = n // global_bs if drop_remainder else -(-n // global_bs)
     shape = ds.input_shape

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ifa_jax import cams
-from ifa_jax._checks import pick_layer
+from ifa_jax._checks import pick_layer, positive_int, prng_key
 from ifa_jax.probe import LayerProbe, ProbeResult, Target, target_scores
 
 Array = jax.Array
@@ -221,7 +221,9 @@ def explain(
     method = cams.canonical_method(method)
     kind = cams.get_method(method).kind
     static, arrays = _split_options(method, options)
+    key = prng_key(key)
     cams.require_key(method, key)
+    chunk_size = positive_int("chunk_size", chunk_size, "channels per model call")
     if kind != "layer" and mask is not None:
         raise ValueError(
             f"{method} (kind {kind!r}) gives one map without channels, so it takes no channel "

@@ -42,7 +42,14 @@ import numpy as np
 from flax import errors as flax_errors
 from flax import nnx
 
-from ifa_jax._checks import index_targets, is_traced, one_of, outputs_in_range
+from ifa_jax._checks import (
+    in_range,
+    index_targets,
+    is_traced,
+    one_of,
+    outputs_in_range,
+    take_target,
+)
 from ifa_jax.tokens import GridTapped, Reshape
 
 Array = jax.Array
@@ -90,21 +97,31 @@ class ProbeResult(NamedTuple):
 
 
 def _layer_key(layer: str | Sequence[str]) -> str:
+    """A layer path with ``/`` between its parts: ``"layers.3"`` -> ``"layers/3"``."""
     if isinstance(layer, str):
         return layer.strip("/").replace(".", "/")
     return "/".join(layer)
+
+
+def _suffix_matches(requested: str, available: Sequence[str]) -> list[str]:
+    """The paths of ``available`` that are ``requested`` or end with it (whole parts)."""
+    if requested in available:
+        return [requested]
+    parts = requested.split("/")
+    return [p for p in available if p.split("/")[-len(parts) :] == parts]
 
 
 def resolve_layer(requested: str, available: Sequence[str]) -> str:
     """Match a requested layer name or path against the available module paths.
 
     An exact path wins; otherwise the request must be a unique suffix of one path
-    (``"conv2"`` matches ``"backbone/conv2"``).
+    (``"conv2"`` matches ``"backbone/conv2"``). A name is matched as written first (a
+    module named ``"relu.1"``), then with its dots read as ``/`` (``"backbone.conv2"``,
+    ``"layers.3"``).
     """
-    if requested in available:
-        return requested
-    parts = requested.split("/")
-    matches = [p for p in available if p.split("/")[-len(parts) :] == parts]
+    matches = _suffix_matches(requested, available)
+    if not matches and "." in requested:
+        matches = _suffix_matches(_layer_key(requested), available)
     if len(matches) == 1:
         return matches[0]
     listing = ", ".join(available) if available else "(none)"
@@ -604,15 +621,17 @@ def _layer_names(layers: str | Sequence[str] | None) -> tuple[str, ...]:
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     if not names:
         raise ValueError("layers is empty; name at least one layer, e.g. 'conv2'")
-    return tuple(_layer_key(n) for n in names)
+    # Dots stay as written (a module may be named "relu.1"); resolve_layer reads them.
+    return tuple(n.strip("/") if isinstance(n, str) else _layer_key(n) for n in names)
 
 
 def target_scores(logits: Array, target: Array, score: str = "logit") -> Array:
-    """y_c per sample: logits (B, O), target (B,) int -> (B,)."""
+    """y_c per sample: logits (B, O), target (B,) int -> (B,). A target outside [0, O)
+    scores 0 (zero gradient; reported under ``checkify``): :func:`ifa_jax._checks.take_target`."""
     one_of("score", score, SCORES)
     if score == "probability":
         logits = jax.nn.softmax(logits, axis=-1)
-    return jnp.take_along_axis(logits, target[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    return take_target(logits, target)
 
 
 def _as_2d(logits: Array) -> Array:
@@ -625,10 +644,15 @@ class LayerProbe:
 
     target: an int (one output for the whole batch), an int array (B,) (per sample, e.g.
     the labels), ``'predicted'`` (argmax of the logits), or a callable
-    ``logits (B, O) -> score (B,)`` (regression, custom objectives).
+    ``logits (B, O) -> score (B,)``, float (regression, custom objectives).
     score: ``'logit'`` (the raw output; also for regression) or ``'probability'``
-    (softmax). Non-finite activations or gradients raise ``FloatingPointError`` when the
-    probe is called eagerly (under an outer ``jit`` the check is skipped), and gradients
+    (softmax). Target indices outside [0, O) raise ``ValueError`` when their values are
+    known: eager calls, and arrays closed over by the caller's ``jit``. A traced target
+    (an argument of the caller's ``jit``, ``vmap`` or ``grad``) cannot be read, so such a
+    sample scores 0 with zero gradients (finite, like ``jax.nn.one_hot``'s zero row);
+    run the function under ``checkify.checkify(f, errors=checkify.user_checks)`` to get an
+    error instead. Non-finite activations or gradients raise ``FloatingPointError`` when
+    the probe is called eagerly (under an outer ``jit`` the check is skipped), and gradients
     that are zero on the whole grid (or reach one position of it) warn
     (:class:`ZeroGradientWarning`), naming ``find_layer``'s layer to try.
 
@@ -713,6 +737,7 @@ class LayerProbe:
             if mode == "callable":
                 idx = jnp.full((logits.shape[0],), -1, jnp.int32)
                 y = fn(logits)
+                _check_callable_scores(y, logits.shape[0])
             else:
                 idx = jnp.argmax(logits, -1).astype(jnp.int32) if mode == "predicted" else target
                 y = target_scores(logits, idx, score)
@@ -741,7 +766,8 @@ class LayerProbe:
         exactly what ``probe(variables, x, classes[i]).gradients`` gives, but the forward
         pass is shared (the backward passes to the layer are batched with ``vmap``).
         Memory grows with n * B * |A|: pass a few classes at a time for large n.
-        Traceable (jit it with ``score`` static).
+        Traceable (jit it with ``score`` static); a class outside [0, O) gets zero
+        gradients (an error under ``checkify``), as an out-of-range target does.
         """
         one_of("score", score, SCORES)
         zeros = self._zero_deltas(variables, x)
@@ -755,9 +781,13 @@ class LayerProbe:
         y, vjp_fn, (logits, acts) = jax.vjp(outputs, zeros, has_aux=True)
 
         def grads_for(c):
-            return vjp_fn(jnp.zeros_like(y).at[:, c].set(1.0))[0]
+            # one_hot: an index outside [0, O) (possible only under a trace) gives zeros
+            cotangent = jax.nn.one_hot(c, y.shape[-1], dtype=y.dtype)
+            return vjp_fn(jnp.broadcast_to(cotangent, y.shape))[0]
 
-        grads = jax.vmap(grads_for)(jnp.asarray(classes, jnp.int32))
+        classes = jnp.asarray(classes, jnp.int32)
+        in_range(classes, y.shape[-1])  # reports an index outside [0, O) under checkify
+        grads = jax.vmap(grads_for)(classes)
         if self.single:
             (name,) = self.layers
             return logits, acts[name], grads[name]
@@ -779,36 +809,52 @@ class LayerProbe:
             outputs_in_range(t, self.output_shapes(variables, x)[0][-1])
         return "index", None, t
 
-    def _warn_if_blind(self, checks, grids: dict[str, int], variables, x) -> None:
-        """Warn for each layer whose gradients reach no grid position, or one of many."""
-        for name, counts in checks.items():
-            reached, grid = int(counts[2]), grids[name]
-            if reached > 1 or (reached == 1 and grid == 1):
+    def warn_if_blind(
+        self,
+        reached: Mapping[str, int],
+        grids: Mapping[str, int],
+        variables,
+        x: Array | jax.ShapeDtypeStruct,
+        *,
+        over: str = "",
+        blank: str = "gradient-based CAMs there are blank",
+    ) -> None:
+        """Warn (:class:`ZeroGradientWarning`) for each layer whose gradients reach no
+        grid position, or one of many: ``reached[layer]`` positions of ``grids[layer]``.
+        ``over`` says over what (e.g. "every sample analysed"; default: this call) and
+        ``blank`` what zero gradients mean there; ``x`` (an array or its shape) lets
+        ``find_layer`` name a layer to try."""
+        for name, count in reached.items():
+            grid = grids[name]
+            if count > 1 or (count == 1 and grid == 1):
                 continue
-            where = (
-                "are zero at every grid position, so gradient-based CAMs there are blank"
-                if reached == 0
-                else f"reach only 1 of its {grid} grid positions, so gradient-based CAMs "
-                "there show that position alone"
-            )
+            if count == 0:
+                where, then = "are zero at every grid position", blank
+            else:
+                where = f"reach only 1 of its {grid} grid positions"
+                then = "gradient-based CAMs there show that position alone"
             warnings.warn(
-                f"the gradients at layer {name!r} for the requested targets {where}. "
-                "Likely cause: the output "
+                f"the gradients at layer {name!r} for the requested targets {where}"
+                f"{f' for {over}' if over else ''}, so {then}. Likely causes: the output "
                 "reads only some tokens or positions of this layer (a ViT head reads only "
                 "the class token, so the patch tokens of the last block's output get no "
-                f"gradient). {self._layer_hint(variables, x)}",
+                "gradient), or no gradient flows back to it (a jax.lax.stop_gradient, ReLUs "
+                f"that are all off after it). {self._layer_hint(variables, x, name)}",
                 ZeroGradientWarning,
                 stacklevel=3,
             )
 
-    def _layer_hint(self, variables, x) -> str:
-        """'Try layer ...' from find_layer, or a generic hint when there is none."""
+    def _layer_hint(self, variables, x, tapped: str) -> str:
+        """'Try layer ...' from find_layer, or a generic hint when there is none (or it is
+        the ``tapped`` layer itself)."""
         generic = "Tap an earlier layer, one whose output the model reads at every position."
         if self.find_layer is None:
             return generic
         try:
             path, why = self.find_layer(variables, x)
         except ValueError:
+            return generic
+        if tapped == AUTO or path == tapped or path.endswith("/" + tapped):
             return generic
         tokens = self.reshape is None and "attention" in why
         grid = " with reshape=ifa_jax.tokens_to_grid()" if tokens else ""
@@ -833,11 +879,24 @@ class LayerProbe:
             checks = jax.device_get(checks)
             _raise_if_not_finite(checks)
             grids = {k: math.prod(a.shape[1:-1]) for k, a in acts.items()}
-            self._warn_if_blind(checks, grids, variables, x)
+            self.warn_if_blind({k: int(c[2]) for k, c in checks.items()}, grids, variables, x)
         if self.single:
             (name,) = self.layers
             acts, grads = acts[name], grads[name]
         return ProbeResult(logits, y, idx, acts, grads)
+
+
+def _check_callable_scores(y: Any, batch: int) -> None:
+    """A callable target's output must be float scores (differentiated to the layer)."""
+    dtype = getattr(y, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        got = f"dtype {dtype}" if dtype is not None else f"a {type(y).__name__}"
+        raise ValueError(
+            f"a callable target must return float scores, one per sample ({batch},), which "
+            f"the probe differentiates; it returned {got}. Return values of the logits "
+            "(e.g. lambda z: z[:, 1] - z[:, 0]); to explain class indices (an argmax, the "
+            "labels), pass them as target= instead of a callable"
+        )
 
 
 def _raise_if_not_finite(checks: dict[str, np.ndarray]) -> None:

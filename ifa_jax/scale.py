@@ -154,16 +154,26 @@ def common_scale(
             f"ratio must be a positive finite number (1 natural images, 1.5 "
             f"medical in the paper); got {ratio}"
         )
-    hi, lo = check_percentile(hi_percentile), check_percentile(lo_percentile)
+    hi = check_percentile(hi_percentile, "hi_percentile")
+    lo = check_percentile(lo_percentile, "lo_percentile")
     vmax = ratio * float(np.percentile(mx, hi))
     vmin = ratio * float(np.percentile(mn, lo))
     try:
         return scale_from_bounds(vmin, vmax, mode=mode, remove_negative=remove_negative)
     except ValueError as err:
+        zero = ""
+        if not (mx.any() or mn.any()):
+            zero = (
+                f" Every one of the {mx.size} CAMs is exactly 0: for a gradient method the "
+                "layer's gradients are zero for the targets (analyze warns with "
+                "ZeroGradientWarning: a stop_gradient or dead ReLUs after the layer, or a "
+                "layer the output does not read, such as a ViT's last patch tokens); tap "
+                "another layer."
+            )
         raise ValueError(
             f"{err} [from {mx.size} samples: vmax = {ratio:g} x "
             f"P{percentile_label(hi)} of cam_max, vmin = {ratio:g} x "
-            f"P{percentile_label(lo)} of cam_min]"
+            f"P{percentile_label(lo)} of cam_min]{zero}"
         ) from None
 
 

@@ -36,7 +36,8 @@ from flax import serialization, struct, traverse_util
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from ifa_jax.data import batches
+from ifa_jax._checks import warn_integer_inputs
+from ifa_jax.data import batches, example_order
 from ifa_jax.io import atomic_write_bytes
 
 __all__ = [
@@ -235,6 +236,31 @@ def evaluate(
 # --------------------------------------------------------------------------------------
 
 
+def _name(ds: Any) -> str:
+    return str(getattr(ds, "name", type(ds).__name__))
+
+
+def _refuse_nonfinite_inputs(
+    ds: Any, step_losses: np.ndarray, config: TrainConfig, shuffle_key: jax.Array, epoch: int
+) -> None:
+    """The loss went non-finite in ``epoch``: raise a FloatingPointError naming the
+    examples when the first step whose loss did holds NaN or inf inputs (a data fault,
+    not a divergence of the optimisation). Reads that one batch again; nothing else."""
+    step = int(np.flatnonzero(~np.isfinite(step_losses))[0])
+    order = example_order(len(ds), jax.random.fold_in(shuffle_key, epoch))
+    idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+    x = np.asarray(ds.gather(idx)[0])
+    bad = ~np.isfinite(x.reshape(len(idx), -1)).all(axis=1)
+    if bad.any():
+        raise FloatingPointError(
+            f"the training data holds NaN or inf inputs: {int(bad.sum())} example(s) of "
+            f"batch {step} (from 0) of epoch {epoch} (first: example {int(idx[bad][0])} of "
+            f"{_name(ds)}), so the loss became non-finite there; this is the data, not the "
+            "learning rate. Drop or repair those examples (e.g. keep "
+            "np.isfinite(x).reshape(len(x), -1).all(axis=1), or np.nan_to_num(x))"
+        )
+
+
 def _decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
@@ -282,7 +308,11 @@ def train(
       model: a Linen module mapping ``(B, *spatial, C)`` to logits ``(B, num_classes)``;
         a ``train`` argument, if it has one, is set (BatchNorm, dropout).
       train_ds, val_ds: :class:`ifa_jax.data.Dataset` or any source :func:`ifa_jax.data.batches`
-        accepts; ``val_ds=None`` skips evaluation and early stopping.
+        accepts; ``val_ds=None`` skips evaluation and early stopping. A source whose
+        ``gather`` returns integer inputs (uint8 images) warns
+        (:class:`ifa_jax.analysis.IntegerInputWarning`); when an epoch's loss is not finite
+        and the batch where it first was holds NaN or inf inputs, a FloatingPointError
+        names the examples (the data, not the learning rate).
       config: a :class:`TrainConfig`.
       checkpoint_path: if given, the best variables so far (the last ones without ``val_ds``)
         are saved there atomically after each improving epoch.
@@ -316,6 +346,13 @@ def train(
         )
     if config.patience is not None and val_ds is None:
         raise ValueError("early stopping (config.patience) needs a validation set: pass val_ds")
+    if len(train_ds):  # one example's dtype (batches() copies it into float32 as it is)
+        warn_integer_inputs(
+            np.asarray(train_ds.gather(np.arange(1))[0]).dtype,
+            f"the training inputs ({_name(train_ds)})",
+            "Return float32 in [0, 1] from the source's gather, e.g. "
+            "ifa_jax.data.as_images(x) (uint8 / 255).",
+        )
     has_train = _takes_train_flag(model)
     if variables is None:
         variables = init_variables(model, train_ds.input_shape, key=init_key)
@@ -373,7 +410,10 @@ def train(
         ):
             state, s = train_step(state, b.x, b.y, b.mask, dropout_key)
             sums.append(s)
-        loss, correct, count = np.sum(jax.device_get(sums), axis=0)
+        per_step = np.asarray(jax.device_get(sums))  # (steps, 3)
+        loss, correct, count = per_step.sum(axis=0)
+        if not np.isfinite(loss):
+            _refuse_nonfinite_inputs(train_ds, per_step[:, 0], config, shuffle_key, epoch)
         metrics = {"train_loss": float(loss / count), "train_accuracy": float(correct / count)}
         history.train_loss.append(metrics["train_loss"])
         history.train_accuracy.append(metrics["train_accuracy"])

@@ -280,9 +280,9 @@ def test_per_sample_values_come_back_per_chunk(small_model, traces, monkeypatch,
     before = traces.count
     chunked = run()
     assert traces.count - before == 0  # the same step as the first pass: no new trace
-    # 6 shared fields (score, label, prediction, counted, valid, nonfinite) once, and
-    # cam_max, cam_min, importance per method.
-    assert fetched == [6 + 3 * len(methods)] * (2 if every == 4 else 6)
+    # 7 shared fields (score, label, prediction, counted, valid, nonfinite, reached) once,
+    # and cam_max, cam_min, importance per method.
+    assert fetched == [7 + 3 * len(methods)] * (2 if every == 4 else 6)
     for m in methods:
         assert list(chunked[m].samples) == list(whole[m].samples)
         for k in whole[m].samples:
