@@ -41,8 +41,9 @@ class Repeated:
 def one_size(n: int, batch: int) -> dict:
     import jax
 
-    from ifa_jax import analysis, data, linen_probe
-    from ifa_jax.models import MnistCNN
+    from ifa_jax import analysis, linen_probe
+    from ifa_jax.runner import data
+    from ifa_jax.runner.models import MnistCNN
 
     splits = data.load_mnist_embedded()
     source = Repeated(splits.train, n)

@@ -35,7 +35,7 @@ Keys (``case`` in ``mnist_cnn``, ``convnet``; ``score`` in ``logit``, ``probabil
 B = 8, (H, W) the input grid, (h, w) the tapped layer's):
 
 - ``versions``: the peers' and frameworks' versions, one string each;
-- ``{case}/spec``: JSON ``{"model": class in ifa_jax.models, "kwargs": ..., "layer": the
+- ``{case}/spec``: JSON ``{"model": class in ifa_jax.runner.models, "kwargs": ..., "layer": the
   tapped layer, "scores": [...], "layers": RefineCAM's layers ["relu1", "relu2"]}``;
 - ``{case}/variables/params/conv1/kernel`` ...: the Flax variables, '/'-joined paths;
 - ``{case}/x`` (B, H, W, C), ``{case}/labels`` (B,), ``{case}/logits`` (B, 10) (torch);
@@ -157,8 +157,8 @@ from flax import traverse_util  # noqa: E402
 from torch import nn  # noqa: E402
 
 from experiments.bench import torch_twins  # noqa: E402
-from ifa_jax import data, models  # noqa: E402
-from ifa_jax.train import TrainConfig, train  # noqa: E402
+from ifa_jax.runner import data, models  # noqa: E402
+from ifa_jax.runner.train import TrainConfig, train  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "peers.npz"
 OUT_VIT = OUT.with_name("peers_vit.npz")
@@ -169,7 +169,7 @@ TRAIN_CONFIG = TrainConfig(batch_size=64, lr=3e-3, seed=0, progress=False)
 
 @dataclasses.dataclass(frozen=True)
 class GoldenCase:
-    """One model of the golden data: an ``ifa_jax.models`` class, its kwargs, the tapped
+    """One model of the golden data: an ``ifa_jax.runner.models`` class, its kwargs, the tapped
     layer, the input side, the target scores the peers explain, the training epochs and
     the layers of the multi-layer methods (RefineCAM)."""
 

@@ -20,9 +20,9 @@ import dataclasses
 import os
 import time
 
-from ifa_jax.data import load_mnist_embedded, load_sklearn_digits
-from ifa_jax.models import ConvNet, MnistCNN
-from ifa_jax.train import TrainConfig, train
+from ifa_jax.runner.data import load_mnist_embedded, load_sklearn_digits
+from ifa_jax.runner.models import ConvNet, MnistCNN
+from ifa_jax.runner.train import TrainConfig, train
 
 MNIST_CONFIG = TrainConfig(
     epochs=8, batch_size=128, lr=1e-3, weight_decay=1e-4, warmup_epochs=0.5, seed=0

@@ -1,27 +1,36 @@
-"""ifa_jax: integrated feature analysis and class activation maps for JAX/Flax models."""
+"""ifa_jax: integrated feature analysis and class activation maps for JAX/Flax models.
+
+The package is the library: probes, CAM methods, the streaming analysis and what is
+computed from it; it needs jax, flax and numpy. The application (datasets, reference
+models, training and the ``ifa-jax`` runner) is :mod:`ifa_jax.runner`, installed with the
+``runner`` extra.
+"""
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING
 
 from ifa_jax import (
     analysis,
     cams,
-    data,
     decompose,
     dff,
     diagnostics,
     fullgrad,
+    inputs,
     metrics,
-    models,
+    modules,
     scale,
     smoothing,
 )
+from ifa_jax.analysis import analyze
 from ifa_jax.cams import METHODS, CamResult, cam, cam_layers, cams_per_layer, fuse, upsample
 from ifa_jax.dff import concept_maps, concept_scores, dff_dataset
 from ifa_jax.explaining import explain
 from ifa_jax.frameworks import equinox_probe, function_probe, haiku_probe
 from ifa_jax.guided import guided_backprop, guided_gradcam
 from ifa_jax.legrad import legrad_probe
+from ifa_jax.modules import ReLU
 from ifa_jax.probe import LayerProbe, ProbeResult, linen_layers, linen_probe, nnx_probe
 from ifa_jax.smoothing import aug_smooth, eigen_smooth, explain_smoothed, sess, smoothgrad
 from ifa_jax.tokens import attention_to_grid, tokens_to_grid
@@ -32,19 +41,37 @@ if TYPE_CHECKING:  # for type checkers; at run time plots is imported on first u
 __version__ = "0.1.0"
 
 
+# Modules that moved to the application, ifa_jax.runner (see CHANGELOG).
+_MOVED = {
+    "data": "ifa_jax.runner.data",
+    "models": "ifa_jax.runner.models",
+    "train": "ifa_jax.runner.train",
+}
+
+
 def __getattr__(name: str):
     # plots needs matplotlib (the `plots` extra): imported on first use, not with ifa_jax.
     if name == "plots":
         return importlib.import_module("ifa_jax.plots")
+    if name in _MOVED:
+        warnings.warn(
+            f"ifa_jax.{name} moved to {_MOVED[name]} (the application, extra 'runner'); "
+            f"import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return importlib.import_module(_MOVED[name])
     raise AttributeError(f"module 'ifa_jax' has no attribute {name!r}")
 
 
 __all__ = [
     "METHODS",
     "CamResult",
+    "ReLU",
     "LayerProbe",
     "ProbeResult",
     "analysis",
+    "analyze",
     "attention_to_grid",
     "aug_smooth",
     "cam",
@@ -53,7 +80,6 @@ __all__ = [
     "cams_per_layer",
     "concept_maps",
     "concept_scores",
-    "data",
     "decompose",
     "dff",
     "dff_dataset",
@@ -68,11 +94,12 @@ __all__ = [
     "guided_backprop",
     "guided_gradcam",
     "haiku_probe",
+    "inputs",
     "legrad_probe",
     "linen_layers",
     "linen_probe",
     "metrics",
-    "models",
+    "modules",
     "nnx_probe",
     "plots",
     "scale",

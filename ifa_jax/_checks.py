@@ -355,3 +355,45 @@ def require(module: str, extra: str, what: str):
             f"{what} needs {module.split('.')[0]}, which is not installed; "
             f"pip install 'ifa_jax[{extra}]'"
         ) from e
+
+
+def shapes_summary(shapes: Sequence[tuple[int, ...]], limit: int = 5) -> str:
+    distinct = list(dict.fromkeys(tuple(s) for s in shapes))
+    text = ", ".join(str(s) for s in distinct[:limit])
+    more = len(distinct) - limit
+    return text + (f" and {more} more" if more > 0 else "")
+
+
+def stack_same_shape(items: Sequence[np.ndarray], what: str) -> np.ndarray:
+    shapes = [np.shape(a) for a in items]
+    if len(set(shapes)) > 1:
+        raise ValueError(
+            f"{what}: images of mixed sizes, shapes {shapes_summary(shapes)}. "
+            "Resize them to one size first (e.g. ifa_jax.runner.data.resize_images, or "
+            "load_tfds(..., image_size=(H, W)))."
+        )
+    return np.stack([np.asarray(a) for a in items])
+
+
+def to_unit_float(x: np.ndarray, what: str) -> np.ndarray:
+    """uint8 -> /255, bool -> {0, 1}, float already in [0, 1] -> float32; anything else errors."""
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255.0)
+    if x.dtype == np.bool_:
+        return x.astype(np.float32)
+    if np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+        if x.size:
+            if not np.all(np.isfinite(x)):
+                raise ValueError(f"{what}: images contain NaN or inf; clean them first")
+            lo, hi = float(x.min()), float(x.max())
+            if lo < 0.0 or hi > 1.0:
+                raise ValueError(
+                    f"{what}: float images must lie in [0, 1]; got range [{lo:g}, {hi:g}]. "
+                    "Rescale them first (e.g. x / x.max())."
+                )
+        return x
+    raise ValueError(
+        f"{what}: images must be uint8 (0..255), bool or float in [0, 1]; got dtype {x.dtype}. "
+        "Rescale them to [0, 1] as float32 first."
+    )

@@ -13,7 +13,7 @@ covariance follows. Per-sample scalars (CAM max/min, score, label, prediction) a
 and returned by the step for the host to keep.
 
 :func:`analyze` runs the whole pass over an iterable of batches, compiling the step once.
-Batches are tuples ``(x, y[, valid])``, :class:`ifa_jax.data.Batch` es or dicts (``keys=``);
+Batches are tuples ``(x, y[, valid])``, :class:`ifa_jax.inputs.Batch` es or dicts (``keys=``);
 :func:`record_batches` turns a random-access source of single records (``tfds.data_source``,
 a grain ``MapDataset``, a list of dicts) into such batches. A float target (regression) is
 analysed per bin of its value (``bins=``, e.g. :func:`quantile_bins`).
@@ -49,8 +49,8 @@ from ifa_jax._checks import (
     warn_integer_inputs,
 )
 from ifa_jax._stats import DEFAULT_PERCENTILES, percentiles
-from ifa_jax.data import Batch, as_images, as_labels
 from ifa_jax.explaining import _split_options, callable_target, forward_weights
+from ifa_jax.inputs import Batch, as_images, as_labels
 from ifa_jax.probe import LayerProbe
 
 Array = jax.Array
@@ -592,7 +592,7 @@ def _require_keys(what: str, record: Mapping, keys: Sequence[str], fix: str) -> 
 
 def _unpack(batch: Any, i: int, keys: tuple[str, ...]) -> tuple[Any, Any, Any]:
     """(x, y, valid or None) of one batch: a tuple ``(x, y[, valid])``, an
-    :class:`ifa_jax.data.Batch` ``(x, y, mask)`` or a dict read with ``keys``."""
+    :class:`ifa_jax.inputs.Batch` ``(x, y, mask)`` or a dict read with ``keys``."""
     if isinstance(batch, Mapping):
         _require_keys(
             f"batch {i}",
@@ -612,7 +612,7 @@ def _unpack(batch: Any, i: int, keys: tuple[str, ...]) -> tuple[Any, Any, Any]:
     )
     raise ValueError(
         f"batch {i} is {what}; a batch is a tuple (x, y) or (x, y, valid), an "
-        "ifa_jax.data.Batch, or a dict (its keys are named by keys=)"
+        "ifa_jax.inputs.Batch, or a dict (its keys are named by keys=)"
     )
 
 
@@ -654,7 +654,7 @@ def _record_fields(record: Any, j: int, keys: tuple[str, ...]) -> tuple[Any, Any
 
 
 def _record_targets(labels: list, what: str) -> np.ndarray:
-    """Labels of records -> (N,): int32 class indices (:func:`ifa_jax.data.as_labels`), or
+    """Labels of records -> (N,): int32 class indices (:func:`ifa_jax.inputs.as_labels`), or
     float targets kept as floats (a regression target: analyse it with ``bins=``)."""
     y = np.asarray(labels).reshape(len(labels))
     if np.issubdtype(y.dtype, np.floating):
@@ -664,7 +664,7 @@ def _record_targets(labels: list, what: str) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RecordBatches:
-    """Fixed-size :class:`ifa_jax.data.Batch` es ``(x: (B, *spatial, C) float32, y: (B,),
+    """Fixed-size :class:`ifa_jax.inputs.Batch` es ``(x: (B, *spatial, C) float32, y: (B,),
     mask: (B,))`` read from a random-access source of single records. Build it with
     :func:`record_batches`. Sized (``len`` is the number of batches, so the progress bar of
     :func:`analyze` shows a total) and re-iterable; reads the records batch by batch."""
@@ -720,14 +720,14 @@ def record_batches(
     (records ``{'image': (H, W, C) uint8, 'label': int}``), a grain ``MapDataset``, or a
     plain list. A record is a dict read with ``keys=(image key, label key)`` or a pair
     ``(image, label)``. Images become channels-last float32 in [0, 1] with
-    :func:`ifa_jax.data.as_images` (uint8 / 255; an (H, W) image gets a channel axis;
+    :func:`ifa_jax.inputs.as_images` (uint8 / 255; an (H, W) image gets a channel axis;
     ``spatial_ndim`` as there); all records must share one image size. Integer labels become
-    int32 class indices (:func:`ifa_jax.data.as_labels`); float labels stay floats, a
+    int32 class indices (:func:`ifa_jax.inputs.as_labels`); float labels stay floats, a
     regression target for ``analyze(..., bins=...)``. Order is the source's; the last short
     batch is padded with ``mask=False`` rows (or dropped with ``drop_remainder``), so every
     batch has ``batch_size`` rows and the step compiles once. ``shard_index`` /
     ``shard_count`` (default: this process of ``jax.process_count()``) cut every global
-    batch of ``batch_size * shard_count`` records as :func:`ifa_jax.data.batches` does.
+    batch of ``batch_size * shard_count`` records as :func:`ifa_jax.inputs.batches` does.
     """
     if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
         raise ValueError(
@@ -830,7 +830,7 @@ def _label_dtype_error(i: int, dtype: np.dtype) -> ValueError:
             f"batch {i}: labels have dtype {dtype}, a float target (regression); pass bins= "
             "(C+1 increasing edges, e.g. bins=ifa_jax.analysis.quantile_bins(train_targets, "
             "4)) to analyse per bin of the target, and target= the output to explain. Class "
-            "indices stored as floats: convert them with ifa_jax.data.as_labels"
+            "indices stored as floats: convert them with ifa_jax.inputs.as_labels"
         )
     return ValueError(
         f"batch {i}: labels must be integers (or float targets with bins=); got dtype {dtype}"
@@ -947,17 +947,17 @@ def analyze(
     key: Array | None = None,
 ) -> Analysis | dict[str, Analysis]:
     """One pass over ``batches``: tuples ``(x, y)`` or ``(x, y, valid)``,
-    :class:`ifa_jax.data.Batch` es ``(x, y, mask)``, or dicts.
+    :class:`ifa_jax.inputs.Batch` es ``(x, y, mask)``, or dicts.
 
     A dict batch is read with ``keys=(image key, label key)`` (default ``('image',
     'label')``), its ``valid`` mask from a third entry of ``keys`` or else from ``'mask'``
     when present. Rows with ``valid``/``mask`` False are zeroed and never counted. ``x`` goes
-    to the model as it is (convert uint8 images with :func:`ifa_jax.data.as_images`):
+    to the model as it is (convert uint8 images with :func:`ifa_jax.inputs.as_images`):
     integer inputs of rank >= 3 warn (:class:`IntegerInputWarning`, a dtype check). A
     random-access source of single records (``tfds.data_source``, a grain ``MapDataset``)
     is not a sequence of batches: wrap it in :func:`record_batches` (given one, this
-    raises an error that says so); a :class:`~ifa_jax.data.Dataset` or
-    :class:`~ifa_jax.data.TfdsSource` goes through :func:`ifa_jax.data.batches`. The
+    raises an error that says so); a :class:`~ifa_jax.inputs.Dataset` or
+    :class:`~ifa_jax.runner.data.TfdsSource` goes through :func:`ifa_jax.inputs.batches`. The
     progress bar's ``total`` defaults to ``len(batches)`` when it has one.
 
     ``method`` names one CAM method (returns an :class:`Analysis`) or a tuple of methods
@@ -1009,7 +1009,7 @@ def analyze(
     any batch size works. ``keep_importance`` also keeps every sample's importance vector
     (N, K) in ``samples['importance']`` (for outlier ranking; N * K floats on the host).
     With several processes (``jax.distributed.initialize()``), each
-    process passes its own shard of every batch (``data.batches(..., shard_index=...)``)
+    process passes its own shard of every batch (``inputs.batches(..., shard_index=...)``)
     and ``mesh``/``sharding`` over all processes' devices; the global batch is assembled
     with ``jax.make_array_from_process_local_data`` (the processes' shards in process
     order) and every process gets the same result: the statistics and every sample.
@@ -1104,7 +1104,7 @@ def analyze(
     if hasattr(batches, "gather") and hasattr(batches, "input_shape"):
         raise ValueError(
             f"batches is a {type(batches).__name__}, a dataset, not batches; "
-            "pass ifa_jax.data.batches(ds, batch_size)"
+            "pass ifa_jax.inputs.batches(ds, batch_size)"
         )
     if total is None:
         total = _length(batches)
@@ -1147,7 +1147,7 @@ def analyze(
                 warn_integer_inputs(
                     x.dtype,
                     f"the inputs of batch {i}",
-                    "Convert them first: x / 255 for uint8 images (ifa_jax.data.as_images), "
+                    "Convert them first: x / 255 for uint8 images (ifa_jax.inputs.as_images), "
                     "or read records with ifa_jax.analysis.record_batches, which does it.",
                 )
         elif x.shape[1:] != first_shape:

@@ -45,7 +45,7 @@ EPS = 1e-12
 NEGATIVE_TOLERANCE = 1e-5
 RECTIFY_FIX = (
     "DFF factorizes non-negative activations: tap the ReLU's output (e.g. layer 'relu2' of "
-    "ifa_jax.models.MnistCNN, not 'conv2'), or rectify them first (jnp.maximum(A, 0))"
+    "ifa_jax.runner.models.MnistCNN, not 'conv2'), or rectify them first (jnp.maximum(A, 0))"
 )
 
 
@@ -513,7 +513,7 @@ def dff_dataset(
     activations at ``layer``, each followed by :func:`refit`, then one map-only pass
     that measures the final concepts' error and scales them (:func:`peak_concepts`).
 
-    batches: arrays x, tuples ``(x, y[, valid])``, :class:`ifa_jax.data.Batch` es or
+    batches: arrays x, tuples ``(x, y[, valid])``, :class:`ifa_jax.inputs.Batch` es or
     dicts (``keys``), re-iterable (a list, a dataset) or a function returning a fresh
     iterable. Smaller batches are padded to the first's size (or ``batch_size``).
     Starts from ``concepts`` (n, K) or random ones (``key``).

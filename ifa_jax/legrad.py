@@ -1,7 +1,7 @@
 """LeGrad (Bousselham et al. 2024, arXiv 2404.03214) for Linen transformers.
 
 For each chosen block ``l``, LeGrad scores the block's output tokens with the model's head,
-``s^l = projection(tokens_l)`` (B, O) (for :class:`ifa_jax.models.ViT`:
+``s^l = projection(tokens_l)`` (B, O) (for :class:`ifa_jax.runner.models.ViT`:
 ``head(norm(mean over tokens))``, torch-cam's default for torchvision ViTs), and reads
 ``G^l = d s^l_c / d P^l``, the gradient at the block's post-softmax attention
 probabilities ``P^l`` (B, heads, queries, keys). The map is ``relu(G^l)`` averaged over
@@ -25,14 +25,13 @@ the attention must output its probabilities from a submodule (``models.ViT``:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ifa_jax.models import ViT
 from ifa_jax.probe import (
     LayerProbe,
     Output,
@@ -51,10 +50,18 @@ Projection = Callable[[Any, Array], Array]
 
 
 def vit_projection(variables: Any, tokens: Array) -> Array:
-    """:class:`ifa_jax.models.ViT`'s final norm and head on the mean of all tokens (class
+    """:class:`ifa_jax.runner.models.ViT`'s final norm and head on the mean of all tokens (class
     token included): tokens (B, N, D) -> logits (B, O). torch-cam's default projection
     for torchvision's VisionTransformer, ``heads(encoder.ln(tokens.mean(1)))``."""
     params = variables["params"]
+    if not (isinstance(params, Mapping) and "norm" in params and "head" in params):
+        raise ValueError(
+            "legrad_probe's default projection reads a final LayerNorm 'norm' and a Dense "
+            "'head' (a ViT laid out as ifa_jax.runner.models.ViT); this model's parameters "
+            f"are {sorted(params) if isinstance(params, Mapping) else type(params).__name__}: "
+            "pass projection=(variables, tokens (B, N, D)) -> logits (B, O), e.g. the "
+            "model's final norm and head on the mean token"
+        )
     pooled = nn.LayerNorm(parent=None).apply({"params": params["norm"]}, jnp.mean(tokens, axis=1))
     head = nn.Dense(params["head"]["kernel"].shape[-1], parent=None)
     return cast(Array, head.apply({"params": params["head"]}, pooled))
@@ -106,12 +113,6 @@ def legrad_probe(
     reshape = attention_to_grid(prefix, grid)  # checks prefix and grid now
     attention = _layer_key(attention)
     if projection is None:
-        if not isinstance(model, ViT):
-            raise ValueError(
-                f"legrad_probe has a default projection for ifa_jax.models.ViT only; for a "
-                f"{type(model).__name__} pass projection=(variables, tokens (B, N, D)) -> "
-                "logits (B, O), e.g. the model's final norm and head on the mean token"
-            )
         projection = vit_projection
     if not callable(projection):
         raise ValueError(
@@ -134,7 +135,8 @@ def legrad_probe(
                     f"block {name!r} ({path}) has no attention probabilities at {at!r}; its "
                     f"layers: {', '.join(inside) or '(none)'}. Name transformer blocks, and "
                     "pass attention= the path under each block of a module that outputs "
-                    "(B, heads, queries, keys) probabilities (ifa_jax.models.ViT: 'attn/probs')"
+                    "(B, heads, queries, keys) probabilities (ifa_jax.runner.models.ViT: "
+                    "'attn/probs')"
                 )
             paths[path], probs[at] = name, f"{name}/{attention}"
         return paths, probs

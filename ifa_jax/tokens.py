@@ -93,8 +93,8 @@ class AttentionGrid(TokenGrid):
             raise ValueError(
                 f"attention_to_grid expects attention probabilities (B, heads, queries, keys); "
                 f"got shape {tuple(getattr(probs, 'shape', ()))}. Tap the attention's "
-                "probabilities (ifa_jax.models.ViT: '<block>/attn/probs'), not its output; for "
-                "tokens (B, N, D) use tokens_to_grid"
+                "probabilities (ifa_jax.runner.models.ViT: '<block>/attn/probs'), not its "
+                "output; for tokens (B, N, D) use tokens_to_grid"
             )
         batch, heads, queries, keys = probs.shape
         grid = self.grid_shape(keys)

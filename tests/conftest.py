@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ifa_jax.models import ConvNet, MnistCNN, NestedNet, NnxCNN
+from ifa_jax.runner.models import ConvNet, MnistCNN, NestedNet, NnxCNN
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ifa_jax import analysis, explain, linen_probe
-from ifa_jax.models import ConvNet
+from ifa_jax.runner.models import ConvNet
 from tests import reference as ref
 
 C, K, GRID = 3, 5, (4, 3)
@@ -186,7 +186,7 @@ def test_sharded_pass_equals_single_device(tmp_path):
         import jax, numpy as np, jax.numpy as jnp
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
         from ifa_jax import analysis, linen_probe
-        from ifa_jax.models import ConvNet
+        from ifa_jax.runner.models import ConvNet
         assert jax.device_count() == 8, jax.devices()
         model = ConvNet(ndim=2, features=(4, 6), num_classes=3)
         x = np.asarray(jax.random.normal(jax.random.key(0), (21, 6, 5, 2)))

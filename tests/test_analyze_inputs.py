@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ifa_jax import analysis, data, explain, linen_probe
-from ifa_jax.models import ConvNet
+from ifa_jax import analysis, explain, linen_probe
+from ifa_jax.runner import data
+from ifa_jax.runner.models import ConvNet
 
 MODEL = ConvNet(ndim=2, features=(4, 6), num_classes=3)
 
@@ -184,7 +185,7 @@ def test_record_source_and_dataset_passed_directly_point_to_the_helpers(grey_rec
     with pytest.raises(
         ValueError,
         match=r"batches is a Dataset, a dataset, not batches; pass "
-        r"ifa_jax.data.batches\(ds, batch_size\)",
+        r"ifa_jax.runner.data.batches\(ds, batch_size\)",
     ):
         run(probe, variables, data.Dataset(colour[1], colour[2], 3))
     with pytest.raises(

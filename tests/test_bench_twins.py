@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from experiments.bench import torch_twins as tt  # noqa: E402
 from experiments.bench.cases import Case, randomise_batchnorm, setup_case  # noqa: E402
-from ifa_jax.models import ConvNet, MnistCNN, ResNet  # noqa: E402
+from ifa_jax.runner.models import ConvNet, MnistCNN, ResNet  # noqa: E402
 
 RTOL = 1e-4
 

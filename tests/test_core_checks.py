@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ifa_jax import analysis, cams, data, explain, scale, train
-from ifa_jax.models import ConvNet, ReLU
+from ifa_jax import analysis, cams, explain, scale
 from ifa_jax.probe import ZeroGradientWarning, linen_probe, resolve_layer
+from ifa_jax.runner import data, train
+from ifa_jax.runner.models import ConvNet, ReLU
 from tests.conftest import random_variables
 
 MODEL = ConvNet(ndim=2, features=(4, 6), num_classes=3)

@@ -1,4 +1,5 @@
-"""Tests of ifa_jax.data: embedded sets, batching, tfds (mocked), MedMNIST .npz, signals, errors."""
+"""Tests of ifa_jax.inputs and ifa_jax.runner.data: embedded sets, batching, tfds (mocked),
+MedMNIST .npz, signals, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ifa_jax import data as D
+from ifa_jax.runner import data as D
 
 # --------------------------------------------------------------------------------------
 # Embedded datasets

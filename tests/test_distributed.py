@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ifa_jax import analysis, data, linen_probe
+from ifa_jax import analysis, linen_probe
 from ifa_jax._checks import batch_multiple, batch_sharding, pad_batch
-from ifa_jax.models import ConvNet
+from ifa_jax.runner import data
+from ifa_jax.runner.models import ConvNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, C, LOCAL_BATCH, PROCESSES = 21, 3, 3, 2
@@ -38,8 +39,9 @@ WORKER = f"P, C, B, M = {PROCESSES}, {C}, {LOCAL_BATCH}, {METHODS}\n" + textwrap
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=P,
                                process_id=pid, initialization_timeout=60)
     assert jax.process_count() == P and jax.local_device_count() == 2, jax.devices()
-    from ifa_jax import analysis, data, linen_probe
-    from ifa_jax.models import ConvNet
+    from ifa_jax import analysis, linen_probe
+    from ifa_jax.runner import data
+    from ifa_jax.runner.models import ConvNet
     with np.load(f"{folder}/data.npz") as z:
         ds = data.Dataset(z["x"], z["y"], C)
     model = ConvNet(ndim=2, features=(4, 6), num_classes=C)
@@ -158,8 +160,9 @@ EIGHT_DEVICES = textwrap.dedent("""
     import sys
     import numpy as np, jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    from ifa_jax import analysis, data, linen_probe
-    from ifa_jax.models import ConvNet
+    from ifa_jax import analysis, linen_probe
+    from ifa_jax.runner import data
+    from ifa_jax.runner.models import ConvNet
     from ifa_jax.runner import Config, RunFolder
     from ifa_jax.runner.stages import RunContext, load_analysis, stage_analyse
     assert jax.device_count() == 8, jax.devices()

@@ -20,8 +20,8 @@ import pytest
 import ifa_jax
 from ifa_jax import cams, explain
 from ifa_jax.frameworks import equinox_layers, equinox_probe, function_probe, haiku_probe
-from ifa_jax.models import ReLU
 from ifa_jax.probe import linen_probe
+from ifa_jax.runner.models import ReLU
 
 eqx = pytest.importorskip("equinox")
 hk = pytest.importorskip("haiku")

@@ -13,7 +13,7 @@ from flax import nnx
 
 import ifa_jax
 from ifa_jax import fullgrad as F
-from ifa_jax import models
+from ifa_jax.runner import models
 from tests import reference as ref
 
 RTOL = 1e-5

@@ -10,8 +10,8 @@ import pytest
 
 import ifa_jax
 from ifa_jax import cams
-from ifa_jax.models import MnistCNN
 from ifa_jax.probe import linen_probe
+from ifa_jax.runner.models import MnistCNN
 from ifa_jax.scale import apply_scale, scale_from_bounds
 
 COMBINE = {"mean": np.mean, "max": np.max, "sum": np.sum}

@@ -17,9 +17,10 @@ import pytest
 from flax import traverse_util
 
 import ifa_jax
-from ifa_jax import cams, guided, models
-from ifa_jax.models import MnistCNN
+from ifa_jax import cams, guided
 from ifa_jax.probe import linen_probe
+from ifa_jax.runner import models
+from ifa_jax.runner.models import MnistCNN
 
 # --------------------------------------------------------------------------- the reference
 

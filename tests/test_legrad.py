@@ -14,9 +14,9 @@ import pytest
 from flax import traverse_util
 
 from ifa_jax import cams, explain
-from ifa_jax.legrad import legrad_probe
-from ifa_jax.models import ConvNet, ViT
+from ifa_jax.legrad import legrad_probe, vit_projection
 from ifa_jax.probe import linen_probe
+from ifa_jax.runner.models import ViT
 from ifa_jax.tokens import GridTapped, attention_to_grid
 from tests import reference as ref
 from tests.conftest import random_variables
@@ -201,8 +201,8 @@ def test_errors_name_the_fix(vit):
         linen_probe(model, "block2/norm1", reshape=attention_to_grid(grid=GRID))(variables, x, 0)
     with pytest.raises(ValueError, match=r"projection maps block 'block1'.*\(2, 8\).*\(2, 3\)"):
         legrad_probe(model, "block1", grid=GRID, projection=lambda v, t: t.mean(1))(variables, x)
-    with pytest.raises(ValueError, match=r"for a ConvNet pass projection="):
-        legrad_probe(ConvNet(), "relu1")
+    with pytest.raises(ValueError, match=r"default projection reads .* parameters are \['conv1'"):
+        vit_projection({"params": {"conv1": {}}}, jnp.ones((1, 3, 4)))
     with pytest.raises(ValueError, match=r"names a block twice"):
         legrad_probe(model, ["block1", "block1"])
     with pytest.raises(ValueError, match=r"prefix=-1 must be an int >= 0"):

@@ -10,7 +10,7 @@ import pytest
 
 from ifa_jax import analysis, cams, explain, linen_probe, runner
 from ifa_jax.runner import folder, stages
-from ifa_jax.train import TrainConfig
+from ifa_jax.runner.train import TrainConfig
 from tests import reference as ref
 from tests.test_cams import model_oracle
 
@@ -277,9 +277,8 @@ def test_old_config_json_without_method_options_still_resumes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # analyze(), 1 epoch
 def test_runner_runs_a_keyed_method_with_options(tmp_path):
-    from ifa_jax import data
-    from ifa_jax import train as training
-    from ifa_jax.runner import evaluations, registry, report
+    from ifa_jax.runner import data, evaluations, registry, report
+    from ifa_jax.runner import train as training
     from tests.test_runner import tiny
 
     config = tiny(

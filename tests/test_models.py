@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ifa_jax.models import ConvNet, ResNet, ResNet50
 from ifa_jax.probe import linen_probe
+from ifa_jax.runner.models import ConvNet, ResNet, ResNet50
 
 
 def _stage4_shape(model, shape):

@@ -23,7 +23,7 @@ ifa_jax.cam, ifa_jax.linen_probe, ifa_jax.analysis.analyze, ifa_jax.metrics.auro
 print("imported", ifa_jax.__version__)
 for what in ("plots", "mnist"):
     try:
-        ifa_jax.plots if what == "plots" else ifa_jax.data.load_mnist_embedded()
+        ifa_jax.plots if what == "plots" else ifa_jax.runner.data.load_mnist_embedded()
     except ImportError as e:
         print(e)
 """

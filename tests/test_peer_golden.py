@@ -27,7 +27,8 @@ import pytest
 from flax import traverse_util
 
 import ifa_jax
-from ifa_jax import cams, models
+from ifa_jax import cams
+from ifa_jax.runner import models
 from ifa_jax.scale import minmax_per_image
 
 DATA = Path(__file__).parent / "data" / "peers.npz"

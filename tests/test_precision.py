@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ifa_jax import analysis, linen_probe
-from ifa_jax.models import ConvNet
+from ifa_jax.runner.models import ConvNet
 
 C = 3
 METHODS = ("gradcam", "scorecam")  # a gradient method and a forward-pass one

@@ -12,8 +12,8 @@ import pytest
 from flax import nnx
 
 from ifa_jax import explain
-from ifa_jax.models import ConvNet
 from ifa_jax.probe import linen_probe, nnx_probe
+from ifa_jax.runner.models import ConvNet
 
 
 def mnist_split(variables):
@@ -270,7 +270,7 @@ def test_per_class_gradients_equal_one_probe_per_class(mnist):
 
 def test_batchnorm_model_in_inference_mode_gives_per_sample_gradients():
     """ResNet with BatchNorm (train=False): a sample's G does not depend on its batch."""
-    from ifa_jax.models import ResNet
+    from ifa_jax.runner.models import ResNet
 
     model = ResNet(num_classes=3, width=4, stage_sizes=(1, 1, 1, 1))
     x = jax.random.normal(jax.random.key(5), (3, 16, 16, 3))
@@ -287,8 +287,8 @@ def test_batchnorm_model_in_inference_mode_gives_per_sample_gradients():
 
 
 def test_layer_none_picks_the_last_spatial_layer_after_its_relu(mnist, nested, caplog):
-    from ifa_jax.models import ResNet
     from ifa_jax.probe import linen_natural_layer
+    from ifa_jax.runner.models import ResNet
 
     model, variables, x = mnist
     assert linen_natural_layer(model, variables, x) == (

@@ -11,8 +11,8 @@ import pytest
 
 from ifa_jax import cams
 from ifa_jax.explaining import explain
-from ifa_jax.models import MnistCNN
 from ifa_jax.probe import linen_probe
+from ifa_jax.runner.models import MnistCNN
 from tests import reference as ref
 
 # Two or three layers per rank whose grids differ, the largest size of each axis coming

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ifa_jax import data, metrics, models, runner, scale
+from ifa_jax import metrics, runner, scale
 from ifa_jax.probe import linen_probe
-from ifa_jax.runner import evaluations, report, stages
+from ifa_jax.runner import data, evaluations, models, report, stages
 from tests.conftest import random_variables
 
 

@@ -18,7 +18,7 @@ from experiments import run as run_cli
 from ifa_jax import io, runner
 from ifa_jax.runner import stages
 from ifa_jax.runner.folder import config_digest
-from ifa_jax.train import TrainConfig
+from ifa_jax.runner.train import TrainConfig
 from tests.figure_checks import figure_problems
 
 
@@ -414,7 +414,7 @@ import flax.linen as nn
 import numpy as np
 from sklearn.datasets import load_digits
 
-from ifa_jax import data
+from ifa_jax.runner import data
 
 
 class TinyCNN(nn.Module):
@@ -581,7 +581,7 @@ def test_bad_runs_fail_before_anything_is_written(tmp_path):
 BAD_PLUGINS = """
 import flax.linen as nn
 import numpy as np
-from ifa_jax import data
+from ifa_jax.runner import data
 
 
 class Net(nn.Module):

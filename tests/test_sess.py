@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ifa_jax import cams, models, scale, smoothing
+from ifa_jax import cams, scale, smoothing
 from ifa_jax.explaining import explain
-from ifa_jax.models import ConvNet
 from ifa_jax.probe import linen_probe
+from ifa_jax.runner import models
+from ifa_jax.runner.models import ConvNet
 from tests import reference
 
 PEERS = Path(__file__).parent / "data" / "peers.npz"  # experiments/golden_peers.py

@@ -12,8 +12,8 @@ import pytest
 
 from ifa_jax import cams, smoothing
 from ifa_jax.explaining import explain
-from ifa_jax.models import ConvNet
 from ifa_jax.probe import linen_probe
+from ifa_jax.runner.models import ConvNet
 from ifa_jax.smoothing import Augmentation
 
 FLIP_LAST = Augmentation(flip=(-1,))

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from ifa_jax import cams, explain, tokens_to_grid
-from ifa_jax.models import ViT
 from ifa_jax.probe import ZeroGradientWarning, linen_natural_layer, linen_probe
+from ifa_jax.runner.models import ViT
 from ifa_jax.tokens import GridTapped
 from tests import reference as ref
 from tests.conftest import random_variables
@@ -363,7 +363,7 @@ def test_layer_none_picks_the_norm_before_the_last_attention(vit, caplog):
 
 def _vit_config(**changes):
     from ifa_jax import runner
-    from ifa_jax.train import TrainConfig
+    from ifa_jax.runner.train import TrainConfig
 
     base = {
         "name": "tiny_vit",
@@ -386,8 +386,7 @@ def _vit_config(**changes):
 
 
 def test_runner_checks_the_natural_layer_and_the_token_grid():
-    from ifa_jax import data
-    from ifa_jax.runner import registry, stages
+    from ifa_jax.runner import data, registry, stages
 
     x = np.zeros((4, 8, 8, 1), np.float32)
     splits = data.Splits(data.Dataset(x, np.arange(4) % 3, 3), data.Dataset(x, np.zeros(4, int), 3))
@@ -412,9 +411,9 @@ def test_runner_checks_the_natural_layer_and_the_token_grid():
 def test_runner_analyses_a_vit_with_the_layer_left_out(tmp_path):
     """Given random variables, so nothing is trained (training compiles for seconds and is
     no different for a ViT)."""
-    from ifa_jax import data, runner
-    from ifa_jax.runner import registry
-    from ifa_jax.train import save_checkpoint
+    from ifa_jax import runner
+    from ifa_jax.runner import data, registry
+    from ifa_jax.runner.train import save_checkpoint
 
     x = np.zeros((4, 8, 8, 1), np.float32)
     splits = data.Splits(data.Dataset(x, np.arange(4), 10), data.Dataset(x, np.arange(4), 10))

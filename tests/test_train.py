@@ -1,4 +1,4 @@
-"""Tests of ifa_jax.train: learning, masking, BatchNorm, early stop, seeds, checkpoints."""
+"""Tests of ifa_jax.runner.train: learning, masking, BatchNorm, early stop, seeds, checkpoints."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from ifa_jax import train as T
-from ifa_jax.data import Dataset
-from ifa_jax.models import ConvNet, NestedNet, ResNet
+from ifa_jax.runner import train as T
+from ifa_jax.runner.data import Dataset
+from ifa_jax.runner.models import ConvNet, NestedNet, ResNet
 
 MODEL = ConvNet(features=(4, 8), num_classes=4)
 CONFIG = T.TrainConfig(epochs=4, batch_size=16, lr=3e-2, warmup_epochs=0.5, progress=False)

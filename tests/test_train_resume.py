@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ifa_jax import train as T
-from ifa_jax.data import Dataset
-from ifa_jax.models import ConvNet
+from ifa_jax.runner import train as T
+from ifa_jax.runner.data import Dataset
+from ifa_jax.runner.models import ConvNet
 
 CONFIG = T.TrainConfig(
     epochs=3, batch_size=16, lr=3e-2, warmup_epochs=0.5, restore_best=False, progress=False

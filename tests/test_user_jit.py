@@ -16,8 +16,8 @@ from jax.experimental import checkify
 
 from ifa_jax import consistency, explain, guided, scale, smoothing
 from ifa_jax.frameworks import equinox_probe, function_probe, haiku_probe
-from ifa_jax.models import ConvNet, NnxCNN
 from ifa_jax.probe import linen_probe, nnx_probe
+from ifa_jax.runner.models import ConvNet, NnxCNN
 from tests.conftest import random_variables
 
 eqx = pytest.importorskip("equinox")

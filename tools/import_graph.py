@@ -6,9 +6,9 @@ its submodules, e.g. "ifa_jax.metrics" covers ifa_jax.metrics.subsets), and a mo
 import only modules of a LOWER OR EQUAL layer:
 
     0  _checks, _stats, io          shared checks and helpers (no ifa_jax imports above 0)
-    1  data, models                 inputs and example models
+    1  inputs, modules              datasets in memory and batching; tappable modules
     2  probe, frameworks, tokens,   activations and gradients (Flax; other frameworks;
-       train, legrad                token grids); training; LeGrad's probe
+       legrad                       token grids); LeGrad's probe
     3  cams                         CAMs from A and G
     4  explaining, smoothing,       probe + CAM in one call (explain, forward weights);
        guided                       smoothed CAMs (augmentation, noise, eigen); guided
@@ -18,7 +18,9 @@ import only modules of a LOWER OR EQUAL layer:
        dff                          by NMF of a layer's activations, streamed like it
     7  diagnostics, consistency, plots
     8  ifa_jax (the package's __init__: the public facade)
-    9  runner                       the experiment runner, on top of everything
+    9  runner                       the application: datasets, reference models,
+                                    training and the experiment runner, on top of
+                                    everything (the library never imports it)
 
 Every import counts, including imports inside functions. ``from ifa_jax import x`` is an
 edge to the module ifa_jax.x when there is one, else to the facade ``ifa_jax``. A module
@@ -39,13 +41,12 @@ LAYERS = {
     "ifa_jax._checks": 0,
     "ifa_jax._stats": 0,
     "ifa_jax.io": 0,
-    "ifa_jax.data": 1,
-    "ifa_jax.models": 1,
+    "ifa_jax.inputs": 1,
+    "ifa_jax.modules": 1,
     "ifa_jax.probe": 2,
     "ifa_jax.tokens": 2,
     "ifa_jax.legrad": 2,
     "ifa_jax.frameworks": 2,
-    "ifa_jax.train": 2,
     "ifa_jax.cams": 3,
     "ifa_jax.explaining": 4,
     "ifa_jax.smoothing": 4,

@@ -8,8 +8,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ifa_jax.models import ConvNet, MnistCNN, ResNet
 from ifa_jax.probe import linen_probe
+from ifa_jax.runner.models import ConvNet, MnistCNN, ResNet
 
 CASE_NAMES = ("mnist64", "mnist256", "resnet18", "cnn3d")
 # The methods of the end-to-end run, and of the "several methods, one probe" row.

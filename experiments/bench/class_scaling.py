@@ -29,10 +29,11 @@ import numpy as np
 
 from experiments.bench.floor import make_floor
 from experiments.bench.timing import Entry, time_interleaved
-from ifa_jax import data, scale
+from ifa_jax import scale
 from ifa_jax.consistency import LINEAR_METHODS, common_levels, consistency_levels
-from ifa_jax.models import MnistCNN
 from ifa_jax.probe import linen_probe
+from ifa_jax.runner import data
+from ifa_jax.runner.models import MnistCNN
 
 
 def _batches(x, y, batch):

@@ -9,7 +9,7 @@ case's random labels:
 * kind ``"layers"``: a probe of ``relu1`` and ``relu2`` (RefineCAM);
 * kind ``"input"``: the ``relu2`` probe (SESS runs its base method there);
 * LeGrad (``legrad``, ``legradlayers``) reads a transformer's attention probabilities,
-  which a CNN has none of: it runs on :class:`ifa_jax.models.ViT` (defaults: patch 7,
+  which a CNN has none of: it runs on :class:`ifa_jax.runner.models.ViT` (defaults: patch 7,
   depth 2, random weights) on the same inputs, through
   :func:`ifa_jax.legrad.legrad_probe` (``block2``; ``block1`` and ``block2``);
 * methods that need a key get ``key=jax.random.key(0)``.
@@ -37,8 +37,8 @@ from experiments.bench.report import versions
 from experiments.bench.timing import Entry, time_interleaved, time_ratios
 from ifa_jax import cams, explain
 from ifa_jax.legrad import legrad_probe
-from ifa_jax.models import ViT
 from ifa_jax.probe import linen_probe
+from ifa_jax.runner.models import ViT
 
 CASE = "mnist256"
 REFERENCE = "gradcam"

@@ -3,7 +3,7 @@
     python -m experiments.bench.precision [--samples 512] [--batch 128] [--epochs 1]
                                           [--repeats 5] [--min-time 1.0]
 
-The MNIST CNN (``ifa_jax.models.MnistCNN``, layer relu2) on the embedded MNIST digits:
+The MNIST CNN (``ifa_jax.runner.models.MnistCNN``, layer relu2) on the embedded MNIST digits:
 trained for ``--epochs`` on the training split (0: random weights), analysed on the first
 ``--samples`` validation digits. It prints, for one process on this machine:
 
@@ -35,11 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.bench.timing import Entry, time_interleaved
-from ifa_jax import analysis, data, scale
-from ifa_jax import train as training
+from ifa_jax import analysis, scale
 from ifa_jax.consistency import LINEAR_METHODS, common_levels, summarize_consistency
-from ifa_jax.models import MnistCNN
 from ifa_jax.probe import linen_probe
+from ifa_jax.runner import data
+from ifa_jax.runner import train as training
+from ifa_jax.runner.models import MnistCNN
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam")
 PRECISIONS = {"f32": None, "bf16": jnp.bfloat16}

@@ -1,4 +1,4 @@
-"""PyTorch twins of the Flax models of :mod:`ifa_jax.models`, for the peers.
+"""PyTorch twins of the Flax models of :mod:`ifa_jax.runner.models`, for the peers.
 
 Each twin is a top-level ``nn.Module`` built from the architecture's hyper-parameters, and
 each has a ``*_from_flax`` function that builds it from the shapes of a Flax variables tree
@@ -103,7 +103,7 @@ class SameConv(nn.Module):
 
 
 class TorchMnistCNN(nn.Module):
-    """Twin of ``ifa_jax.models.MnistCNN``; ``grid``: the (h, w) grid after the second pool
+    """Twin of ``ifa_jax.runner.models.MnistCNN``; ``grid``: the (h, w) grid after the second pool
     (2 x 2 for 28 x 28 inputs), flattened into ``fc1``."""
 
     def __init__(
@@ -132,7 +132,7 @@ class TorchMnistCNN(nn.Module):
 
 
 class TorchBasicBlock(nn.Module):
-    """Twin of ``ifa_jax.models.BasicBlock``: two 3^d convs with BatchNorm, identity or
+    """Twin of ``ifa_jax.runner.models.BasicBlock``: two 3^d convs with BatchNorm, identity or
     1^d projection shortcut."""
 
     def __init__(self, in_channels: int, features: int, ndim: int = 2, stride: int = 1):
@@ -155,7 +155,7 @@ class TorchBasicBlock(nn.Module):
 
 
 class TorchResNet(nn.Module):
-    """Twin of ``ifa_jax.models.ResNet`` (in eval mode); ``large``: the ImageNet stem (7^d
+    """Twin of ``ifa_jax.runner.models.ResNet`` (in eval mode); ``large``: the ImageNet stem (7^d
     stride-2 conv + 3^d stride-2 max-pool) instead of a 3^d conv."""
 
     def __init__(
@@ -200,7 +200,7 @@ class TorchResNet(nn.Module):
 
 
 class TorchConvNet(nn.Module):
-    """Twin of ``ifa_jax.models.ConvNet``: 'SAME' convs named ``conv1``... (each module's
+    """Twin of ``ifa_jax.runner.models.ConvNet``: 'SAME' convs named ``conv1``... (each module's
     output is the conv's, before its functional ReLU, as in Flax), global mean, dense."""
 
     def __init__(

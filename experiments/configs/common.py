@@ -1,7 +1,7 @@
 """Shared builder for the tfds experiment configs (one file per dataset imports it)."""
 
 from ifa_jax.runner import Config
-from ifa_jax.train import TrainConfig
+from ifa_jax.runner.train import TrainConfig
 
 
 def tfds_experiment(

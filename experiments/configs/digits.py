@@ -12,7 +12,7 @@ clipped level falls to 0.050 because sum(A) crosses zero there.
 """
 
 from ifa_jax.runner import Config
-from ifa_jax.train import TrainConfig
+from ifa_jax.runner.train import TrainConfig
 
 
 def get_config() -> Config:

@@ -8,7 +8,7 @@ sets add --set model=convnet --set layer=conv2.
 """
 
 from ifa_jax.runner import Config
-from ifa_jax.train import TrainConfig
+from ifa_jax.runner.train import TrainConfig
 
 
 def get_config() -> Config:

@@ -12,7 +12,7 @@ on the common scale, near 0 or below for the per-image baseline, and ~0.97 accur
 """
 
 from ifa_jax.runner import Config
-from ifa_jax.train import TrainConfig
+from ifa_jax.runner.train import TrainConfig
 
 
 def get_config() -> Config:

@@ -2,7 +2,7 @@
 
     python -m experiments.run --config experiments/configs/mnist_vit.py --out runs/mnist_vit
 
-Trains :class:`ifa_jax.models.ViT` (patch 4 -> a 7x7 grid of patch tokens after one class
+Trains :class:`ifa_jax.runner.models.ViT` (patch 4 -> a 7x7 grid of patch tokens after one class
 token, width 64, 3 pre-norm blocks) and analyses its natural target layer, the norm
 before the last block's attention (``layer`` is left out: the run picks it and logs
 ``layer: block3/norm1``), reading the tokens as a 7x7 grid (``tokens_prefix=1`` drops the
@@ -12,7 +12,7 @@ then the accuracy per share of channels kept (see README.md, "Transformers").
 """
 
 from ifa_jax.runner import Config
-from ifa_jax.train import TrainConfig
+from ifa_jax.runner.train import TrainConfig
 
 
 def get_config() -> Config:

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ifa_jax import analysis, cams, metrics, scale
-from ifa_jax import train as training
 from ifa_jax.runner import registry
+from ifa_jax.runner import train as training
 
 # The selection modes a subset-accuracy curve can sweep: those driven by a ratio alone.
 SUBSET_MODES = ("top", "diff_top", "reverse_diff_top", "random")
@@ -41,7 +41,7 @@ class Config:
     for a layer that outputs transformer tokens (B, N, D), the number of class/register
     tokens before the patch tokens, which are read as a square grid
     (:func:`ifa_jax.tokens_to_grid`); None for a layer that outputs a grid.
-    train: a :class:`ifa_jax.train.TrainConfig`.
+    train: a :class:`ifa_jax.runner.train.TrainConfig`.
     methods: CAM methods analysed and evaluated (the first one drives the figures), of kind
     ``"layer"`` (:data:`ifa_jax.cams.LAYER_METHODS`).
     method_options: options of the methods over their defaults, ``{method: {option:

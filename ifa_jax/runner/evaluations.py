@@ -20,7 +20,6 @@ import jax
 import numpy as np
 
 from ifa_jax import cams, decompose, diagnostics, metrics, scale
-from ifa_jax import train as training
 from ifa_jax.consistency import (
     LEVELS,
     LINEAR_METHODS,
@@ -28,6 +27,7 @@ from ifa_jax.consistency import (
     consistency_levels,
     summarize_consistency,
 )
+from ifa_jax.runner import train as training
 from ifa_jax.runner.stages import RunContext
 
 Numbers = dict[str, Any]

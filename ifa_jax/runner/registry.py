@@ -14,8 +14,8 @@ trusted. A relative plug-in path is resolved against the config file's folder
   ``(B, num_classes)``. It is called with the config's ``model_kwargs`` and, when its
   signature takes them, ``num_classes`` and ``input_shape`` (of one input, ``(*spatial,
   C)``). A Linen module class is such a factory.
-* A **dataset factory** returns :class:`ifa_jax.data.Splits` (or a ``(train,
-  validation)`` pair) of :class:`ifa_jax.data.Dataset` or any source with ``__len__``,
+* A **dataset factory** returns :class:`ifa_jax.runner.data.Splits` (or a ``(train,
+  validation)`` pair) of :class:`ifa_jax.inputs.Dataset` or any source with ``__len__``,
   ``gather(indices) -> (x, y)``, ``input_shape`` and ``num_classes``. It is called with
   the config's ``dataset_kwargs`` and, when its signature takes them, ``seed``,
   ``validation_size`` and ``image_size``.
@@ -35,7 +35,7 @@ from typing import Any
 import flax.linen as nn
 from flax import nnx
 
-from ifa_jax import data, models
+from ifa_jax.runner import data, models
 
 
 def _mnist_cnn(*, num_classes, input_shape, **kwargs):
@@ -259,7 +259,7 @@ def load_data(config) -> data.Splits:
     if not isinstance(out, data.Splits):
         raise ValueError(
             f"dataset factory {spec!r} returned a {type(out).__name__}; it must return "
-            "ifa_jax.data.Splits or a (train, validation) pair"
+            "ifa_jax.runner.data.Splits or a (train, validation) pair"
         )
     for name in ("train", "validation"):
         split = getattr(out, name)
@@ -269,7 +269,7 @@ def load_data(config) -> data.Splits:
         if missing:
             raise ValueError(
                 f"dataset factory {spec!r}: its {name} split lacks {', '.join(missing)}; "
-                "return ifa_jax.data.Dataset"
+                "return ifa_jax.inputs.Dataset"
             )
     train, val = out.train, out.validation
     for what in ("input_shape", "num_classes"):

@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ifa_jax import analysis, data, scale, tokens
-from ifa_jax import train as training
+from ifa_jax import analysis, scale, tokens
 from ifa_jax.explaining import explain
 from ifa_jax.probe import (
     LayerProbe,
@@ -28,6 +27,8 @@ from ifa_jax.probe import (
     linen_probe,
     resolve_layer,
 )
+from ifa_jax.runner import data
+from ifa_jax.runner import train as training
 from ifa_jax.runner.config import Config
 from ifa_jax.runner.folder import TRAIN_FIELDS, RunFolder, sha256
 

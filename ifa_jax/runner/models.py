@@ -1,4 +1,4 @@
-"""Reference Flax models used by the tests, the demo and the experiments.
+"""The application's reference Flax models: the tests, the demo and the experiments use them.
 
 Every model takes channels-last inputs ``(B, *spatial, C_in)`` and returns logits
 ``(B, num_classes)``. Each docstring names the model's natural target layer.
@@ -13,16 +13,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.linen.dtypes import promote_dtype
 
+from ifa_jax.modules import AttentionProbs, ReLU, tappable_attention
 
-class ReLU(nn.Module):
-    """ReLU as a (parameter-free) module, so its output can be tapped by name."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Logits (B, num_classes) of inputs x (B, *spatial, C)."""
-        return nn.relu(x)
+# Re-exported: the reference models tap them, and users import them from here too.
+__all__ = [
+    "AttentionProbs",
+    "Backbone",
+    "BasicBlock",
+    "BottleneckBlock",
+    "ConvNet",
+    "MnistCNN",
+    "NestedNet",
+    "NnxCNN",
+    "ReLU",
+    "ResNet",
+    "ResNet18",
+    "ResNet50",
+    "ResNetStage",
+    "ViT",
+    "ViTBlock",
+    "tappable_attention",
+]
 
 
 class MnistCNN(nn.Module):
@@ -284,50 +296,6 @@ ResNet18 = ResNet
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck")
 """ResNet-50: :class:`ResNet` with bottleneck blocks in the 3-4-6-3 layout (2048 channels
 at ``"stage4"``)."""
-
-
-class AttentionProbs(nn.Module):
-    """The identity on attention probabilities (B, heads, queries, keys): a named,
-    parameter-free step, so a probe can tap them (``"block1/attn/probs"``)."""
-
-    @nn.compact
-    def __call__(self, probs: jax.Array) -> jax.Array:
-        """Probabilities (B, heads, queries, keys), unchanged."""
-        return probs
-
-
-def tappable_attention(
-    query: jax.Array,
-    key: jax.Array,
-    value: jax.Array,
-    bias: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    broadcast_dropout: bool = True,
-    dropout_rng: jax.Array | None = None,
-    dropout_rate: float = 0.0,
-    deterministic: bool = False,
-    dtype=None,
-    precision=None,
-) -> jax.Array:
-    """``nn.dot_product_attention`` (same numbers) with the post-softmax probabilities
-    passed through :class:`AttentionProbs` named ``"probs"``, a child of the calling
-    attention module. Pass it as ``nn.MultiHeadDotProductAttention(attention_fn=...)``:
-    no parameter is added."""
-    query, key, value = promote_dtype(query, key, value, dtype=dtype)
-    probs = nn.dot_product_attention_weights(
-        query,
-        key,
-        bias,
-        mask,
-        broadcast_dropout,
-        dropout_rng,
-        dropout_rate,
-        deterministic,
-        query.dtype,
-        precision,
-    )
-    probs = AttentionProbs(name="probs")(probs)
-    return jnp.einsum("...hqk,...khd->...qhd", probs, value, precision=precision)
 
 
 class ViTBlock(nn.Module):

