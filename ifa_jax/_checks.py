@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -397,3 +397,11 @@ def to_unit_float(x: np.ndarray, what: str) -> np.ndarray:
         f"{what}: images must be uint8 (0..255), bool or float in [0, 1]; got dtype {x.dtype}. "
         "Rescale them to [0, 1] as float32 first."
     )
+
+
+def require_keys(what: str, record: Mapping, keys: Sequence[str], fix: str) -> None:
+    """Raise naming the keys ``record`` has when one of ``keys`` is missing."""
+    for key in keys:
+        if key not in record:
+            found = ", ".join(repr(k) for k in record) or "(none)"
+            raise ValueError(f"{what} is a dict with keys {found} but no {key!r}; {fix}")

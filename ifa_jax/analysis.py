@@ -45,12 +45,14 @@ from ifa_jax._checks import (
     pad_batch,
     positive_int,
     prng_key,
+    require_keys,
     shard,
     warn_integer_inputs,
 )
+from ifa_jax._options import split_options
 from ifa_jax._stats import DEFAULT_PERCENTILES, percentiles
-from ifa_jax.explaining import _split_options, callable_target, forward_weights
-from ifa_jax.inputs import Batch, as_images, as_labels
+from ifa_jax.explaining import callable_target, forward_weights
+from ifa_jax.inputs import Batch, as_images, as_labels, unpack_batch
 from ifa_jax.probe import LayerProbe
 
 Array = jax.Array
@@ -582,40 +584,6 @@ def _check_keys(keys: Any, sizes: tuple[int, ...] = (2, 3)) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def _require_keys(what: str, record: Mapping, keys: Sequence[str], fix: str) -> None:
-    """Raise naming the keys ``record`` has when one of ``keys`` is missing."""
-    for key in keys:
-        if key not in record:
-            found = ", ".join(repr(k) for k in record) or "(none)"
-            raise ValueError(f"{what} is a dict with keys {found} but no {key!r}; {fix}")
-
-
-def _unpack(batch: Any, i: int, keys: tuple[str, ...]) -> tuple[Any, Any, Any]:
-    """(x, y, valid or None) of one batch: a tuple ``(x, y[, valid])``, an
-    :class:`ifa_jax.inputs.Batch` ``(x, y, mask)`` or a dict read with ``keys``."""
-    if isinstance(batch, Mapping):
-        _require_keys(
-            f"batch {i}",
-            batch,
-            keys,
-            "pass keys=(image key, label key) to "
-            "analyze, with a third entry for a mask key, naming its entries",
-        )
-        valid_key = keys[2] if len(keys) == 3 else "mask"
-        return batch[keys[0]], batch[keys[1]], batch.get(valid_key)
-    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
-        return batch[0], batch[1], batch[2] if len(batch) == 3 else None
-    what = (
-        f"a {type(batch).__name__} of {len(batch)}"
-        if isinstance(batch, (tuple, list))
-        else f"a {type(batch).__name__}"
-    )
-    raise ValueError(
-        f"batch {i} is {what}; a batch is a tuple (x, y) or (x, y, valid), an "
-        "ifa_jax.inputs.Batch, or a dict (its keys are named by keys=)"
-    )
-
-
 def _record_error(i: int, x: Any, y: Any) -> ValueError:
     return ValueError(
         f"batch {i} is one record, not a batch: its label {y!r} is a scalar (input shape "
@@ -629,7 +597,7 @@ def _record_error(i: int, x: Any, y: Any) -> ValueError:
 def _record_fields(record: Any, j: int, keys: tuple[str, ...]) -> tuple[Any, Any]:
     """(image, label) of record ``j``: a dict read with ``keys``, or a pair."""
     if isinstance(record, Mapping):
-        _require_keys(
+        require_keys(
             f"record {j}",
             record,
             keys,
@@ -916,7 +884,7 @@ def _check_method_options(
                     "be hashable (a number, string, None, tuple or function) or an array, "
                     f"which is traced; got {value!r}"
                 ) from None
-        items, traced = _split_options(m, given)
+        items, traced = split_options(m, given)
         static.append((m, items))
         if traced:
             arrays[m] = traced
@@ -1122,7 +1090,7 @@ def analyze(
     values: list[np.ndarray] = []  # the valid rows' target values, with bins=
 
     for i, batch in enumerate(tqdm(batches, total=total, disable=not progress, desc="analyse")):
-        bx, by, bvalid = _unpack(batch, i, keys)
+        bx, by, bvalid = unpack_batch(batch, i, keys)
         if np.ndim(by) == 0:
             raise _record_error(i, bx, by)
         n = np.shape(by)[0]

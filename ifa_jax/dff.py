@@ -34,7 +34,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from ifa_jax._checks import is_traced, pad_batch, pick_layer
-from ifa_jax.analysis import DEFAULT_KEYS, _unpack
+from ifa_jax.analysis import DEFAULT_KEYS
+from ifa_jax.inputs import unpack_batch
 from ifa_jax.probe import LayerProbe
 
 Array = jax.Array
@@ -489,7 +490,7 @@ def _input_of(batch: Any, i: int, keys: tuple[str, ...]) -> tuple[Any, Any]:
     """(x, valid or None) of a batch: an array x, or what analyze accepts."""
     if hasattr(batch, "shape") and hasattr(batch, "dtype"):
         return batch, None
-    x, _, valid = _unpack(batch, i, keys)
+    x, _, valid = unpack_batch(batch, i, keys)
     return x, valid
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ifa_jax import cams
 from ifa_jax._checks import pick_layer, positive_int, prng_key
+from ifa_jax._options import split_options
 from ifa_jax.probe import LayerProbe, ProbeResult, Target, target_scores
 
 Array = jax.Array
@@ -153,36 +153,6 @@ def _jitted_cam(method: str, options: tuple):
     return jax.jit(functools.partial(cams.cam, method=method, **dict(options)))
 
 
-def _is_array(value) -> bool:
-    return isinstance(value, (jax.Array, np.ndarray))
-
-
-def _names_as_tuple(value):
-    """A list of strings as a tuple (hashable); any other value as it is."""
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return tuple(value)
-    return value
-
-
-def _split_options(method: str, options: Mapping[str, Any]) -> tuple[tuple, dict]:
-    """The method's options as (static, arrays): the hashable ones (defaults filled in) as
-    sorted (name, value) pairs, compiled as constants, and the array-valued ones, traced.
-    A list of strings (layer names, e.g. FullGrad's layers=) is taken as a tuple."""
-    options = {k: _names_as_tuple(v) for k, v in options.items()}
-    arrays = {k: v for k, v in options.items() if _is_array(v)}
-    rest = {k: v for k, v in options.items() if k not in arrays}
-    items = tuple(sorted(cams.method_options(method, {**rest, **arrays}).items()))
-    items = tuple((k, None if k in arrays else v) for k, v in items)
-    try:
-        hash(items)
-    except TypeError:
-        raise ValueError(
-            f"explain compiles {method} with its options as constants, so they must be "
-            f"hashable (float, int, str, None, a function, a tuple) or arrays; got {dict(items)!r}"
-        ) from None
-    return items, arrays
-
-
 def callable_target(target: Target):
     """The target itself when it is a callable objective, else None."""
     return target if callable(target) and not isinstance(target, (str, jax.Array)) else None
@@ -220,7 +190,7 @@ def explain(
     """
     method = cams.canonical_method(method)
     kind = cams.get_method(method).kind
-    static, arrays = _split_options(method, options)
+    static, arrays = split_options(method, options)
     key = prng_key(key)
     cams.require_key(method, key)
     chunk_size = positive_int("chunk_size", chunk_size, "channels per model call")

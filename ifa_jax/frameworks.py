@@ -28,19 +28,16 @@ import jax
 import jax.numpy as jnp
 
 from ifa_jax._checks import require
-from ifa_jax.probe import (
-    LayerProbe,
-    Output,
-    _check_activation,
-    _describe,
-    _explained_errors,
-    _get_child,
-    _layer_key,
-    _layer_names,
-    _tap_output,
-    resolve_layer,
-    select_output,
+from ifa_jax._taps import (
+    check_activation,
+    describe,
+    explained_errors,
+    get_child,
+    layer_key,
+    layer_names,
+    tap_output,
 )
+from ifa_jax.probe import LayerProbe, Output, resolve_layer, select_output
 from ifa_jax.tokens import Reshape
 
 Array = jax.Array
@@ -65,12 +62,12 @@ def function_probe(
     Pass inputs channels-last, (B, *spatial, C), for ScoreCAM (it masks them).
     ``reshape`` maps A to a grid first, e.g. ``ifa_jax.tokens_to_grid()`` for tokens.
     """
-    (key,) = _layer_names(name)
+    (key,) = layer_names(name)
 
     def tapped(params, x, deltas):
         acts: dict[str, Array] = {}
-        with _explained_errors(x):
-            a = _tap_output(key, key, features(params, x), acts, deltas, reshape is None)
+        with explained_errors(x):
+            a = tap_output(key, key, features(params, x), acts, deltas, reshape is None)
             return select_output(head(params, a)), acts
 
     return LayerProbe(tapped, (key,), reshape=reshape)
@@ -113,7 +110,7 @@ def _path_of(node: Any, modules: dict[str, Any]) -> str:
         )
     what = f"an array of shape {tuple(node.shape)}" if hasattr(node, "shape") else None
     raise ValueError(
-        f"where picks {what or _describe(node)}, which is not a submodule of the model; pick an "
+        f"where picks {what or describe(node)}, which is not a submodule of the model; pick an "
         "eqx.Module inside it, e.g. where=lambda m: m.layers[3] or where='layers.3' (wrap "
         f"a plain function in eqx.nn.Lambda). Submodules: {', '.join(modules) or '(none)'}"
     )
@@ -130,7 +127,7 @@ def _resolve_where(eqx, model: Any, where: Where | Sequence[Where]) -> tuple[lis
     paths = []
     for pick in picks:
         if isinstance(pick, str):
-            paths.append(resolve_layer(_layer_key(pick), list(modules)))
+            paths.append(resolve_layer(layer_key(pick), list(modules)))
             continue
         if not callable(pick):
             raise ValueError(
@@ -248,7 +245,7 @@ def equinox_probe(
     """
     eqx = _equinox("equinox_probe")
     paths, single = _resolve_where(eqx, model, where)
-    names = _layer_names(paths)
+    names = layer_names(paths)
     params, static = eqx.partition(model, eqx.is_array)
     lead = 1 if batched else 0
     run_model = call if call is not None else (lambda m, x: m(x))
@@ -258,7 +255,7 @@ def equinox_probe(
         acts: dict[str, Any] = {}
         taps = tuple(
             _EquinoxTap(
-                functools.reduce(_get_child, path.split("/"), copy),
+                functools.reduce(get_child, path.split("/"), copy),
                 name,
                 acts,
                 None if deltas is None else deltas.get(name),
@@ -268,7 +265,7 @@ def equinox_probe(
             for name, path in zip(names, paths)
         )
         copy = eqx.tree_at(
-            lambda m: tuple(functools.reduce(_get_child, p.split("/"), m) for p in paths),
+            lambda m: tuple(functools.reduce(get_child, p.split("/"), m) for p in paths),
             copy,
             replace=taps,
         )
@@ -277,9 +274,9 @@ def equinox_probe(
     def to_grid(name: str, raw: Any) -> Array:
         """A tapped output (B, *model layout) as (B, *spatial, K)."""
         if getattr(raw, "ndim", 0) < 2:
-            _check_activation(name, raw)  # raises: not an array of rank 3-5
+            check_activation(name, raw)  # raises: not an array of rank 3-5
         a = jnp.moveaxis(raw, 1 + _position(channel_axis, raw.ndim - 1, "channel_axis"), -1)
-        _check_activation(name, a)
+        check_activation(name, a)
         return a
 
     def tapped(params, x, deltas):
@@ -288,7 +285,7 @@ def equinox_probe(
             x_model = jnp.moveaxis(x, -1, 1 + axis)
         else:
             x_model = x
-        with _explained_errors(x), _equinox_errors():
+        with explained_errors(x), _equinox_errors():
             if batched:
                 out, raw = run(params, x_model, deltas)
             else:
@@ -332,7 +329,7 @@ def _haiku_apply(hk, transformed: Any, apply_kwargs: dict) -> Callable[[Any, Arr
         if not (isinstance(variables, (tuple, list)) and len(variables) == 2):
             raise ValueError(
                 "a hk.transform_with_state model takes variables=(params, state) from its "
-                f"init; got {_describe(variables)}"
+                f"init; got {describe(variables)}"
             )
         params, state = variables
         return transformed.apply(params, state, *rng, x, **apply_kwargs)[0]
@@ -390,11 +387,11 @@ def haiku_probe(
     in :func:`~ifa_jax.probe.linen_probe`, and ``reshape`` maps token outputs to a grid.
     """
     hk = _haiku("haiku_probe")
-    names = _layer_names(layers)
+    names = layer_names(layers)
     apply = _haiku_apply(hk, transformed, apply_kwargs)
 
     def tapped(variables, x, deltas):
-        with _explained_errors(x):
+        with explained_errors(x):
             available = list(haiku_layers(transformed, variables, x, **apply_kwargs))
             paths = {resolve_layer(layer, available): layer for layer in names}
             acts: dict[str, Array] = {}
@@ -404,7 +401,7 @@ def haiku_probe(
                 path = _haiku_path(context.module)
                 if context.method_name != "__call__" or path not in paths:
                     return out
-                return _tap_output(paths[path], path, out, acts, deltas, reshape is None)
+                return tap_output(paths[path], path, out, acts, deltas, reshape is None)
 
             with hk.intercept_methods(tap):
                 out = apply(variables, x)

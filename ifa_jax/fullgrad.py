@@ -42,17 +42,9 @@ import jax.numpy as jnp
 
 from ifa_jax import cams
 from ifa_jax._stats import minmax_per_image
+from ifa_jax._taps import explained_errors, layer_key
 from ifa_jax.explaining import explain
-from ifa_jax.probe import (
-    LayerProbe,
-    LinenModel,
-    Target,
-    _explained_errors,
-    _layer_key,
-    linen_calls,
-    resolve_layer,
-    select_output,
-)
+from ifa_jax.probe import LayerProbe, LinenModel, Target, linen_calls, resolve_layer, select_output
 
 Array = jax.Array
 
@@ -147,7 +139,7 @@ def _linen_tapped(linen: LinenModel, layers: tuple[str, ...] | None) -> BiasTapp
             zs[name], bs[name] = out, _module_bias(context.module)
             return out + deltas[name] if deltas is not None and name in deltas else out
 
-        with _explained_errors(x), nn.intercept_methods(tap):
+        with explained_errors(x), nn.intercept_methods(tap):
             out = model.apply(variables, x, **kwargs)
         return select_output(out, linen.output), zs, bs
 
@@ -225,8 +217,8 @@ def _probe_tapped(probe: LayerProbe, layers: tuple[str, ...] | None) -> BiasTapp
             f"{', '.join(probe.layers)})"
         )
     # "layers.0" and "layers/0" name the same layer
-    tapped_keys = {_layer_key(name): name for name in probe.layers}
-    layers = tuple(tapped_keys.get(_layer_key(name), name) for name in layers)
+    tapped_keys = {layer_key(name): name for name in probe.layers}
+    layers = tuple(tapped_keys.get(layer_key(name), name) for name in layers)
     missing = [name for name in layers if name not in probe.layers]
     if missing:
         raise ValueError(
@@ -238,7 +230,7 @@ def _probe_tapped(probe: LayerProbe, layers: tuple[str, ...] | None) -> BiasTapp
     def tapped(variables, x, deltas):
         logits, acts = probe.tapped(variables, x, deltas)
         zs = {name: acts[name] for name in layers}
-        bs = {name: _variables_bias(variables, _layer_key(name)) for name in layers}
+        bs = {name: _variables_bias(variables, layer_key(name)) for name in layers}
         for name in layers:
             K = zs[name].shape[-1]
             if bs[name].shape != (K,):
@@ -267,7 +259,7 @@ def _check(x: Array, zs: Mapping[str, Any]) -> None:
             )
 
 
-def _layer_names(layers: str | Sequence[str] | None) -> tuple[str, ...] | None:
+def layer_names(layers: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """layers= as a tuple of names (one name may be a string); None: found by fullgrad."""
     if layers is None:
         return None
@@ -286,7 +278,7 @@ def fullgrad_pieces(model: cams.ModelInputs, layers: str | Sequence[str] | None 
     None (a linen_probe's biased layers). Traceable."""
     probe, variables, x = model.probe, model.variables, model.x
     linen = getattr(probe, "linen", None)
-    layers = _layer_names(layers)
+    layers = layer_names(layers)
     tapped = _linen_tapped(linen, layers) if linen is not None else _probe_tapped(probe, layers)
     _, shapes, _ = jax.eval_shape(lambda v, x: tapped(v, x, None), variables, x)
     _check(x, shapes)
@@ -338,7 +330,7 @@ def fullgrad(
         target,
         "fullgrad",
         score=score,
-        layers=_layer_names(layers),
+        layers=layer_names(layers),
         minmax=minmax,
     )[1].cam
 

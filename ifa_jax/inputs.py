@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import jax
 import numpy as np
 
-from ifa_jax._checks import shard, stack_same_shape, to_unit_float
+from ifa_jax._checks import require_keys, shard, stack_same_shape, to_unit_float
 
 __all__ = [
     "Batch",
@@ -34,6 +34,7 @@ __all__ = [
     "as_labels",
     "batches",
     "example_order",
+    "unpack_batch",
 ]
 
 
@@ -258,3 +259,33 @@ def batches(
             xb, yb = ds.gather(idx)
             x[: len(idx)], y[: len(idx)], mask[: len(idx)] = xb, yb, True
         yield Batch(x, y, mask)
+
+
+def unpack_batch(
+    batch: Any, i: int = 0, keys: tuple[str, ...] = ("image", "label")
+) -> tuple[Any, Any, Any]:
+    """``(x, y, valid or None)`` of one batch: a tuple ``(x, y[, valid])``, a
+    :class:`Batch` ``(x, y, mask)`` or a dict read with ``keys`` (image key, label key[,
+    valid key]; without a third key its ``"mask"`` entry, when present). ``i`` numbers
+    the batch in error messages."""
+    if isinstance(batch, Mapping):
+        require_keys(
+            f"batch {i}",
+            batch,
+            keys,
+            "pass keys=(image key, label key) to "
+            "analyze, with a third entry for a mask key, naming its entries",
+        )
+        valid_key = keys[2] if len(keys) == 3 else "mask"
+        return batch[keys[0]], batch[keys[1]], batch.get(valid_key)
+    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
+        return batch[0], batch[1], batch[2] if len(batch) == 3 else None
+    what = (
+        f"a {type(batch).__name__} of {len(batch)}"
+        if isinstance(batch, (tuple, list))
+        else f"a {type(batch).__name__}"
+    )
+    raise ValueError(
+        f"batch {i} is {what}; a batch is a tuple (x, y) or (x, y, valid), an "
+        "ifa_jax.inputs.Batch, or a dict (its keys are named by keys=)"
+    )

@@ -32,16 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ifa_jax.probe import (
-    LayerProbe,
-    Output,
-    _explained_errors,
-    _layer_key,
-    _tap_output,
-    linen_calls,
-    resolve_layer,
-    select_output,
-)
+from ifa_jax._taps import explained_errors, layer_key, tap_output
+from ifa_jax.probe import LayerProbe, Output, linen_calls, resolve_layer, select_output
 from ifa_jax.tokens import attention_to_grid
 
 Array = jax.Array
@@ -74,7 +66,7 @@ def _block_names(blocks: str | Sequence[str]) -> tuple[str, ...]:
             f"blocks={blocks!r} must name one or more transformer blocks, e.g. 'block2' or "
             "['block1', 'block2']"
         )
-    keys = tuple(_layer_key(b) for b in names)
+    keys = tuple(layer_key(b) for b in names)
     if len(set(keys)) != len(keys):
         raise ValueError(f"blocks={blocks!r} names a block twice; name each block once")
     return keys
@@ -111,7 +103,7 @@ def legrad_probe(
     """
     names = _block_names(blocks)
     reshape = attention_to_grid(prefix, grid)  # checks prefix and grid now
-    attention = _layer_key(attention)
+    attention = layer_key(attention)
     if projection is None:
         projection = vit_projection
     if not callable(projection):
@@ -123,7 +115,7 @@ def legrad_probe(
 
     def resolve(variables, x) -> tuple[dict[str, str], dict[str, str]]:
         """{block path: block name} and {probabilities path: layer key}."""
-        with _explained_errors(x):
+        with explained_errors(x):
             available = [c.path for c in linen_calls(model, variables, x, **kwargs)]
         paths, probs = {}, {}
         for name in names:
@@ -152,7 +144,7 @@ def legrad_probe(
             if context.method_name != "__call__":
                 return out
             if path in probs:
-                return _tap_output(probs[path], path, out, acts, deltas, check_rank=False)
+                return tap_output(probs[path], path, out, acts, deltas, check_rank=False)
             if path not in paths:
                 return out
             if path in outs:
@@ -165,7 +157,7 @@ def legrad_probe(
             # at P^l then comes from s^l alone.
             return jax.lax.stop_gradient(out)
 
-        with _explained_errors(x), nn.intercept_methods(tap):
+        with explained_errors(x), nn.intercept_methods(tap):
             logits = select_output(model.apply(variables, x, **kwargs), output)
         total = jnp.zeros_like(logits)
         for path, name in paths.items():

@@ -24,7 +24,6 @@ axis) are re-raised as ``ValueError`` naming the fix.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import functools
@@ -39,7 +38,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import errors as flax_errors
 from flax import nnx
 
 from ifa_jax._checks import (
@@ -49,6 +47,15 @@ from ifa_jax._checks import (
     one_of,
     outputs_in_range,
     take_target,
+)
+from ifa_jax._taps import (
+    AUTO,
+    describe,
+    explained_errors,
+    get_child,
+    layer_key,
+    layer_names,
+    tap_output,
 )
 from ifa_jax.tokens import GridTapped, Reshape
 
@@ -63,7 +70,6 @@ Output = int | str | Callable[[Any], Array] | None
 SCORES = ("logit", "probability")
 # The layer key of a probe built with layer=None: the natural target layer, found when the
 # probe first runs (it needs an input to see the model's calls).
-AUTO = "auto"
 logger = logging.getLogger("ifa_jax")
 
 
@@ -96,13 +102,6 @@ class ProbeResult(NamedTuple):
     gradients: Array | dict[str, Array]
 
 
-def _layer_key(layer: str | Sequence[str]) -> str:
-    """A layer path with ``/`` between its parts: ``"layers.3"`` -> ``"layers/3"``."""
-    if isinstance(layer, str):
-        return layer.strip("/").replace(".", "/")
-    return "/".join(layer)
-
-
 def _suffix_matches(requested: str, available: Sequence[str]) -> list[str]:
     """The paths of ``available`` that are ``requested`` or end with it (whole parts)."""
     if requested in available:
@@ -121,7 +120,7 @@ def resolve_layer(requested: str, available: Sequence[str]) -> str:
     """
     matches = _suffix_matches(requested, available)
     if not matches and "." in requested:
-        matches = _suffix_matches(_layer_key(requested), available)
+        matches = _suffix_matches(layer_key(requested), available)
     if len(matches) == 1:
         return matches[0]
     listing = ", ".join(available) if available else "(none)"
@@ -133,29 +132,6 @@ def resolve_layer(requested: str, available: Sequence[str]) -> str:
     close = difflib.get_close_matches(requested, available, n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ValueError(f"layer {requested!r} not found; layers: {listing}.{hint}")
-
-
-def _check_activation(name: str, value: Any) -> None:
-    shape = getattr(value, "shape", None)
-    if shape is None or not 3 <= len(shape) <= 5:
-        what = f"shape {tuple(shape)}" if shape is not None else f"a {type(value).__name__}"
-        raise ValueError(
-            f"layer {name!r} outputs {what}; a CAM layer must output an array of rank 3-5 "
-            "(B, *spatial, K) with 1-3 spatial axes. Choose a convolutional layer "
-            "(not a dense layer or a module that returns a tuple)."
-        )
-
-
-def _describe(out: Any) -> str:
-    """'a tuple of 2', "a dict with keys 'logits', 'features'", 'a Foo with fields ...'."""
-    kind = type(out).__name__
-    if isinstance(out, Mapping):
-        return f"a {kind} with keys {', '.join(repr(k) for k in out)}"
-    if hasattr(out, "_fields"):
-        return f"a {kind} with fields {', '.join(repr(k) for k in out._fields)}"
-    if isinstance(out, (tuple, list)):
-        return f"a {kind} of {len(out)}"
-    return f"a {kind}"
 
 
 def _output_hint(out: Any) -> str:
@@ -191,97 +167,27 @@ def select_output(out: Any, output: Output = None) -> Array:
                 picked = out[output]
         except (KeyError, IndexError, TypeError) as e:
             raise ValueError(
-                f"output={output!r} is not in the model's output, {_describe(out)}; "
+                f"output={output!r} is not in the model's output, {describe(out)}; "
                 f"pass {_output_hint(out)} or a callable out -> logits (B, O)"
             ) from e
     if hasattr(picked, "ndim") and hasattr(picked, "dtype"):
         if picked.ndim > 2:
             raise ValueError(
                 f"output={output!r} selects an array of shape {tuple(picked.shape)} from the "
-                f"model's output ({_describe(out)}), not logits (B, O) or (B,); select the "
+                f"model's output ({describe(out)}), not logits (B, O) or (B,); select the "
                 "logits"
             )
         return picked
     if output is None:
         raise ValueError(
-            f"the model returns {_describe(out)}, not an array of logits (B, O); pick the "
+            f"the model returns {describe(out)}, not an array of logits (B, O); pick the "
             f"logits with {_output_hint(out)} or output=callable(out) -> logits (B, O), "
             "e.g. linen_probe(model, layer, output=...) or nnx_probe(model, layer, output=...)"
         )
     raise ValueError(
-        f"output={output!r} selects {_describe(picked)} from the model's output "
-        f"({_describe(out)}), not an array of logits (B, O); select the logits themselves"
+        f"output={output!r} selects {describe(picked)} from the model's output "
+        f"({describe(out)}), not an array of logits (B, O); select the logits themselves"
     )
-
-
-def _flax_detail(e: Exception) -> str:
-    return str(e).split(" (https://")[0]
-
-
-@contextlib.contextmanager
-def _explained_errors(x: Array | jax.ShapeDtypeStruct):
-    """Re-raise model errors that have a known cause as ValueErrors that name the fix.
-
-    Works under an outer ``jit`` too: these errors are raised while tracing.
-    """
-    try:
-        yield
-    except flax_errors.ModifyScopeVariableError as e:
-        raise ValueError(
-            f"the model updates a variable inside the probe ({_flax_detail(e)}): it runs in "
-            "training mode (BatchNorm with use_running_average=False). Pass train=False (or "
-            "the model's inference flag) to the probe: linen_probe(model, layer, train=False)"
-        ) from e
-    except flax_errors.InvalidRngError as e:
-        raise ValueError(
-            f"the model draws random numbers inside the probe ({_flax_detail(e)}): Dropout "
-            "(or another random layer) is active. Pass the model's deterministic/train flag "
-            "to the probe: linen_probe(model, layer, train=False) (or deterministic=True)"
-        ) from e
-    except flax_errors.TraceContextError as e:
-        raise ValueError(
-            f"the NNX model changes its state inside the probe ({_flax_detail(e)}): "
-            "BatchNorm in training mode updates its statistics, Dropout draws random "
-            "numbers. Call model.eval() before nnx_probe(model, layer)"
-        ) from e
-    except flax_errors.ScopeParamShapeError as e:
-        raise ValueError(_input_shape_message(x, _flax_detail(e))) from e
-    except flax_errors.ScopeCollectionNotFound as e:
-        raise ValueError(
-            f"the variables lack a collection the model needs ({_flax_detail(e)}); pass the "
-            "whole variables dict from model.init, e.g. {'params': ...}, not variables['params']"
-        ) from e
-    except (ValueError, TypeError) as e:
-        if "conv_general_dilated" not in str(e):
-            raise
-        raise ValueError(_input_shape_message(x, str(e))) from e
-
-
-def _input_shape_message(x: Array | jax.ShapeDtypeStruct, detail: str) -> str:
-    return (
-        f"the model does not accept an input of shape {tuple(x.shape)} ({detail}). Inputs "
-        "are batched and channels-last, (B, *spatial, C), with the channels the model was "
-        "built for: add a missing channel axis with x[..., None], a missing batch axis (one "
-        "input) with x[None], or move channels last (NCHW -> NHWC: x.transpose(0, 2, 3, 1))"
-    )
-
-
-def _tap_output(
-    name: str, path: str, out: Any, acts: dict, deltas: Mapping | None, check_rank: bool = True
-) -> Any:
-    """What a tapped layer passes on: records its output ``out`` in ``acts[name]`` (once
-    per forward pass) and adds ``deltas[name]`` to it when given. ``check_rank=False``
-    leaves the rank check to a ``reshape`` (:class:`ifa_jax.tokens.GridTapped`)."""
-    if name in acts:
-        raise ValueError(
-            f"layer {name!r} ({path}) is called more than once per forward pass "
-            "(a shared module); tap a module that is called once"
-        )
-    if check_rank:
-        _check_activation(name, out)
-    acts[name] = out
-    delta = None if deltas is None else deltas.get(name)
-    return out if delta is None else out + delta
 
 
 # --------------------------------------------------------------------------- natural layer
@@ -407,7 +313,7 @@ def linen_natural_layer(
 ) -> tuple[str, str]:
     """The path of the model's natural target layer and why (see :func:`natural_layer`):
     what ``linen_probe(model, None)`` taps. Runs abstractly."""
-    with _explained_errors(x):
+    with explained_errors(x):
         return natural_layer(linen_calls(model, variables, x, **apply_kwargs))
 
 
@@ -421,7 +327,7 @@ def _linen_tapped(
     auto = _auto_resolver(reshape)
 
     def tapped(variables, x, deltas):
-        with _explained_errors(x):
+        with explained_errors(x):
             return _tapped(variables, x, deltas)
 
     def _tapped(variables, x, deltas):
@@ -438,7 +344,7 @@ def _linen_tapped(
             path = "/".join(context.module.path)
             if context.method_name != "__call__" or path not in paths:
                 return out
-            return _tap_output(paths[path], path, out, acts, deltas, reshape is None)
+            return tap_output(paths[path], path, out, acts, deltas, reshape is None)
 
         with nn.intercept_methods(tap):
             out = model.apply(variables, x, **apply_kwargs)
@@ -467,7 +373,7 @@ def linen_probe(
     ``output`` picks the logits (B, O) when the model returns a tuple or a dict: an index
     (``0``), a key (``'logits'``) or a callable ``out -> logits``.
     """
-    names = _layer_names(layers)
+    names = layer_names(layers)
     kwargs = dict(apply_kwargs)
     return LayerProbe(
         _linen_tapped(model, names, kwargs, output, reshape),
@@ -496,7 +402,7 @@ class _NnxTap:
 
     def __call__(self, *args, **kwargs):
         out = self.inner(*args, **kwargs)
-        return _tap_output(self.name, self.path, out, self.acts, self.deltas, self.check_rank)
+        return tap_output(self.name, self.path, out, self.acts, self.deltas, self.check_rank)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -520,12 +426,6 @@ class _NnxRecorder:
         return getattr(self.inner, name)
 
 
-def _get_child(parent, key: str):
-    if key.isdigit() and isinstance(parent, Sequence):
-        return parent[int(key)]
-    return getattr(parent, key)
-
-
 def _set_child(parent, key: str, value) -> None:
     if key.isdigit() and isinstance(parent, MutableSequence):
         parent[int(key)] = value
@@ -537,8 +437,8 @@ def _set_child(parent, key: str, value) -> None:
 def _swap_in(root, path: str, wrap: Callable[[Any], Any]) -> None:
     """Replace the submodule at ``path`` of ``root`` (a private copy) by ``wrap(it)``."""
     *parents, last = path.split("/")
-    parent = functools.reduce(_get_child, parents, root)
-    _set_child(parent, last, wrap(_get_child(parent, last)))
+    parent = functools.reduce(get_child, parents, root)
+    _set_child(parent, last, wrap(get_child(parent, last)))
 
 
 def _nnx_calls(graphdef, state, x) -> list[LayerCall]:
@@ -557,7 +457,7 @@ def _nnx_calls(graphdef, state, x) -> list[LayerCall]:
                 _swap_in(copy, path, lambda m, p=path: _NnxRecorder(m, p, calls, clock))
         copy(x)
 
-    with _explained_errors(x):
+    with explained_errors(x):
         jax.eval_shape(run, state, x)
     return sorted(calls.values(), key=lambda c: c.end)
 
@@ -582,7 +482,7 @@ def nnx_probe(
     Dropout. The probe works on a private copy (``nnx.merge``), so ``model`` is untouched.
     ``layers=None``, ``reshape`` and ``output`` work as in :func:`linen_probe`.
     """
-    names = _layer_names(layers)
+    names = layer_names(layers)
     graphdef, state = nnx.split(model)
     available = nnx_layers(model)
     paths = {name: resolve_layer(name, available) for name in names if name != AUTO}
@@ -601,7 +501,7 @@ def nnx_probe(
                 path,
                 lambda m, n=name, p=path: _NnxTap(m, n, p, acts, deltas, reshape is None),
             )
-        with _explained_errors(x):
+        with explained_errors(x):
             out = copy(x)
         return select_output(out, output), acts
 
@@ -613,16 +513,6 @@ def nnx_probe(
 
 
 # --------------------------------------------------------------------------- the probe
-
-
-def _layer_names(layers: str | Sequence[str] | None) -> tuple[str, ...]:
-    if layers is None:
-        return (AUTO,)
-    names = (layers,) if isinstance(layers, str) else tuple(layers)
-    if not names:
-        raise ValueError("layers is empty; name at least one layer, e.g. 'conv2'")
-    # Dots stay as written (a module may be named "relu.1"); resolve_layer reads them.
-    return tuple(n.strip("/") if isinstance(n, str) else _layer_key(n) for n in names)
 
 
 def target_scores(logits: Array, target: Array, score: str = "logit") -> Array:

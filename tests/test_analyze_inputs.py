@@ -185,7 +185,7 @@ def test_record_source_and_dataset_passed_directly_point_to_the_helpers(grey_rec
     with pytest.raises(
         ValueError,
         match=r"batches is a Dataset, a dataset, not batches; pass "
-        r"ifa_jax.runner.data.batches\(ds, batch_size\)",
+        r"ifa_jax.inputs.batches\(ds, batch_size\)",
     ):
         run(probe, variables, data.Dataset(colour[1], colour[2], 3))
     with pytest.raises(

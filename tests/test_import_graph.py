@@ -69,3 +69,27 @@ def test_graph_resolves_from_imports_and_relative_imports(tmp_path):
         "ifa_jax.sub": {"ifa_jax.sub.leaf": 1},
         "ifa_jax.sub.leaf": {"ifa_jax.low": 1, "ifa_jax.high": 2},
     }
+
+
+def test_a_private_name_imported_across_modules_is_caught(tmp_path):
+    tool = _tool()
+    pkg = tmp_path / "ifa_jax"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "_shared.py").write_text("def helper():\n    pass\n")
+    (pkg / "probe.py").write_text("def _secret():\n    pass\n")
+    (pkg / "ok.py").write_text("from ifa_jax._shared import helper\nfrom ifa_jax import probe\n")
+    assert tool.private_imports(pkg) == []
+    (pkg / "bad.py").write_text("import os\nfrom ifa_jax.probe import _secret\n")
+    assert tool.private_imports(pkg) == [
+        "ifa_jax.bad:2 imports the private name ifa_jax.probe._secret; share it through a "
+        "private module instead"
+    ]
+
+
+def test_the_library_importing_the_application_is_caught():
+    tool = _tool()
+    graph = {"ifa_jax.analysis": {"ifa_jax.runner.data": 7}, "ifa_jax.runner.data": {}}
+    assert tool.check(graph) == [
+        "ifa_jax.analysis:7 (layer 5) imports ifa_jax.runner.data (layer 9)"
+    ]

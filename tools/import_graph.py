@@ -22,6 +22,12 @@ import only modules of a LOWER OR EQUAL layer:
                                     training and the experiment runner, on top of
                                     everything (the library never imports it)
 
+The library (layers 0-8) never imports the application, ``ifa_jax.runner`` (layer 9), so
+``import ifa_jax`` needs none of the application's packages. No module imports another
+module's private name (``from ifa_jax.probe import _x``): internals shared across modules
+live in private modules (``ifa_jax._taps``, ``ifa_jax._checks``), whose names are theirs
+to share.
+
 Every import counts, including imports inside functions. ``from ifa_jax import x`` is an
 edge to the module ifa_jax.x when there is one, else to the facade ``ifa_jax``. A module
 that is not in LAYERS is an error too (place a new module in the order).
@@ -41,6 +47,7 @@ LAYERS = {
     "ifa_jax._checks": 0,
     "ifa_jax._stats": 0,
     "ifa_jax.io": 0,
+    "ifa_jax._taps": 0,
     "ifa_jax.inputs": 1,
     "ifa_jax.modules": 1,
     "ifa_jax.probe": 2,
@@ -48,6 +55,7 @@ LAYERS = {
     "ifa_jax.legrad": 2,
     "ifa_jax.frameworks": 2,
     "ifa_jax.cams": 3,
+    "ifa_jax._options": 4,
     "ifa_jax.explaining": 4,
     "ifa_jax.smoothing": 4,
     "ifa_jax.guided": 4,
@@ -135,13 +143,34 @@ def check(graph: Graph, layers: dict[str, int] = LAYERS) -> list[str]:
     return problems
 
 
+def private_imports(package_dir: Path) -> list[str]:
+    """One line per ``from ifa_jax.x import _name`` where ``x`` is not a private module:
+    internals shared across modules live in private modules (``ifa_jax._taps``), never
+    as another module's private names."""
+    problems = []
+    for name, path in module_names(package_dir).items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.ImportFrom) and node.module and not node.level):
+                continue
+            parts = node.module.split(".")
+            if parts[0] != ROOT or any(part.startswith("_") for part in parts):
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    problems.append(
+                        f"{name}:{node.lineno} imports the private name {node.module}."
+                        f"{alias.name}; share it through a private module instead"
+                    )
+    return problems
+
+
 def main(argv: list[str]) -> int:
     package_dir = Path(argv[0]) if argv else Path(__file__).resolve().parents[1] / ROOT
-    problems = check(build_graph(package_dir))
+    problems = check(build_graph(package_dir)) + private_imports(package_dir)
     for p in problems:
         print(p)
     if problems:
-        print(f"{len(problems)} import(s) against the layer order (see tools/import_graph.py)")
+        print(f"{len(problems)} import(s) against the rules (see tools/import_graph.py)")
         return 1
     print(f"import graph of {package_dir.name} follows the layer order")
     return 0

@@ -20,8 +20,8 @@ import numpy as np
 from jax.tree_util import Partial
 from jax.typing import ArrayLike
 
-from ifa_jax._checks import index_targets, is_traced, one_of
-from ifa_jax.metrics.correlation import _pair
+from ifa_jax._checks import index_targets, one_of
+from ifa_jax.metrics._common import as_scorer, check_inputs, check_scores, paired_values
 from ifa_jax.probe import SCORES, LayerProbe, target_scores
 
 Array = jax.Array
@@ -49,58 +49,6 @@ def model_scorer(probe: LayerProbe, variables, score: str = "probability") -> Pa
     return Partial(_ProbeScore(probe, score), variables)
 
 
-def _as_scorer(score_fn: Any) -> Partial:
-    if isinstance(score_fn, Partial):
-        return score_fn
-    if not callable(score_fn):
-        raise TypeError(
-            f"score_fn must be callable (x, target) -> (N,); got {type(score_fn).__name__}"
-        )
-    return Partial(score_fn)
-
-
-def _check_inputs(x: Any, saliency: Any) -> tuple[Array, Array]:
-    x, saliency = jnp.asarray(x), jnp.asarray(saliency)
-    if not 3 <= x.ndim <= 5:
-        raise ValueError(
-            f"inputs x must have shape (B, *spatial, C) with 1-3 spatial axes; got {x.shape}"
-        )
-    if x.shape[0] == 0:
-        raise ValueError("inputs x are empty (batch of 0); pass at least one sample")
-    if saliency.shape != x.shape[:-1]:
-        raise ValueError(
-            f"saliency has shape {saliency.shape} but the inputs {x.shape} need "
-            f"{x.shape[:-1]} (B, *spatial) on the input grid; resize CAMs with "
-            f"ifa_jax.cams.upsample(cam, {tuple(x.shape[1:-1])})"
-        )
-    lo, hi = float(jnp.min(saliency)), float(jnp.max(saliency))
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError("saliency has non-finite values; fix the CAMs or their scale")
-    if lo < -1e-6 or hi > 1 + 1e-6:
-        raise ValueError(
-            f"saliency must lie in [0, 1]; got min {lo:.4g}, max {hi:.4g}. "
-            "Rescale it (common scale or per-image min-max) and clip to [0, 1]."
-        )
-    return x, jnp.clip(saliency, 0.0, 1.0).astype(x.dtype)
-
-
-def _check_scores(name: str, y: Array, expected: tuple[int, ...] | None = None) -> None:
-    """Scores ``y`` of the rows ``name``: shape ``expected`` (when given), and (outside
-    ``jit``, where the values are known) finite."""
-    if expected is not None and y.shape != expected:
-        raise ValueError(
-            f"score_fn must return one score per row, shape {expected}; got {y.shape} ({name})"
-        )
-    if is_traced(y):
-        return
-    bad = int(jnp.size(y) - jnp.sum(jnp.isfinite(y)))
-    if bad:
-        raise FloatingPointError(
-            f"score_fn returned {bad} non-finite score(s) ({name}); "
-            "check the model, the inputs and the baseline"
-        )
-
-
 @jax.jit
 def _confidence_core(score_fn, x, saliency, target):
     both = jnp.concatenate([x, x * saliency[..., None]])
@@ -116,10 +64,10 @@ def confidence_scores(
     Masked input = ``x * saliency[..., None]``. One jitted forward of 2B rows.
     Returns (y (B,), y_masked (B,)).
     """
-    x, saliency = _check_inputs(x, saliency)
+    x, saliency = check_inputs(x, saliency)
     B = x.shape[0]
-    y = _confidence_core(_as_scorer(score_fn), x, saliency, index_targets(target, B))
-    _check_scores("unmasked and masked inputs", y, (2 * B,))
+    y = _confidence_core(as_scorer(score_fn), x, saliency, index_targets(target, B))
+    check_scores("unmasked and masked inputs", y, (2 * B,))
     return y[:B], y[B:]
 
 
@@ -130,7 +78,7 @@ def drop_increase(y: Any, y_masked: Any) -> dict[str, Any]:
     y must be positive (use probabilities). Concatenate y over batches before calling, so
     the averages are over samples. Returns {'average_drop', 'average_increase', 'n'}.
     """
-    y, ym = _pair(("y", "y_masked"), y, y_masked)
+    y, ym = paired_values(("y", "y_masked"), y, y_masked)
     bad = np.flatnonzero(y <= 0)
     if bad.size:
         raise ValueError(

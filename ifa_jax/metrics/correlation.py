@@ -16,20 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ifa_jax._checks import per_sample_values
+from ifa_jax.metrics._common import paired_values
 
 Array = jax.Array
 
 MIN_SAMPLES = 3
-
-
-def _pair(names: tuple[str, str], a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
-    a, b = per_sample_values(a, names[0]), per_sample_values(b, names[1])
-    if a.shape != b.shape:
-        raise ValueError(
-            f"{names[0]} has {a.size} values but {names[1]} has {b.size}; "
-            "pass one value per sample in each"
-        )
-    return a, b
 
 
 def _undefined(names: tuple[str, str], a: np.ndarray, b: np.ndarray) -> str | None:
@@ -64,13 +55,13 @@ def pearson(a: Any, b: Any) -> float | None:
 
     :func:`consistency` gives the reason along with the value.
     """
-    a, b = _pair(("a", "b"), a, b)
+    a, b = paired_values(("a", "b"), a, b)
     return None if _undefined(("a", "b"), a, b) else _pearson(a, b)
 
 
 def spearman(a: Any, b: Any) -> float | None:
     """Spearman rho (Pearson r of average-tie ranks) of two (N,) arrays; None when undefined."""
-    a, b = _pair(("a", "b"), a, b)
+    a, b = paired_values(("a", "b"), a, b)
     return None if _undefined(("a", "b"), a, b) else _pearson(rankdata(a), rankdata(b))
 
 
@@ -82,7 +73,7 @@ def consistency(activation: Any, score: Any) -> dict[str, Any]:
     ``reason`` says why.
     """
     names = ("activation", "score")
-    a, b = _pair(names, activation, score)
+    a, b = paired_values(names, activation, score)
     reason = _undefined(names, a, b)
     if reason:
         return {"pearson": None, "spearman": None, "n": int(a.size), "reason": reason}

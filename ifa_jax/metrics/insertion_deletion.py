@@ -13,7 +13,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from ifa_jax._checks import index_targets
-from ifa_jax.metrics.confidence import ScoreFn, _as_scorer, _check_inputs, _check_scores
+from ifa_jax.metrics._common import as_scorer, check_inputs, check_scores
+from ifa_jax.metrics.confidence import ScoreFn
 
 Array = jax.Array
 
@@ -133,7 +134,7 @@ def _insdel_core(
         stack = jnp.concatenate([deleted, inserted]).reshape(-1, *x.shape[1:])
         t = jnp.tile(jnp.repeat(tc, steps + 1), 2)
         scores = score_fn(stack, t)
-        _check_scores("insertion and deletion steps", scores, t.shape)  # shape: at trace time
+        check_scores("insertion and deletion steps", scores, t.shape)  # shape: at trace time
         return scores.reshape(2, b, steps + 1)
 
     out = jax.lax.map(
@@ -189,7 +190,7 @@ def insertion_deletion(
     an image run in one forward batch; ``images_per_batch`` images at a time (memory
     ~ 2 (S+1) images_per_batch inputs), looped with ``lax.map``.
     """
-    x, saliency = _check_inputs(x, saliency)
+    x, saliency = check_inputs(x, saliency)
     t = index_targets(target, x.shape[0])
     if windows_per_step < 1 or images_per_batch < 1:
         raise ValueError(
@@ -199,7 +200,7 @@ def insertion_deletion(
     window_ids(x.shape[1:-1], window)  # validates the window before compiling
     win = _window_sizes(window, x.ndim - 2)
     out = _insdel_core(
-        _as_scorer(score_fn),
+        as_scorer(score_fn),
         x,
         saliency,
         t,
@@ -210,5 +211,5 @@ def insertion_deletion(
         images_per_batch=int(images_per_batch),
     )
     for name in ("deletion", "insertion"):
-        _check_scores(f"the {name} steps", getattr(out, name))
+        check_scores(f"the {name} steps", getattr(out, name))
     return out
