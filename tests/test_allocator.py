@@ -204,3 +204,37 @@ def test_analysis_is_bit_identical_with_and_without_the_tuning(tmp_path):
             assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
             assert a[k].tobytes() == b[k].tobytes(), k
         assert float(np.abs(a["gradcam/sample/cam_max"]).max()) > 0
+
+
+def test_benchmark_section_structure(monkeypatch):
+    """The allocator section's rows and table, its workers run here (never timed)."""
+    from experiments.bench import allocator as section
+    from experiments.bench.main import parser, selected_sections
+
+    assert selected_sections(parser().parse_args(["--only", "allocator"])) == {"allocator"}
+    one = section.worker(0.0, batch=8)  # the real worker, in this process
+    assert set(section.VARIANTS) <= set(one) and one["peak_rss_mib"] > 0
+    for v in section.VARIANTS:
+        assert one[v]["calls"] == 1 and one[v]["wall_s"] > 0 and 0 <= one[v]["sys_share"] <= 1
+    envs = []
+
+    def run_worker(env, min_time, batch):
+        envs.append(env)
+        slower = 2.0 if "GLIBC_TUNABLES" not in env else 1.0
+        return {
+            **one,
+            **{v: {**one[v], "wall_s": slower * one[v]["wall_s"]} for v in section.VARIANTS},
+        }
+
+    monkeypatch.setattr(section, "run_worker", run_worker)
+    res = section.run_allocators(["tuned"], rounds=2, batch=8, log=lambda s: None)
+    assert [e.get("GLIBC_TUNABLES") for e in envs] == [None, TUNABLES] * 2
+    assert all(MARKER not in e for e in envs[::2])  # the default worker is plain
+    rows = {(r["variant"], r["allocator"]): r for r in res["rows"]}
+    assert set(rows) == {(v, a) for v in section.VARIANTS for a in ("default", "tuned")}
+    assert rows["step", "tuned"]["x_default"]["median"] == pytest.approx(2.0)
+    assert rows["step", "default"]["x_default"]["median"] == 1.0
+    table = section.format_allocators(res)
+    assert "analyze() 4 methods, 32 images" in table and TUNABLES in table
+    with pytest.raises(ValueError, match="unknown allocator"):
+        section.allocator_environ("nosuch")
