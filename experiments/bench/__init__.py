@@ -2,8 +2,10 @@
 
     python -m experiments.benchmark [--quick] [--cases mnist64,mnist256,resnet18,cnn3d]
                                     [--json out.json] [--memory] [--torch-threads 2,1]
-                                    [--no-peers] [--no-e2e] [--only cases,e2e,memory,methods]
+                                    [--no-peers] [--no-e2e]
+                                    [--only cases,e2e,memory,methods,allocator]
                                     [--method-names gradcam,scorecam,...]
+                                    [--allocators default,tuned,jemalloc,tcmalloc]
 
 For each case (model, input, batch, layer) it times, interleaved in one process:
 
@@ -43,6 +45,15 @@ default options on the ``mnist256`` case, interleaved with GradCAM, and reports 
 seconds per image over GradCAM's in the same round (median, min, max) and its images per
 second (:mod:`~experiments.bench.methods` says which probe and batch each kind gets).
 
+``--only allocator`` (only run when named) measures the floor, the 4-method analysis step
+at batch 256 and ``analyze()`` of 4 methods on 1,024 images (``mnist256``, layer relu2)
+with the default and the tuned memory allocator (and jemalloc / tcmalloc preloaded where
+installed), each in its own worker process, the workers alternating over
+``--allocator-rounds`` rounds: wall time, system share of the CPU time and minor page
+faults per call, peak RSS, and each allocator's wall time against the default's in the
+same round (:mod:`~experiments.bench.allocator`). The benchmark itself restarts once with
+the tuning, like ``ifa-jax`` (docs/performance.md).
+
 ``--quick`` shrinks the ResNet-18 case to 112x112 inputs, the 3-D case to batch 2, the
 ScoreCAM batches and the end-to-end dataset (1,000 digits), and takes 3 repeats.
 
@@ -58,6 +69,7 @@ The modules, one per concern:
 * :mod:`~experiments.bench.end_to_end`: the pipeline timings and the model pass count;
 * :mod:`~experiments.bench.memory`: peak RSS per size, one subprocess each;
 * :mod:`~experiments.bench.methods`: every registered CAM method against GradCAM;
+* :mod:`~experiments.bench.allocator`: the default and the tuned allocator, a process each;
 * :mod:`~experiments.bench.report`: versions, tables, JSON;
 * :mod:`~experiments.bench.suite`: one case and the whole run (``run_benchmark``);
 * :mod:`~experiments.bench.main`: the command line.

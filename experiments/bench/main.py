@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from experiments.bench.allocator import ALLOCATORS
 from experiments.bench.cases import CASE_NAMES
 from experiments.bench.suite import run_benchmark
 
 DESCRIPTION = "Throughput of ifa_jax against its floor and against the PyTorch peers."
 # The sections --only picks from; without it: cases and e2e (memory with --memory).
-SECTIONS = ("cases", "e2e", "memory", "methods")
+SECTIONS = ("cases", "e2e", "memory", "methods", "allocator")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,11 +49,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         help=f"comma-separated sections to run, of {','.join(SECTIONS)} (methods: every "
-        "registered CAM method against GradCAM on mnist256; only run when named here)",
+        "registered CAM method against GradCAM on mnist256; allocator: the default and "
+        "the tuned memory allocator, one process each; both only run when named here)",
     )
     p.add_argument(
         "--method-names",
         help="comma-separated methods for the methods section (default: all registered)",
+    )
+    p.add_argument(
+        "--allocators",
+        default=",".join(ALLOCATORS),
+        help="comma-separated allocators for the allocator section, of "
+        f"{','.join(ALLOCATORS)} (preloaded ones only where installed)",
+    )
+    p.add_argument(
+        "--allocator-rounds", type=int, help="rounds of the allocator section (default 3)"
     )
     return p
 
@@ -88,9 +99,18 @@ def main(argv=None) -> int:
         json_path=args.json,
         torch_threads=[int(t) for t in args.torch_threads.split(",") if t.strip()],
         methods=(names or True) if "methods" in sections else False,
+        allocators=(
+            [a.strip() for a in args.allocators.split(",") if a.strip()]
+            if "allocator" in sections
+            else None
+        ),
+        allocator_rounds=args.allocator_rounds,
     )
     return 0
 
 
 if __name__ == "__main__":
+    from experiments.tuned import restart_tuned
+
+    restart_tuned()  # the CPU allocator tuning, as python -m experiments.benchmark has it
     sys.exit(main())

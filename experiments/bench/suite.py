@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from experiments.bench.allocator import format_allocators, run_allocators
 from experiments.bench.cases import CASE_NAMES, Case, make_cases, setup_case
 from experiments.bench.end_to_end import end_to_end
 from experiments.bench.jax_side import ifa_entries
@@ -124,6 +125,8 @@ def run_benchmark(
     scorecam_batch: int | None = None,
     torch_threads: Sequence[int] | None = None,
     methods: bool | Sequence[str] = False,
+    allocators: Sequence[str] | None = None,
+    allocator_rounds: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run the benchmark and return (and optionally write) its results as a dict.
@@ -132,7 +135,10 @@ def run_benchmark(
     None skips the memory benchmark. ``torch_threads``: the torch thread counts to time
     the peers with (default: JAX's CPU thread count only). ``methods``: also time every
     registered CAM method against GradCAM (:mod:`experiments.bench.methods`; a sequence
-    names the methods; ``batch`` overrides its batch too).
+    names the methods; ``batch`` overrides its batch too). ``allocators``: also time the
+    floor, the analysis step and ``analyze()`` with each allocator named, one process each
+    (:mod:`experiments.bench.allocator`; None skips it), over ``allocator_rounds`` rounds
+    (default 3, quick 2; ``batch`` overrides its batch too).
     """
     repeats = repeats if repeats is not None else (3 if quick else 5)
     min_time = min_time if min_time is not None else (0.2 if quick else 0.4)
@@ -193,6 +199,15 @@ def run_benchmark(
             min_time=min_time,
         )
         log(format_methods(out["methods"]))
+    if allocators is not None:
+        out["allocator"] = run_allocators(
+            allocators,
+            rounds=allocator_rounds or (2 if quick else 3),
+            min_time=2 * min_time,
+            batch=batch or 256,
+            log=log,
+        )
+        log(format_allocators(out["allocator"]))
     if memory_sizes:
         out["memory"] = memory(memory_sizes)
         log(format_memory(out["memory"]))

@@ -193,6 +193,9 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     """``ifa-jax run --config FILE [--out DIR] [--set KEY=VALUE ...] [--plugin CODE ...]
     [--overwrite]``."""
+    from ifa_jax.runner.allocator import restart_tuned
+
+    restart_tuned(argv)  # the command (argv None) restarts once with the CPU allocator tuning
     parser = argparse.ArgumentParser(
         prog="ifa-jax", description="Integrated feature analysis of a model on a dataset."
     )
