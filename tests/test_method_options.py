@@ -264,8 +264,10 @@ def test_old_config_json_without_method_options_still_resumes(tmp_path):
     with runner.RunFolder(tmp_path / "run", config, log=lambda s: None):
         pass
     options = {"gradcam++": {"eps": 1e-7}}
-    # A method named with no options is no option: the same config.
+    # A method named with no options, or with an option at its default, is the same config.
     assert runner.Config(methods=config.methods, method_options={"gradcam++": {}}) == config
+    default = {"gradcam++": {"eps": 1e-6}}
+    assert runner.Config(methods=config.methods, method_options=default) == config
     # A changed option is a change after training: accepted, named leaf by leaf.
     logs: list[str] = []
     changed = runner.Config(methods=("gradcam++", "randomcam"), method_options=options)

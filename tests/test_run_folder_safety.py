@@ -264,6 +264,9 @@ def test_plugins_in_the_config_folder_or_named_on_the_command_line_are_loaded(tm
     linked.write_text(json.dumps({"name": "x", "model": "link.py:Net", "layer": "conv"}))
     with pytest.raises(ValueError, match=r"'.*link\.py' is a link to '.*elsewhere\.py', outside"):
         runner.load_config(linked)
+    for wrong, message in ((str(folder), "neither a .py file"), ("gone.py", "no such file")):
+        with pytest.raises(ValueError, match=rf"--plugin .*{message}"):
+            runner.registry.check_trusted(tiny(), plugins=[wrong])
     # A module is run only when named with --plugin (a .py config is code: trusted).
     runner.registry.check_trusted(tiny(model="json:Net"), plugins=["json"])
     with pytest.raises(ValueError, match=r"--plugin json"):

@@ -216,6 +216,7 @@ def _canonical_options(given, methods: tuple[str, ...]) -> tuple:
         pairs, methods, among="methods", add_to="methods"
     ).items():
         fixed = []
+        defaults = cams.method_options(m)
         for option, value in sorted(options.items()):
             fix = (
                 "leave head out (the head's weights are then read off the gradients, exact "
@@ -225,7 +226,10 @@ def _canonical_options(given, methods: tuple[str, ...]) -> tuple:
                 else "give a JSON value, or run ifa_jax.analyze(..., method_options=...) "
                 "from Python"
             )
-            fixed.append((option, _json_value(value, f"method_options[{m!r}][{option!r}]", fix)))
+            value = _json_value(value, f"method_options[{m!r}][{option!r}]", fix)
+            default = defaults.get(option)
+            if type(value) is not type(default) or value != default:  # a default is no option
+                fixed.append((option, value))
         out[m] = tuple(fixed)
     return tuple(sorted((m, fixed) for m, fixed in out.items() if fixed))
 

@@ -167,6 +167,13 @@ def check_trusted(
     ``trusted`` (named by code the user runs: a ``.py`` config), when its ``.py`` file lies
     inside ``folder`` (a JSON config's own folder), or when its file or module is in
     ``plugins`` (named on the command line with ``--plugin``)."""
+    for p in plugins:
+        if p.endswith(".py") and not os.path.isfile(p):
+            raise ValueError(f"--plugin {p!r}: no such file; name an existing .py file")
+        if not p.endswith(".py") and (os.sep in p or not p.replace(".", "").isidentifier()):
+            raise ValueError(
+                f"--plugin {p!r} is neither a .py file nor a module name (package.module)"
+            )
     named_files = {os.path.realpath(p) for p in plugins if p.endswith(".py")}
     named_modules = {p for p in plugins if not p.endswith(".py")}
     for field, table in (("model", MODELS), ("dataset", DATASETS)):
