@@ -206,6 +206,7 @@ def test_analysis_is_bit_identical_with_and_without_the_tuning(tmp_path):
         assert float(np.abs(a["gradcam/sample/cam_max"]).max()) > 0
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
 def test_benchmark_section_structure(monkeypatch):
     """The allocator section's rows and table, its workers run here (never timed)."""
     from experiments.bench import allocator as section

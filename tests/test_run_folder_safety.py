@@ -323,10 +323,10 @@ def test_runs_that_cannot_finish_are_refused_before_training(tmp_path):
         runner.run(tiny(devices=64), out, log=quiet)
     plugin = tmp_path / "empty.py"
     plugin.write_text(
-        "import numpy as np\nfrom ifa_jax import data\n"
+        "import numpy as np\nfrom ifa_jax import inputs\n"
         "def no_validation(seed):\n"
         "    x = np.zeros((8, 8, 8, 1), np.float32); y = np.arange(8) % 2\n"
-        "    return data.Dataset(x, y, 2, 't'), data.Dataset(x[:0], y[:0], 2, 'v')\n"
+        "    return inputs.Dataset(x, y, 2, 't'), inputs.Dataset(x[:0], y[:0], 2, 'v')\n"
     )
     with pytest.raises(ValueError, match=r"the validation split of dataset .* is empty"):
         runner.run(tiny(dataset=f"{plugin}:no_validation"), out, log=quiet)
