@@ -267,17 +267,41 @@ class RunFolder:
 
     # -- opening -------------------------------------------------------------------------
 
+    def _new_lock(self, lock: str) -> int | None:
+        """A new lock file, already locked: made under a temporary name, locked, then
+        linked into place, so no other runner can find it unlocked before this one holds
+        it. None when another runner put its lock there first."""
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f"{LOCK_FILE}{io.TEMP_MARK}")
+        try:
+            os.chmod(tmp, 0o666 & ~io.umask())
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.link(tmp, lock)
+        except (FileExistsError, FileNotFoundError):
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        return fd
+
     def _open_lock(self) -> tuple[int, bool]:
-        """The lock file's descriptor, and whether this call created it. Never through a
-        link (``O_NOFOLLOW``); a lock that is not a regular file of its own (a hard link
-        elsewhere, a folder, a pipe) is refused before anything is written to it."""
+        """The lock file's descriptor, and whether this call created it (then it is held
+        already). Never through a link (``O_NOFOLLOW``); a lock that is not a plain file
+        (a folder, a pipe) is refused before anything is written to it."""
         lock = self.file(LOCK_FILE)
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            try:
-                fd, created = os.open(lock, flags | os.O_CREAT | os.O_EXCL, 0o666), True
-            except FileExistsError:
-                fd, created = os.open(lock, flags), False
+            while True:
+                try:
+                    fd, created = os.open(lock, flags), False
+                    break
+                except FileNotFoundError:
+                    fd, created = self._new_lock(lock), True
+                    if fd is not None:
+                        break
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise ValueError(
@@ -293,13 +317,11 @@ class RunFolder:
                 f"cannot write to the output folder {self.path!r} ({e.strerror}); pass a "
                 "writable --out path"
             ) from None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            what = "a hard link to another file" if info.st_nlink != 1 else "not a plain file"
             raise ValueError(
-                f"{lock!r} is {what}; the runner writes only its own files. Remove it, or "
-                "choose another --out"
+                f"{lock!r} is not a plain file; the runner writes only its own files. Remove "
+                "it, or choose another --out"
             )
         return fd, created
 
@@ -330,6 +352,13 @@ class RunFolder:
                 "wait for it to finish, or choose another --out"
             ) from None
         self._lock = handle
+        if os.fstat(fd).st_nlink != 1:
+            self._lock = None
+            handle.close()
+            raise ValueError(
+                f"{lock!r} is a hard link to another file; the runner writes only its own "
+                "files. Remove it, or choose another --out"
+            )
         if not created and not self._is_run_folder():
             self._lock = None
             handle.close()
