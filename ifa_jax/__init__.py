@@ -30,7 +30,7 @@ from ifa_jax.explaining import explain
 from ifa_jax.frameworks import equinox_probe, function_probe, haiku_probe
 from ifa_jax.guided import guided_backprop, guided_gradcam
 from ifa_jax.legrad import legrad_probe
-from ifa_jax.modules import ReLU
+from ifa_jax.modules import NnxReLU, ReLU
 from ifa_jax.probe import LayerProbe, ProbeResult, linen_layers, linen_probe, nnx_probe
 from ifa_jax.smoothing import aug_smooth, eigen_smooth, explain_smoothed, sess, smoothgrad
 from ifa_jax.tokens import attention_to_grid, tokens_to_grid
@@ -67,6 +67,7 @@ def __getattr__(name: str):
 __all__ = [
     "METHODS",
     "CamResult",
+    "NnxReLU",
     "ReLU",
     "LayerProbe",
     "ProbeResult",

@@ -20,6 +20,8 @@ import numpy as np
 
 from ifa_jax import cams, metrics, scale
 from ifa_jax._checks import outputs_in_range
+from ifa_jax.analysis import DEFAULT_KEYS
+from ifa_jax.inputs import unpack_batch
 
 # The ways a CAM is scaled before its activation level is taken: the common scale, the
 # same clipped to [0, 1] as drawn, per-image min-max, and the common scale on a channel
@@ -89,11 +91,13 @@ def consistency_levels(
     masks: Any,
     classes: Sequence[int],
     group: int = 16,
+    keys: tuple[str, ...] = DEFAULT_KEYS,
 ) -> ConsistencyLevels:
     """Levels of every class in ``classes`` and method in ``scales`` over ``batches``.
 
-    batches: ``(x, y)`` or ``(x, y, valid)`` (or ``Batch``) of one size; padding rows
-    (valid False) are dropped. classes: output indices of the model. scales: ``{method:
+    batches: ``(x, y)`` or ``(x, y, valid)``, ``Batch`` es or dicts read with ``keys`` (as
+    :func:`ifa_jax.analysis.analyze` reads them), of one size; padding rows (valid False)
+    are dropped. classes: output indices of the model. scales: ``{method:
     Scale}`` (the common scale of each method); masks: (C, K) channel subsets per class
     (for the 'subset' level). ``group`` classes share one forward pass; memory grows with
     group * batch * |A|.
@@ -129,16 +133,22 @@ def consistency_levels(
             per_group.append(lv)
         return jnp.concatenate(per_group), logits
 
-    levels, logits = _over_batches(batches, levels_of, axis=-1)
+    levels, logits = _over_batches(batches, levels_of, axis=-1, keys=keys)
     return ConsistencyLevels(np.asarray(classes), methods, levels, logits)
 
 
-def _over_batches(batches: Iterable, fn, *, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """``fn(x) -> (values, logits (B, O))`` over ``(x, y[, valid])`` batches, on the host:
-    values concatenated along their batch ``axis`` and logits, valid rows only."""
+def _over_batches(
+    batches: Iterable, fn, *, axis: int, keys: tuple[str, ...] = DEFAULT_KEYS
+) -> tuple[np.ndarray, np.ndarray]:
+    """``fn(x) -> (values, logits (B, O))`` over batches in any form ``analyze`` takes
+    (:func:`ifa_jax.inputs.unpack_batch`: tuples, ``Batch`` es, dicts read with ``keys``),
+    on the host: values concatenated along their batch ``axis`` and logits, valid rows
+    only."""
     values, logits_all, valid_all = [], [], []
-    for batch in batches:
-        x, _, valid = batch if len(batch) == 3 else (*batch, np.ones(len(batch[0]), bool))
+    for i, batch in enumerate(batches):
+        x, _, valid = unpack_batch(batch, i, keys)
+        if valid is None:
+            valid = np.ones(len(x), bool)
         v, logits = jax.device_get(fn(jnp.asarray(x)))
         values.append(v)
         logits_all.append(logits)
@@ -208,6 +218,7 @@ def common_levels(
     *,
     scales: Mapping[str, Any],
     classes: Sequence[int] | None = None,
+    keys: tuple[str, ...] = DEFAULT_KEYS,
 ) -> ConsistencyLevels:
     """The 'common' activation level of every class from one jvp per method.
 
@@ -217,6 +228,7 @@ def common_levels(
     of the logits (:func:`class_masses`). Equals :func:`consistency_levels`' 'common'
     level; the clipped, per-image and subset levels (and the other methods) need the maps
     and so the per-class vjps there. classes: the outputs to keep (default: all).
+    batches and keys as in :func:`consistency_levels`.
     """
     methods = tuple(scales)
     for m in methods:
@@ -237,7 +249,7 @@ def common_levels(
             cells.append(int(np.prod(A_shape[1:-1])))
         return class_masses(probe, variables, x, methods=methods)
 
-    masses, logits = _over_batches(batches, masses_of, axis=1)  # (M, N, O), (N, O)
+    masses, logits = _over_batches(batches, masses_of, axis=1, keys=keys)  # (M, N, O), (N, O)
     grid = cells[0]
     keep = np.arange(logits.shape[1]) if classes is None else np.asarray(list(classes))
     outputs_in_range(keep, logits.shape[1])

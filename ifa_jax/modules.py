@@ -4,8 +4,9 @@ A probe taps the outputs of named submodules. A function such as ``nn.relu`` or 
 softmax inside ``nn.dot_product_attention`` has no name, so its output cannot be tapped;
 these modules compute the same numbers as named steps:
 
-- :class:`ReLU`: ``nn.relu`` as a module (``ReLU(name="relu1")(x)``), so the rectified
-  features of a conv (the usual CAM layer) can be tapped.
+- :class:`ReLU`: ``nn.relu`` as a Linen module (``ReLU(name="relu1")(x)``), so the
+  rectified features of a conv (the usual CAM layer) can be tapped; :class:`NnxReLU` is
+  the same for NNX (``self.relu1 = NnxReLU()`` in ``__init__``, tapped as ``"relu1"``).
 - :func:`tappable_attention`: ``nn.dot_product_attention`` whose probabilities pass
   through :class:`AttentionProbs` named ``"probs"`` (LeGrad taps ``"block1/attn/probs"``).
 """
@@ -15,9 +16,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 from flax.linen.dtypes import promote_dtype
 
-__all__ = ["AttentionProbs", "ReLU", "tappable_attention"]
+__all__ = ["AttentionProbs", "NnxReLU", "ReLU", "tappable_attention"]
 
 
 class ReLU(nn.Module):
@@ -27,6 +29,15 @@ class ReLU(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """``max(x, 0)``, any shape."""
         return nn.relu(x)
+
+
+class NnxReLU(nnx.Module):
+    """ReLU as a (parameter-free) NNX module, so its output can be tapped by its attribute
+    name with :func:`ifa_jax.nnx_probe`."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``max(x, 0)``, any shape."""
+        return nnx.relu(x)
 
 
 class AttentionProbs(nn.Module):

@@ -109,6 +109,28 @@ def test_the_jvp_path_equals_the_per_class_vjps(setup, mode):
     assert set(summary["gradcam"]) == {"common", "auroc"}
 
 
+def test_both_paths_read_dict_batches_as_analyze_does(setup):
+    from ifa_jax.consistency import common_levels
+
+    probe, variables, x = setup
+    scales = {"gradcam": scale.scale_from_bounds(-0.2, 0.5)}
+    y = np.zeros(len(x), np.int32)
+    valid = np.arange(len(x)) < 8
+    tuples = [(x[:5], y[:5], valid[:5]), (x[5:], y[5:], valid[5:])]
+    dicts = [{"img": a, "lab": b, "ok": v} for a, b, v in tuples]
+    keys = ("img", "lab", "ok")
+    for fn, kwargs in (
+        (consistency_levels, {"masks": np.ones((3, 6)), "classes": [0, 2]}),
+        (common_levels, {}),
+    ):
+        want = fn(probe, variables, tuples, scales=scales, **kwargs)
+        got = fn(probe, variables, dicts, scales=scales, keys=keys, **kwargs)
+        np.testing.assert_array_equal(got.levels, want.levels)
+        assert got.levels.shape[-1] == 8  # the rows with ok False are dropped
+        with pytest.raises(ValueError, match=r"batch 0 is a dict with keys 'img'.* no 'image'"):
+            fn(probe, variables, dicts, scales=scales, **kwargs)
+
+
 def test_the_jvp_path_refuses_what_is_not_linear(setup):
     from ifa_jax.consistency import common_levels
 

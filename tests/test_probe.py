@@ -142,6 +142,31 @@ def test_nnx_model_matches_hand_split(nnx_model):
         nnx_probe(model, "conv7")
 
 
+def test_nnx_relu_module_taps_the_rectified_features():
+    from flax import nnx
+
+    from ifa_jax import NnxReLU
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.relu = NnxReLU()
+            self.head = nnx.Linear(4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(self.relu(self.conv(x)).mean(axis=(1, 2)))
+
+    model = Net(nnx.Rngs(0))
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 1)).astype(np.float32)
+    probe, state = nnx_probe(model, "relu")
+    out = probe(state, x, 2)
+    a = np.maximum(np.asarray(model.conv(x)), 0)
+    np.testing.assert_allclose(out.activations, a, rtol=1e-5, atol=1e-6)
+    assert (a == 0).any() and (a > 0).any()  # rectified, not the conv's raw output
+    grad = jax.grad(lambda a: model.head(a.mean(axis=(1, 2)))[:, 2].sum())(jnp.asarray(a))
+    np.testing.assert_allclose(out.gradients, grad, rtol=1e-5, atol=1e-7)
+
+
 def test_gradcam_equals_classic_cam_for_linear_head(convnet):
     """GAP + dense after the layer: GradCAM = classic CAM (Zhou et al. 2016) / grid size."""
     model, variables, x = convnet
