@@ -242,10 +242,7 @@ class RunFolder:
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as e:
-            raise PermissionError(
-                f"cannot write to the output folder {self.path!r} ({e.strerror}); pass a "
-                "writable --out path"
-            ) from None
+            raise self._unwritable(e) from None
         # The lock comes first: nothing else is created in the folder before it is held,
         # so a runner opening the same folder at the same moment sees only the lock.
         self._created_lock = False
@@ -313,10 +310,7 @@ class RunFolder:
                     f"{lock!r} is not a file (the runner's lock is a plain file); remove it, "
                     "or choose another --out"
                 ) from None
-            raise PermissionError(
-                f"cannot write to the output folder {self.path!r} ({e.strerror}); pass a "
-                "writable --out path"
-            ) from None
+            raise self._unwritable(e) from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise ValueError(
@@ -379,16 +373,19 @@ class RunFolder:
                 "file-size limit, then run the same command again",
             ) from None
 
+    def _unwritable(self, e: OSError) -> PermissionError:
+        return PermissionError(
+            f"cannot write to the output folder {self.path!r} ({e.strerror}); pass a "
+            "writable --out path"
+        )
+
     def _check_writable(self) -> None:
         try:
             fd, probe_file = tempfile.mkstemp(dir=self.path, prefix=f".write-test{io.TEMP_MARK}")
             os.close(fd)
             os.remove(probe_file)
         except OSError as e:
-            raise PermissionError(
-                f"cannot write to the output folder {self.path!r} ({e.strerror}); pass a "
-                "writable --out path"
-            ) from None
+            raise self._unwritable(e) from None
 
     def _is_run_folder(self) -> bool:
         return self.has(RUN_MARKER)
