@@ -354,6 +354,22 @@ def test_folders_opened_concurrently_are_busy_never_foreign(tmp_path):
     assert set(outcomes) <= {"opened", "busy"} and "opened" in outcomes
 
 
+def test_another_runners_lock_in_the_making_does_not_make_a_folder_foreign(tmp_path):
+    # What a runner opening the same new folder leaves for an instant: its lock under a
+    # temporary name and its write test (the CI race the concurrent test above found).
+    out = tmp_path / "new"
+    out.mkdir()
+    (out / ".lock.ifa-tmp.abc123").write_bytes(b"")
+    (out / ".write-test.ifa-tmp.def456").write_bytes(b"")
+    with runner.RunFolder(out, tiny(), log=quiet) as folder:
+        assert folder.has(".ifa_jax_run")
+    other = tmp_path / "other"
+    other.mkdir()  # a real foreign file still makes a folder foreign
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"is not empty \(notes.txt\)"):
+        runner.RunFolder(other, tiny(), log=quiet)
+
+
 def test_a_full_disk_names_the_file_and_leaves_no_lock(tmp_path):
     out = tmp_path / "new"
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)

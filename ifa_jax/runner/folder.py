@@ -61,6 +61,9 @@ def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
 # The file that marks a folder as made by the runner: --overwrite clears only such folders.
 RUN_MARKER = ".ifa_jax_run"
 LOCK_FILE = ".lock"
+# Another runner opening the same folder at the same moment briefly makes these files
+# (a lock under its temporary name, a write test); they never make a folder foreign.
+_IN_FLIGHT = (f"{LOCK_FILE}{io.TEMP_MARK}", f".write-test{io.TEMP_MARK}")
 MANIFEST = "manifest.json"
 # The runner's own top-level files and its subfolders. --overwrite removes these files and
 # the files the manifest records, never anything else.
@@ -268,7 +271,7 @@ class RunFolder:
         """A new lock file, already locked: made under a temporary name, locked, then
         linked into place, so no other runner can find it unlocked before this one holds
         it. None when another runner put its lock there first."""
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f"{LOCK_FILE}{io.TEMP_MARK}")
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=_IN_FLIGHT[0])
         try:
             os.chmod(tmp, 0o666 & ~io.umask())
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -381,7 +384,7 @@ class RunFolder:
 
     def _check_writable(self) -> None:
         try:
-            fd, probe_file = tempfile.mkstemp(dir=self.path, prefix=f".write-test{io.TEMP_MARK}")
+            fd, probe_file = tempfile.mkstemp(dir=self.path, prefix=_IN_FLIGHT[1])
             os.close(fd)
             os.remove(probe_file)
         except OSError as e:
@@ -391,7 +394,9 @@ class RunFolder:
         return self.has(RUN_MARKER)
 
     def _foreign_entries(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.path) if n != LOCK_FILE)
+        return sorted(
+            n for n in os.listdir(self.path) if n != LOCK_FILE and not n.startswith(_IN_FLIGHT)
+        )
 
     def _adopt(self, config: Config, overwrite: bool) -> None:
         ours = self._is_run_folder()
