@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LINTED := ifa_jax tests experiments tools
 
-.PHONY: demo test test-fast lint format clean
+.PHONY: demo test test-fast lint format docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,16 @@ lint: $(STAMP)
 	$(VENV)/bin/pyright ifa_jax
 	$(PY) tools/import_graph.py
 
+# The documentation site, in site/: the method table is written from the registry, every
+# public name must be documented, and a broken link or reference fails the build.
+docs: $(STAMP)
+	$(PY) tools/method_table.py
+	$(PY) tools/api_coverage.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
+
 format: $(STAMP)
 	$(PY) -m ruff format $(LINTED)
 	$(PY) -m ruff check --fix $(LINTED)
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

@@ -235,8 +235,9 @@ def batches(
         (``jax.random.key(seed)``). The same key gives the same order.
       drop_remainder: drop the last short global batch instead of padding it with
         ``mask=False`` rows.
-      shard_index, shard_count: this process's share for multi-host runs; default
-        ``jax.process_index()`` and ``jax.process_count()``. Each global batch of
+      shard_index: this process's share for multi-host runs; default
+        ``jax.process_index()``.
+      shard_count: the number of shares; default ``jax.process_count()``. Each global batch of
         ``B * shard_count`` examples is cut into ``shard_count`` slices of B; every process
         gets the same number of batches and every example lands in exactly one process
         (all processes must pass the same ``shuffle_key``).

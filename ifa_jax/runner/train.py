@@ -307,12 +307,14 @@ def train(
     Args:
       model: a Linen module mapping ``(B, *spatial, C)`` to logits ``(B, num_classes)``;
         a ``train`` argument, if it has one, is set (BatchNorm, dropout).
-      train_ds, val_ds: :class:`ifa_jax.inputs.Dataset` or any source
-        :func:`ifa_jax.inputs.batches` accepts; ``val_ds=None`` skips evaluation and early
-        stopping. A source whose ``gather`` returns integer inputs (uint8 images) warns
+      train_ds: :class:`ifa_jax.inputs.Dataset` or any source
+        :func:`ifa_jax.inputs.batches` accepts. A source whose ``gather`` returns integer
+        inputs (uint8 images) warns
         (:class:`ifa_jax.analysis.IntegerInputWarning`); when an epoch's loss is not finite
         and the batch where it first was holds NaN or inf inputs, a FloatingPointError
         names the examples (the data, not the learning rate).
+      val_ds: the validation split, as ``train_ds``; None skips evaluation and early
+        stopping.
       config: a :class:`TrainConfig`.
       checkpoint_path: if given, the best variables so far (the last ones without ``val_ds``)
         are saved there atomically after each improving epoch.
