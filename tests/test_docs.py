@@ -59,3 +59,30 @@ def test_the_method_table_is_the_registry_rendered():
     stale = page.replace(table.splitlines()[2] + "\n", "")  # a row written by hand, lost
     assert stale != page and tool.updated(stale) == page
     assert tool.main(["--check", str(tool.PAGE)]) == 0
+
+
+def _table_defaults(page: str, header: str) -> dict[str, str]:
+    rows = page.split(header, 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    names = [c[0].strip("`") for c in cells]
+    assert len(names) == len(set(names)), f"a field is listed twice: {names}"
+    return {c[0].strip("`"): c[1].strip("`") for c in cells}
+
+
+def test_the_runner_page_lists_every_config_field_with_its_default():
+    import dataclasses
+
+    from ifa_jax.runner.config import Config
+    from ifa_jax.runner.train import TrainConfig
+
+    page = (ROOT / "docs" / "runner.md").read_text()
+    for header, config in (
+        ("| field | default | meaning |", Config()),
+        ("| `train` field | default | meaning |", TrainConfig()),
+    ):
+        written = _table_defaults(page, header)
+        fields = [f.name for f in dataclasses.fields(config)]
+        assert sorted(written) == sorted(fields)
+        for name in fields:
+            value = eval(written[name], {"TrainConfig": TrainConfig})
+            assert value == getattr(config, name), f"{name}: the page says {written[name]}"

@@ -61,7 +61,8 @@ class TrainConfig:
 
     Attributes:
       epochs: passes over the training set.
-      batch_size: training batch size; ``eval_batch_size`` defaults to it.
+      batch_size: training batch size.
+      eval_batch_size: evaluation batch size (None: ``batch_size``).
       lr: peak learning rate of the warmup + cosine schedule (AdamW).
       weight_decay: decoupled weight decay, applied to kernels only (not biases or norms).
       warmup_epochs: linear warmup length, in epochs (may be fractional).
