@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LINTED := ifa_jax tests experiments tools
 
-.PHONY: demo test test-fast lint format docs clean
+.PHONY: demo test test-fast test-min lint format docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,19 @@ test: $(STAMP)
 # The suite without the slow end-to-end runs (CI runs everything, once).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests README.md
+
+# The core tests on the lowest versions pyproject.toml promises, in their own venv.
+MIN_VENV := .venv-min
+MIN_TESTS := tests/test_cams.py tests/test_probe.py tests/test_analysis.py \
+	tests/test_frameworks.py tests/test_guided.py tests/test_user_jit.py
+$(MIN_VENV)/.installed: pyproject.toml .ci/min-versions.txt
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install -q -c .ci/min-versions.txt -e ".[dev]"
+	touch $@
+
+test-min: $(MIN_VENV)/.installed
+	$(MIN_VENV)/bin/python -m pytest -q -m "not slow" $(MIN_TESTS)
 
 lint: $(STAMP)
 	$(PY) -m ruff format --check $(LINTED)
@@ -41,4 +54,4 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix $(LINTED)
 
 clean:
-	rm -rf $(VENV) runs site
+	rm -rf $(VENV) $(MIN_VENV) runs site
