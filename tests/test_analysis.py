@@ -366,3 +366,5 @@ def test_analyze_takes_one_method_and_names_analyze_methods_for_several(small_mo
         analysis.analyze(probe, variables, [(x, y)], num_classes=3, method=("gradcam", "hirescam"))
     with pytest.raises(TypeError, match=r"methods='gradcam' is one name.*analyze\("):
         analysis.analyze_methods(probe, variables, [(x, y)], num_classes=3, methods="gradcam")
+    with pytest.raises(ValueError, match="methods is empty"):
+        analysis.analyze_methods(probe, variables, [(x, y)], num_classes=3, methods=())

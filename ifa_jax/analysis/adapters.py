@@ -376,7 +376,7 @@ class BatchAdapter:
                     f"the inputs of batch {i}",
                     "Convert them first: x / 255 for uint8 images (ifa_jax.inputs.as_images), "
                     "or read records with ifa_jax.analysis.record_batches, which does it.",
-                    stacklevel=6,
+                    stacklevel=6,  # the caller of analyze_methods (or analyze's call of it)
                 )
         elif x.shape[1:] != self.first_shape:
             raise ValueError(
