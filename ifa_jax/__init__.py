@@ -23,7 +23,7 @@ from ifa_jax import (
     scale,
     smoothing,
 )
-from ifa_jax.analysis import analyze
+from ifa_jax.analysis import analyze, analyze_methods
 from ifa_jax.cams import METHODS, CamResult, cam, cam_layers, cams_per_layer, fuse, upsample
 from ifa_jax.dff import concept_maps, concept_scores, dff_dataset
 from ifa_jax.explaining import explain
@@ -73,6 +73,7 @@ __all__ = [
     "ProbeResult",
     "analysis",
     "analyze",
+    "analyze_methods",
     "attention_to_grid",
     "aug_smooth",
     "cam",

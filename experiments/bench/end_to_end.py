@@ -40,12 +40,12 @@ def ifa_pipeline(probe, variables, ds, *, batch: int, methods: Sequence[str]) ->
     """One analysis pass (all methods), common scales, consistency evaluation: seconds."""
     t0 = time.perf_counter()
     # As the runner does: every method from one probe call per batch (one model pass).
-    analyses = analysis.analyze(
+    analyses = analysis.analyze_methods(
         probe,
         variables,
         ((b.x, b.y, b.mask) for b in data.batches(ds, batch)),
         num_classes=ds.num_classes,
-        method=tuple(methods),
+        methods=tuple(methods),
         progress=False,
         keep_importance=True,
         count="all",
@@ -106,12 +106,12 @@ def end_to_end(
     small = data.Dataset(x[: 2 * batch], y[: 2 * batch], 10, "count")
     counts = {}
     counter["calls"] = 0
-    analysis.analyze(
+    analysis.analyze_methods(
         counting,
         variables,
         ((b.x, b.y, b.mask) for b in data.batches(small, batch)),
         num_classes=10,
-        method=tuple(methods),
+        methods=tuple(methods),
         progress=False,
         count="all",
     )

@@ -106,12 +106,12 @@ def ifa_entries(case: Case, variables, probe: LayerProbe, x, y) -> list[Entry]:
     host_batches = [(np.asarray(x), np.asarray(y))] * PASS_BATCHES
 
     def analyze_pass():
-        return analysis.analyze(
+        return analysis.analyze_methods(
             probe,
             variables,
             host_batches,
             num_classes=case.num_classes,
-            method=E2E_METHODS,
+            methods=E2E_METHODS,
             count="all",
             keep_importance=True,
             progress=False,

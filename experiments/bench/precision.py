@@ -97,12 +97,12 @@ def run(samples: int, batch: int, epochs: int, repeats: int, min_time: float) ->
     probe = linen_probe(model, "relu2")
 
     def analyse(dtype):
-        result = analysis.analyze(
+        result = analysis.analyze_methods(
             probe,
             variables,
             batches,
             num_classes=10,
-            method=METHODS,
+            methods=METHODS,
             progress=False,
             compute_dtype=dtype,
         )

@@ -339,7 +339,7 @@ def stage_analyse(ctx: RunContext) -> None:
                     ctx.variables,
                     ctx.batches(ds),
                     num_classes=ds.num_classes,
-                    method=todo,
+                    methods=todo,
                     count=config.count,
                     progress=False,
                     keep_importance=True,
@@ -389,12 +389,12 @@ def analysis_digest(ctx: RunContext, method: str) -> str:
 def analyze_all(
     log: Callable[[str], None], split: str, *args, **kwargs
 ) -> dict[str, analysis.Analysis]:
-    """:func:`ifa_jax.analysis.analyze` with a tuple of methods: ``{method: Analysis}``.
+    """:func:`ifa_jax.analysis.analyze_methods`: ``{method: Analysis}``.
     Classes with no counted sample (a :class:`~ifa_jax.analysis.MissingClassesWarning`)
     go to the run's log, once per split; the report names them too."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", analysis.MissingClassesWarning)
-        results = analysis.analyze(*args, **kwargs)
+        results = analysis.analyze_methods(*args, **kwargs)
     said = set()
     for w in caught:
         if not issubclass(w.category, analysis.MissingClassesWarning):
@@ -402,7 +402,6 @@ def analyze_all(
         elif str(w.message) not in said:
             said.add(str(w.message))
             log(f"analyse {split}: {w.message}")
-    assert isinstance(results, dict)  # a tuple of methods gives one Analysis per method
     return results
 
 
