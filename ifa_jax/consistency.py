@@ -6,6 +6,28 @@ samples. :func:`consistency_levels` computes the levels of every class, method a
 scaling in one forward pass per batch (the per-class vjps are batched), and
 :func:`summarize_consistency` turns them into Pearson / Spearman r and AUROC per class
 and their means.
+
+Example:
+    Levels of one method's common scale for 2 classes over 4 samples (as
+    :func:`consistency_levels` would return them, written out here), that rise with the
+    logit of class 0 and fall with that of class 1:
+
+    >>> import numpy as np
+    >>> from ifa_jax.consistency import ConsistencyLevels, summarize_consistency
+    >>> logits = np.array([[2.0, 0.0], [1.0, 1.5], [3.0, -1.0], [0.5, 2.0]])
+    >>> rows = np.stack([0.1 * logits[:, 0] + 0.2, -0.3 * logits[:, 1]])  # (classes, N)
+    >>> levels = ConsistencyLevels(
+    ...     np.array([0, 1]), ("gradcam",), rows[:, None, None, :], logits, ("common",)
+    ... )
+    >>> levels.levels.shape  # (classes, methods, ways of scaling, N)
+    (2, 1, 1, 4)
+    >>> result = summarize_consistency(levels)
+    >>> round(result.per_class["gradcam"]["0"]["common"]["pearson"], 3)
+    1.0
+    >>> round(result.summary["gradcam"]["common"]["min_pearson"], 3)
+    -1.0
+    >>> result.summary["gradcam"]["auroc"]
+    {'mean': 0.5, 'classes_defined': 2}
 """
 
 from __future__ import annotations

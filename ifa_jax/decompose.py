@@ -26,6 +26,24 @@ quantify redundancy.
 All array functions are pure jnp and jit-able. Value checks (NaN rows, asymmetric or zero
 covariance, empty masks) run when the inputs are concrete and are skipped under ``jit``,
 where the documented fallback (NaN ratios, empty rows) is returned instead.
+
+Example:
+    Masks of the top half of 4 channels for 2 classes, and the spectrum of a covariance
+    whose first direction carries most of the variance:
+
+    >>> import numpy as np
+    >>> from ifa_jax.decompose import effective_rank, explained_variance, select
+    >>> im = np.array([[3.0, 1.0, 0.0, 2.0], [0.0, 2.0, 4.0, 1.0]])
+    >>> print(select(im, "top", ratio=0.5))
+    [[1. 0. 0. 1.]
+     [0. 1. 1. 0.]]
+    >>> spectrum = explained_variance(np.diag([9.0, 0.5, 0.4, 0.1]))
+    >>> print(np.asarray(spectrum.ratio).round(2))
+    [0.9  0.05 0.04 0.01]
+    >>> {level: int(n) for level, n in spectrum.n_components.items()}
+    {90: 1, 95: 2, 99: 3}
+    >>> round(float(effective_rank(np.array([1.0, 1.0, 0.0, 0.0]))), 3)
+    2.0
 """
 
 from __future__ import annotations

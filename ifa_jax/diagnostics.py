@@ -5,6 +5,22 @@ Pure functions of plain arrays (the analysis Summary's fields and per-sample arr
 NumPy float64, returning NamedTuples / dicts of plain Python floats and ints that a report
 can print. Each docstring says how to read the numbers. Bad input raises ValueError
 naming the value and the fix.
+
+Example:
+    CAM maxima that drop from the train to the validation split, and a 4 x 4 mean CAM
+    of each of 2 classes whose mass sits on the border for class 1:
+
+    >>> import numpy as np
+    >>> from ifa_jax.diagnostics import border_mass, distribution_shift
+    >>> shift = distribution_shift([4.0, 5.0, 6.0, 7.0], [2.0, 3.0, 4.0, 5.0])
+    >>> shift.ks, shift.median_shift, shift.median_shift_iqr
+    (0.5, -2.0, -1.3333333333333333)
+    >>> centre, frame = np.zeros((4, 4)), np.ones((4, 4))
+    >>> centre[1:3, 1:3] = 1.0
+    >>> frame[1:3, 1:3] = 0.0
+    >>> border = border_mass(np.stack([centre, frame]))
+    >>> border.per_class, border.uniform, border.worst_class
+    ({0: 0.0, 1: 1.0}, 0.75, 1)
 """
 
 from __future__ import annotations

@@ -12,6 +12,20 @@ batching.
 
 Dataset loaders (the embedded digits, tfds, MedMNIST, signals) are the application's:
 :mod:`ifa_jax.runner.data`.
+
+Example:
+    Five 4 x 4 grey uint8 images in batches of 2; the last batch is padded:
+
+    >>> import numpy as np
+    >>> from ifa_jax.inputs import Dataset, as_images, as_labels, batches
+    >>> x = as_images(np.full((5, 4, 4), 255, np.uint8))
+    >>> x.shape, x.dtype, float(x.max())
+    ((5, 4, 4, 1), dtype('float32'), 1.0)
+    >>> ds = Dataset(x, as_labels([0, 1, 2, 1, 0]), num_classes=3)
+    >>> [(b.x.shape, b.y.tolist(), b.mask.tolist()) for b in batches(ds, 2)]
+    [((2, 4, 4, 1), [0, 1], [True, True]),
+     ((2, 4, 4, 1), [2, 1], [True, True]),
+     ((2, 4, 4, 1), [0, 0], [True, False])]
 """
 
 from __future__ import annotations

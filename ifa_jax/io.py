@@ -7,6 +7,26 @@ leaves the previous file intact; a failed write (a full disk, a file-size limit)
 its temporary file and raises :class:`WriteError` naming the file. Only a process killed
 mid-write leaves a temporary behind; its name contains :data:`TEMP_MARK`, and
 :func:`remove_stale_temporaries` clears them.
+
+Example:
+    A writer fills the temporary path; the target appears only when it is done, and a
+    temporary left by a killed writer is cleared:
+
+    >>> import shutil
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from ifa_jax.io import TEMP_MARK, atomic_path, remove_stale_temporaries
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with atomic_path(folder / "stats.txt") as tmp:
+    ...     _ = Path(tmp).write_text("done")
+    ...     (folder / "stats.txt").exists()
+    False
+    >>> (folder / "stats.txt").read_text(), [p.name for p in folder.iterdir()]
+    ('done', ['stats.txt'])
+    >>> _ = (folder / f".stats.txt{TEMP_MARK}abc.tmp").write_text("cut short")
+    >>> [Path(p).name for p in remove_stale_temporaries(folder)]
+    ['.stats.txt.ifa-tmp.abc.tmp']
+    >>> shutil.rmtree(folder)
 """
 
 from __future__ import annotations

@@ -9,6 +9,30 @@ these modules compute the same numbers as named steps:
   the same for NNX (``self.relu1 = NnxReLU()`` in ``__init__``, tapped as ``"relu1"``).
 - :func:`tappable_attention`: ``nn.dot_product_attention`` whose probabilities pass
   through :class:`AttentionProbs` named ``"probs"`` (LeGrad taps ``"block1/attn/probs"``).
+
+Example:
+    The rectified features of a conv, and the attention probabilities (B, heads,
+    queries, keys), become named intermediates:
+
+    >>> import flax.linen as nn
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax.modules import ReLU, tappable_attention
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         return ReLU(name="relu1")(nn.Conv(2, (3, 3), name="conv1")(x)).mean((1, 2))
+    >>> x = jnp.ones((1, 4, 4, 1))
+    >>> variables = Net().init(jax.random.key(0), x)
+    >>> _, state = Net().apply(variables, x, capture_intermediates=True)
+    >>> state["intermediates"]["relu1"]["__call__"][0].shape
+    (1, 4, 4, 2)
+    >>> attention = nn.MultiHeadDotProductAttention(2, attention_fn=tappable_attention)
+    >>> tokens = jnp.ones((1, 3, 8))
+    >>> variables = attention.init(jax.random.key(0), tokens)
+    >>> _, state = attention.apply(variables, tokens, capture_intermediates=True)
+    >>> state["intermediates"]["probs"]["__call__"][0].shape
+    (1, 2, 3, 3)
 """
 
 from __future__ import annotations

@@ -13,6 +13,19 @@ image grid), upsample them with :func:`ifa_jax.cams.upsample` and rescale them w
 common scale (clipped to [0, 1]) when a :class:`~ifa_jax.scale.Scale` is given, else per
 image min-max. :func:`cam_grid` and :func:`outliers` take maps already rescaled to [0, 1]
 and upsample them when they are still on the feature grid.
+
+Example:
+    Three 8 x 8 images with their 2 x 2 raw CAMs on one common scale: three panels and
+    one shared colour bar:
+
+    >>> import numpy as np
+    >>> from ifa_jax.plots import overlay_grid
+    >>> from ifa_jax.scale import scale_from_bounds
+    >>> images = np.random.default_rng(0).uniform(size=(3, 8, 8))
+    >>> cams = np.arange(12.0).reshape(3, 2, 2)
+    >>> fig = overlay_grid(images, cams, scale_from_bounds(0.0, 8.0))
+    >>> len(fig.axes), fig.axes[-1].get_ylabel()
+    (4, 'CAM intensity (common scale, clipped to [0, 1])')
 """
 
 from __future__ import annotations

@@ -6,6 +6,22 @@ the target travels with each row because insertion/deletion stacks many steps of
 images in one batch. :func:`model_scorer` builds one from a probe; passing the same object
 again reuses the compiled computation (it is a :class:`jax.tree_util.Partial`, so the
 model variables are arguments of the jitted function, not constants baked into it).
+
+Example:
+    A score function that reads the mean brightness (standing in for a model's
+    probability): masking away the upper half of two uniform images halves it:
+
+    >>> import numpy as np
+    >>> from ifa_jax.metrics.confidence import confidence_change, drop_increase
+    >>> def score(x, target):
+    ...     return x.mean(axis=(1, 2, 3))
+    >>> x = np.ones((2, 4, 4, 1), np.float32)
+    >>> saliency = np.zeros((2, 4, 4))
+    >>> saliency[:, 2:] = 1.0
+    >>> confidence_change(score, x, saliency, 0)
+    {'average_drop': 50.0, 'average_increase': 0.0, 'n': 2}
+    >>> drop_increase([0.8, 0.5], [0.4, 0.6])
+    {'average_drop': 25.0, 'average_increase': 50.0, 'n': 2}
 """
 
 from __future__ import annotations

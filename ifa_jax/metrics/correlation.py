@@ -4,6 +4,19 @@ between a CAM's activation level (:func:`activation_level`) and the target score
 
 Pure functions on host NumPy arrays (float64). Undefined statistics (too few samples, a
 constant input, a single class) are ``None`` with a ``reason`` string, never NaN.
+
+Example:
+    >>> import numpy as np
+    >>> from ifa_jax.metrics.correlation import activation_level, auroc, consistency
+    >>> cams = np.array([0.1, 0.4, 0.35, 0.8])[:, None, None] * np.ones((4, 3, 3))
+    >>> levels = activation_level(cams)  # the mean of each rescaled CAM
+    >>> levels.shape
+    (4,)
+    >>> result = consistency(levels, [1.0, 2.0, 3.0, 4.0])
+    >>> round(result["pearson"], 3), round(result["spearman"], 3), result["n"]
+    (0.913, 0.8, 4)
+    >>> auroc([0.9, 0.2, 0.7, 0.4], [True, False, False, True])
+    {'auroc': 0.75, 'positives': 2, 'negatives': 2, 'reason': None}
 """
 
 from __future__ import annotations

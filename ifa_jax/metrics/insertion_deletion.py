@@ -1,5 +1,29 @@
 """Insertion and deletion curves and their AUCs (Petsiuk et al. 2018): windows of any
-spatial rank ranked by saliency, every step of an image in one forward batch."""
+spatial rank ranked by saliency, every step of an image in one forward batch.
+
+Example:
+    A 4 x 4 image bright in its upper half, saliency on that half, windows of 2 x 2 and a
+    score that reads the mean brightness: deleting the salient windows first drops the
+    score at once, inserting them first raises it at once:
+
+    >>> import numpy as np
+    >>> from ifa_jax.metrics.insertion_deletion import insertion_deletion, window_ids
+    >>> window_ids((4, 4), 2)[0]
+    array([[0, 0, 1, 1],
+           [0, 0, 1, 1],
+           [2, 2, 3, 3],
+           [2, 2, 3, 3]], dtype=int32)
+    >>> def score(x, target):
+    ...     return x.mean(axis=(1, 2, 3))
+    >>> x = np.zeros((1, 4, 4, 1), np.float32)
+    >>> x[:, :2] = 1.0
+    >>> saliency = x[..., 0]
+    >>> r = insertion_deletion(score, x, saliency, 0, window=2, insertion_baseline="zeros")
+    >>> print(np.asarray(r.fraction), np.asarray(r.deletion), np.asarray(r.insertion))
+    [0.   0.25 0.5  0.75 1.  ] [[0.5  0.25 0.   0.   0.  ]] [[0.   0.25 0.5  0.5  0.5 ]]
+    >>> float(r.deletion_auc[0]), float(r.insertion_auc[0])
+    (0.125, 0.375)
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,17 @@
 """Similarity of two CAMs for the sanity check: :func:`rank_correlation` (per sample
-Spearman rho over the grid) and :func:`ssim` (structural similarity)."""
+Spearman rho over the grid) and :func:`ssim` (structural similarity).
+
+Example:
+    A map against a monotone transform of itself, its negation and itself:
+
+    >>> import numpy as np
+    >>> from ifa_jax.metrics.similarity import rank_correlation, ssim
+    >>> cam = np.arange(16.0).reshape(1, 4, 4) / 15
+    >>> rank_correlation(cam, cam**2), rank_correlation(cam, -cam)
+    ([1.0], [-1.0])
+    >>> round(ssim(cam[0], cam[0], win_size=3), 3)
+    1.0
+"""
 
 from __future__ import annotations
 

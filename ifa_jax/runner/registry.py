@@ -19,6 +19,28 @@ trusted. A relative plug-in path is resolved against the config file's folder
   ``gather(indices) -> (x, y)``, ``input_shape`` and ``num_classes``. It is called with
   the config's ``dataset_kwargs`` and, when its signature takes them, ``seed``,
   ``validation_size`` and ``image_size``.
+
+Example:
+    A built-in model and a plug-in naming the same class, built for a 3-class dataset
+    of 8 x 8 images; a plug-in module runs only once the user names it:
+
+    >>> import numpy as np
+    >>> from ifa_jax.runner import registry
+    >>> from ifa_jax.runner.config import Config
+    >>> from ifa_jax.runner.data import Dataset, Splits
+    >>> ds = Dataset(np.zeros((4, 8, 8, 1), np.float32), np.array([0, 1, 2, 0]), 3)
+    >>> model = registry.build_model(Config(model="convnet"), Splits(ds, ds))
+    >>> type(model).__name__, model.ndim, model.num_classes
+    ('ConvNet', 2, 3)
+    >>> plugin = Config(model="ifa_jax.runner.models:ConvNet", model_kwargs=(("ndim", 2),))
+    >>> registry.is_plugin(plugin.model, registry.MODELS)
+    True
+    >>> registry.build_model(plugin, Splits(ds, ds)).num_classes
+    3
+    >>> registry.check_trusted(plugin, plugins=["ifa_jax.runner.models"])  # allowed
+    >>> registry.check_names("resnet", "mnist_embedded")
+    ["model 'resnet' is not one of mnist_cnn, convnet, resnet18, vit nor a plug-in
+    'package.module:factory' / 'file.py:factory'"]
 """
 
 from __future__ import annotations
