@@ -7,7 +7,7 @@ scaling in one forward pass per batch (the per-class vjps are batched), and
 :func:`summarize_consistency` turns them into Pearson / Spearman r and AUROC per class
 and their means.
 
-Example:
+Examples:
     Levels of one method's common scale for 2 classes over 4 samples (as
     :func:`consistency_levels` would return them, written out here), that rise with the
     logit of class 0 and fall with that of class 1:

@@ -6,7 +6,7 @@ NumPy float64, returning NamedTuples / dicts of plain Python floats and ints tha
 can print. Each docstring says how to read the numbers. Bad input raises ValueError
 naming the value and the fix.
 
-Example:
+Examples:
     CAM maxima that drop from the train to the validation split, and a 4 x 4 mean CAM
     of each of 2 classes whose mass sits on the border for class 1:
 

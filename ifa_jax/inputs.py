@@ -13,7 +13,7 @@ batching.
 Dataset loaders (the embedded digits, tfds, MedMNIST, signals) are the application's:
 :mod:`ifa_jax.runner.data`.
 
-Example:
+Examples:
     Five 4 x 4 grey uint8 images in batches of 2; the last batch is padded:
 
     >>> import numpy as np

@@ -8,7 +8,7 @@ its temporary file and raises :class:`WriteError` naming the file. Only a proces
 mid-write leaves a temporary behind; its name contains :data:`TEMP_MARK`, and
 :func:`remove_stale_temporaries` clears them.
 
-Example:
+Examples:
     A writer fills the temporary path; the target appears only when it is done, and a
     temporary left by a killed writer is cleared:
 

@@ -10,7 +10,7 @@ these modules compute the same numbers as named steps:
 - :func:`tappable_attention`: ``nn.dot_product_attention`` whose probabilities pass
   through :class:`AttentionProbs` named ``"probs"`` (LeGrad taps ``"block1/attn/probs"``).
 
-Example:
+Examples:
     The rectified features of a conv, and the attention probabilities (B, heads,
     queries, keys), become named intermediates:
 

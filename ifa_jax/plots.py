@@ -14,7 +14,7 @@ common scale (clipped to [0, 1]) when a :class:`~ifa_jax.scale.Scale` is given, 
 image min-max. :func:`cam_grid` and :func:`outliers` take maps already rescaled to [0, 1]
 and upsample them when they are still on the feature grid.
 
-Example:
+Examples:
     Three 8 x 8 images with their 2 x 2 raw CAMs on one common scale: three panels and
     one shared colour bar:
 

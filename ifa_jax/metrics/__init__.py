@@ -31,7 +31,7 @@ because insertion/deletion stacks many steps of many images in one batch.
 compiled computation (it is a :class:`jax.tree_util.Partial`, so the model variables are
 arguments of the jitted function, not constants baked into it).
 
-Example:
+Examples:
     Activation levels that rise with the target score, and an undefined correlation:
 
     >>> from ifa_jax import metrics

@@ -7,7 +7,7 @@ images in one batch. :func:`model_scorer` builds one from a probe; passing the s
 again reuses the compiled computation (it is a :class:`jax.tree_util.Partial`, so the
 model variables are arguments of the jitted function, not constants baked into it).
 
-Example:
+Examples:
     A score function that reads the mean brightness (standing in for a model's
     probability): masking away the upper half of two uniform images halves it:
 

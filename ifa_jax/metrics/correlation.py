@@ -5,7 +5,7 @@ between a CAM's activation level (:func:`activation_level`) and the target score
 Pure functions on host NumPy arrays (float64). Undefined statistics (too few samples, a
 constant input, a single class) are ``None`` with a ``reason`` string, never NaN.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> from ifa_jax.metrics.correlation import activation_level, auroc, consistency
     >>> cams = np.array([0.1, 0.4, 0.35, 0.8])[:, None, None] * np.ones((4, 3, 3))

@@ -1,7 +1,7 @@
 """Insertion and deletion curves and their AUCs (Petsiuk et al. 2018): windows of any
 spatial rank ranked by saliency, every step of an image in one forward batch.
 
-Example:
+Examples:
     A 4 x 4 image bright in its upper half, saliency on that half, windows of 2 x 2 and a
     score that reads the mean brightness: deleting the salient windows first drops the
     score at once, inserting them first raises it at once:

@@ -3,7 +3,7 @@
 :func:`top_down_order` reads from one abstract forward pass of a Linen model; compare the
 CAMs of the randomised models with :mod:`ifa_jax.metrics.similarity`.
 
-Example:
+Examples:
     A two-layer MLP whose parameter names sort the wrong way round: the order comes
     from the forward pass, and the first step re-initialises the head only:
 

@@ -1,7 +1,7 @@
 """Similarity of two CAMs for the sanity check: :func:`rank_correlation` (per sample
 Spearman rho over the grid) and :func:`ssim` (structural similarity).
 
-Example:
+Examples:
     A map against a monotone transform of itself, its negation and itself:
 
     >>> import numpy as np

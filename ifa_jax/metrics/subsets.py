@@ -1,7 +1,7 @@
 """Accuracy when only selected channels at a layer are kept: :func:`subset_accuracy` and
 :func:`subset_accuracy_curve` (the "5-25% of the features suffice" claim).
 
-Example:
+Examples:
     A parameter-free model whose logits are the grid means of its rectified input's 3
     channels, and 3 samples each bright in the channel of its label: keeping each class'
     own channel keeps every prediction, keeping channel 0 for everyone only class 0's:

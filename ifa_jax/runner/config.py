@@ -1,7 +1,7 @@
 """The runner's config: one frozen dataclass, read from ``.py`` / ``.json`` files and
 ``key=value`` overrides, every field checked against its type and range on creation.
 
-Example:
+Examples:
     A config from JSON values, ``--set``-style overrides, and a value out of range:
 
     >>> from ifa_jax.runner.config import Config, config_from_dict, override

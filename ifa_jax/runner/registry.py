@@ -20,7 +20,7 @@ trusted. A relative plug-in path is resolved against the config file's folder
   the config's ``dataset_kwargs`` and, when its signature takes them, ``seed``,
   ``validation_size`` and ``image_size``.
 
-Example:
+Examples:
     A built-in model and a plug-in naming the same class, built for a 3-class dataset
     of 8 x 8 images; a plug-in module runs only once the user names it:
 
