@@ -44,6 +44,7 @@ from ifa_jax import cams, metrics, scale
 from ifa_jax._checks import outputs_in_range
 from ifa_jax.analysis import DEFAULT_KEYS
 from ifa_jax.inputs import unpack_batch
+from ifa_jax.probe import LayerProbe
 
 # The ways a CAM is scaled before its activation level is taken: the common scale, the
 # same clipped to [0, 1] as drawn, per-image min-max, and the common scale on a channel
@@ -105,8 +106,8 @@ class ConsistencyLevels(NamedTuple):
 
 
 def consistency_levels(
-    probe,
-    variables,
+    probe: LayerProbe,
+    variables: Any,
     batches: Iterable,
     *,
     scales: Mapping[str, Any],
@@ -123,6 +124,24 @@ def consistency_levels(
     Scale}`` (the common scale of each method); masks: (C, K) channel subsets per class
     (for the 'subset' level). ``group`` classes share one forward pass; memory grows with
     group * batch * |A|.
+
+    Args:
+        probe: a :class:`~ifa_jax.probe.LayerProbe` at one layer.
+        variables: the model's variables.
+        batches: the data, as above.
+        scales: ``{method: Scale}``, the common scale of each method.
+        masks: (C, K) channel subsets per class.
+        classes: the output indices explained.
+        group: classes per forward pass, >= 1.
+        keys: the image, label (and valid) keys of dict batches.
+
+    Returns:
+        The :class:`ConsistencyLevels`, levels (n, methods, len(LEVELS), N).
+
+    Raises:
+        ValueError: a scale that is not a :class:`~ifa_jax.scale.Scale`, no class,
+            group < 1, masks without a row per class, a class outside the outputs, or no
+            batch.
     """
     methods = tuple(scales)
     method_scales = tuple(scales[m] for m in methods)
@@ -196,6 +215,16 @@ def mass_tangent(A: jax.Array, method: str) -> jax.Array:
 
     HiResCAM: T = A. GradCAM (w_k = grid mean of G_k): T_k = grid mean of A_k, broadcast.
     XGradCAM (w_k = sum(G_k A_k) / (sum(A_k) + eps)): T_k = A_k sum(A_k) / (sum(A_k) + eps).
+
+    Args:
+        A: (B, *spatial, K) activations.
+        method: one of :data:`LINEAR_METHODS` (or an alias).
+
+    Returns:
+        T, of the shape of ``A``.
+
+    Raises:
+        ValueError: a method whose CAM mass is not linear in the gradients.
     """
     method = cams.canonical_method(method)
     axes = cams.spatial_axes(A)
@@ -234,8 +263,8 @@ def class_masses(probe, variables, x, *, methods: tuple[str, ...]):
 
 
 def common_levels(
-    probe,
-    variables,
+    probe: LayerProbe,
+    variables: Any,
     batches: Iterable,
     *,
     scales: Mapping[str, Any],
@@ -251,6 +280,22 @@ def common_levels(
     level; the clipped, per-image and subset levels (and the other methods) need the maps
     and so the per-class vjps there. classes: the outputs to keep (default: all).
     batches and keys as in :func:`consistency_levels`.
+
+    Args:
+        probe: a :class:`~ifa_jax.probe.LayerProbe` at one layer.
+        variables: the model's variables.
+        batches: the data, as for :func:`consistency_levels`.
+        scales: ``{method: Scale}`` of linear methods, without ``remove_negative``.
+        classes: the outputs to keep (None: all).
+        keys: the image, label (and valid) keys of dict batches.
+
+    Returns:
+        The :class:`ConsistencyLevels` with the 'common' level only, levels (n, methods,
+        1, N).
+
+    Raises:
+        ValueError: a scale that is not a :class:`~ifa_jax.scale.Scale` or removes
+            negatives, a non-linear method, a class outside the outputs, or no batch.
     """
     methods = tuple(scales)
     for m in methods:
@@ -294,7 +339,14 @@ class ConsistencySummary(NamedTuple):
 
 def summarize_consistency(levels: ConsistencyLevels) -> ConsistencySummary:
     """Pearson / Spearman r of level vs logit per class, AUROC of the common level against
-    (prediction == c), and their means over the classes where they are defined."""
+    (prediction == c), and their means over the classes where they are defined.
+
+    Args:
+        levels: from :func:`consistency_levels` or :func:`common_levels`.
+
+    Returns:
+        The :class:`ConsistencySummary`.
+    """
     predicted = levels.logits.argmax(-1)
     per_class: dict[str, dict[str, Any]] = {m: {} for m in levels.methods}
     for c in levels.classes.tolist():
