@@ -51,7 +51,14 @@ def _undefined(names: tuple[str, str], a: np.ndarray, b: np.ndarray) -> str | No
 
 
 def rankdata(a: Any) -> np.ndarray:
-    """1-based ranks of a 1-D array, ties given their average rank (float64)."""
+    """1-based ranks of a 1-D array, ties given their average rank (float64).
+
+    Args:
+        a: (N,) values.
+
+    Returns:
+        (N,) float64 ranks.
+    """
     a = np.asarray(a)
     s = np.sort(a)
     return (np.searchsorted(s, a, "left") + np.searchsorted(s, a, "right") + 1) / 2.0
@@ -67,13 +74,34 @@ def pearson(a: Any, b: Any) -> float | None:
     """Pearson r of two (N,) arrays; None when undefined (N < 3 or a constant input).
 
     :func:`consistency` gives the reason along with the value.
+
+    Args:
+        a: (N,) values.
+        b: (N,) values.
+
+    Returns:
+        r in [-1, 1], or None.
+
+    Raises:
+        ValueError: arrays of different sizes or with non-finite values.
     """
     a, b = paired_values(("a", "b"), a, b)
     return None if _undefined(("a", "b"), a, b) else _pearson(a, b)
 
 
 def spearman(a: Any, b: Any) -> float | None:
-    """Spearman rho (Pearson r of average-tie ranks) of two (N,) arrays; None when undefined."""
+    """Spearman rho (Pearson r of average-tie ranks) of two (N,) arrays; None when undefined.
+
+    Args:
+        a: (N,) values.
+        b: (N,) values.
+
+    Returns:
+        rho in [-1, 1], or None.
+
+    Raises:
+        ValueError: arrays of different sizes or with non-finite values.
+    """
     a, b = paired_values(("a", "b"), a, b)
     return None if _undefined(("a", "b"), a, b) else _pearson(rankdata(a), rankdata(b))
 
@@ -84,6 +112,13 @@ def consistency(activation: Any, score: Any) -> dict[str, Any]:
     Returns ``{'pearson': r, 'spearman': rho, 'n': N, 'reason': None}``; when a
     correlation is undefined (N < 3, constant activation or score) both are None and
     ``reason`` says why.
+
+    Args:
+        activation: (N,) CAM activation levels.
+        score: (N,) target scores (e.g. logits).
+
+    Raises:
+        ValueError: arrays of different sizes or with non-finite values.
     """
     names = ("activation", "score")
     a, b = paired_values(names, activation, score)
@@ -102,6 +137,15 @@ def activation_level(cam_scaled: Array) -> Array:
     """Mean of each rescaled CAM over its grid: (B, *spatial) -> (B,), any spatial rank.
 
     For the 'tanh' scale, pass :func:`ifa_jax.scale.linear_values` (the scale inverted).
+
+    Args:
+        cam_scaled: (B, *spatial) rescaled CAMs.
+
+    Returns:
+        (B,) the mean of each.
+
+    Raises:
+        ValueError: an input without a batch axis.
     """
     if jnp.ndim(cam_scaled) < 2:
         raise ValueError(
@@ -117,6 +161,14 @@ def auroc(scores: Any, positives: Any) -> dict[str, Any]:
     Rank-sum (Mann-Whitney U) formula with average ranks for ties, so it equals
     ``sklearn.metrics.roc_auc_score``. Returns ``{'auroc', 'positives', 'negatives',
     'reason'}``; with a single class ``auroc`` is None and ``reason`` says which.
+
+    Args:
+        scores: (N,) scores.
+        positives: (N,) bool (or 0/1), e.g. ``prediction == c``.
+
+    Raises:
+        ValueError: positives that are not 1-D bool or 0/1, sizes that differ, or
+            non-finite scores.
     """
     s = per_sample_values(scores, "scores")
     p = np.asarray(positives)

@@ -54,7 +54,7 @@ class LayerOrder(NamedTuple):
     uncalled: list[str]
 
 
-def top_down_order(model: nn.Module, variables: Any, x: Any, **apply_kwargs) -> LayerOrder:
+def top_down_order(model: nn.Module, variables: Any, x: Any, **apply_kwargs: Any) -> LayerOrder:
     """The top-level parameter names of a Linen model in the reverse of their call order.
 
     One abstract forward pass of ``model.apply(variables, x, **apply_kwargs)``
@@ -62,6 +62,18 @@ def top_down_order(model: nn.Module, variables: Any, x: Any, **apply_kwargs) -> 
     submodule is first called; the names are ordered by that, last called (the output
     layer) first, ready for :func:`cascading_randomization`. Parameter names sort by name
     once a checkpoint is loaded, so their dict order says nothing about the model.
+
+    Args:
+        model: the Linen model.
+        variables: its variables, with a 'params' collection.
+        x: an input batch (only its shape and dtype are used).
+        **apply_kwargs: passed to ``model.apply``.
+
+    Returns:
+        The :class:`LayerOrder`.
+
+    Raises:
+        ValueError: variables without parameters.
     """
     params = variables.get("params", {}) if isinstance(variables, Mapping) else {}
     if not isinstance(params, Mapping) or not params:
@@ -126,6 +138,18 @@ def cascading_randomization(
     before it in ``order`` re-initialised: each floating-point leaf ~ Normal(0, std of that
     leaf) (a zero-initialised bias stays zero; integer leaves are kept), keys
     ``fold_in(split(key, len(order))[i], leaf index)``. Inputs are checked eagerly.
+
+    Args:
+        params: a parameter tree or Flax variables.
+        key: the PRNG key.
+        order: top-level parameter names, top (output) layer first.
+
+    Returns:
+        An iterator of ``(name, tree)``, one per name of ``order``.
+
+    Raises:
+        ValueError: an empty order, a name given twice, or a name not among the
+            top-level parameters.
     """
     order = list(order)
     if not order:

@@ -135,7 +135,7 @@ def _evaluate_masks(probe, variables, batches, masks: list, *, layer, row) -> di
 
 def subset_accuracy(
     probe: LayerProbe,
-    variables,
+    variables: Any,
     batches: Iterable,
     masks: Any,
     *,
@@ -150,7 +150,21 @@ def subset_accuracy(
     that sees the label, so optimistic; the paper's per-class setting) or ``'predicted'``
     (the unmasked model's prediction: no label leak). ``batches``: iterable of (x, y) or
     (x, y, valid); a short last batch is padded, so the step compiles once.
-    Returns {'accuracy', 'full_accuracy' (all channels), 'correct', 'n'}.
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probe.LayerProbe`.
+        variables: the model's variables.
+        batches: as above.
+        masks: (K,) or (C, K).
+        layer: the probe's layer (None: its only one).
+        row: 'label' or 'predicted'.
+
+    Returns:
+        ``{'accuracy', 'full_accuracy' (all channels), 'correct', 'n'}``.
+
+    Raises:
+        ValueError: masks that do not fit the layer, an unknown row, labels out of
+            range, or no valid sample.
     """
     r = _evaluate_masks(probe, variables, batches, [masks], layer=layer, row=row)
     return {
@@ -163,7 +177,7 @@ def subset_accuracy(
 
 def subset_accuracy_curve(
     probe: LayerProbe,
-    variables,
+    variables: Any,
     batches: Iterable,
     importance_rows: Any,
     ratios: Sequence[float] = DEFAULT_RATIOS,
@@ -180,6 +194,23 @@ def subset_accuracy_curve(
     one head forward per ratio), so a generator works. Masks and ``row`` as in
     :func:`subset_accuracy`. Returns {'ratios', 'accuracy', 'channels' (mean kept channels
     per mask row), 'full_accuracy', 'n'}; an all-ones mask gives exactly ``full_accuracy``.
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probe.LayerProbe`.
+        variables: the model's variables.
+        batches: iterable of (x, y) or (x, y, valid).
+        importance_rows: (K,) or (C, K).
+        ratios: shares of channels, each in (0, 1].
+        select_fn: ``(importance_rows, ratio) -> mask``.
+        layer: the probe's layer (None: its only one).
+        row: 'label' or 'predicted'.
+
+    Returns:
+        ``{'ratios', 'accuracy', 'channels', 'full_accuracy', 'n'}``.
+
+    Raises:
+        ValueError: no ratio or one outside (0, 1], bad importance rows, or what
+            :func:`subset_accuracy` refuses.
     """
     ratios = [float(r) for r in ratios]
     if not ratios:
