@@ -330,7 +330,21 @@ def _coerce(cls, values: Mapping[str, Any], where: str):
 
 
 def config_from_dict(values: Mapping[str, Any], where: str = "config") -> Config:
-    """A :class:`Config` from a mapping (JSON), every field checked."""
+    """A :class:`Config` from a mapping (JSON), every field checked.
+
+    Args:
+        values: ``{field: value}``; ``train`` as a mapping of
+            :class:`~ifa_jax.runner.train.TrainConfig` fields, ``method_options`` as
+            ``{method: {option: value}}``.
+        where: where the values come from, for messages.
+
+    Returns:
+        The :class:`Config`.
+
+    Raises:
+        ValueError: an unknown field, a value of the wrong type, or a check of
+            :class:`Config` that fails.
+    """
     return _coerce(Config, values, where)
 
 
@@ -339,7 +353,20 @@ def load_config(path: str | os.PathLike, *, plugins: Sequence[str] = ()) -> Conf
     plug-in path (``"my_models.py:CNN"``) is resolved against the config file's folder
     (:func:`ifa_jax.runner.registry.resolve_plugin_paths`). A JSON file is data: the
     plug-ins it names must be ``.py`` files in its own folder or listed in ``plugins``
-    (:func:`ifa_jax.runner.registry.check_trusted`)."""
+    (:func:`ifa_jax.runner.registry.check_trusted`).
+
+    Args:
+        path: the ``.py`` or ``.json`` file.
+        plugins: plug-in files and modules the user named (``--plugin``).
+
+    Returns:
+        The :class:`Config`.
+
+    Raises:
+        FileNotFoundError: no such file, or a plug-in file found nowhere.
+        ValueError: another extension, invalid JSON, no ``get_config()``, an untrusted
+            plug-in, or what :func:`config_from_dict` refuses.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.exists(path):
@@ -392,7 +419,19 @@ def override(config: Config, *assignments: str) -> Config:
     """Apply ``key=value`` assignments (``train.epochs=2``, ``methods=gradcam,finercam``,
     ``method_options.finercam.alpha=0.5``), values Python literals or strings. All are
     applied before the config is checked, so their order does not matter (an option for
-    a method named by a later ``methods=`` is accepted)."""
+    a method named by a later ``methods=`` is accepted).
+
+    Args:
+        config: the config to start from.
+        *assignments: ``key=value`` strings.
+
+    Returns:
+        A new :class:`Config`.
+
+    Raises:
+        ValueError: an assignment without ``=``, an unknown field, or what
+            :func:`config_from_dict` refuses.
+    """
     values = dataclasses.asdict(config)
     values["method_options"] = config.options_of()
     for assignment in assignments:
