@@ -37,6 +37,8 @@ Examples:
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -84,13 +86,30 @@ def tappable_attention(
     dropout_rng: jax.Array | None = None,
     dropout_rate: float = 0.0,
     deterministic: bool = False,
-    dtype=None,
-    precision=None,
+    dtype: Any = None,
+    precision: Any = None,
 ) -> jax.Array:
     """``nn.dot_product_attention`` (same numbers) with the post-softmax probabilities
     passed through :class:`AttentionProbs` named ``"probs"``, a child of the calling
     attention module. Pass it as ``nn.MultiHeadDotProductAttention(attention_fn=...)``:
-    no parameter is added."""
+    no parameter is added.
+
+    Args:
+        query: (B, ..., queries, heads, D).
+        key: (B, ..., keys, heads, D).
+        value: (B, ..., keys, heads, D).
+        bias: added to the attention logits, or None.
+        mask: bool, False where attention is masked out, or None.
+        broadcast_dropout: use one dropout mask over the batch.
+        dropout_rng: the dropout PRNG key.
+        dropout_rate: the dropout rate.
+        deterministic: no dropout.
+        dtype: the computation's dtype (default: promoted from the inputs).
+        precision: the matmuls' precision.
+
+    Returns:
+        (B, ..., queries, heads, D), as ``nn.dot_product_attention`` returns.
+    """
     query, key, value = promote_dtype(query, key, value, dtype=dtype)
     probs = nn.dot_product_attention_weights(
         query,

@@ -29,17 +29,6 @@ NOT_YET = {
     "ifa_jax.probe",
     "ifa_jax.smoothing",
     "ifa_jax.tokens",
-    # Not reached yet in this pass (issue 23 item 4 listed the modules above first).
-    "ifa_jax",
-    "ifa_jax.runner",
-    "ifa_jax.runner.allocator",
-    "ifa_jax.runner.evaluations",
-    "ifa_jax.runner.folder",
-    "ifa_jax.runner.main",
-    "ifa_jax.runner.models",
-    "ifa_jax.runner.report",
-    "ifa_jax.runner.stages",
-    "ifa_jax.runner.train",
 }
 
 
