@@ -53,15 +53,35 @@ LEVELS = ("common", "common_clipped", "per_image", "subset")
 
 
 @functools.partial(jax.jit, static_argnames=("probe", "methods"))
-def class_levels(probe, variables, x, classes, masks, scales, *, methods: tuple[str, ...]):
+def class_levels(
+    probe: Any,
+    variables: Any,
+    x: jax.Array,
+    classes: jax.Array,
+    masks: jax.Array,
+    scales: tuple[scale.Scale, ...],
+    *,
+    methods: tuple[str, ...],
+) -> tuple[jax.Array, jax.Array]:
     """CAM activation levels when explaining each of ``classes``, for every method and scaling.
 
-    x: (B, *in, C); classes: (n,) int; masks: (C, K) per-class channel subsets; scales:
-    one :class:`ifa_jax.scale.Scale` per method. Returns levels (n, methods, len(LEVELS),
-    B) in the order of :data:`LEVELS`, and the logits (B, O). One forward pass and one
-    batched vjp serve every class and method (:meth:`LayerProbe.per_class`). A 'tanh'
-    scale is inverted first (:func:`ifa_jax.scale.linear_values`), so the level is linear
-    in the CAM for both scale modes.
+    One forward pass and one batched vjp serve every class and method
+    (:meth:`LayerProbe.per_class`). A 'tanh' scale is inverted first
+    (:func:`ifa_jax.scale.linear_values`), so the level is linear in the CAM for both
+    scale modes.
+
+    Args:
+        probe: a :class:`~ifa_jax.probe.LayerProbe` at one layer.
+        variables: the model's variables.
+        x: (B, *in, C) inputs.
+        classes: (n,) int classes.
+        masks: (C, K) per-class channel subsets.
+        scales: one :class:`ifa_jax.scale.Scale` per method.
+        methods: the CAM methods (static).
+
+    Returns:
+        (levels (n, methods, len(LEVELS), B) in the order of :data:`LEVELS`, logits
+            (B, O)).
     """
     logits, A, G_all = probe.per_class(variables, x, classes)
 
@@ -242,10 +262,21 @@ def mass_tangent(A: jax.Array, method: str) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("probe", "methods"))
-def class_masses(probe, variables, x, *, methods: tuple[str, ...]):
-    """CAM mass sum(M) of every method for every output class at once: (methods, B, O),
-    and the logits (B, O). One forward pass, linearised at the layer, and one application
-    of the linear map per method: the class count does not change the cost.
+def class_masses(
+    probe: LayerProbe, variables: Any, x: jax.Array, *, methods: tuple[str, ...]
+) -> tuple[jax.Array, jax.Array]:
+    """CAM mass sum(M) of every method for every output class at once. One forward pass,
+    linearised at the layer, and one application of the linear map per method: the class
+    count does not change the cost.
+
+    Args:
+        probe: a :class:`~ifa_jax.probe.LayerProbe` at one layer.
+        variables: the model's variables.
+        x: (B, *in, C) inputs.
+        methods: linear CAM methods (:data:`LINEAR_METHODS`, static).
+
+    Returns:
+        (masses (methods, B, O), logits (B, O)).
     """
     (layer,) = probe.layers
     shapes = jax.eval_shape(lambda: probe.tapped(variables, x, None))[1]
@@ -291,7 +322,7 @@ def common_levels(
 
     Returns:
         The :class:`ConsistencyLevels` with the 'common' level only, levels (n, methods,
-        1, N).
+            1, N).
 
     Raises:
         ValueError: a scale that is not a :class:`~ifa_jax.scale.Scale` or removes

@@ -321,7 +321,7 @@ def explained_variance(covariance: ArrayLike, levels: Sequence[float] = LEVELS) 
 
     Returns:
         The :class:`Spectrum` (eigenvalues, ratio and cumulative (K,), n_components,
-        directions (K, K)).
+            directions (K, K)).
 
     Raises:
         ValueError: a matrix that is not square, symmetric and finite, an all-zero

@@ -142,7 +142,16 @@ def loss(X: Array, H: Array, W: Array) -> Array:
 @jax.jit
 def mu_step(X: Array, H: Array, W: Array) -> tuple[Array, Array]:
     """One multiplicative update (Lee & Seung 2001, Frobenius): H, then W with the new H.
-    Neither step increases :func:`loss`. X (N, K) >= 0, H (N, n) >= 0, W (n, K) >= 0."""
+    Neither step increases :func:`loss`.
+
+    Args:
+        X: (N, K) cells >= 0.
+        H: (N, n) coefficients >= 0.
+        W: (n, K) concepts >= 0.
+
+    Returns:
+        The updated (H, W).
+    """
     H = H * (X @ W.T) / (H @ (W @ W.T) + EPS)
     W = W * (H.T @ X) / ((H.T @ H) @ W + EPS)
     return H, W

