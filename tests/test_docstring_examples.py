@@ -14,9 +14,10 @@ import pytest
 
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
-# Public modules without an example yet. This set only shrinks: a module leaves it when
-# its docstrings get an example (the test below fails while a module with examples is
-# still listed).
+# Public modules without an example yet; an entry covers a package's submodules too (a
+# module split into a package stays listed). This set only shrinks: an entry leaves it
+# when every module it covers has an example (the test below fails while such an entry
+# is still listed).
 NOT_YET = {
     # Being restructured on other branches; their examples come after that work lands.
     "ifa_jax.analysis",
@@ -66,11 +67,17 @@ def test_the_examples_run(name):
     assert failures == 0, f"{name}: {failures} failing example(s)\n{report}"
 
 
+def covered(name: str, entry: str) -> bool:
+    """Whether the NOT_YET entry ``entry`` covers the module ``name``."""
+    return name == entry or name.startswith(f"{entry}.")
+
+
 def test_every_public_module_has_an_example_but_those_not_yet_done():
     without = {n for n in MODULES if not examples(importlib.import_module(n))}
-    assert without <= NOT_YET, f"public modules without a >>> example: {without - NOT_YET}"
-    done = NOT_YET - without
-    assert not done, f"these have examples now, remove them from NOT_YET: {done}"
+    missing = {n for n in without if not any(covered(n, e) for e in NOT_YET)}
+    assert not missing, f"public modules without a >>> example: {sorted(missing)}"
+    done = {e for e in NOT_YET if not any(covered(n, e) for n in without)}
+    assert not done, f"these have examples now, remove them from NOT_YET: {sorted(done)}"
 
 
 def test_a_wrong_example_fails(tmp_path, monkeypatch):
