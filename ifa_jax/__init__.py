@@ -4,6 +4,30 @@ The package is the library: probes, CAM methods, the streaming analysis and what
 computed from it; it needs jax, flax and numpy. The application (datasets, reference
 models, training and the ``ifa-jax`` runner) is :mod:`ifa_jax.runner`, installed with the
 ``runner`` extra.
+
+Examples:
+    The Grad-CAM of a small Linen CNN at its rectified conv layer, explaining class 0 of
+    the first image and class 2 of the second:
+
+    >>> import flax.linen as nn
+    >>> import jax
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = ifa_jax.ReLU(name="relu")(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> x = jax.random.uniform(jax.random.key(1), (2, 6, 6, 1))
+    >>> variables = Net().init(jax.random.key(0), x)
+    >>> probe = ifa_jax.linen_probe(Net(), "relu")
+    >>> result = probe(variables, x, target=[0, 2])
+    >>> result.logits.shape, result.activations.shape, result.gradients.shape
+    ((2, 3), (2, 6, 6, 4), (2, 6, 6, 4))
+    >>> maps = ifa_jax.cam(result.activations, result.gradients, "gradcam")
+    >>> maps.cam.shape, maps.importance.shape, maps.max.shape
+    ((2, 6, 6), (2, 4), (2,))
+    >>> ifa_jax.upsample(maps.cam, (12, 12)).shape
+    (2, 12, 12)
 """
 
 import importlib

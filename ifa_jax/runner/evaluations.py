@@ -8,6 +8,25 @@ and any arrays a figure needs; ``report`` returns its section of ``report.md``; 
 the file does not verify or its version differs. Adding an evaluation is one function
 and one entry in :data:`EVALUATIONS` (or in the ``evaluations=`` of
 :func:`ifa_jax.runner.run`); its numbers then appear in ``results.json`` under its name.
+
+Examples:
+    A report section as the evaluations write them:
+
+    >>> from ifa_jax.runner.evaluations import fmt, table_section
+    >>> fmt(0.91234), fmt(None)
+    ('0.912', 'undefined')
+    >>> section = table_section(
+    ...     "Consistency", "Pearson r.", ["method", "r"], [["gradcam", fmt(0.91234)]]
+    ... )
+    >>> for line in section:
+    ...     print(line)
+    ## Consistency
+    <BLANKLINE>
+    Pearson r.
+    <BLANKLINE>
+    | method | r |
+    |---|---|
+    | gradcam | 0.912 |
 """
 
 from __future__ import annotations

@@ -4,6 +4,13 @@ Every figure is drawn from the :class:`~ifa_jax.runner.stages.RunContext` alone,
 from files the run folder holds (or the model, for CAMs), so a resumed run draws the
 same figures as a fresh one. Adding a figure is one function and one :class:`Figure`
 entry in :data:`FIGURES`.
+
+Examples:
+    Numbers in figure titles:
+
+    >>> from ifa_jax.runner.report import number
+    >>> number(0.012345), number(-0.0), number(1234.5)
+    ('0.0123', '0', '1234')
 """
 
 from __future__ import annotations

@@ -3,6 +3,18 @@
 Each stage reads its outputs from the run folder when they verify, and computes and
 writes them otherwise. A :class:`RunContext` carries what the stages produce to the
 evaluations and the report.
+
+Examples:
+    The keyed methods draw from one key stream per split, derived from the config's seed:
+
+    >>> import jax
+    >>> from ifa_jax.runner.config import Config
+    >>> from ifa_jax.runner.stages import KEY_STREAMS, method_key
+    >>> KEY_STREAMS
+    ('train', 'validation', 'explain')
+    >>> a, b = method_key(Config(), "train"), method_key(Config(), "validation")
+    >>> bool((jax.random.key_data(a) == jax.random.key_data(b)).all())
+    False
 """
 
 from __future__ import annotations

@@ -14,6 +14,26 @@ from it, so a killed run continues after its last finished epoch with the same r
 ``save_checkpoint`` / ``load_checkpoint`` store any pytree with ``flax.serialization``;
 writes are atomic (temporary file in the same directory + ``os.replace``) and loading into a
 template of another model names the mismatched parameter paths and shapes.
+
+Examples:
+    A checkpoint round trip, and a template of another shape refused:
+
+    >>> import shutil
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from ifa_jax.runner.train import load_checkpoint, save_checkpoint
+    >>> path = Path(tempfile.mkdtemp()) / "checkpoint.msgpack"
+    >>> save_checkpoint(path, {"params": {"w": np.ones((2, 3), np.float32)}})
+    >>> restored = load_checkpoint(path, {"params": {"w": np.zeros((2, 3), np.float32)}})
+    >>> float(restored["params"]["w"].sum())
+    6.0
+    >>> load_checkpoint(path, {"params": {"w": np.zeros((3, 3), np.float32)}})
+    Traceback (most recent call last):
+        ...
+    ifa_jax.runner.train.CheckpointMismatchError: checkpoint ... mismatch params/w:
+    checkpoint (2, 3) float32 vs template (3, 3) float32
+    >>> shutil.rmtree(path.parent)
 """
 
 from __future__ import annotations
