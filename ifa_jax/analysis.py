@@ -53,7 +53,7 @@ from ifa_jax._options import split_options
 from ifa_jax._stats import DEFAULT_PERCENTILES, percentiles
 from ifa_jax.explaining import callable_target, forward_weights
 from ifa_jax.inputs import Batch, as_images, as_labels, unpack_batch
-from ifa_jax.probe import LayerProbe
+from ifa_jax.probes import LayerProbe
 
 Array = jax.Array
 COUNT_MODES = ("correct", "all")

@@ -36,7 +36,7 @@ from jax.typing import ArrayLike
 from ifa_jax._checks import is_traced, pad_batch, pick_layer
 from ifa_jax.analysis import DEFAULT_KEYS
 from ifa_jax.inputs import unpack_batch
-from ifa_jax.probe import LayerProbe
+from ifa_jax.probes import LayerProbe
 
 Array = jax.Array
 

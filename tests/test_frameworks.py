@@ -19,8 +19,7 @@ import pytest
 
 import ifa_jax
 from ifa_jax import cams, explain
-from ifa_jax.frameworks import equinox_layers, equinox_probe, function_probe, haiku_probe
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import equinox_layers, equinox_probe, function_probe, haiku_probe, linen_probe
 from ifa_jax.runner.models import ReLU
 
 eqx = pytest.importorskip("equinox")
@@ -166,12 +165,14 @@ def probes(case):
         eqx.nn.Lambda(jax.nn.relu),
         params["head"],
     )
+    per_sample = equinox_probe(equinox_per_sample(params), lambda m: m.layers[3])
+    whole_batch = equinox_probe(
+        batched, "relu2", batched=True, channel_axis=-1, input_channel_axis=-1
+    )
     return {
         "function": (function_probe(features, head, name="relu2"), params),
-        "equinox": equinox_probe(equinox_per_sample(params), lambda m: m.layers[3]),
-        "equinox_batched": equinox_probe(
-            batched, "relu2", batched=True, channel_axis=-1, input_channel_axis=-1
-        ),
+        "equinox": (per_sample, per_sample.variables),
+        "equinox_batched": (whole_batch, whole_batch.variables),
         "haiku": (haiku_probe(hk.without_apply_rng(hk.transform(haiku_net)), "relu2"), params),
     }
 
@@ -233,10 +234,11 @@ def test_equinox_where_forms_and_the_model_is_untouched(case, hand_split):
     model = equinox_per_sample(params)
     assert equinox_layers(model) == [f"layers/{i}" for i in range(6)]
     for where in ("layers.3", "layers/3", lambda m: m.layers[3]):
-        probe, _ = equinox_probe(model, where)
+        probe = equinox_probe(model, where)
         assert probe.layers == ("layers/3",) and probe.single
-    assert not equinox_probe(model, ["layers.3"])[0].single  # a list gives dicts
-    both, arrays = equinox_probe(model, lambda m: (m.layers[1], m.layers[3]))
+    assert not equinox_probe(model, ["layers.3"]).single  # a list gives dicts
+    both = equinox_probe(model, lambda m: (m.layers[1], m.layers[3]))
+    arrays = both.variables
     assert both.layers == ("layers/1", "layers/3") and not both.single
     logits, acts = both.forward_activations(arrays, x)
     np.testing.assert_allclose(acts["layers/3"], hand_split[0], **TOL)
@@ -255,12 +257,14 @@ def test_equinox_errors_name_the_fix(case):
     with pytest.raises(ValueError, match=r"picks an array of shape \(4, 2, 3, 3\), which is"):
         equinox_probe(model, lambda m: m.layers[0].weight)
     with pytest.raises(ValueError, match=r"layer 'layers/5' outputs shape \(3, 3\); a CAM"):
-        equinox_probe(model, "layers.5")[0].forward_activations(*_arrays_and(model, x))
+        equinox_probe(model, "layers.5").forward_activations(*_arrays_and(model, x))
     dropout = eqx.tree_at(lambda m: m.layers[1], model, eqx.nn.Dropout(0.5))
-    probe, arrays = equinox_probe(dropout, "layers.3")
+    probe = equinox_probe(dropout, "layers.3")
+    arrays = probe.variables
     with pytest.raises(ValueError, match=r"eqx\.nn\.inference_mode\(model\) before"):
         probe.forward_activations(arrays, x)
-    inference, arrays = equinox_probe(eqx.nn.inference_mode(dropout), "layers.3")
+    inference = equinox_probe(eqx.nn.inference_mode(dropout), "layers.3")
+    arrays = inference.variables
     assert inference.forward_activations(arrays, x)[1]["layers/3"].shape == (3, 6, 5, 6)
 
     class VmapsItself(eqx.Module):
@@ -269,10 +273,12 @@ def test_equinox_errors_name_the_fix(case):
         def __call__(self, x):
             return jax.vmap(self.inner)(x)
 
-    probe, arrays = equinox_probe(VmapsItself(model), "inner.layers.3", batched=True)
+    probe = equinox_probe(VmapsItself(model), "inner.layers.3", batched=True)
+    arrays = probe.variables
     with pytest.raises(ValueError, match="runs inside a jax.vmap of the model's own"):
         probe.forward_activations(arrays, x)
-    probe, arrays = equinox_probe(model, "layers.3", channel_axis=3)
+    probe = equinox_probe(model, "layers.3", channel_axis=3)
+    arrays = probe.variables
     with pytest.raises(ValueError, match="channel_axis=3 is out of range for a per-sample"):
         probe.forward_activations(arrays, x)
 

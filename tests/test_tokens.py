@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from ifa_jax import cams, explain, tokens_to_grid
-from ifa_jax.probe import ZeroGradientWarning, linen_natural_layer, linen_probe
+from ifa_jax.probes import ZeroGradientWarning, linen_natural_layer, linen_probe
+from ifa_jax.probes.tokens import GridTapped
 from ifa_jax.runner.models import ViT
-from ifa_jax.tokens import GridTapped
 from tests import reference as ref
 from tests.conftest import random_variables
 

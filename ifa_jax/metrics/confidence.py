@@ -22,7 +22,7 @@ from jax.typing import ArrayLike
 
 from ifa_jax._checks import index_targets, one_of
 from ifa_jax.metrics._common import as_scorer, check_inputs, check_scores, paired_values
-from ifa_jax.probe import SCORES, LayerProbe, target_scores
+from ifa_jax.probes import SCORES, LayerProbe, target_scores
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]

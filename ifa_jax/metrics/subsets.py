@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ifa_jax._checks import label_range, one_of, pad_batch, pick_layer
-from ifa_jax.probe import LayerProbe
+from ifa_jax.probes import LayerProbe
 
 DEFAULT_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0)
 ROW_MODES = ("label", "predicted")

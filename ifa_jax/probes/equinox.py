@@ -1,26 +1,13 @@
-"""Probes for JAX models outside Flax: plain functions, Equinox modules, Haiku transforms.
-
-Each returns the same :class:`~ifa_jax.probe.LayerProbe` as :func:`~ifa_jax.probe.linen_probe`,
-built on a tapped forward ``tapped(variables, x, deltas) -> (logits, {layer: A})``: one
-forward pass plus one vjp to the deltas give logits, ``A`` and ``G``, never a gradient of the
-parameters. Nothing needs adding to the model.
-
-* :func:`function_probe` for any model written in two parts, ``features(params, x) -> A``
-  and ``head(params, A) -> logits``; ``variables`` is ``params``.
-* :func:`equinox_probe` for an Equinox module, tapped at the submodule ``where`` picks (as in
-  ``eqx.tree_at``) on a copy of the model; ``variables`` is the model's array partition.
-* :func:`haiku_probe` for an ``hk.transform``-ed function, tapped by module name with
-  ``hk.intercept_methods``; ``variables`` is ``params`` (or ``(params, state)``).
-
-Equinox and Haiku are optional (``pip install 'ifa_jax[equinox]'`` / ``'ifa_jax[haiku]'``);
-they are imported when a probe is built, not with ifa_jax.
+"""Probes for Equinox models: the tapped submodule is replaced, on a copy of the model
+made with ``eqx.tree_at``, by a thin wrapper (nothing needs adding to the model).
+``probe.variables`` is the model's array partition. Equinox is optional (``pip install
+'ifa_jax[equinox]'``), imported when a probe is built.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -35,45 +22,14 @@ from ifa_jax._taps import (
     get_child,
     layer_key,
     layer_names,
-    tap_output,
 )
-from ifa_jax.probe import LayerProbe, Output, resolve_layer, select_output
-from ifa_jax.tokens import Reshape
+from ifa_jax.probes.core import LayerProbe, Output, select_output
+from ifa_jax.probes.layers import resolve_layer
 
 Array = jax.Array
 # A submodule of an Equinox model: a path ("layers.3", "layers/3") or a callable
 # model -> submodule (or a tuple of submodules), as the ``where`` of ``eqx.tree_at``.
 Where = str | Callable[[Any], Any]
-
-# --------------------------------------------------------------------------- functions
-
-
-def function_probe(
-    features: Callable[[Any, Array], Array],
-    head: Callable[[Any, Array], Array],
-    *,
-    name: str = "features",
-    reshape: Reshape | None = None,
-) -> LayerProbe:
-    """A probe for a model written in two parts; ``variables`` is their ``params``.
-
-    features(params, x (B, ...)) -> A (B, *spatial, K), channels last; head(params, A) ->
-    logits (B, O). ``name`` is the layer's name in results and in ``explain(layer=...)``.
-    Pass inputs channels-last, (B, *spatial, C), for ScoreCAM (it masks them).
-    ``reshape`` maps A to a grid first, e.g. ``ifa_jax.tokens_to_grid()`` for tokens.
-    """
-    (key,) = layer_names(name)
-
-    def tapped(params, x, deltas):
-        acts: dict[str, Array] = {}
-        with explained_errors(x):
-            a = tap_output(key, key, features(params, x), acts, deltas, reshape is None)
-            return select_output(head(params, a)), acts
-
-    return LayerProbe(tapped, (key,), reshape=reshape)
-
-
-# --------------------------------------------------------------------------- Equinox
 
 
 def _equinox(what: str):
@@ -215,19 +171,20 @@ def equinox_probe(
     input_channel_axis: int = 0,
     output: Output = None,
     call: Callable[[Any, Array], Any] | None = None,
-) -> tuple[LayerProbe, Any]:
-    """A probe for an Equinox model, and the ``variables`` to pass it.
+) -> LayerProbe:
+    """A probe for an Equinox model; ``probe.variables`` is the ``variables`` to call it
+    with: ``explain(probe, probe.variables, x)``.
 
     where: the submodule to tap, as in ``eqx.tree_at``: a callable (``lambda m:
     m.layers[3]``, or one returning a tuple of submodules) or a path (``"layers.3"``,
     ``"layers/3"``, or a unique suffix such as ``"3"``); a list taps several. The probe
     taps a copy made with ``eqx.tree_at``: ``model`` is untouched.
 
-    Returns ``(probe, params)`` with ``params = eqx.filter(model, eqx.is_array)``: the
-    arrays are the probe's ``variables`` (a pytree of arrays, so ``jax.jit``, ``vmap``
-    and ``grad`` take it as it is); the rest of the model (its structure, activation
-    functions, ``inference`` flags) is fixed when the probe is built. Pass the arrays of a
-    retrained model of the same structure as ``eqx.filter(new_model, eqx.is_array)``.
+    ``probe.variables`` is ``eqx.filter(model, eqx.is_array)``, a pytree of arrays that
+    ``jax.jit``, ``vmap`` and ``grad`` take as it is; the rest of the model (its
+    structure, activation functions, ``inference`` flags) is fixed when the probe is
+    built. Pass the arrays of a retrained model of the same structure as
+    ``eqx.filter(new_model, eqx.is_array)``.
 
     batched=False (the default) vmaps the model over the batch, for modules written per
     sample as Equinox's layers are; batched=True calls ``model(x)`` on the whole batch.
@@ -299,112 +256,4 @@ def equinox_probe(
             acts = {name: to_grid(name, raw[name]) for name in names}
         return select_output(out, output), acts
 
-    return LayerProbe(tapped, names, single=single), params
-
-
-# --------------------------------------------------------------------------- Haiku
-
-
-def _haiku(what: str):
-    return require("haiku", "haiku", what)
-
-
-def _haiku_apply(hk, transformed: Any, apply_kwargs: dict) -> Callable[[Any, Array], Any]:
-    """apply(variables, x) -> the model's output, for any kind of hk transform."""
-    if not isinstance(transformed, (hk.Transformed, hk.TransformedWithState)):
-        raise ValueError(
-            f"haiku_probe needs hk.transform(f) or hk.transform_with_state(f); got a "
-            f"{type(transformed).__name__}"
-        )
-    with_state = isinstance(transformed, hk.TransformedWithState)
-    try:
-        takes_rng = "rng" in inspect.signature(transformed.apply).parameters
-    except (TypeError, ValueError):  # no signature to read: assume (params, rng, x)
-        takes_rng = True
-    rng = (None,) if takes_rng else ()
-
-    def apply(variables, x):
-        if not with_state:
-            return transformed.apply(variables, *rng, x, **apply_kwargs)
-        if not (isinstance(variables, (tuple, list)) and len(variables) == 2):
-            raise ValueError(
-                "a hk.transform_with_state model takes variables=(params, state) from its "
-                f"init; got {describe(variables)}"
-            )
-        params, state = variables
-        return transformed.apply(params, state, *rng, x, **apply_kwargs)[0]
-
-    return apply
-
-
-def _haiku_path(module: Any) -> str:
-    # Haiku names a module made inside another one "outer/~/inner".
-    return module.module_name.replace("/~/", "/")
-
-
-def haiku_layers(
-    transformed: Any, variables: Any, x: Array | jax.ShapeDtypeStruct, **apply_kwargs
-) -> dict[str, Any]:
-    """All module paths a Haiku transform calls on ``x``, with their output shapes.
-
-    Runs abstractly (``jax.eval_shape``): nothing is computed.
-    """
-    hk = _haiku("haiku_layers")
-    apply = _haiku_apply(hk, transformed, apply_kwargs)
-    found: dict[str, Any] = {}
-
-    def record(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__":
-            shapes = jax.tree.map(lambda a: getattr(a, "shape", None), out)
-            found.setdefault(_haiku_path(context.module), shapes)
-        return out
-
-    def run(variables, x):
-        with hk.intercept_methods(record):
-            return apply(variables, x)
-
-    jax.eval_shape(run, variables, x)
-    return found
-
-
-def haiku_probe(
-    transformed: Any,
-    layers: str | Sequence[str],
-    *,
-    output: Output = None,
-    reshape: Reshape | None = None,
-    **apply_kwargs,
-) -> LayerProbe:
-    """A probe for a Haiku model at one module (arrays out) or several (dicts out).
-
-    transformed: ``hk.transform(f)`` (``variables`` = its params) or
-    ``hk.transform_with_state(f)`` (``variables = (params, state)``), with or without
-    ``hk.without_apply_rng``; the rng is None. Layers are module names (``"conv2_d_1"``,
-    ``"encoder/linear"``; Haiku's ``"/~/"`` reads as ``"/"``); wrap a function such as
-    ``jax.nn.relu`` in ``hk.to_module`` to tap its output. ``apply_kwargs`` go to ``f``
-    (e.g. ``is_training=False`` for BatchNorm and dropout); ``output`` picks the logits as
-    in :func:`~ifa_jax.probe.linen_probe`, and ``reshape`` maps token outputs to a grid.
-    """
-    hk = _haiku("haiku_probe")
-    names = layer_names(layers)
-    apply = _haiku_apply(hk, transformed, apply_kwargs)
-
-    def tapped(variables, x, deltas):
-        with explained_errors(x):
-            available = list(haiku_layers(transformed, variables, x, **apply_kwargs))
-            paths = {resolve_layer(layer, available): layer for layer in names}
-            acts: dict[str, Array] = {}
-
-            def tap(next_fun, args, kwargs, context):
-                out = next_fun(*args, **kwargs)
-                path = _haiku_path(context.module)
-                if context.method_name != "__call__" or path not in paths:
-                    return out
-                return tap_output(paths[path], path, out, acts, deltas, reshape is None)
-
-            with hk.intercept_methods(tap):
-                out = apply(variables, x)
-        return select_output(out, output), acts
-
-    return LayerProbe(tapped, names, single=isinstance(layers, str), reshape=reshape)
+    return LayerProbe(tapped, names, single=single, variables=params)

@@ -33,8 +33,10 @@ import jax
 import jax.numpy as jnp
 
 from ifa_jax._taps import explained_errors, layer_key, tap_output
-from ifa_jax.probe import LayerProbe, Output, linen_calls, resolve_layer, select_output
-from ifa_jax.tokens import attention_to_grid
+from ifa_jax.probes.core import LayerProbe, Output, select_output
+from ifa_jax.probes.layers import resolve_layer
+from ifa_jax.probes.linen import linen_calls
+from ifa_jax.probes.tokens import attention_to_grid
 
 Array = jax.Array
 # (variables, tokens (B, N, D)) -> logits (B, O): a block's layer-specific class scores.
