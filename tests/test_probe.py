@@ -313,6 +313,24 @@ def test_batchnorm_model_in_inference_mode_gives_per_sample_gradients():
 # --------------------------------------------------------------------------- layer=None
 
 
+def test_the_tapped_layer_is_visible_on_the_probe(mnist):
+    """probe.layer and repr show the layer: the natural one once the probe has run (or
+    output_shapes has, abstractly), the named one from the start."""
+    model, variables, x = mnist
+    auto = linen_probe(model)
+    assert auto.layer is None
+    assert repr(auto) == "LayerProbe(layer=the natural layer, found on the first call)"
+    auto.output_shapes(variables, x)  # finds it without computing anything
+    assert auto.layer == "relu2"
+    assert repr(auto) == "LayerProbe(layer='relu2': the last layer with a spatial output)"
+    named = linen_probe(model, "conv2")
+    assert named.layer == "conv2" and repr(named) == "LayerProbe(layer='conv2')"
+    several = linen_probe(model, ["conv1", "conv2"])
+    assert several.layer is None and repr(several) == "LayerProbe(layers=('conv1', 'conv2'))"
+    with pytest.raises(TypeError, match=r"probe = nnx_probe\(model, layer\)"):
+        probe, state = linen_probe(model, "conv2")  # the old pair of nnx_probe
+
+
 def test_layer_none_picks_the_last_spatial_layer_after_its_relu(mnist, nested, caplog):
     from ifa_jax.probes import linen_natural_layer
     from ifa_jax.runner.models import ResNet

@@ -29,7 +29,7 @@ from ifa_jax.probes.core import (
 )
 from ifa_jax.probes.equinox import equinox_layers, equinox_probe
 from ifa_jax.probes.function import function_probe
-from ifa_jax.probes.haiku import haiku_layers, haiku_probe
+from ifa_jax.probes.haiku import haiku_calls, haiku_layers, haiku_natural_layer, haiku_probe
 from ifa_jax.probes.layers import LayerCall, TokenLayerWarning, natural_layer, resolve_layer
 from ifa_jax.probes.legrad import legrad_probe, vit_projection
 from ifa_jax.probes.linen import linen_calls, linen_layers, linen_natural_layer, linen_probe
@@ -60,7 +60,9 @@ __all__ = [
     "equinox_layers",
     "equinox_probe",
     "function_probe",
+    "haiku_calls",
     "haiku_layers",
+    "haiku_natural_layer",
     "haiku_probe",
     "legrad_probe",
     "linen_calls",

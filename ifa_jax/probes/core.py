@@ -33,7 +33,7 @@ from ifa_jax._checks import (
     take_target,
 )
 from ifa_jax._taps import AUTO, describe
-from ifa_jax.probes.layers import AutoLayer
+from ifa_jax.probes.layers import AutoGrid, AutoLayer
 from ifa_jax.probes.tokens import GridTapped, Reshape
 
 Array = jax.Array
@@ -222,10 +222,12 @@ class LayerProbe:
         if not self.single:
             tapped = f"layers={self.layers!r}"
         elif self.auto is not None:
-            tapped = f"layer={self.auto!r}" if self.auto.path is None else f"layer={self.auto}"
+            tapped = f"layer={self.auto!r}"
         else:
             tapped = f"layer={self.layer!r}"
-        reshape = f", reshape={self.reshape!r}" if self.reshape is not None else ""
+        # An automatic grid is shown once it has laid tokens on a grid.
+        unused = isinstance(self.reshape, AutoGrid) and self.reshape.grid is None
+        reshape = f", reshape={self.reshape!r}" if self.reshape is not None and not unused else ""
         return f"LayerProbe({tapped}{reshape})"
 
     def __iter__(self):

@@ -6,16 +6,18 @@ built.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 
 from ifa_jax._checks import require
-from ifa_jax._taps import describe, explained_errors, layer_names, tap_output
+from ifa_jax._taps import AUTO, describe, explained_errors, layer_names, tap_output
 from ifa_jax.probes.core import LayerProbe, Output, select_output
-from ifa_jax.probes.layers import resolve_layer
+from ifa_jax.probes.layers import LayerCall, automatic, call_shapes, natural_layer, resolve_layer
 from ifa_jax.probes.tokens import Reshape
 
 Array = jax.Array
@@ -58,6 +60,34 @@ def _haiku_path(module: Any) -> str:
     return module.module_name.replace("/~/", "/")
 
 
+def haiku_calls(
+    transformed: Any, variables: Any, x: Array | jax.ShapeDtypeStruct, **apply_kwargs
+) -> list[LayerCall]:
+    """The module calls of a Haiku transform on ``x`` (first call of each path), in the
+    order they end. Runs abstractly (``jax.eval_shape``): nothing is computed."""
+    hk = _haiku("haiku_calls")
+    apply = _haiku_apply(hk, transformed, apply_kwargs)
+    calls: dict[str, LayerCall] = {}
+    clock = itertools.count()
+
+    def record(next_fun, args, kwargs, context):
+        start = next(clock)
+        out = next_fun(*args, **kwargs)
+        path = _haiku_path(context.module)
+        if context.method_name == "__call__" and path not in calls:
+            kind = type(context.module).__name__
+            calls[path] = LayerCall(path, kind, call_shapes(out), start, next(clock))
+        return out
+
+    def run(variables, x):
+        with hk.intercept_methods(record):
+            return apply(variables, x)
+
+    with explained_errors(x), _haiku_errors():
+        jax.eval_shape(run, variables, x)
+    return sorted(calls.values(), key=lambda c: c.end)
+
+
 def haiku_layers(
     transformed: Any, variables: Any, x: Array | jax.ShapeDtypeStruct, **apply_kwargs
 ) -> dict[str, Any]:
@@ -65,28 +95,37 @@ def haiku_layers(
 
     Runs abstractly (``jax.eval_shape``): nothing is computed.
     """
-    hk = _haiku("haiku_layers")
-    apply = _haiku_apply(hk, transformed, apply_kwargs)
-    found: dict[str, Any] = {}
+    return {c.path: c.shape for c in haiku_calls(transformed, variables, x, **apply_kwargs)}
 
-    def record(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__":
-            shapes = jax.tree.map(lambda a: getattr(a, "shape", None), out)
-            found.setdefault(_haiku_path(context.module), shapes)
-        return out
 
-    def run(variables, x):
-        with hk.intercept_methods(record):
-            return apply(variables, x)
+def haiku_natural_layer(
+    transformed: Any, variables: Any, x: Array | jax.ShapeDtypeStruct, **apply_kwargs
+) -> tuple[str, str]:
+    """The path of the model's natural target layer and why
+    (:func:`~ifa_jax.probes.natural_layer`): what ``haiku_probe(transformed)`` taps."""
+    return natural_layer(haiku_calls(transformed, variables, x, **apply_kwargs))
 
-    jax.eval_shape(run, variables, x)
-    return found
+
+@contextlib.contextmanager
+def _haiku_errors():
+    """Re-raise Haiku's error for a model that draws random numbers without an rng (a
+    model in training mode) as a ValueError naming the fix."""
+    try:
+        yield
+    except ValueError as e:
+        if type(e).__name__ != "MissingRNGError":
+            raise
+        raise ValueError(
+            f"the model draws random numbers inside the probe ({str(e).splitlines()[0]}): "
+            "dropout (or another random layer) is active, and the probe passes no rng. "
+            "Pass the model's inference flag to the probe as a keyword: "
+            "haiku_probe(transformed, layer, is_training=False) (or your flag)"
+        ) from e
 
 
 def haiku_probe(
     transformed: Any,
-    layers: str | Sequence[str],
+    layers: str | Sequence[str] | None = None,
     *,
     output: Output = None,
     reshape: Reshape | None = None,
@@ -96,20 +135,26 @@ def haiku_probe(
 
     transformed: ``hk.transform(f)`` (``variables`` = its params) or
     ``hk.transform_with_state(f)`` (``variables = (params, state)``), with or without
-    ``hk.without_apply_rng``; the rng is None. Layers are module names (``"conv2_d_1"``,
-    ``"encoder/linear"``; Haiku's ``"/~/"`` reads as ``"/"``); wrap a function such as
-    ``jax.nn.relu`` in ``hk.to_module`` to tap its output. ``apply_kwargs`` go to ``f``
-    (e.g. ``is_training=False`` for BatchNorm and dropout); ``output`` picks the logits as
-    in :func:`~ifa_jax.probe.linen_probe`, and ``reshape`` maps token outputs to a grid.
+    ``hk.without_apply_rng``; the rng is None, so pass ``f``'s inference flag (e.g.
+    ``is_training=False``) for dropout and BatchNorm in ``apply_kwargs``. Layers are
+    module names (``"conv2_d_1"``, ``"encoder/linear"``; Haiku's ``"/~/"`` reads as
+    ``"/"``); wrap a function such as ``jax.nn.relu`` in ``hk.to_module`` to tap its
+    output. ``layers=None``, ``output`` and ``reshape`` work as in
+    :func:`~ifa_jax.probes.linen_probe` (None: the natural target layer, ``probe.layer``).
     """
     hk = _haiku("haiku_probe")
     names = layer_names(layers)
     apply = _haiku_apply(hk, transformed, apply_kwargs)
+    auto, reshape = automatic(names, reshape)
 
     def tapped(variables, x, deltas):
-        with explained_errors(x):
-            available = list(haiku_layers(transformed, variables, x, **apply_kwargs))
-            paths = {resolve_layer(layer, available): layer for layer in names}
+        with explained_errors(x), _haiku_errors():
+            calls = haiku_calls(transformed, variables, x, **apply_kwargs)
+            available = [c.path for c in calls]
+            paths = {
+                auto(calls) if auto and layer == AUTO else resolve_layer(layer, available): layer
+                for layer in names
+            }
             acts: dict[str, Array] = {}
 
             def tap(next_fun, args, kwargs, context):
@@ -123,4 +168,11 @@ def haiku_probe(
                 out = apply(variables, x)
         return select_output(out, output), acts
 
-    return LayerProbe(tapped, names, single=isinstance(layers, str), reshape=reshape)
+    return LayerProbe(
+        tapped,
+        names,
+        single=layers is None or isinstance(layers, str),
+        reshape=reshape,
+        find_layer=lambda v, x: haiku_natural_layer(transformed, v, x, **apply_kwargs),
+        auto=auto,
+    )
