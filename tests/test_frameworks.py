@@ -502,3 +502,21 @@ def test_haiku_model_that_needs_an_rng_names_the_fix():
         haiku_probe(net)(params, x, 0)  # finding the natural layer runs the model too
     out = haiku_probe(net, "relu", is_training=False)(params, x, 0)
     assert out.activations.shape == (2, 5, 5, 4)
+
+
+def test_every_factory_takes_its_keywords_in_the_same_place():
+    """The layer second (None: the natural layer), then output= and reshape= first among
+    the keywords; every factory returns the probe alone."""
+    import inspect
+
+    from ifa_jax import probes
+
+    for factory in (linen_probe, ifa_jax.nnx_probe, equinox_probe, haiku_probe):
+        params = list(inspect.signature(factory).parameters.values())
+        assert params[1].name in ("layers", "where") and params[1].default is None, factory
+        keywords = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        assert keywords[:2] == ["output", "reshape"], factory
+        assert inspect.signature(factory).return_annotation in ("LayerProbe", probes.LayerProbe)
+    keywords = inspect.signature(function_probe).parameters
+    assert list(keywords)[2:4] == ["output", "reshape"]
+    assert list(inspect.signature(ifa_jax.legrad_probe).parameters)[2] == "output"
