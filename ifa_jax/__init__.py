@@ -44,6 +44,7 @@ from ifa_jax import (
     inputs,
     metrics,
     modules,
+    probes,
     scale,
     smoothing,
 )
@@ -51,13 +52,22 @@ from ifa_jax.analysis import analyze, analyze_methods
 from ifa_jax.cams import METHODS, CamResult, cam, cam_layers, cams_per_layer, fuse, upsample
 from ifa_jax.dff import concept_maps, concept_scores, dff_dataset
 from ifa_jax.explaining import explain
-from ifa_jax.frameworks import equinox_probe, function_probe, haiku_probe
 from ifa_jax.guided import guided_backprop, guided_gradcam
-from ifa_jax.legrad import legrad_probe
 from ifa_jax.modules import NnxReLU, ReLU
-from ifa_jax.probe import LayerProbe, ProbeResult, linen_layers, linen_probe, nnx_probe
+from ifa_jax.probes import (
+    LayerProbe,
+    ProbeResult,
+    attention_to_grid,
+    equinox_probe,
+    function_probe,
+    haiku_probe,
+    legrad_probe,
+    linen_layers,
+    linen_probe,
+    nnx_probe,
+    tokens_to_grid,
+)
 from ifa_jax.smoothing import aug_smooth, eigen_smooth, explain_smoothed, sess, smoothgrad
-from ifa_jax.tokens import attention_to_grid, tokens_to_grid
 
 if TYPE_CHECKING:  # for type checkers; at run time plots is imported on first use
     from ifa_jax import plots
@@ -65,11 +75,16 @@ if TYPE_CHECKING:  # for type checkers; at run time plots is imported on first u
 __version__ = "0.1.0"
 
 
-# Modules that moved to the application, ifa_jax.runner (see CHANGELOG).
+# Modules that moved (see CHANGELOG): {old name: (new module, what it is now)}.
+_APPLICATION = "the application, extra 'runner'"
 _MOVED = {
-    "data": "ifa_jax.runner.data",
-    "models": "ifa_jax.runner.models",
-    "train": "ifa_jax.runner.train",
+    "data": ("ifa_jax.runner.data", _APPLICATION),
+    "models": ("ifa_jax.runner.models", _APPLICATION),
+    "train": ("ifa_jax.runner.train", _APPLICATION),
+    "probe": ("ifa_jax.probes", "the probes subpackage"),
+    "frameworks": ("ifa_jax.probes", "the probes subpackage"),
+    "tokens": ("ifa_jax.probes.tokens", "in the probes subpackage"),
+    "legrad": ("ifa_jax.probes.legrad", "in the probes subpackage"),
 }
 
 
@@ -78,13 +93,13 @@ def __getattr__(name: str):
     if name == "plots":
         return importlib.import_module("ifa_jax.plots")
     if name in _MOVED:
+        new, what = _MOVED[name]
         warnings.warn(
-            f"ifa_jax.{name} moved to {_MOVED[name]} (the application, extra 'runner'); "
-            f"import it from there",
+            f"ifa_jax.{name} moved to {new} ({what}); import it from there",
             DeprecationWarning,
             stacklevel=2,
         )
-        return importlib.import_module(_MOVED[name])
+        return importlib.import_module(new)
     raise AttributeError(f"module 'ifa_jax' has no attribute {name!r}")
 
 
@@ -128,6 +143,7 @@ __all__ = [
     "modules",
     "nnx_probe",
     "plots",
+    "probes",
     "scale",
     "sess",
     "smoothgrad",

@@ -124,7 +124,7 @@ class ForwardPasses(NamedTuple):
 class ModelInputs(NamedTuple):
     """What a method of kind ``"input"`` reads (built by :func:`ifa_jax.explain`).
 
-    probe: the :class:`ifa_jax.probe.LayerProbe` explain was given (its ``forward``,
+    probe: the :class:`ifa_jax.probes.LayerProbe` explain was given (its ``forward``,
     ``forward_with`` and module reach the whole model). variables: the model's variables.
     x: (B, *spatial_in, C) the inputs. target: (B,) int32 each sample's explained output
     (-1 for a callable target). ``score(logits (N, O), target (N,)) -> (N,)``: the explained
@@ -627,7 +627,7 @@ def _refinecam(
 
 def _legrad_map(G: Array) -> Array:
     """relu(G) averaged over the channels: LeGrad's map (B, *grid) of one block, with the
-    probe's attention grid's channels heads x queries (ifa_jax.tokens.attention_to_grid)."""
+    probe's attention grid's channels heads x queries (ifa_jax.probes.tokens.attention_to_grid)."""
     return jnp.mean(jax.nn.relu(G), axis=-1)
 
 
@@ -1072,8 +1072,8 @@ for _method in (
         needs=_G,
         channelwise=False,
         summary="L = channel mean of relu(G), G at one block's attention probabilities on "
-        "ifa_jax.tokens.attention_to_grid (keys x heads*queries); M_k = L / K; with "
-        "ifa_jax.legrad.legrad_probe's layer score, LeGrad of one block (Bousselham et al. "
+        "ifa_jax.probes.tokens.attention_to_grid (keys x heads*queries); M_k = L / K; with "
+        "ifa_jax.probes.legrad.legrad_probe's layer score, LeGrad of one block (Bousselham et al. "
         "2024)",
     ),
     Method(
@@ -1082,7 +1082,7 @@ for _method in (
         needs=_G,
         kind="layers",
         summary="mean over the probe's layers (one grid) of legrad's L: LeGrad of several "
-        "blocks with ifa_jax.legrad.legrad_probe (torch-cam's, before its min-max scaling)",
+        "blocks with ifa_jax.probes.legrad.legrad_probe (torch-cam's, before its min-max scaling)",
     ),
 ):
     register_method(_method)

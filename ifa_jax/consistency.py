@@ -44,7 +44,7 @@ from ifa_jax import cams, metrics, scale
 from ifa_jax._checks import outputs_in_range
 from ifa_jax.analysis import DEFAULT_KEYS
 from ifa_jax.inputs import unpack_batch
-from ifa_jax.probe import LayerProbe
+from ifa_jax.probes import LayerProbe
 
 # The ways a CAM is scaled before its activation level is taken: the common scale, the
 # same clipped to [0, 1] as drawn, per-image min-max, and the common scale on a channel
@@ -71,7 +71,7 @@ def class_levels(
     scale modes.
 
     Args:
-        probe: a :class:`~ifa_jax.probe.LayerProbe` at one layer.
+        probe: a :class:`~ifa_jax.probes.LayerProbe` at one layer.
         variables: the model's variables.
         x: (B, *in, C) inputs.
         classes: (n,) int classes.
@@ -146,7 +146,7 @@ def consistency_levels(
     group * batch * |A|.
 
     Args:
-        probe: a :class:`~ifa_jax.probe.LayerProbe` at one layer.
+        probe: a :class:`~ifa_jax.probes.LayerProbe` at one layer.
         variables: the model's variables.
         batches: the data, as above.
         scales: ``{method: Scale}``, the common scale of each method.
@@ -270,7 +270,7 @@ def class_masses(
     count does not change the cost.
 
     Args:
-        probe: a :class:`~ifa_jax.probe.LayerProbe` at one layer.
+        probe: a :class:`~ifa_jax.probes.LayerProbe` at one layer.
         variables: the model's variables.
         x: (B, *in, C) inputs.
         methods: linear CAM methods (:data:`LINEAR_METHODS`, static).
@@ -313,7 +313,7 @@ def common_levels(
     batches and keys as in :func:`consistency_levels`.
 
     Args:
-        probe: a :class:`~ifa_jax.probe.LayerProbe` at one layer.
+        probe: a :class:`~ifa_jax.probes.LayerProbe` at one layer.
         variables: the model's variables.
         batches: the data, as for :func:`consistency_levels`.
         scales: ``{method: Scale}`` of linear methods, without ``remove_negative``.

@@ -53,7 +53,7 @@ from jax.typing import ArrayLike
 from ifa_jax._checks import is_traced, pad_batch, pick_layer
 from ifa_jax.analysis import DEFAULT_KEYS
 from ifa_jax.inputs import unpack_batch
-from ifa_jax.probe import LayerProbe
+from ifa_jax.probes import LayerProbe
 
 Array = jax.Array
 
@@ -683,7 +683,7 @@ def dff_dataset(
     Starts from ``concepts`` (n, K) or random ones (``key``).
 
     Args:
-        probe: a :class:`~ifa_jax.probe.LayerProbe` tapping the (rectified) layer.
+        probe: a :class:`~ifa_jax.probes.LayerProbe` tapping the (rectified) layer.
         variables: the model's variables.
         batches: the data, as above.
         n_components: n, the number of concepts.

@@ -46,7 +46,7 @@ import numpy as np
 from ifa_jax import cams
 from ifa_jax._checks import index_targets, is_traced, one_of, outputs_in_range
 from ifa_jax.explaining import callable_target, explain
-from ifa_jax.probe import SCORES, LayerProbe, ProbeResult, Target, select_output, target_scores
+from ifa_jax.probes import SCORES, LayerProbe, ProbeResult, Target, select_output, target_scores
 
 Array = jax.Array
 

@@ -79,7 +79,7 @@ from ifa_jax import cams
 from ifa_jax._checks import pick_layer
 from ifa_jax._stats import minmax_per_image
 from ifa_jax.explaining import callable_target, explain
-from ifa_jax.probe import LayerProbe, ProbeResult, Target
+from ifa_jax.probes import LayerProbe, ProbeResult, Target
 
 Array = jax.Array
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ifa_jax import analysis, cams, explain, scale
-from ifa_jax.probe import ZeroGradientWarning, linen_probe, resolve_layer
+from ifa_jax.probes import ZeroGradientWarning, linen_probe, resolve_layer
 from ifa_jax.runner import data, train
 from ifa_jax.runner.models import ConvNet, ReLU
 from tests.conftest import random_variables

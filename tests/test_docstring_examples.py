@@ -23,13 +23,10 @@ NOT_YET = {
     "ifa_jax.analysis",
     "ifa_jax.cams",
     "ifa_jax.explaining",
-    "ifa_jax.frameworks",
+    "ifa_jax.probes",
     "ifa_jax.fullgrad",
     "ifa_jax.guided",
-    "ifa_jax.legrad",
-    "ifa_jax.probe",
     "ifa_jax.smoothing",
-    "ifa_jax.tokens",
 }
 
 

@@ -81,6 +81,23 @@ def test_moved_modules_still_resolve_with_a_deprecation_warning():
             assert getattr(ifa_jax, name) is module
 
 
+def test_moved_probe_modules_still_resolve_with_a_deprecation_warning():
+    import ifa_jax
+    from ifa_jax import probes
+    from ifa_jax.probes import legrad, tokens
+
+    moved = {"probe": probes, "frameworks": probes, "tokens": tokens, "legrad": legrad}
+    for name, module in moved.items():
+        new = module.__name__.replace(".", r"\.")
+        with pytest.warns(DeprecationWarning, match=rf"ifa_jax\.{name} moved to {new} "):
+            assert getattr(ifa_jax, name) is module
+    # The names people import from the top level are the probes' own.
+    for name in ("linen_probe", "nnx_probe", "equinox_probe", "haiku_probe", "LayerProbe"):
+        assert getattr(ifa_jax, name) is getattr(probes, name)
+    with pytest.warns(DeprecationWarning):
+        assert ifa_jax.probe.natural_layer is probes.natural_layer
+
+
 def test_version_has_one_source():
     import ifa_jax
 

@@ -12,7 +12,7 @@ import pytest
 
 from ifa_jax import cams, smoothing
 from ifa_jax.explaining import explain
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner.models import ConvNet
 from ifa_jax.smoothing import Augmentation
 

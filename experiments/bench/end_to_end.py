@@ -17,7 +17,7 @@ from experiments.bench.jax_side import scale_of
 from experiments.bench.timing import Entry, time_interleaved
 from ifa_jax import analysis, cams, decompose, scale
 from ifa_jax.consistency import consistency_levels, summarize_consistency
-from ifa_jax.probe import LayerProbe, linen_probe
+from ifa_jax.probes import LayerProbe, linen_probe
 from ifa_jax.runner import data
 from ifa_jax.runner.models import MnistCNN
 

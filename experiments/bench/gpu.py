@@ -48,7 +48,7 @@ from experiments.bench.jax_side import scale_of
 from experiments.bench.timing import Entry, time_interleaved
 from ifa_jax import analysis
 from ifa_jax.consistency import LINEAR_METHODS, common_levels
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner.models import ResNet, ResNet50
 
 SECTIONS = ("quick", "resnet50", "breakdown")

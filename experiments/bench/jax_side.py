@@ -10,7 +10,7 @@ from experiments.bench.cases import E2E_METHODS, Case
 from experiments.bench.floor import make_floor
 from experiments.bench.timing import Entry
 from ifa_jax import analysis, cams, explain, scale
-from ifa_jax.probe import LayerProbe
+from ifa_jax.probes import LayerProbe
 
 # The ifa_jax rows that the peers are compared with.
 CAM_ROW = "ifa CAM gradcam, common scale, input res"

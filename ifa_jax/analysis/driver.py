@@ -25,7 +25,7 @@ from ifa_jax.analysis.options import MethodOptions, PassOptions, check_pass_opti
 from ifa_jax.analysis.result import Analysis
 from ifa_jax.analysis.state import Stats, finalize, init
 from ifa_jax.analysis.step import Variables, pass_step
-from ifa_jax.probe import LayerProbe, Target
+from ifa_jax.probes import LayerProbe, Target
 
 
 def analyze(
@@ -128,7 +128,7 @@ def analyze(
     Labels outside [0, num_classes) (and, with ``target='label'``, labels the model has
     no output for) and non-finite activations or gradients raise errors naming the batch.
     When no valid sample's gradient at the layer reaches any grid position (or only one of
-    many), the pass warns once (:class:`ifa_jax.probe.ZeroGradientWarning`) for the
+    many), the pass warns once (:class:`ifa_jax.probes.ZeroGradientWarning`) for the
     methods that read G, whose statistics are then all zero.
 
     The loop never waits for the device batch by batch: the per-sample values (the fields

@@ -23,7 +23,7 @@ from ifa_jax._checks import (
 from ifa_jax._options import split_options
 from ifa_jax.analysis.adapters import check_bins, check_keys
 from ifa_jax.analysis.step import COUNT_MODES
-from ifa_jax.probe import Target
+from ifa_jax.probes import Target
 
 # {method: {option: value}}, e.g. {"gradcam++": {"eps": 1e-7}}
 MethodOptions = Mapping[str, Mapping[str, Any]]

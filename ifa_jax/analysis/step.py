@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from ifa_jax import cams
 from ifa_jax.analysis.state import BatchStats, Stats, from_batch, merge
 from ifa_jax.explaining import callable_target, forward_weights
-from ifa_jax.probe import LayerProbe, Target
+from ifa_jax.probes import LayerProbe, Target
 
 Array = jax.Array
 # A model's variables as its probe takes them (a Flax variables dict, an NNX state).
@@ -27,7 +27,7 @@ COUNT_MODES = ("correct", "all")
 class PerSample(NamedTuple):
     """Per-sample scalars of one batch (B,) each; padding rows have valid=False.
     reached: the grid positions where the sample's gradient G is non-zero (0 when the
-    layer gets no gradient: :class:`ifa_jax.probe.ZeroGradientWarning`)."""
+    layer gets no gradient: :class:`ifa_jax.probes.ZeroGradientWarning`)."""
 
     cam_max: Array
     cam_min: Array

@@ -38,7 +38,7 @@ from jax.typing import ArrayLike
 
 from ifa_jax._checks import index_targets, one_of
 from ifa_jax.metrics._common import as_scorer, check_inputs, check_scores, paired_values
-from ifa_jax.probe import SCORES, LayerProbe, target_scores
+from ifa_jax.probes import SCORES, LayerProbe, target_scores
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -62,7 +62,7 @@ def model_scorer(probe: LayerProbe, variables: Any, score: str = "probability") 
     one compiled computation for any variables of the same structure.
 
     Args:
-        probe: the model's :class:`~ifa_jax.probe.LayerProbe`.
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
         variables: the model's variables.
         score: 'probability' or 'logit'.
 

@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ifa_jax.probe import linen_calls
+from ifa_jax.probes import linen_calls
 
 Array = jax.Array
 
@@ -58,7 +58,7 @@ def top_down_order(model: nn.Module, variables: Any, x: Any, **apply_kwargs: Any
     """The top-level parameter names of a Linen model in the reverse of their call order.
 
     One abstract forward pass of ``model.apply(variables, x, **apply_kwargs)``
-    (:func:`ifa_jax.probe.linen_calls`: nothing is computed) records when each top-level
+    (:func:`ifa_jax.probes.linen_calls`: nothing is computed) records when each top-level
     submodule is first called; the names are ordered by that, last called (the output
     layer) first, ready for :func:`cascading_randomization`. Parameter names sort by name
     once a checkpoint is loaded, so their dict order says nothing about the model.

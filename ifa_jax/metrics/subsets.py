@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ifa_jax._checks import label_range, one_of, pad_batch, pick_layer
-from ifa_jax.probe import LayerProbe
+from ifa_jax.probes import LayerProbe
 
 DEFAULT_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0)
 ROW_MODES = ("label", "predicted")
@@ -152,7 +152,7 @@ def subset_accuracy(
     (x, y, valid); a short last batch is padded, so the step compiles once.
 
     Args:
-        probe: the model's :class:`~ifa_jax.probe.LayerProbe`.
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
         variables: the model's variables.
         batches: as above.
         masks: (K,) or (C, K).
@@ -196,7 +196,7 @@ def subset_accuracy_curve(
     per mask row), 'full_accuracy', 'n'}; an all-ones mask gives exactly ``full_accuracy``.
 
     Args:
-        probe: the model's :class:`~ifa_jax.probe.LayerProbe`.
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
         variables: the model's variables.
         batches: iterable of (x, y) or (x, y, valid).
         importance_rows: (K,) or (C, K).

@@ -54,7 +54,7 @@ class Config:
     variables: a trained model's variables (a ``.msgpack`` file of
     ``flax.serialization``, or an orbax checkpoint folder): analysed as they are, with no
     training. layer: the layer to analyse (None: the model's natural target layer, see
-    :func:`ifa_jax.probe.natural_layer`; the run logs and records which). tokens_prefix:
+    :func:`ifa_jax.probes.natural_layer`; the run logs and records which). tokens_prefix:
     for a layer that outputs transformer tokens (B, N, D), the number of class/register
     tokens before the patch tokens, which are read as a square grid
     (:func:`ifa_jax.tokens_to_grid`); None for a layer that outputs a grid.

@@ -345,8 +345,8 @@ class ViT(nn.Module):
     Submodules: ``patch_embed`` (a conv with stride = patch), ``block1 .. block{depth}``
     (each with ``norm1``, ``attn``, ``norm2``, ``fc1``, ``fc2``), ``norm``, ``head``. Each
     ``attn`` has a parameter-free ``probs`` child, its attention probabilities (B, heads,
-    N, N): tap ``"block1/attn/probs"`` with ``reshape=ifa_jax.tokens.attention_to_grid()``
-    (LeGrad, :mod:`ifa_jax.legrad`).
+    N, N): tap ``"block1/attn/probs"`` with ``reshape=ifa_jax.attention_to_grid()``
+    (LeGrad, :mod:`ifa_jax.probes.legrad`).
 
     Natural target layer: ``f"block{depth}/norm1"``, the norm before the last block's
     attention (pytorch-grad-cam's documented choice), read as a grid with

@@ -30,14 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ifa_jax import analysis, scale, tokens
+from ifa_jax import analysis, scale
 from ifa_jax.explaining import explain
-from ifa_jax.probe import (
+from ifa_jax.probes import (
     LayerProbe,
     linen_layers,
     linen_natural_layer,
     linen_probe,
     resolve_layer,
+    tokens,
 )
 from ifa_jax.runner import data
 from ifa_jax.runner import train as training
