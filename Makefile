@@ -17,11 +17,11 @@ demo: $(STAMP)
 	$(PY) -m experiments.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests README.md
+	$(PY) -m pytest -q tests README.md docs
 
 # The suite without the slow end-to-end runs (CI runs everything, once).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests README.md
+	$(PY) -m pytest -q -m "not slow" tests README.md docs
 
 # The core tests on the lowest versions pyproject.toml promises, in their own venv.
 MIN_VENV := .venv-min
