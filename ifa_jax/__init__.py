@@ -16,23 +16,28 @@ from ifa_jax import (
     decompose,
     dff,
     diagnostics,
-    fullgrad,
+    explaining,
     inputs,
     metrics,
     modules,
     scale,
-    smoothing,
 )
 from ifa_jax.analysis import analyze
 from ifa_jax.cams import METHODS, CamResult, cam, cam_layers, cams_per_layer, fuse, upsample
 from ifa_jax.dff import concept_maps, concept_scores, dff_dataset
-from ifa_jax.explaining import explain
+from ifa_jax.explaining import Explanation, explain, fullgrad, guided, smoothing
+from ifa_jax.explaining.guided import guided_backprop, guided_gradcam
+from ifa_jax.explaining.smoothing import (
+    aug_smooth,
+    eigen_smooth,
+    explain_smoothed,
+    sess,
+    smoothgrad,
+)
 from ifa_jax.frameworks import equinox_probe, function_probe, haiku_probe
-from ifa_jax.guided import guided_backprop, guided_gradcam
 from ifa_jax.legrad import legrad_probe
 from ifa_jax.modules import NnxReLU, ReLU
 from ifa_jax.probe import LayerProbe, ProbeResult, linen_layers, linen_probe, nnx_probe
-from ifa_jax.smoothing import aug_smooth, eigen_smooth, explain_smoothed, sess, smoothgrad
 from ifa_jax.tokens import attention_to_grid, tokens_to_grid
 
 if TYPE_CHECKING:  # for type checkers; at run time plots is imported on first use
@@ -67,6 +72,7 @@ def __getattr__(name: str):
 __all__ = [
     "METHODS",
     "CamResult",
+    "Explanation",
     "NnxReLU",
     "ReLU",
     "LayerProbe",
@@ -88,10 +94,12 @@ __all__ = [
     "eigen_smooth",
     "equinox_probe",
     "explain",
+    "explaining",
     "explain_smoothed",
     "function_probe",
     "fullgrad",
     "fuse",
+    "guided",
     "guided_backprop",
     "guided_gradcam",
     "haiku_probe",
