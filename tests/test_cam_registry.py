@@ -525,3 +525,17 @@ def test_one_calling_convention_for_explaining():
     for fn in (*choosing[:4], smoothing.sess, fullgrad.fullgrad):
         assert inspect.signature(fn).return_annotation == "Explanation", fn.__name__
     assert inspect.signature(smoothing.sess).parameters["base_method"].default == "gradcam"
+
+
+def test_replacing_a_base_method_reaches_the_methods_wrapping_it(registry, small):
+    """RefineCAM's jitted map names its base in an option: replacing the base (here
+    gradcam++ by HiResCAM's formula) is traced anew there too."""
+    _, variables, x = small
+    two = linen_probe(ConvNet(ndim=2, features=(4, 6), num_classes=3), ["relu1", "relu2"])
+    before = explain(two, variables, x, 1, "refinecam", base="Grad-CAM++")[1].cam
+    hires = explain(two, variables, x, 1, "refinecam", base="hirescam")[1].cam
+    assert float(jnp.abs(before - hires).max()) > 1e-3
+    hirescam = cams.REGISTRY["hirescam"]
+    cams.register_method(cams.Method("gradcam++", hirescam.fn, needs="gradients"), replace=True)
+    after = explain(two, variables, x, 1, "refinecam", base="Grad-CAM++")[1].cam
+    np.testing.assert_array_equal(after, hires)
