@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LINTED := ifa_jax tests experiments tools
 
-.PHONY: demo test test-fast lint format clean
+.PHONY: demo test test-fast test-min lint format docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,15 +23,36 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests README.md
 
+# The core tests on the lowest versions pyproject.toml promises, in their own venv.
+MIN_VENV := .venv-min
+MIN_TESTS := tests/test_cams.py tests/test_probe.py tests/test_analysis.py \
+	tests/test_frameworks.py tests/test_guided.py tests/test_user_jit.py
+$(MIN_VENV)/.installed: pyproject.toml .ci/min-versions.txt
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install -q -c .ci/min-versions.txt -e ".[dev]"
+	touch $@
+
+test-min: $(MIN_VENV)/.installed
+	$(MIN_VENV)/bin/python -m pytest -q -m "not slow" $(MIN_TESTS)
+
 lint: $(STAMP)
 	$(PY) -m ruff format --check $(LINTED)
 	$(PY) -m ruff check $(LINTED)
 	$(VENV)/bin/pyright ifa_jax
 	$(PY) tools/import_graph.py
 
+# The documentation site, in site/: the method table is written from the registry, every
+# public name must be documented, and a broken link or reference fails the build (no -q:
+# mkdocs -q drops the warnings before --strict counts them, and the build passes).
+docs: $(STAMP)
+	$(PY) tools/method_table.py
+	$(PY) tools/api_coverage.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 format: $(STAMP)
 	$(PY) -m ruff format $(LINTED)
 	$(PY) -m ruff check --fix $(LINTED)
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(MIN_VENV) runs site

@@ -103,7 +103,7 @@ def tap_output(
 ) -> Any:
     """What a tapped layer passes on: records its output ``out`` in ``acts[name]`` (once
     per forward pass) and adds ``deltas[name]`` to it when given. ``check_rank=False``
-    leaves the rank check to a ``reshape`` (:class:`ifa_jax.tokens.GridTapped`)."""
+    leaves the rank check to a ``reshape`` (:class:`ifa_jax.probes.tokens.GridTapped`)."""
     if name in acts:
         raise ValueError(
             f"layer {name!r} ({path}) is called more than once per forward pass "

@@ -6,6 +6,28 @@ samples. :func:`consistency_levels` computes the levels of every class, method a
 scaling in one forward pass per batch (the per-class vjps are batched), and
 :func:`summarize_consistency` turns them into Pearson / Spearman r and AUROC per class
 and their means.
+
+Examples:
+    Levels of one method's common scale for 2 classes over 4 samples (as
+    :func:`consistency_levels` would return them, written out here), that rise with the
+    logit of class 0 and fall with that of class 1:
+
+    >>> import numpy as np
+    >>> from ifa_jax.consistency import ConsistencyLevels, summarize_consistency
+    >>> logits = np.array([[2.0, 0.0], [1.0, 1.5], [3.0, -1.0], [0.5, 2.0]])
+    >>> rows = np.stack([0.1 * logits[:, 0] + 0.2, -0.3 * logits[:, 1]])  # (classes, N)
+    >>> levels = ConsistencyLevels(
+    ...     np.array([0, 1]), ("gradcam",), rows[:, None, None, :], logits, ("common",)
+    ... )
+    >>> levels.levels.shape  # (classes, methods, ways of scaling, N)
+    (2, 1, 1, 4)
+    >>> result = summarize_consistency(levels)
+    >>> round(result.per_class["gradcam"]["0"]["common"]["pearson"], 3)
+    1.0
+    >>> round(result.summary["gradcam"]["common"]["min_pearson"], 3)
+    -1.0
+    >>> result.summary["gradcam"]["auroc"]
+    {'mean': 0.5, 'classes_defined': 2}
 """
 
 from __future__ import annotations
@@ -22,6 +44,7 @@ from ifa_jax import cams, metrics, scale
 from ifa_jax._checks import outputs_in_range
 from ifa_jax.analysis import DEFAULT_KEYS
 from ifa_jax.inputs import unpack_batch
+from ifa_jax.probes import LayerProbe
 
 # The ways a CAM is scaled before its activation level is taken: the common scale, the
 # same clipped to [0, 1] as drawn, per-image min-max, and the common scale on a channel
@@ -30,15 +53,35 @@ LEVELS = ("common", "common_clipped", "per_image", "subset")
 
 
 @functools.partial(jax.jit, static_argnames=("probe", "methods"))
-def class_levels(probe, variables, x, classes, masks, scales, *, methods: tuple[str, ...]):
+def class_levels(
+    probe: Any,
+    variables: Any,
+    x: jax.Array,
+    classes: jax.Array,
+    masks: jax.Array,
+    scales: tuple[scale.Scale, ...],
+    *,
+    methods: tuple[str, ...],
+) -> tuple[jax.Array, jax.Array]:
     """CAM activation levels when explaining each of ``classes``, for every method and scaling.
 
-    x: (B, *in, C); classes: (n,) int; masks: (C, K) per-class channel subsets; scales:
-    one :class:`ifa_jax.scale.Scale` per method. Returns levels (n, methods, len(LEVELS),
-    B) in the order of :data:`LEVELS`, and the logits (B, O). One forward pass and one
-    batched vjp serve every class and method (:meth:`LayerProbe.per_class`). A 'tanh'
-    scale is inverted first (:func:`ifa_jax.scale.linear_values`), so the level is linear
-    in the CAM for both scale modes.
+    One forward pass and one batched vjp serve every class and method
+    (:meth:`LayerProbe.per_class`). A 'tanh' scale is inverted first
+    (:func:`ifa_jax.scale.linear_values`), so the level is linear in the CAM for both
+    scale modes.
+
+    Args:
+        probe: a :class:`~ifa_jax.probes.LayerProbe` at one layer.
+        variables: the model's variables.
+        x: (B, *in, C) inputs.
+        classes: (n,) int classes.
+        masks: (C, K) per-class channel subsets.
+        scales: one :class:`ifa_jax.scale.Scale` per method.
+        methods: the CAM methods (static).
+
+    Returns:
+        (levels (n, methods, len(LEVELS), B) in the order of :data:`LEVELS`, logits
+            (B, O)).
     """
     logits, A, G_all = probe.per_class(variables, x, classes)
 
@@ -83,8 +126,8 @@ class ConsistencyLevels(NamedTuple):
 
 
 def consistency_levels(
-    probe,
-    variables,
+    probe: LayerProbe,
+    variables: Any,
     batches: Iterable,
     *,
     scales: Mapping[str, Any],
@@ -101,6 +144,24 @@ def consistency_levels(
     Scale}`` (the common scale of each method); masks: (C, K) channel subsets per class
     (for the 'subset' level). ``group`` classes share one forward pass; memory grows with
     group * batch * |A|.
+
+    Args:
+        probe: a :class:`~ifa_jax.probes.LayerProbe` at one layer.
+        variables: the model's variables.
+        batches: the data, as above.
+        scales: ``{method: Scale}``, the common scale of each method.
+        masks: (C, K) channel subsets per class.
+        classes: the output indices explained.
+        group: classes per forward pass, >= 1.
+        keys: the image, label (and valid) keys of dict batches.
+
+    Returns:
+        The :class:`ConsistencyLevels`, levels (n, methods, len(LEVELS), N).
+
+    Raises:
+        ValueError: a scale that is not a :class:`~ifa_jax.scale.Scale`, no class,
+            group < 1, masks without a row per class, a class outside the outputs, or no
+            batch.
     """
     methods = tuple(scales)
     method_scales = tuple(scales[m] for m in methods)
@@ -174,6 +235,16 @@ def mass_tangent(A: jax.Array, method: str) -> jax.Array:
 
     HiResCAM: T = A. GradCAM (w_k = grid mean of G_k): T_k = grid mean of A_k, broadcast.
     XGradCAM (w_k = sum(G_k A_k) / (sum(A_k) + eps)): T_k = A_k sum(A_k) / (sum(A_k) + eps).
+
+    Args:
+        A: (B, *spatial, K) activations.
+        method: one of :data:`LINEAR_METHODS` (or an alias).
+
+    Returns:
+        T, of the shape of ``A``.
+
+    Raises:
+        ValueError: a method whose CAM mass is not linear in the gradients.
     """
     method = cams.canonical_method(method)
     axes = cams.spatial_axes(A)
@@ -191,10 +262,21 @@ def mass_tangent(A: jax.Array, method: str) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("probe", "methods"))
-def class_masses(probe, variables, x, *, methods: tuple[str, ...]):
-    """CAM mass sum(M) of every method for every output class at once: (methods, B, O),
-    and the logits (B, O). One forward pass, linearised at the layer, and one application
-    of the linear map per method: the class count does not change the cost.
+def class_masses(
+    probe: LayerProbe, variables: Any, x: jax.Array, *, methods: tuple[str, ...]
+) -> tuple[jax.Array, jax.Array]:
+    """CAM mass sum(M) of every method for every output class at once. One forward pass,
+    linearised at the layer, and one application of the linear map per method: the class
+    count does not change the cost.
+
+    Args:
+        probe: a :class:`~ifa_jax.probes.LayerProbe` at one layer.
+        variables: the model's variables.
+        x: (B, *in, C) inputs.
+        methods: linear CAM methods (:data:`LINEAR_METHODS`, static).
+
+    Returns:
+        (masses (methods, B, O), logits (B, O)).
     """
     (layer,) = probe.layers
     shapes = jax.eval_shape(lambda: probe.tapped(variables, x, None))[1]
@@ -212,8 +294,8 @@ def class_masses(probe, variables, x, *, methods: tuple[str, ...]):
 
 
 def common_levels(
-    probe,
-    variables,
+    probe: LayerProbe,
+    variables: Any,
     batches: Iterable,
     *,
     scales: Mapping[str, Any],
@@ -229,6 +311,22 @@ def common_levels(
     level; the clipped, per-image and subset levels (and the other methods) need the maps
     and so the per-class vjps there. classes: the outputs to keep (default: all).
     batches and keys as in :func:`consistency_levels`.
+
+    Args:
+        probe: a :class:`~ifa_jax.probes.LayerProbe` at one layer.
+        variables: the model's variables.
+        batches: the data, as for :func:`consistency_levels`.
+        scales: ``{method: Scale}`` of linear methods, without ``remove_negative``.
+        classes: the outputs to keep (None: all).
+        keys: the image, label (and valid) keys of dict batches.
+
+    Returns:
+        The :class:`ConsistencyLevels` with the 'common' level only, levels (n, methods,
+            1, N).
+
+    Raises:
+        ValueError: a scale that is not a :class:`~ifa_jax.scale.Scale` or removes
+            negatives, a non-linear method, a class outside the outputs, or no batch.
     """
     methods = tuple(scales)
     for m in methods:
@@ -272,7 +370,14 @@ class ConsistencySummary(NamedTuple):
 
 def summarize_consistency(levels: ConsistencyLevels) -> ConsistencySummary:
     """Pearson / Spearman r of level vs logit per class, AUROC of the common level against
-    (prediction == c), and their means over the classes where they are defined."""
+    (prediction == c), and their means over the classes where they are defined.
+
+    Args:
+        levels: from :func:`consistency_levels` or :func:`common_levels`.
+
+    Returns:
+        The :class:`ConsistencySummary`.
+    """
     predicted = levels.logits.argmax(-1)
     per_class: dict[str, dict[str, Any]] = {m: {} for m in levels.methods}
     for c in levels.classes.tolist():

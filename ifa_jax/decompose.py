@@ -26,6 +26,24 @@ quantify redundancy.
 All array functions are pure jnp and jit-able. Value checks (NaN rows, asymmetric or zero
 covariance, empty masks) run when the inputs are concrete and are skipped under ``jit``,
 where the documented fallback (NaN ratios, empty rows) is returned instead.
+
+Examples:
+    Masks of the top half of 4 channels for 2 classes, and the spectrum of a covariance
+    whose first direction carries most of the variance:
+
+    >>> import numpy as np
+    >>> from ifa_jax.decompose import effective_rank, explained_variance, select
+    >>> im = np.array([[3.0, 1.0, 0.0, 2.0], [0.0, 2.0, 4.0, 1.0]])
+    >>> print(select(im, "top", ratio=0.5))
+    [[1. 0. 0. 1.]
+     [0. 1. 1. 0.]]
+    >>> spectrum = explained_variance(np.diag([9.0, 0.5, 0.4, 0.1]))
+    >>> print(np.asarray(spectrum.ratio).round(2))
+    [0.9  0.05 0.04 0.01]
+    >>> {level: int(n) for level, n in spectrum.n_components.items()}
+    {90: 1, 95: 2, 99: 3}
+    >>> round(float(effective_rank(np.array([1.0, 1.0, 0.0, 0.0]))), 3)
+    2.0
 """
 
 from __future__ import annotations
@@ -59,6 +77,16 @@ def n_selected(ratio: float | None, channels: int) -> int:
     """Channels a ratio selects: round(ratio * K), halves up, at least 1.
 
     ratio must lie in (0, 1]. E.g. K = 10: 0.25 -> 3, 0.24 -> 2, 0.01 -> 1, 1.0 -> 10.
+
+    Args:
+        ratio: the share of the channels, in (0, 1].
+        channels: K.
+
+    Returns:
+        The number of channels n, in [1, K].
+
+    Raises:
+        ValueError: ratio is None or outside (0, 1].
     """
     if ratio is None:
         raise ValueError(
@@ -80,7 +108,15 @@ def _rank_desc(scores: Array) -> Array:
 
 
 def top_mask(scores: Array, n: int) -> Array:
-    """Float32 mask of the n largest scores along the last axis (ties: lower index)."""
+    """Float32 mask of the n largest scores along the last axis (ties: lower index).
+
+    Args:
+        scores: (..., K) scores.
+        n: how many to select per row.
+
+    Returns:
+        (..., K) float32, exactly n ones per row (for n <= K).
+    """
     return (_rank_desc(scores) < n).astype(jnp.float32)
 
 
@@ -127,6 +163,22 @@ def select(
     in the matrix the mode reads (names the classes); freq with a row where no channel
     exceeds the threshold; reverse_diff_top whose complement is empty (ratio selects all).
     jit: ``jax.jit(select, static_argnames=("mode", "ratio", "index"))``.
+
+    Args:
+        importance_rows: IM (C, K), one row per class, or one row (K,).
+        mode: one of :data:`MODES`.
+        ratio: the share of channels selected (top, diff_top, reverse_diff_top, random).
+        index: the channel of mode 'index'.
+        threshold: the importance a channel must exceed in mode 'freq'.
+        key: the PRNG key of mode 'random'.
+        im_diff: IM_c - IM_all, of the shape of ``importance_rows`` (the diff modes).
+
+    Returns:
+        Float32 masks of the shape of ``importance_rows``, 1 on the selected channels.
+
+    Raises:
+        ValueError: on the errors listed above, a shape that is not (C, K) or (K,), and a
+            missing argument of the mode.
     """
     rows = jnp.asarray(importance_rows)
     if rows.ndim not in (1, 2):
@@ -262,6 +314,18 @@ def explained_variance(covariance: ArrayLike, levels: Sequence[float] = LEVELS) 
     round-off are clipped to 0. A zero covariance raises (concrete) or gives NaN ratios
     (under jit). Read it as: few components reaching 95% = the model's decision at this
     layer lives in a low-dimensional subspace of the K channels (redundancy).
+
+    Args:
+        covariance: (K, K) channel covariance of the per-sample importances.
+        levels: variance levels in percent, each in (0, 100].
+
+    Returns:
+        The :class:`Spectrum` (eigenvalues, ratio and cumulative (K,), n_components,
+            directions (K, K)).
+
+    Raises:
+        ValueError: a matrix that is not square, symmetric and finite, an all-zero
+            covariance, or a level outside (0, 100].
     """
     levels = _check_levels(levels)
     cov = _square(covariance)
@@ -281,7 +345,18 @@ def explained_variance(covariance: ArrayLike, levels: Sequence[float] = LEVELS) 
 
 
 def principal_directions(covariance: Array, r: int) -> Array:
-    """The r leading principal directions (K, r) of a covariance, as unit columns."""
+    """The r leading principal directions (K, r) of a covariance, as unit columns.
+
+    Args:
+        covariance: (K, K) channel covariance.
+        r: the number of directions, in [1, K].
+
+    Returns:
+        (K, r) unit columns, largest eigenvalue first.
+
+    Raises:
+        ValueError: r outside [1, K], or a covariance :func:`explained_variance` refuses.
+    """
     cov = _square(covariance)
     K = cov.shape[0]
     if not (isinstance(r, (int, np.integer)) and 1 <= r <= K):
@@ -315,6 +390,18 @@ def class_svd(
     classes first, so the components are the directions in which classes *differ*
     (rank <= C - 1); ``center=False`` keeps the shared importance pattern, which then
     dominates the first component. Rows must be finite: pass ``im_class[present]``.
+
+    Args:
+        im_class: IM (C, K), finite rows.
+        center: subtract the mean over classes first.
+        levels: variance levels in percent, each in (0, 100].
+
+    Returns:
+        The :class:`ClassSVD`; q = min(C, K) components.
+
+    Raises:
+        ValueError: a matrix that is not (C, K), a non-finite row, or an all-zero
+            (centred) matrix.
     """
     levels = _check_levels(levels)
     im = jnp.asarray(im_class)
@@ -354,6 +441,17 @@ def effective_rank(variances: ArrayLike, kind: str = "entropy") -> Array:
     (sum var)^2 / sum var^2. Both equal r for r equal non-zero values and 1 for rank one;
     participation weighs the large components more (it is <= the entropy rank).
     For the class SVD pass ``singular_values ** 2``. A zero spectrum raises (concrete).
+
+    Args:
+        variances: (K,) the variance spectrum (covariance eigenvalues), >= 0.
+        kind: 'entropy' or 'participation'.
+
+    Returns:
+        The effective rank (), between 1 and the number of non-zero variances.
+
+    Raises:
+        ValueError: a spectrum that is not 1-D, finite and non-negative, an all-zero
+            spectrum, or an unknown kind.
     """
     var = jnp.asarray(variances)
     if var.ndim != 1:
@@ -383,6 +481,17 @@ def near_zero_channels(im_all: ArrayLike, *, rtol: float = 0.01) -> Array:
 
     ``mask.mean()`` is the share of channels that contribute almost nothing to the CAM on
     average (redundant). If every channel is exactly zero, all are near zero.
+
+    Args:
+        im_all: (K,) the importance over all classes.
+        rtol: the share of the largest magnitude below which a channel is near zero, in
+            [0, 1).
+
+    Returns:
+        (K,) bool.
+
+    Raises:
+        ValueError: ``im_all`` not (K,) or not finite, or rtol outside [0, 1).
     """
     im = jnp.asarray(im_all)
     if im.ndim != 1:
@@ -402,6 +511,16 @@ def component_cam(contributions: Array, direction: Array) -> Array:
     contributions M: (B, *spatial, K); direction v: (K,) -> (B, *spatial), or (K, r) ->
     (B, *spatial, r) (one CAM per column). v = ones gives the raw CAM L; v = e_k gives M_k.
     Use the common scale of the full CAM to display it.
+
+    Args:
+        contributions: M (B, *spatial, K), 1-3 spatial axes.
+        direction: v (K,) or (K, r).
+
+    Returns:
+        (B, *spatial) for a (K,) direction, (B, *spatial, r) for (K, r).
+
+    Raises:
+        ValueError: shapes that do not fit.
     """
     M = jnp.asarray(contributions)
     v = jnp.asarray(direction)
@@ -419,6 +538,17 @@ def project(importance: Array, directions: Array, *, mean: Array | None = None) 
 
     With ``mean`` (K,) (e.g. IM_all) the vectors are centred first, as for PCA scores;
     without it the raw importances are projected.
+
+    Args:
+        importance: (N, K) importance vectors.
+        directions: (K, r) or (K,).
+        mean: (K,) subtracted first, or None.
+
+    Returns:
+        (N, r), or (N,) for a (K,) direction.
+
+    Raises:
+        ValueError: shapes that do not fit.
     """
     s = jnp.asarray(importance)
     d = jnp.asarray(directions)

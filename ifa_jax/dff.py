@@ -20,6 +20,23 @@ pass; :func:`peak_concepts` scales a pass's concepts so that their maps peak at 
 Since cells are solved independently, the result does not depend on how the data is
 split into batches. :func:`dff_dataset` runs the passes with a probe's forward
 activations.
+
+Examples:
+    Activations (2, 4, 4, 3) mixed from two concepts over 3 channels; DFF finds two
+    concepts whose maps peak at 1 and rebuild the activations closely:
+
+    >>> import jax
+    >>> import numpy as np
+    >>> from ifa_jax.dff import dff, reconstruction_error
+    >>> mix = np.random.default_rng(0).uniform(size=(2, 4, 4, 2))
+    >>> A = mix @ np.array([[1.0, 0.0, 2.0], [0.0, 3.0, 1.0]])
+    >>> f = dff(A, 2, key=jax.random.key(0))
+    >>> f.concepts.shape, f.maps.shape
+    ((2, 3), (2, 4, 4, 2))
+    >>> print(np.asarray(f.maps.max(axis=(0, 1, 2))).round(3))
+    [1. 1.]
+    >>> float(reconstruction_error(A, f.concepts, f.maps)) < 0.05
+    True
 """
 
 from __future__ import annotations
@@ -36,7 +53,7 @@ from jax.typing import ArrayLike
 from ifa_jax._checks import is_traced, pad_batch, pick_layer
 from ifa_jax.analysis import DEFAULT_KEYS
 from ifa_jax.inputs import unpack_batch
-from ifa_jax.probe import LayerProbe
+from ifa_jax.probes import LayerProbe
 
 Array = jax.Array
 
@@ -108,7 +125,16 @@ def _check_components(n_components: int, channels: int) -> None:
 
 
 def loss(X: Array, H: Array, W: Array) -> Array:
-    """The NMF objective 0.5 * ||X - H W||_F^2 (): X (N, K), H (N, n), W (n, K)."""
+    """The NMF objective 0.5 * ||X - H W||_F^2 ().
+
+    Args:
+        X: (N, K) cells.
+        H: (N, n) coefficients.
+        W: (n, K) concepts.
+
+    Returns:
+        The loss, a scalar.
+    """
     R = X - H @ W
     return 0.5 * jnp.sum(R * R)
 
@@ -116,7 +142,16 @@ def loss(X: Array, H: Array, W: Array) -> Array:
 @jax.jit
 def mu_step(X: Array, H: Array, W: Array) -> tuple[Array, Array]:
     """One multiplicative update (Lee & Seung 2001, Frobenius): H, then W with the new H.
-    Neither step increases :func:`loss`. X (N, K) >= 0, H (N, n) >= 0, W (n, K) >= 0."""
+    Neither step increases :func:`loss`.
+
+    Args:
+        X: (N, K) cells >= 0.
+        H: (N, n) coefficients >= 0.
+        W: (n, K) concepts >= 0.
+
+    Returns:
+        The updated (H, W).
+    """
     H = H * (X @ W.T) / (H @ (W @ W.T) + EPS)
     W = W * (H.T @ X) / ((H.T @ H) @ W + EPS)
     return H, W
@@ -135,7 +170,16 @@ def _peak_scaled(H: Array, W: Array, peak: Array) -> tuple[Array, Array]:
 
 
 def random_init(key: Array, X: Array, n_components: int) -> tuple[Array, Array]:
-    """scikit-learn's ``init='random'``: |normal| * sqrt(mean(X) / n) for H (N, n) and W (n, K)."""
+    """scikit-learn's ``init='random'``: |normal| * sqrt(mean(X) / n) for H and W.
+
+    Args:
+        key: the PRNG key.
+        X: (N, K) cells >= 0.
+        n_components: n.
+
+    Returns:
+        (H (N, n), W (n, K)), both >= 0.
+    """
     scale = jnp.sqrt(jnp.mean(X) / n_components)
     kh, kw = jax.random.split(key)
     H = scale * jnp.abs(jax.random.normal(kh, (X.shape[0], n_components), X.dtype))
@@ -160,6 +204,21 @@ def dff(
     (scikit-learn's ``init='random'``); deterministic given either. Concepts are then
     scaled so that each map peaks at 1. Negative values down to ``tolerance`` times
     max |A| are taken as 0 (round-off); below that: ValueError (tap the ReLU's output).
+
+    Args:
+        activations: A (B, *grid, K) >= 0.
+        n_components: n, the number of concepts, at most K.
+        iterations: the number of multiplicative updates, >= 0.
+        key: the PRNG key of a random start.
+        init: (maps (B, *grid, n), concepts (n, K)), a non-negative start.
+        tolerance: the share of max |A| down to which negative values count as 0.
+
+    Returns:
+        The :class:`Factorization`: concepts (n, K), maps (B, *grid, n).
+
+    Raises:
+        ValueError: negative or non-finite activations, n_components out of range, a bad
+            iterations count, init of the wrong shapes, or neither key nor init.
     """
     X = _cells(activations)
     B, grid, K = jnp.shape(activations)[0], tuple(jnp.shape(activations)[1:-1]), X.shape[1]
@@ -189,7 +248,16 @@ def dff(
 
 
 def reconstruction_error(activations: ArrayLike, concepts: ArrayLike, maps: ArrayLike) -> Array:
-    """Relative error ||X - H W||_F / ||X||_F () of a factorization of A (B, *grid, K)."""
+    """Relative error ||X - H W||_F / ||X||_F () of a factorization of A (B, *grid, K).
+
+    Args:
+        activations: A (B, *grid, K).
+        concepts: W (n, K).
+        maps: H (B, *grid, n).
+
+    Returns:
+        The relative error, a scalar.
+    """
     X = _cells(activations)
     H = jnp.asarray(maps).reshape(X.shape[0], -1)
     R = X - H @ jnp.asarray(concepts)
@@ -199,7 +267,19 @@ def reconstruction_error(activations: ArrayLike, concepts: ArrayLike, maps: Arra
 def concept_scores(concepts: ArrayLike, kernel: ArrayLike, bias: ArrayLike | None = None) -> Array:
     """Each concept through a dense head: concepts (n, K) @ kernel (K, O) + bias (O,) ->
     (n, O), the logits of an input whose every cell shows that concept fully (for a
-    global-average-pool + dense head; ``jax.nn.softmax`` gives class probabilities)."""
+    global-average-pool + dense head; ``jax.nn.softmax`` gives class probabilities).
+
+    Args:
+        concepts: (n, K).
+        kernel: (K, O), the dense head's kernel.
+        bias: (O,) or None.
+
+    Returns:
+        (n, O) logits.
+
+    Raises:
+        ValueError: shapes that do not fit.
+    """
     c, k = jnp.asarray(concepts), jnp.asarray(kernel)
     if c.ndim != 2:
         raise ValueError(
@@ -279,7 +359,20 @@ def concept_maps(
 ) -> Array:
     """Maps (B, *grid, n) of any batch A (B, *grid, K) >= 0 on fixed concepts (n, K):
     the non-negative coefficients fitted by ``steps`` HALS sweeps (exact minimisation
-    over one concept's coefficient at a time, the others fixed)."""
+    over one concept's coefficient at a time, the others fixed).
+
+    Args:
+        activations: A (B, *grid, K) >= 0.
+        concepts: (n, K) of this layer.
+        steps: the number of HALS sweeps.
+        tolerance: the share of max |A| down to which negative values count as 0.
+
+    Returns:
+        (B, *grid, n) maps >= 0.
+
+    Raises:
+        ValueError: concepts that are not (n, K) of this layer, or negative activations.
+    """
     A = jnp.asarray(activations)
     W = jnp.asarray(concepts)
     if W.ndim != 2:
@@ -323,7 +416,21 @@ def init(
     concepts: ArrayLike | None = None,
 ) -> DFFState:
     """An empty pass starting from ``concepts`` (n, K) or random ones drawn with ``key``
-    (uniform in (0, 1]; their scale does not matter, maps are solved to fit)."""
+    (uniform in (0, 1]; their scale does not matter, maps are solved to fit).
+
+    Args:
+        n_components: n, at most K.
+        channels: K.
+        key: the PRNG key of random concepts.
+        concepts: (n, K) non-negative starting concepts.
+
+    Returns:
+        The empty :class:`DFFState`.
+
+    Raises:
+        ValueError: n out of range, concepts of the wrong shape or sign, or neither key
+            nor concepts.
+    """
     _check_components(n_components, channels)
     if concepts is not None:
         W = jnp.asarray(concepts, jnp.float32)
@@ -362,9 +469,24 @@ def update(
     steps: int = 100,
     tolerance: float = NEGATIVE_TOLERANCE,
 ) -> DFFState:
-    """state + one batch A (B, *grid, K); ``valid`` (B,) bool drops padding rows. Pure and
-    jit-able (``steps`` static); eagerly, negative activations raise (else
-    :func:`check` reads the state's lowest value after the pass)."""
+    """state + one batch A (B, *grid, K). Pure and jit-able (``steps`` static); eagerly,
+    negative activations raise (else :func:`check` reads the state's lowest value after
+    the pass).
+
+    Args:
+        state: the pass so far.
+        activations: A (B, *grid, K) >= 0.
+        valid: (B,) bool, False on padding rows (dropped); None: all valid.
+        steps: HALS sweeps per batch.
+        tolerance: the share of max |A| down to which negative values count as 0.
+
+    Returns:
+        The updated :class:`DFFState`.
+
+    Raises:
+        ValueError: a channel count other than the state's, or (eagerly) negative
+            activations.
+    """
     A = jnp.asarray(activations)
     K = state.concepts.shape[1]
     if A.shape[-1] != K:
@@ -399,7 +521,18 @@ def _accumulate(state: DFFState, A: Array, valid: Array, steps: int) -> DFFState
 
 
 def merge(a: DFFState, b: DFFState) -> DFFState:
-    """Two partial passes over disjoint data with the SAME concepts (e.g. per device)."""
+    """Two partial passes over disjoint data with the SAME concepts (e.g. per device).
+
+    Args:
+        a: one partial pass.
+        b: the other.
+
+    Returns:
+        The :class:`DFFState` of both.
+
+    Raises:
+        ValueError: concepts of different shapes.
+    """
     if a.concepts.shape != b.concepts.shape:
         raise ValueError(
             f"cannot merge states with concepts {a.concepts.shape} and {b.concepts.shape}"
@@ -417,7 +550,15 @@ def merge(a: DFFState, b: DFFState) -> DFFState:
 
 
 def check(state: DFFState, tolerance: float = NEGATIVE_TOLERANCE) -> None:
-    """Raise when the pass saw negative activations beyond ``tolerance`` or no cell."""
+    """Raise when the pass saw negative activations beyond ``tolerance`` or no cell.
+
+    Args:
+        state: the finished pass.
+        tolerance: the share of max |A| down to which negative values count as 0.
+
+    Raises:
+        ValueError: negative activations beyond the tolerance, or no valid cell.
+    """
     _check_sign(float(state.lowest), float(state.largest), tolerance, "the streamed activations")
     if float(state.cells) == 0:
         raise ValueError("no valid cell was streamed; update the state with some batches")
@@ -425,7 +566,14 @@ def check(state: DFFState, tolerance: float = NEGATIVE_TOLERANCE) -> None:
 
 def pass_loss(state: DFFState) -> Array:
     """Relative error ||X - H W||_F / ||X||_F () of the pass (its concepts and the maps
-    solved for them), from the sums alone."""
+    solved for them), from the sums alone.
+
+    Args:
+        state: the finished pass.
+
+    Returns:
+        The relative error, a scalar.
+    """
     W = state.concepts
     sq = state.energy - 2.0 * jnp.sum(W * state.cross) + jnp.sum(W * (state.gram @ W))
     return jnp.sqrt(jnp.maximum(sq, 0.0) / jnp.maximum(state.energy, 1e-30))
@@ -435,7 +583,15 @@ def pass_loss(state: DFFState) -> Array:
 def refit(state: DFFState, *, steps: int = 50) -> DFFState:
     """New concepts from a pass's sums and an empty next pass: ``steps`` sweeps of
     block-coordinate descent on W with the pass's maps fixed (scaled to peak at 1), as
-    Mairal et al. (2010) update their dictionary from the same sums."""
+    Mairal et al. (2010) update their dictionary from the same sums.
+
+    Args:
+        state: the finished pass.
+        steps: block-coordinate sweeps.
+
+    Returns:
+        An empty :class:`DFFState` with the new concepts.
+    """
     s = jnp.where(state.peak > 0, state.peak, 1.0)
     gram = state.gram / (s[:, None] * s[None, :])
     cross = state.cross / s[:, None]
@@ -447,7 +603,14 @@ def refit(state: DFFState, *, steps: int = 50) -> DFFState:
 def peak_concepts(state: DFFState) -> Array:
     """The pass's concepts (n, K), each scaled so that its maps over the pass's data peak
     at 1 (a concept no cell used keeps its scale). After the last :func:`refit`, run one
-    more pass of :func:`update` with the new concepts to scale them."""
+    more pass of :func:`update` with the new concepts to scale them.
+
+    Args:
+        state: the finished pass.
+
+    Returns:
+        (n, K) concepts.
+    """
     return state.concepts * jnp.where(state.peak > 0, state.peak, 1.0)[:, None]
 
 
@@ -518,6 +681,28 @@ def dff_dataset(
     dicts (``keys``), re-iterable (a list, a dataset) or a function returning a fresh
     iterable. Smaller batches are padded to the first's size (or ``batch_size``).
     Starts from ``concepts`` (n, K) or random ones (``key``).
+
+    Args:
+        probe: a :class:`~ifa_jax.probes.LayerProbe` tapping the (rectified) layer.
+        variables: the model's variables.
+        batches: the data, as above.
+        n_components: n, the number of concepts.
+        epochs: refit passes, >= 1.
+        key: the PRNG key of random starting concepts.
+        concepts: (n, K) starting concepts.
+        layer: the probe's layer to factorize (None: its only one).
+        map_steps: HALS sweeps per batch for the maps.
+        concept_steps: sweeps per refit for the concepts.
+        batch_size: the size batches are padded to (None: the first batch's).
+        keys: the image, label (and valid) keys of dict batches.
+        tolerance: the share of max |A| down to which negative values count as 0.
+
+    Returns:
+        The :class:`DatasetFactorization`.
+
+    Raises:
+        ValueError: a one-shot iterator, epochs < 1, no data, negative activations, or
+            an argument :func:`init` refuses.
     """
     layer = pick_layer(probe.layers, layer)
     if not (isinstance(epochs, (int, np.integer)) and epochs >= 1):

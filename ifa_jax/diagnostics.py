@@ -5,6 +5,22 @@ Pure functions of plain arrays (the analysis Summary's fields and per-sample arr
 NumPy float64, returning NamedTuples / dicts of plain Python floats and ints that a report
 can print. Each docstring says how to read the numbers. Bad input raises ValueError
 naming the value and the fix.
+
+Examples:
+    CAM maxima that drop from the train to the validation split, and a 4 x 4 mean CAM
+    of each of 2 classes whose mass sits on the border for class 1:
+
+    >>> import numpy as np
+    >>> from ifa_jax.diagnostics import border_mass, distribution_shift
+    >>> shift = distribution_shift([4.0, 5.0, 6.0, 7.0], [2.0, 3.0, 4.0, 5.0])
+    >>> shift.ks, shift.median_shift, shift.median_shift_iqr
+    (0.5, -2.0, -1.3333333333333333)
+    >>> centre, frame = np.zeros((4, 4)), np.ones((4, 4))
+    >>> centre[1:3, 1:3] = 1.0
+    >>> frame[1:3, 1:3] = 0.0
+    >>> border = border_mass(np.stack([centre, frame]))
+    >>> border.per_class, border.uniform, border.worst_class
+    ({0: 0.0, 1: 1.0}, 0.75, 1)
 """
 
 from __future__ import annotations
@@ -14,6 +30,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ifa_jax import decompose
 from ifa_jax._checks import per_sample_values
@@ -56,8 +73,19 @@ def _finite_rows(arr: np.ndarray, used: np.ndarray, name: str) -> None:
 # --------------------------------------------------------------------------- overfitting
 
 
-def ks_statistic(a, b) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic D = max_x |F_a(x) - F_b(x)| in [0, 1]."""
+def ks_statistic(a: ArrayLike, b: ArrayLike) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic D = max_x |F_a(x) - F_b(x)| in [0, 1].
+
+    Args:
+        a: (N,) one sample.
+        b: (M,) the other.
+
+    Returns:
+        D, a float in [0, 1].
+
+    Raises:
+        ValueError: an empty or non-finite sample.
+    """
     a = np.sort(per_sample_values(a, "a"))
     b = np.sort(per_sample_values(b, "b"))
     pooled = np.concatenate([a, b])
@@ -66,9 +94,20 @@ def ks_statistic(a, b) -> float:
     return float(np.max(np.abs(fa - fb)))
 
 
-def wasserstein_1d(a, b) -> float:
+def wasserstein_1d(a: ArrayLike, b: ArrayLike) -> float:
     """1-D Wasserstein (earth mover's) distance W1 = integral |F_a - F_b| dx, in the
-    samples' own units (for equal sizes: mean |sort(a) - sort(b)|)."""
+    samples' own units (for equal sizes: mean |sort(a) - sort(b)|).
+
+    Args:
+        a: (N,) one sample.
+        b: (M,) the other.
+
+    Returns:
+        W1, a float >= 0.
+
+    Raises:
+        ValueError: an empty or non-finite sample.
+    """
     a = np.sort(per_sample_values(a, "a"))
     b = np.sort(per_sample_values(b, "b"))
     pooled = np.sort(np.concatenate([a, b]))
@@ -106,8 +145,19 @@ class Shift(NamedTuple):
     n_val: int
 
 
-def distribution_shift(train, val) -> Shift:
-    """Compare two 1-D samples (train split first). See :class:`Shift`."""
+def distribution_shift(train: ArrayLike, val: ArrayLike) -> Shift:
+    """Compare two 1-D samples (train split first). See :class:`Shift`.
+
+    Args:
+        train: (N,) a per-sample quantity on the train split.
+        val: (M,) the same on the validation split.
+
+    Returns:
+        The :class:`Shift` from train to val.
+
+    Raises:
+        ValueError: an empty or non-finite sample.
+    """
     a = per_sample_values(train, "train")
     b = per_sample_values(val, "val")
     q25, med_a, q75 = np.percentile(a, [25, 50, 75])
@@ -132,15 +182,34 @@ def distribution_shift(train, val) -> Shift:
 
 
 def overfitting(
-    train_max, train_min, val_max, val_min, *, train_importance=None, val_importance=None
+    train_max: ArrayLike,
+    train_min: ArrayLike,
+    val_max: ArrayLike,
+    val_min: ArrayLike,
+    *,
+    train_importance: ArrayLike | None = None,
+    val_importance: ArrayLike | None = None,
 ) -> dict[str, Shift]:
     """Train vs validation distributions of per-sample CAM extremes (and importances).
 
-    train_max/min, val_max/min: (N,) max and min of the raw CAM on the feature grid.
-    Optional train/val_importance (N, K): adds 'cam_mass' (sum_k s_k, the total signed
-    CAM mass) and 'importance_norm' (||s||_2). Returns {name: Shift}.
     Reading: an overfitted model explains its training samples with stronger CAMs than
     unseen ones: KS above ks_critical and a negative median_shift for 'cam_max'.
+
+    Args:
+        train_max: (N,) max of the raw CAM on the feature grid, per train sample.
+        train_min: (N,) min of the same.
+        val_max: (M,) max of the raw CAM, per validation sample.
+        val_min: (M,) min of the same.
+        train_importance: optional (N, K): adds 'cam_mass' (sum_k s_k, the total signed
+            CAM mass) and 'importance_norm' (||s||_2).
+        val_importance: (M, K), given with ``train_importance``.
+
+    Returns:
+        ``{name: Shift}`` for 'cam_max', 'cam_min' (and 'cam_mass', 'importance_norm').
+
+    Raises:
+        ValueError: only one of the importances, importances that are not (N, K) with
+            the same K, or an empty or non-finite sample.
     """
     out = {
         "cam_max": distribution_shift(train_max, val_max),
@@ -165,13 +234,27 @@ def overfitting(
 # --------------------------------------------------------------------------- outliers
 
 
-def within_class_covariance(covariance, class_means, class_counts, *, ddof: int = 0) -> np.ndarray:
+def within_class_covariance(
+    covariance: ArrayLike, class_means: ArrayLike, class_counts: ArrayLike, *, ddof: int = 0
+) -> np.ndarray:
     """Pooled within-class covariance (K, K) from the total covariance and class means.
 
-    covariance: (K, K) of s over the counted samples, normalised by N - ddof (the analysis
-    Summary uses ddof=0). class_means (C, K), class_counts (C,) of the same samples;
-    classes with count 0 (NaN rows) are ignored. Uses total scatter = within + between,
-    between = sum_c n_c (mu_c - mu)(mu_c - mu)^T, and returns within / (N - C_present).
+    Uses total scatter = within + between, between = sum_c n_c (mu_c - mu)(mu_c - mu)^T,
+    and returns within / (N - C_present).
+
+    Args:
+        covariance: (K, K) of s over the counted samples, normalised by N - ddof.
+        class_means: (C, K) of the same samples; classes with count 0 (NaN rows) are
+            ignored.
+        class_counts: (C,) samples per class.
+        ddof: the covariance's delta degrees of freedom (the analysis Summary uses 0).
+
+    Returns:
+        (K, K) float64.
+
+    Raises:
+        ValueError: shapes that do not fit, negative or non-finite counts, a non-finite
+            mean of a counted class, or no within-class degree of freedom.
     """
     cov = np.asarray(covariance, np.float64)
     means = np.asarray(class_means, np.float64)
@@ -248,18 +331,37 @@ def _mahalanobis(importance, labels, class_means, covariance, n_components, rtol
 
 
 def outlier_scores(
-    importance, labels, class_means, covariance, n_components: int, *, rtol: float = 1e-6
+    importance: ArrayLike,
+    labels: ArrayLike,
+    class_means: ArrayLike,
+    covariance: ArrayLike,
+    n_components: int,
+    *,
+    rtol: float = 1e-6,
 ) -> np.ndarray:
     """Mahalanobis distance (N,) of each importance vector from its class mean, in the
     subspace of the covariance's top ``n_components`` principal directions.
 
-    importance (N, K), labels (N,) ints, class_means (C, K), covariance (K, K): pass the
-    pooled within-class covariance (:func:`within_class_covariance`) as the method asks;
-    the total covariance also works but is inflated along between-class directions.
-    Singular covariance: directions with eigenvalue <= rtol * largest are dropped
-    (pseudo-inverse), so fewer than n_components may be used (see :func:`outliers`).
     Reading: for Gaussian classes d^2 follows chi^2 with r = components used, so d ~ sqrt(r)
     is typical and d above sqrt(r) + 3 is rare.
+
+    Args:
+        importance: (N, K) per-sample importances.
+        labels: (N,) int classes.
+        class_means: (C, K).
+        covariance: (K, K): pass the pooled within-class covariance
+            (:func:`within_class_covariance`) as the method asks; the total covariance
+            also works but is inflated along between-class directions.
+        n_components: principal directions used.
+        rtol: singular covariance: directions with eigenvalue <= rtol * largest are
+            dropped (pseudo-inverse), so fewer than n_components may be used (see
+            :func:`outliers`).
+
+    Returns:
+        (N,) float64 distances.
+
+    Raises:
+        ValueError: shapes that do not fit, labels out of range, or non-finite values.
     """
     return _mahalanobis(importance, labels, class_means, covariance, n_components, rtol)[0]
 
@@ -282,10 +384,10 @@ class Outliers(NamedTuple):
 
 
 def outliers(
-    importance,
-    labels,
-    class_means,
-    covariance,
+    importance: ArrayLike,
+    labels: ArrayLike,
+    class_means: ArrayLike,
+    covariance: ArrayLike,
     *,
     n_components: int | None = None,
     worst: int = 10,
@@ -295,6 +397,21 @@ def outliers(
 
     n_components=None uses the number of components carrying 95% of the covariance's
     variance.
+
+    Args:
+        importance: (N, K) per-sample importances.
+        labels: (N,) int classes.
+        class_means: (C, K).
+        covariance: (K, K), as for :func:`outlier_scores`.
+        n_components: principal directions used (None: those carrying 95%).
+        worst: how many samples to list, >= 1.
+        rtol: as for :func:`outlier_scores`.
+
+    Returns:
+        The :class:`Outliers`.
+
+    Raises:
+        ValueError: worst < 1, or what :func:`outlier_scores` refuses.
     """
     cov = np.asarray(covariance, np.float64)
     if n_components is None:
@@ -337,9 +454,27 @@ class SharedChannels(NamedTuple):
 
 
 def shared_channels(
-    im_class, *, present=None, n_top: int = 10, threshold: float = 0.8
+    im_class: ArrayLike,
+    *,
+    present: ArrayLike | None = None,
+    n_top: int = 10,
+    threshold: float = 0.8,
 ) -> SharedChannels:
-    """See :class:`SharedChannels`. im_class: (C, K); present: (C,) bool or None (all)."""
+    """See :class:`SharedChannels`.
+
+    Args:
+        im_class: (C, K) importance per class.
+        present: (C,) bool, the classes with counted samples, or None (all).
+        n_top: the top channels examined, >= 1.
+        threshold: the commonality from which a channel counts as shared.
+
+    Returns:
+        The :class:`SharedChannels`.
+
+    Raises:
+        ValueError: im_class not (C, K), n_top < 1, fewer than 2 classes present, or a
+            non-finite row of a present class.
+    """
     im = np.asarray(im_class, np.float64)
     if im.ndim != 2:
         raise ValueError(f"im_class must be (C, K); got shape {im.shape}")
@@ -367,7 +502,18 @@ def shared_channels(
 
 
 def border_ring(spatial: Sequence[int], width: int) -> np.ndarray:
-    """Bool mask of the grid cells within ``width`` cells of any edge (any rank)."""
+    """Bool mask of the grid cells within ``width`` cells of any edge (any rank).
+
+    Args:
+        spatial: the grid's shape, 1-3 axes.
+        width: the ring's width in cells, >= 1.
+
+    Returns:
+        Bool of shape ``spatial``.
+
+    Raises:
+        ValueError: width < 1 or a ring that covers the whole grid.
+    """
     spatial = tuple(int(n) for n in spatial)
     if not (isinstance(width, (int, np.integer)) and width >= 1):
         raise ValueError(f"width must be a positive int (cells); got {width!r}")
@@ -400,8 +546,23 @@ class BorderMass(NamedTuple):
     worst: float
 
 
-def border_mass(cam_mean, *, width: int = 1, present=None) -> BorderMass:
-    """See :class:`BorderMass`. cam_mean: (C, *spatial), 1-3 spatial axes."""
+def border_mass(
+    cam_mean: ArrayLike, *, width: int = 1, present: ArrayLike | None = None
+) -> BorderMass:
+    """See :class:`BorderMass`.
+
+    Args:
+        cam_mean: (C, *spatial) the mean CAM per class, 1-3 spatial axes.
+        width: the ring's width in cells.
+        present: (C,) bool, the classes with counted samples, or None (all).
+
+    Returns:
+        The :class:`BorderMass`.
+
+    Raises:
+        ValueError: a bad shape or width, no class present, a non-finite row, or a class
+            whose mean CAM is zero everywhere.
+    """
     cm = np.asarray(cam_mean, np.float64)
     if not 2 <= cm.ndim <= 4:
         raise ValueError(f"cam_mean must be (C, *spatial) with 1-3 spatial axes; got {cm.shape}")
@@ -432,9 +593,30 @@ class Confounders(NamedTuple):
 
 
 def confounders(
-    im_class, cam_mean, *, present=None, n_top: int = 10, threshold: float = 0.8, width: int = 1
+    im_class: ArrayLike,
+    cam_mean: ArrayLike,
+    *,
+    present: ArrayLike | None = None,
+    n_top: int = 10,
+    threshold: float = 0.8,
+    width: int = 1,
 ) -> Confounders:
-    """Both confounder checks: channels shared by all classes and border mass."""
+    """Both confounder checks: channels shared by all classes and border mass.
+
+    Args:
+        im_class: (C, K) importance per class.
+        cam_mean: (C, *spatial) the mean CAM per class.
+        present: (C,) bool, the classes with counted samples, or None (all).
+        n_top: as for :func:`shared_channels`.
+        threshold: as for :func:`shared_channels`.
+        width: as for :func:`border_mass`.
+
+    Returns:
+        The :class:`Confounders`.
+
+    Raises:
+        ValueError: what :func:`shared_channels` or :func:`border_mass` refuses.
+    """
     return Confounders(
         shared_channels(im_class, present=present, n_top=n_top, threshold=threshold),
         border_mass(cam_mean, width=width, present=present),
@@ -466,9 +648,27 @@ class Redundancy(NamedTuple):
 
 
 def redundancy(
-    im_all, covariance, *, rtol: float = 0.01, levels: Sequence[float] = decompose.LEVELS
+    im_all: ArrayLike,
+    covariance: ArrayLike,
+    *,
+    rtol: float = 0.01,
+    levels: Sequence[float] = decompose.LEVELS,
 ) -> Redundancy:
-    """See :class:`Redundancy`. im_all: (K,); covariance: (K, K) of s."""
+    """See :class:`Redundancy`.
+
+    Args:
+        im_all: (K,) importance over all classes.
+        covariance: (K, K) of the per-sample importances s.
+        rtol: as for :func:`ifa_jax.decompose.near_zero_channels`.
+        levels: variance levels in percent.
+
+    Returns:
+        The :class:`Redundancy`.
+
+    Raises:
+        ValueError: shapes that do not fit, or what
+            :func:`ifa_jax.decompose.explained_variance` refuses.
+    """
     im = np.asarray(im_all, np.float64)
     cov = np.asarray(covariance, np.float64)
     if im.ndim != 1 or cov.shape != (im.size, im.size):

@@ -12,6 +12,20 @@ batching.
 
 Dataset loaders (the embedded digits, tfds, MedMNIST, signals) are the application's:
 :mod:`ifa_jax.runner.data`.
+
+Examples:
+    Five 4 x 4 grey uint8 images in batches of 2; the last batch is padded:
+
+    >>> import numpy as np
+    >>> from ifa_jax.inputs import Dataset, as_images, as_labels, batches
+    >>> x = as_images(np.full((5, 4, 4), 255, np.uint8))
+    >>> x.shape, x.dtype, float(x.max())
+    ((5, 4, 4, 1), dtype('float32'), 1.0)
+    >>> ds = Dataset(x, as_labels([0, 1, 2, 1, 0]), num_classes=3)
+    >>> [(b.x.shape, b.y.tolist(), b.mask.tolist()) for b in batches(ds, 2)]
+    [((2, 4, 4, 1), [0, 1], [True, True]),
+     ((2, 4, 4, 1), [2, 1], [True, True]),
+     ((2, 4, 4, 1), [0, 0], [True, False])]
 """
 
 from __future__ import annotations
@@ -129,8 +143,20 @@ def as_images(images: Any, *, spatial_ndim: int | None = None, what: str = "imag
     ``images`` is an array or a list of arrays, one per example, shaped
     ``(N, H, W)`` (grey), ``(N, H, W, C)`` with C in {1, 3, 4}, or ``(N, D, H, W)`` (a volume,
     when ``spatial_ndim=3`` or when the last axis is not a channel axis), or
-    ``(N, D, H, W, C)``. ``spatial_ndim`` (2 or 3) removes the ambiguity of 4-D arrays.
-    Returns ``(N, *spatial, C)`` float32.
+    ``(N, D, H, W, C)``.
+
+    Args:
+        images: the array or list of arrays.
+        spatial_ndim: 2 or 3, removes the ambiguity of 4-D arrays; None: read 4-D arrays
+            as (N, H, W, C) when the last axis has 1, 3 or 4 entries.
+        what: the name of the images in error messages.
+
+    Returns:
+        ``(N, *spatial, C)`` float32 in [0, 1].
+
+    Raises:
+        ValueError: a shape none of the above, differently shaped list entries, or
+            values that cannot be converted to [0, 1].
     """
     if isinstance(images, (list, tuple)) or (
         isinstance(images, np.ndarray) and images.dtype == object
@@ -164,6 +190,16 @@ def as_labels(labels: Any, *, what: str = "labels") -> np.ndarray:
     Accepts ``(N,)`` or ``(N, 1)`` integers; floats with integral values are converted; one-hot
     ``(N, K)`` rows are converted with argmax (with a warning). Multi-hot or soft labels,
     non-integral floats and negative labels raise ValueError.
+
+    Args:
+        labels: (N,), (N, 1) or one-hot (N, K).
+        what: the name of the labels in error messages.
+
+    Returns:
+        ``(N,)`` int32.
+
+    Raises:
+        ValueError: as above, and a shape none of those.
     """
     y = np.asarray(labels)
     if y.ndim == 2 and y.shape[1] == 1:
@@ -210,7 +246,15 @@ def _as_key(key: Any) -> jax.Array:
 def example_order(n: int, shuffle_key: Any = None) -> np.ndarray:
     """The order (n,) in which :func:`batches` visits n examples: ``arange(n)``, or the
     permutation drawn with ``shuffle_key`` (a key or an int seed). Global batch ``step``
-    of size B holds ``example_order(n, key)[step * B : (step + 1) * B]``."""
+    of size B holds ``example_order(n, key)[step * B : (step + 1) * B]``.
+
+    Args:
+        n: the number of examples.
+        shuffle_key: None, a ``jax.random`` key or an int seed.
+
+    Returns:
+        (n,) int indices.
+    """
     if shuffle_key is None:
         return np.arange(n)
     return np.asarray(jax.random.permutation(_as_key(shuffle_key), n))
@@ -235,11 +279,18 @@ def batches(
         (``jax.random.key(seed)``). The same key gives the same order.
       drop_remainder: drop the last short global batch instead of padding it with
         ``mask=False`` rows.
-      shard_index, shard_count: this process's share for multi-host runs; default
-        ``jax.process_index()`` and ``jax.process_count()``. Each global batch of
+      shard_index: this process's share for multi-host runs; default
+        ``jax.process_index()``.
+      shard_count: the number of shares; default ``jax.process_count()``. Each global batch of
         ``B * shard_count`` examples is cut into ``shard_count`` slices of B; every process
         gets the same number of batches and every example lands in exactly one process
         (all processes must pass the same ``shuffle_key``).
+
+    Yields:
+        :class:`Batch` es, each of ``batch_size`` rows.
+
+    Raises:
+        ValueError: batch_size < 1, or a bad shard.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -267,7 +318,19 @@ def unpack_batch(
     """``(x, y, valid or None)`` of one batch: a tuple ``(x, y[, valid])``, a
     :class:`Batch` ``(x, y, mask)`` or a dict read with ``keys`` (image key, label key[,
     valid key]; without a third key its ``"mask"`` entry, when present). ``i`` numbers
-    the batch in error messages."""
+    the batch in error messages.
+
+    Args:
+        batch: the batch.
+        i: its number, for messages.
+        keys: (image key, label key[, valid key]) of a dict batch.
+
+    Returns:
+        ``(x, y, valid)``; valid is None when the batch has none.
+
+    Raises:
+        ValueError: a batch of none of these forms, or a dict without the keys.
+    """
     if isinstance(batch, Mapping):
         require_keys(
             f"batch {i}",

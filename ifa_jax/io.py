@@ -7,6 +7,26 @@ leaves the previous file intact; a failed write (a full disk, a file-size limit)
 its temporary file and raises :class:`WriteError` naming the file. Only a process killed
 mid-write leaves a temporary behind; its name contains :data:`TEMP_MARK`, and
 :func:`remove_stale_temporaries` clears them.
+
+Examples:
+    A writer fills the temporary path; the target appears only when it is done, and a
+    temporary left by a killed writer is cleared:
+
+    >>> import shutil
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from ifa_jax.io import TEMP_MARK, atomic_path, remove_stale_temporaries
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with atomic_path(folder / "stats.txt") as tmp:
+    ...     _ = Path(tmp).write_text("done")
+    ...     (folder / "stats.txt").exists()
+    False
+    >>> (folder / "stats.txt").read_text(), [p.name for p in folder.iterdir()]
+    ('done', ['stats.txt'])
+    >>> _ = (folder / f".stats.txt{TEMP_MARK}abc.tmp").write_text("cut short")
+    >>> [Path(p).name for p in remove_stale_temporaries(folder)]
+    ['.stats.txt.ifa-tmp.abc.tmp']
+    >>> shutil.rmtree(folder)
 """
 
 from __future__ import annotations
@@ -26,7 +46,11 @@ class WriteError(OSError):
 
 
 def umask() -> int:
-    """The process's umask (read without changing it)."""
+    """The process's umask (read without changing it).
+
+    Returns:
+        The umask, e.g. 0o022.
+    """
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -39,6 +63,17 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     ``suffix`` lets writers that infer the format from the name (``np.savez``,
     ``fig.savefig``) see the right extension. The file gets the mode a plain ``open``
     would give it (0666 less the umask), not ``mkstemp``'s private 0600.
+
+    Args:
+        path: the file to write.
+        suffix: the temporary file's extension.
+
+    Yields:
+        The temporary path to fill.
+
+    Raises:
+        WriteError: the temporary file could not be made, filled or renamed (it is
+            removed; ``path`` is unchanged).
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -75,7 +110,15 @@ def _write_error(path: str, e: OSError) -> WriteError:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
+    """Write ``data`` to ``path`` atomically.
+
+    Args:
+        path: the file to write.
+        data: its new content.
+
+    Raises:
+        WriteError: the write failed; ``path`` is unchanged.
+    """
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
 
@@ -88,7 +131,14 @@ def remove_stale_temporaries(
     :func:`atomic_path` names them, ``.<name>`` + :data:`TEMP_MARK` + ....
 
     Call it only while no other process writes there (the runner holds the run folder's
-    lock). Returns the removed paths.
+    lock).
+
+    Args:
+        folder: the folder to clear.
+        subfolders: names of its subfolders to clear as well.
+
+    Returns:
+        The removed paths.
     """
     removed = []
     for sub in ("", *subfolders):

@@ -9,9 +9,35 @@ these modules compute the same numbers as named steps:
   the same for NNX (``self.relu1 = NnxReLU()`` in ``__init__``, tapped as ``"relu1"``).
 - :func:`tappable_attention`: ``nn.dot_product_attention`` whose probabilities pass
   through :class:`AttentionProbs` named ``"probs"`` (LeGrad taps ``"block1/attn/probs"``).
+
+Examples:
+    The rectified features of a conv, and the attention probabilities (B, heads,
+    queries, keys), become named intermediates:
+
+    >>> import flax.linen as nn
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax.modules import ReLU, tappable_attention
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         return ReLU(name="relu1")(nn.Conv(2, (3, 3), name="conv1")(x)).mean((1, 2))
+    >>> x = jnp.ones((1, 4, 4, 1))
+    >>> variables = Net().init(jax.random.key(0), x)
+    >>> _, state = Net().apply(variables, x, capture_intermediates=True)
+    >>> state["intermediates"]["relu1"]["__call__"][0].shape
+    (1, 4, 4, 2)
+    >>> attention = nn.MultiHeadDotProductAttention(2, attention_fn=tappable_attention)
+    >>> tokens = jnp.ones((1, 3, 8))
+    >>> variables = attention.init(jax.random.key(0), tokens)
+    >>> _, state = attention.apply(variables, tokens, capture_intermediates=True)
+    >>> state["intermediates"]["probs"]["__call__"][0].shape
+    (1, 2, 3, 3)
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -60,13 +86,30 @@ def tappable_attention(
     dropout_rng: jax.Array | None = None,
     dropout_rate: float = 0.0,
     deterministic: bool = False,
-    dtype=None,
-    precision=None,
+    dtype: Any = None,
+    precision: Any = None,
 ) -> jax.Array:
     """``nn.dot_product_attention`` (same numbers) with the post-softmax probabilities
     passed through :class:`AttentionProbs` named ``"probs"``, a child of the calling
     attention module. Pass it as ``nn.MultiHeadDotProductAttention(attention_fn=...)``:
-    no parameter is added."""
+    no parameter is added.
+
+    Args:
+        query: (B, ..., queries, heads, D).
+        key: (B, ..., keys, heads, D).
+        value: (B, ..., keys, heads, D).
+        bias: added to the attention logits, or None.
+        mask: bool, False where attention is masked out, or None.
+        broadcast_dropout: use one dropout mask over the batch.
+        dropout_rng: the dropout PRNG key.
+        dropout_rate: the dropout rate.
+        deterministic: no dropout.
+        dtype: the computation's dtype (default: promoted from the inputs).
+        precision: the matmuls' precision.
+
+    Returns:
+        (B, ..., queries, heads, D), as ``nn.dot_product_attention`` returns.
+    """
     query, key, value = promote_dtype(query, key, value, dtype=dtype)
     probs = nn.dot_product_attention_weights(
         query,

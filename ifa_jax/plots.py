@@ -13,6 +13,19 @@ image grid), upsample them with :func:`ifa_jax.cams.upsample` and rescale them w
 common scale (clipped to [0, 1]) when a :class:`~ifa_jax.scale.Scale` is given, else per
 image min-max. :func:`cam_grid` and :func:`outliers` take maps already rescaled to [0, 1]
 and upsample them when they are still on the feature grid.
+
+Examples:
+    Three 8 x 8 images with their 2 x 2 raw CAMs on one common scale: three panels and
+    one shared colour bar:
+
+    >>> import numpy as np
+    >>> from ifa_jax.plots import overlay_grid
+    >>> from ifa_jax.scale import scale_from_bounds
+    >>> images = np.random.default_rng(0).uniform(size=(3, 8, 8))
+    >>> cams = np.arange(12.0).reshape(3, 2, 2)
+    >>> fig = overlay_grid(images, cams, scale_from_bounds(0.0, 8.0))
+    >>> len(fig.axes), fig.axes[-1].get_ylabel()
+    (4, 'CAM intensity (common scale, clipped to [0, 1])')
 """
 
 from __future__ import annotations
@@ -20,13 +33,18 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ifa_jax import cams as _cams
 from ifa_jax import scale as _scale
 from ifa_jax._checks import require
 from ifa_jax.io import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure as FigureType
 
 Figure = require("matplotlib.figure", "plots", "ifa_jax.plots").Figure
 
@@ -41,11 +59,23 @@ def _figure(nrows: int = 1, ncols: int = 1, figsize=None, squeeze: bool = False)
     return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
-def save(fig, path: str | os.PathLike, dpi: int = 110) -> str:
-    """Write ``fig`` to ``path`` (PNG) atomically. Returns the path.
+def save(fig: Any, path: str | os.PathLike, dpi: int = 110) -> str:
+    """Write ``fig`` to ``path`` (PNG) atomically.
 
     Works headless with any backend. A figure that pyplot manages (made with
     ``plt.subplots``) is closed afterwards; this module's figures are not in pyplot.
+
+    Args:
+        fig: a matplotlib Figure.
+        path: the PNG file to write.
+        dpi: its resolution.
+
+    Returns:
+        The path, as a string.
+
+    Raises:
+        ifa_jax.io.WriteError: the file could not be written (the previous one is
+            unchanged).
     """
     try:
         with atomic_path(path, suffix=".png") as tmp:
@@ -153,21 +183,36 @@ def _draw_overlay(ax, image, cam01: np.ndarray, alpha: float, name: str = "image
 
 
 def overlay(
-    image,
-    cam,
-    scale=None,
+    image: ArrayLike,
+    cam: ArrayLike,
+    scale: _scale.Scale | None = None,
     *,
-    ax=None,
+    ax: Any = None,
     alpha: float = 0.55,
     colorbar: bool = True,
     title: str | None = None,
-):
+) -> FigureType:
     """One image (H, W) or (H, W, C) with its raw CAM (h, w) drawn on top; returns the Figure.
 
     The CAM is upsampled to (H, W) when it is on the feature grid, then rescaled: with
     ``scale`` (:class:`ifa_jax.scale.Scale`) by the common scale clipped to [0, 1], else
     min-max per image; the colour bar label says which. Draws into ``ax`` when given (and
     returns its figure). For a batch use :func:`overlay_grid`.
+
+    Args:
+        image: (H, W) or (H, W, C).
+        cam: (h, w) the raw CAM.
+        scale: the common scale, or None (min-max per image).
+        ax: the matplotlib Axes to draw into, or None (a new figure).
+        alpha: the CAM's opacity.
+        colorbar: draw a colour bar.
+        title: the panel's title.
+
+    Returns:
+        The Figure.
+
+    Raises:
+        ValueError: a CAM that is not 2-D or an image that is not (H, W[, C]).
     """
     cam = np.asarray(cam)
     if cam.ndim != 2:
@@ -198,19 +243,34 @@ def overlay(
 
 
 def overlay_grid(
-    images,
-    cams,
-    scale=None,
+    images: np.ndarray,
+    cams: ArrayLike,
+    scale: _scale.Scale | None = None,
     *,
     titles: Sequence[str] | None = None,
     alpha: float = 0.55,
     cols: int | None = None,
-):
+) -> FigureType:
     """A grid of overlays with ONE shared colour bar; returns the Figure.
 
     images: (N, H, W) or (N, H, W, C); cams: raw CAMs (N, h, w), upsampled to (H, W) when
     needed and rescaled as in :func:`overlay` (common scale clipped to [0, 1] with
-    ``scale``, else min-max per image). ``cols`` panels per row (default: up to 8).
+    ``scale``, else min-max per image).
+
+    Args:
+        images: (N, H, W) or (N, H, W, C).
+        cams: (N, h, w) raw CAMs.
+        scale: the common scale, or None (min-max per image).
+        titles: one title per image, or None.
+        alpha: the CAMs' opacity.
+        cols: panels per row (default: up to 8).
+
+    Returns:
+        The Figure.
+
+    Raises:
+        ValueError: no image, shapes that do not fit, a title count other than N, or
+            cols < 1.
     """
     maps = _batch_maps(cams, images, "cams")
     n = len(maps)
@@ -245,10 +305,24 @@ def cam_grid(
     per_image: np.ndarray,
     titles: Sequence[str] | None = None,
     alpha: float = 0.55,
-):
+) -> FigureType:
     """CAMs on the common scale (top row, one shared colorbar) above the same CAMs min-max
     normalised per image (bottom row). images: (N, H, W[, C]); common, per_image: (N, h, w)
-    in [0, 1], upsampled to (H, W) when on the feature grid."""
+    in [0, 1], upsampled to (H, W) when on the feature grid.
+
+    Args:
+        images: (N, H, W[, C]).
+        common: (N, h, w) the CAMs on the common scale, in [0, 1].
+        per_image: (N, h, w) the same CAMs min-max normalised per image.
+        titles: one title per image, or None.
+        alpha: the CAMs' opacity.
+
+    Returns:
+        The Figure.
+
+    Raises:
+        ValueError: shapes that do not fit, or a title count other than N.
+    """
     common = _batch_maps(common, images, "common")
     per_image = _batch_maps(per_image, images, "per_image")
     n = len(images)
@@ -272,11 +346,19 @@ def _tick_step(n: int, most: int) -> int:
     return max(1, -(-n // most))
 
 
-def importance_heatmaps(matrices: Mapping[str, np.ndarray], max_channels: int = 64):
+def importance_heatmaps(matrices: Mapping[str, np.ndarray], max_channels: int = 64) -> FigureType:
     """Class x channel heatmaps (e.g. IM_c and IM_diff), one per entry, the entry's name as
     its title and colour-bar label. Columns are the ``max_channels`` channels with the
     largest mean of the first matrix, most important left, labelled with their channel ids;
-    rows are the classes 0..C-1."""
+    rows are the classes 0..C-1.
+
+    Args:
+        matrices: ``{name: (C, K) matrix}``.
+        max_channels: the most channels drawn.
+
+    Returns:
+        The Figure.
+    """
     first = np.nan_to_num(next(iter(matrices.values())))
     order = np.argsort(-first.mean(0))[:max_channels]
     fig = Figure(figsize=(10, 2.2 * len(matrices) + 0.8), layout="constrained")
@@ -299,9 +381,20 @@ def importance_heatmaps(matrices: Mapping[str, np.ndarray], max_channels: int = 
     return fig
 
 
-def distributions(splits: Mapping[str, Mapping[str, np.ndarray]], keys=("cam_max", "cam_min")):
+def distributions(
+    splits: Mapping[str, Mapping[str, np.ndarray]],
+    keys: Sequence[str] = ("cam_max", "cam_min"),
+) -> FigureType:
     """Histograms (densities) of per-sample values, e.g. the raw CAM max and min, one panel
-    per key and one colour per split (overfitting shows as a shift between splits)."""
+    per key and one colour per split (overfitting shows as a shift between splits).
+
+    Args:
+        splits: ``{split: {key: (N,) values}}``.
+        keys: the keys drawn, one panel each.
+
+    Returns:
+        The Figure.
+    """
     words = {"cam_max": "raw CAM maximum per image", "cam_min": "raw CAM minimum per image"}
     fig, axes = _figure(1, len(keys), figsize=(5 * len(keys), 3.2))
     for ax, key in zip(axes[0], keys):
@@ -315,8 +408,17 @@ def distributions(splits: Mapping[str, Mapping[str, np.ndarray]], keys=("cam_max
     return fig
 
 
-def consistency_scatter(panels: Mapping[str, tuple[np.ndarray, np.ndarray, float | None]]):
-    """One scatter per panel: activation level (x) against the logit (y), titled with r."""
+def consistency_scatter(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray, float | None]],
+) -> FigureType:
+    """One scatter per panel: activation level (x) against the logit (y), titled with r.
+
+    Args:
+        panels: ``{name: (levels (N,), logits (N,), r or None)}``.
+
+    Returns:
+        The Figure.
+    """
     n = len(panels)
     cols = min(n, 4)
     rows = -(-n // cols)
@@ -334,10 +436,18 @@ def consistency_scatter(panels: Mapping[str, tuple[np.ndarray, np.ndarray, float
     return fig
 
 
-def spectrum(explained_ratio: np.ndarray, marks: Mapping[str, int] | None = None):
+def spectrum(explained_ratio: np.ndarray, marks: Mapping[str, int] | None = None) -> FigureType:
     """Explained-variance ratio per component and its cumulative sum. ``marks``: ``{level:
     components}`` (e.g. ``{"90": 8, "95": 11}``), drawn as dotted lines named in the legend;
-    levels reached by the same component share one line."""
+    levels reached by the same component share one line.
+
+    Args:
+        explained_ratio: (K,) the share of the variance per component.
+        marks: ``{level: components}``, or None.
+
+    Returns:
+        The Figure.
+    """
     ratio = np.asarray(explained_ratio)
     fig, ax = _figure(figsize=(6, 3.2), squeeze=True)
     idx = np.arange(1, len(ratio) + 1)
@@ -365,12 +475,20 @@ def accuracy_curve(
     full_accuracy: float | None = None,
     *,
     label_rows: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
-):
+) -> FigureType:
     """Accuracy against the share of channels kept, one line per selection mode.
 
     ``curves``: ``{mode: (ratios, accuracy)}``. ``label_rows``: the same modes evaluated
     with the label's mask row (an oracle), drawn dashed in the colour of their mode; the
     solid lines are then named as the predicted class's row.
+
+    Args:
+        curves: ``{mode: (ratios, accuracy)}``.
+        full_accuracy: the accuracy with all channels (a dotted line), or None.
+        label_rows: ``{mode: (ratios, accuracy)}`` with the label's row, or None.
+
+    Returns:
+        The Figure.
     """
     fig, ax = _figure(figsize=(6, 3.4), squeeze=True)
     for name, (ratios, acc) in curves.items():
@@ -396,9 +514,20 @@ def accuracy_curve(
     return fig
 
 
-def outliers(images: np.ndarray, maps: np.ndarray, titles: Sequence[str]):
-    """The worst outliers with their CAMs (common scale). images (N, H, W[, C]); maps
-    (N, h, w) in [0, 1], upsampled to (H, W) when on the feature grid."""
+def outliers(images: np.ndarray, maps: np.ndarray, titles: Sequence[str]) -> FigureType:
+    """The worst outliers with their CAMs (common scale).
+
+    Args:
+        images: (N, H, W[, C]).
+        maps: (N, h, w) in [0, 1], upsampled to (H, W) when on the feature grid.
+        titles: one title per image.
+
+    Returns:
+        The Figure.
+
+    Raises:
+        ValueError: shapes that do not fit, or a title count other than N.
+    """
     maps = _batch_maps(maps, images, "maps")
     n = len(images)
     if len(titles) != n:

@@ -27,6 +27,26 @@ Shapes: raw CAMs L are (B, *spatial) with 1-3 spatial axes; the scale functions 
 elementwise and accept any shape. :class:`Scale` is a pytree whose float bounds are leaves
 and whose mode and ``remove_negative`` flag are static, so ``jax.jit(apply_scale)`` traces
 once per mode, not once per dataset.
+
+Examples:
+    A scale from four samples' extremes (vmax = P90 of the maxima, vmin = P50 of the
+    minima), applied to a 2 x 2 CAM and inverted:
+
+    >>> import numpy as np
+    >>> from ifa_jax.scale import apply_scale, common_scale, invert_scale
+    >>> s = common_scale(np.array([2.0, 4.0, 6.0, 8.0]), np.array([-1.0, 0.0, 0.5, 1.0]))
+    >>> round(s.vmin, 3), round(s.vmax, 3), s.mode
+    (0.25, 7.4, 'norm')
+    >>> L = np.array([[0.0, 3.0], [6.0, 9.0]])
+    >>> print(np.asarray(apply_scale(L, s)).round(2))
+    [[-0.03  0.38]
+     [ 0.8   1.22]]
+    >>> print(np.asarray(apply_scale(L, s, clip=True)).round(2))
+    [[0.   0.38]
+     [0.8  1.  ]]
+    >>> print(np.asarray(invert_scale(apply_scale(L, s), s)).round(2))
+    [[0. 3.]
+     [6. 9.]]
 """
 
 from __future__ import annotations
@@ -82,7 +102,22 @@ jax.tree_util.register_pytree_node(
 def scale_from_bounds(
     vmin: float, vmax: float, *, mode: str = "norm", remove_negative: bool = False
 ) -> Scale:
-    """A :class:`Scale` from explicit bounds (validated; see the module doc)."""
+    """A :class:`Scale` from explicit bounds (validated; see the module doc).
+
+    Args:
+        vmin: the raw CAM value sent to 0 ('norm') or 0.05 ('tanh'); taken as 0 with
+            ``remove_negative``.
+        vmax: the raw CAM value sent to 1 ('norm') or 0.95 ('tanh').
+        mode: 'norm' or 'tanh'.
+        remove_negative: relu the raw CAM before scaling.
+
+    Returns:
+        The :class:`Scale`, with its affine coefficients ``a, b`` solved.
+
+    Raises:
+        ValueError: an unknown mode, non-finite bounds, ``vmax <= 0`` with
+            ``remove_negative``, or ``vmax <= vmin`` (a degenerate scale).
+    """
     if mode not in MODES:
         raise ValueError(f"unknown scale mode {mode!r}; use one of {MODES}")
     vmin, vmax = float(vmin), float(vmax)
@@ -117,8 +152,8 @@ def scale_from_bounds(
 
 
 def common_scale(
-    cam_max,
-    cam_min,
+    cam_max: ArrayLike,
+    cam_min: ArrayLike,
     *,
     mode: str = "norm",
     hi_percentile: float = 90,
@@ -128,11 +163,25 @@ def common_scale(
 ) -> Scale:
     """The dataset-wide scale from per-sample extremes of the raw CAM.
 
-    cam_max, cam_min: (N,) max and min of L over the feature grid, one per analysed sample
-    (``cams.CamResult.max/min`` or the analysis' per-sample arrays).
     vmax = ratio * P_hi(cam_max); vmin = ratio * P_lo(cam_min) (0 with remove_negative
-    when vmax > 0). Raises ValueError for empty or non-finite inputs, ratio <= 0, a sample
-    whose max is below its min (arrays swapped?) and a degenerate scale.
+    when vmax > 0).
+
+    Args:
+        cam_max: (N,) max of L over the feature grid, one per analysed sample
+            (``cams.CamResult.max`` or the analysis' per-sample arrays).
+        cam_min: (N,) min of L over the feature grid, for the same samples.
+        mode: 'norm' or 'tanh'.
+        hi_percentile: the percentile P_hi of the maxima that gives vmax.
+        lo_percentile: the percentile P_lo of the minima that gives vmin.
+        ratio: the factor on both bounds (1 natural images, 1.5 medical in the paper).
+        remove_negative: relu the raw CAM before scaling (vmin is then 0).
+
+    Returns:
+        The :class:`Scale`.
+
+    Raises:
+        ValueError: empty or non-finite inputs, ratio <= 0, a sample whose max is below
+            its min (arrays swapped?) and a degenerate scale.
     """
     mx = per_sample_values(cam_max, "cam_max")
     mn = per_sample_values(cam_min, "cam_min")
@@ -181,8 +230,19 @@ def apply_scale(L: ArrayLike, scale: Scale, *, clip: bool = False) -> Array:
     """Rescale raw CAMs L (any shape, e.g. (B, *spatial)) with a common scale.
 
     'norm': (L' - vmin) / (vmax - vmin); 'tanh': tanh(a L' + b); L' = relu(L) with
-    remove_negative. ``clip=True`` clips the result to [0, 1] for display (tanh values
-    below 0 are then 0); the default keeps the exact, invertible map. Pure jnp, jit-able.
+    remove_negative. Pure jnp, jit-able.
+
+    Args:
+        L: raw CAMs, any shape, e.g. (B, *spatial).
+        scale: the common :class:`Scale`.
+        clip: clip the result to [0, 1] for display (tanh values below 0 are then 0);
+            the default keeps the exact, invertible map.
+
+    Returns:
+        The rescaled CAMs, of the shape of ``L``.
+
+    Raises:
+        ValueError: an unknown scale mode.
     """
     L = jnp.asarray(L)
     if scale.remove_negative:
@@ -204,6 +264,14 @@ def linear_values(L: Array, scale: Scale, *, clip: bool = False) -> Array:
     squashed by tanh. ``clip=True`` gives the same for the values as drawn (clipped to
     [0, 1]): for 'tanh' only the lower clip survives the arctanh (drawn values stay below
     1), so the result is ``max(a L' + b, 0)``.
+
+    Args:
+        L: raw CAMs, any shape, e.g. (B, *spatial).
+        scale: the common :class:`Scale`.
+        clip: the values as drawn (clipped), see above.
+
+    Returns:
+        ``a L' + b`` (clipped as described), of the shape of ``L``.
     """
     L = jnp.asarray(L)
     if scale.remove_negative:
@@ -220,6 +288,16 @@ def invert_scale(v: Array, scale: Scale) -> Array:
     'norm': v (vmax - vmin) + vmin; 'tanh': (arctanh(v) - b) / a. Exact for values that
     were not clipped; with remove_negative it returns relu(L) (negatives are lost);
     tanh values saturated to +-1 in floating point invert to +-inf. Pure jnp, jit-able.
+
+    Args:
+        v: rescaled CAMs, any shape.
+        scale: the :class:`Scale` they were rescaled with.
+
+    Returns:
+        The raw CAM values, of the shape of ``v``.
+
+    Raises:
+        ValueError: an unknown scale mode.
     """
     v = jnp.asarray(v)
     if scale.mode == "norm":

@@ -74,10 +74,10 @@ def traces(monkeypatch):
     """``traces.count``: traces of ``analysis.analysis_step`` since the test began. The
     jitted step calls ``analysis.batch_stats`` only while tracing, so counting its calls
     counts compilations through public behaviour, not jax's private cache."""
-    from ifa_jax import analysis
+    from ifa_jax.analysis import step
 
-    counter = _TraceCounter(analysis.batch_stats)
-    monkeypatch.setattr(analysis, "batch_stats", counter)
+    counter = _TraceCounter(step.batch_stats)
+    monkeypatch.setattr(step, "batch_stats", counter)
     return counter
 
 

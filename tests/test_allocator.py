@@ -157,8 +157,8 @@ x = np.asarray(jax.random.uniform(jax.random.key(0), (96, 28, 28, 1)))
 y = np.arange(96, dtype=np.int32) % 10
 variables = model.init(jax.random.key(1), x[:1])
 methods = ("gradcam", "gradcam++", "xgradcam", "hirescam")
-out = analysis.analyze(linen_probe(model, "relu2"), variables,
-    [(x[i:i + 48], y[i:i + 48]) for i in (0, 48)], num_classes=10, method=methods,
+out = analysis.analyze_methods(linen_probe(model, "relu2"), variables,
+    [(x[i:i + 48], y[i:i + 48]) for i in (0, 48)], num_classes=10, methods=methods,
     count="all", keep_importance=True, progress=False)
 arrays = {}
 for m, res in out.items():

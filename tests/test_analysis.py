@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ifa_jax import analysis, explain, linen_probe
+from ifa_jax.analysis import _fetch
 from ifa_jax.runner.models import ConvNet
 from tests import reference as ref
 
@@ -223,12 +224,12 @@ def test_sharded_pass_equals_single_device(tmp_path):
 def test_several_methods_in_one_pass_equal_separate_passes(small_model):
     model, variables, x, y = small_model
     probe = linen_probe(model, "conv2")
-    both = analysis.analyze(
+    both = analysis.analyze_methods(
         probe,
         variables,
         batches_of(x, y, 4),
         num_classes=3,
-        method=("gradcam", "hirescam"),
+        methods=("gradcam", "hirescam"),
         progress=False,
     )
     assert set(both) == {"gradcam", "hirescam"}
@@ -256,12 +257,12 @@ def test_per_sample_values_come_back_per_chunk(small_model, traces, monkeypatch,
     methods = ("gradcam", "hirescam")
 
     def run():
-        return analysis.analyze(
+        return analysis.analyze_methods(
             probe,
             variables,
             batches_of(x, y, 2),  # 6 batches, the last one short
             num_classes=3,
-            method=methods,
+            methods=methods,
             keep_importance=True,
             progress=False,
         )
@@ -274,8 +275,8 @@ def test_per_sample_values_come_back_per_chunk(small_model, traces, monkeypatch,
         fetched.append(len(jax.tree.leaves(tree)))
         return device_get(tree)
 
-    monkeypatch.setattr(analysis, "_FETCH_EVERY", every)
-    monkeypatch.setattr(analysis, "_IN_FLIGHT_BYTES", in_flight)
+    monkeypatch.setattr(_fetch, "FETCH_EVERY", every)
+    monkeypatch.setattr(_fetch, "IN_FLIGHT_BYTES", in_flight)
     monkeypatch.setattr(jax, "device_get", spy)
     before = traces.count
     chunked = run()
@@ -298,8 +299,72 @@ def test_per_sample_values_come_back_per_chunk(small_model, traces, monkeypatch,
 def test_nonfinite_check_names_the_batch_of_a_later_chunk(small_model, monkeypatch):
     model, variables, x, y = small_model
     probe = linen_probe(model, "conv2")
-    monkeypatch.setattr(analysis, "_FETCH_EVERY", 2)
+    monkeypatch.setattr(_fetch, "FETCH_EVERY", 2)
     nan_x = x.copy()
     nan_x[9] = np.nan  # batch 4 (samples 8, 9): the third chunk, read at the end of the pass
     with pytest.raises(FloatingPointError, match="batch 4: 1 sample.*layer 'conv2'"):
         analysis.analyze(probe, variables, batches_of(nan_x, y, 2), num_classes=3, progress=False)
+
+
+# Every public name of ifa_jax.analysis before it became a package (and analyze_methods).
+PUBLIC_NAMES = [
+    "COUNT_MODES",
+    "DEFAULT_KEYS",
+    "Analysis",
+    "Array",
+    "BatchStats",
+    "IntegerInputWarning",
+    "MissingClassesWarning",
+    "NothingCountedError",
+    "PerSample",
+    "RecordBatches",
+    "Stats",
+    "Summary",
+    "analysis_step",
+    "analyze",
+    "analyze_methods",
+    "batch_stats",
+    "check_layer_methods",
+    "finalize",
+    "from_batch",
+    "init",
+    "merge",
+    "quantile_bins",
+    "record_batches",
+    "update",
+]
+
+
+def test_the_package_keeps_every_public_name():
+    missing = [n for n in PUBLIC_NAMES if not hasattr(analysis, n)]
+    assert not missing
+    assert sorted(analysis.__all__) == sorted(PUBLIC_NAMES)
+
+
+def test_stats_is_a_pytree_that_still_reads_as_its_named_tuple():
+    state = analysis.init(3, 4, (2, 2))
+    assert (
+        analysis.Stats._fields
+        == state._fields
+        == ("count", "mean", "m2", "comoment", "cam_mean", "seen")
+    )
+    count, mean, *_ = state  # unpacks in field order
+    assert count.shape == (3,) and mean.shape == (3, 4) and len(state) == 6
+    assert state[0] is state.count and state[-1] is state.seen
+    again = analysis.Stats(*state)
+    assert all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(state)))
+    doubled = jax.tree.map(lambda a: a + 1, state)
+    assert isinstance(doubled, analysis.Stats) and float(doubled.seen) == 1.0
+    assert list(state._asdict()) == list(state._fields)
+    assert float(state._replace(seen=np.float32(5)).seen) == 5.0
+
+
+def test_analyze_takes_one_method_and_names_analyze_methods_for_several(small_model):
+    model, variables, x, y = small_model
+    probe = linen_probe(model, "conv2")
+    with pytest.raises(TypeError, match=r"one method.*analyze_methods\(probe"):
+        analysis.analyze(probe, variables, [(x, y)], num_classes=3, method=("gradcam", "hirescam"))
+    with pytest.raises(TypeError, match=r"methods='gradcam' is one name.*analyze\("):
+        analysis.analyze_methods(probe, variables, [(x, y)], num_classes=3, methods="gradcam")
+    with pytest.raises(ValueError, match="methods is empty"):
+        analysis.analyze_methods(probe, variables, [(x, y)], num_classes=3, methods=())

@@ -15,7 +15,7 @@ import pytest
 import ifa_jax
 from ifa_jax import cams
 from ifa_jax.explaining import explain
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner.models import ConvNet
 from tests.conftest import random_ag
 

@@ -12,7 +12,7 @@ import pytest
 
 from ifa_jax import cams
 from ifa_jax.explaining import explain, forward_weights
-from ifa_jax.probe import linen_probe, target_scores
+from ifa_jax.probes import linen_probe, target_scores
 from ifa_jax.runner.models import ConvNet
 from tests import reference as ref
 from tests.conftest import random_ag

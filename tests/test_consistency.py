@@ -7,7 +7,7 @@ import pytest
 
 from ifa_jax import cams, scale
 from ifa_jax.consistency import LEVELS, consistency_levels, summarize_consistency
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner.models import ConvNet
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ifa_jax import analysis, cams, explain, scale
-from ifa_jax.probe import ZeroGradientWarning, linen_probe, resolve_layer
+from ifa_jax.probes import ZeroGradientWarning, linen_probe, resolve_layer
 from ifa_jax.runner import data, train
 from ifa_jax.runner.models import ConvNet, ReLU
 from tests.conftest import random_variables
@@ -118,13 +118,13 @@ def test_analyze_warns_once_when_the_layer_gets_no_gradient(net):
     model = _Stopped()
     probe, variables = linen_probe(model, "relu1"), random_variables(model, x)
     with pytest.warns(ZeroGradientWarning) as caught:
-        got = analysis.analyze(
+        got = analysis.analyze_methods(
             probe,
             variables,
             [(x, y), (x, y)],
             num_classes=3,
             count="all",
-            method=("gradcam", "eigencam"),
+            methods=("gradcam", "eigencam"),
             progress=False,
         )
     assert len(caught) == 1  # once for the pass, not per batch

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ifa_jax import dff as D
-from ifa_jax.frameworks import function_probe
+from ifa_jax.probes import function_probe
 from tests import reference as ref
 
 N_COMPONENTS, CHANNELS = 4, 16

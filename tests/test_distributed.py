@@ -49,8 +49,8 @@ WORKER = f"P, C, B, M = {PROCESSES}, {C}, {LOCAL_BATCH}, {METHODS}\n" + textwrap
         variables = flax.serialization.msgpack_restore(f.read())
     probe = linen_probe(model, "conv2")
     shard = list(data.batches(ds, B))  # this process's share (jax.process_index())
-    results = analysis.analyze(probe, variables, shard, num_classes=C, method=M,
-                               count="all", keep_importance=True, progress=False,
+    results = analysis.analyze_methods(probe, variables, shard, num_classes=C, methods=M,
+                                       count="all", keep_importance=True, progress=False,
                                mesh=jax.device_count())
     local = analysis.analyze(probe, variables, shard, num_classes=C, count="all",
                              progress=False)  # this shard alone: a partial state to merge
@@ -127,12 +127,12 @@ def test_two_processes_equal_one(tmp_path):
 
     probe = linen_probe(model, "conv2")
     global_batches = list(data.batches(ds, LOCAL_BATCH * PROCESSES, shard_index=0, shard_count=1))
-    one = analysis.analyze(
+    one = analysis.analyze_methods(
         probe,
         variables,
         global_batches,
         num_classes=C,
-        method=METHODS,
+        methods=METHODS,
         count="all",
         keep_importance=True,
         progress=False,
@@ -197,12 +197,12 @@ EIGHT_DEVICES = textwrap.dedent("""
         same(one, many)
 
     # The runner: stage_analyse with devices=8 and with one device.
-    used, analyze = [], analysis.analyze
+    used, analyze = [], analysis.analyze_methods
     def spy(*args, **kwargs):  # the devices each pass's state lives on
         results = analyze(*args, **kwargs)
         used.append(len(results["gradcam"].state.count.sharding.device_set))
         return results
-    analysis.analyze = spy
+    analysis.analyze_methods = spy
     splits = data.Splits(data.Dataset(x, y, 3), data.Dataset(x[:13], y[:13], 3))
     for devices in (1, 8):
         config = Config(name=f"d{devices}", dataset="sklearn_digits", model="convnet",

@@ -19,8 +19,7 @@ import pytest
 
 import ifa_jax
 from ifa_jax import cams, explain
-from ifa_jax.frameworks import equinox_layers, equinox_probe, function_probe, haiku_probe
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import equinox_layers, equinox_probe, function_probe, haiku_probe, linen_probe
 from ifa_jax.runner.models import ReLU
 
 eqx = pytest.importorskip("equinox")
@@ -166,12 +165,14 @@ def probes(case):
         eqx.nn.Lambda(jax.nn.relu),
         params["head"],
     )
+    per_sample = equinox_probe(equinox_per_sample(params), lambda m: m.layers[3])
+    whole_batch = equinox_probe(
+        batched, "relu2", batched=True, channel_axis=-1, input_channel_axis=-1
+    )
     return {
         "function": (function_probe(features, head, name="relu2"), params),
-        "equinox": equinox_probe(equinox_per_sample(params), lambda m: m.layers[3]),
-        "equinox_batched": equinox_probe(
-            batched, "relu2", batched=True, channel_axis=-1, input_channel_axis=-1
-        ),
+        "equinox": (per_sample, per_sample.variables),
+        "equinox_batched": (whole_batch, whole_batch.variables),
         "haiku": (haiku_probe(hk.without_apply_rng(hk.transform(haiku_net)), "relu2"), params),
     }
 
@@ -233,10 +234,11 @@ def test_equinox_where_forms_and_the_model_is_untouched(case, hand_split):
     model = equinox_per_sample(params)
     assert equinox_layers(model) == [f"layers/{i}" for i in range(6)]
     for where in ("layers.3", "layers/3", lambda m: m.layers[3]):
-        probe, _ = equinox_probe(model, where)
+        probe = equinox_probe(model, where)
         assert probe.layers == ("layers/3",) and probe.single
-    assert not equinox_probe(model, ["layers.3"])[0].single  # a list gives dicts
-    both, arrays = equinox_probe(model, lambda m: (m.layers[1], m.layers[3]))
+    assert not equinox_probe(model, ["layers.3"]).single  # a list gives dicts
+    both = equinox_probe(model, lambda m: (m.layers[1], m.layers[3]))
+    arrays = both.variables
     assert both.layers == ("layers/1", "layers/3") and not both.single
     logits, acts = both.forward_activations(arrays, x)
     np.testing.assert_allclose(acts["layers/3"], hand_split[0], **TOL)
@@ -255,12 +257,14 @@ def test_equinox_errors_name_the_fix(case):
     with pytest.raises(ValueError, match=r"picks an array of shape \(4, 2, 3, 3\), which is"):
         equinox_probe(model, lambda m: m.layers[0].weight)
     with pytest.raises(ValueError, match=r"layer 'layers/5' outputs shape \(3, 3\); a CAM"):
-        equinox_probe(model, "layers.5")[0].forward_activations(*_arrays_and(model, x))
+        equinox_probe(model, "layers.5").forward_activations(*_arrays_and(model, x))
     dropout = eqx.tree_at(lambda m: m.layers[1], model, eqx.nn.Dropout(0.5))
-    probe, arrays = equinox_probe(dropout, "layers.3")
+    probe = equinox_probe(dropout, "layers.3")
+    arrays = probe.variables
     with pytest.raises(ValueError, match=r"eqx\.nn\.inference_mode\(model\) before"):
         probe.forward_activations(arrays, x)
-    inference, arrays = equinox_probe(eqx.nn.inference_mode(dropout), "layers.3")
+    inference = equinox_probe(eqx.nn.inference_mode(dropout), "layers.3")
+    arrays = inference.variables
     assert inference.forward_activations(arrays, x)[1]["layers/3"].shape == (3, 6, 5, 6)
 
     class VmapsItself(eqx.Module):
@@ -269,10 +273,14 @@ def test_equinox_errors_name_the_fix(case):
         def __call__(self, x):
             return jax.vmap(self.inner)(x)
 
-    probe, arrays = equinox_probe(VmapsItself(model), "inner.layers.3", batched=True)
-    with pytest.raises(ValueError, match="runs inside a jax.vmap of the model's own"):
+    probe = equinox_probe(VmapsItself(model), "inner.layers.3", batched=True)
+    arrays = probe.variables
+    with pytest.raises(ValueError, match="runs inside a jax.vmap in the model's code"):
         probe.forward_activations(arrays, x)
-    probe, arrays = equinox_probe(model, "layers.3", channel_axis=3)
+    per_sample = equinox_probe(VmapsItself(model).inner, "layers.3")  # what it advises
+    assert per_sample(per_sample.variables, x, 0).activations.shape == (3, 6, 5, 6)
+    probe = equinox_probe(model, "layers.3", channel_axis=3)
+    arrays = probe.variables
     with pytest.raises(ValueError, match="channel_axis=3 is out of range for a per-sample"):
         probe.forward_activations(arrays, x)
 
@@ -329,3 +337,186 @@ def test_function_probe_with_a_token_reshape():
     want_g = jax.vmap(jax.grad(lambda t, c: head(params, t[None])[0, c]))(tokens, jnp.array([0, 1]))
     np.testing.assert_allclose(out.activations, tokens[:, 1:].reshape(2, 2, 2, 4), atol=1e-6)
     np.testing.assert_allclose(out.gradients, want_g[:, 1:].reshape(2, 2, 2, 4), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- Equinox (issue 26)
+
+
+class EqxBlock(eqx.Module):
+    """A pre-norm transformer block written as Equinox's own are: per sample, tokens
+    (T, D), the norm applied per token with jax.vmap."""
+
+    norm1: eqx.nn.LayerNorm
+    attn: eqx.nn.MultiheadAttention
+
+    def __init__(self, dim, key):
+        self.norm1 = eqx.nn.LayerNorm(dim)
+        self.attn = eqx.nn.MultiheadAttention(2, dim, key=key)
+
+    def __call__(self, x):
+        h = jax.vmap(self.norm1)(x)
+        return x + self.attn(h, h, h)
+
+
+class EqxViT(eqx.Module):
+    """Patch tokens (4, 3) -> a class token and 4 patch tokens of width 8 -> two blocks
+    -> the class token's logits (3,)."""
+
+    embed: eqx.nn.Linear
+    cls: jax.Array
+    blocks: tuple
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k = jax.random.split(key, 5)
+        self.embed = eqx.nn.Linear(3, 8, key=k[0])
+        self.cls = jax.random.normal(k[1], (1, 8))
+        self.blocks = (EqxBlock(8, k[2]), EqxBlock(8, k[3]))
+        self.head = eqx.nn.Linear(8, 3, key=k[4])
+
+    def __call__(self, x):
+        h = jnp.concatenate([self.cls, jax.vmap(self.embed)(x)])
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h[0])
+
+
+def _by_hand_at_last_norm(vit, x, target):
+    """(A, G) at the last block's norm1, per sample (5, 8), by jax.grad of the model
+    split there."""
+
+    def upto(xi):
+        h = jnp.concatenate([vit.cls, jax.vmap(vit.embed)(xi)])
+        h = vit.blocks[0](h)
+        return h, jax.vmap(vit.blocks[1].norm1)(h)
+
+    def after(a, h, c):
+        return vit.head((h + vit.blocks[1].attn(a, a, a))[0])[c]
+
+    h, a = jax.vmap(upto)(x)
+    g = jax.vmap(jax.grad(after))(a, h, target)
+    return a, g
+
+
+def test_equinox_taps_a_submodule_the_model_vmaps_over_tokens():
+    vmap = jax.vmap
+    vit = EqxViT(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (2, 4, 3))
+    target = jnp.array([0, 2])
+    want_a, want_g = _by_hand_at_last_norm(vit, x, target)
+    probe = equinox_probe(vit, lambda m: m.blocks[1].norm1, channel_axis=-1, input_channel_axis=-1)
+    out = probe(probe.variables, x, target)
+    assert out.activations.shape == (2, 5, 8)  # every token, not one token's slice
+    np.testing.assert_allclose(out.activations, want_a, **TOL)
+    np.testing.assert_allclose(out.gradients, want_g, **TOL)
+    assert jax.vmap is vmap  # itself again once the probe has run
+
+
+def test_equinox_reshape_lays_tokens_on_a_grid():
+    vit = EqxViT(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (2, 4, 3))
+    target = jnp.array([1, 0])
+    want_a, want_g = _by_hand_at_last_norm(vit, x, target)
+    probe = equinox_probe(
+        vit,
+        "blocks.1.norm1",
+        reshape=ifa_jax.tokens_to_grid(prefix=1),
+        channel_axis=-1,
+        input_channel_axis=-1,
+    )
+    out = probe(probe.variables, x, target)
+    np.testing.assert_allclose(out.activations, want_a[:, 1:].reshape(2, 2, 2, 8), **TOL)
+    np.testing.assert_allclose(out.gradients, want_g[:, 1:].reshape(2, 2, 2, 8), **TOL)
+    _, cam = explain(probe, probe.variables, x, target, "gradcam")
+    assert cam.cam.shape == (2, 2, 2)
+
+
+def test_equinox_where_none_taps_the_natural_layer(case, hand_split):
+    params, x = case
+    cnn = equinox_probe(equinox_per_sample(params))
+    assert cnn.layer is None and "found on the first call" in repr(cnn)
+    out = cnn(cnn.variables, x, TARGET)
+    assert cnn.layer == "layers/3"  # the last layer with a spatial output: relu2
+    assert "layers/3" in repr(cnn) and "the last layer with a spatial output" in repr(cnn)
+    np.testing.assert_allclose(out.activations, hand_split[0], **TOL)
+
+    vit = EqxViT(jax.random.key(0))
+    tokens = jax.random.normal(jax.random.key(1), (2, 4, 3))
+    auto = equinox_probe(vit, channel_axis=-1, input_channel_axis=-1)
+    got = auto(auto.variables, tokens, jnp.array([0, 2]))
+    # the norm before the last attention, its 1 + 2 x 2 tokens laid on a 2 x 2 grid
+    assert auto.layer == "blocks/1/norm1"
+    want_a, want_g = _by_hand_at_last_norm(vit, tokens, jnp.array([0, 2]))
+    np.testing.assert_allclose(got.activations, want_a[:, 1:].reshape(2, 2, 2, 8), **TOL)
+    np.testing.assert_allclose(got.gradients, want_g[:, 1:].reshape(2, 2, 2, 8), **TOL)
+
+
+def test_equinox_vmap_it_cannot_see_through_gets_advice_that_works():
+    class Hidden(eqx.Module):
+        """Vmaps the norm through a lambda: the probe sees one token at a time."""
+
+        norm: eqx.nn.LayerNorm
+        head: eqx.nn.Linear
+
+        def __call__(self, x):
+            h = jax.vmap(lambda t: self.norm(t))(x)
+            return self.head(h.mean(axis=0))
+
+    model = Hidden(eqx.nn.LayerNorm(4), eqx.nn.Linear(4, 2, key=jax.random.key(0)))
+    x = jax.random.normal(jax.random.key(1), (2, 5, 4))
+    probe = equinox_probe(model, "norm", channel_axis=-1, input_channel_axis=-1)
+    with pytest.raises(ValueError, match=r"jax\.vmap\(self\.layer\)\(x\)"):
+        probe(probe.variables, x, 0)
+    with pytest.raises(ValueError, match=r"jax\.vmap\(self\.layer\)\(x\)"):
+        probe.forward_activations(probe.variables, x)
+
+
+# --------------------------------------------------------------------------- Haiku (issue 26)
+
+
+def test_haiku_layer_none_taps_the_natural_layer(case, hand_split):
+    params, x = case
+    net = hk.without_apply_rng(hk.transform(haiku_net))
+    probe = haiku_probe(net)
+    assert probe.layer is None
+    out = probe(params, x, TARGET)
+    assert probe.layer == "relu2"  # the last module with a spatial output
+    assert repr(probe) == "LayerProbe(layer='relu2': the last layer with a spatial output)"
+    np.testing.assert_allclose(out.activations, hand_split[0], **TOL)
+    np.testing.assert_allclose(out.gradients, hand_split[1], **TOL)
+
+
+def test_haiku_model_that_needs_an_rng_names_the_fix():
+    def dropout_net(x, is_training=True):
+        h = hk.to_module(jax.nn.relu)(name="relu")(hk.Conv2D(4, 3, name="conv")(x))
+        if is_training:
+            h = hk.dropout(hk.next_rng_key(), 0.5, h)
+        return hk.Linear(2, name="head")(h.mean(axis=(1, 2)))
+
+    net = hk.transform(dropout_net)
+    x = jnp.ones((2, 5, 5, 1))
+    params = net.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"haiku_probe\(transformed, layer, is_training=False\)"):
+        haiku_probe(net, "relu")(params, x, 0)
+    with pytest.raises(ValueError, match=r"random numbers inside the probe"):
+        haiku_probe(net)(params, x, 0)  # finding the natural layer runs the model too
+    out = haiku_probe(net, "relu", is_training=False)(params, x, 0)
+    assert out.activations.shape == (2, 5, 5, 4)
+
+
+def test_every_factory_takes_its_keywords_in_the_same_place():
+    """The layer second (None: the natural layer), then output= and reshape= first among
+    the keywords; every factory returns the probe alone."""
+    import inspect
+
+    from ifa_jax import probes
+
+    for factory in (linen_probe, ifa_jax.nnx_probe, equinox_probe, haiku_probe):
+        params = list(inspect.signature(factory).parameters.values())
+        assert params[1].name in ("layers", "where") and params[1].default is None, factory
+        keywords = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        assert keywords[:2] == ["output", "reshape"], factory
+        assert inspect.signature(factory).return_annotation in ("LayerProbe", probes.LayerProbe)
+    keywords = inspect.signature(function_probe).parameters
+    assert list(keywords)[2:4] == ["output", "reshape"]
+    assert list(inspect.signature(ifa_jax.legrad_probe).parameters)[2] == "output"

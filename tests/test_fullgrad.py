@@ -142,7 +142,8 @@ def test_other_probes_take_their_tapped_layers():
     graphdef, shapes = nnx.split(nnx.eval_shape(lambda: NnxNet(nnx.Rngs(0))))
     model = nnx.merge(graphdef, _random(shapes))
     x = _random(jax.ShapeDtypeStruct((2, 10, 1), jnp.float32))
-    probe, state = ifa_jax.nnx_probe(model, "conv")
+    probe = ifa_jax.nnx_probe(model, "conv")
+    state = probe.variables
     got = F.fullgrad(probe, state, x, 1, layers="conv")[1].cam  # one name: not 'c', 'o', ...
     result = probe(state, x, 1)
     grad_x = jax.jit(jax.grad(lambda x: model(x)[:, 1].sum()))(x)
@@ -177,7 +178,8 @@ def test_equinox_bias_is_a_field_shaped_k_1():
         eqx.nn.Conv1d(1, 3, 3, key=keys[0]), eqx.nn.Lambda(jax.nn.relu),
         eqx.nn.Lambda(lambda a: a.mean(axis=1)), eqx.nn.Linear(3, 2, key=keys[1]),
     ])  # fmt: skip
-    probe, params = ifa_jax.equinox_probe(model, "layers.0")
+    probe = ifa_jax.equinox_probe(model, "layers.0")
+    params = probe.variables
     x = _random(jax.ShapeDtypeStruct((2, 10, 1), jnp.float32))
     assert model.layers[0].bias.shape == (3, 1)
     _framework_case(probe, params, x, model.layers[0].bias[:, 0])

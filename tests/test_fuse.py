@@ -10,7 +10,7 @@ import pytest
 
 import ifa_jax
 from ifa_jax import cams
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner.models import MnistCNN
 from ifa_jax.scale import apply_scale, scale_from_bounds
 

@@ -14,10 +14,9 @@ import pytest
 from flax import traverse_util
 
 from ifa_jax import cams, explain
-from ifa_jax.legrad import legrad_probe, vit_projection
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import legrad_probe, linen_probe, vit_projection
+from ifa_jax.probes.tokens import GridTapped, attention_to_grid
 from ifa_jax.runner.models import ViT
-from ifa_jax.tokens import GridTapped, attention_to_grid
 from tests import reference as ref
 from tests.conftest import random_variables
 

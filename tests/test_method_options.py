@@ -48,7 +48,8 @@ def batches(x, y, size, drop=()):
 def run(small, size=3, drop=(), **kwargs):
     probe, variables, x, y = small
     kwargs = {"num_classes": C, "count": "all", "progress": False, **kwargs}
-    return analysis.analyze(probe, variables, batches(x, y, size, drop), **kwargs)
+    analyze = analysis.analyze_methods if "methods" in kwargs else analysis.analyze
+    return analyze(probe, variables, batches(x, y, size, drop), **kwargs)
 
 
 def assert_same(a: analysis.Analysis, b: analysis.Analysis, **tol):
@@ -64,7 +65,7 @@ def assert_same(a: analysis.Analysis, b: analysis.Analysis, **tol):
 def test_options_equal_a_method_registered_with_them_as_defaults(small, registry):
     spec = cams.REGISTRY["gradcam++"]
     cams.register_method(cams.Method("eps05", spec.fn, needs=spec.needs, options={"eps": 0.5}))
-    got = run(small, method=("gradcam++", "eps05"), method_options={"GradCAM++": {"eps": 0.5}})
+    got = run(small, methods=("gradcam++", "eps05"), method_options={"GradCAM++": {"eps": 0.5}})
     assert_same(got["gradcam++"], got["eps05"], rtol=0, atol=0)
     default = run(small, method="gradcam++")
     assert not np.allclose(default.summary.im_all, got["gradcam++"].summary.im_all)
@@ -83,10 +84,10 @@ def test_array_options_are_traced_and_equal_a_callable_default(small, registry, 
         cams.Method("headcam", None, needs=spec.needs, forward=spec.forward, options=kernel),
         replace=True,
     )
-    got = run(small, method=("cam", "headcam"), method_options={"cam": {"head": W}})
+    got = run(small, methods=("cam", "headcam"), method_options={"cam": {"head": W}})
     assert_same(got["cam"], got["headcam"], rtol=1e-6, atol=1e-6)
     before = traces.count
-    twice = run(small, method=("cam", "headcam"), method_options={"cam": {"head": 2 * W}})
+    twice = run(small, methods=("cam", "headcam"), method_options={"cam": {"head": 2 * W}})
     assert traces.count == before  # same step, the new W as an argument
     np.testing.assert_allclose(
         twice["cam"].samples["cam_max"], 2 * got["cam"].samples["cam_max"], rtol=1e-5
@@ -107,13 +108,13 @@ def test_option_errors_name_the_fix(small):
     with pytest.raises(ValueError, match=r"fem option k=\[1.0\] must be a number"):
         run(small, method="fem", method_options={"fem": {"k": [1.0]}})
     with pytest.raises(ValueError, match=r"randomcam needs a PRNG key: pass key=jax.random.key"):
-        run(small, method=("gradcam", "randomcam"))
+        run(small, methods=("gradcam", "randomcam"))
     with pytest.raises(ValueError, match=r"key must be one PRNG key.*got int"):
         run(small, method="randomcam", key=0)
     with pytest.raises(
         ValueError, match=r"refinecam is a method of kind 'layers'.*ifa_jax.explain"
     ):
-        run(small, method=("gradcam", "refinecam"))
+        run(small, methods=("gradcam", "refinecam"))
 
 
 # --------------------------------------------------------------------------- keys
@@ -125,9 +126,9 @@ def test_keyed_methods_explain_sample_n_with_fold_in_key_n(small):
     probe, variables, x, y = small
     opts = {"sscam": {"samples": 2}}
     methods = ("gradcam", "randomcam", "sscam")
-    a = run(small, 3, method=methods, key=KEY, method_options=opts)
-    b = run(small, 3, drop=(1, 4), method=methods, key=KEY, method_options=opts)
-    c = run(small, 3, method=methods, key=jax.random.key(8), method_options=opts)
+    a = run(small, 3, methods=methods, key=KEY, method_options=opts)
+    b = run(small, 3, drop=(1, 4), methods=methods, key=KEY, method_options=opts)
+    c = run(small, 3, methods=methods, key=jax.random.key(8), method_options=opts)
     for m in ("randomcam", "sscam"):
         assert_same(a[m], b[m], rtol=1e-5, atol=1e-6)
         assert not np.allclose(a[m].samples["cam_max"], c[m].samples["cam_max"])
@@ -296,12 +297,12 @@ def test_runner_runs_a_keyed_method_with_options(tmp_path):
     variables = training.load_checkpoint(str(out / "checkpoint.msgpack"), template)
     probe = linen_probe(model, config.layer)
     ds = splits.validation
-    again = analysis.analyze(
+    again = analysis.analyze_methods(
         probe,
         variables,
         ((b.x, b.y, b.mask) for b in data.batches(ds, config.batch_size)),
         num_classes=ds.num_classes,
-        method=("randomcam", "gradcam++"),
+        methods=("randomcam", "gradcam++"),
         method_options={"gradcam++": {"eps": 0.5}},
         key=stages.method_key(config, "validation"),
         progress=False,

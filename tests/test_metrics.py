@@ -12,7 +12,7 @@ import scipy.stats
 from sklearn.metrics import roc_auc_score
 
 from ifa_jax import cams, explain, metrics
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner.models import ConvNet
 from tests import reference_metrics as ref
 

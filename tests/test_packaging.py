@@ -81,6 +81,23 @@ def test_moved_modules_still_resolve_with_a_deprecation_warning():
             assert getattr(ifa_jax, name) is module
 
 
+def test_moved_probe_modules_still_resolve_with_a_deprecation_warning():
+    import ifa_jax
+    from ifa_jax import probes
+    from ifa_jax.probes import legrad, tokens
+
+    moved = {"probe": probes, "frameworks": probes, "tokens": tokens, "legrad": legrad}
+    for name, module in moved.items():
+        new = module.__name__.replace(".", r"\.")
+        with pytest.warns(DeprecationWarning, match=rf"ifa_jax\.{name} moved to {new} "):
+            assert getattr(ifa_jax, name) is module
+    # The names people import from the top level are the probes' own.
+    for name in ("linen_probe", "nnx_probe", "equinox_probe", "haiku_probe", "LayerProbe"):
+        assert getattr(ifa_jax, name) is getattr(probes, name)
+    with pytest.warns(DeprecationWarning):
+        assert ifa_jax.probe.natural_layer is probes.natural_layer
+
+
 def test_version_has_one_source():
     import ifa_jax
 
@@ -91,3 +108,60 @@ def test_version_has_one_source():
     assert "version" not in project["project"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ifa_jax.__version__"}
     assert ifa_jax.__version__.count(".") == 2
+
+
+@pytest.mark.slow
+def test_the_built_wheel_holds_the_whole_library_and_runs_on_its_own(tmp_path):
+    """The wheel, not the source tree: every module of ifa_jax/ is in it (a new subpackage
+    is not left out), and the core script runs from it with the source tree out of reach."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = tmp_path.glob("ifa_jax-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    source = {
+        p.relative_to(root).as_posix()
+        for p in (root / "ifa_jax").rglob("*")
+        if p.suffix in (".py", ".typed") and "__pycache__" not in p.parts
+    }
+    assert source - names == set(), "modules missing from the wheel"
+    assert {n for n in names if n.endswith(".py")} <= source, "files in the wheel not in ifa_jax/"
+    unpacked = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    check = f"\nassert ifa_jax.__file__.startswith({str(unpacked)!r}), ifa_jax.__file__\n"
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT + check],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(unpacked)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("ran ")
+
+
+def test_the_lowest_versions_tested_are_the_lowest_promised():
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with open(root / "pyproject.toml", "rb") as f:
+        promised = dict(
+            d.replace(" ", "").split(">=") for d in tomllib.load(f)["project"]["dependencies"]
+        )
+    pins = dict(
+        line.split("==")
+        for line in (root / ".ci" / "min-versions.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert {name: pins[name] for name in promised} == promised
+    assert pins["jaxlib"] == pins["jax"]

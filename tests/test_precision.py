@@ -27,12 +27,12 @@ def case():
 
 def _analyze(case, **kwargs):
     probe, variables, batches = case
-    out = analysis.analyze(
+    out = analysis.analyze_methods(
         probe,
         variables,
         batches,
         num_classes=C,
-        method=METHODS,
+        methods=METHODS,
         count="all",  # the same samples count in both precisions (no prediction flips)
         progress=False,
         **kwargs,

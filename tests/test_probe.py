@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from ifa_jax import explain
-from ifa_jax.probe import linen_probe, nnx_probe
+from ifa_jax.probes import linen_probe, nnx_probe
 from ifa_jax.runner.models import ConvNet
 
 
@@ -126,7 +126,8 @@ def test_nested_layer_by_name_and_path(nested):
 
 def test_nnx_model_matches_hand_split(nnx_model):
     model, x = nnx_model
-    probe, state = nnx_probe(model, "conv2")
+    probe = nnx_probe(model, "conv2")
+    state = probe.variables
     out = probe(state, x, 1)
     a = model.conv2(jax.nn.relu(model.conv1(x)))
 
@@ -158,7 +159,8 @@ def test_nnx_relu_module_taps_the_rectified_features():
 
     model = Net(nnx.Rngs(0))
     x = np.random.default_rng(0).normal(size=(2, 6, 6, 1)).astype(np.float32)
-    probe, state = nnx_probe(model, "relu")
+    probe = nnx_probe(model, "relu")
+    state = probe.variables
     out = probe(state, x, 2)
     a = np.maximum(np.asarray(model.conv(x)), 0)
     np.testing.assert_allclose(out.activations, a, rtol=1e-5, atol=1e-6)
@@ -311,8 +313,26 @@ def test_batchnorm_model_in_inference_mode_gives_per_sample_gradients():
 # --------------------------------------------------------------------------- layer=None
 
 
+def test_the_tapped_layer_is_visible_on_the_probe(mnist):
+    """probe.layer and repr show the layer: the natural one once the probe has run (or
+    output_shapes has, abstractly), the named one from the start."""
+    model, variables, x = mnist
+    auto = linen_probe(model)
+    assert auto.layer is None
+    assert repr(auto) == "LayerProbe(layer=the natural layer, found on the first call)"
+    auto.output_shapes(variables, x)  # finds it without computing anything
+    assert auto.layer == "relu2"
+    assert repr(auto) == "LayerProbe(layer='relu2': the last layer with a spatial output)"
+    named = linen_probe(model, "conv2")
+    assert named.layer == "conv2" and repr(named) == "LayerProbe(layer='conv2')"
+    several = linen_probe(model, ["conv1", "conv2"])
+    assert several.layer is None and repr(several) == "LayerProbe(layers=('conv1', 'conv2'))"
+    with pytest.raises(TypeError, match=r"probe = nnx_probe\(model, layer\)"):
+        probe, state = linen_probe(model, "conv2")  # the old pair of nnx_probe
+
+
 def test_layer_none_picks_the_last_spatial_layer_after_its_relu(mnist, nested, caplog):
-    from ifa_jax.probe import linen_natural_layer
+    from ifa_jax.probes import linen_natural_layer
     from ifa_jax.runner.models import ResNet
 
     model, variables, x = mnist
@@ -360,7 +380,7 @@ class _Block(nnx.Module):
 
 
 def test_nnx_layer_none(nnx_model):
-    from ifa_jax.probe import nnx_natural_layer
+    from ifa_jax.probes import nnx_natural_layer
 
     model, x = nnx_model
     assert nnx_natural_layer(model, x)[0] == "conv2"
@@ -370,15 +390,19 @@ def test_nnx_layer_none(nnx_model):
         "blocks/1/norm",
         "the norm before the last attention, 'blocks/1/attn'",
     )
-    auto, state = nnx_probe(tokens)
-    named, _ = nnx_probe(tokens, "blocks/1/norm")
+    auto = nnx_probe(tokens)
+    state = auto.variables
+    named = nnx_probe(tokens, "blocks/1/norm")
+    # 5 tokens: a class token and a 2 x 2 grid of patches, laid on the grid automatically
     got = auto(state, t, 1).gradients
-    np.testing.assert_array_equal(got, named(state, t, 1).gradients)
+    assert got.shape == (2, 2, 2, 8) and auto.layer == "blocks/1/norm"
+    tokens_g = named(state, t, 1).gradients
+    np.testing.assert_array_equal(got, tokens_g[:, 1:].reshape(2, 2, 2, 8))
     # by hand: d head(h + attn(a))[:, 1] / d a at a = norm(h), h the first block's output
     h = tokens.blocks[0](tokens.embed(t))
     a = tokens.blocks[1].norm(h)
     want = jax.grad(lambda a: tokens.head((h + tokens.blocks[1].attn(a))[:, 0])[:, 1].sum())(a)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(tokens_g, want, rtol=1e-5, atol=1e-7)
 
 
 def test_layer_none_without_a_grid_layer_is_an_error():

@@ -11,7 +11,7 @@ import pytest
 
 from ifa_jax import cams
 from ifa_jax.explaining import explain
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner.models import MnistCNN
 from tests import reference as ref
 

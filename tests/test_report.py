@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from ifa_jax import metrics, runner, scale
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner import data, evaluations, models, report, stages
 from tests.conftest import random_variables
 

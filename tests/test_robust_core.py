@@ -132,12 +132,15 @@ def test_tuple_and_dict_outputs_without_a_selector_are_explained(net):
 
 
 def test_nnx_tuple_output_with_a_selector():
-    plain, state = nnx_probe(NnxNet(rngs=nnx.Rngs(0)), "conv")
-    tupled, state2 = nnx_probe(NnxNet(out="tuple", rngs=nnx.Rngs(0)), "conv", output=0)
+    plain = nnx_probe(NnxNet(rngs=nnx.Rngs(0)), "conv")
+    state = plain.variables
+    tupled = nnx_probe(NnxNet(out="tuple", rngs=nnx.Rngs(0)), "conv", output=0)
+    state2 = tupled.variables
     want, got = plain(state, X, 2), tupled(state2, X, 2)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-6)
-    bare, state3 = nnx_probe(NnxNet(out="tuple", rngs=nnx.Rngs(0)), "conv")
+    bare = nnx_probe(NnxNet(out="tuple", rngs=nnx.Rngs(0)), "conv")
+    state3 = bare.variables
     with pytest.raises(ValueError, match="the model returns a tuple of 2.*output=0"):
         bare(state3, X)
 
@@ -172,14 +175,16 @@ def test_linen_training_mode_errors_name_the_fix():
 @pytest.mark.parametrize("kind", ["bn", "drop"])
 def test_nnx_model_not_in_eval_mode_is_explained(kind):
     model = NnxNet(rngs=nnx.Rngs(0), **{kind: True})
-    probe, state = nnx_probe(model, "conv")
+    probe = nnx_probe(model, "conv")
+    state = probe.variables
     fix = r"Call model.eval\(\) before nnx_probe"
     with pytest.raises(ValueError, match=r"the NNX model changes its state.*" + fix):
         probe(state, X)
     with pytest.raises(ValueError, match=fix):
         jax.jit(lambda s, x: probe(s, x).score)(state, X)
     model.eval()
-    probe, state = nnx_probe(model, "conv")
+    probe = nnx_probe(model, "conv")
+    state = probe.variables
     assert np.isfinite(probe(state, X).score).all()
 
 
@@ -194,7 +199,8 @@ def test_input_without_channel_axis_is_explained(net):
     )
     with pytest.raises(ValueError, match=fix):
         linen_probe(Net(), "conv")(variables, X[..., 0])
-    probe, state = nnx_probe(NnxNet(rngs=nnx.Rngs(0)), "conv")
+    probe = nnx_probe(NnxNet(rngs=nnx.Rngs(0)), "conv")
+    state = probe.variables
     with pytest.raises(ValueError, match=fix):
         probe(state, X[..., 0])
 

@@ -17,7 +17,7 @@ from flax import traverse_util
 
 from ifa_jax import cams, scale
 from ifa_jax.explaining import Explanation, explain, smoothing
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner import models
 from ifa_jax.runner.models import ConvNet
 from tests import reference

@@ -13,7 +13,7 @@ import pytest
 from ifa_jax import cams
 from ifa_jax.explaining import explain, smoothing
 from ifa_jax.explaining.smoothing import Augmentation
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner.models import ConvNet
 
 FLIP_LAST = Augmentation(flip=(-1,))

@@ -13,9 +13,14 @@ import numpy as np
 import pytest
 
 from ifa_jax import cams, explain, tokens_to_grid
-from ifa_jax.probe import ZeroGradientWarning, linen_natural_layer, linen_probe
+from ifa_jax.probes import (
+    TokenLayerWarning,
+    ZeroGradientWarning,
+    linen_natural_layer,
+    linen_probe,
+)
+from ifa_jax.probes.tokens import GridTapped
 from ifa_jax.runner.models import ViT
-from ifa_jax.tokens import GridTapped
 from tests import reference as ref
 from tests.conftest import random_variables
 
@@ -356,6 +361,56 @@ def test_layer_none_picks_the_norm_before_the_last_attention(vit, caplog):
     assert "layer=None: tapping 'block2/norm1'" in caplog.text
     named = linen_probe(model, "block2/norm1", reshape=tokens_to_grid())(variables, x, TARGET)
     np.testing.assert_array_equal(auto.gradients, named.gradients)
+
+
+class TinyViT(nn.Module):
+    """Patch tokens (B, N, 3) -> a class token and N patch tokens of width 8 -> a
+    pre-norm attention block -> the class token's logits (B, 3)."""
+
+    @nn.compact
+    def __call__(self, x):
+        cls = self.param("cls", nn.initializers.normal(1.0), (1, 1, 8))
+        h = nn.Dense(8, name="embed")(x)
+        h = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, 8)), h], axis=1)
+        a = nn.LayerNorm(name="norm")(h)
+        h = h + nn.MultiHeadDotProductAttention(num_heads=2, name="attn")(a)
+        return nn.Dense(3, name="head")(h[:, 0])
+
+
+def test_layer_none_lays_a_natural_token_layer_on_its_grid(caplog):
+    model = TinyViT()
+    x = jax.random.normal(jax.random.key(0), (2, 4, 3))  # 1 + 4 tokens: a 2 x 2 grid
+    variables = model.init(jax.random.key(1), x)
+    auto = linen_probe(model)
+    with caplog.at_level(logging.INFO, logger="ifa_jax"):
+        out = auto(variables, x, TARGET)
+    assert "laying 'norm''s 5 tokens on a (2, 2) grid: tokens_to_grid(prefix=1)" in caplog.text
+    assert auto.layer == "norm"
+    assert repr(auto) == (
+        "LayerProbe(layer='norm': the norm before the last attention, 'attn', "
+        "reshape=AutoGrid(TokenGrid(prefix=1, grid=(2, 2))))"
+    )
+    named = linen_probe(model, "norm", reshape=tokens_to_grid(prefix=1))(variables, x, TARGET)
+    assert out.activations.shape == (2, 2, 2, 8)
+    np.testing.assert_array_equal(out.activations, named.activations)
+    np.testing.assert_array_equal(out.gradients, named.gradients)
+    # the CAMs are on the grid
+    assert explain(auto, variables, x, TARGET, "gradcam")[1].cam.shape == (2, 2, 2)
+
+
+def test_layer_none_warns_how_to_pass_reshape_for_tokens_off_a_square():
+    model = TinyViT()
+    x = jax.random.normal(jax.random.key(0), (2, 5, 3))  # 1 + 5 tokens: no square
+    variables = model.init(jax.random.key(1), x)
+    auto = linen_probe(model)
+    with pytest.warns(
+        TokenLayerWarning, match=r"Pass reshape=ifa_jax\.tokens_to_grid\(prefix=P, grid=\(h, w\)\)"
+    ):
+        out = auto(variables, x, TARGET)
+    assert out.activations.shape == (2, 6, 8)  # the tokens as they are, a 1-D grid
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per token shape, not per call
+        auto(variables, x, TARGET)
 
 
 # --------------------------------------------------------------------------- the runner

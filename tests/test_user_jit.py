@@ -16,8 +16,7 @@ from jax.experimental import checkify
 
 from ifa_jax import consistency, explain, scale
 from ifa_jax.explaining import guided, smoothing
-from ifa_jax.frameworks import equinox_probe, function_probe, haiku_probe
-from ifa_jax.probe import linen_probe, nnx_probe
+from ifa_jax.probes import equinox_probe, function_probe, haiku_probe, linen_probe, nnx_probe
 from ifa_jax.runner.models import ConvNet, NnxCNN
 from tests.conftest import random_variables
 
@@ -79,11 +78,13 @@ def setups():
     fn_params = {"w": (3, 3, 2, 4), "v": (4, 3)}
     fn_params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in fn_params.items()}
     graphdef, state = nnx.split(nnx.eval_shape(lambda: NnxCNN(2, (4, 6), 3, rngs=nnx.Rngs(0))))
-    nnx_p, nnx_state = nnx_probe(nnx.merge(graphdef, _numpy_arrays(state, rng)), "conv2")
+    nnx_p = nnx_probe(nnx.merge(graphdef, _numpy_arrays(state, rng)), "conv2")
+    nnx_state = nnx_p.variables
+    eqx_p = equinox_probe(equinox, lambda m: m.layers[1])
     return {
         "linen": (linen_probe(linen, "relu2"), random_variables(linen, x), x, y),
         "nnx": (nnx_p, nnx_state, x, y),
-        "equinox": (*equinox_probe(equinox, lambda m: m.layers[1]), x, y),
+        "equinox": (eqx_p, eqx_p.variables, x, y),
         "haiku": (haiku_probe(haiku, "relu"), random_variables(haiku, x), x, y),
         "function": (function_probe(_features, _head), fn_params, x, y),
     }

@@ -1,14 +1,14 @@
 """Check that the imports inside ifa_jax point down the layer order.
 
-The intended flow is probe -> cams -> analysis -> scale/decompose/diagnostics/metrics/
+The intended flow is probes -> cams -> analysis -> scale/decompose/diagnostics/metrics/
 consistency -> runner. Each module has a layer (LAYERS below; a package's entry covers
 its submodules, e.g. "ifa_jax.metrics" covers ifa_jax.metrics.subsets), and a module may
 import only modules of a LOWER OR EQUAL layer:
 
     0  _checks, _stats, io          shared checks and helpers (no ifa_jax imports above 0)
     1  inputs, modules              datasets in memory and batching; tappable modules
-    2  probe, frameworks, tokens,   activations and gradients (Flax; other frameworks;
-       legrad                       token grids); LeGrad's probe
+    2  probes                       activations and gradients (the probes subpackage:
+                                    Flax, Equinox, Haiku, functions; token grids; LeGrad)
     3  cams                         CAMs from A and G: method types, the method table,
                                     the method families, reductions across layers
     4  explaining                   probe + CAM in one call (explain, forward weights);
@@ -25,7 +25,7 @@ import only modules of a LOWER OR EQUAL layer:
 
 The library (layers 0-8) never imports the application, ``ifa_jax.runner`` (layer 9), so
 ``import ifa_jax`` needs none of the application's packages. No module imports another
-module's private name (``from ifa_jax.probe import _x``): internals shared across modules
+module's private name (``from ifa_jax.cams import _x``): internals shared across modules
 live in private modules (``ifa_jax._taps``, ``ifa_jax._checks``), whose names are theirs
 to share.
 
@@ -51,10 +51,7 @@ LAYERS = {
     "ifa_jax._taps": 0,
     "ifa_jax.inputs": 1,
     "ifa_jax.modules": 1,
-    "ifa_jax.probe": 2,
-    "ifa_jax.tokens": 2,
-    "ifa_jax.legrad": 2,
-    "ifa_jax.frameworks": 2,
+    "ifa_jax.probes": 2,
     "ifa_jax.cams": 3,
     "ifa_jax._options": 4,
     "ifa_jax.explaining": 4,

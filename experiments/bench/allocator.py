@@ -151,12 +151,12 @@ def worker(min_time: float, batch: int = 256) -> dict:
     host = [(np.asarray(x), np.asarray(y))] * ANALYZE_BATCHES
 
     def analyze():
-        analysis.analyze(
+        analysis.analyze_methods(
             probe,
             variables,
             host,
             num_classes=case.num_classes,
-            method=E2E_METHODS,
+            methods=E2E_METHODS,
             count="all",
             keep_importance=True,
             progress=False,

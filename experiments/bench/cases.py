@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner.models import ConvNet, MnistCNN, ResNet
 
 CASE_NAMES = ("mnist64", "mnist256", "resnet18", "cnn3d")

@@ -31,7 +31,7 @@ from experiments.bench.floor import make_floor
 from experiments.bench.timing import Entry, time_interleaved
 from ifa_jax import scale
 from ifa_jax.consistency import LINEAR_METHODS, common_levels, consistency_levels
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner import data
 from ifa_jax.runner.models import MnistCNN
 

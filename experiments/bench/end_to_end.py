@@ -17,7 +17,7 @@ from experiments.bench.jax_side import scale_of
 from experiments.bench.timing import Entry, time_interleaved
 from ifa_jax import analysis, cams, decompose, scale
 from ifa_jax.consistency import consistency_levels, summarize_consistency
-from ifa_jax.probe import LayerProbe, linen_probe
+from ifa_jax.probes import LayerProbe, linen_probe
 from ifa_jax.runner import data
 from ifa_jax.runner.models import MnistCNN
 
@@ -40,12 +40,12 @@ def ifa_pipeline(probe, variables, ds, *, batch: int, methods: Sequence[str]) ->
     """One analysis pass (all methods), common scales, consistency evaluation: seconds."""
     t0 = time.perf_counter()
     # As the runner does: every method from one probe call per batch (one model pass).
-    analyses = analysis.analyze(
+    analyses = analysis.analyze_methods(
         probe,
         variables,
         ((b.x, b.y, b.mask) for b in data.batches(ds, batch)),
         num_classes=ds.num_classes,
-        method=tuple(methods),
+        methods=tuple(methods),
         progress=False,
         keep_importance=True,
         count="all",
@@ -106,12 +106,12 @@ def end_to_end(
     small = data.Dataset(x[: 2 * batch], y[: 2 * batch], 10, "count")
     counts = {}
     counter["calls"] = 0
-    analysis.analyze(
+    analysis.analyze_methods(
         counting,
         variables,
         ((b.x, b.y, b.mask) for b in data.batches(small, batch)),
         num_classes=10,
-        method=tuple(methods),
+        methods=tuple(methods),
         progress=False,
         count="all",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ifa_jax.probe import LayerProbe
+from ifa_jax.probes import LayerProbe
 
 
 def make_floor(probe: LayerProbe):

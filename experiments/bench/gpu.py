@@ -48,7 +48,7 @@ from experiments.bench.jax_side import scale_of
 from experiments.bench.timing import Entry, time_interleaved
 from ifa_jax import analysis
 from ifa_jax.consistency import LINEAR_METHODS, common_levels
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner.models import ResNet, ResNet50
 
 SECTIONS = ("quick", "resnet50", "breakdown")
@@ -103,12 +103,12 @@ def resnet50_end_to_end(
     short, long = max(1, batches // 4), batches
 
     def analyse(n, **options):
-        return analysis.analyze(
+        return analysis.analyze_methods(
             probe,
             variables,
             [(x, y)] * n,
             num_classes=classes,
-            method=E2E_METHODS,
+            methods=E2E_METHODS,
             progress=False,
             count="all",
             **options,
@@ -190,7 +190,7 @@ def analyze_breakdown(*, smoke: bool, repeats: int, log: Callable[[str], None]) 
     batches = [(hx, hy)] * n
     options = {
         "num_classes": case.num_classes,
-        "method": E2E_METHODS,
+        "methods": E2E_METHODS,
         "progress": False,
         "count": "all",
     }
@@ -218,7 +218,7 @@ def analyze_breakdown(*, smoke: bool, repeats: int, log: Callable[[str], None]) 
         return jax.block_until_ready(out)
 
     def whole():
-        return analysis.analyze(probe, variables, batches, **options)
+        return analysis.analyze_methods(probe, variables, batches, **options)
 
     entries = [
         Entry("uploads", "ifa", n * case.batch, uploads),

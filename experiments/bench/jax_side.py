@@ -10,7 +10,7 @@ from experiments.bench.cases import E2E_METHODS, Case
 from experiments.bench.floor import make_floor
 from experiments.bench.timing import Entry
 from ifa_jax import analysis, cams, explain, scale
-from ifa_jax.probe import LayerProbe
+from ifa_jax.probes import LayerProbe
 
 # The ifa_jax rows that the peers are compared with.
 CAM_ROW = "ifa CAM gradcam, common scale, input res"
@@ -106,12 +106,12 @@ def ifa_entries(case: Case, variables, probe: LayerProbe, x, y) -> list[Entry]:
     host_batches = [(np.asarray(x), np.asarray(y))] * PASS_BATCHES
 
     def analyze_pass():
-        return analysis.analyze(
+        return analysis.analyze_methods(
             probe,
             variables,
             host_batches,
             num_classes=case.num_classes,
-            method=E2E_METHODS,
+            methods=E2E_METHODS,
             count="all",
             keep_importance=True,
             progress=False,

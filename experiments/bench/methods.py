@@ -11,7 +11,7 @@ case's random labels:
 * LeGrad (``legrad``, ``legradlayers``) reads a transformer's attention probabilities,
   which a CNN has none of: it runs on :class:`ifa_jax.runner.models.ViT` (defaults: patch 7,
   depth 2, random weights) on the same inputs, through
-  :func:`ifa_jax.legrad.legrad_probe` (``block2``; ``block1`` and ``block2``);
+  :func:`ifa_jax.probes.legrad_probe` (``block2``; ``block1`` and ``block2``);
 * methods that need a key get ``key=jax.random.key(0)``.
 
 Every call ends in ``block_until_ready`` on explain's outputs; the timing is
@@ -36,8 +36,7 @@ from experiments.bench.cases import Case, make_cases, setup_case
 from experiments.bench.report import versions
 from experiments.bench.timing import Entry, time_interleaved, time_ratios
 from ifa_jax import cams, explain
-from ifa_jax.legrad import legrad_probe
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import legrad_probe, linen_probe
 from ifa_jax.runner.models import ViT
 
 CASE = "mnist256"

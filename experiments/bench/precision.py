@@ -37,7 +37,7 @@ import numpy as np
 from experiments.bench.timing import Entry, time_interleaved
 from ifa_jax import analysis, scale
 from ifa_jax.consistency import LINEAR_METHODS, common_levels, summarize_consistency
-from ifa_jax.probe import linen_probe
+from ifa_jax.probes import linen_probe
 from ifa_jax.runner import data
 from ifa_jax.runner import train as training
 from ifa_jax.runner.models import MnistCNN
@@ -97,12 +97,12 @@ def run(samples: int, batch: int, epochs: int, repeats: int, min_time: float) ->
     probe = linen_probe(model, "relu2")
 
     def analyse(dtype):
-        result = analysis.analyze(
+        result = analysis.analyze_methods(
             probe,
             variables,
             batches,
             num_classes=10,
-            method=METHODS,
+            methods=METHODS,
             progress=False,
             compute_dtype=dtype,
         )

@@ -243,8 +243,8 @@ BUILTIN_METHODS: tuple[Method, ...] = (
         needs=GRADIENTS,
         channelwise=False,
         summary="L = channel mean of relu(G), G at one block's attention probabilities on "
-        "ifa_jax.tokens.attention_to_grid (keys x heads*queries); M_k = L / K; with "
-        "ifa_jax.legrad.legrad_probe's layer score, LeGrad of one block (Bousselham et al. "
+        "ifa_jax.probes.tokens.attention_to_grid (keys x heads*queries); M_k = L / K; with "
+        "ifa_jax.probes.legrad.legrad_probe's layer score, LeGrad of one block (Bousselham et al. "
         "2024)",
     ),
     LayersMethod(
@@ -252,7 +252,7 @@ BUILTIN_METHODS: tuple[Method, ...] = (
         legrad.legradlayers,
         needs=GRADIENTS,
         summary="mean over the probe's layers (one grid) of legrad's L: LeGrad of several "
-        "blocks with ifa_jax.legrad.legrad_probe (torch-cam's, before its min-max scaling)",
+        "blocks with ifa_jax.probes.legrad.legrad_probe (torch-cam's, before its min-max scaling)",
     ),
     InputMethod(
         "fullgrad",

@@ -15,7 +15,7 @@ Array = jax.Array
 
 def legrad_map(G: Array) -> Array:
     """relu(G) averaged over the channels: LeGrad's map (B, *grid) of one block, with the
-    probe's attention grid's channels heads x queries (ifa_jax.tokens.attention_to_grid)."""
+    probe's attention grid's channels heads x queries (ifa_jax.probes.tokens.attention_to_grid)."""
     return jnp.mean(jax.nn.relu(G), axis=-1)
 
 

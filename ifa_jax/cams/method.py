@@ -99,7 +99,7 @@ class ForwardPasses(NamedTuple):
 class ModelInputs(NamedTuple):
     """What a method of kind ``"input"`` reads (built by :func:`ifa_jax.explain`).
 
-    probe: the :class:`ifa_jax.probe.LayerProbe` explain was given (its ``forward``,
+    probe: the :class:`ifa_jax.probes.LayerProbe` explain was given (its ``forward``,
     ``forward_with`` and module reach the whole model). variables: the model's variables.
     x: (B, *spatial_in, C) the inputs. target: (B,) int32 each sample's explained output
     (-1 for a callable target). ``score(logits (N, O), target (N,)) -> (N,)``: the explained

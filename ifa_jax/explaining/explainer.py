@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from ifa_jax import cams
 from ifa_jax._checks import pick_layer, positive_int, prng_key
 from ifa_jax._options import split_options
-from ifa_jax.probe import LayerProbe, ProbeResult, Target, target_scores
+from ifa_jax.probes import LayerProbe, ProbeResult, Target, target_scores
 
 Array = jax.Array
 

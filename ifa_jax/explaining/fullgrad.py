@@ -44,7 +44,9 @@ from ifa_jax import cams
 from ifa_jax._stats import minmax_per_image
 from ifa_jax._taps import explained_errors, layer_key
 from ifa_jax.explaining.explainer import Explanation, explain
-from ifa_jax.probe import LayerProbe, LinenModel, Target, linen_calls, resolve_layer, select_output
+from ifa_jax.probes.core import LayerProbe, LinenModel, Target, select_output
+from ifa_jax.probes.layers import resolve_layer
+from ifa_jax.probes.linen import linen_calls
 
 Array = jax.Array
 

@@ -46,7 +46,7 @@ import numpy as np
 from ifa_jax import cams
 from ifa_jax._checks import index_targets, is_traced, one_of, outputs_in_range
 from ifa_jax.explaining.explainer import callable_target, explain
-from ifa_jax.probe import SCORES, LayerProbe, ProbeResult, Target, select_output, target_scores
+from ifa_jax.probes import SCORES, LayerProbe, ProbeResult, Target, select_output, target_scores
 
 Array = jax.Array
 
@@ -141,12 +141,21 @@ def _relu_operand(eqn) -> Any | None:
     return operand
 
 
+def _sub_jaxprs(params):
+    """The jaxprs among an equation's params, alone or in tuples (as
+    ``jax.extend.core.jaxprs_in_params``, which jax 0.8 does not have)."""
+    for value in params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, (jex.Jaxpr, jex.ClosedJaxpr)):
+                yield item
+
+
 def _relu_inside(eqn) -> bool:
     """Whether a ReLU the evaluation would rewrite occurs in the equation's sub-jaxprs
     (a custom_jvp other than relu is bound whole, so its body does not count)."""
     if eqn.primitive.name == "custom_jvp_call":
         return False
-    for sub in jex.jaxprs_in_params(eqn.params):
+    for sub in _sub_jaxprs(eqn.params):
         jaxpr, _ = _open(sub)
         if any(_relu_operand(e) is not None or _relu_inside(e) for e in jaxpr.eqns):
             return True

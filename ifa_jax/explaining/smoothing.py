@@ -80,7 +80,7 @@ from ifa_jax._checks import pick_layer
 from ifa_jax._stats import minmax_per_image
 from ifa_jax.cams.builtin import SESS_BATCH, SESS_NUM_SCALES, SESS_SCALE_STEP
 from ifa_jax.explaining.explainer import Explanation, callable_target, explain
-from ifa_jax.probe import LayerProbe, Target
+from ifa_jax.probes import LayerProbe, Target
 
 Array = jax.Array
 

@@ -30,6 +30,17 @@ because insertion/deletion stacks many steps of many images in one batch.
 :func:`model_scorer` builds one from a probe; passing the same object again reuses the
 compiled computation (it is a :class:`jax.tree_util.Partial`, so the model variables are
 arguments of the jitted function, not constants baked into it).
+
+Examples:
+    Activation levels that rise with the target score, and an undefined correlation:
+
+    >>> from ifa_jax import metrics
+    >>> metrics.consistency([0.1, 0.4, 0.35, 0.8], [1.0, 2.0, 3.0, 4.0])["spearman"]
+    0.8
+    >>> metrics.consistency([0.5, 0.5, 0.5], [1.0, 2.0, 3.0])
+    {'pearson': None, 'spearman': None, 'n': 3, 'reason': 'constant activation'}
+    >>> metrics.drop_increase([0.8, 0.5], [0.4, 0.6])
+    {'average_drop': 25.0, 'average_increase': 50.0, 'n': 2}
 """
 
 from ifa_jax.metrics.confidence import (

@@ -6,6 +6,22 @@ the target travels with each row because insertion/deletion stacks many steps of
 images in one batch. :func:`model_scorer` builds one from a probe; passing the same object
 again reuses the compiled computation (it is a :class:`jax.tree_util.Partial`, so the
 model variables are arguments of the jitted function, not constants baked into it).
+
+Examples:
+    A score function that reads the mean brightness (standing in for a model's
+    probability): masking away the upper half of two uniform images halves it:
+
+    >>> import numpy as np
+    >>> from ifa_jax.metrics.confidence import confidence_change, drop_increase
+    >>> def score(x, target):
+    ...     return x.mean(axis=(1, 2, 3))
+    >>> x = np.ones((2, 4, 4, 1), np.float32)
+    >>> saliency = np.zeros((2, 4, 4))
+    >>> saliency[:, 2:] = 1.0
+    >>> confidence_change(score, x, saliency, 0)
+    {'average_drop': 50.0, 'average_increase': 0.0, 'n': 2}
+    >>> drop_increase([0.8, 0.5], [0.4, 0.6])
+    {'average_drop': 25.0, 'average_increase': 50.0, 'n': 2}
 """
 
 from __future__ import annotations
@@ -22,7 +38,7 @@ from jax.typing import ArrayLike
 
 from ifa_jax._checks import index_targets, one_of
 from ifa_jax.metrics._common import as_scorer, check_inputs, check_scores, paired_values
-from ifa_jax.probe import SCORES, LayerProbe, target_scores
+from ifa_jax.probes import SCORES, LayerProbe, target_scores
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -39,11 +55,22 @@ class _ProbeScore:
         return target_scores(self.probe.forward(variables, x), target, self.score)
 
 
-def model_scorer(probe: LayerProbe, variables, score: str = "probability") -> Partial:
+def model_scorer(probe: LayerProbe, variables: Any, score: str = "probability") -> Partial:
     """``score_fn(x, target) -> (N,)``: the model's probability (or logit) of ``target``.
 
     A :class:`jax.tree_util.Partial` over ``variables``: the same probe and score reuse
     one compiled computation for any variables of the same structure.
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
+        variables: the model's variables.
+        score: 'probability' or 'logit'.
+
+    Returns:
+        The score function.
+
+    Raises:
+        ValueError: an unknown score.
     """
     one_of("score", score, SCORES)
     return Partial(_ProbeScore(probe, score), variables)
@@ -60,9 +87,19 @@ def confidence_scores(
 ) -> tuple[Array, Array]:
     """Target scores of the inputs and of the inputs masked by their saliency.
 
-    x: (B, *in, C); saliency: (B, *in) in [0, 1] on the input grid; target: int or (B,).
     Masked input = ``x * saliency[..., None]``. One jitted forward of 2B rows.
-    Returns (y (B,), y_masked (B,)).
+
+    Args:
+        score_fn: ``(x, target) -> (N,)``, e.g. from :func:`model_scorer`.
+        x: (B, *in, C) inputs.
+        saliency: (B, *in) in [0, 1] on the input grid.
+        target: an int or (B,) ints.
+
+    Returns:
+        (y (B,), y_masked (B,)).
+
+    Raises:
+        ValueError: shapes that do not fit, or scores of the wrong shape or not finite.
     """
     x, saliency = check_inputs(x, saliency)
     B = x.shape[0]
@@ -76,7 +113,17 @@ def drop_increase(y: Any, y_masked: Any) -> dict[str, Any]:
 
     drop = mean(max(0, y - y_masked) / y) * 100; increase = mean(y_masked > y) * 100.
     y must be positive (use probabilities). Concatenate y over batches before calling, so
-    the averages are over samples. Returns {'average_drop', 'average_increase', 'n'}.
+    the averages are over samples.
+
+    Args:
+        y: (N,) target scores of the inputs, > 0.
+        y_masked: (N,) those of the masked inputs.
+
+    Returns:
+        ``{'average_drop', 'average_increase', 'n'}``.
+
+    Raises:
+        ValueError: arrays of different sizes, or y <= 0.
     """
     y, ym = paired_values(("y", "y_masked"), y, y_masked)
     bad = np.flatnonzero(y <= 0)
@@ -97,6 +144,19 @@ def drop_increase(y: Any, y_masked: Any) -> dict[str, Any]:
 def confidence_change(
     score_fn: ScoreFn, x: Array, saliency: ArrayLike, target: Any
 ) -> dict[str, Any]:
-    """:func:`drop_increase` of :func:`confidence_scores` for one batch."""
+    """:func:`drop_increase` of :func:`confidence_scores` for one batch.
+
+    Args:
+        score_fn: as for :func:`confidence_scores`.
+        x: (B, *in, C) inputs.
+        saliency: (B, *in) in [0, 1].
+        target: an int or (B,) ints.
+
+    Returns:
+        ``{'average_drop', 'average_increase', 'n'}``.
+
+    Raises:
+        ValueError: as for :func:`confidence_scores` and :func:`drop_increase`.
+    """
     y, ym = confidence_scores(score_fn, x, saliency, target)
     return drop_increase(np.asarray(y), np.asarray(ym))

@@ -4,6 +4,19 @@ between a CAM's activation level (:func:`activation_level`) and the target score
 
 Pure functions on host NumPy arrays (float64). Undefined statistics (too few samples, a
 constant input, a single class) are ``None`` with a ``reason`` string, never NaN.
+
+Examples:
+    >>> import numpy as np
+    >>> from ifa_jax.metrics.correlation import activation_level, auroc, consistency
+    >>> cams = np.array([0.1, 0.4, 0.35, 0.8])[:, None, None] * np.ones((4, 3, 3))
+    >>> levels = activation_level(cams)  # the mean of each rescaled CAM
+    >>> levels.shape
+    (4,)
+    >>> result = consistency(levels, [1.0, 2.0, 3.0, 4.0])
+    >>> round(result["pearson"], 3), round(result["spearman"], 3), result["n"]
+    (0.913, 0.8, 4)
+    >>> auroc([0.9, 0.2, 0.7, 0.4], [True, False, False, True])
+    {'auroc': 0.75, 'positives': 2, 'negatives': 2, 'reason': None}
 """
 
 from __future__ import annotations
@@ -38,7 +51,14 @@ def _undefined(names: tuple[str, str], a: np.ndarray, b: np.ndarray) -> str | No
 
 
 def rankdata(a: Any) -> np.ndarray:
-    """1-based ranks of a 1-D array, ties given their average rank (float64)."""
+    """1-based ranks of a 1-D array, ties given their average rank (float64).
+
+    Args:
+        a: (N,) values.
+
+    Returns:
+        (N,) float64 ranks.
+    """
     a = np.asarray(a)
     s = np.sort(a)
     return (np.searchsorted(s, a, "left") + np.searchsorted(s, a, "right") + 1) / 2.0
@@ -54,13 +74,34 @@ def pearson(a: Any, b: Any) -> float | None:
     """Pearson r of two (N,) arrays; None when undefined (N < 3 or a constant input).
 
     :func:`consistency` gives the reason along with the value.
+
+    Args:
+        a: (N,) values.
+        b: (N,) values.
+
+    Returns:
+        r in [-1, 1], or None.
+
+    Raises:
+        ValueError: arrays of different sizes or with non-finite values.
     """
     a, b = paired_values(("a", "b"), a, b)
     return None if _undefined(("a", "b"), a, b) else _pearson(a, b)
 
 
 def spearman(a: Any, b: Any) -> float | None:
-    """Spearman rho (Pearson r of average-tie ranks) of two (N,) arrays; None when undefined."""
+    """Spearman rho (Pearson r of average-tie ranks) of two (N,) arrays; None when undefined.
+
+    Args:
+        a: (N,) values.
+        b: (N,) values.
+
+    Returns:
+        rho in [-1, 1], or None.
+
+    Raises:
+        ValueError: arrays of different sizes or with non-finite values.
+    """
     a, b = paired_values(("a", "b"), a, b)
     return None if _undefined(("a", "b"), a, b) else _pearson(rankdata(a), rankdata(b))
 
@@ -68,9 +109,17 @@ def spearman(a: Any, b: Any) -> float | None:
 def consistency(activation: Any, score: Any) -> dict[str, Any]:
     """Agreement of CAM activation levels (N,) with target scores (N,) over samples.
 
-    Returns ``{'pearson': r, 'spearman': rho, 'n': N, 'reason': None}``; when a
-    correlation is undefined (N < 3, constant activation or score) both are None and
-    ``reason`` says why.
+    Args:
+        activation: (N,) CAM activation levels.
+        score: (N,) target scores (e.g. logits).
+
+    Returns:
+        ``{'pearson': r, 'spearman': rho, 'n': N, 'reason': None}``; when a correlation
+            is undefined (N < 3, constant activation or score) both are None and ``reason``
+            says why.
+
+    Raises:
+        ValueError: arrays of different sizes or with non-finite values.
     """
     names = ("activation", "score")
     a, b = paired_values(names, activation, score)
@@ -89,6 +138,15 @@ def activation_level(cam_scaled: Array) -> Array:
     """Mean of each rescaled CAM over its grid: (B, *spatial) -> (B,), any spatial rank.
 
     For the 'tanh' scale, pass :func:`ifa_jax.scale.linear_values` (the scale inverted).
+
+    Args:
+        cam_scaled: (B, *spatial) rescaled CAMs.
+
+    Returns:
+        (B,) the mean of each.
+
+    Raises:
+        ValueError: an input without a batch axis.
     """
     if jnp.ndim(cam_scaled) < 2:
         raise ValueError(
@@ -102,8 +160,19 @@ def auroc(scores: Any, positives: Any) -> dict[str, Any]:
     """Area under the ROC curve of scores (N,) against positives (N,) bool.
 
     Rank-sum (Mann-Whitney U) formula with average ranks for ties, so it equals
-    ``sklearn.metrics.roc_auc_score``. Returns ``{'auroc', 'positives', 'negatives',
-    'reason'}``; with a single class ``auroc`` is None and ``reason`` says which.
+    ``sklearn.metrics.roc_auc_score``.
+
+    Args:
+        scores: (N,) scores.
+        positives: (N,) bool (or 0/1), e.g. ``prediction == c``.
+
+    Returns:
+        ``{'auroc', 'positives', 'negatives', 'reason'}``; with a single class ``auroc``
+            is None and ``reason`` says which.
+
+    Raises:
+        ValueError: positives that are not 1-D bool or 0/1, sizes that differ, or
+            non-finite scores.
     """
     s = per_sample_values(scores, "scores")
     p = np.asarray(positives)

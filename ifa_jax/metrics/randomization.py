@@ -1,7 +1,34 @@
 """The model randomisation sanity check (Adebayo et al. 2018):
 :func:`cascading_randomization` re-initialises layers from the top down, in the order
 :func:`top_down_order` reads from one abstract forward pass of a Linen model; compare the
-CAMs of the randomised models with :mod:`ifa_jax.metrics.similarity`."""
+CAMs of the randomised models with :mod:`ifa_jax.metrics.similarity`.
+
+Examples:
+    A two-layer MLP whose parameter names sort the wrong way round: the order comes
+    from the forward pass, and the first step re-initialises the head only:
+
+    >>> import flax.linen as nn
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax.metrics.randomization import cascading_randomization, top_down_order
+    >>> class Mlp(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         return nn.Dense(2, name="head")(nn.relu(nn.Dense(4, name="hidden")(x)))
+    >>> x = jnp.ones((1, 3))
+    >>> variables = Mlp().init(jax.random.key(0), x)
+    >>> sorted(variables["params"])
+    ['head', 'hidden']
+    >>> order = top_down_order(Mlp(), variables, x)
+    >>> order
+    LayerOrder(order=['head', 'hidden'], uncalled=[])
+    >>> name, randomised = next(cascading_randomization(variables, jax.random.key(1), order.order))
+    >>> name
+    'head'
+    >>> [bool(jnp.array_equal(randomised["params"][n]["kernel"], variables["params"][n]["kernel"]))
+    ...  for n in ("head", "hidden")]
+    [False, True]
+"""
 
 from __future__ import annotations
 
@@ -12,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ifa_jax.probe import linen_calls
+from ifa_jax.probes import linen_calls
 
 Array = jax.Array
 
@@ -27,14 +54,26 @@ class LayerOrder(NamedTuple):
     uncalled: list[str]
 
 
-def top_down_order(model: nn.Module, variables: Any, x: Any, **apply_kwargs) -> LayerOrder:
+def top_down_order(model: nn.Module, variables: Any, x: Any, **apply_kwargs: Any) -> LayerOrder:
     """The top-level parameter names of a Linen model in the reverse of their call order.
 
     One abstract forward pass of ``model.apply(variables, x, **apply_kwargs)``
-    (:func:`ifa_jax.probe.linen_calls`: nothing is computed) records when each top-level
+    (:func:`ifa_jax.probes.linen_calls`: nothing is computed) records when each top-level
     submodule is first called; the names are ordered by that, last called (the output
     layer) first, ready for :func:`cascading_randomization`. Parameter names sort by name
     once a checkpoint is loaded, so their dict order says nothing about the model.
+
+    Args:
+        model: the Linen model.
+        variables: its variables, with a 'params' collection.
+        x: an input batch (only its shape and dtype are used).
+        **apply_kwargs: passed to ``model.apply``.
+
+    Returns:
+        The :class:`LayerOrder`.
+
+    Raises:
+        ValueError: variables without parameters.
     """
     params = variables.get("params", {}) if isinstance(variables, Mapping) else {}
     if not isinstance(params, Mapping) or not params:
@@ -99,6 +138,18 @@ def cascading_randomization(
     before it in ``order`` re-initialised: each floating-point leaf ~ Normal(0, std of that
     leaf) (a zero-initialised bias stays zero; integer leaves are kept), keys
     ``fold_in(split(key, len(order))[i], leaf index)``. Inputs are checked eagerly.
+
+    Args:
+        params: a parameter tree or Flax variables.
+        key: the PRNG key.
+        order: top-level parameter names, top (output) layer first.
+
+    Returns:
+        An iterator of ``(name, tree)``, one per name of ``order``.
+
+    Raises:
+        ValueError: an empty order, a name given twice, or a name not among the
+            top-level parameters.
     """
     order = list(order)
     if not order:

@@ -1,5 +1,17 @@
 """Similarity of two CAMs for the sanity check: :func:`rank_correlation` (per sample
-Spearman rho over the grid) and :func:`ssim` (structural similarity)."""
+Spearman rho over the grid) and :func:`ssim` (structural similarity).
+
+Examples:
+    A map against a monotone transform of itself, its negation and itself:
+
+    >>> import numpy as np
+    >>> from ifa_jax.metrics.similarity import rank_correlation, ssim
+    >>> cam = np.arange(16.0).reshape(1, 4, 4) / 15
+    >>> rank_correlation(cam, cam**2), rank_correlation(cam, -cam)
+    ([1.0], [-1.0])
+    >>> round(ssim(cam[0], cam[0], win_size=3), 3)
+    1.0
+"""
 
 from __future__ import annotations
 
@@ -26,6 +38,16 @@ def rank_correlation(cam_a: Any, cam_b: Any) -> list[float | None]:
     """Per sample Spearman rho over the grid of two CAM batches (B, *spatial).
 
     None for a sample whose maps are constant (or have fewer than 3 cells).
+
+    Args:
+        cam_a: (B, *spatial) one batch of CAMs.
+        cam_b: (B, *spatial) the other.
+
+    Returns:
+        B values rho in [-1, 1] or None.
+
+    Raises:
+        ValueError: batches that are empty, not finite or of different shapes.
     """
     a, b = _maps("cam_a", cam_a), _maps("cam_b", cam_b)
     if a.shape != b.shape:
@@ -62,6 +84,23 @@ def ssim(
     Local weighted means, variances and covariance over every full ``win_size`` window
     (``'gaussian'``, std ``sigma``, or ``'uniform'``; no padding), mean of the SSIM map.
     C1 = (k1 data_range)^2, C2 = (k2 data_range)^2; use ``data_range=1`` for maps in [0, 1].
+
+    Args:
+        a: (H, W) or (B, H, W) maps.
+        b: maps of the same shape.
+        data_range: max - min possible value, > 0.
+        window: 'gaussian' or 'uniform'.
+        win_size: the window's size, at most min(H, W).
+        sigma: the gaussian window's std.
+        k1: the constant of C1.
+        k2: the constant of C2.
+
+    Returns:
+        A float for 2-D maps, (B,) for a batch.
+
+    Raises:
+        ValueError: shapes that differ or are not 2-D / 3-D, non-finite values,
+            data_range <= 0, a window that does not fit, or an unknown window.
     """
     single = np.ndim(a) == 2
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

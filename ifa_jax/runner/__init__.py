@@ -23,6 +23,17 @@ named ``package.module:factory``); evaluations and figures are tables too
 (:data:`EVALUATIONS`, :data:`FIGURES`).
 
 Command line: ``ifa-jax run --config FILE [--out DIR] [--set KEY=VALUE] [--overwrite]``.
+
+Examples:
+    A config for a quick run, and the evaluations a run computes:
+
+    >>> from ifa_jax.runner import EVALUATIONS, Config, override
+    >>> config = override(Config(name="quick"), "train.epochs=1", "methods=gradcam")
+    >>> config.dataset, config.model, config.train.epochs, config.methods
+    ('mnist_embedded', 'mnist_cnn', 1, ('gradcam',))
+    >>> [e.name for e in EVALUATIONS]  # doctest: +NORMALIZE_WHITESPACE
+    ['consistency', 'consistency_all_classes', 'subsets', 'decomposition', 'diagnostics',
+     'faithfulness', 'sanity', 'scale_coverage']
 """
 
 from ifa_jax.runner.config import SUBSET_MODES, Config, config_from_dict, load_config, override

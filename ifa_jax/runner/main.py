@@ -1,5 +1,15 @@
 """``run()``: data -> model -> train (or load) -> analyse -> evaluate -> figures -> report,
-and the ``ifa-jax`` command that calls it."""
+and the ``ifa-jax`` command that calls it.
+
+Examples:
+    An evaluation file read back is checked before its numbers are used:
+
+    >>> from ifa_jax.runner.main import evaluation_problem
+    >>> evaluation_problem({"version": 1, "numbers": {}})
+    'no arrays'
+    >>> evaluation_problem({"version": 1, "numbers": {}, "arrays": []}) is None
+    True
+"""
 
 from __future__ import annotations
 

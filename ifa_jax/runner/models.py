@@ -2,6 +2,21 @@
 
 Every model takes channels-last inputs ``(B, *spatial, C_in)`` and returns logits
 ``(B, num_classes)``. Each docstring names the model's natural target layer.
+
+Examples:
+    A two-block CNN for 8 x 8 grey images and 3 classes, its shapes read abstractly
+    (nothing is computed):
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax.runner.models import ConvNet
+    >>> model = ConvNet(ndim=2, features=(4, 8), num_classes=3)
+    >>> x = jnp.zeros((2, 8, 8, 1))
+    >>> logits, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), x)
+    >>> logits.shape
+    (2, 3)
+    >>> {name: p["kernel"].shape for name, p in variables["params"].items()}
+    {'conv1': (3, 3, 1, 4), 'conv2': (3, 3, 4, 8), 'head': (8, 3)}
 """
 
 from __future__ import annotations
@@ -330,8 +345,8 @@ class ViT(nn.Module):
     Submodules: ``patch_embed`` (a conv with stride = patch), ``block1 .. block{depth}``
     (each with ``norm1``, ``attn``, ``norm2``, ``fc1``, ``fc2``), ``norm``, ``head``. Each
     ``attn`` has a parameter-free ``probs`` child, its attention probabilities (B, heads,
-    N, N): tap ``"block1/attn/probs"`` with ``reshape=ifa_jax.tokens.attention_to_grid()``
-    (LeGrad, :mod:`ifa_jax.legrad`).
+    N, N): tap ``"block1/attn/probs"`` with ``reshape=ifa_jax.attention_to_grid()``
+    (LeGrad, :mod:`ifa_jax.probes.legrad`).
 
     Natural target layer: ``f"block{depth}/norm1"``, the norm before the last block's
     attention (pytorch-grad-cam's documented choice), read as a grid with

@@ -19,6 +19,28 @@ trusted. A relative plug-in path is resolved against the config file's folder
   ``gather(indices) -> (x, y)``, ``input_shape`` and ``num_classes``. It is called with
   the config's ``dataset_kwargs`` and, when its signature takes them, ``seed``,
   ``validation_size`` and ``image_size``.
+
+Examples:
+    A built-in model and a plug-in naming the same class, built for a 3-class dataset
+    of 8 x 8 images; a plug-in module runs only once the user names it:
+
+    >>> import numpy as np
+    >>> from ifa_jax.runner import registry
+    >>> from ifa_jax.runner.config import Config
+    >>> from ifa_jax.runner.data import Dataset, Splits
+    >>> ds = Dataset(np.zeros((4, 8, 8, 1), np.float32), np.array([0, 1, 2, 0]), 3)
+    >>> model = registry.build_model(Config(model="convnet"), Splits(ds, ds))
+    >>> type(model).__name__, model.ndim, model.num_classes
+    ('ConvNet', 2, 3)
+    >>> plugin = Config(model="ifa_jax.runner.models:ConvNet", model_kwargs=(("ndim", 2),))
+    >>> registry.is_plugin(plugin.model, registry.MODELS)
+    True
+    >>> registry.build_model(plugin, Splits(ds, ds)).num_classes
+    3
+    >>> registry.check_trusted(plugin, plugins=["ifa_jax.runner.models"])  # allowed
+    >>> registry.check_names("resnet", "mnist_embedded")
+    ["model 'resnet' is not one of mnist_cnn, convnet, resnet18, vit nor a plug-in
+    'package.module:factory' / 'file.py:factory'"]
 """
 
 from __future__ import annotations
@@ -30,12 +52,15 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 from flax import nnx
 
 from ifa_jax.runner import data, models
+
+if TYPE_CHECKING:
+    from ifa_jax.runner.config import Config
 
 
 def _mnist_cnn(*, num_classes, input_shape, **kwargs):
@@ -88,12 +113,33 @@ DATASET_ARGUMENT = {"tfds": "<name>", "medmnist": "<path.npz>", "signals": "<pat
 
 
 def is_plugin(spec: str, table: dict) -> bool:
-    """Whether ``spec`` names a plug-in (``module:attr`` / ``file.py:attr``), not a table entry."""
+    """Whether ``spec`` names a plug-in (``module:attr`` / ``file.py:attr``), not a table entry.
+
+    Args:
+        spec: the config's model or dataset.
+        table: :data:`MODELS` or :data:`DATASETS`.
+
+    Returns:
+        True for a plug-in.
+    """
     return ":" in spec and spec.split(":", 1)[0] not in table
 
 
 def load_object(spec: str, what: str) -> Callable[..., Any]:
-    """The callable named by ``"package.module:attr"`` or ``"path/to/file.py:attr"``."""
+    """The callable named by ``"package.module:attr"`` or ``"path/to/file.py:attr"``.
+
+    Args:
+        spec: the plug-in spec.
+        what: what it is ('model', 'dataset'), for messages.
+
+    Returns:
+        The callable.
+
+    Raises:
+        FileNotFoundError: a ``.py`` file that does not exist.
+        ValueError: a malformed spec, a module that cannot be imported, a missing
+            attribute, or one that is not callable.
+    """
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
         raise ValueError(
@@ -130,14 +176,32 @@ def load_object(spec: str, what: str) -> Callable[..., Any]:
 
 
 def plugin_target(spec: str) -> str:
-    """The file or module part of a plug-in spec (before the last ``:``)."""
+    """The file or module part of a plug-in spec (before the last ``:``).
+
+    Args:
+        spec: the plug-in spec.
+
+    Returns:
+        The file or module.
+    """
     return spec.rpartition(":")[0]
 
 
-def resolve_plugin_paths(config, base: str | os.PathLike):
+def resolve_plugin_paths(config: Config, base: str | os.PathLike) -> Config:
     """``config`` with each relative ``file.py`` plug-in path made absolute: against
     ``base`` (the config file's folder) where the file is, else the working directory.
-    A file found in neither is named with both places tried."""
+    A file found in neither is named with both places tried.
+
+    Args:
+        config: the :class:`~ifa_jax.runner.config.Config`.
+        base: the config file's folder.
+
+    Returns:
+        The config, with absolute plug-in paths.
+
+    Raises:
+        FileNotFoundError: a plug-in file found in neither place.
+    """
     changes = {}
     for field, table in (("model", MODELS), ("dataset", DATASETS)):
         spec = getattr(config, field)
@@ -157,7 +221,7 @@ def resolve_plugin_paths(config, base: str | os.PathLike):
 
 
 def check_trusted(
-    config,
+    config: Config,
     *,
     folder: str | os.PathLike | None = None,
     plugins: Sequence[str] = (),
@@ -166,7 +230,18 @@ def check_trusted(
     """Refuse plug-ins that the user did not name. A plug-in spec is allowed when it is in
     ``trusted`` (named by code the user runs: a ``.py`` config), when its ``.py`` file lies
     inside ``folder`` (a JSON config's own folder), or when its file or module is in
-    ``plugins`` (named on the command line with ``--plugin``)."""
+    ``plugins`` (named on the command line with ``--plugin``).
+
+    Args:
+        config: the :class:`~ifa_jax.runner.config.Config`.
+        folder: a JSON config's folder, or None.
+        plugins: files and modules named with ``--plugin``.
+        trusted: specs named by code the user runs.
+
+    Raises:
+        ValueError: a plug-in the user did not name, or a ``--plugin`` that is neither
+            an existing ``.py`` file nor a module name.
+    """
     for p in plugins:
         if p.endswith(".py") and not os.path.isfile(p):
             raise ValueError(f"--plugin {p!r}: no such file; name an existing .py file")
@@ -210,8 +285,15 @@ def check_trusted(
         )
 
 
-def plugin_sources(config) -> list[str]:
-    """The source files of the config's plug-ins (their code is part of a run's inputs)."""
+def plugin_sources(config: Config) -> list[str]:
+    """The source files of the config's plug-ins (their code is part of a run's inputs).
+
+    Args:
+        config: the :class:`~ifa_jax.runner.config.Config`.
+
+    Returns:
+        Absolute paths of the plug-ins' files.
+    """
     sources = []
     for spec, table in ((config.model, MODELS), (config.dataset, DATASETS)):
         if is_plugin(spec, table):
@@ -229,7 +311,20 @@ def call_with_accepted(
     factory: Callable[..., Any], kwargs: dict, optional: dict, what: str = "factory"
 ) -> Any:
     """``factory(**kwargs, **those of optional its signature accepts)``; a call the
-    signature rejects is reported naming ``what`` and the keyword arguments."""
+    signature rejects is reported naming ``what`` and the keyword arguments.
+
+    Args:
+        factory: the callable (a class is read through its ``__init__``).
+        kwargs: keyword arguments always passed.
+        optional: keyword arguments passed when the signature takes them.
+        what: the factory, for messages.
+
+    Returns:
+        What the factory returns.
+
+    Raises:
+        ValueError: the signature rejects the arguments.
+    """
     # A class is read through its __init__ (a metaclass may hide it behind *args, **kwargs).
     is_class = isinstance(factory, type)
     try:
@@ -249,8 +344,19 @@ def call_with_accepted(
     return factory(**kwargs, **extra)
 
 
-def load_data(config) -> data.Splits:
-    """The config's dataset as train / validation splits (checked to match each other)."""
+def load_data(config: Config) -> data.Splits:
+    """The config's dataset as train / validation splits (checked to match each other).
+
+    Args:
+        config: the :class:`~ifa_jax.runner.config.Config`.
+
+    Returns:
+        The :class:`~ifa_jax.runner.data.Splits`.
+
+    Raises:
+        ValueError: a plug-in factory that returns something else, a split without the
+            source interface, or splits of different input shapes or class counts.
+    """
     spec, kwargs = config.dataset, dict(config.dataset_kwargs)
     optional = {
         "seed": config.seed,
@@ -290,8 +396,20 @@ def load_data(config) -> data.Splits:
     return out
 
 
-def build_model(config, splits: data.Splits):
-    """The config's (untrained) Linen model for ``splits``."""
+def build_model(config: Config, splits: data.Splits) -> nn.Module:
+    """The config's (untrained) Linen model for ``splits``.
+
+    Args:
+        config: the :class:`~ifa_jax.runner.config.Config`.
+        splits: the data; the model gets their ``num_classes`` and ``input_shape``.
+
+    Returns:
+        The Linen module.
+
+    Raises:
+        ValueError: model_kwargs the factory does not take, or a factory that returns
+            no Linen module instance.
+    """
     plugin = is_plugin(config.model, MODELS)
     factory = load_object(config.model, "model") if plugin else MODELS[config.model]
     try:
@@ -328,7 +446,16 @@ def build_model(config, splits: data.Splits):
 
 
 def check_names(model: str, dataset: str, dataset_kwargs: Sequence = ()) -> list[str]:
-    """Problems with a config's model and dataset names (plug-ins are checked on use)."""
+    """Problems with a config's model and dataset names (plug-ins are checked on use).
+
+    Args:
+        model: the config's model.
+        dataset: the config's dataset.
+        dataset_kwargs: the config's dataset_kwargs (pairs).
+
+    Returns:
+        One message per problem; empty when there is none.
+    """
     problems = []
     for what, spec, table in (("model", model, MODELS), ("dataset", dataset, DATASETS)):
         if is_plugin(spec, table) and spec.count(":") > 1:

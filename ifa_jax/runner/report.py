@@ -4,6 +4,13 @@ Every figure is drawn from the :class:`~ifa_jax.runner.stages.RunContext` alone,
 from files the run folder holds (or the model, for CAMs), so a resumed run draws the
 same figures as a fresh one. Adding a figure is one function and one :class:`Figure`
 entry in :data:`FIGURES`.
+
+Examples:
+    Numbers in figure titles:
+
+    >>> from ifa_jax.runner.report import number
+    >>> number(0.012345), number(-0.0), number(1234.5)
+    ('0.0123', '0', '1234')
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ def _image_maps(ctx: RunContext, x, cam, common: bool) -> np.ndarray:
 
 
 def draw_cams(ctx: RunContext):
+    """Validation CAMs on the common scale beside the same maps min-max per image; None for inputs
+    that are not 2-D images."""
     ds = ctx.splits.validation
     if len(ds.input_shape) != 3:
         return None
@@ -63,6 +72,7 @@ def draw_cams(ctx: RunContext):
 
 
 def draw_consistency(ctx: RunContext):
+    """Scatter of CAM activation level against the logit, per method and scale."""
     if "consistency" not in ctx.evaluations:
         return None
     numbers, arrays = ctx.evaluations["consistency"]
@@ -78,15 +88,18 @@ def draw_consistency(ctx: RunContext):
 
 
 def draw_importance(ctx: RunContext):
+    """The importance matrices IM_c and IM_diff of the first method."""
     s = ctx.summary
     return plots.importance_heatmaps({"IM_c (train)": s.im_class, "IM_diff (train)": s.im_diff})
 
 
 def draw_distributions(ctx: RunContext):
+    """Distributions of the CAM maxima and minima, train against validation."""
     return plots.distributions({k: ctx.analyses[ctx.method][k][1] for k in ("train", "validation")})
 
 
 def draw_spectrum(ctx: RunContext):
+    """The explained-variance spectrum of the channel importances."""
     if "decomposition" not in ctx.evaluations:
         return None
     dec = ctx.evaluations["decomposition"][0]
@@ -94,6 +107,7 @@ def draw_spectrum(ctx: RunContext):
 
 
 def draw_subsets(ctx: RunContext):
+    """Accuracy against the share of channels kept."""
     if "subsets" not in ctx.evaluations:
         return None
     curves = ctx.evaluations["subsets"][0]
@@ -105,6 +119,7 @@ def draw_subsets(ctx: RunContext):
 
 
 def draw_outliers(ctx: RunContext):
+    """The validation samples farthest from their class, with their CAMs."""
     diag = ctx.evaluations.get("diagnostics", ({}, {}))[0]
     if "outliers" not in diag or len(ctx.splits.validation.input_shape) != 3:
         return None

@@ -3,6 +3,18 @@
 Each stage reads its outputs from the run folder when they verify, and computes and
 writes them otherwise. A :class:`RunContext` carries what the stages produce to the
 evaluations and the report.
+
+Examples:
+    The keyed methods draw from one key stream per split, derived from the config's seed:
+
+    >>> import jax
+    >>> from ifa_jax.runner.config import Config
+    >>> from ifa_jax.runner.stages import KEY_STREAMS, method_key
+    >>> KEY_STREAMS
+    ('train', 'validation', 'explain')
+    >>> a, b = method_key(Config(), "train"), method_key(Config(), "validation")
+    >>> bool((jax.random.key_data(a) == jax.random.key_data(b)).all())
+    False
 """
 
 from __future__ import annotations
@@ -18,14 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ifa_jax import analysis, scale, tokens
+from ifa_jax import analysis, scale
 from ifa_jax.explaining import explain
-from ifa_jax.probe import (
+from ifa_jax.probes import (
     LayerProbe,
     linen_layers,
     linen_natural_layer,
     linen_probe,
     resolve_layer,
+    tokens,
 )
 from ifa_jax.runner import data
 from ifa_jax.runner import train as training
@@ -339,7 +352,7 @@ def stage_analyse(ctx: RunContext) -> None:
                     ctx.variables,
                     ctx.batches(ds),
                     num_classes=ds.num_classes,
-                    method=todo,
+                    methods=todo,
                     count=config.count,
                     progress=False,
                     keep_importance=True,
@@ -389,12 +402,12 @@ def analysis_digest(ctx: RunContext, method: str) -> str:
 def analyze_all(
     log: Callable[[str], None], split: str, *args, **kwargs
 ) -> dict[str, analysis.Analysis]:
-    """:func:`ifa_jax.analysis.analyze` with a tuple of methods: ``{method: Analysis}``.
+    """:func:`ifa_jax.analysis.analyze_methods`: ``{method: Analysis}``.
     Classes with no counted sample (a :class:`~ifa_jax.analysis.MissingClassesWarning`)
     go to the run's log, once per split; the report names them too."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", analysis.MissingClassesWarning)
-        results = analysis.analyze(*args, **kwargs)
+        results = analysis.analyze_methods(*args, **kwargs)
     said = set()
     for w in caught:
         if not issubclass(w.category, analysis.MissingClassesWarning):
@@ -402,7 +415,6 @@ def analyze_all(
         elif str(w.message) not in said:
             said.add(str(w.message))
             log(f"analyse {split}: {w.message}")
-    assert isinstance(results, dict)  # a tuple of methods gives one Analysis per method
     return results
 
 

@@ -14,6 +14,26 @@ from it, so a killed run continues after its last finished epoch with the same r
 ``save_checkpoint`` / ``load_checkpoint`` store any pytree with ``flax.serialization``;
 writes are atomic (temporary file in the same directory + ``os.replace``) and loading into a
 template of another model names the mismatched parameter paths and shapes.
+
+Examples:
+    A checkpoint round trip, and a template of another shape refused:
+
+    >>> import shutil
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from ifa_jax.runner.train import load_checkpoint, save_checkpoint
+    >>> path = Path(tempfile.mkdtemp()) / "checkpoint.msgpack"
+    >>> save_checkpoint(path, {"params": {"w": np.ones((2, 3), np.float32)}})
+    >>> restored = load_checkpoint(path, {"params": {"w": np.zeros((2, 3), np.float32)}})
+    >>> float(restored["params"]["w"].sum())
+    6.0
+    >>> load_checkpoint(path, {"params": {"w": np.zeros((3, 3), np.float32)}})
+    Traceback (most recent call last):
+        ...
+    ifa_jax.runner.train.CheckpointMismatchError: checkpoint ... mismatch params/w:
+    checkpoint (2, 3) float32 vs template (3, 3) float32
+    >>> shutil.rmtree(path.parent)
 """
 
 from __future__ import annotations
@@ -61,7 +81,8 @@ class TrainConfig:
 
     Attributes:
       epochs: passes over the training set.
-      batch_size: training batch size; ``eval_batch_size`` defaults to it.
+      batch_size: training batch size.
+      eval_batch_size: evaluation batch size (None: ``batch_size``).
       lr: peak learning rate of the warmup + cosine schedule (AdamW).
       weight_decay: decoupled weight decay, applied to kernels only (not biases or norms).
       warmup_epochs: linear warmup length, in epochs (may be fractional).
@@ -307,12 +328,14 @@ def train(
     Args:
       model: a Linen module mapping ``(B, *spatial, C)`` to logits ``(B, num_classes)``;
         a ``train`` argument, if it has one, is set (BatchNorm, dropout).
-      train_ds, val_ds: :class:`ifa_jax.inputs.Dataset` or any source
-        :func:`ifa_jax.inputs.batches` accepts; ``val_ds=None`` skips evaluation and early
-        stopping. A source whose ``gather`` returns integer inputs (uint8 images) warns
+      train_ds: :class:`ifa_jax.inputs.Dataset` or any source
+        :func:`ifa_jax.inputs.batches` accepts. A source whose ``gather`` returns integer
+        inputs (uint8 images) warns
         (:class:`ifa_jax.analysis.IntegerInputWarning`); when an epoch's loss is not finite
         and the batch where it first was holds NaN or inf inputs, a FloatingPointError
         names the examples (the data, not the learning rate).
+      val_ds: the validation split, as ``train_ds``; None skips evaluation and early
+        stopping.
       config: a :class:`TrainConfig`.
       checkpoint_path: if given, the best variables so far (the last ones without ``val_ds``)
         are saved there atomically after each improving epoch.

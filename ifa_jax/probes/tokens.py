@@ -135,7 +135,7 @@ def attention_to_grid(prefix: int = 1, grid: Sequence[int] | None = None) -> Att
     (channel ``h * Q + q``); every query is kept, the prefix keys are dropped.
 
     prefix and grid as in :func:`tokens_to_grid`. Pass it as ``linen_probe(model,
-    "block2/attn/probs", reshape=attention_to_grid())`` (LeGrad: :mod:`ifa_jax.legrad`).
+    "block2/attn/probs", reshape=attention_to_grid())`` (LeGrad: :mod:`ifa_jax.probes.legrad`).
     """
     return AttentionGrid(*_checked(prefix, grid))
 

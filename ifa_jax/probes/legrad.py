@@ -8,8 +8,8 @@ probabilities ``P^l`` (B, heads, queries, keys). The map is ``relu(G^l)`` averag
 heads and queries, on the patch keys (the cams entry ``"legrad"``), averaged over the
 blocks (``"legradlayers"``). No attention is multiplied in.
 
-:func:`legrad_probe` builds a :class:`~ifa_jax.probe.LayerProbe` whose layers are the
-blocks' attention probabilities, read as grids (:func:`ifa_jax.tokens.attention_to_grid`),
+:func:`legrad_probe` builds a :class:`~ifa_jax.probes.LayerProbe` whose layers are the
+blocks' attention probabilities, read as grids (:func:`~ifa_jax.probes.attention_to_grid`),
 and whose gradients are those of the layer-specific scores, all blocks at once: one
 forward pass and one vjp. Each chosen block's output reaches the rest of the model through
 ``stop_gradient``, so ``s^l`` is the only path from ``P^l`` to the objective, and the probe's
@@ -33,8 +33,10 @@ import jax
 import jax.numpy as jnp
 
 from ifa_jax._taps import explained_errors, layer_key, tap_output
-from ifa_jax.probe import LayerProbe, Output, linen_calls, resolve_layer, select_output
-from ifa_jax.tokens import attention_to_grid
+from ifa_jax.probes.core import LayerProbe, Output, select_output
+from ifa_jax.probes.layers import resolve_layer
+from ifa_jax.probes.linen import linen_calls
+from ifa_jax.probes.tokens import attention_to_grid
 
 Array = jax.Array
 # (variables, tokens (B, N, D)) -> logits (B, O): a block's layer-specific class scores.
@@ -76,11 +78,11 @@ def legrad_probe(
     model: nn.Module,
     blocks: str | Sequence[str],
     *,
+    output: Output = None,
     projection: Projection | None = None,
     attention: str = "attn/probs",
     prefix: int = 1,
     grid: Sequence[int] | None = None,
-    output: Output = None,
     **apply_kwargs,
 ) -> LayerProbe:
     """A probe of the attention probabilities of ``blocks``, with LeGrad's layer-specific
@@ -93,7 +95,7 @@ def legrad_probe(
     queries) with ``attention_to_grid(prefix, grid)``. ``projection(variables, tokens (B,
     N, D)) -> logits (B, O)`` scores a block's output; None is :func:`vit_projection`
     (``models.ViT`` only). ``output`` and ``apply_kwargs`` as in
-    :func:`ifa_jax.probe.linen_probe`.
+    :func:`ifa_jax.probes.linen_probe`.
 
     Then ``explain(probe, variables, x, target, "legrad")`` (one block) or
     ``"legradlayers"`` (the blocks' mean) is LeGrad. The probe's logits are the model's,

@@ -1,44 +1,28 @@
-"""Activations and gradients at named layers of a Flax model: one forward pass and one vjp.
+"""The probe every framework's factory returns: :class:`LayerProbe`, a callable
+``probe(variables, x, target) -> ProbeResult`` with the activations ``A`` of the tapped
+layer(s) and the gradients ``G = d score / dA``.
 
-A *tapped forward* is a pure function ``tapped(variables, x, deltas) -> (logits, acts)``
-that runs the model, records the output ``A`` of each named layer in ``acts`` and adds
+A probe is built on a *tapped forward* ``tapped(variables, x, deltas) -> (logits, acts)``
+that runs the model, records the output ``A`` of each tapped layer in ``acts`` and adds
 ``deltas[name]`` to it before the rest of the model sees it. With ``deltas`` all zeros the
-model is unchanged, and ``d score / d deltas`` is exactly ``G = d score / d A``. So one
-forward plus one vjp to ``deltas`` gives logits, ``A`` and ``G`` and never backpropagates
-into the parameters (they are constants of the vjp).
-
-* :func:`linen_probe` taps a Linen model through ``nn.intercept_methods``: no edit to
-  the model, layers matched by name (``"conv2"``) or path (``"backbone/conv2"``).
-* :func:`nnx_probe` taps an NNX model by swapping the named submodule, on a private copy
-  made with ``nnx.split``/``nnx.merge``, for a thin wrapper: no edit to the model either.
-
-Both take ``layers=None`` for the model's natural target layer (:func:`natural_layer`)
-and ``reshape=`` for layers whose output is not yet a grid, such as transformer tokens
-(``reshape=ifa_jax.tokens_to_grid()``; :mod:`ifa_jax.tokens`).
-
-Both return a :class:`LayerProbe`, a callable that may itself be called under ``jax.jit``,
-``vmap`` or ``grad``. A model that returns a tuple or a dict needs ``output=`` to pick its
-logits. Errors with a known cause (a model in training mode, an input without its channel
-axis) are re-raised as ``ValueError`` naming the fix.
+model is unchanged, and ``d score / d deltas`` is exactly ``G``. So one forward plus one
+vjp to ``deltas`` gives logits, ``A`` and ``G`` and never backpropagates into the
+parameters (they are constants of the vjp). The factories (:mod:`ifa_jax.probes`) differ
+only in how they tap a model of their framework.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
-import itertools
-import logging
 import math
 import warnings
-from collections.abc import Callable, Mapping, MutableSequence, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from ifa_jax._checks import (
     in_range,
@@ -48,16 +32,9 @@ from ifa_jax._checks import (
     outputs_in_range,
     take_target,
 )
-from ifa_jax._taps import (
-    AUTO,
-    describe,
-    explained_errors,
-    get_child,
-    layer_key,
-    layer_names,
-    tap_output,
-)
-from ifa_jax.tokens import GridTapped, Reshape
+from ifa_jax._taps import AUTO, describe
+from ifa_jax.probes.layers import AutoGrid, AutoLayer
+from ifa_jax.probes.tokens import GridTapped, Reshape
 
 Array = jax.Array
 # tapped(variables, x, deltas | None) -> (logits (B, O), {layer: A (B, *spatial, K)})
@@ -68,9 +45,6 @@ Target = int | str | Array | np.ndarray | Callable[[Array], Array] | None
 Output = int | str | Callable[[Any], Array] | None
 
 SCORES = ("logit", "probability")
-# The layer key of a probe built with layer=None: the natural target layer, found when the
-# probe first runs (it needs an input to see the model's calls).
-logger = logging.getLogger("ifa_jax")
 
 
 class ZeroGradientWarning(UserWarning):
@@ -100,38 +74,6 @@ class ProbeResult(NamedTuple):
     target: Array
     activations: Array | dict[str, Array]
     gradients: Array | dict[str, Array]
-
-
-def _suffix_matches(requested: str, available: Sequence[str]) -> list[str]:
-    """The paths of ``available`` that are ``requested`` or end with it (whole parts)."""
-    if requested in available:
-        return [requested]
-    parts = requested.split("/")
-    return [p for p in available if p.split("/")[-len(parts) :] == parts]
-
-
-def resolve_layer(requested: str, available: Sequence[str]) -> str:
-    """Match a requested layer name or path against the available module paths.
-
-    An exact path wins; otherwise the request must be a unique suffix of one path
-    (``"conv2"`` matches ``"backbone/conv2"``). A name is matched as written first (a
-    module named ``"relu.1"``), then with its dots read as ``/`` (``"backbone.conv2"``,
-    ``"layers.3"``).
-    """
-    matches = _suffix_matches(requested, available)
-    if not matches and "." in requested:
-        matches = _suffix_matches(layer_key(requested), available)
-    if len(matches) == 1:
-        return matches[0]
-    listing = ", ".join(available) if available else "(none)"
-    if len(matches) > 1:
-        raise ValueError(
-            f"layer {requested!r} is ambiguous: it matches {', '.join(matches)}; "
-            "give the full path instead"
-        )
-    close = difflib.get_close_matches(requested, available, n=3)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"layer {requested!r} not found; layers: {listing}.{hint}")
 
 
 def _output_hint(out: Any) -> str:
@@ -190,328 +132,6 @@ def select_output(out: Any, output: Output = None) -> Array:
     )
 
 
-# --------------------------------------------------------------------------- natural layer
-
-
-class LayerCall(NamedTuple):
-    """One submodule call of a forward pass: its path, class name, output shape (a tree of
-    shapes for a tuple or dict output) and when it started and ended (one clock)."""
-
-    path: str
-    kind: str
-    shape: Any
-    start: int
-    end: int
-
-
-def _shapes(out: Any) -> Any:
-    return jax.tree.map(lambda a: tuple(getattr(a, "shape", ())) or None, out)
-
-
-def _is_grid(shape: Any) -> bool:
-    """Whether an output shape is (B, *spatial, K) with 1-3 spatial axes."""
-    return (
-        isinstance(shape, tuple) and 3 <= len(shape) <= 5 and all(isinstance(n, int) for n in shape)
-    )
-
-
-def natural_layer(calls: Sequence[LayerCall]) -> tuple[str, str]:
-    """The natural target layer among a forward pass's submodule calls, and why.
-
-    With an attention module (a class named ``*Attention``): the last norm (a class named
-    ``*Norm*``) that ran before the last attention started, i.e. the norm before the last
-    block's attention in a pre-norm transformer (the input of that attention when no norm
-    precedes it). Otherwise (a CNN): the last module to finish with a grid output
-    (B, *spatial, K), so the enclosing block or stage wins over its inner layers, and a
-    ReLU module after a conv wins over the conv.
-    """
-    attentions = [c for c in calls if c.kind.endswith("Attention")]
-    if attentions:
-        last = max(attentions, key=lambda c: c.start)
-        before = [c for c in calls if c.end < last.start and _is_grid(c.shape)]
-        norms = [c for c in before if "Norm" in c.kind]
-        if norms or before:
-            pick = max(norms or before, key=lambda c: c.end)
-            what = "the norm" if norms else "the input"
-            return pick.path, f"{what} before the last attention, {last.path!r}"
-    grids = [c for c in calls if _is_grid(c.shape)]
-    if not grids:
-        listing = ", ".join(f"{c.path} {c.shape}" for c in calls) or "(none)"
-        raise ValueError(
-            "layer=None found no layer with a grid output (B, *spatial, K) to tap; name "
-            f"the layer. Layers and output shapes: {listing}"
-        )
-    return max(grids, key=lambda c: c.end).path, "the last layer with a spatial output"
-
-
-def _announce(picked: tuple[str, str], shape: Any, reshape: Reshape | None) -> None:
-    path, why = picked
-    hint = ""
-    if reshape is None and "attention" in why:
-        hint = (
-            f"; its output {shape} is a token sequence: pass reshape=ifa_jax.tokens_to_grid() "
-            "to see the patch tokens as a grid"
-        )
-    logger.info("layer=None: tapping %r, %s%s", path, why, hint)
-
-
-def _auto_resolver(reshape: Reshape | None) -> Callable[[Sequence[LayerCall]], str]:
-    """calls -> the natural layer's path, logged once per path (a probe retraces often)."""
-    announced: set[str] = set()
-
-    def resolve(calls: Sequence[LayerCall]) -> str:
-        picked = natural_layer(calls)
-        if picked[0] not in announced:
-            announced.add(picked[0])
-            shape = next(c.shape for c in calls if c.path == picked[0])
-            _announce(picked, shape, reshape)
-        return picked[0]
-
-    return resolve
-
-
-# --------------------------------------------------------------------------- Linen
-
-
-def linen_calls(
-    model: nn.Module, variables: Any, x: Array | jax.ShapeDtypeStruct, **apply_kwargs
-) -> list[LayerCall]:
-    """The submodule calls of ``model.apply`` on ``x`` (first call of each path), in the
-    order they end. Runs abstractly (``jax.eval_shape``): nothing is computed."""
-    calls: dict[str, LayerCall] = {}
-    clock = itertools.count()
-
-    def record(next_fun, args, kwargs, context):
-        start = next(clock)
-        out = next_fun(*args, **kwargs)
-        path = "/".join(context.module.path)
-        if context.method_name == "__call__" and path and path not in calls:
-            kind = type(context.module).__name__
-            calls[path] = LayerCall(path, kind, _shapes(out), start, next(clock))
-        return out
-
-    def run(variables, x):
-        with nn.intercept_methods(record):
-            return model.apply(variables, x, **apply_kwargs)
-
-    jax.eval_shape(run, variables, x)
-    return sorted(calls.values(), key=lambda c: c.end)
-
-
-def linen_layers(
-    model: nn.Module, variables: Any, x: Array | jax.ShapeDtypeStruct, **apply_kwargs
-) -> dict[str, Any]:
-    """All submodule paths called by ``model.apply`` on ``x``, with their output shapes.
-
-    Runs abstractly (``jax.eval_shape``): nothing is computed.
-    """
-    return {c.path: c.shape for c in linen_calls(model, variables, x, **apply_kwargs)}
-
-
-def linen_natural_layer(
-    model: nn.Module, variables: Any, x: Array | jax.ShapeDtypeStruct, **apply_kwargs
-) -> tuple[str, str]:
-    """The path of the model's natural target layer and why (see :func:`natural_layer`):
-    what ``linen_probe(model, None)`` taps. Runs abstractly."""
-    with explained_errors(x):
-        return natural_layer(linen_calls(model, variables, x, **apply_kwargs))
-
-
-def _linen_tapped(
-    model: nn.Module,
-    layers: tuple[str, ...],
-    apply_kwargs: dict,
-    output: Output = None,
-    reshape: Reshape | None = None,
-) -> TappedFn:
-    auto = _auto_resolver(reshape)
-
-    def tapped(variables, x, deltas):
-        with explained_errors(x):
-            return _tapped(variables, x, deltas)
-
-    def _tapped(variables, x, deltas):
-        calls = linen_calls(model, variables, x, **apply_kwargs)
-        available = [c.path for c in calls]
-        paths = {
-            auto(calls) if layer == AUTO else resolve_layer(layer, available): layer
-            for layer in layers
-        }
-        acts: dict[str, Array] = {}
-
-        def tap(next_fun, args, kwargs, context):
-            out = next_fun(*args, **kwargs)
-            path = "/".join(context.module.path)
-            if context.method_name != "__call__" or path not in paths:
-                return out
-            return tap_output(paths[path], path, out, acts, deltas, reshape is None)
-
-        with nn.intercept_methods(tap):
-            out = model.apply(variables, x, **apply_kwargs)
-        return select_output(out, output), acts
-
-    return tapped
-
-
-def linen_probe(
-    model: nn.Module,
-    layers: str | Sequence[str] | None = None,
-    *,
-    output: Output = None,
-    reshape: Reshape | None = None,
-    **apply_kwargs,
-) -> LayerProbe:
-    """A probe for a Linen model at one layer (arrays out) or several (dicts out).
-
-    ``layers=None`` taps the natural target layer (:func:`natural_layer`: the last layer
-    with a spatial output for a CNN, the norm before the last block's attention for a
-    transformer), found when the probe first runs and logged (``logging``, logger
-    ``"ifa_jax"``, level INFO); its key in results is ``"auto"``.
-    ``reshape`` maps each tapped output to a grid (B, *spatial, K) before every method,
-    e.g. ``ifa_jax.tokens_to_grid()`` for transformer tokens (see :mod:`ifa_jax.tokens`).
-    ``apply_kwargs`` go to ``model.apply`` (e.g. ``train=False`` for BatchNorm models).
-    ``output`` picks the logits (B, O) when the model returns a tuple or a dict: an index
-    (``0``), a key (``'logits'``) or a callable ``out -> logits``.
-    """
-    names = layer_names(layers)
-    kwargs = dict(apply_kwargs)
-    return LayerProbe(
-        _linen_tapped(model, names, kwargs, output, reshape),
-        names,
-        single=layers is None or isinstance(layers, str),
-        reshape=reshape,
-        find_layer=lambda v, x: linen_natural_layer(model, v, x, **kwargs),
-        linen=LinenModel(model, kwargs, output),
-    )
-
-
-# --------------------------------------------------------------------------- NNX
-
-
-def nnx_layers(model: nnx.Module) -> list[str]:
-    """Paths of all submodules of an NNX model ("conv2", "blocks/0/conv")."""
-    return ["/".join(map(str, path)) for path, _ in nnx.iter_modules(model) if path]
-
-
-class _NnxTap:
-    """Stands in for a submodule on a private copy of the model: records and perturbs its output."""
-
-    def __init__(self, inner, name, path, acts, deltas, check_rank=True):
-        self.inner, self.name, self.path = inner, name, path
-        self.acts, self.deltas, self.check_rank = acts, deltas, check_rank
-
-    def __call__(self, *args, **kwargs):
-        out = self.inner(*args, **kwargs)
-        return tap_output(self.name, self.path, out, self.acts, self.deltas, self.check_rank)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-class _NnxRecorder:
-    """Stands in for a submodule on a private copy of the model: records its call."""
-
-    def __init__(self, inner, path: str, calls: dict, clock):
-        self.inner, self.path, self.calls, self.clock = inner, path, calls, clock
-
-    def __call__(self, *args, **kwargs):
-        start = next(self.clock)
-        out = self.inner(*args, **kwargs)
-        kind = type(self.inner).__name__
-        call = LayerCall(self.path, kind, _shapes(out), start, next(self.clock))
-        self.calls.setdefault(self.path, call)
-        return out
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-def _set_child(parent, key: str, value) -> None:
-    if key.isdigit() and isinstance(parent, MutableSequence):
-        parent[int(key)] = value
-    else:
-        # NNX modules guard attribute assignment; the copy is private, so bypass it.
-        object.__setattr__(parent, key, value)
-
-
-def _swap_in(root, path: str, wrap: Callable[[Any], Any]) -> None:
-    """Replace the submodule at ``path`` of ``root`` (a private copy) by ``wrap(it)``."""
-    *parents, last = path.split("/")
-    parent = functools.reduce(get_child, parents, root)
-    _set_child(parent, last, wrap(get_child(parent, last)))
-
-
-def _nnx_calls(graphdef, state, x) -> list[LayerCall]:
-    """The submodule calls of the NNX model ``merge(graphdef, state)`` on ``x``, in the
-    order they end; runs abstractly."""
-    calls: dict[str, LayerCall] = {}
-    clock = itertools.count()
-
-    def run(state, x):
-        copy = nnx.merge(graphdef, state)
-        # Deepest first, so that every parent on a path is still the module itself;
-        # containers (nnx.List) are iterated, not called, so they stay as they are.
-        modules = {"/".join(map(str, p)): m for p, m in nnx.iter_modules(copy) if p}
-        for path in sorted(modules, key=lambda p: -p.count("/")):
-            if not isinstance(modules[path], Sequence):
-                _swap_in(copy, path, lambda m, p=path: _NnxRecorder(m, p, calls, clock))
-        copy(x)
-
-    with explained_errors(x):
-        jax.eval_shape(run, state, x)
-    return sorted(calls.values(), key=lambda c: c.end)
-
-
-def nnx_natural_layer(model: nnx.Module, x: Array | jax.ShapeDtypeStruct) -> tuple[str, str]:
-    """The path of an NNX model's natural target layer and why (see :func:`natural_layer`):
-    what ``nnx_probe(model, None)`` taps. Runs abstractly; ``model`` is untouched."""
-    graphdef, state = nnx.split(model)
-    return natural_layer(_nnx_calls(graphdef, state, x))
-
-
-def nnx_probe(
-    model: nnx.Module,
-    layers: str | Sequence[str] | None = None,
-    *,
-    output: Output = None,
-    reshape: Reshape | None = None,
-) -> tuple[LayerProbe, nnx.State]:
-    """A probe for an NNX model, and the model's state to pass as ``variables``.
-
-    Nothing needs adding to the model. Call ``model.eval()`` first if it has BatchNorm or
-    Dropout. The probe works on a private copy (``nnx.merge``), so ``model`` is untouched.
-    ``layers=None``, ``reshape`` and ``output`` work as in :func:`linen_probe`.
-    """
-    names = layer_names(layers)
-    graphdef, state = nnx.split(model)
-    available = nnx_layers(model)
-    paths = {name: resolve_layer(name, available) for name in names if name != AUTO}
-    auto = _auto_resolver(reshape)
-
-    def tapped(state, x, deltas):
-        found = dict(paths)
-        if AUTO in names:
-            found[AUTO] = auto(_nnx_calls(graphdef, state, x))
-        copy = nnx.merge(graphdef, state)
-        acts: dict[str, Array] = {}
-        # Deepest first, so that every parent on a path is still the module itself.
-        for name, path in sorted(found.items(), key=lambda item: -item[1].count("/")):
-            _swap_in(
-                copy,
-                path,
-                lambda m, n=name, p=path: _NnxTap(m, n, p, acts, deltas, reshape is None),
-            )
-        with explained_errors(x):
-            out = copy(x)
-        return select_output(out, output), acts
-
-    def find_layer(state, x):
-        return natural_layer(_nnx_calls(graphdef, state, x))
-
-    single = layers is None or isinstance(layers, str)
-    return LayerProbe(tapped, names, single=single, reshape=reshape, find_layer=find_layer), state
-
-
 # --------------------------------------------------------------------------- the probe
 
 
@@ -547,10 +167,14 @@ class LayerProbe:
     (:class:`ZeroGradientWarning`), naming ``find_layer``'s layer to try.
 
     reshape: maps each tapped output to a grid (B, *spatial, K) before every method
-    (:mod:`ifa_jax.tokens`); ``probe.tapped`` is then the given tapped forward seen on the
-    grid (a :class:`ifa_jax.tokens.GridTapped`). find_layer: ``(variables, x) -> (path,
-    why)`` of the model's natural target layer, for the zero-gradient warning. linen: the
-    Linen model of a :func:`linen_probe` (None for other probes).
+    (:mod:`ifa_jax.probes.tokens`); ``probe.tapped`` is then the given tapped forward seen
+    on the grid (a :class:`~ifa_jax.probes.tokens.GridTapped`). find_layer: ``(variables,
+    x) -> (path, why)`` of the model's natural target layer, for the zero-gradient warning.
+    linen: the Linen model of a :func:`~ifa_jax.probes.linen_probe` (None for other
+    probes). auto: the natural layer of a probe built with ``layers=None``
+    (:class:`~ifa_jax.probes.layers.AutoLayer`), shown as :attr:`layer`. variables: the
+    model's variables when the model object holds them (NNX: its state; Equinox: its
+    arrays), else None (Linen, Haiku: ``init``'s output; functions: their params).
     """
 
     tapped: TappedFn
@@ -560,6 +184,8 @@ class LayerProbe:
     reshape: Reshape | None = None
     find_layer: Callable[[Any, Array], tuple[str, str]] | None = None
     linen: LinenModel | None = None
+    auto: AutoLayer | None = None
+    variables: Any = dataclasses.field(default=None, repr=False)
     # Set in __post_init__: the jitted core and the cache of output shapes.
     _jit_core: Callable = dataclasses.field(init=False, repr=False)
     _shapes: dict = dataclasses.field(init=False, repr=False)
@@ -578,6 +204,39 @@ class LayerProbe:
         core = jax.jit(self._core, static_argnames=("mode", "fn", "score"))
         object.__setattr__(self, "_jit_core", core)
         object.__setattr__(self, "_shapes", {})
+
+    @property
+    def layer(self) -> str | None:
+        """The tapped layer of a one-layer probe: the path of the natural layer of a probe
+        built with ``layers=None`` once it has run (None before; ``probe.output_shapes(
+        variables, x)`` finds it without computing anything), else the layer as named.
+        None for a probe of several layers (see ``layers``)."""
+        if not self.single:
+            return None
+        (name,) = self.layers
+        if name == AUTO and self.auto is not None:
+            return self.auto.path
+        return name
+
+    def __repr__(self) -> str:
+        if not self.single:
+            tapped = f"layers={self.layers!r}"
+        elif self.auto is not None:
+            tapped = f"layer={self.auto!r}"
+        else:
+            tapped = f"layer={self.layer!r}"
+        # An automatic grid is shown once it has laid tokens on a grid.
+        unused = isinstance(self.reshape, AutoGrid) and self.reshape.grid is None
+        reshape = f", reshape={self.reshape!r}" if self.reshape is not None and not unused else ""
+        return f"LayerProbe({tapped}{reshape})"
+
+    def __iter__(self):
+        # Probes were once returned as (probe, variables) by nnx_probe and equinox_probe.
+        raise TypeError(
+            "a LayerProbe is not a pair: every probe factory returns the probe alone, and "
+            "its model's variables (NNX state, Equinox arrays) are probe.variables; write "
+            "probe = nnx_probe(model, layer) and call probe(probe.variables, x)"
+        )
 
     # -- pure pieces, usable by other modules (cams, analysis) ----------------------
 

@@ -1,0 +1,66 @@
+"""Integrated feature analysis: streaming dataset statistics of channel contributions.
+
+One pass over a dataset collects, per class, the distribution of each feature channel's
+contribution at one layer. The pieces, each usable alone:
+
+* :mod:`~ifa_jax.analysis.state`: the streaming state :class:`Stats` (a pytree) and its
+  pure ``init / update / merge / finalize`` (merges are exact, over devices and hosts);
+* :mod:`~ifa_jax.analysis.step`: the per-batch step, probe + CAM + statistics update in
+  one jitted call (:data:`analysis_step`);
+* :mod:`~ifa_jax.analysis.adapters`: the batches accepted (tuples, :class:`ifa_jax.inputs.Batch`,
+  dicts, :func:`record_batches` of single records) and the bins of a float target
+  (:func:`quantile_bins`);
+* :mod:`~ifa_jax.analysis.driver`: :func:`analyze` (one method -> :class:`Analysis`) and
+  :func:`analyze_methods` (several from one probe call -> ``{method: Analysis}``).
+"""
+
+from ifa_jax._checks import IntegerInputWarning as IntegerInputWarning
+from ifa_jax.analysis.adapters import (
+    DEFAULT_KEYS,
+    RecordBatches,
+    quantile_bins,
+    record_batches,
+)
+from ifa_jax.analysis.driver import analyze, analyze_methods
+from ifa_jax.analysis.options import check_layer_methods
+from ifa_jax.analysis.result import Analysis
+from ifa_jax.analysis.state import (
+    BatchStats,
+    MissingClassesWarning,
+    NothingCountedError,
+    Stats,
+    Summary,
+    finalize,
+    from_batch,
+    init,
+    merge,
+    update,
+)
+from ifa_jax.analysis.step import COUNT_MODES, Array, PerSample, analysis_step, batch_stats
+
+__all__ = [
+    "COUNT_MODES",
+    "DEFAULT_KEYS",
+    "Analysis",
+    "Array",
+    "BatchStats",
+    "IntegerInputWarning",
+    "MissingClassesWarning",
+    "NothingCountedError",
+    "PerSample",
+    "RecordBatches",
+    "Stats",
+    "Summary",
+    "analysis_step",
+    "analyze",
+    "analyze_methods",
+    "batch_stats",
+    "check_layer_methods",
+    "finalize",
+    "from_batch",
+    "init",
+    "merge",
+    "quantile_bins",
+    "record_batches",
+    "update",
+]

@@ -1,0 +1,232 @@
+"""The pure per-batch step of the analysis: probe one batch, make its CAMs and update the
+state (:mod:`ifa_jax.analysis.state`), all in one jitted call (one forward + one vjp for
+every method). Per-sample scalars (CAM max/min, score, label, prediction) are small and
+returned by the step for the host to keep.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any, NamedTuple, TypeAlias
+
+import jax
+import jax.numpy as jnp
+
+from ifa_jax import cams
+from ifa_jax.analysis.state import BatchStats, Stats, from_batch, merge
+from ifa_jax.explaining import callable_target, forward_weights
+from ifa_jax.probes import LayerProbe, Target
+
+Array = jax.Array
+# A model's variables as its probe takes them (a Flax variables dict, an NNX state).
+Variables: TypeAlias = Any
+COUNT_MODES = ("correct", "all")
+
+
+class PerSample(NamedTuple):
+    """Per-sample scalars of one batch (B,) each; padding rows have valid=False.
+    reached: the grid positions where the sample's gradient G is non-zero (0 when the
+    layer gets no gradient: :class:`ifa_jax.probes.ZeroGradientWarning`)."""
+
+    cam_max: Array
+    cam_min: Array
+    score: Array
+    label: Array
+    prediction: Array
+    counted: Array
+    valid: Array
+    nonfinite: Array
+    importance: Array | None = None
+    reached: Array | None = None
+
+
+def _at_least_f32(a: Array) -> Array:
+    """bfloat16 / float16 -> float32; float32 and float64 unchanged: CAMs and statistics
+    are computed in float32 (at least) whatever dtype the model runs in."""
+    return a.astype(jnp.promote_types(a.dtype, jnp.float32))
+
+
+def batch_stats(
+    probe: LayerProbe,
+    variables: Variables,
+    x: Array,
+    y: Array,
+    valid: Array,
+    *,
+    method: str | tuple[str, ...] = "gradcam",
+    target: Target = "label",
+    score: str = "logit",
+    count: str = "correct",
+    chunk_size: int = 16,
+    keep_importance: bool = False,
+    options: tuple = (),
+    array_options: Mapping[str, Mapping[str, Array]] | None = None,
+    key: Array | None = None,
+    index: Array | None = None,
+) -> tuple[BatchStats, PerSample] | tuple[tuple[BatchStats, PerSample], ...]:
+    """Probe one batch and reduce it to the statistics' inputs. Traceable (jit it).
+
+    target: ``'label'`` (default: explain the ground truth, which for counted samples is
+    the prediction), ``'predicted'``, an int, or a callable ``logits -> (B,)``.
+    method: one CAM method -> ``(BatchStats, PerSample)``; a tuple of methods -> a tuple
+    of such pairs, all from ONE probe call (one forward + one vjp for every method).
+    A model run in bfloat16 (variables and x cast) gives A and G in bfloat16: they are cast
+    to float32 before the CAMs, so every output is float32.
+
+    options: ``((method, ((name, value), ...)), ...)``, hashable method options (static
+    under jit); array_options: ``{method: {name: array}}`` (traced), both keyed by
+    canonical name (the analysis pass builds them from its ``method_options``). key: the
+    PRNG key of keyed methods; sample n of the batch is explained alone with
+    ``fold_in(key, index[n])`` (index (B,) int, default ``arange(B)``), exactly as
+    ``explain(x[n:n+1], key=fold_in(key, index[n]))``, so its draws do not depend on the
+    batch it sits in.
+    """
+    methods = (method,) if isinstance(method, str) else tuple(method)
+    static = dict(options)
+    arrays = dict(array_options or {})
+    result = probe(variables, x, y if target == "label" else target, score=score)
+    A, G = result.activations, result.gradients
+    if isinstance(A, dict) or isinstance(G, dict):
+        raise ValueError("analyse one layer at a time: build the probe with a single layer")
+    prediction = jnp.argmax(result.logits, -1).astype(jnp.int32)
+    valid = valid.astype(bool)
+    counted = valid & (prediction == y) if count == "correct" else valid
+    finite = jnp.isfinite(A).all(axis=tuple(range(1, A.ndim))) & jnp.isfinite(G).all(
+        axis=tuple(range(1, G.ndim))
+    )
+    labels = y.astype(jnp.int32)
+    reached = jnp.sum(jnp.any(G != 0, axis=-1), axis=tuple(range(1, G.ndim - 1)))
+    A32, G32, score32 = (_at_least_f32(a) for a in (A, G, result.score))
+    common = {
+        "layer": probe.layers[0],
+        "target_fn": callable_target(target),
+        "score": score,
+        "chunk_size": chunk_size,
+    }
+    pairs = []
+    for m in methods:
+        name = cams.canonical_method(m)
+        own = {"options": static.get(name, ()), "array_options": arrays.get(name)}
+        if "key" in cams.get_method(name).needs:
+            cams.require_key(name, key)
+            assert key is not None
+            rows = jnp.arange(x.shape[0]) if index is None else index
+            keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
+            out = _per_sample_cam(probe, variables, x, A, A32, G32, result, keys, name, common, own)
+        else:
+            weights = forward_weights(probe, variables, x, A, result, name, **common, **own)
+            weights = None if weights is None else _at_least_f32(weights)
+            out = cams.cam(A32, G32, name, weights=weights, **_merged(own))
+        pairs.append(
+            (
+                BatchStats(out.importance, out.cam, labels, counted, valid),
+                PerSample(
+                    out.max,
+                    out.min,
+                    score32,
+                    labels,
+                    prediction,
+                    counted,
+                    valid,
+                    valid & ~finite,
+                    out.importance if keep_importance else None,
+                    reached.astype(jnp.int32),
+                ),
+            )
+        )
+    return pairs[0] if isinstance(method, str) else tuple(pairs)
+
+
+def _merged(own: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's static and array options as one keyword dict."""
+    return {**dict(own["options"]), **dict(own["array_options"] or {})}
+
+
+def _per_sample_cam(probe, variables, x, A, A32, G32, result, keys, method, common, own):
+    """A keyed method's CamResult (B, ...), each sample explained alone (a batch of one,
+    vmapped) with its own key from ``keys`` (B,)."""
+
+    def one(x1, a, a32, g32, res, k):
+        x1, a, a32, g32, res = jax.tree.map(lambda v: v[None], (x1, a, a32, g32, res))
+        weights = forward_weights(probe, variables, x1, a, res, method, key=k, **common, **own)
+        weights = None if weights is None else _at_least_f32(weights)
+        out = cams.cam(a32, g32, method, weights=weights, key=k, **_merged(own))
+        return jax.tree.map(lambda v: v[0], out)
+
+    return jax.vmap(one)(x, A, A32, G32, result, keys)
+
+
+_STEP_STATIC = (
+    "probe",
+    "method",
+    "target",
+    "score",
+    "count",
+    "chunk_size",
+    "num_classes",
+    "keep_importance",
+    "options",
+)
+
+
+def _step(
+    state,
+    probe: LayerProbe,
+    variables: Variables,
+    x: Array,
+    y: Array,
+    valid: Array,
+    *,
+    num_classes: int,
+    **kwargs: Any,
+) -> tuple[Any, Any]:
+    """One step: :func:`batch_stats` (``kwargs`` are its keywords) and the statistics
+    update. Returns (new state, per-sample); with a tuple of methods, ``state`` and both
+    outputs are tuples, one entry per method. Jitted as :data:`analysis_step`."""
+    out: Any = batch_stats(probe, variables, x, y, valid, **kwargs)
+    if isinstance(kwargs.get("method", "gradcam"), str):
+        stats, per = out
+        return merge(state, from_batch(stats, num_classes)), per
+    new = tuple(merge(s, from_batch(b, num_classes)) for s, (b, _) in zip(state, out))
+    return new, tuple(per for _, per in out)
+
+
+# One jitted step: probe, CAM, statistics update. Returns (new state, per-sample); with a
+# tuple of methods, ``state`` and both outputs are tuples, one entry per method.
+analysis_step = jax.jit(_step, static_argnames=_STEP_STATIC)
+
+
+# Per-sample fields that do not depend on the CAM method, and those that do.
+_SHARED_FIELDS = ("score", "label", "prediction", "counted", "valid", "nonfinite", "reached")
+_METHOD_FIELDS = ("cam_max", "cam_min", "importance")
+
+
+@functools.partial(jax.jit, static_argnames=_STEP_STATIC)
+def pass_step(
+    states: tuple[Stats, ...],
+    probe: LayerProbe,
+    variables: Variables,
+    x: Array,
+    y: Array,
+    valid: Array,
+    offset: Array | None = None,
+    **kwargs: Any,
+) -> tuple[tuple[Stats, ...], tuple[dict[str, Array], tuple[dict[str, Array], ...]], Array | None]:
+    """:func:`analysis_step` for a tuple of methods, as the analysis pass runs it: the
+    per-sample outputs come without duplicates, ``(shared, per_method)``: one dict of the
+    fields every method shares (label, score, ...), and per method a dict of its own
+    (cam_max, cam_min and, with ``keep_importance``, importance). With a ``key``,
+    ``offset`` () int32 counts the valid samples of the earlier batches: a valid row's
+    index is its position among all valid samples of the pass. Returns (new states,
+    per-sample, the next offset or None)."""
+    index = None
+    if offset is not None:
+        index = offset + jnp.cumsum(valid.astype(jnp.int32)) - 1
+        offset = offset + jnp.sum(valid.astype(jnp.int32))
+    new, pers = _step(states, probe, variables, x, y, valid, index=index, **kwargs)
+    shared = {f: getattr(pers[0], f) for f in _SHARED_FIELDS}
+    own = tuple(
+        {f: getattr(p, f) for f in _METHOD_FIELDS if getattr(p, f) is not None} for p in pers
+    )
+    return new, (shared, own), offset

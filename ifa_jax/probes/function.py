@@ -1,0 +1,42 @@
+"""Probes for models written as two plain functions, ``features(params, x) -> A`` and
+``head(params, A) -> logits``: ``variables`` is their ``params``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from ifa_jax._taps import explained_errors, layer_names, tap_output
+from ifa_jax.probes.core import LayerProbe, Output, select_output
+from ifa_jax.probes.tokens import Reshape
+
+Array = jax.Array
+
+
+def function_probe(
+    features: Callable[[Any, Array], Array],
+    head: Callable[[Any, Array], Array],
+    *,
+    output: Output = None,
+    reshape: Reshape | None = None,
+    name: str = "features",
+) -> LayerProbe:
+    """A probe for a model written in two parts; ``variables`` is their ``params``.
+
+    features(params, x (B, ...)) -> A (B, *spatial, K), channels last; head(params, A) ->
+    logits (B, O). ``name`` is the layer's name in results and in ``explain(layer=...)``.
+    Pass inputs channels-last, (B, *spatial, C), for ScoreCAM (it masks them).
+    ``output`` picks the logits in what ``head`` returns and ``reshape`` maps A to a grid
+    first (``ifa_jax.tokens_to_grid()`` for tokens), as in :func:`~ifa_jax.probes.linen_probe`.
+    """
+    (key,) = layer_names(name)
+
+    def tapped(params, x, deltas):
+        acts: dict[str, Array] = {}
+        with explained_errors(x):
+            a = tap_output(key, key, features(params, x), acts, deltas, reshape is None)
+            return select_output(head(params, a), output), acts
+
+    return LayerProbe(tapped, (key,), reshape=reshape)
