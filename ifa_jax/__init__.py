@@ -40,19 +40,25 @@ from ifa_jax import (
     decompose,
     dff,
     diagnostics,
-    fullgrad,
+    explaining,
     inputs,
     metrics,
     modules,
     probes,
     scale,
-    smoothing,
 )
 from ifa_jax.analysis import analyze, analyze_methods
 from ifa_jax.cams import METHODS, CamResult, cam, cam_layers, cams_per_layer, fuse, upsample
 from ifa_jax.dff import concept_maps, concept_scores, dff_dataset
-from ifa_jax.explaining import explain
-from ifa_jax.guided import guided_backprop, guided_gradcam
+from ifa_jax.explaining import Explanation, explain, fullgrad, guided, smoothing
+from ifa_jax.explaining.guided import guided_backprop, guided_gradcam
+from ifa_jax.explaining.smoothing import (
+    aug_smooth,
+    eigen_smooth,
+    explain_smoothed,
+    sess,
+    smoothgrad,
+)
 from ifa_jax.modules import NnxReLU, ReLU
 from ifa_jax.probes import (
     LayerProbe,
@@ -67,7 +73,6 @@ from ifa_jax.probes import (
     nnx_probe,
     tokens_to_grid,
 )
-from ifa_jax.smoothing import aug_smooth, eigen_smooth, explain_smoothed, sess, smoothgrad
 
 if TYPE_CHECKING:  # for type checkers; at run time plots is imported on first use
     from ifa_jax import plots
@@ -106,6 +111,7 @@ def __getattr__(name: str):
 __all__ = [
     "METHODS",
     "CamResult",
+    "Explanation",
     "NnxReLU",
     "ReLU",
     "LayerProbe",
@@ -128,10 +134,12 @@ __all__ = [
     "eigen_smooth",
     "equinox_probe",
     "explain",
+    "explaining",
     "explain_smoothed",
     "function_probe",
     "fullgrad",
     "fuse",
+    "guided",
     "guided_backprop",
     "guided_gradcam",
     "haiku_probe",

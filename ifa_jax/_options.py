@@ -32,6 +32,7 @@ def split_options(method: str, options: Mapping[str, Any]) -> tuple[tuple, dict]
     rest = {k: v for k, v in options.items() if k not in arrays}
     items = tuple(sorted(cams.method_options(method, {**rest, **arrays}).items()))
     items = tuple((k, None if k in arrays else v) for k, v in items)
+    items = tuple((k, _method_keyed(method, k, v)) for k, v in items)
     try:
         hash(items)
     except TypeError:
@@ -40,3 +41,16 @@ def split_options(method: str, options: Mapping[str, Any]) -> tuple[tuple, dict]
             f"hashable (float, int, str, None, a function, a tuple) or arrays; got {dict(items)!r}"
         ) from None
     return items, arrays
+
+
+def _method_keyed(method: str, name: str, value: Any) -> Any:
+    """An option naming another method (its default names one: SESS's base_method,
+    RefineCAM's and FinerCAM's base) as a :class:`ifa_jax.cams.MethodName`, so the jit
+    cache is keyed on that method's entry too; any other value as it is."""
+    default = cams.get_method(method).options.get(name)
+    if not (isinstance(value, str) and isinstance(default, str) and default in cams.ALIASES):
+        return value
+    try:
+        return cams.canonical_method(value)
+    except ValueError:  # not a method: the method's own check names the fix
+        return value

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ifa_jax import cams
 from ifa_jax.runner.models import ConvNet, MnistCNN, NestedNet, NnxCNN
 
 
@@ -78,3 +79,15 @@ def traces(monkeypatch):
     counter = _TraceCounter(step.batch_stats)
     monkeypatch.setattr(step, "batch_stats", counter)
     return counter
+
+
+@pytest.fixture
+def registry():
+    """Restores the method table after a test that registers or replaces methods (with
+    ifa_jax.cams.unregister_method and register_method, in the table's order)."""
+    before = dict(cams.REGISTRY)
+    yield cams
+    for method in list(cams.REGISTRY.values()):
+        cams.unregister_method(method)
+    for method in before.values():
+        cams.register_method(method)

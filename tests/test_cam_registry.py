@@ -3,6 +3,10 @@ threading a method's options and PRNG key."""
 
 from __future__ import annotations
 
+import inspect
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,17 +18,6 @@ from ifa_jax.explaining import explain
 from ifa_jax.probes import linen_probe
 from ifa_jax.runner.models import ConvNet
 from tests.conftest import random_ag
-
-
-@pytest.fixture
-def registry():
-    """Restores the table (methods and aliases) after a test that registers methods."""
-    methods, aliases = dict(cams.REGISTRY), dict(cams.ALIASES)
-    yield cams
-    cams.REGISTRY.clear()
-    cams.REGISTRY.update(methods)
-    cams._ALIASES.clear()
-    cams._ALIASES.update(aliases)
 
 
 @pytest.fixture(scope="module")
@@ -239,10 +232,12 @@ def test_array_options_are_traced(small):
 
 
 def test_replacing_a_method_reaches_functions_jitted_before(registry, small):
-    """explain() caches a jitted CAM per method name: replacing the method must not leave
-    the old function in that cache (a silent wrong map otherwise). A needs given as one
-    string is that one need, not its letters."""
+    """explain() caches a jitted CAM per method entry: replacing the method must not leave
+    the old function in that cache (a silent wrong map otherwise), and clears no other
+    cache of JAX. A needs given as one string is that one need, not its letters."""
     probe, variables, x = small
+    unrelated = jax.jit(lambda a: a + 1)
+    unrelated(x)
 
     def plain(inputs):
         return jnp.mean(inputs.gradients, axis=(1, 2), keepdims=True) * inputs.activations
@@ -254,6 +249,7 @@ def test_replacing_a_method_reaches_functions_jitted_before(registry, small):
     cams.register_method(tenfold, replace=True)
     after = explain(probe, variables, x, 0, "mine")[1].cam
     np.testing.assert_allclose(after, 10 * before, rtol=1e-5)
+    assert unrelated._cache_size() == 1  # noqa: SLF001 (JAX's count of compilations)
 
 
 def _layer_mean_relu(inputs):
@@ -345,3 +341,201 @@ def test_methods_of_several_layers_in_every_rank(grid):
         assert L.shape == (2, *grid) and bool(jnp.isfinite(L).all()), name
         flat = jnp.concatenate([g.ravel() for g in grads.values()])
         assert bool(jnp.isfinite(flat).all()) and float(jnp.abs(flat).max()) > 0, name
+
+
+# The public names of ifa_jax.cams when it was one module: the package re-exports them all.
+CAMS_NAMES = [
+    "ALIASES",
+    "CamInputs",
+    "CamResult",
+    "EPS",
+    "FEM_K",
+    "FINER_ALPHA",
+    "FINER_BASES",
+    "FINER_EPS",
+    "FORWARD_METHODS",
+    "ForwardPasses",
+    "GRADCAMPP_EPS",
+    "GRADIENT_METHODS",
+    "ISCAM_SAMPLES",
+    "KINDS",
+    "KPCA_KERNELS",
+    "LAYER_METHODS",
+    "METHODS",
+    "Method",
+    "ModelInputs",
+    "NEEDS",
+    "REFINE_EPS",
+    "REGISTRY",
+    "SMOOTH_SAMPLES",
+    "SMOOTH_STD",
+    "SSCAM_SAMPLES",
+    "SSCAM_STD",
+    "XGRADCAM_EPS",
+    "ablation_weights",
+    "cam",
+    "cam_layers",
+    "cams_per_layer",
+    "canonical_method",
+    "contributions",
+    "finer_comparisons",
+    "finer_objective",
+    "fuse",
+    "get_method",
+    "iscam_coefficients",
+    "layer_gradient",
+    "map_result",
+    "method_options",
+    "options_per_method",
+    "reduce",
+    "register_method",
+    "require_key",
+    "scorecam_weights",
+    "spatial_axes",
+    "upsample",
+]
+NEW_NAMES = [
+    "LayerMethod",
+    "LayersMethod",
+    "InputMethod",
+    "LayerFn",
+    "ForwardFn",
+    "LayersFn",
+    "InputFn",
+    "MethodName",
+    "LAYERS_METHODS",
+    "registered",
+    "unregister_method",
+]
+
+
+def test_the_package_keeps_every_public_name():
+    missing = [n for n in CAMS_NAMES + NEW_NAMES if not hasattr(cams, n)]
+    assert not missing
+    assert set(cams.__all__) == set(CAMS_NAMES + NEW_NAMES) | {"Array"}
+    assert callable(cams.reduce) and callable(cams.fuse)  # functions, not submodules
+
+
+def test_importing_cams_alone_registers_every_builtin_method():
+    """A fresh interpreter: the 25 built-in methods, all from one table, registered on
+    `import ifa_jax.cams`; the input methods' functions are imported on first use."""
+    code = (
+        "import sys, ifa_jax.cams as c\n"
+        "entries = c.builtin.BUILTIN_METHODS\n"
+        "assert list(c.REGISTRY.values()) == list(entries), list(c.REGISTRY)\n"
+        "print(len(c.METHODS), sorted(m.name for m in entries if m.kind == 'input'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    ).stdout.split()
+    assert out[0] == "25" and " ".join(out[1:]) == "['fullgrad', 'sess']"
+
+
+def test_input_methods_resolve_their_function_and_defaults():
+    """The table's entries for the methods of the model: their function by module path,
+    their option defaults those of the function's own keywords."""
+    from ifa_jax.explaining import fullgrad, smoothing
+
+    for name, fn in (("fullgrad", fullgrad.fullgrad_map), ("sess", smoothing.sess_map)):
+        entry = cams.REGISTRY[name]
+        assert isinstance(entry, cams.InputMethod) and entry.fn.resolve() is fn
+        defaults = {
+            p.name: p.default
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind is p.KEYWORD_ONLY
+        }
+        assert dict(entry.options) == defaults
+
+
+def test_methods_are_typed_by_kind():
+    for entry in cams.REGISTRY.values():
+        want = {"layer": cams.LayerMethod, "layers": cams.LayersMethod}.get(entry.kind)
+        assert type(entry) is (want or cams.InputMethod) and isinstance(entry, cams.Method)
+
+    def fn(inputs):
+        return inputs.activations
+
+    assert type(cams.Method("mine", fn)) is cams.LayerMethod
+    assert type(cams.Method("mine", fn, kind="layers")) is cams.LayersMethod
+    with pytest.raises(ValueError, match=r"a LayerMethod is of kind 'layer'; got kind='input'"):
+        cams.LayerMethod("mine", fn, kind="input")
+
+
+def test_registered_and_unregister_method(registry):
+    def fn(inputs):
+        return inputs.activations
+
+    gradcam = cams.REGISTRY["gradcam"]
+    with cams.registered(cams.Method("mine", fn, aliases=("my-cam",))) as mine:
+        assert cams.get_method("MyCam") is mine and "mine" in cams.METHODS
+    assert "mine" not in cams.METHODS and "mycam" not in cams.ALIASES
+    with cams.registered(cams.Method("gradcam", fn), replace=True) as other:
+        assert cams.get_method("gradcam") is other
+    assert cams.get_method("gradcam") is gradcam
+    assert cams.unregister_method("hirescam").name == "hirescam"
+    assert "hirescam" not in cams.METHODS and "fullcam" not in cams.ALIASES
+    with pytest.raises(ValueError, match="unknown CAM method 'hirescam'"):
+        cams.get_method("hirescam")
+
+
+def test_replacing_a_method_keeps_jax_caches_and_retraces_by_name(registry):
+    """Replacing a method clears no cache of JAX: an unrelated jitted function keeps its
+    compilations, while a function jitted on the method's canonical name (as analyze and
+    explain do) traces the new entry."""
+    A, G = random_ag(jax.random.key(2), (2, 4, 3))
+    unrelated = jax.jit(lambda a: 2 * a)
+    unrelated(A)
+    compiled = unrelated._cache_size()  # noqa: SLF001 (JAX's count of compilations)
+    by_name = jax.jit(cams.cam, static_argnames="method")
+
+    def plain(inputs):
+        return inputs.gradients * inputs.activations
+
+    cams.register_method(cams.Method("mine", plain, needs="gradients"))
+    before = by_name(A, G, cams.canonical_method("mine")).cam
+    thrice = cams.Method("mine", lambda i: 3 * plain(i), needs="gradients")
+    cams.register_method(thrice, replace=True)
+    after = by_name(A, G, cams.canonical_method("mine")).cam
+    np.testing.assert_allclose(after, 3 * before, rtol=1e-6)
+    np.testing.assert_allclose(before, np.sum(G * A, -1), rtol=1e-6)
+    assert unrelated._cache_size() == compiled  # noqa: SLF001
+    assert cams.canonical_method("mine") == "mine" and {"mine": 1}[cams.canonical_method("mine")]
+
+
+def test_one_calling_convention_for_explaining():
+    """Every entry point takes (probe, variables, x, target, method) with method where it
+    has a choice (positional, default gradcam), and returns an Explanation."""
+    from ifa_jax.explaining import fullgrad, guided, smoothing
+
+    head = ["probe", "variables", "x", "target"]
+    choosing = (
+        explain,
+        smoothing.explain_smoothed,
+        smoothing.aug_smooth,
+        smoothing.smoothgrad,
+        guided.guided_gradcam,
+    )
+    for fn in choosing:
+        params = list(inspect.signature(fn).parameters.values())
+        assert [p.name for p in params[:5]] == [*head, "method"], fn.__name__
+        assert params[4].kind is params[4].POSITIONAL_OR_KEYWORD and params[4].default == "gradcam"
+    for fn in (smoothing.sess, fullgrad.fullgrad):
+        params = inspect.signature(fn).parameters
+        assert list(params)[:4] == head and "method" not in params, fn.__name__
+    for fn in (*choosing[:4], smoothing.sess, fullgrad.fullgrad):
+        assert inspect.signature(fn).return_annotation == "Explanation", fn.__name__
+    assert inspect.signature(smoothing.sess).parameters["base_method"].default == "gradcam"
+
+
+def test_replacing_a_base_method_reaches_the_methods_wrapping_it(registry, small):
+    """RefineCAM's jitted map names its base in an option: replacing the base (here
+    gradcam++ by HiResCAM's formula) is traced anew there too."""
+    _, variables, x = small
+    two = linen_probe(ConvNet(ndim=2, features=(4, 6), num_classes=3), ["relu1", "relu2"])
+    before = explain(two, variables, x, 1, "refinecam", base="Grad-CAM++")[1].cam
+    hires = explain(two, variables, x, 1, "refinecam", base="hirescam")[1].cam
+    assert float(jnp.abs(before - hires).max()) > 1e-3
+    hirescam = cams.REGISTRY["hirescam"]
+    cams.register_method(cams.Method("gradcam++", hirescam.fn, needs="gradients"), replace=True)
+    after = explain(two, variables, x, 1, "refinecam", base="Grad-CAM++")[1].cam
+    np.testing.assert_array_equal(after, hires)

@@ -24,9 +24,6 @@ NOT_YET = {
     "ifa_jax.cams",
     "ifa_jax.explaining",
     "ifa_jax.probes",
-    "ifa_jax.fullgrad",
-    "ifa_jax.guided",
-    "ifa_jax.smoothing",
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 import ifa_jax
-from ifa_jax import fullgrad as F
+from ifa_jax.explaining import fullgrad as F
 from ifa_jax.runner import models
 from tests import reference as ref
 
@@ -62,7 +62,9 @@ def test_matches_reference_in_3d():
     variables = _random(jax.eval_shape(model.init, jax.random.key(0), x))
     target = jnp.array([0, 2])
     probe = ifa_jax.linen_probe(model, ["conv1", "conv2"])  # the reference's gradients
-    got = F.fullgrad(probe, variables, x, target, minmax=False)
+    explanation = F.fullgrad(probe, variables, x, target, minmax=False)
+    assert isinstance(explanation, ifa_jax.Explanation)
+    got = explanation.cam_result.cam
     biases = {k: variables["params"][k]["bias"] for k in ("conv1", "conv2")}
     want = _reference(model, variables, x, target, tuple(biases), biases, False, probe)
     assert got.shape == shape[:-1]
@@ -142,7 +144,7 @@ def test_other_probes_take_their_tapped_layers():
     x = _random(jax.ShapeDtypeStruct((2, 10, 1), jnp.float32))
     probe = ifa_jax.nnx_probe(model, "conv")
     state = probe.variables
-    got = F.fullgrad(probe, state, x, 1, layers="conv")  # one name: not 'c', 'o', ...
+    got = F.fullgrad(probe, state, x, 1, layers="conv")[1].cam  # one name: not 'c', 'o', ...
     result = probe(state, x, 1)
     grad_x = jax.jit(jax.grad(lambda x: model(x)[:, 1].sum()))(x)
     want = ref.fullgrad(x, grad_x, [(model.conv.bias[...], result.gradients)])
@@ -160,7 +162,7 @@ def _framework_case(probe, params, x, bias):
     """FullGrad through another framework's probe of one conv layer, against the
     reference with that layer's bias (K,) and the probe's gradients."""
     (layer,) = probe.layers
-    got = F.fullgrad(probe, params, x, 1, layers=layer)
+    got = F.fullgrad(probe, params, x, 1, layers=layer)[1].cam
     result = probe(params, x, 1)
     grad_x = jax.jit(jax.grad(lambda x: probe.forward(params, x)[:, 1].sum()))(x)
     want = ref.fullgrad(x, grad_x, [(bias, result.gradients)])

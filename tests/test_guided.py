@@ -17,7 +17,8 @@ import pytest
 from flax import traverse_util
 
 import ifa_jax
-from ifa_jax import cams, guided
+from ifa_jax import cams
+from ifa_jax.explaining import guided
 from ifa_jax.probes import linen_probe
 from ifa_jax.runner import models
 from ifa_jax.runner.models import MnistCNN

@@ -28,17 +28,6 @@ def small(nested):
     return linen_probe(model, "backbone/conv2"), variables, x, y
 
 
-@pytest.fixture
-def registry():
-    """Restores the method table after a test that registers methods."""
-    methods, aliases = dict(cams.REGISTRY), dict(cams.ALIASES)
-    yield
-    cams.REGISTRY.clear()
-    cams.REGISTRY.update(methods)
-    cams._ALIASES.clear()
-    cams._ALIASES.update(aliases)
-
-
 def batches(x, y, size, drop=()):
     """(x, y, valid) batches of ``size`` rows; each row index in ``drop`` is followed by a
     padding row (valid False), so the valid samples keep their order."""

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ifa_jax import cams, scale, smoothing
-from ifa_jax.explaining import explain
+from ifa_jax import cams, scale
+from ifa_jax.explaining import Explanation, explain, smoothing
 from ifa_jax.probes import linen_probe
 from ifa_jax.runner import models
 from ifa_jax.runner.models import ConvNet
@@ -99,8 +99,9 @@ def test_matches_the_loop_over_scales_and_windows(case):
     want = loop_reference(probe, variables, x, target, base, score, **kw)
     window, step = kw.pop("window"), kw.pop("step")
     got = smoothing.sess(
-        probe, variables, x, target, base, window_size=window, step_size=step, **kw, **extra
-    )
+        probe, variables, x, target, base_method=base, window_size=window, step_size=step,
+        **kw, **extra,
+    ).cam_result.cam  # fmt: skip
     assert got.shape == x.shape[:-1]
     assert float(np.max(want)) > 0.99  # not a blank map
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -111,15 +112,18 @@ def test_through_explain_and_other_targets():
     c gives target c's map (its scores are the callable on the softmax, as with c's)."""
     probe, variables, x = convnet((2, 6, 6))
     kw = {"scales": (6, 9), "window_size": 4, "step_size": 3}
-    got = smoothing.sess(probe, variables, x, 1, **kw)
-    result, out = explain(
+    result, out = smoothing.sess(probe, variables, x, 1, **kw)
+    got = out.cam
+    same = explain(
         probe, variables, x, 1, "sess", base_method="gradcam", scales=(6, 9), window_size=4,
         step_size=3,
     )  # fmt: skip
-    np.testing.assert_array_equal(out.cam, got)
+    assert isinstance(same, Explanation) and isinstance(same.cam_result, cams.CamResult)
+    np.testing.assert_array_equal(same.cam_result.cam, got)
+    np.testing.assert_array_equal(same.probe_result.target, result.target)
     assert out.contributions.shape == (*x.shape[:-1], 1)
     np.testing.assert_array_equal(result.target, [1, 1])
-    by_callable = smoothing.sess(probe, variables, x, lambda logits: logits[:, 1], **kw)
+    by_callable = smoothing.sess(probe, variables, x, lambda logits: logits[:, 1], **kw)[1].cam
     np.testing.assert_allclose(by_callable, got, atol=1e-6)
 
 
@@ -135,7 +139,7 @@ def test_one_window_over_the_input_is_the_base_cam():
     assert base.cam.shape == (2, 6, 6) and float(jnp.max(base.cam)) > 0
     L = scale.minmax_per_image(jax.nn.relu(base.cam))
     L = scale.minmax_per_image(cams.upsample(L, (28, 28)))
-    got = smoothing.sess(probe, variables, x, 0, "xgradcam", scales=(28,))
+    got = smoothing.sess(probe, variables, x, 0, base_method="xgradcam", scales=(28,))[1].cam
     want = scale.minmax_per_image(smoothing.gaussian_blur(L))
     np.testing.assert_allclose(got, want, atol=1e-6)
 
@@ -173,13 +177,13 @@ def test_errors():
     with pytest.raises(ValueError, match="num_scales must be an int >= 1; got 0"):
         run(num_scales=0)
     with pytest.raises(ValueError, match="sess cannot wrap itself"):
-        run("sess")
+        run(base_method="sess")
     with pytest.raises(ValueError, match="gradcam has no option 'eps'"):
         run(eps=1e-3)
     with pytest.raises(ValueError, match="randomcam needs a PRNG key: pass key="):
-        run("randomcam")  # the base's needs hold inside SESS
+        run(base_method="randomcam")  # the base's needs hold inside SESS
     with pytest.raises(ValueError, match="unknown CAM method 'nocam'"):
-        run("nocam")
+        run(base_method="nocam")
     with pytest.raises(ValueError, match="must be hashable"):
         explain(probe, variables, x, 0, "sess", scales=[6, 8])  # a list: use a tuple
     with pytest.raises(ValueError, match="takes no channel mask"):
@@ -212,7 +216,7 @@ def test_equals_pytorch_grad_cam(case, key, atol):
             pytest.skip(f"peers.npz holds no {stored}")
         theirs = data[stored]
         probe, variables, x, labels = _golden_case(data, case)
-    got = smoothing.sess(probe, variables, x, labels)
+    got = smoothing.sess(probe, variables, x, labels).cam_result.cam
     want = reference.minmax_per_image(theirs)
     assert float(want.max()) > 0.99
     np.testing.assert_allclose(got, want, atol=atol)

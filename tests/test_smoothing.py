@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ifa_jax import cams, smoothing
-from ifa_jax.explaining import explain
+from ifa_jax import cams
+from ifa_jax.explaining import explain, smoothing
+from ifa_jax.explaining.smoothing import Augmentation
 from ifa_jax.probes import linen_probe
 from ifa_jax.runner.models import ConvNet
-from ifa_jax.smoothing import Augmentation
 
 FLIP_LAST = Augmentation(flip=(-1,))
 PEERS = Path(__file__).parent / "data" / "peers.npz"  # experiments/golden_peers.py
@@ -259,7 +259,9 @@ def test_smoothing_errors(small):
         smoothing.smoothgrad(probe, variables, x, 0, key=key, samples=0)
     with pytest.raises(ValueError, match=r"unknown smoothing \['blur'\]"):
         smoothing.explain_smoothed(probe, variables, x, 0, smooth=("aug", "blur"))
-    with pytest.raises(ValueError, match="non-empty sequence of ifa_jax.smoothing.Augmentation"):
+    with pytest.raises(
+        ValueError, match="non-empty sequence of ifa_jax.explaining.smoothing.Augmentation"
+    ):
         smoothing.aug_smooth(probe, variables, x, 0, augmentations=())
     with pytest.raises(ValueError, match=r"flip axes \[-3\] do not exist"):
         smoothing.aug_smooth(probe, variables, x, 0, augmentations=(Augmentation(flip=-3),))

@@ -14,7 +14,8 @@ import pytest
 from flax import nnx
 from jax.experimental import checkify
 
-from ifa_jax import consistency, explain, guided, scale, smoothing
+from ifa_jax import consistency, explain, scale
+from ifa_jax.explaining import guided, smoothing
 from ifa_jax.probes import equinox_probe, function_probe, haiku_probe, linen_probe, nnx_probe
 from ifa_jax.runner.models import ConvNet, NnxCNN
 from tests.conftest import random_variables

@@ -9,10 +9,11 @@ import only modules of a LOWER OR EQUAL layer:
     1  inputs, modules              datasets in memory and batching; tappable modules
     2  probes                       activations and gradients (the probes subpackage:
                                     Flax, Equinox, Haiku, functions; token grids; LeGrad)
-    3  cams                         CAMs from A and G
-    4  explaining, smoothing,       probe + CAM in one call (explain, forward weights);
-       guided                       smoothed CAMs (augmentation, noise, eigen); guided
-                                    backprop and Guided GradCAM at input resolution
+    3  cams                         CAMs from A and G: method types, the method table,
+                                    the method families, reductions across layers
+    4  explaining                   probe + CAM in one call (explain, forward weights);
+                                    smoothed CAMs (augmentation, noise, eigen) and SESS;
+                                    FullGrad; guided backprop and Guided GradCAM
     5  analysis                     the streaming analysis pass
     6  scale, decompose, metrics,   computed from the analysis' outputs; dff: concepts
        dff                          by NMF of a layer's activations, streamed like it
@@ -54,9 +55,6 @@ LAYERS = {
     "ifa_jax.cams": 3,
     "ifa_jax._options": 4,
     "ifa_jax.explaining": 4,
-    "ifa_jax.smoothing": 4,
-    "ifa_jax.guided": 4,
-    "ifa_jax.fullgrad": 4,
     "ifa_jax.analysis": 5,
     "ifa_jax.scale": 6,
     "ifa_jax.decompose": 6,

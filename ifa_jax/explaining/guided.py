@@ -45,7 +45,7 @@ import numpy as np
 
 from ifa_jax import cams
 from ifa_jax._checks import index_targets, is_traced, one_of, outputs_in_range
-from ifa_jax.explaining import callable_target, explain
+from ifa_jax.explaining.explainer import callable_target, explain
 from ifa_jax.probes import SCORES, LayerProbe, ProbeResult, Target, select_output, target_scores
 
 Array = jax.Array
@@ -393,8 +393,8 @@ def guided_gradcam(
     variables,
     x: Array,
     target: Target = "predicted",
+    method: str | cams.Method = "gradcam",
     *,
-    method: str = "gradcam",
     score: str = "logit",
     layer: str | None = None,
     mask: Array | None = None,

@@ -78,8 +78,9 @@ import numpy as np
 from ifa_jax import cams
 from ifa_jax._checks import pick_layer
 from ifa_jax._stats import minmax_per_image
-from ifa_jax.explaining import callable_target, explain
-from ifa_jax.probes import LayerProbe, ProbeResult, Target
+from ifa_jax.cams.builtin import SESS_BATCH, SESS_NUM_SCALES, SESS_SCALE_STEP
+from ifa_jax.explaining.explainer import Explanation, callable_target, explain
+from ifa_jax.probes import LayerProbe, Target
 
 Array = jax.Array
 
@@ -308,8 +309,9 @@ def explain_smoothed(
     chunk_size: int = 16,
     key: Array | None = None,
     **options,
-) -> tuple[ProbeResult, cams.CamResult]:
-    """:func:`ifa_jax.explain` with smoothing: (probe result of x, smoothed CAM result).
+) -> Explanation:
+    """:func:`ifa_jax.explain` with smoothing: an :class:`Explanation` (probe result of x,
+    smoothed CAM result).
 
     x: (B, *spatial_in, C). smooth: names from :data:`SMOOTHINGS` (``"aug"``,
     ``"noise"``, ``"eigen"``), composed in the fixed order of the module doc; ``()``
@@ -332,8 +334,9 @@ def explain_smoothed(
     augs = tuple(augmentations) if "aug" in steps else (IDENTITY,)
     if not augs or not all(isinstance(a, Augmentation) for a in augs):
         raise ValueError(
-            "augmentations must be a non-empty sequence of ifa_jax.smoothing.Augmentation "
-            f"(e.g. smoothing.augmentation_table()); got {augmentations!r}"
+            "augmentations must be a non-empty sequence of "
+            "ifa_jax.explaining.smoothing.Augmentation (e.g. smoothing.augmentation_table()); "
+            f"got {augmentations!r}"
         )
     if "noise" in steps:
         if "gradients" not in spec.needs:
@@ -395,7 +398,7 @@ def explain_smoothed(
                 method_key,
                 copies=n,
                 samples=samples,
-                method=spec.name,
+                method=cams.canonical_method(spec),  # keys the jit cache on the entry
                 options=opts,
             )
         else:
@@ -404,7 +407,7 @@ def explain_smoothed(
                 variables,
                 flat,
                 tiled,
-                spec.name,
+                spec,
                 mask=_tiled_mask(mask, n),
                 score=score,
                 layer=layer,
@@ -417,7 +420,7 @@ def explain_smoothed(
         )
         totals = sums if totals is None else tuple(t + u for t, u in zip(totals, sums))
     assert totals is not None
-    return result, _average(totals, len(augs))
+    return Explanation(result, _average(totals, len(augs)))
 
 
 def aug_smooth(
@@ -429,7 +432,7 @@ def aug_smooth(
     *,
     augmentations: Sequence[Augmentation] = DEFAULT_AUGMENTATIONS,
     **kwargs: Any,
-) -> tuple[ProbeResult, cams.CamResult]:
+) -> Explanation:
     """Test-time augmentation smoothing: :func:`explain_smoothed` with ``smooth=("aug",)``.
 
     Every method; ``kwargs`` as in explain_smoothed (mask, score, layer, key, options).
@@ -450,7 +453,7 @@ def smoothgrad(
     samples: int = SAMPLES,
     noise: float = NOISE,
     **kwargs: Any,
-) -> tuple[ProbeResult, cams.CamResult]:
+) -> Explanation:
     """SmoothGrad for a gradient method: :func:`explain_smoothed` with ``smooth=("noise",)``.
 
     G averaged over ``samples`` copies x + N(0, (noise * range)^2), A of x itself; ``key``
@@ -472,9 +475,8 @@ def smoothgrad(
 
 # --------------------------------------------------------------------------- SESS
 
-SESS_NUM_SCALES = 12  # pytorch-grad-cam's (the paper's 224, 288, ..., 928 for 224 inputs)
-SESS_SCALE_STEP = 2.0 / 7.0  # scale step as a share of the window (64 / 224)
-SESS_BATCH = 32  # patches per model call
+# SESS_NUM_SCALES, SESS_SCALE_STEP and SESS_BATCH are the method table's defaults
+# (ifa_jax.cams.builtin, imported above).
 SESS_BLUR = (11, 5.0)  # the fused map's Gaussian blur: taps per axis, sigma (in input cells)
 SESS_EPS = 1e-7  # the per-map min-max's eps (pytorch-grad-cam's scale_cam_image)
 
@@ -632,7 +634,7 @@ def _check_sess_options(
     return window, step, tuple(int(s) for s in scales)
 
 
-def _sess(
+def sess_map(
     model: cams.ModelInputs,
     *,
     base_method: str = "gradcam",
@@ -649,7 +651,8 @@ def _sess(
     softmax_scores: bool = True,
     batch_size: int | None = SESS_BATCH,
 ) -> Array:
-    """SESS's map (B, *spatial_in) in [0, 1]: the method "sess" of kind "input" (:func:`sess`)."""
+    """SESS's map (B, *spatial_in) in [0, 1]: the function of the method "sess" (kind
+    "input"; its entry is in :mod:`ifa_jax.cams.builtin`; :func:`sess`)."""
     x = model.x
     B, spatial, C = x.shape[0], tuple(x.shape[1:-1]), x.shape[-1]
     base = cams.get_method(base_method)
@@ -693,6 +696,7 @@ def _sess(
             )  # fmt: skip
         return jax.nn.relu(s)
 
+    scores = None  # (B, keep): from the pre-filter, else from the explained patches' logits
     if drop:  # score every patch, explain the `keep` best of each image
         flat = patches.reshape(B * P, *win, C)
         logits = _in_chunks(
@@ -721,7 +725,7 @@ def _sess(
                 key = jax.random.fold_in(key, n)
                 key = key if index is None else jax.random.fold_in(key, index)
             result, out = explain(
-                model.probe, model.variables, xc, objective, base.name, layer=layer, key=key,
+                model.probe, model.variables, xc, objective, base, layer=layer, key=key,
                 **options,
             )  # fmt: skip
             return out.cam, result.logits
@@ -730,7 +734,7 @@ def _sess(
 
     # image by image (as pytorch-grad-cam): every patch of an image shares its target
     grid_maps, logits = jax.lax.map(explain_image, (jnp.arange(B), patches, model.target))
-    if not drop:
+    if scores is None:
         scores = patch_scores(logits.reshape(B * keep, -1), jnp.repeat(model.target, keep))
         scores = scores.reshape(B, keep)
     grid_maps = grid_maps.reshape(B * keep, *grid_maps.shape[2:])
@@ -761,8 +765,8 @@ def sess(
     variables,
     x: Array,
     target: Target = "predicted",
-    method: str = "gradcam",
     *,
+    base_method: str = "gradcam",
     score: str = "logit",
     layer: str | None = None,
     key: Array | None = None,
@@ -778,14 +782,15 @@ def sess(
     softmax_scores: bool = True,
     batch_size: int | None = SESS_BATCH,
     **options,
-) -> Array:
-    """SESS (Tursun et al. 2022) around ``method``: maps (B, *spatial_in) in [0, 1].
+) -> Explanation:
+    """SESS (Tursun et al. 2022) around ``base_method``: an :class:`Explanation` whose
+    ``cam_result.cam`` holds the maps (B, *spatial_in) in [0, 1].
 
     Per image x (B, *spatial_in, C), 1-3 spatial axes: the input is rescaled so that its
     shortest side is each of ``scales`` (default :func:`sess_scales`: ``num_scales`` sizes
     from the window on, ``round(window * scale_step_ratio)`` apart), cut into cubic windows
     of ``window_size`` cells (default the shortest side) every ``step_size`` cells
-    (default the window; :func:`window_starts`), and ``method`` (with its ``options``)
+    (default the window; :func:`window_starts`), and ``base_method`` (with its ``options``)
     explains every patch, ``batch_size`` patches per model call. The lowest-scoring
     ``pre_filter_ratio`` of the patches are dropped first. Each patch's map is relu'd,
     min-max scaled, resized to the window and weighted by its score over the best
@@ -799,7 +804,7 @@ def sess(
     resolved objective, given to the base method as a callable target, so bases that need
     an output index (finercam, cam with head=) refuse; a keyed base gets the key folded
     with the image (and chunk) index. Same as ``explain(probe, variables, x, target,
-    "sess", base_method=method, base_options=tuple(options.items()), ...)[1].cam``.
+    "sess", base_method=base_method, base_options=tuple(options.items()), ...)``.
 
     Cost: one compilation per configuration; images go one after another (lax.map), the
     patches of one image through the model ``batch_size`` at a time (None: all at once);
@@ -814,7 +819,7 @@ def sess(
         score=score,
         layer=layer,
         key=key,
-        base_method=method,
+        base_method=base_method,
         base_options=tuple(sorted(options.items())),
         scales=None if scales is None else tuple(scales),
         num_scales=num_scales,
@@ -827,31 +832,4 @@ def sess(
         smooth=smooth,
         softmax_scores=softmax_scores,
         batch_size=batch_size,
-    )[1].cam
-
-
-cams.register_method(
-    cams.Method(
-        "sess",
-        _sess,
-        kind="input",
-        options={
-            "base_method": "gradcam",
-            "base_options": (),
-            "scales": None,
-            "num_scales": SESS_NUM_SCALES,
-            "scale_step_ratio": SESS_SCALE_STEP,
-            "window_size": None,
-            "step_size": None,
-            "pre_filter_ratio": 0.0,
-            "theta": 0.0,
-            "pool": "mean",
-            "smooth": True,
-            "softmax_scores": True,
-            "batch_size": SESS_BATCH,
-        },
-        summary="base_method on rescaled, sliding-window patches, maps weighted by the "
-        "patches' softmax scores, mean-fused above theta at input resolution, blurred, "
-        "min-max scaled (Tursun et al. 2022, pytorch-grad-cam's SESS)",
     )
-)

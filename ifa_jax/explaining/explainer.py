@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,17 @@ from ifa_jax._options import split_options
 from ifa_jax.probes import LayerProbe, ProbeResult, Target, target_scores
 
 Array = jax.Array
+
+
+class Explanation(NamedTuple):
+    """What every explaining entry point returns (:func:`explain`, ``explain_smoothed``,
+    ``sess``, ``fullgrad``, ...): probe_result: the probe's :class:`ProbeResult` of x
+    (activations, gradients, logits, target, score); cam_result: the method's
+    :class:`ifa_jax.cams.CamResult` (``cam_result.cam`` the map L). A tuple, so
+    ``probe_result, cam_result = explain(...)`` unpacks it."""
+
+    probe_result: ProbeResult
+    cam_result: cams.CamResult
 
 
 def _scorer(target_fn, score):
@@ -41,7 +52,7 @@ def forward_weights(
     x: Array,
     A: Array,
     result: ProbeResult,
-    method: str,
+    method: str | cams.Method,
     *,
     layer: str,
     target_fn=None,
@@ -106,7 +117,7 @@ def input_map(
     variables,
     x: Array,
     result: ProbeResult,
-    method: str,
+    method: str | cams.Method,
     *,
     layer: str | None,
     target_fn=None,
@@ -141,14 +152,16 @@ _input_map = jax.jit(
 )
 
 
+# Keyed on the method's entry (a Method compares by identity), not its name: a method
+# replaced in the table is compiled anew.
 @functools.lru_cache(maxsize=64)
-def _jitted_layers(method: str, options: tuple):
+def _jitted_layers(method: cams.Method, options: tuple):
     """cams.cam_layers for one method with its options fixed, jitted (cached by both)."""
     return jax.jit(functools.partial(cams.cam_layers, method=method, **dict(options)))
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted_cam(method: str, options: tuple):
+def _jitted_cam(method: cams.Method, options: tuple):
     """cams.cam for one method with its options fixed, jitted (cached by both)."""
     return jax.jit(functools.partial(cams.cam, method=method, **dict(options)))
 
@@ -163,7 +176,7 @@ def explain(
     variables,
     x: Array,
     target: Target = "predicted",
-    method: str = "gradcam",
+    method: str | cams.Method = "gradcam",
     *,
     mask: Array | None = None,
     score: str = "logit",
@@ -171,8 +184,9 @@ def explain(
     chunk_size: int = 16,
     key: Array | None = None,
     **options,
-) -> tuple[ProbeResult, cams.CamResult]:
-    """Probe ``x`` and compute one CAM method. Returns (probe result, CAM result).
+) -> Explanation:
+    """Probe ``x`` and compute one CAM method (a name, an alias or a registered entry).
+    Returns an :class:`Explanation` (probe_result, cam_result) for every method.
 
     x: (B, *spatial_in, C). The CAM result's ``cam`` is on the layer's grid; use
     :func:`ifa_jax.cams.upsample` for the input grid. ``mask`` (K,) or (B, K) keeps a
@@ -188,8 +202,9 @@ def explain(
     (FullGrad, SESS) the whole model; both give one map without channels: the CamResult
     of :func:`ifa_jax.cams.map_result` (K = 1; for ``"input"``, at input resolution).
     """
-    method = cams.canonical_method(method)
-    kind = cams.get_method(method).kind
+    spec = cams.get_method(method)
+    method = cams.canonical_method(spec)  # a name that keys the jit caches on the entry
+    kind = spec.kind
     static, arrays = split_options(method, options)
     key = prng_key(key)
     cams.require_key(method, key)
@@ -209,7 +224,7 @@ def explain(
         A, G = result.activations, result.gradients
         if not isinstance(A, dict):
             A, G = {probe.layers[0]: A}, {probe.layers[0]: G}
-        return result, _jitted_layers(method, static)(A, G, key=key, **arrays)
+        return Explanation(result, _jitted_layers(spec, static)(A, G, key=key, **arrays))
     if kind == "input":
         # the model's map needs no layer; a method that does (SESS) says so when it is None
         several = layer is None and len(probe.layers) > 1
@@ -227,14 +242,14 @@ def explain(
             array_options=arrays,
             key=key,
         )
-        return result, cams.map_result(L)
+        return Explanation(result, cams.map_result(L))
     layer = pick_layer(probe.layers, layer)
     result = probe(variables, x, target, score=score)
     A, G = result.activations, result.gradients
     if isinstance(A, dict):
         A, G = A[layer], G[layer]
     weights = None
-    if cams.get_method(method).forward is not None:
+    if spec.forward is not None:
         weights = _forward_weights(
             probe,
             variables,
@@ -250,5 +265,5 @@ def explain(
             array_options=arrays,
             key=key,
         )
-    cam_fn = _jitted_cam(method, static)
-    return result, cam_fn(A, G, mask=mask, weights=weights, key=key, **arrays)
+    cam_fn = _jitted_cam(spec, static)
+    return Explanation(result, cam_fn(A, G, mask=mask, weights=weights, key=key, **arrays))

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from ifa_jax import cams
 from ifa_jax._stats import minmax_per_image
 from ifa_jax._taps import explained_errors, layer_key
-from ifa_jax.explaining import explain
+from ifa_jax.explaining.explainer import Explanation, explain
 from ifa_jax.probes.core import LayerProbe, LinenModel, Target, select_output
 from ifa_jax.probes.layers import resolve_layer
 from ifa_jax.probes.linen import linen_calls
@@ -299,10 +299,11 @@ def fullgrad_pieces(model: cams.ModelInputs, layers: str | Sequence[str] | None 
     return jnp.stack(pieces, axis=1), tuple(shapes)
 
 
-def _fullgrad(
+def fullgrad_map(
     model: cams.ModelInputs, *, layers: str | tuple[str, ...] | None = None, minmax: bool = True
 ) -> Array:
-    """FullGrad's map (B, *spatial_in): the method "fullgrad" of kind "input"."""
+    """FullGrad's map (B, *spatial_in): the function of the method "fullgrad" (kind
+    "input"; its entry is in :mod:`ifa_jax.cams.builtin`)."""
     pieces, _ = fullgrad_pieces(model, layers)
     total = jnp.sum(pieces, axis=1)
     return minmax_per_image(total, EPS) if minmax else total
@@ -317,13 +318,14 @@ def fullgrad(
     score: str = "logit",
     layers: str | Sequence[str] | None = None,
     minmax: bool = True,
-) -> Array:
-    """FullGrad maps (B, *spatial_in) of x (B, *spatial_in, C), in [0, 1] (``minmax``).
+) -> Explanation:
+    """FullGrad of x (B, *spatial_in, C): an :class:`Explanation` whose ``cam_result.cam``
+    holds the maps (B, *spatial_in), in [0, 1] (``minmax``).
 
     ``probe``: a :func:`ifa_jax.linen_probe` of the model at any layer (its biased layers
     are found anew: every Conv and BatchNorm with a bias), or another probe tapping the
     biased ``layers``. target and score as in :func:`ifa_jax.explain`; the same as
-    ``explain(probe, variables, x, target, "fullgrad", layers=..., minmax=...)[1].cam``.
+    ``explain(probe, variables, x, target, "fullgrad", layers=..., minmax=...)``.
     """
     return explain(
         probe,
@@ -334,17 +336,4 @@ def fullgrad(
         score=score,
         layers=layer_names(layers),
         minmax=minmax,
-    )[1].cam
-
-
-cams.register_method(
-    cams.Method(
-        "fullgrad",
-        _fullgrad,
-        kind="input",
-        options={"layers": None, "minmax": True},
-        summary="sum over the input and every biased layer of the channel-summed, per-channel "
-        "min-max scaled |x dy/dx| and |b dy/dz|, resized to the input, min-max scaled "
-        "(Srinivas and Fleuret 2019, pytorch-grad-cam's FullGrad)",
     )
-)

@@ -1,0 +1,65 @@
+"""Gradient-weighted methods: M = w * A with weights from the gradients G at the layer.
+
+Each is ``fn(inputs: CamInputs, /, **options) -> M (B, *spatial, K)`` (a
+:class:`~ifa_jax.cams.method.LayerFn`); their entries are in :mod:`ifa_jax.cams.builtin`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ifa_jax.cams._grid import grid_sum, spatial_axes
+from ifa_jax.cams.method import CamInputs
+
+Array = jax.Array
+
+GRADCAMPP_EPS = 1e-6  # pytorch-grad-cam's; with gradients ~1e-3 it dominates alpha's denominator
+XGRADCAM_EPS = 1e-7  # pytorch-grad-cam's
+EPS = XGRADCAM_EPS  # XGradCAM's default eps (ifa_jax.consistency builds its tangent with it)
+
+
+def gradcam(inputs: CamInputs) -> Array:
+    """GradCAM: M = (grid mean of G) * A."""
+    A, G = inputs.activations, inputs.gradients
+    assert G is not None
+    return jnp.mean(G, axis=spatial_axes(A), keepdims=True) * A
+
+
+def gradcampp_weights(A: Array, G: Array, eps) -> Array:
+    """GradCAM++'s w (B, 1.., K) from A and G (B, *spatial, K), grid axes kept."""
+    g2 = G * G
+    alpha = jnp.where(G != 0, g2 / (2.0 * g2 + grid_sum(A) * g2 * G + eps), 0.0)
+    return jnp.sum(jax.nn.relu(G) * alpha, axis=spatial_axes(A), keepdims=True)
+
+
+def gradcampp(inputs: CamInputs, *, eps=GRADCAMPP_EPS) -> Array:
+    """GradCAM++: M = w * A, w from :func:`gradcampp_weights`."""
+    A, G = inputs.activations, inputs.gradients
+    assert G is not None
+    return gradcampp_weights(A, G, eps) * A
+
+
+def xgradcam(inputs: CamInputs, *, eps=XGRADCAM_EPS) -> Array:
+    """XGradCAM: M = sum(G A) / (sum(A) + eps) * A, sums over the grid."""
+    A, G = inputs.activations, inputs.gradients
+    assert G is not None
+    return grid_sum(G * A) / (grid_sum(A) + eps) * A
+
+
+def hirescam(inputs: CamInputs) -> Array:
+    """HiResCAM: M = G * A element-wise."""
+    assert inputs.gradients is not None
+    return inputs.gradients * inputs.activations
+
+
+def layercam(inputs: CamInputs) -> Array:
+    """LayerCAM: M = relu(G) * A element-wise."""
+    assert inputs.gradients is not None
+    return jax.nn.relu(inputs.gradients) * inputs.activations
+
+
+def elementwise(inputs: CamInputs) -> Array:
+    """GradCAMElementWise: M = relu(G * A)."""
+    assert inputs.gradients is not None
+    return jax.nn.relu(inputs.gradients * inputs.activations)
