@@ -117,9 +117,30 @@ def test_the_built_wheel_holds_the_whole_library_and_runs_on_its_own(tmp_path):
     import zipfile
     from pathlib import Path
 
+    import shutil
+
     root = Path(__file__).resolve().parents[1]
+    # A copy of what the sdist holds: a build/ folder left in the tree by an earlier build
+    # would put modules that no longer exist into the wheel.
+    project = tmp_path / "project"
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        (project / name).parent.mkdir(exist_ok=True)
+        shutil.copy(root / name, project / name)
+    shutil.copytree(
+        root / "ifa_jax", project / "ifa_jax", ignore=shutil.ignore_patterns("__pycache__")
+    )
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(project),
+        ],
         capture_output=True,
         text=True,
         timeout=600,

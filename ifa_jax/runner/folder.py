@@ -643,12 +643,9 @@ class RunFolder:
             value = read_plain_json(self.file(name))
             problem = check(value)
         except ValueError as e:
-            problem = str(e)
+            return self._unreadable(name, str(e))
         if problem is not None:
-            self.log(
-                f"run folder: {name} is not what the runner writes ({problem}); recomputing it"
-            )
-            return None
+            return self._unreadable(name, problem)
         return value
 
     def read_npz(
@@ -662,16 +659,16 @@ class RunFolder:
         try:
             with np.load(self.file(name), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-            missing = [k for k in keys if k not in arrays]
-            problem = f"no array {', '.join(missing)}" if missing else None
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-            problem = str(e)
-        if problem is not None:
-            self.log(
-                f"run folder: {name} is not what the runner writes ({problem}); recomputing it"
-            )
-            return None
+            return self._unreadable(name, str(e))
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            return self._unreadable(name, f"no array {', '.join(missing)}")
         return arrays
+
+    def _unreadable(self, name: str, problem: str) -> None:
+        """Log why the file ``name`` is not used (it is recomputed); None."""
+        self.log(f"run folder: {name} is not what the runner writes ({problem}); recomputing it")
 
     def write_json(self, name: str, obj, inputs: str | None = None) -> None:
         """``obj`` as JSON at ``name`` (relative), recorded in the manifest."""

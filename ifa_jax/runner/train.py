@@ -405,6 +405,7 @@ def train(
 
     history = History()
     best_acc, best_variables, since_best, done = -1.0, None, 0, 0
+    fingerprint: dict[str, str] = {}  # of the run, when its state is saved (state_path)
     if state_path is not None:
         state_path = os.fspath(state_path)
         fingerprint = _run_fingerprint(config, train_ds, val_ds, state.variables)
