@@ -114,10 +114,9 @@ def test_version_has_one_source():
 def test_the_built_wheel_holds_the_whole_library_and_runs_on_its_own(tmp_path):
     """The wheel, not the source tree: every module of ifa_jax/ is in it (a new subpackage
     is not left out), and the core script runs from it with the source tree out of reach."""
+    import shutil
     import zipfile
     from pathlib import Path
-
-    import shutil
 
     root = Path(__file__).resolve().parents[1]
     # A copy of what the sdist holds: a build/ folder left in the tree by an earlier build
