@@ -194,29 +194,36 @@ def test_a_registered_forward_method_runs_through_explain(registry, small):
     np.testing.assert_allclose(mine.importance, -2.0 * base.importance, rtol=1e-5, atol=1e-6)
 
 
-def test_explain_runs_every_method(small):
+BUILT_IN = list(cams.REGISTRY)  # as collected: every method gets its own test below
+
+
+def test_the_table_holds_the_25_built_in_methods():
+    assert len(cams.REGISTRY) == 25 and len(BUILT_IN) == 25
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_explain_runs_every_method(small, name):
     """Every entry of the table, with its defaults, through explain on a Linen ConvNet; a
     method that needs a key refuses to run without one."""
     probe, variables, x = small
     labels = jnp.array([0, 2, 1])
-    key = jax.random.key(5)
-    two_layers = linen_probe(ConvNet(ndim=2, features=(4, 6), num_classes=3), ["relu1", "relu2"])
-    for name, method in cams.REGISTRY.items():
-        used = two_layers if method.kind == "layers" else probe
-        result, out = explain(used, variables, x, labels, name, key=key)
-        grid = (
-            x.shape[:-1]
-            if method.kind == "input"
-            else result.activations["relu2"].shape[:-1]
-            if method.kind == "layers"
-            else result.activations.shape[:-1]
-        )
-        assert out.cam.shape == grid, name
-        assert bool(jnp.isfinite(out.contributions).all()), name
-        assert float(jnp.abs(out.cam).max()) > 0, name
-        if "key" in method.needs:
-            with pytest.raises(ValueError, match=rf"{re_name(name)} needs a PRNG key: pass key="):
-                explain(probe, variables, x, labels, name)
+    method = cams.REGISTRY[name]
+    if method.kind == "layers":
+        probe = linen_probe(ConvNet(ndim=2, features=(4, 6), num_classes=3), ["relu1", "relu2"])
+    result, out = explain(probe, variables, x, labels, name, key=jax.random.key(5))
+    grid = (
+        x.shape[:-1]
+        if method.kind == "input"
+        else result.activations["relu2"].shape[:-1]
+        if method.kind == "layers"
+        else result.activations.shape[:-1]
+    )
+    assert out.cam.shape == grid
+    assert bool(jnp.isfinite(out.contributions).all())
+    assert float(jnp.abs(out.cam).max()) > 0
+    if "key" in method.needs:
+        with pytest.raises(ValueError, match=rf"{re_name(name)} needs a PRNG key: pass key="):
+            explain(probe, variables, x, labels, name)
 
 
 def test_array_options_are_traced(small):
