@@ -42,10 +42,15 @@ lint: $(STAMP)
 	$(VENV)/bin/pyright ifa_jax
 	$(PY) tools/import_graph.py
 
+# The methods gallery is drawn again when the package or the script changes (a minute).
+GALLERY := docs/generated/gallery.png
+$(GALLERY): $(STAMP) tools/gallery.py $(shell find ifa_jax -name '*.py')
+	$(PY) tools/gallery.py --out $@
+
 # The documentation site, in site/: the method table is written from the registry, every
 # public name must be documented, and a broken link or reference fails the build (no -q:
 # mkdocs -q drops the warnings before --strict counts them, and the build passes).
-docs: $(STAMP)
+docs: $(STAMP) $(GALLERY)
 	$(PY) tools/method_table.py
 	$(PY) tools/api_coverage.py
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
