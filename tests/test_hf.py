@@ -169,3 +169,9 @@ def test_hf_probe_names_what_it_takes():
         hf_probe(object())
     assert hf_variables({"vit": 1}) == {"params": {"vit": 1}}
     assert hf_variables({"params": 1, "batch_stats": 2}) == {"params": 1, "batch_stats": 2}
+
+
+def test_channels_first_images_name_the_transpose(vit):
+    probe = hf_probe(vit)
+    with pytest.raises(ValueError, match=r"channels first.*x\.transpose\(0, 2, 3, 1\)"):
+        probe(probe.variables, jnp.ones((2, 3, 16, 16)), 0)

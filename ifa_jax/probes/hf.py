@@ -9,9 +9,9 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ifa_jax.probes.core import LayerProbe, Output
+from ifa_jax.probes.core import LayerProbe, Output, TappedFn
 from ifa_jax.probes.linen import linen_probe
-from ifa_jax.probes.tokens import Reshape
+from ifa_jax.probes.tokens import GridTapped, Reshape
 
 
 def hf_variables(params: Any) -> dict[str, Any]:
@@ -46,7 +46,8 @@ def hf_probe(
     Inputs are channels-last, ``x (B, H, W, C)``, as everywhere in ifa_jax and as
     ``model.module`` takes them: the model object's own ``model(pixel_values)`` takes
     channels-first pixels and transposes them, so pass a processor's ``pixel_values``
-    as ``pixel_values.transpose(0, 2, 3, 1)``.
+    as ``pixel_values.transpose(0, 2, 3, 1)`` (channels-first images raise a
+    ``ValueError`` saying so, for a model whose ``config.num_channels`` tells them).
 
     Args:
         model: an object with ``.module`` (a Linen module) and ``.params``, e.g.
@@ -97,4 +98,27 @@ def hf_probe(
     if "deterministic" in inspect.signature(module.__call__).parameters:
         kwargs.setdefault("deterministic", True)
     probe = linen_probe(module, layers, output=output, reshape=reshape, **kwargs)
-    return dataclasses.replace(probe, variables=hf_variables(params))
+    channels = getattr(getattr(model, "config", None), "num_channels", None)
+    tapped = probe.tapped
+    if isinstance(channels, int) and isinstance(tapped, GridTapped):
+        tapped = GridTapped(_channels_last(tapped.inner, channels), tapped.reshape)
+    elif isinstance(channels, int):
+        tapped = _channels_last(tapped, channels)
+    return dataclasses.replace(probe, tapped=tapped, variables=hf_variables(params))
+
+
+def _channels_last(tapped: TappedFn, channels: int) -> TappedFn:
+    """``tapped`` that first checks that images ``x (B, H, W, C)`` are channels-last."""
+
+    def checked(variables, x, deltas):
+        shape = tuple(x.shape)
+        if len(shape) == 4 and shape[-1] != channels and shape[1] == channels:
+            raise ValueError(
+                f"x has shape {shape}, channels first (B, C, H, W) as the model object's "
+                f"own call takes pixel_values; the probe takes images channels-last (B, H, "
+                f"W, C) with C={channels}, as model.module does: pass "
+                "x.transpose(0, 2, 3, 1)"
+            )
+        return tapped(variables, x, deltas)
+
+    return checked
