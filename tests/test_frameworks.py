@@ -511,7 +511,7 @@ def test_every_factory_takes_its_keywords_in_the_same_place():
 
     from ifa_jax import probes
 
-    for factory in (linen_probe, ifa_jax.nnx_probe, equinox_probe, haiku_probe):
+    for factory in (linen_probe, ifa_jax.nnx_probe, equinox_probe, haiku_probe, ifa_jax.hf_probe):
         params = list(inspect.signature(factory).parameters.values())
         assert params[1].name in ("layers", "where") and params[1].default is None, factory
         keywords = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]

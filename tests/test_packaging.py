@@ -12,7 +12,16 @@ import pytest
 # A fresh interpreter whose import system refuses the optional and application packages,
 # as a virtual environment with only the core dependencies would. optax is not blocked:
 # flax itself requires it (flax.nnx imports it).
-BLOCKED = ("tensorflow_datasets", "mlxtend", "sklearn", "matplotlib", "equinox", "haiku", "torch")
+BLOCKED = (
+    "tensorflow_datasets",
+    "mlxtend",
+    "sklearn",
+    "matplotlib",
+    "equinox",
+    "haiku",
+    "torch",
+    "transformers",
+)
 SCRIPT = f"""
 import importlib.abc, sys
 

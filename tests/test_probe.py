@@ -419,3 +419,47 @@ def test_layer_none_without_a_grid_layer_is_an_error():
         r"name the layer.*hidden \(2, 4\), out \(2, 2\)",
     ):
         linen_probe(Mlp())(variables, x)
+
+
+class _Outputs(dict):
+    """Like transformers' ModelOutput: a dict subclass registered as a pytree that takes
+    only arrays, so it cannot be rebuilt with shapes in it."""
+
+    def __init__(self, **fields):
+        if not all(hasattr(v, "shape") for v in fields.values()):
+            raise TypeError("_Outputs holds arrays")
+        super().__init__(**fields)
+
+
+jax.tree_util.register_pytree_with_keys(
+    _Outputs,
+    lambda o: ([(jax.tree_util.DictKey(k), v) for k, v in o.items()], tuple(o)),
+    lambda keys, leaves: _Outputs(**dict(zip(keys, leaves))),
+)
+
+
+class _Body(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+        return _Outputs(features=a, pooled=a.mean(axis=(1, 2)))
+
+
+class _OutputsNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return _Outputs(logits=nn.Dense(3, name="head")(_Body(name="body")(x)["pooled"]))
+
+
+def test_a_module_output_that_cannot_be_rebuilt_is_listed_by_key_path():
+    """The layer search lists such an output as {key path: shape} (it used to rebuild it,
+    which transformers' ModelOutput refuses); layer=None and output='logits' work."""
+    from ifa_jax.probes import linen_layers
+
+    model, x = _OutputsNet(), jnp.ones((2, 8, 8, 1))
+    variables = model.init(jax.random.key(0), x)
+    layers = linen_layers(model, variables, x)
+    assert layers["body"] == {"['features']": (2, 8, 8, 4), "['pooled']": (2, 4)}
+    probe = linen_probe(model, output="logits")
+    assert probe(variables, x, 0).activations.shape == (2, 8, 8, 4)
+    assert probe.layer == "body/conv"

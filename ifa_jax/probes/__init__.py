@@ -8,13 +8,15 @@ takes the layer(s) second (None: the model's natural target layer, shown as
 
 * :func:`linen_probe` (:mod:`.linen`), :func:`nnx_probe` (:mod:`.nnx`) for Flax;
 * :func:`equinox_probe` (:mod:`.equinox`), :func:`haiku_probe` (:mod:`.haiku`);
+* :func:`hf_probe` (:mod:`.hf`) for Hugging Face transformers' Flax models;
 * :func:`function_probe` (:mod:`.function`) for a model written as two functions;
 * :func:`legrad_probe` (:mod:`.legrad`), LeGrad's probe of attention probabilities.
 
 ``variables`` is what the model's framework keeps apart from the model: Linen's and
-Haiku's ``init`` output, a function's params. An NNX or Equinox model holds its own, and
-its probe carries them as ``probe.variables``. :mod:`.tokens` lays token layers on grids;
-:mod:`.layers` chooses the layer; :mod:`.core` is the probe itself.
+Haiku's ``init`` output, a function's params. An NNX, Equinox or Hugging Face Flax model
+holds its own, and its probe carries them as ``probe.variables``. :mod:`.tokens` lays
+token layers on grids; :mod:`.layers` chooses the layer; :mod:`.core` is the probe
+itself.
 """
 
 from ifa_jax.probes.core import (
@@ -30,6 +32,7 @@ from ifa_jax.probes.core import (
 from ifa_jax.probes.equinox import equinox_layers, equinox_probe
 from ifa_jax.probes.function import function_probe
 from ifa_jax.probes.haiku import haiku_calls, haiku_layers, haiku_natural_layer, haiku_probe
+from ifa_jax.probes.hf import hf_probe, hf_variables
 from ifa_jax.probes.layers import LayerCall, TokenLayerWarning, natural_layer, resolve_layer
 from ifa_jax.probes.legrad import legrad_probe, vit_projection
 from ifa_jax.probes.linen import linen_calls, linen_layers, linen_natural_layer, linen_probe
@@ -64,6 +67,8 @@ __all__ = [
     "haiku_layers",
     "haiku_natural_layer",
     "haiku_probe",
+    "hf_probe",
+    "hf_variables",
     "legrad_probe",
     "linen_calls",
     "linen_layers",

@@ -174,7 +174,8 @@ class LayerProbe:
     probes). auto: the natural layer of a probe built with ``layers=None``
     (:class:`~ifa_jax.probes.layers.AutoLayer`), shown as :attr:`layer`. variables: the
     model's variables when the model object holds them (NNX: its state; Equinox: its
-    arrays), else None (Linen, Haiku: ``init``'s output; functions: their params).
+    arrays; Hugging Face: its params), else None (Linen, Haiku: ``init``'s output;
+    functions: their params).
     """
 
     tapped: TappedFn

@@ -65,8 +65,18 @@ class LayerCall(NamedTuple):
 
 
 def call_shapes(out: Any) -> Any:
-    """The shape of each array in a module's output (a tree of tuples)."""
-    return jax.tree.map(lambda a: tuple(getattr(a, "shape", ())) or None, out)
+    """The shape of each array in a module's output: a shape tuple for an array, a tree of
+    them for a tuple, list or dict; for another container (e.g. a Hugging Face
+    ``ModelOutput``, a dict subclass that cannot be rebuilt with shapes in it) a dict
+    ``{key path: shape}``."""
+
+    def shape(a):
+        return tuple(getattr(a, "shape", ())) or None
+
+    if hasattr(out, "shape") or isinstance(out, tuple) or type(out) in (list, dict, type(None)):
+        return jax.tree.map(shape, out)
+    leaves, _ = jax.tree_util.tree_flatten_with_path(out)
+    return {jax.tree_util.keystr(path): shape(a) for path, a in leaves}
 
 
 def is_grid(shape: Any) -> bool:
