@@ -29,7 +29,7 @@ def hf_probe(
     *,
     output: Output = "logits",
     reshape: Reshape | None = None,
-    **apply_kwargs,
+    **apply_kwargs: Any,
 ) -> LayerProbe:
     """A probe for a Hugging Face Flax model; ``probe.variables`` is the ``variables`` to
     call it with: ``explain(probe, probe.variables, x)``.
