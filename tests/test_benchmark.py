@@ -15,6 +15,7 @@ from experiments.bench.report import format_case, format_methods
 from experiments.bench.suite import run_benchmark
 
 
+@pytest.mark.slow  # runs the benchmark's code: in make test, not in make test-fast
 @pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # few images
 def test_benchmark_smallest_case_structure(tmp_path):
     path = tmp_path / "bench.json"
@@ -84,6 +85,7 @@ def test_benchmark_entry_point_flags():
     ) == (True, "mnist64", True, True, "2,1", True, [10])
 
 
+@pytest.mark.slow  # runs the benchmark's code: in make test, not in make test-fast
 def test_class_scaling_structure():
     from experiments.bench.class_scaling import run
 
@@ -110,6 +112,7 @@ def test_gpu_script_smoke(tmp_path):
         assert len(res[variant]["seconds_short_long"]) == 2
 
 
+@pytest.mark.slow  # runs the benchmark's code: in make test, not in make test-fast
 def test_methods_section_structure(tmp_path):
     """The methods section on a tiny case (batch 2, GradCAM and one keyed method, one
     round) through run_benchmark: its rows, ratios and JSON; no timing is checked."""
