@@ -31,7 +31,7 @@ MIN_TESTS := tests/test_user_jit.py tests/test_probe.py tests/test_guided.py
 $(MIN_VENV)/.installed: pyproject.toml .ci/min-versions.txt
 	$(PYTHON) -m venv $(MIN_VENV)
 	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
-	$(MIN_VENV)/bin/python -m pip install -q -c .ci/min-versions.txt -e ".[dev]"
+	$(MIN_VENV)/bin/python -m pip install -q -c .ci/min-versions.txt -e ".[runner,equinox,haiku]" pytest
 	touch $@
 
 test-min: $(MIN_VENV)/.installed
