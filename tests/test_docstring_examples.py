@@ -23,7 +23,6 @@ NOT_YET = {
     "ifa_jax.analysis",
     "ifa_jax.cams",
     "ifa_jax.explaining",
-    "ifa_jax.probes",
 }
 
 

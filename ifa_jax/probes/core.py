@@ -9,6 +9,19 @@ model is unchanged, and ``d score / d deltas`` is exactly ``G``. So one forward 
 vjp to ``deltas`` gives logits, ``A`` and ``G`` and never backpropagates into the
 parameters (they are constants of the vjp). The factories (:mod:`ifa_jax.probes`) differ
 only in how they tap a model of their framework.
+
+Examples:
+    Scores of chosen outputs, and the logits picked out of a dict output:
+
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax.probes import select_output, target_scores
+    >>> logits = jnp.array([[1.0, 2.0], [3.0, 0.0]])
+    >>> target_scores(logits, jnp.array([1, 0])).tolist()
+    [2.0, 3.0]
+    >>> round(float(target_scores(logits, jnp.array([1, 1]), "probability")[0]), 4)
+    0.7311
+    >>> select_output({"logits": logits, "features": jnp.zeros((2, 5))}, "logits").shape
+    (2, 2)
 """
 
 from __future__ import annotations

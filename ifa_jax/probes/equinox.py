@@ -2,6 +2,22 @@
 made with ``eqx.tree_at``, by a thin wrapper (nothing needs adding to the model).
 ``probe.variables`` is the model's array partition. Equinox is optional (``pip install
 'ifa_jax[equinox]'``), imported when a probe is built.
+
+Examples:
+    A probe of an Equinox model written per sample, channels first:
+
+    >>> import jax
+    >>> import equinox as eqx
+    >>> import ifa_jax
+    >>> k1, k2 = jax.random.split(jax.random.key(0))
+    >>> model = eqx.nn.Sequential([
+    ...     eqx.nn.Conv2d(1, 4, 3, padding=1, key=k1), eqx.nn.Lambda(jax.nn.relu),
+    ...     eqx.nn.Lambda(lambda a: a.mean(axis=(1, 2))), eqx.nn.Linear(4, 3, key=k2)])
+    >>> probe = ifa_jax.equinox_probe(model, lambda m: m.layers[1])
+    >>> x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1))     # channels last
+    >>> out = probe(probe.variables, x, target=0)
+    >>> probe.layers, out.activations.shape, out.logits.shape
+    (('layers/1',), (2, 8, 8, 4), (2, 3))
 """
 
 from __future__ import annotations

@@ -1,5 +1,25 @@
 """Probes for models written as two plain functions, ``features(params, x) -> A`` and
-``head(params, A) -> logits``: ``variables`` is their ``params``."""
+``head(params, A) -> logits``: ``variables`` is their ``params``.
+
+Examples:
+    A model written as two functions, ``features`` and ``head``:
+
+    >>> import jax
+    >>> import ifa_jax
+    >>> def features(params, x):                  # x (B, 8, 8, 1) -> A (B, 8, 8, 4)
+    ...     dims = ("NHWC", "HWIO", "NHWC")
+    ...     return jax.nn.relu(jax.lax.conv_general_dilated(
+    ...         x, params["w"], (1, 1), "SAME", dimension_numbers=dims))
+    >>> def head(params, a):                      # A -> logits (B, 3)
+    ...     return a.mean(axis=(1, 2)) @ params["v"]
+    >>> k1, k2 = jax.random.split(jax.random.key(0))
+    >>> params = {"w": jax.random.normal(k1, (3, 3, 1, 4)), "v": jax.random.normal(k2, (4, 3))}
+    >>> probe = ifa_jax.function_probe(features, head)
+    >>> x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1))
+    >>> out = probe(params, x, target=2)
+    >>> probe.layers, out.activations.shape, out.logits.shape
+    (('features',), (2, 8, 8, 4), (2, 3))
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,22 @@
 module name with ``hk.intercept_methods``; ``variables`` is ``params`` (or ``(params,
 state)``). Haiku is optional (``pip install 'ifa_jax[haiku]'``), imported when a probe is
 built.
+
+Examples:
+    A probe of a Haiku transform at a named module:
+
+    >>> import jax
+    >>> import haiku as hk
+    >>> import ifa_jax
+    >>> def net(x):
+    ...     a = hk.to_module(jax.nn.relu)(name="relu")(hk.Conv2D(4, 3)(x))
+    ...     return hk.Linear(3)(a.mean(axis=(1, 2)))
+    >>> net = hk.without_apply_rng(hk.transform(net))
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> params = net.init(jax.random.key(1), x)
+    >>> out = ifa_jax.haiku_probe(net, "relu")(params, x, 0)
+    >>> out.activations.shape, out.logits.shape
+    ((2, 8, 8, 4), (2, 3))
 """
 
 from __future__ import annotations

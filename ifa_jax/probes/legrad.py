@@ -21,6 +21,22 @@ With ``score="logit"`` and the same target this equals torch-cam 0.5.0's ``LeGra
 probabilities with ``reshape=attention_to_grid()``, with the model's own score's gradient);
 the attention must output its probabilities from a submodule (``models.ViT``:
 ``"attn/probs"``).
+
+Examples:
+    LeGrad on a one-block ViT of 8 x 8 images, patches of 4 (a 2 x 2 grid):
+
+    >>> import jax
+    >>> import ifa_jax
+    >>> from ifa_jax.runner.models import ViT
+    >>> vit = ViT(num_classes=3, patch=4, dim=8, depth=1, num_heads=2, mlp_dim=16)
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = vit.init(jax.random.key(1), x)
+    >>> probe = ifa_jax.legrad_probe(vit, "block1")
+    >>> probe.layers
+    ('block1/attn/probs',)
+    >>> _, result = ifa_jax.explain(probe, variables, x, 0, "legrad")
+    >>> result.cam.shape                                       # (B, *grid)
+    (2, 2, 2)
 """
 
 from __future__ import annotations

@@ -1,5 +1,30 @@
 """Probes for Flax Linen models, tapped through ``nn.intercept_methods``: no edit to the
-model, layers matched by name (``"conv2"``) or path (``"backbone/conv2"``)."""
+model, layers matched by name (``"conv2"``) or path (``"backbone/conv2"``).
+
+Examples:
+    The layers of a Linen model, its natural layer, and a probe of it:
+
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> ifa_jax.linen_layers(net, variables, x)
+    {'conv': (2, 8, 8, 4), 'head': (2, 3)}
+    >>> ifa_jax.probes.linen_natural_layer(net, variables, x)
+    ('conv', 'the last layer with a spatial output')
+    >>> probe = ifa_jax.linen_probe(net)                 # None: the natural layer
+    >>> probe(variables, x, "predicted").gradients.shape
+    (2, 8, 8, 4)
+    >>> probe.layer
+    'conv'
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,27 @@
 """Probes for Flax NNX models: the tapped submodule is swapped for a thin wrapper on a
-private copy of the model (``nnx.split``/``nnx.merge``): no edit to the model."""
+private copy of the model (``nnx.split``/``nnx.merge``): no edit to the model.
+
+Examples:
+    A probe of an NNX model, called with the state it carries:
+
+    >>> import jax
+    >>> from flax import nnx
+    >>> import ifa_jax
+    >>> class Net(nnx.Module):
+    ...     def __init__(self, rngs):
+    ...         self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+    ...         self.head = nnx.Linear(4, 3, rngs=rngs)
+    ...     def __call__(self, x):
+    ...         return self.head(nnx.relu(self.conv(x)).mean(axis=(1, 2)))
+    >>> model = Net(nnx.Rngs(0))
+    >>> ifa_jax.probes.nnx_layers(model)
+    ['conv', 'head']
+    >>> probe = ifa_jax.nnx_probe(model, "conv")
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> out = probe(probe.variables, x, target=1)
+    >>> out.activations.shape, out.logits.shape
+    ((2, 8, 8, 4), (2, 3))
+"""
 
 from __future__ import annotations
 

@@ -17,6 +17,20 @@ each grid entry back where it came from and zeros elsewhere. So the gradient wit
 to ``delta_grid`` is ``R(G)``, the true gradient at the layer's output, read on the grid
 (one forward + one vjp, as for a conv layer), and an ablation ``-A_grid * e_k`` on the grid
 zeroes channel ``k`` of exactly the patch tokens, leaving prefix tokens alone.
+
+Examples:
+    Patch tokens after a class token, and attention probabilities, laid on a 4 x 4 grid:
+
+    >>> import jax.numpy as jnp
+    >>> import ifa_jax
+    >>> tokens = jnp.zeros((2, 1 + 16, 6))                     # (B, class + 4 * 4 patches, D)
+    >>> ifa_jax.tokens_to_grid()(tokens).shape
+    (2, 4, 4, 6)
+    >>> probs = jnp.zeros((2, 3, 17, 17))                       # (B, heads, queries, keys)
+    >>> ifa_jax.attention_to_grid()(probs).shape               # heads * queries channels
+    (2, 4, 4, 51)
+    >>> ifa_jax.tokens_to_grid(prefix=0, grid=(2, 8))(jnp.zeros((2, 16, 6))).shape
+    (2, 2, 8, 6)
 """
 
 from __future__ import annotations
