@@ -6,6 +6,21 @@ scale), the per-sample channel importances ``s_k = sum over the grid of m_k M_k`
 ``max(L)``, ``min(L)``; :func:`cam` is both. :func:`cam_layers` runs a method of several
 layers, :func:`cams_per_layer` a layer method on every layer of a probe, and
 :func:`fuse` combines maps of several layers on one grid (:func:`upsample`).
+
+Examples:
+    From contributions to a CAM, a channel mask, and two layers fused on one grid:
+
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax import cams
+    >>> M = jnp.ones((1, 2, 2, 3)) * jnp.array([1.0, -2.0, 0.5])
+    >>> result = cams.reduce(M)
+    >>> result.cam[0, 0, 0].item(), result.importance.tolist()
+    (-0.5, [[4.0, -8.0, 2.0]])
+    >>> cams.reduce(M, mask=jnp.array([1.0, 0.0, 1.0])).max.tolist()   # channel 1 masked
+    [1.5]
+    >>> L = {"fine": jnp.ones((1, 4, 4)), "coarse": 3 * jnp.ones((1, 2, 2))}
+    >>> cams.fuse(L, (8, 8)).shape, cams.fuse(L, (8, 8))[0, 0, 0].item()
+    ((1, 8, 8), 2.0)
 """
 
 from __future__ import annotations

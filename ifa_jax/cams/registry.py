@@ -6,6 +6,19 @@ the built-in entries are :data:`ifa_jax.cams.builtin.BUILTIN_METHODS`, registere
 
 Jitted functions of ifa_jax are keyed on the entry (a :class:`MethodName` carries it), so
 replacing a method traces it anew without clearing JAX's caches.
+
+Examples:
+    Names, aliases and options of the registered methods:
+
+    >>> from ifa_jax import cams
+    >>> cams.canonical_method("Grad-CAM++")
+    'gradcam++'
+    >>> cams.get_method("gradcam").needs
+    frozenset({'gradients'})
+    >>> cams.method_options("gradcam++", {"eps": 1e-7})
+    {'eps': 1e-07}
+    >>> "scorecam" in cams.FORWARD_METHODS, "fem" in cams.GRADIENT_METHODS
+    (True, False)
 """
 
 from __future__ import annotations
