@@ -21,7 +21,6 @@ OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 NOT_YET = {
     # Being restructured on other branches; their examples come after that work lands.
     "ifa_jax.analysis",
-    "ifa_jax.explaining",
 }
 
 

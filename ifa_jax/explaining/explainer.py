@@ -5,6 +5,28 @@ Gradient methods reuse the probe's A and G; methods that need the model (ScoreCA
 AblationCAM, ShapleyCAM, FinerCAM, ...) add their batched model runs (:func:`forward_weights`,
 also used by :mod:`ifa_jax.analysis`), dispatched through the method table
 :data:`ifa_jax.cams.REGISTRY`. Everything after the probe runs under ``jit``.
+
+Examples:
+    A local method and a method that runs the model once per channel (ScoreCAM):
+
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> _, grad = ifa_jax.explain(probe, variables, x, "predicted", "layercam")
+    >>> _, score = ifa_jax.explain(probe, variables, x, 1, "scorecam")
+    >>> grad.cam.shape, score.importance.shape
+    ((2, 8, 8), (2, 4))
+    >>> bool((grad.cam >= 0).all())                          # LayerCAM rectifies its weights
+    True
 """
 
 from __future__ import annotations

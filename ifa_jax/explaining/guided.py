@@ -28,6 +28,31 @@ the first sample of the batch only, for the argmax over its whole output, where 
 explain every sample for its own target; and its Guided GradCAM multiplies by the CAM
 min-max scaled to [0, 1] per image, where we keep the CAM's raw scale (the two agree up
 to a positive factor per image whenever the rectified CAM is 0 somewhere).
+
+Examples:
+    A guided ReLU passes back only positive gradients, where its input is positive;
+    Guided GradCAM puts the saliency at input resolution:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from ifa_jax.explaining.guided import guided_relu
+    >>> v = jnp.array([-1.0, 2.0, 3.0])
+    >>> jax.grad(lambda v: (guided_relu(v) * jnp.array([1.0, 1.0, -1.0])).sum())(v).tolist()
+    [0.0, 1.0, 0.0]
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> guided = ifa_jax.guided_gradcam(probe, variables, x, 0, "gradcam")
+    >>> guided.guided_cam.shape, guided.guided.shape, guided.cam.shape
+    ((2, 8, 8, 1), (2, 8, 8, 1), (2, 8, 8))
 """
 
 from __future__ import annotations

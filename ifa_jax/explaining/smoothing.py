@@ -60,6 +60,31 @@ where a sample falls on a cell, which pytorch-grad-cam's theta = 0 mean then cou
 ties in the pre-filter keep the earlier patch, 1-D and 3-D inputs are supported (linear
 resizes, the blur along every axis), and every patch explains x's own objective (logit,
 probability or a callable target; the patch scores are the target's softmax probability).
+
+Examples:
+    The augmentation table, SESS's windows and scales, and a noise-smoothed CAM:
+
+    >>> from ifa_jax.explaining import smoothing
+    >>> len(smoothing.augmentation_table())                  # 2 flips x 3 factors
+    6
+    >>> smoothing.window_starts(10, 4, 3), smoothing.sess_scales(4, num_scales=3)
+    ((0, 3, 6), (4, 5, 6))
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> _, smooth = ifa_jax.explain_smoothed(probe, variables, x, 0, "gradcam",
+    ...     smooth=("noise",), samples=2, key=jax.random.key(2))
+    >>> smooth.cam.shape
+    (2, 8, 8)
 """
 
 from __future__ import annotations
