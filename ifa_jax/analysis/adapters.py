@@ -5,6 +5,22 @@ Batches are tuples ``(x, y[, valid])``, :class:`ifa_jax.inputs.Batch` es or dict
 (``keys=``); :func:`record_batches` turns a random-access source of single records
 (``tfds.data_source``, a grain ``MapDataset``, a list of dicts) into such batches. A float
 target (regression) is analysed per bin of its value (``bins=``, e.g. :func:`quantile_bins`).
+
+Examples:
+    Bins of a float target at its quartiles, and batches of single records (the
+    last one padded):
+
+    >>> import numpy as np
+    >>> from ifa_jax import analysis
+    >>> analysis.quantile_bins(np.arange(9.0), 4).tolist()
+    [0.0, 2.0, 4.0, 6.0, 8.0]
+    >>> records = [{"image": np.zeros((8, 8), np.uint8), "label": i % 3} for i in range(5)]
+    >>> batches = analysis.record_batches(records, 2)
+    >>> len(batches)
+    3
+    >>> x, y, mask = list(batches)[-1]
+    >>> x.shape, x.dtype, y.tolist(), mask.tolist()
+    ((2, 8, 8, 1), dtype('float32'), [1, 0], [True, False])
 """
 
 from __future__ import annotations

@@ -5,6 +5,32 @@ checked once (:mod:`~ifa_jax.analysis.options`), each batch adapted
 :func:`~ifa_jax.analysis.step.pass_step` (which merges each batch into the state),
 per-sample values fetched per chunk (``ifa_jax.analysis._fetch``) and
 :func:`~ifa_jax.analysis.state.finalize`.
+
+Examples:
+    Two methods from one probe call per batch:
+
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (6, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> import numpy as np
+    >>> from ifa_jax import analysis
+    >>> y = np.array([0, 1, 2, 0, 1, 2])
+    >>> batches = [(np.asarray(x[:3]), y[:3]), (np.asarray(x[3:]), y[3:])]
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> results = analysis.analyze_methods(probe, variables, batches, num_classes=3,
+    ...     methods=("gradcam", "hirescam"), count="all", progress=False)
+    >>> sorted(results)
+    ['gradcam', 'hirescam']
+    >>> results["hirescam"].summary.im_all.shape, results["gradcam"].summary.seen
+    ((4,), 6)
 """
 
 from __future__ import annotations

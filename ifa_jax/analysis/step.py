@@ -2,6 +2,30 @@
 state (:mod:`ifa_jax.analysis.state`), all in one jitted call (one forward + one vjp for
 every method). Per-sample scalars (CAM max/min, score, label, prediction) are small and
 returned by the step for the host to keep.
+
+Examples:
+    The statistics' inputs of one batch, with the per-sample values:
+
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax import analysis
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> y, valid = jnp.array([0, 2]), jnp.array([True, False])       # the second is padding
+    >>> stats, per_sample = analysis.batch_stats(probe, variables, x, y, valid, count="all")
+    >>> stats.importance.shape, stats.cam.shape
+    ((2, 4), (2, 8, 8))
+    >>> stats.counted.tolist(), per_sample.label.tolist()
+    ([True, False], [0, 2])
 """
 
 from __future__ import annotations

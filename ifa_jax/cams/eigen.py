@@ -15,8 +15,6 @@ Examples:
     [0.0, 0.3333, 0.6667, 1.0]
     >>> sorted(cams.KPCA_KERNELS)
     ['cosine', 'linear', 'poly', 'rbf', 'sigmoid']
-    >>> cams.cam(A, None, "kpcacam", kernel="rbf").cam.shape
-    (1, 2, 2)
 """
 
 from __future__ import annotations

@@ -30,12 +30,14 @@ Examples:
     >>> from ifa_jax.runner.models import ViT
     >>> vit = ViT(num_classes=3, patch=4, dim=8, depth=1, num_heads=2, mlp_dim=16)
     >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
-    >>> variables = vit.init(jax.random.key(1), x)
+    >>> variables = jax.jit(vit.init)(jax.random.key(1), x)     # one compilation, not op by op
     >>> probe = ifa_jax.legrad_probe(vit, "block1")
     >>> probe.layers
     ('block1/attn/probs',)
-    >>> _, result = ifa_jax.explain(probe, variables, x, 0, "legrad")
-    >>> result.cam.shape                                       # (B, *grid)
+    >>> out = probe(variables, x, 0)
+    >>> out.gradients.shape                      # (B, *grid, heads * queries)
+    (2, 2, 2, 10)
+    >>> ifa_jax.cam(out.activations, out.gradients, "legrad").cam.shape
     (2, 2, 2)
 """
 
