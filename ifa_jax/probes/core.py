@@ -425,7 +425,25 @@ class LayerProbe:
     def __call__(
         self, variables, x: Array, target: Target = "predicted", *, score: str = "logit"
     ) -> ProbeResult:
-        """Logits, target scores and indices, A and G at the tapped layer(s) for ``x``."""
+        """Logits, target scores and indices, A and G at the tapped layer(s) for ``x``.
+
+        Args:
+            variables: the model's variables (``init``'s output, a function's params, or
+                ``probe.variables`` for NNX and Equinox).
+            x: inputs (B, *spatial_in, C).
+            target: an int, an int array (B,), ``'predicted'`` or a callable
+                ``logits (B, O) -> (B,)`` (see the class doc).
+            score: ``'logit'`` or ``'probability'``.
+
+        Returns:
+            A :class:`ProbeResult`: logits (B, O), score (B,), target (B,), and A, G
+            (B, *spatial, K) (dicts ``{layer: array}`` for a probe of several layers).
+
+        Raises:
+            ValueError: an unknown ``score``, a target outside [0, O), or a callable target
+                that does not return one score per sample.
+            FloatingPointError: non-finite activations or gradients (eager calls).
+        """
         one_of("score", score, SCORES)
         x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
         mode, fn, t = self._resolve_target(variables, x, target)

@@ -50,6 +50,17 @@ def function_probe(
     Pass inputs channels-last, (B, *spatial, C), for ScoreCAM (it masks them).
     ``output`` picks the logits in what ``head`` returns and ``reshape`` maps A to a grid
     first (``ifa_jax.tokens_to_grid()`` for tokens), as in :func:`~ifa_jax.probes.linen_probe`.
+
+    Args:
+        features: ``features(params, x) -> A`` (B, *spatial, K), the model up to the layer.
+        head: ``head(params, A) -> output``, the rest of the model.
+        output: where the logits (B, O) are in the model's output: None (the output is
+            the logits), an index, a key or a callable ``out -> logits``.
+        reshape: a map from A to a grid (B, *spatial, K), or None.
+        name: the layer's name in results.
+
+    Returns:
+        A :class:`~ifa_jax.probes.LayerProbe`, called ``probe(params, x, target)``.
     """
     (key,) = layer_names(name)
 

@@ -145,7 +145,7 @@ def haiku_probe(
     *,
     output: Output = None,
     reshape: Reshape | None = None,
-    **apply_kwargs,
+    **apply_kwargs: Any,
 ) -> LayerProbe:
     """A probe for a Haiku model at one module (arrays out) or several (dicts out).
 
@@ -157,6 +157,23 @@ def haiku_probe(
     ``"/"``); wrap a function such as ``jax.nn.relu`` in ``hk.to_module`` to tap its
     output. ``layers=None``, ``output`` and ``reshape`` work as in
     :func:`~ifa_jax.probes.linen_probe` (None: the natural target layer, ``probe.layer``).
+
+    Args:
+        transformed: the ``hk.transform`` or ``hk.transform_with_state`` of the model.
+        layers: a module name, several of them, or None for the natural target layer.
+        output: where the logits (B, O) are in the model's output: None (the output is
+            the logits), an index, a key or a callable ``out -> logits``.
+        reshape: a map from a tapped output to a grid (B, *spatial, K), or None.
+        **apply_kwargs: keyword arguments of ``transformed.apply``.
+
+    Returns:
+        A :class:`~ifa_jax.probes.LayerProbe`, called ``probe(variables, x, target)`` with
+        ``variables`` the output of ``transformed.init``.
+
+    Raises:
+        ImportError: Haiku is not installed (``pip install 'ifa_jax[haiku]'``).
+            ValueError: ``transformed`` is not a Haiku transform; a layer is unknown or
+            ambiguous (when the probe first runs).
     """
     hk = _haiku("haiku_probe")
     names = layer_names(layers)

@@ -136,7 +136,7 @@ def linen_probe(
     *,
     output: Output = None,
     reshape: Reshape | None = None,
-    **apply_kwargs,
+    **apply_kwargs: Any,
 ) -> LayerProbe:
     """A probe for a Linen model at one layer (arrays out) or several (dicts out).
 
@@ -151,6 +151,23 @@ def linen_probe(
     ``apply_kwargs`` go to ``model.apply`` (e.g. ``train=False`` for BatchNorm models).
     ``output`` picks the logits (B, O) when the model returns a tuple or a dict: an index
     (``0``), a key (``'logits'``) or a callable ``out -> logits``.
+
+    Args:
+        model: the Linen module (unbound), as given to ``model.apply``.
+        layers: a layer's path or name (a unique suffix, ``"conv2"``), several of them, or
+            None for the natural target layer.
+        output: where the logits (B, O) are in the model's output: None (the output is
+            the logits), an index, a key or a callable ``out -> logits``.
+        reshape: a map from a tapped output to a grid (B, *spatial, K), or None.
+        **apply_kwargs: keyword arguments of ``model.apply``.
+
+    Returns:
+        A :class:`~ifa_jax.probes.LayerProbe`, called ``probe(variables, x, target)`` with
+        ``variables`` the output of ``model.init``.
+
+    Raises:
+        ValueError: ``reshape`` is not callable; a layer is unknown or ambiguous (when the
+            probe first runs, naming the model's layers).
     """
     names = layer_names(layers)
     kwargs = dict(apply_kwargs)

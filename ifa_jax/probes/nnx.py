@@ -137,6 +137,21 @@ def nnx_probe(
     pass the state of a retrained model of the same structure, ``nnx.split(new)[1]``.
     ``layers=None``, ``output`` and ``reshape`` work as in
     :func:`~ifa_jax.probes.linen_probe`.
+
+    Args:
+        model: the NNX module; it holds its own state, carried as ``probe.variables``.
+        layers: a submodule's path or name (``"conv2"``, ``"blocks.1"``), several of them,
+            or None for the natural target layer.
+        output: where the logits (B, O) are in the model's output: None (the output is
+            the logits), an index, a key or a callable ``out -> logits``.
+        reshape: a map from a tapped output to a grid (B, *spatial, K), or None.
+
+    Returns:
+        A :class:`~ifa_jax.probes.LayerProbe`, called ``probe(probe.variables, x, target)``.
+
+    Raises:
+        ValueError: a layer is unknown or ambiguous (naming the model's layers), or
+            ``reshape`` is not callable.
     """
     names = layer_names(layers)
     graphdef, state = nnx.split(model)
