@@ -47,7 +47,7 @@ def contributions(
     *,
     weights: Array | None = None,
     key: Array | None = None,
-    **options,
+    **options: Any,
 ) -> Array:
     """Per-channel contribution maps M (B, *spatial, K) of one CAM method.
 
@@ -56,6 +56,22 @@ def contributions(
     is the PRNG key of methods that need one (randomcam); others ignore it. ``options``
     are the method's keyword options (``eps`` of gradcam++ and xgradcam, ``k`` of fem,
     ``kernel`` and ``gamma`` of kpcacam; see ``REGISTRY[name].options``).
+
+    Args:
+        A: activations (B, *spatial, K), 1-3 spatial axes.
+        G: gradients of the same shape, or None for methods that do not need them.
+        method: a registered method of kind ``"layer"``: a name, an alias or its entry.
+        weights: per-channel weights (B, K), ``M_k = w_k * A_k``, or None.
+        key: a PRNG key, for methods that need one.
+        **options: the method's keyword options.
+
+    Returns:
+        The contribution maps M (B, *spatial, K).
+
+    Raises:
+        ValueError: an unknown method or option, a method of another kind, weights of
+            another shape than (B, K), a forward method without ``weights``, or A with no
+            spatial axis or more than 3.
     """
     spec = get_method(method)
     opts = method_options(spec, options)
@@ -161,7 +177,19 @@ def _check_mask(mask: Array, batch: int, channels: int) -> Array:
 
 
 def reduce(M: Array, mask: Array | None = None) -> CamResult:
-    """From contributions M (B, *spatial, K) to the raw CAM, importances and max/min."""
+    """From contributions M (B, *spatial, K) to the raw CAM, importances and max/min.
+
+    Args:
+        M: contributions (B, *spatial, K).
+        mask: channel weights (K,) or (B, K) (1 keeps a channel, 0 drops it), or None.
+
+    Returns:
+        A :class:`~ifa_jax.cams.method.CamResult`: M (unmasked), the CAM L (B, *spatial),
+        importances s (B, K) and L's max and min (B,).
+
+    Raises:
+        ValueError: a mask of another shape than (K,) or (B, K).
+    """
     axes = spatial_axes(M)
     masked = M if mask is None else per_channel(_check_mask(mask, M.shape[0], M.shape[-1]), M)
     L = jnp.sum(masked, axis=-1)
@@ -178,12 +206,28 @@ def cam(
     *,
     weights: Array | None = None,
     key: Array | None = None,
-    **options,
+    **options: Any,
 ) -> CamResult:
     """Contributions, raw CAM, importances and max/min for one method.
 
     ``weights``, ``key`` and the method's ``options`` (e.g. ``eps=``) as in
     :func:`contributions`. See the module doc.
+
+    Args:
+        A: activations (B, *spatial, K), 1-3 spatial axes.
+        G: gradients of the same shape, or None for methods that do not need them.
+        method: a registered method of kind ``"layer"``: a name, an alias or its entry.
+        mask: channel weights (K,) or (B, K), or None, as in :func:`reduce`.
+        weights: per-channel weights (B, K), or None, as in :func:`contributions`.
+        key: a PRNG key, for methods that need one.
+        **options: the method's keyword options.
+
+    Returns:
+        A :class:`~ifa_jax.cams.method.CamResult`: contributions (B, *spatial, K), the CAM
+        (B, *spatial), importances (B, K), max and min (B,).
+
+    Raises:
+        ValueError: as :func:`contributions` and :func:`reduce` do.
     """
     return reduce(contributions(A, G, method, weights=weights, key=key, **options), mask)
 
@@ -191,7 +235,20 @@ def cam(
 def upsample(
     L: Array | np.ndarray, spatial_shape: tuple[int, ...], method: str = "linear"
 ) -> Array:
-    """Resize CAMs (B, *spatial) to the input grid (B, *spatial_shape), each size >= 1."""
+    """Resize CAMs (B, *spatial) to the input grid (B, *spatial_shape), each size >= 1.
+
+    Args:
+        L: CAMs (B, *spatial).
+        spatial_shape: the target sizes, one per spatial axis.
+        method: the interpolation of ``jax.image.resize`` (``"linear"``, ``"nearest"``,
+            ``"cubic"``, ...).
+
+    Returns:
+        The resized CAMs (B, *spatial_shape).
+
+    Raises:
+        ValueError: ``spatial_shape`` is not a tuple of positive sizes, one per spatial axis.
+    """
     try:
         spatial_shape = tuple(spatial_shape)
     except TypeError:
@@ -267,6 +324,20 @@ def fuse(
     layer's own grid, where the scale was measured), then upsampled to ``shape``
     (:func:`upsample`, linear), then combined per cell: ``how`` = "mean" (as the peers
     do), "max" or "sum". Without a scale the raw maps are combined as they are.
+
+    Args:
+        cams: the layers' CAMs: a dict ``{layer: L or CamResult}``, a sequence of them, or
+            one CamResult.
+        shape: the common grid's spatial sizes (e.g. the input's).
+        how: ``"mean"``, ``"max"`` or ``"sum"``.
+        scale: a :class:`~ifa_jax.scale.Scale`, a dict ``{layer: Scale}``, or None.
+
+    Returns:
+        The fused maps (B, *shape).
+
+    Raises:
+        ValueError: an unknown ``how``, no CAM, CAMs of different batch sizes, or a dict of
+            scales that misses a layer (or comes with a list of CAMs).
     """
     combine = {"mean": jnp.mean, "max": jnp.max, "sum": jnp.sum}
     if how not in combine:

@@ -116,6 +116,17 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     Every name and alias must be new unless ``replace=True`` (which replaces a method of
     the same name). ifa_jax's jitted functions are keyed on the entry, so the next call
     traces the new one; JAX's caches are left alone.
+
+    Args:
+        method: the entry, a :class:`~ifa_jax.cams.method.Method` of any kind.
+        replace: whether it may replace the registered method of the same name.
+
+    Returns:
+        ``method`` itself.
+
+    Raises:
+        ValueError: ``method`` is not a Method, its name is taken (without ``replace``), or
+            one of its names or aliases names another method.
     """
     if not isinstance(method, Method):
         raise ValueError(f"register_method takes an ifa_jax.cams.Method; got {type(method)}")
