@@ -415,7 +415,7 @@ class GuidedGradCam(NamedTuple):
 
 def guided_gradcam(
     probe: LayerProbe,
-    variables,
+    variables: Any,
     x: Array,
     target: Target = "predicted",
     method: str | cams.Method = "gradcam",
@@ -425,7 +425,7 @@ def guided_gradcam(
     mask: Array | None = None,
     chunk_size: int = 16,
     key: Array | None = None,
-    **options,
+    **options: Any,
 ) -> GuidedGradCam:
     """Guided GradCAM (or Guided <any CAM method>) at input resolution.
 
@@ -436,6 +436,27 @@ def guided_gradcam(
     ``probe.forward``. Returns a :class:`GuidedGradCam` whose ``guided_cam`` is
     ``guided * upsample(relu(L), spatial_in)[..., None]`` (linear upsampling, as
     :func:`ifa_jax.cams.upsample`).
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
+        variables: the variables the probe is called with.
+        x: inputs (B, *spatial_in, C).
+        target: an int, an int array (B,), ``'predicted'`` or a callable
+            ``logits (B, O) -> (B,)``, as for the probe.
+        method: a registered method of kind ``"layer"``, as for :func:`ifa_jax.explain`.
+        score: ``'logit'`` or ``'probability'``.
+        layer: the layer of a multi-layer probe, or None.
+        mask: channel weights (K,) or (B, K), or None.
+        chunk_size: channels per model call of the forward methods.
+        key: a PRNG key, for methods that need one.
+        **options: the method's keyword options.
+
+    Returns:
+        A :class:`GuidedGradCam`: guided_cam and guided (B, *spatial_in, C), cam
+        (B, *spatial_in), and what :func:`ifa_jax.explain` returned.
+
+    Raises:
+        ValueError: x is not floating, or as :func:`ifa_jax.explain` raises.
     """
     x = _check_input(x)
     result, cam_result = explain(

@@ -319,7 +319,7 @@ def _tiled_mask(mask: Array | None, copies: int) -> Array | None:
 
 def explain_smoothed(
     probe: LayerProbe,
-    variables,
+    variables: Any,
     x: Array,
     target: Target = "predicted",
     method: str = "gradcam",
@@ -333,7 +333,7 @@ def explain_smoothed(
     layer: str | None = None,
     chunk_size: int = 16,
     key: Array | None = None,
-    **options,
+    **options: Any,
 ) -> Explanation:
     """:func:`ifa_jax.explain` with smoothing: an :class:`Explanation` (probe result of x,
     smoothed CAM result).
@@ -346,6 +346,32 @@ def explain_smoothed(
     (keyword-only; split into the noise key and the method's key, e.g. randomcam's).
     mask, score, layer, chunk_size and the method's ``options`` as in explain. The CAM
     result is on the layer's grid of x; its max/min are those of the averaged map.
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
+        variables: the variables the probe is called with.
+        x: inputs (B, *spatial_in, C).
+        target: an int, an int array (B,), ``'predicted'`` or a callable
+            ``logits (B, O) -> (B,)``, as for the probe.
+        method: a registered method of kind ``"layer"``.
+        smooth: one or several of ``"aug"``, ``"noise"``, ``"eigen"``.
+        augmentations: the augmentations of ``"aug"``.
+        samples: noisy copies per input, for ``"noise"``.
+        noise: the noise's std as a share of each sample's value range.
+        mask: channel weights (K,) or (B, K), or None.
+        score: ``'logit'`` or ``'probability'``.
+        layer: the layer of a multi-layer probe, or None.
+        chunk_size: channels per model call of the forward methods.
+        key: a PRNG key (needed by ``"noise"``).
+        **options: the method's keyword options.
+
+    Returns:
+        An :class:`~ifa_jax.explaining.explainer.Explanation` ``(probe_result,
+        cam_result)``, the smoothed CAM (B, *spatial) on the layer's grid.
+
+    Raises:
+        ValueError: a method of another kind than ``"layer"``, an unknown smoothing, an
+            empty table of augmentations, or ``"noise"`` without a key.
     """
     steps = _steps(smooth)
     spec = cams.get_method(method)
