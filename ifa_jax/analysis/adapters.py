@@ -176,6 +176,24 @@ def record_batches(
     batch has ``batch_size`` rows and the step compiles once. ``shard_index`` /
     ``shard_count`` (default: this process of ``jax.process_count()``) cut every global
     batch of ``batch_size * shard_count`` records as :func:`ifa_jax.inputs.batches` does.
+
+    Args:
+        source: the records, with ``len(source)`` and ``source[i]``.
+        batch_size: records per batch (per process).
+        keys: the image and label keys of dict records.
+        spatial_ndim: the images' number of spatial axes, or None (as
+            :func:`ifa_jax.inputs.as_images` infers it).
+        drop_remainder: whether to drop the last short batch instead of padding it.
+        shard_index: this process's shard, or None.
+        shard_count: the number of shards, or None.
+
+    Returns:
+        A sized, re-iterable :class:`RecordBatches` of ``Batch(x (B, *spatial, C) float32,
+        y (B,), mask (B,))``.
+
+    Raises:
+        ValueError: ``source`` has no ``len`` and indexing (or is a dict), or
+            ``batch_size`` is not a positive int, or the keys or shards are invalid.
     """
     if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
         raise ValueError(

@@ -121,7 +121,20 @@ class Summary(NamedTuple):
 
 
 def init(num_classes: int, num_channels: int, spatial: tuple[int, ...]) -> Stats:
-    """An empty state."""
+    """An empty state.
+
+    Args:
+        num_classes: the number of classes C.
+        num_channels: the number of channels K.
+        spatial: the CAM's grid (*spatial).
+
+    Returns:
+        A :class:`Stats` of zeros: counts (C,), means and spreads (C, K), comoment (K, K),
+        mean CAMs (C, *spatial).
+
+    Raises:
+        ValueError: ``num_classes`` or ``num_channels`` < 1.
+    """
     if num_classes < 1 or num_channels < 1:
         raise ValueError(
             f"need num_classes >= 1 and num_channels >= 1; got {num_classes}, {num_channels}"
@@ -184,6 +197,16 @@ def merge(a: Stats, b: Stats) -> Stats:
     """Combine two partial states exactly (Chan et al. 1979). Associative, pure, jit-able.
 
     Both states must have the same classes C, channels K and grid (else ValueError).
+
+    Args:
+        a: one partial state.
+        b: another, of the same C, K and grid.
+
+    Returns:
+        The state of both parts' samples.
+
+    Raises:
+        ValueError: the states differ in C, K or grid.
     """
     _check_mergeable(a, b)
     count = a.count + b.count
@@ -200,7 +223,18 @@ def merge(a: Stats, b: Stats) -> Stats:
 
 
 def update(state: Stats, batch: BatchStats) -> Stats:
-    """state + one batch. Checks shapes eagerly, so a mismatch names the arrays."""
+    """state + one batch. Checks shapes eagerly, so a mismatch names the arrays.
+
+    Args:
+        state: the state so far.
+        batch: one batch's :class:`BatchStats`.
+
+    Returns:
+        The state with the batch's counted samples added.
+
+    Raises:
+        ValueError: the batch's K or grid differ from the state's.
+    """
     C, K = state.mean.shape
     if batch.importance.shape[-1] != K or batch.cam.shape[1:] != state.cam_mean.shape[1:]:
         raise ValueError(
@@ -214,7 +248,22 @@ def update(state: Stats, batch: BatchStats) -> Stats:
 def finalize(state: Stats) -> Summary:
     """Importance matrices, spreads and covariance from a state. Warns
     (:class:`MissingClassesWarning`, naming them) when some classes have no counted
-    sample: their rows are NaN and ``present`` is False for them."""
+    sample: their rows are NaN and ``present`` is False for them.
+
+    Args:
+        state: the state after the pass.
+
+    Returns:
+        A :class:`Summary` (NumPy): ``im_all`` (K,), ``im_class``, ``im_diff``, ``im_var``
+        (C, K), ``covariance`` (K, K), ``cam_mean`` (C, *spatial), ``class_counts`` and
+        ``present`` (C,), ``seen``.
+
+    Raises:
+        NothingCountedError: no sample was counted.
+
+    Warns:
+        MissingClassesWarning: some classes have no counted sample (their rows are NaN).
+    """
     count = np.asarray(state.count, np.float64)
     total = count.sum()
     if total == 0:
