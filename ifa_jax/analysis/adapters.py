@@ -229,7 +229,21 @@ def quantile_bins(values: ArrayLike, n: int) -> np.ndarray:
     """Edges (n + 1,) float64 at the quantiles 0, 1/n, ..., 1 of ``values``, a sample of
     float targets (e.g. the training targets): ``analyze(..., bins=quantile_bins(y, 4))``
     then puts about a quarter of that sample in each bin. Tied quantiles (targets with few
-    distinct values) are merged, with a warning, so fewer than n bins may come back."""
+    distinct values) are merged, with a warning, so fewer than n bins may come back.
+
+    Args:
+        values: a sample of the float targets, finite.
+        n: the number of bins wanted, >= 1.
+
+    Returns:
+        The edges (n + 1,) float64 (fewer with tied quantiles).
+
+    Raises:
+        ValueError: n is not a positive int, or values is empty, non-finite or constant.
+
+    Warns:
+        UserWarning: tied quantiles were merged (fewer than n bins).
+    """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n (the number of bins) must be a positive int; got {n!r}")
     v = np.asarray(values, np.float64).ravel()

@@ -123,7 +123,7 @@ def cam_layers(
     method: str | Method = "refinecam",
     *,
     key: Array | None = None,
-    **options,
+    **options: Any,
 ) -> CamResult:
     """One map from several layers, for a method of kind ``"layers"`` (RefineCAM, LeGrad).
 
@@ -131,6 +131,22 @@ def cam_layers(
     be None for methods that do not need it). ``key`` and ``options`` as in :func:`cam`.
     Returns :func:`map_result` of the method's map L (B, *grid), on the grid the method
     chooses (see its entry's summary).
+
+    Args:
+        A: activations ``{layer: (B, *spatial_l, K_l)}``.
+        G: gradients of the same layers and shapes, or None for methods that do not need
+            them.
+        method: a registered method of kind ``"layers"``.
+        key: a PRNG key, for methods that need one.
+        **options: the method's keyword options.
+
+    Returns:
+        A :class:`~ifa_jax.cams.method.CamResult` of one map without channels: its CAM
+        (B, *grid) and contributions (B, *grid, 1).
+
+    Raises:
+        ValueError: a method of another kind, A or G not dicts, no layer, G's layers or
+            shapes differing from A's, a missing key, or an unknown option.
     """
     spec = get_method(method)
     if not isinstance(spec, LayersMethod):
@@ -274,7 +290,7 @@ def cams_per_layer(
     *,
     weights: Mapping[str, Array] | None = None,
     key: Array | None = None,
-    **options,
+    **options: Any,
 ) -> dict[str, CamResult]:
     """:func:`cam` for every layer of a multi-layer probe: ``{layer: CamResult}``.
 
@@ -282,6 +298,22 @@ def cams_per_layer(
     returns. ``mask`` and ``weights`` are dicts too (layers differ in K): ``{layer: (K_l,)
     or (B, K_l)}`` and ``{layer: (B, K_l)}``; a layer missing from them gets None. ``key``
     and ``options`` are passed to every layer. Combine the maps with :func:`fuse`.
+
+    Args:
+        A: activations ``{layer: (B, *spatial_l, K_l)}``.
+        G: gradients of the same layers, or None for methods that do not need them.
+        method: a registered method of kind ``"layer"``.
+        mask: ``{layer: (K_l,) or (B, K_l)}``, or None.
+        weights: ``{layer: (B, K_l)}``, or None.
+        key: a PRNG key, for methods that need one.
+        **options: the method's keyword options.
+
+    Returns:
+        ``{layer: CamResult}``, each CAM (B, *spatial_l) on its layer's grid.
+
+    Raises:
+        ValueError: A, G, mask or weights not dicts, G's layers differing from A's, or as
+            :func:`cam` raises for a layer.
     """
     for name, given in (("A", A), ("G", G), ("mask", mask), ("weights", weights)):
         if given is not None and not isinstance(given, Mapping):

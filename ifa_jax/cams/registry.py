@@ -178,7 +178,18 @@ def registered(method: Method, *, replace: bool = False) -> Iterator[Method]:
 
 def get_method(method: str | Method) -> Method:
     """The registered :class:`Method` for a name or alias (case, ``-`` and ``_`` ignored);
-    a :class:`MethodName` gives the entry it was resolved to, an entry itself."""
+    a :class:`MethodName` gives the entry it was resolved to, an entry itself.
+
+    Args:
+        method: a name or alias (any case; ``-`` and ``_`` ignored), a
+            :class:`MethodName` or an entry.
+
+    Returns:
+        The registered :class:`~ifa_jax.cams.method.Method`.
+
+    Raises:
+        ValueError: an unknown name (listing the known ones).
+    """
     if isinstance(method, Method):
         return method
     if isinstance(method, MethodName):

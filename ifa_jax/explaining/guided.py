@@ -393,6 +393,19 @@ def guided_backprop(
     callable logits (B, O) -> score (B,). score: ``'logit'`` or ``'probability'``.
     Compiled once per ``forward`` object and input shape (pass the same ``forward`` to
     reuse it); traceable, so it may also be called under ``jit``, ``vmap`` or ``grad``.
+
+    Args:
+        forward: ``x -> logits (B, O)``.
+        x: inputs (B, *spatial_in, C), floating.
+        target: ``'predicted'``, an int, an int array (B,) or a callable
+            ``logits (B, O) -> (B,)``.
+        score: ``'logit'`` or ``'probability'``.
+
+    Returns:
+        The guided saliency (B, *spatial_in, C).
+
+    Raises:
+        ValueError: x is not floating, or an invalid target or score.
     """
     return _guided_saliency(_Unary(forward), None, x, target, score)
 

@@ -150,7 +150,19 @@ def select_output(out: Any, output: Output = None) -> Array:
 
 def target_scores(logits: Array, target: Array, score: str = "logit") -> Array:
     """y_c per sample: logits (B, O), target (B,) int -> (B,). A target outside [0, O)
-    scores 0 (zero gradient; reported under ``checkify``): :func:`ifa_jax._checks.take_target`."""
+    scores 0 (zero gradient; reported under ``checkify``): :func:`ifa_jax._checks.take_target`.
+
+    Args:
+        logits: the model's outputs (B, O).
+        target: output indices (B,) int.
+        score: ``'logit'`` or ``'probability'`` (softmax first).
+
+    Returns:
+        The scores y_c (B,).
+
+    Raises:
+        ValueError: an unknown ``score``.
+    """
     one_of("score", score, SCORES)
     if score == "probability":
         logits = jax.nn.softmax(logits, axis=-1)

@@ -139,6 +139,16 @@ def tokens_to_grid(prefix: int = 1, grid: Sequence[int] | None = None) -> TokenG
     prefix: leading tokens to drop (1 for a class token; add register tokens). grid: the
     patch grid, 1-3 axes (``(h, w)``; None infers a square). Channels stay last. Pass it
     as ``linen_probe(model, layer, reshape=tokens_to_grid())``.
+
+    Args:
+        prefix: leading tokens to drop, >= 0.
+        grid: the patch grid's sizes (1-3 axes), or None for a square grid.
+
+    Returns:
+        A :class:`TokenGrid`, mapping tokens (B, N, D) to a grid (B, *grid, D).
+
+    Raises:
+        ValueError: a negative prefix or a grid that is not 1-3 positive sizes.
     """
     return TokenGrid(*_checked(prefix, grid))
 
@@ -150,6 +160,17 @@ def attention_to_grid(prefix: int = 1, grid: Sequence[int] | None = None) -> Att
 
     prefix and grid as in :func:`tokens_to_grid`. Pass it as ``linen_probe(model,
     "block2/attn/probs", reshape=attention_to_grid())`` (LeGrad: :mod:`ifa_jax.probes.legrad`).
+
+    Args:
+        prefix: leading keys to drop, >= 0.
+        grid: the patch grid's sizes (1-3 axes), or None for a square grid.
+
+    Returns:
+        An :class:`AttentionGrid`, mapping probabilities (B, H, Q, N) to a grid
+        (B, *grid, H * Q).
+
+    Raises:
+        ValueError: a negative prefix or a grid that is not 1-3 positive sizes.
     """
     return AttentionGrid(*_checked(prefix, grid))
 
