@@ -159,7 +159,15 @@ def _overall_mean(count: Array, mean: Array) -> Array:
 
 
 def from_batch(batch: BatchStats, num_classes: int) -> Stats:
-    """The state of one batch alone (pure, jit-able)."""
+    """The state of one batch alone (pure, jit-able).
+
+    Args:
+        batch: one batch's :class:`BatchStats`.
+        num_classes: the number of classes C.
+
+    Returns:
+        A :class:`Stats` of the batch's counted samples, to :func:`merge` with others.
+    """
     s = batch.importance.astype(jnp.float32)
     w = batch.counted.astype(jnp.float32)
     onehot = jax.nn.one_hot(batch.label, num_classes, dtype=jnp.float32) * w[:, None]  # (B, C)

@@ -151,7 +151,17 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
 
 
 def unregister_method(method: str | Method) -> Method:
-    """Remove a method (a name, an alias or its entry) and its aliases; returns the entry."""
+    """Remove a method (a name, an alias or its entry) and its aliases; returns the entry.
+
+    Args:
+        method: a name, an alias or the registered entry.
+
+    Returns:
+        The removed :class:`~ifa_jax.cams.method.Method`.
+
+    Raises:
+        ValueError: an unknown method, or an entry that is not the registered one.
+    """
     spec = get_method(method)
     if REGISTRY.get(spec.name) is not spec:
         raise ValueError(f"CAM method {spec.name!r}: this entry is not the registered one")

@@ -332,7 +332,7 @@ def fullgrad_map(
 
 def fullgrad(
     probe: LayerProbe,
-    variables,
+    variables: Any,
     x: Array,
     target: Target = "predicted",
     *,
@@ -347,6 +347,21 @@ def fullgrad(
     are found anew: every Conv and BatchNorm with a bias), or another probe tapping the
     biased ``layers``. target and score as in :func:`ifa_jax.explain`; the same as
     ``explain(probe, variables, x, target, "fullgrad", layers=..., minmax=...)``.
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
+        variables: the variables the probe is called with.
+        x: inputs (B, *spatial_in, C).
+        target: an int, an int array (B,), ``'predicted'`` or a callable
+            ``logits (B, O) -> (B,)``.
+        score: ``'logit'`` or ``'probability'``.
+        layers: the biased layers to sum over, or None (every Conv and BatchNorm with a bias
+            of a Linen model).
+        minmax: whether to scale each map to [0, 1].
+
+    Returns:
+        An :class:`~ifa_jax.explaining.explainer.Explanation` whose CAM result holds the
+        maps (B, *spatial_in) at input resolution (K = 1).
     """
     return explain(
         probe,

@@ -103,7 +103,19 @@ def _output_hint(out: Any) -> str:
 def select_output(out: Any, output: Output = None) -> Array:
     """The logits (B, O) (or (B,)) in a model's output ``out``: ``out`` itself
     (``output=None``), ``out[output]`` (an int index or a key; a str also reads a
-    field of a NamedTuple or dataclass), or ``output(out)`` (a callable)."""
+    field of a NamedTuple or dataclass), or ``output(out)`` (a callable).
+
+    Args:
+        out: the model's output: an array, a tuple, a dict, a NamedTuple or a dataclass.
+        output: None, an int index, a key or field name, or a callable ``out -> logits``.
+
+    Returns:
+        The logits (B, O) or (B,).
+
+    Raises:
+        ValueError: ``output`` indexes an array, or names nothing in ``out`` (listing
+            what is there), or the picked value is not logits (B, O) or (B,).
+    """
     if output is None:
         picked = out
     elif callable(output):

@@ -101,7 +101,7 @@ def legrad_probe(
     attention: str = "attn/probs",
     prefix: int = 1,
     grid: Sequence[int] | None = None,
-    **apply_kwargs,
+    **apply_kwargs: Any,
 ) -> LayerProbe:
     """A probe of the attention probabilities of ``blocks``, with LeGrad's layer-specific
     gradients ``d s^l_c / d P^l`` (see the module doc).
@@ -120,6 +120,27 @@ def legrad_probe(
     so ``target="predicted"`` is the model's prediction; its gradients are those of the
     layer scores for ``score="logit"`` (LeGrad's); ``score="probability"`` or a callable
     target chains their derivative at the model's logits instead.
+
+    Args:
+        model: the Linen transformer.
+        blocks: a block's name or path, or several.
+        output: where the logits are in the model's output, as for
+            :func:`~ifa_jax.probes.linen_probe`.
+        projection: ``projection(variables, tokens (B, N, D)) -> logits (B, O)``, or None
+            (:func:`vit_projection`).
+        attention: the path, under each block, of the module that outputs the attention
+            probabilities.
+        prefix: leading keys (class and register tokens) to drop from the grid.
+        grid: the patch grid's sizes, or None for a square grid.
+        **apply_kwargs: keyword arguments of ``model.apply``.
+
+    Returns:
+        A :class:`~ifa_jax.probes.LayerProbe` of the blocks' attention probabilities,
+        read as grids (B, *grid, heads * queries).
+
+    Raises:
+        ValueError: no block, an invalid prefix or grid, or a projection that is not
+            callable.
     """
     names = _block_names(blocks)
     reshape = attention_to_grid(prefix, grid)  # checks prefix and grid now
