@@ -476,7 +476,7 @@ def explain_smoothed(
 
 def aug_smooth(
     probe: LayerProbe,
-    variables,
+    variables: Any,
     x: Array,
     target: Target = "predicted",
     method: str = "gradcam",
@@ -487,6 +487,23 @@ def aug_smooth(
     """Test-time augmentation smoothing: :func:`explain_smoothed` with ``smooth=("aug",)``.
 
     Every method; ``kwargs`` as in explain_smoothed (mask, score, layer, key, options).
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
+        variables: the variables the probe is called with.
+        x: inputs (B, *spatial_in, C).
+        target: an int, an int array (B,), ``'predicted'`` or a callable
+            ``logits (B, O) -> (B,)``.
+        method: a registered method of kind ``"layer"``.
+        augmentations: the augmentations to average over (:func:`augmentation_table`).
+        **kwargs: :func:`explain_smoothed`'s other keywords.
+
+    Returns:
+        An :class:`~ifa_jax.explaining.explainer.Explanation`, the averaged CAM
+        (B, *spatial) on the layer's grid.
+
+    Raises:
+        ValueError: as :func:`explain_smoothed` raises.
     """
     return explain_smoothed(
         probe, variables, x, target, method, smooth=("aug",), augmentations=augmentations, **kwargs
@@ -495,7 +512,7 @@ def aug_smooth(
 
 def smoothgrad(
     probe: LayerProbe,
-    variables,
+    variables: Any,
     x: Array,
     target: Target = "predicted",
     method: str = "gradcam",
@@ -509,6 +526,25 @@ def smoothgrad(
 
     G averaged over ``samples`` copies x + N(0, (noise * range)^2), A of x itself; ``key``
     (keyword-only) draws the noise. ``kwargs`` as in explain_smoothed.
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
+        variables: the variables the probe is called with.
+        x: inputs (B, *spatial_in, C).
+        target: an int, an int array (B,), ``'predicted'`` or a callable
+            ``logits (B, O) -> (B,)``.
+        method: a registered method of kind ``"layer"``.
+        key: the PRNG key of the noise.
+        samples: noisy copies per input.
+        noise: the noise's std as a share of each sample's value range.
+        **kwargs: :func:`explain_smoothed`'s other keywords.
+
+    Returns:
+        An :class:`~ifa_jax.explaining.explainer.Explanation`, the CAM (B, *spatial) from
+        the averaged gradients.
+
+    Raises:
+        ValueError: as :func:`explain_smoothed` raises.
     """
     return explain_smoothed(
         probe,
