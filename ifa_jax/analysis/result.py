@@ -6,10 +6,9 @@ Examples:
     >>> import numpy as np
     >>> import jax.numpy as jnp
     >>> from ifa_jax import analysis
-    >>> state = analysis.init(num_classes=1, num_channels=2, spatial=(2, 2))
-    >>> state = analysis.update(state, analysis.BatchStats(
+    >>> state = analysis.from_batch(analysis.BatchStats(
     ...     jnp.ones((4, 2)), jnp.ones((4, 2, 2)), jnp.zeros(4, int), jnp.ones(4, bool),
-    ...     jnp.ones(4, bool)))
+    ...     jnp.ones(4, bool)), num_classes=1)
     >>> samples = {"cam_max": np.array([1.0, 2.0, 3.0, 4.0])}
     >>> result = analysis.Analysis(state, analysis.finalize(state), samples)
     >>> result.percentiles("cam_max", (25, 50, 100))

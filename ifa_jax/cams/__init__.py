@@ -29,10 +29,10 @@ The package, bottom up:
 Examples:
     GradCAM from activations and gradients of a (2, 4, 4) grid of 3 channels:
 
-    >>> import jax
+    >>> import jax, jax.numpy as jnp
     >>> from ifa_jax import cams
-    >>> A = jax.random.uniform(jax.random.key(0), (2, 4, 4, 3))      # (B, H, W, K)
-    >>> G = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+    >>> A = jnp.arange(96.0).reshape(2, 4, 4, 3) % 5             # (B, H, W, K)
+    >>> G = jnp.cos(jnp.arange(96.0)).reshape(2, 4, 4, 3)
     >>> result = cams.cam(A, G, "gradcam")
     >>> result.contributions.shape, result.cam.shape, result.importance.shape, result.max.shape
     ((2, 4, 4, 3), (2, 4, 4), (2, 3), (2,))

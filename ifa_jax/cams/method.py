@@ -21,10 +21,10 @@ type of ``kind`` (``"layer"`` by default), as before the kinds had types.
 Examples:
     A method of one layer, ``M = relu(G) * A``, registered for the block:
 
-    >>> import jax
+    >>> import jax, jax.numpy as jnp
     >>> from ifa_jax import cams
-    >>> A = jax.random.uniform(jax.random.key(0), (2, 4, 4, 3))      # (B, H, W, K)
-    >>> G = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+    >>> A = jnp.arange(96.0).reshape(2, 4, 4, 3) % 5             # (B, H, W, K)
+    >>> G = jnp.cos(jnp.arange(96.0)).reshape(2, 4, 4, 3)
     >>> def posgrad(inputs):
     ...     return jax.nn.relu(inputs.gradients) * inputs.activations
     >>> method = cams.LayerMethod("posgrad", posgrad, needs=frozenset({"gradients"}),
