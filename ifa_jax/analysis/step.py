@@ -105,6 +105,31 @@ def batch_stats(
     ``fold_in(key, index[n])`` (index (B,) int, default ``arange(B)``), exactly as
     ``explain(x[n:n+1], key=fold_in(key, index[n]))``, so its draws do not depend on the
     batch it sits in.
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe` (one layer).
+        variables: the variables the probe is called with.
+        x: inputs (B, *spatial_in, C).
+        y: labels (B,) int.
+        valid: (B,) bool, False for padding rows.
+        method: one CAM method of kind ``"layer"``, or a tuple of them.
+        target: what to explain (see above).
+        score: ``'logit'`` or ``'probability'``.
+        count: ``'correct'`` or ``'all'``.
+        chunk_size: channels per model call of the forward methods.
+        keep_importance: whether :class:`PerSample` keeps the importances (B, K).
+        options: the methods' hashable options (see above).
+        array_options: the methods' array options (see above), or None.
+        key: a PRNG key, for methods that draw random numbers.
+        index: the samples' indices in the pass (B,) int, or None.
+
+    Returns:
+        ``(BatchStats, PerSample)`` for one method: importances (B, K), CAMs
+        (B, *spatial), labels, counted and valid (B,), and the per-sample values (B,); a
+        tuple of such pairs for a tuple of methods.
+
+    Raises:
+        ValueError: the probe taps several layers.
     """
     methods = (method,) if isinstance(method, str) else tuple(method)
     static = dict(options)
