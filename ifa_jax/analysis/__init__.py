@@ -12,6 +12,34 @@ contribution at one layer. The pieces, each usable alone:
   (:func:`quantile_bins`);
 * :mod:`~ifa_jax.analysis.driver`: :func:`analyze` (one method -> :class:`Analysis`) and
   :func:`analyze_methods` (several from one probe call -> ``{method: Analysis}``).
+
+Examples:
+    One pass of GradCAM over two batches of 3 samples of 3 classes (random weights,
+    so every sample is counted, ``count='all'``):
+
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (6, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> import numpy as np
+    >>> from ifa_jax import analysis
+    >>> y = np.array([0, 1, 2, 0, 1, 2])
+    >>> batches = [(np.asarray(x[:3]), y[:3]), (np.asarray(x[3:]), y[3:])]
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> result = analysis.analyze(probe, variables, batches, num_classes=3, method="gradcam",
+    ...                           count="all", progress=False)
+    >>> s = result.summary
+    >>> s.im_class.shape, s.covariance.shape, s.cam_mean.shape, s.class_counts.tolist()
+    ((3, 4), (4, 4), (3, 8, 8), [2.0, 2.0, 2.0])
+    >>> result.samples["cam_max"].shape
+    (6,)
 """
 
 from ifa_jax._checks import IntegerInputWarning as IntegerInputWarning

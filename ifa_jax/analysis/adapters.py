@@ -5,6 +5,22 @@ Batches are tuples ``(x, y[, valid])``, :class:`ifa_jax.inputs.Batch` es or dict
 (``keys=``); :func:`record_batches` turns a random-access source of single records
 (``tfds.data_source``, a grain ``MapDataset``, a list of dicts) into such batches. A float
 target (regression) is analysed per bin of its value (``bins=``, e.g. :func:`quantile_bins`).
+
+Examples:
+    Bins of a float target at its quartiles, and batches of single records (the
+    last one padded):
+
+    >>> import numpy as np
+    >>> from ifa_jax import analysis
+    >>> analysis.quantile_bins(np.arange(9.0), 4).tolist()
+    [0.0, 2.0, 4.0, 6.0, 8.0]
+    >>> records = [{"image": np.zeros((8, 8), np.uint8), "label": i % 3} for i in range(5)]
+    >>> batches = analysis.record_batches(records, 2)
+    >>> len(batches)
+    3
+    >>> x, y, mask = list(batches)[-1]
+    >>> x.shape, x.dtype, y.tolist(), mask.tolist()
+    ((2, 8, 8, 1), dtype('float32'), [1, 0], [True, False])
 """
 
 from __future__ import annotations
@@ -160,6 +176,24 @@ def record_batches(
     batch has ``batch_size`` rows and the step compiles once. ``shard_index`` /
     ``shard_count`` (default: this process of ``jax.process_count()``) cut every global
     batch of ``batch_size * shard_count`` records as :func:`ifa_jax.inputs.batches` does.
+
+    Args:
+        source: the records, with ``len(source)`` and ``source[i]``.
+        batch_size: records per batch (per process).
+        keys: the image and label keys of dict records.
+        spatial_ndim: the images' number of spatial axes, or None (as
+            :func:`ifa_jax.inputs.as_images` infers it).
+        drop_remainder: whether to drop the last short batch instead of padding it.
+        shard_index: this process's shard, or None.
+        shard_count: the number of shards, or None.
+
+    Returns:
+        A sized, re-iterable :class:`RecordBatches` of ``Batch(x (B, *spatial, C) float32,
+        y (B,), mask (B,))``.
+
+    Raises:
+        ValueError: ``source`` has no ``len`` and indexing (or is a dict), or
+            ``batch_size`` is not a positive int, or the keys or shards are invalid.
     """
     if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
         raise ValueError(
@@ -195,7 +229,21 @@ def quantile_bins(values: ArrayLike, n: int) -> np.ndarray:
     """Edges (n + 1,) float64 at the quantiles 0, 1/n, ..., 1 of ``values``, a sample of
     float targets (e.g. the training targets): ``analyze(..., bins=quantile_bins(y, 4))``
     then puts about a quarter of that sample in each bin. Tied quantiles (targets with few
-    distinct values) are merged, with a warning, so fewer than n bins may come back."""
+    distinct values) are merged, with a warning, so fewer than n bins may come back.
+
+    Args:
+        values: a sample of the float targets, finite.
+        n: the number of bins wanted, >= 1.
+
+    Returns:
+        The edges (n + 1,) float64 (fewer with tied quantiles).
+
+    Raises:
+        ValueError: n is not a positive int, or values is empty, non-finite or constant.
+
+    Warns:
+        UserWarning: tied quantiles were merged (fewer than n bins).
+    """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n (the number of bins) must be a positive int; got {n!r}")
     v = np.asarray(values, np.float64).ravel()

@@ -5,6 +5,32 @@ checked once (:mod:`~ifa_jax.analysis.options`), each batch adapted
 :func:`~ifa_jax.analysis.step.pass_step` (which merges each batch into the state),
 per-sample values fetched per chunk (``ifa_jax.analysis._fetch``) and
 :func:`~ifa_jax.analysis.state.finalize`.
+
+Examples:
+    Two methods from one probe call per batch:
+
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (6, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> import numpy as np
+    >>> from ifa_jax import analysis
+    >>> y = np.array([0, 1, 2, 0, 1, 2])
+    >>> batches = [(np.asarray(x[:3]), y[:3]), (np.asarray(x[3:]), y[3:])]
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> results = analysis.analyze_methods(probe, variables, batches, num_classes=3,
+    ...     methods=("gradcam", "hirescam"), count="all", progress=False)
+    >>> sorted(results)
+    ['gradcam', 'hirescam']
+    >>> results["hirescam"].summary.im_all.shape, results["gradcam"].summary.seen
+    ((4,), 6)
 """
 
 from __future__ import annotations
@@ -140,6 +166,47 @@ def analyze(
     and their per-sample values (with ``keep_importance``, 32 x B x K floats per method).
     The non-finite check runs as a chunk is read, so its error (naming the batch and the
     layer) may come up to two chunks after the bad batch, or at the end of the pass.
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe` (one layer).
+        variables: the variables the probe is called with.
+        batches: an iterable of batches (tuples, Batches or dicts; see above).
+        method: one CAM method of kind ``"layer"``.
+        num_classes: the number of classes C; required unless ``bins`` is given (then
+            the number of bins).
+        target: ``'label'``, ``'predicted'``, an int or a callable ``logits -> (B,)``.
+        score: ``'logit'`` or ``'probability'``.
+        count: ``'correct'`` or ``'all'`` (None: ``'correct'``, ``'all'`` with ``bins``).
+        chunk_size: channels per model call of the forward methods.
+        sharding: where each batch is placed, or None.
+        progress: whether to show a progress bar.
+        total: the number of batches for the progress bar, or None.
+        keep_importance: whether to keep every sample's importances (N, K).
+        batch_size: the padded batch size, or None (the first batch's).
+        keys: the image and label keys of dict batches (and maybe the mask's).
+        bins: C + 1 increasing edges to bin float targets, or None.
+        mesh: a :class:`jax.sharding.Mesh` or a device count, or None.
+        compute_dtype: the dtype to run the model in, or None.
+        method_options: ``{method: {option: value}}`` over the defaults, or None.
+        key: a PRNG key, for methods that draw random numbers.
+
+    Returns:
+        An :class:`~ifa_jax.analysis.result.Analysis`: the final state, its summary (C
+        classes, K channels: ``im_class`` (C, K), ``covariance`` (K, K), ``cam_mean``
+        (C, *spatial), ...) and the per-sample values (N,) of the valid samples.
+
+    Raises:
+        TypeError: ``method`` is not one name.
+        ValueError: an invalid option, a method of another kind, labels outside
+            [0, num_classes), non-finite activations or gradients (naming the batch), or a
+            record source given as batches.
+        NothingCountedError: no sample was counted.
+
+    Warns:
+        MissingClassesWarning: some classes have no counted sample.
+        ZeroGradientWarning: no sample's gradient reaches the layer's grid (or one cell
+            of it), for the methods that read G.
+        IntegerInputWarning: integer inputs of rank >= 3.
     """
     if not isinstance(method, str):
         raise TypeError(
@@ -199,7 +266,38 @@ def analyze_methods(
     canonical method name, in the order given. Every method's statistics come from the
     same single probe call per batch (one forward + one vjp), so four methods cost one
     model pass, not four; the per-sample values every method shares (label, score, ...)
-    come to the host once. The other arguments are :func:`analyze`'s."""
+    come to the host once. The other arguments are :func:`analyze`'s.
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe` (one layer).
+        variables: the variables the probe is called with.
+        batches: an iterable of batches, as for :func:`analyze`.
+        methods: a tuple of CAM methods of kind ``"layer"``.
+        num_classes: as for :func:`analyze`.
+        target: as for :func:`analyze`.
+        score: as for :func:`analyze`.
+        count: as for :func:`analyze`.
+        chunk_size: as for :func:`analyze`.
+        sharding: as for :func:`analyze`.
+        progress: as for :func:`analyze`.
+        total: as for :func:`analyze`.
+        keep_importance: as for :func:`analyze`.
+        batch_size: as for :func:`analyze`.
+        keys: as for :func:`analyze`.
+        bins: as for :func:`analyze`.
+        mesh: as for :func:`analyze`.
+        compute_dtype: as for :func:`analyze`.
+        method_options: as for :func:`analyze`.
+        key: as for :func:`analyze`.
+
+    Returns:
+        ``{method: Analysis}``, keyed by canonical name in the order given.
+
+    Raises:
+        TypeError: ``methods`` is one name (a str).
+        ValueError: as :func:`analyze` raises.
+        NothingCountedError: no sample was counted.
+    """
     if isinstance(methods, str):
         raise TypeError(
             f"methods={methods!r} is one name; pass a tuple of methods, e.g. "

@@ -1,4 +1,15 @@
-"""The options of an analysis pass, checked once before it starts: :class:`PassOptions`."""
+"""The options of an analysis pass, checked once before it starts: :class:`PassOptions`.
+
+Examples:
+    The analysis takes methods of one layer only:
+
+    >>> from ifa_jax import analysis
+    >>> analysis.check_layer_methods(["gradcam", "scorecam"])      # fine: nothing returned
+    >>> analysis.check_layer_methods(["refinecam"])
+    Traceback (most recent call last):
+        ...
+    ValueError: refinecam is a method of kind 'layers': it maps several layers to one map ...
+"""
 
 from __future__ import annotations
 

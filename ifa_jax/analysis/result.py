@@ -1,4 +1,19 @@
-"""The result of an analysis pass: state, summary and per-sample values."""
+"""The result of an analysis pass: state, summary and per-sample values.
+
+Examples:
+    Percentiles of a per-sample value, keyed by the percentile each is:
+
+    >>> import numpy as np
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax import analysis
+    >>> state = analysis.from_batch(analysis.BatchStats(
+    ...     jnp.ones((4, 2)), jnp.ones((4, 2, 2)), jnp.zeros(4, int), jnp.ones(4, bool),
+    ...     jnp.ones(4, bool)), num_classes=1)
+    >>> samples = {"cam_max": np.array([1.0, 2.0, 3.0, 4.0])}
+    >>> result = analysis.Analysis(state, analysis.finalize(state), samples)
+    >>> result.percentiles("cam_max", (25, 50, 100))
+    {25: 1.75, 50: 2.5, 100: 4.0}
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,31 @@ Per class c, over *counted* samples: the count, the mean channel importance (IM_
 the sum of squared deviations (Chan et al.'s parallel algorithm, so merging is exact and
 stable), and the mean raw CAM on the grid. Over all counted samples: the channel
 co-moment (K x K), from which the covariance follows.
+
+Examples:
+    The statistics of three samples of 2 classes, 3 channels, on a 2 x 2 grid, and
+    the same from two partial states merged:
+
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax import analysis
+    >>> def batch(s, label):
+    ...     n = len(label)
+    ...     return analysis.BatchStats(jnp.array(s), jnp.ones((n, 2, 2)), jnp.array(label),
+    ...                                jnp.ones(n, bool), jnp.ones(n, bool))
+    >>> first = batch([[1.0, 0.0, 2.0]], [0])
+    >>> second = batch([[3.0, 1.0, 0.0], [2.0, 2.0, 2.0]], [1, 1])
+    >>> state = analysis.init(num_classes=2, num_channels=3, spatial=(2, 2))
+    >>> state = analysis.update(analysis.update(state, first), second)
+    >>> summary = analysis.finalize(state)
+    >>> summary.class_counts.tolist(), summary.seen
+    ([1.0, 2.0], 3)
+    >>> summary.im_class.tolist()
+    [[1.0, 0.0, 2.0], [2.5, 1.5, 1.0]]
+    >>> summary.im_all.round(4).tolist()
+    [2.0, 1.0, 1.3333]
+    >>> merged = analysis.merge(analysis.from_batch(first, 2), analysis.from_batch(second, 2))
+    >>> bool(jnp.allclose(merged.comoment, state.comoment))
+    True
 """
 
 from __future__ import annotations
@@ -96,7 +121,20 @@ class Summary(NamedTuple):
 
 
 def init(num_classes: int, num_channels: int, spatial: tuple[int, ...]) -> Stats:
-    """An empty state."""
+    """An empty state.
+
+    Args:
+        num_classes: the number of classes C.
+        num_channels: the number of channels K.
+        spatial: the CAM's grid (*spatial).
+
+    Returns:
+        A :class:`Stats` of zeros: counts (C,), means and spreads (C, K), comoment (K, K),
+        mean CAMs (C, *spatial).
+
+    Raises:
+        ValueError: ``num_classes`` or ``num_channels`` < 1.
+    """
     if num_classes < 1 or num_channels < 1:
         raise ValueError(
             f"need num_classes >= 1 and num_channels >= 1; got {num_classes}, {num_channels}"
@@ -121,7 +159,15 @@ def _overall_mean(count: Array, mean: Array) -> Array:
 
 
 def from_batch(batch: BatchStats, num_classes: int) -> Stats:
-    """The state of one batch alone (pure, jit-able)."""
+    """The state of one batch alone (pure, jit-able).
+
+    Args:
+        batch: one batch's :class:`BatchStats`.
+        num_classes: the number of classes C.
+
+    Returns:
+        A :class:`Stats` of the batch's counted samples, to :func:`merge` with others.
+    """
     s = batch.importance.astype(jnp.float32)
     w = batch.counted.astype(jnp.float32)
     onehot = jax.nn.one_hot(batch.label, num_classes, dtype=jnp.float32) * w[:, None]  # (B, C)
@@ -159,6 +205,16 @@ def merge(a: Stats, b: Stats) -> Stats:
     """Combine two partial states exactly (Chan et al. 1979). Associative, pure, jit-able.
 
     Both states must have the same classes C, channels K and grid (else ValueError).
+
+    Args:
+        a: one partial state.
+        b: another, of the same C, K and grid.
+
+    Returns:
+        The state of both parts' samples.
+
+    Raises:
+        ValueError: the states differ in C, K or grid.
     """
     _check_mergeable(a, b)
     count = a.count + b.count
@@ -175,7 +231,18 @@ def merge(a: Stats, b: Stats) -> Stats:
 
 
 def update(state: Stats, batch: BatchStats) -> Stats:
-    """state + one batch. Checks shapes eagerly, so a mismatch names the arrays."""
+    """state + one batch. Checks shapes eagerly, so a mismatch names the arrays.
+
+    Args:
+        state: the state so far.
+        batch: one batch's :class:`BatchStats`.
+
+    Returns:
+        The state with the batch's counted samples added.
+
+    Raises:
+        ValueError: the batch's K or grid differ from the state's.
+    """
     C, K = state.mean.shape
     if batch.importance.shape[-1] != K or batch.cam.shape[1:] != state.cam_mean.shape[1:]:
         raise ValueError(
@@ -189,7 +256,22 @@ def update(state: Stats, batch: BatchStats) -> Stats:
 def finalize(state: Stats) -> Summary:
     """Importance matrices, spreads and covariance from a state. Warns
     (:class:`MissingClassesWarning`, naming them) when some classes have no counted
-    sample: their rows are NaN and ``present`` is False for them."""
+    sample: their rows are NaN and ``present`` is False for them.
+
+    Args:
+        state: the state after the pass.
+
+    Returns:
+        A :class:`Summary` (NumPy): ``im_all`` (K,), ``im_class``, ``im_diff``, ``im_var``
+        (C, K), ``covariance`` (K, K), ``cam_mean`` (C, *spatial), ``class_counts`` and
+        ``present`` (C,), ``seen``.
+
+    Raises:
+        NothingCountedError: no sample was counted.
+
+    Warns:
+        MissingClassesWarning: some classes have no counted sample (their rows are NaN).
+    """
     count = np.asarray(state.count, np.float64)
     total = count.sum()
     if total == 0:

@@ -2,6 +2,30 @@
 state (:mod:`ifa_jax.analysis.state`), all in one jitted call (one forward + one vjp for
 every method). Per-sample scalars (CAM max/min, score, label, prediction) are small and
 returned by the step for the host to keep.
+
+Examples:
+    The statistics' inputs of one batch, with the per-sample values:
+
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax import analysis
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> y, valid = jnp.array([0, 2]), jnp.array([True, False])       # the second is padding
+    >>> stats, per_sample = analysis.batch_stats(probe, variables, x, y, valid, count="all")
+    >>> stats.importance.shape, stats.cam.shape
+    ((2, 4), (2, 8, 8))
+    >>> stats.counted.tolist(), per_sample.label.tolist()
+    ([True, False], [0, 2])
 """
 
 from __future__ import annotations
@@ -81,6 +105,31 @@ def batch_stats(
     ``fold_in(key, index[n])`` (index (B,) int, default ``arange(B)``), exactly as
     ``explain(x[n:n+1], key=fold_in(key, index[n]))``, so its draws do not depend on the
     batch it sits in.
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe` (one layer).
+        variables: the variables the probe is called with.
+        x: inputs (B, *spatial_in, C).
+        y: labels (B,) int.
+        valid: (B,) bool, False for padding rows.
+        method: one CAM method of kind ``"layer"``, or a tuple of them.
+        target: what to explain (see above).
+        score: ``'logit'`` or ``'probability'``.
+        count: ``'correct'`` or ``'all'``.
+        chunk_size: channels per model call of the forward methods.
+        keep_importance: whether :class:`PerSample` keeps the importances (B, K).
+        options: the methods' hashable options (see above).
+        array_options: the methods' array options (see above), or None.
+        key: a PRNG key, for methods that draw random numbers.
+        index: the samples' indices in the pass (B,) int, or None.
+
+    Returns:
+        ``(BatchStats, PerSample)`` for one method: importances (B, K), CAMs
+        (B, *spatial), labels, counted and valid (B,), and the per-sample values (B,); a
+        tuple of such pairs for a tuple of methods.
+
+    Raises:
+        ValueError: the probe taps several layers.
     """
     methods = (method,) if isinstance(method, str) else tuple(method)
     static = dict(options)

@@ -25,6 +25,19 @@ The package, bottom up:
   :func:`fuse`, :func:`upsample`).
 * :mod:`~ifa_jax.cams.builtin`: the table of the 25 built-in methods, all registered
   when this package is imported.
+
+Examples:
+    GradCAM from activations and gradients of a (2, 4, 4) grid of 3 channels:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from ifa_jax import cams
+    >>> A = jnp.arange(96.0).reshape(2, 4, 4, 3) % 5             # (B, H, W, K)
+    >>> G = jnp.cos(jnp.arange(96.0)).reshape(2, 4, 4, 3)
+    >>> result = cams.cam(A, G, "gradcam")
+    >>> result.contributions.shape, result.cam.shape, result.importance.shape, result.max.shape
+    ((2, 4, 4, 3), (2, 4, 4), (2, 3), (2,))
+    >>> cams.upsample(result.cam, (8, 8)).shape
+    (2, 8, 8)
 """
 
 from ifa_jax.cams import builtin

@@ -2,6 +2,17 @@
 
 Each is ``fn(inputs: CamInputs, /, **options) -> M (B, *spatial, K)``; the eigen and
 kernel-PCA methods are in :mod:`ifa_jax.cams.eigen`.
+
+Examples:
+    FEM from the activations alone, and the random baseline from a key:
+
+    >>> import jax
+    >>> from ifa_jax import cams
+    >>> A = jax.random.uniform(jax.random.key(0), (2, 4, 4, 3))
+    >>> cams.cam(A, None, "fem").cam.shape
+    (2, 4, 4)
+    >>> cams.cam(A, None, "randomcam", key=jax.random.key(1)).importance.shape
+    (2, 3)
 """
 
 from __future__ import annotations

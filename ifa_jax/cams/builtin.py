@@ -5,6 +5,17 @@ Methods of kind ``"input"`` run the whole model and live in a higher layer
 (:mod:`ifa_jax.explaining`); their entries name their function by module path
 (:class:`FunctionAt`), imported on first use, so this table imports nothing above cams.
 Adding a built-in method is one entry here (and its reference in tests/reference.py).
+
+Examples:
+    The table holds 25 methods; a few run the whole model (kind ``'input'``):
+
+    >>> from ifa_jax.cams.builtin import BUILTIN_METHODS
+    >>> len(BUILTIN_METHODS)
+    25
+    >>> [m.name for m in BUILTIN_METHODS if m.kind == "input"]
+    ['fullgrad', 'sess']
+    >>> [m.name for m in BUILTIN_METHODS if m.kind == "layers"]
+    ['refinecam', 'legradlayers']
 """
 
 from __future__ import annotations

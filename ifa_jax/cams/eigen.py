@@ -1,6 +1,20 @@
 """Eigen methods: the first principal component of A (or G A) per sample, and kernel PCA.
 
 Each is ``fn(inputs: CamInputs, /, **options) -> M (B, *spatial, K)``.
+
+Examples:
+    EigenCAM of activations whose channels are one map times three factors: the
+    first component gives that map back, up to scale:
+
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax import cams
+    >>> u = jnp.array([[0.0, 1.0], [2.0, 3.0]])
+    >>> A = (u[..., None] * jnp.array([1.0, 2.0, 2.0]))[None]    # (1, 2, 2, 3), rank one
+    >>> L = cams.cam(A, None, "eigencam").cam
+    >>> [round(v, 4) for v in (L / L.max()).ravel().tolist()]
+    [0.0, 0.3333, 0.6667, 1.0]
+    >>> sorted(cams.KPCA_KERNELS)
+    ['cosine', 'linear', 'poly', 'rbf', 'sigmoid']
 """
 
 from __future__ import annotations

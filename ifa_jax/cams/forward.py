@@ -7,6 +7,18 @@ channels with ``jax.lax.map`` so memory stays bounded; ShapleyCAM (a Hessian-vec
 product at the layer), FinerCAM (the gradient of a class contrast), SmoothGradCAM++
 (gradients at noisy inputs) through :func:`layer_gradient`; the classic CAM from the
 head's weights.
+
+Examples:
+    AblationCAM's weights with a score that sums the layer: zeroing channel k lowers
+    it by the sum of A_k:
+
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax import cams
+    >>> A = jnp.ones((1, 2, 2, 3)) * jnp.array([1.0, 2.0, 3.0])
+    >>> def ablated_score(delta):                 # the score with delta added to the layer
+    ...     return (A + delta).sum(axis=(1, 2, 3))
+    >>> cams.ablation_weights(A, ablated_score, ablated_score(jnp.zeros_like(A))).tolist()
+    [[4.0, 8.0, 12.0]]
 """
 
 from __future__ import annotations

@@ -2,6 +2,19 @@
 
 Each is ``fn(inputs: CamInputs, /, **options) -> M (B, *spatial, K)`` (a
 :class:`~ifa_jax.cams.method.LayerFn`); their entries are in :mod:`ifa_jax.cams.builtin`.
+
+Examples:
+    Two channels of ones with constant gradients 1 and 0.5: GradCAM weighs them so:
+
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax import cams
+    >>> A = jnp.ones((1, 2, 2, 2))
+    >>> G = jnp.ones((1, 2, 2, 2)) * jnp.array([1.0, 0.5])
+    >>> result = cams.cam(A, G, "gradcam")
+    >>> result.importance.tolist(), result.cam[0].tolist()
+    ([[4.0, 2.0]], [[1.5, 1.5], [1.5, 1.5]])
+    >>> cams.cam(A, G, "hirescam").importance.tolist()          # M = G * A
+    [[4.0, 2.0]]
 """
 
 from __future__ import annotations

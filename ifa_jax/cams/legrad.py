@@ -1,5 +1,15 @@
 """LeGrad (Bousselham et al. 2024): relu of the gradients at attention probabilities,
-averaged over channels, for one block (kind ``"layer"``) or several (kind ``"layers"``)."""
+averaged over channels, for one block (kind ``"layer"``) or several (kind ``"layers"``).
+
+Examples:
+    LeGrad's map is the channel mean of the rectified gradients:
+
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax.cams.legrad import legrad_map
+    >>> G = jnp.array([[[[-1.0, 3.0], [2.0, 2.0]]]])                # (1, 1, 2, K=2)
+    >>> legrad_map(G).tolist()
+    [[[1.5, 2.0]]]
+"""
 
 from __future__ import annotations
 

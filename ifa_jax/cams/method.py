@@ -17,6 +17,25 @@ defaults after the positional inputs (``def fn(inputs, /, *, eps=1e-6)``); the e
 
 ``Method`` is the base of the three; ``Method(name, fn, ..., kind=...)`` builds the entry
 type of ``kind`` (``"layer"`` by default), as before the kinds had types.
+
+Examples:
+    A method of one layer, ``M = relu(G) * A``, registered for the block:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from ifa_jax import cams
+    >>> A = jnp.arange(96.0).reshape(2, 4, 4, 3) % 5             # (B, H, W, K)
+    >>> G = jnp.cos(jnp.arange(96.0)).reshape(2, 4, 4, 3)
+    >>> def posgrad(inputs):
+    ...     return jax.nn.relu(inputs.gradients) * inputs.activations
+    >>> method = cams.LayerMethod("posgrad", posgrad, needs=frozenset({"gradients"}),
+    ...                           summary="M = relu(G) * A")
+    >>> method.kind, method.channelwise
+    ('layer', True)
+    >>> with cams.registered(method):
+    ...     print(cams.cam(A, G, "posgrad").cam.shape)
+    (2, 4, 4)
+    >>> "posgrad" in cams.METHODS
+    False
 """
 
 from __future__ import annotations

@@ -6,6 +6,21 @@ scale), the per-sample channel importances ``s_k = sum over the grid of m_k M_k`
 ``max(L)``, ``min(L)``; :func:`cam` is both. :func:`cam_layers` runs a method of several
 layers, :func:`cams_per_layer` a layer method on every layer of a probe, and
 :func:`fuse` combines maps of several layers on one grid (:func:`upsample`).
+
+Examples:
+    From contributions to a CAM, a channel mask, and two layers fused on one grid:
+
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax import cams
+    >>> M = jnp.ones((1, 2, 2, 3)) * jnp.array([1.0, -2.0, 0.5])
+    >>> result = cams.reduce(M)
+    >>> result.cam[0, 0, 0].item(), result.importance.tolist()
+    (-0.5, [[4.0, -8.0, 2.0]])
+    >>> cams.reduce(M, mask=jnp.array([1.0, 0.0, 1.0])).max.tolist()   # channel 1 masked
+    [1.5]
+    >>> L = {"fine": jnp.ones((1, 4, 4)), "coarse": 3 * jnp.ones((1, 2, 2))}
+    >>> cams.fuse(L, (8, 8)).shape, cams.fuse(L, (8, 8))[0, 0, 0].item()
+    ((1, 8, 8), 2.0)
 """
 
 from __future__ import annotations
@@ -32,7 +47,7 @@ def contributions(
     *,
     weights: Array | None = None,
     key: Array | None = None,
-    **options,
+    **options: Any,
 ) -> Array:
     """Per-channel contribution maps M (B, *spatial, K) of one CAM method.
 
@@ -41,6 +56,22 @@ def contributions(
     is the PRNG key of methods that need one (randomcam); others ignore it. ``options``
     are the method's keyword options (``eps`` of gradcam++ and xgradcam, ``k`` of fem,
     ``kernel`` and ``gamma`` of kpcacam; see ``REGISTRY[name].options``).
+
+    Args:
+        A: activations (B, *spatial, K), 1-3 spatial axes.
+        G: gradients of the same shape, or None for methods that do not need them.
+        method: a registered method of kind ``"layer"``: a name, an alias or its entry.
+        weights: per-channel weights (B, K), ``M_k = w_k * A_k``, or None.
+        key: a PRNG key, for methods that need one.
+        **options: the method's keyword options.
+
+    Returns:
+        The contribution maps M (B, *spatial, K).
+
+    Raises:
+        ValueError: an unknown method or option, a method of another kind, weights of
+            another shape than (B, K), a forward method without ``weights``, or A with no
+            spatial axis or more than 3.
     """
     spec = get_method(method)
     opts = method_options(spec, options)
@@ -92,7 +123,7 @@ def cam_layers(
     method: str | Method = "refinecam",
     *,
     key: Array | None = None,
-    **options,
+    **options: Any,
 ) -> CamResult:
     """One map from several layers, for a method of kind ``"layers"`` (RefineCAM, LeGrad).
 
@@ -100,6 +131,22 @@ def cam_layers(
     be None for methods that do not need it). ``key`` and ``options`` as in :func:`cam`.
     Returns :func:`map_result` of the method's map L (B, *grid), on the grid the method
     chooses (see its entry's summary).
+
+    Args:
+        A: activations ``{layer: (B, *spatial_l, K_l)}``.
+        G: gradients of the same layers and shapes, or None for methods that do not need
+            them.
+        method: a registered method of kind ``"layers"``.
+        key: a PRNG key, for methods that need one.
+        **options: the method's keyword options.
+
+    Returns:
+        A :class:`~ifa_jax.cams.method.CamResult` of one map without channels: its CAM
+        (B, *grid) and contributions (B, *grid, 1).
+
+    Raises:
+        ValueError: a method of another kind, A or G not dicts, no layer, G's layers or
+            shapes differing from A's, a missing key, or an unknown option.
     """
     spec = get_method(method)
     if not isinstance(spec, LayersMethod):
@@ -146,7 +193,19 @@ def _check_mask(mask: Array, batch: int, channels: int) -> Array:
 
 
 def reduce(M: Array, mask: Array | None = None) -> CamResult:
-    """From contributions M (B, *spatial, K) to the raw CAM, importances and max/min."""
+    """From contributions M (B, *spatial, K) to the raw CAM, importances and max/min.
+
+    Args:
+        M: contributions (B, *spatial, K).
+        mask: channel weights (K,) or (B, K) (1 keeps a channel, 0 drops it), or None.
+
+    Returns:
+        A :class:`~ifa_jax.cams.method.CamResult`: M (unmasked), the CAM L (B, *spatial),
+        importances s (B, K) and L's max and min (B,).
+
+    Raises:
+        ValueError: a mask of another shape than (K,) or (B, K).
+    """
     axes = spatial_axes(M)
     masked = M if mask is None else per_channel(_check_mask(mask, M.shape[0], M.shape[-1]), M)
     L = jnp.sum(masked, axis=-1)
@@ -163,12 +222,28 @@ def cam(
     *,
     weights: Array | None = None,
     key: Array | None = None,
-    **options,
+    **options: Any,
 ) -> CamResult:
     """Contributions, raw CAM, importances and max/min for one method.
 
     ``weights``, ``key`` and the method's ``options`` (e.g. ``eps=``) as in
     :func:`contributions`. See the module doc.
+
+    Args:
+        A: activations (B, *spatial, K), 1-3 spatial axes.
+        G: gradients of the same shape, or None for methods that do not need them.
+        method: a registered method of kind ``"layer"``: a name, an alias or its entry.
+        mask: channel weights (K,) or (B, K), or None, as in :func:`reduce`.
+        weights: per-channel weights (B, K), or None, as in :func:`contributions`.
+        key: a PRNG key, for methods that need one.
+        **options: the method's keyword options.
+
+    Returns:
+        A :class:`~ifa_jax.cams.method.CamResult`: contributions (B, *spatial, K), the CAM
+        (B, *spatial), importances (B, K), max and min (B,).
+
+    Raises:
+        ValueError: as :func:`contributions` and :func:`reduce` do.
     """
     return reduce(contributions(A, G, method, weights=weights, key=key, **options), mask)
 
@@ -176,7 +251,20 @@ def cam(
 def upsample(
     L: Array | np.ndarray, spatial_shape: tuple[int, ...], method: str = "linear"
 ) -> Array:
-    """Resize CAMs (B, *spatial) to the input grid (B, *spatial_shape), each size >= 1."""
+    """Resize CAMs (B, *spatial) to the input grid (B, *spatial_shape), each size >= 1.
+
+    Args:
+        L: CAMs (B, *spatial).
+        spatial_shape: the target sizes, one per spatial axis.
+        method: the interpolation of ``jax.image.resize`` (``"linear"``, ``"nearest"``,
+            ``"cubic"``, ...).
+
+    Returns:
+        The resized CAMs (B, *spatial_shape).
+
+    Raises:
+        ValueError: ``spatial_shape`` is not a tuple of positive sizes, one per spatial axis.
+    """
     try:
         spatial_shape = tuple(spatial_shape)
     except TypeError:
@@ -202,7 +290,7 @@ def cams_per_layer(
     *,
     weights: Mapping[str, Array] | None = None,
     key: Array | None = None,
-    **options,
+    **options: Any,
 ) -> dict[str, CamResult]:
     """:func:`cam` for every layer of a multi-layer probe: ``{layer: CamResult}``.
 
@@ -210,6 +298,22 @@ def cams_per_layer(
     returns. ``mask`` and ``weights`` are dicts too (layers differ in K): ``{layer: (K_l,)
     or (B, K_l)}`` and ``{layer: (B, K_l)}``; a layer missing from them gets None. ``key``
     and ``options`` are passed to every layer. Combine the maps with :func:`fuse`.
+
+    Args:
+        A: activations ``{layer: (B, *spatial_l, K_l)}``.
+        G: gradients of the same layers, or None for methods that do not need them.
+        method: a registered method of kind ``"layer"``.
+        mask: ``{layer: (K_l,) or (B, K_l)}``, or None.
+        weights: ``{layer: (B, K_l)}``, or None.
+        key: a PRNG key, for methods that need one.
+        **options: the method's keyword options.
+
+    Returns:
+        ``{layer: CamResult}``, each CAM (B, *spatial_l) on its layer's grid.
+
+    Raises:
+        ValueError: A, G, mask or weights not dicts, G's layers differing from A's, or as
+            :func:`cam` raises for a layer.
     """
     for name, given in (("A", A), ("G", G), ("mask", mask), ("weights", weights)):
         if given is not None and not isinstance(given, Mapping):
@@ -252,6 +356,20 @@ def fuse(
     layer's own grid, where the scale was measured), then upsampled to ``shape``
     (:func:`upsample`, linear), then combined per cell: ``how`` = "mean" (as the peers
     do), "max" or "sum". Without a scale the raw maps are combined as they are.
+
+    Args:
+        cams: the layers' CAMs: a dict ``{layer: L or CamResult}``, a sequence of them, or
+            one CamResult.
+        shape: the common grid's spatial sizes (e.g. the input's).
+        how: ``"mean"``, ``"max"`` or ``"sum"``.
+        scale: a :class:`~ifa_jax.scale.Scale`, a dict ``{layer: Scale}``, or None.
+
+    Returns:
+        The fused maps (B, *shape).
+
+    Raises:
+        ValueError: an unknown ``how``, no CAM, CAMs of different batch sizes, or a dict of
+            scales that misses a layer (or comes with a list of CAMs).
     """
     combine = {"mean": jnp.mean, "max": jnp.max, "sum": jnp.sum}
     if how not in combine:

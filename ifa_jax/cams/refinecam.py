@@ -1,5 +1,19 @@
 """RefineCAM: the product over several layers of a base method's rectified, min-max
-scaled maps, on one grid (a :class:`~ifa_jax.cams.method.LayersFn`)."""
+scaled maps, on one grid (a :class:`~ifa_jax.cams.method.LayersFn`).
+
+Examples:
+    RefineCAM of two layers with grids 4 x 4 and 2 x 2, on the larger grid:
+
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax import cams
+    >>> A = {"conv1": jnp.arange(96.0).reshape(2, 4, 4, 3) % 7,
+    ...      "conv2": jnp.arange(40.0).reshape(2, 2, 2, 5) % 3}
+    >>> G = {"conv1": jnp.cos(jnp.arange(96.0)).reshape(2, 4, 4, 3),
+    ...      "conv2": jnp.sin(jnp.arange(40.0)).reshape(2, 2, 2, 5)}
+    >>> result = cams.cam_layers(A, G, "refinecam", base="gradcam")
+    >>> result.cam.shape, result.contributions.shape           # one map, K = 1
+    ((2, 4, 4), (2, 4, 4, 1))
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,19 @@ the built-in entries are :data:`ifa_jax.cams.builtin.BUILTIN_METHODS`, registere
 
 Jitted functions of ifa_jax are keyed on the entry (a :class:`MethodName` carries it), so
 replacing a method traces it anew without clearing JAX's caches.
+
+Examples:
+    Names, aliases and options of the registered methods:
+
+    >>> from ifa_jax import cams
+    >>> cams.canonical_method("Grad-CAM++")
+    'gradcam++'
+    >>> cams.get_method("gradcam").needs
+    frozenset({'gradients'})
+    >>> cams.method_options("gradcam++", {"eps": 1e-7})
+    {'eps': 1e-07}
+    >>> "scorecam" in cams.FORWARD_METHODS, "fem" in cams.GRADIENT_METHODS
+    (True, False)
 """
 
 from __future__ import annotations
@@ -103,6 +116,17 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     Every name and alias must be new unless ``replace=True`` (which replaces a method of
     the same name). ifa_jax's jitted functions are keyed on the entry, so the next call
     traces the new one; JAX's caches are left alone.
+
+    Args:
+        method: the entry, a :class:`~ifa_jax.cams.method.Method` of any kind.
+        replace: whether it may replace the registered method of the same name.
+
+    Returns:
+        ``method`` itself.
+
+    Raises:
+        ValueError: ``method`` is not a Method, its name is taken (without ``replace``), or
+            one of its names or aliases names another method.
     """
     if not isinstance(method, Method):
         raise ValueError(f"register_method takes an ifa_jax.cams.Method; got {type(method)}")
@@ -127,7 +151,17 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
 
 
 def unregister_method(method: str | Method) -> Method:
-    """Remove a method (a name, an alias or its entry) and its aliases; returns the entry."""
+    """Remove a method (a name, an alias or its entry) and its aliases; returns the entry.
+
+    Args:
+        method: a name, an alias or the registered entry.
+
+    Returns:
+        The removed :class:`~ifa_jax.cams.method.Method`.
+
+    Raises:
+        ValueError: an unknown method, or an entry that is not the registered one.
+    """
     spec = get_method(method)
     if REGISTRY.get(spec.name) is not spec:
         raise ValueError(f"CAM method {spec.name!r}: this entry is not the registered one")
@@ -154,7 +188,18 @@ def registered(method: Method, *, replace: bool = False) -> Iterator[Method]:
 
 def get_method(method: str | Method) -> Method:
     """The registered :class:`Method` for a name or alias (case, ``-`` and ``_`` ignored);
-    a :class:`MethodName` gives the entry it was resolved to, an entry itself."""
+    a :class:`MethodName` gives the entry it was resolved to, an entry itself.
+
+    Args:
+        method: a name or alias (any case; ``-`` and ``_`` ignored), a
+            :class:`MethodName` or an entry.
+
+    Returns:
+        The registered :class:`~ifa_jax.cams.method.Method`.
+
+    Raises:
+        ValueError: an unknown name (listing the known ones).
+    """
     if isinstance(method, Method):
         return method
     if isinstance(method, MethodName):

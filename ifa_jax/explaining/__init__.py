@@ -13,6 +13,25 @@ Guided GradCAM, whose :class:`~ifa_jax.explaining.guided.GuidedGradCam` holds bo
   SESS;
 * :mod:`~ifa_jax.explaining.fullgrad`: FullGrad at input resolution;
 * :mod:`~ifa_jax.explaining.guided`: guided backpropagation and Guided GradCAM.
+
+Examples:
+    GradCAM of output 0 of a small Linen model, in one call:
+
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> probe_result, cam_result = ifa_jax.explain(probe, variables, x, 0, "gradcam")
+    >>> probe_result.activations.shape, cam_result.cam.shape, cam_result.importance.shape
+    ((2, 8, 8, 4), (2, 8, 8), (2, 4))
 """
 
 from ifa_jax.explaining import explainer, fullgrad, guided, smoothing

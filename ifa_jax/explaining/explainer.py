@@ -5,6 +5,28 @@ Gradient methods reuse the probe's A and G; methods that need the model (ScoreCA
 AblationCAM, ShapleyCAM, FinerCAM, ...) add their batched model runs (:func:`forward_weights`,
 also used by :mod:`ifa_jax.analysis`), dispatched through the method table
 :data:`ifa_jax.cams.REGISTRY`. Everything after the probe runs under ``jit``.
+
+Examples:
+    A local method and a method that runs the model once per channel (ScoreCAM):
+
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> _, grad = ifa_jax.explain(probe, variables, x, "predicted", "layercam")
+    >>> _, score = ifa_jax.explain(probe, variables, x, 1, "scorecam")
+    >>> grad.cam.shape, score.importance.shape
+    ((2, 8, 8), (2, 4))
+    >>> bool((grad.cam >= 0).all())                          # LayerCAM rectifies its weights
+    True
 """
 
 from __future__ import annotations
@@ -173,7 +195,7 @@ def callable_target(target: Target):
 
 def explain(
     probe: LayerProbe,
-    variables,
+    variables: Any,
     x: Array,
     target: Target = "predicted",
     method: str | cams.Method = "gradcam",
@@ -183,7 +205,7 @@ def explain(
     layer: str | None = None,
     chunk_size: int = 16,
     key: Array | None = None,
-    **options,
+    **options: Any,
 ) -> Explanation:
     """Probe ``x`` and compute one CAM method (a name, an alias or a registered entry).
     Returns an :class:`Explanation` (probe_result, cam_result) for every method.
@@ -201,6 +223,29 @@ def explain(
     every layer of the probe (``layer`` must be None) and methods of kind ``"input"``
     (FullGrad, SESS) the whole model; both give one map without channels: the CamResult
     of :func:`ifa_jax.cams.map_result` (K = 1; for ``"input"``, at input resolution).
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
+        variables: the variables the probe is called with.
+        x: inputs (B, *spatial_in, C).
+        target: an int, an int array (B,), ``'predicted'`` or a callable
+            ``logits (B, O) -> (B,)``, as for the probe.
+        method: a registered method: a name, an alias or its entry.
+        mask: channel weights (K,) or (B, K), or None (methods of kind ``"layer"`` only).
+        score: ``'logit'`` or ``'probability'``.
+        layer: the layer of a multi-layer probe, or None.
+        chunk_size: channels per model call of the forward methods.
+        key: a PRNG key, for methods that need one.
+        **options: the method's keyword options.
+
+    Returns:
+        An :class:`Explanation` ``(probe_result, cam_result)``: the probe's result for x
+        and the :class:`~ifa_jax.cams.CamResult`, its CAM (B, *spatial) on the layer's grid
+        (on the input grid for kind ``"input"``).
+
+    Raises:
+        ValueError: an unknown method or option, a missing key, a mask for a method without
+            channels, or a layer that is not one of ``probe.layers``.
     """
     spec = cams.get_method(method)
     method = cams.canonical_method(spec)  # a name that keys the jit caches on the entry

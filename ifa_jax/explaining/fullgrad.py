@@ -29,6 +29,27 @@ equals resizing each channel, up to rounding, with a K-fold smaller intermediate
 and 3-D inputs are supported (linear resizes; pytorch-grad-cam resizes 3-D maps with
 scipy's cubic zoom); the target may be any objective explain takes; ``minmax=False``
 returns the sum before the last scaling (what tests/test_peer_golden.py compares).
+
+Examples:
+    FullGrad of a small Linen model: maps at input resolution, scaled to [0, 1]:
+
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> _, result = ifa_jax.fullgrad.fullgrad(probe, variables, x, 0)
+    >>> result.cam.shape
+    (2, 8, 8)
+    >>> [(round(float(m.min()), 4), round(float(m.max()), 4)) for m in result.cam]
+    [(0.0, 1.0), (0.0, 1.0)]
 """
 
 from __future__ import annotations
@@ -311,7 +332,7 @@ def fullgrad_map(
 
 def fullgrad(
     probe: LayerProbe,
-    variables,
+    variables: Any,
     x: Array,
     target: Target = "predicted",
     *,
@@ -326,6 +347,21 @@ def fullgrad(
     are found anew: every Conv and BatchNorm with a bias), or another probe tapping the
     biased ``layers``. target and score as in :func:`ifa_jax.explain`; the same as
     ``explain(probe, variables, x, target, "fullgrad", layers=..., minmax=...)``.
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
+        variables: the variables the probe is called with.
+        x: inputs (B, *spatial_in, C).
+        target: an int, an int array (B,), ``'predicted'`` or a callable
+            ``logits (B, O) -> (B,)``.
+        score: ``'logit'`` or ``'probability'``.
+        layers: the biased layers to sum over, or None (every Conv and BatchNorm with a bias
+            of a Linen model).
+        minmax: whether to scale each map to [0, 1].
+
+    Returns:
+        An :class:`~ifa_jax.explaining.explainer.Explanation` whose CAM result holds the
+        maps (B, *spatial_in) at input resolution (K = 1).
     """
     return explain(
         probe,

@@ -28,6 +28,31 @@ the first sample of the batch only, for the argmax over its whole output, where 
 explain every sample for its own target; and its Guided GradCAM multiplies by the CAM
 min-max scaled to [0, 1] per image, where we keep the CAM's raw scale (the two agree up
 to a positive factor per image whenever the rectified CAM is 0 somewhere).
+
+Examples:
+    A guided ReLU passes back only positive gradients, where its input is positive;
+    Guided GradCAM puts the saliency at input resolution:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from ifa_jax.explaining.guided import guided_relu
+    >>> v = jnp.array([-1.0, 2.0, 3.0])
+    >>> jax.grad(lambda v: (guided_relu(v) * jnp.array([1.0, 1.0, -1.0])).sum())(v).tolist()
+    [0.0, 1.0, 0.0]
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> guided = ifa_jax.guided_gradcam(probe, variables, x, 0, "gradcam")
+    >>> guided.guided_cam.shape, guided.guided.shape, guided.cam.shape
+    ((2, 8, 8, 1), (2, 8, 8, 1), (2, 8, 8))
 """
 
 from __future__ import annotations
@@ -368,6 +393,19 @@ def guided_backprop(
     callable logits (B, O) -> score (B,). score: ``'logit'`` or ``'probability'``.
     Compiled once per ``forward`` object and input shape (pass the same ``forward`` to
     reuse it); traceable, so it may also be called under ``jit``, ``vmap`` or ``grad``.
+
+    Args:
+        forward: ``x -> logits (B, O)``.
+        x: inputs (B, *spatial_in, C), floating.
+        target: ``'predicted'``, an int, an int array (B,) or a callable
+            ``logits (B, O) -> (B,)``.
+        score: ``'logit'`` or ``'probability'``.
+
+    Returns:
+        The guided saliency (B, *spatial_in, C).
+
+    Raises:
+        ValueError: x is not floating, or an invalid target or score.
     """
     return _guided_saliency(_Unary(forward), None, x, target, score)
 
@@ -390,7 +428,7 @@ class GuidedGradCam(NamedTuple):
 
 def guided_gradcam(
     probe: LayerProbe,
-    variables,
+    variables: Any,
     x: Array,
     target: Target = "predicted",
     method: str | cams.Method = "gradcam",
@@ -400,7 +438,7 @@ def guided_gradcam(
     mask: Array | None = None,
     chunk_size: int = 16,
     key: Array | None = None,
-    **options,
+    **options: Any,
 ) -> GuidedGradCam:
     """Guided GradCAM (or Guided <any CAM method>) at input resolution.
 
@@ -411,6 +449,27 @@ def guided_gradcam(
     ``probe.forward``. Returns a :class:`GuidedGradCam` whose ``guided_cam`` is
     ``guided * upsample(relu(L), spatial_in)[..., None]`` (linear upsampling, as
     :func:`ifa_jax.cams.upsample`).
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
+        variables: the variables the probe is called with.
+        x: inputs (B, *spatial_in, C).
+        target: an int, an int array (B,), ``'predicted'`` or a callable
+            ``logits (B, O) -> (B,)``, as for the probe.
+        method: a registered method of kind ``"layer"``, as for :func:`ifa_jax.explain`.
+        score: ``'logit'`` or ``'probability'``.
+        layer: the layer of a multi-layer probe, or None.
+        mask: channel weights (K,) or (B, K), or None.
+        chunk_size: channels per model call of the forward methods.
+        key: a PRNG key, for methods that need one.
+        **options: the method's keyword options.
+
+    Returns:
+        A :class:`GuidedGradCam`: guided_cam and guided (B, *spatial_in, C), cam
+        (B, *spatial_in), and what :func:`ifa_jax.explain` returned.
+
+    Raises:
+        ValueError: x is not floating, or as :func:`ifa_jax.explain` raises.
     """
     x = _check_input(x)
     result, cam_result = explain(

@@ -60,6 +60,31 @@ where a sample falls on a cell, which pytorch-grad-cam's theta = 0 mean then cou
 ties in the pre-filter keep the earlier patch, 1-D and 3-D inputs are supported (linear
 resizes, the blur along every axis), and every patch explains x's own objective (logit,
 probability or a callable target; the patch scores are the target's softmax probability).
+
+Examples:
+    The augmentation table, SESS's windows and scales, and a noise-smoothed CAM:
+
+    >>> from ifa_jax.explaining import smoothing
+    >>> len(smoothing.augmentation_table())                  # 2 flips x 3 factors
+    6
+    >>> smoothing.window_starts(10, 4, 3), smoothing.sess_scales(4, num_scales=3)
+    ((0, 3, 6), (4, 5, 6))
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> _, smooth = ifa_jax.explain_smoothed(probe, variables, x, 0, "gradcam",
+    ...     smooth=("noise",), samples=2, key=jax.random.key(2))
+    >>> smooth.cam.shape
+    (2, 8, 8)
 """
 
 from __future__ import annotations
@@ -294,7 +319,7 @@ def _tiled_mask(mask: Array | None, copies: int) -> Array | None:
 
 def explain_smoothed(
     probe: LayerProbe,
-    variables,
+    variables: Any,
     x: Array,
     target: Target = "predicted",
     method: str = "gradcam",
@@ -308,7 +333,7 @@ def explain_smoothed(
     layer: str | None = None,
     chunk_size: int = 16,
     key: Array | None = None,
-    **options,
+    **options: Any,
 ) -> Explanation:
     """:func:`ifa_jax.explain` with smoothing: an :class:`Explanation` (probe result of x,
     smoothed CAM result).
@@ -321,6 +346,32 @@ def explain_smoothed(
     (keyword-only; split into the noise key and the method's key, e.g. randomcam's).
     mask, score, layer, chunk_size and the method's ``options`` as in explain. The CAM
     result is on the layer's grid of x; its max/min are those of the averaged map.
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
+        variables: the variables the probe is called with.
+        x: inputs (B, *spatial_in, C).
+        target: an int, an int array (B,), ``'predicted'`` or a callable
+            ``logits (B, O) -> (B,)``, as for the probe.
+        method: a registered method of kind ``"layer"``.
+        smooth: one or several of ``"aug"``, ``"noise"``, ``"eigen"``.
+        augmentations: the augmentations of ``"aug"``.
+        samples: noisy copies per input, for ``"noise"``.
+        noise: the noise's std as a share of each sample's value range.
+        mask: channel weights (K,) or (B, K), or None.
+        score: ``'logit'`` or ``'probability'``.
+        layer: the layer of a multi-layer probe, or None.
+        chunk_size: channels per model call of the forward methods.
+        key: a PRNG key (needed by ``"noise"``).
+        **options: the method's keyword options.
+
+    Returns:
+        An :class:`~ifa_jax.explaining.explainer.Explanation` ``(probe_result,
+        cam_result)``, the smoothed CAM (B, *spatial) on the layer's grid.
+
+    Raises:
+        ValueError: a method of another kind than ``"layer"``, an unknown smoothing, an
+            empty table of augmentations, or ``"noise"`` without a key.
     """
     steps = _steps(smooth)
     spec = cams.get_method(method)
@@ -425,7 +476,7 @@ def explain_smoothed(
 
 def aug_smooth(
     probe: LayerProbe,
-    variables,
+    variables: Any,
     x: Array,
     target: Target = "predicted",
     method: str = "gradcam",
@@ -436,6 +487,23 @@ def aug_smooth(
     """Test-time augmentation smoothing: :func:`explain_smoothed` with ``smooth=("aug",)``.
 
     Every method; ``kwargs`` as in explain_smoothed (mask, score, layer, key, options).
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
+        variables: the variables the probe is called with.
+        x: inputs (B, *spatial_in, C).
+        target: an int, an int array (B,), ``'predicted'`` or a callable
+            ``logits (B, O) -> (B,)``.
+        method: a registered method of kind ``"layer"``.
+        augmentations: the augmentations to average over (:func:`augmentation_table`).
+        **kwargs: :func:`explain_smoothed`'s other keywords.
+
+    Returns:
+        An :class:`~ifa_jax.explaining.explainer.Explanation`, the averaged CAM
+        (B, *spatial) on the layer's grid.
+
+    Raises:
+        ValueError: as :func:`explain_smoothed` raises.
     """
     return explain_smoothed(
         probe, variables, x, target, method, smooth=("aug",), augmentations=augmentations, **kwargs
@@ -444,7 +512,7 @@ def aug_smooth(
 
 def smoothgrad(
     probe: LayerProbe,
-    variables,
+    variables: Any,
     x: Array,
     target: Target = "predicted",
     method: str = "gradcam",
@@ -458,6 +526,25 @@ def smoothgrad(
 
     G averaged over ``samples`` copies x + N(0, (noise * range)^2), A of x itself; ``key``
     (keyword-only) draws the noise. ``kwargs`` as in explain_smoothed.
+
+    Args:
+        probe: the model's :class:`~ifa_jax.probes.LayerProbe`.
+        variables: the variables the probe is called with.
+        x: inputs (B, *spatial_in, C).
+        target: an int, an int array (B,), ``'predicted'`` or a callable
+            ``logits (B, O) -> (B,)``.
+        method: a registered method of kind ``"layer"``.
+        key: the PRNG key of the noise.
+        samples: noisy copies per input.
+        noise: the noise's std as a share of each sample's value range.
+        **kwargs: :func:`explain_smoothed`'s other keywords.
+
+    Returns:
+        An :class:`~ifa_jax.explaining.explainer.Explanation`, the CAM (B, *spatial) from
+        the averaged gradients.
+
+    Raises:
+        ValueError: as :func:`explain_smoothed` raises.
     """
     return explain_smoothed(
         probe,

@@ -17,6 +17,27 @@ Haiku's ``init`` output, a function's params. An NNX, Equinox or Hugging Face Fl
 holds its own, and its probe carries them as ``probe.variables``. :mod:`.tokens` lays
 token layers on grids; :mod:`.layers` chooses the layer; :mod:`.core` is the probe
 itself.
+
+Examples:
+    A Linen model's probe at its conv layer, explaining output 0:
+
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> probe = ifa_jax.linen_probe(net, "conv")
+    >>> out = probe(variables, x, target=0)
+    >>> out.activations.shape, out.gradients.shape, out.logits.shape, out.score.shape
+    ((2, 8, 8, 4), (2, 8, 8, 4), (2, 3), (2,))
+    >>> out.target.tolist()
+    [0, 0]
 """
 
 from ifa_jax.probes.core import (

@@ -9,6 +9,19 @@ model is unchanged, and ``d score / d deltas`` is exactly ``G``. So one forward 
 vjp to ``deltas`` gives logits, ``A`` and ``G`` and never backpropagates into the
 parameters (they are constants of the vjp). The factories (:mod:`ifa_jax.probes`) differ
 only in how they tap a model of their framework.
+
+Examples:
+    Scores of chosen outputs, and the logits picked out of a dict output:
+
+    >>> import jax.numpy as jnp
+    >>> from ifa_jax.probes import select_output, target_scores
+    >>> logits = jnp.array([[1.0, 2.0], [3.0, 0.0]])
+    >>> target_scores(logits, jnp.array([1, 0])).tolist()
+    [2.0, 3.0]
+    >>> round(float(target_scores(logits, jnp.array([1, 1]), "probability")[0]), 4)
+    0.7311
+    >>> select_output({"logits": logits, "features": jnp.zeros((2, 5))}, "logits").shape
+    (2, 2)
 """
 
 from __future__ import annotations
@@ -90,7 +103,19 @@ def _output_hint(out: Any) -> str:
 def select_output(out: Any, output: Output = None) -> Array:
     """The logits (B, O) (or (B,)) in a model's output ``out``: ``out`` itself
     (``output=None``), ``out[output]`` (an int index or a key; a str also reads a
-    field of a NamedTuple or dataclass), or ``output(out)`` (a callable)."""
+    field of a NamedTuple or dataclass), or ``output(out)`` (a callable).
+
+    Args:
+        out: the model's output: an array, a tuple, a dict, a NamedTuple or a dataclass.
+        output: None, an int index, a key or field name, or a callable ``out -> logits``.
+
+    Returns:
+        The logits (B, O) or (B,).
+
+    Raises:
+        ValueError: ``output`` indexes an array, or names nothing in ``out`` (listing
+            what is there), or the picked value is not logits (B, O) or (B,).
+    """
     if output is None:
         picked = out
     elif callable(output):
@@ -137,7 +162,19 @@ def select_output(out: Any, output: Output = None) -> Array:
 
 def target_scores(logits: Array, target: Array, score: str = "logit") -> Array:
     """y_c per sample: logits (B, O), target (B,) int -> (B,). A target outside [0, O)
-    scores 0 (zero gradient; reported under ``checkify``): :func:`ifa_jax._checks.take_target`."""
+    scores 0 (zero gradient; reported under ``checkify``): :func:`ifa_jax._checks.take_target`.
+
+    Args:
+        logits: the model's outputs (B, O).
+        target: output indices (B,) int.
+        score: ``'logit'`` or ``'probability'`` (softmax first).
+
+    Returns:
+        The scores y_c (B,).
+
+    Raises:
+        ValueError: an unknown ``score``.
+    """
     one_of("score", score, SCORES)
     if score == "probability":
         logits = jax.nn.softmax(logits, axis=-1)
@@ -413,7 +450,25 @@ class LayerProbe:
     def __call__(
         self, variables, x: Array, target: Target = "predicted", *, score: str = "logit"
     ) -> ProbeResult:
-        """Logits, target scores and indices, A and G at the tapped layer(s) for ``x``."""
+        """Logits, target scores and indices, A and G at the tapped layer(s) for ``x``.
+
+        Args:
+            variables: the model's variables (``init``'s output, a function's params, or
+                ``probe.variables`` for NNX and Equinox).
+            x: inputs (B, *spatial_in, C).
+            target: an int, an int array (B,), ``'predicted'`` or a callable
+                ``logits (B, O) -> (B,)`` (see the class doc).
+            score: ``'logit'`` or ``'probability'``.
+
+        Returns:
+            A :class:`ProbeResult`: logits (B, O), score (B,), target (B,), and A, G
+            (B, *spatial, K) (dicts ``{layer: array}`` for a probe of several layers).
+
+        Raises:
+            ValueError: an unknown ``score``, a target outside [0, O), or a callable target
+                that does not return one score per sample.
+            FloatingPointError: non-finite activations or gradients (eager calls).
+        """
         one_of("score", score, SCORES)
         x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
         mode, fn, t = self._resolve_target(variables, x, target)

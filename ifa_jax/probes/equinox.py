@@ -2,6 +2,22 @@
 made with ``eqx.tree_at``, by a thin wrapper (nothing needs adding to the model).
 ``probe.variables`` is the model's array partition. Equinox is optional (``pip install
 'ifa_jax[equinox]'``), imported when a probe is built.
+
+Examples:
+    A probe of an Equinox model written per sample, channels first:
+
+    >>> import jax
+    >>> import equinox as eqx
+    >>> import ifa_jax
+    >>> k1, k2 = jax.random.split(jax.random.key(0))
+    >>> model = eqx.nn.Sequential([
+    ...     eqx.nn.Conv2d(1, 4, 3, padding=1, key=k1), eqx.nn.Lambda(jax.nn.relu),
+    ...     eqx.nn.Lambda(lambda a: a.mean(axis=(1, 2))), eqx.nn.Linear(4, 3, key=k2)])
+    >>> probe = ifa_jax.equinox_probe(model, lambda m: m.layers[1])
+    >>> x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1))     # channels last
+    >>> out = probe(probe.variables, x, target=0)
+    >>> probe.layers, out.activations.shape, out.logits.shape
+    (('layers/1',), (2, 8, 8, 4), (2, 3))
 """
 
 from __future__ import annotations
@@ -327,6 +343,27 @@ def equinox_probe(
     ``call(model, x)`` replaces ``model(x)`` (per sample when ``batched=False``), e.g.
     ``lambda m, x: m(x, state)`` with ``output=0`` for a stateful model. Put Dropout and
     BatchNorm in inference mode first: ``model = eqx.nn.inference_mode(model)``.
+
+    Args:
+        model: the Equinox module, in inference mode.
+        where: the submodule(s) to tap (a callable as in ``eqx.tree_at``, or a path), a
+            list of them, or None for the natural target layer.
+        output: where the logits (B, O) are in the model's output: None (the output is
+            the logits), an index, a key or a callable ``out -> logits``.
+        reshape: a map from a tapped output to a grid (B, *spatial, K), or None.
+        batched: whether ``model`` takes the whole batch (else it is vmapped per sample).
+        channel_axis: the channel axis of the tapped layer's per-sample output.
+        input_channel_axis: the channel axis of the model's per-sample input.
+        call: ``call(model, x) -> output``, replacing ``model(x)``, or None.
+
+    Returns:
+        A :class:`~ifa_jax.probes.LayerProbe`, called ``probe(probe.variables, x, target)``
+        with x (B, *spatial, C) channels last.
+
+    Raises:
+        ImportError: Equinox is not installed (``pip install 'ifa_jax[equinox]'``).
+        ValueError: ``where`` names no submodule of ``model``, or (when the probe runs)
+            the model's Dropout or BatchNorm is in training mode.
     """
     eqx = _equinox("equinox_probe")
     if where is None:

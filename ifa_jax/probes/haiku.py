@@ -2,6 +2,22 @@
 module name with ``hk.intercept_methods``; ``variables`` is ``params`` (or ``(params,
 state)``). Haiku is optional (``pip install 'ifa_jax[haiku]'``), imported when a probe is
 built.
+
+Examples:
+    A probe of a Haiku transform at a named module:
+
+    >>> import jax
+    >>> import haiku as hk
+    >>> import ifa_jax
+    >>> def net(x):
+    ...     a = hk.to_module(jax.nn.relu)(name="relu")(hk.Conv2D(4, 3)(x))
+    ...     return hk.Linear(3)(a.mean(axis=(1, 2)))
+    >>> net = hk.without_apply_rng(hk.transform(net))
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> params = net.init(jax.random.key(1), x)
+    >>> out = ifa_jax.haiku_probe(net, "relu")(params, x, 0)
+    >>> out.activations.shape, out.logits.shape
+    ((2, 8, 8, 4), (2, 3))
 """
 
 from __future__ import annotations
@@ -129,7 +145,7 @@ def haiku_probe(
     *,
     output: Output = None,
     reshape: Reshape | None = None,
-    **apply_kwargs,
+    **apply_kwargs: Any,
 ) -> LayerProbe:
     """A probe for a Haiku model at one module (arrays out) or several (dicts out).
 
@@ -141,6 +157,23 @@ def haiku_probe(
     ``"/"``); wrap a function such as ``jax.nn.relu`` in ``hk.to_module`` to tap its
     output. ``layers=None``, ``output`` and ``reshape`` work as in
     :func:`~ifa_jax.probes.linen_probe` (None: the natural target layer, ``probe.layer``).
+
+    Args:
+        transformed: the ``hk.transform`` or ``hk.transform_with_state`` of the model.
+        layers: a module name, several of them, or None for the natural target layer.
+        output: where the logits (B, O) are in the model's output: None (the output is
+            the logits), an index, a key or a callable ``out -> logits``.
+        reshape: a map from a tapped output to a grid (B, *spatial, K), or None.
+        **apply_kwargs: keyword arguments of ``transformed.apply``.
+
+    Returns:
+        A :class:`~ifa_jax.probes.LayerProbe`, called ``probe(variables, x, target)`` with
+        ``variables`` the output of ``transformed.init``.
+
+    Raises:
+        ImportError: Haiku is not installed (``pip install 'ifa_jax[haiku]'``).
+            ValueError: ``transformed`` is not a Haiku transform; a layer is unknown or
+            ambiguous (when the probe first runs).
     """
     hk = _haiku("haiku_probe")
     names = layer_names(layers)

@@ -1,6 +1,19 @@
 """Which layer a probe taps: a layer named by the user, matched against the model's
 module paths (:func:`resolve_layer`), or the model's natural target layer, chosen from the
 submodule calls of one forward pass (:func:`natural_layer`, :class:`AutoLayer`).
+
+Examples:
+    Matching a layer name against a model's paths, and the natural layer of a CNN's calls:
+
+    >>> from ifa_jax.probes import LayerCall, natural_layer, resolve_layer
+    >>> resolve_layer("conv2", ["backbone/conv1", "backbone/conv2", "head"])
+    'backbone/conv2'
+    >>> resolve_layer("backbone.conv1", ["backbone/conv1", "backbone/conv2", "head"])
+    'backbone/conv1'
+    >>> calls = [LayerCall("conv", "Conv", (2, 8, 8, 4), 0, 1),
+    ...          LayerCall("head", "Dense", (2, 3), 2, 3)]
+    >>> natural_layer(calls)
+    ('conv', 'the last layer with a spatial output')
 """
 
 from __future__ import annotations

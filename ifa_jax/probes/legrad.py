@@ -21,6 +21,24 @@ With ``score="logit"`` and the same target this equals torch-cam 0.5.0's ``LeGra
 probabilities with ``reshape=attention_to_grid()``, with the model's own score's gradient);
 the attention must output its probabilities from a submodule (``models.ViT``:
 ``"attn/probs"``).
+
+Examples:
+    LeGrad on a one-block ViT of 8 x 8 images, patches of 4 (a 2 x 2 grid):
+
+    >>> import jax
+    >>> import ifa_jax
+    >>> from ifa_jax.runner.models import ViT
+    >>> vit = ViT(num_classes=3, patch=4, dim=8, depth=1, num_heads=2, mlp_dim=16)
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = jax.jit(vit.init)(jax.random.key(1), x)     # one compilation, not op by op
+    >>> probe = ifa_jax.legrad_probe(vit, "block1")
+    >>> probe.layers
+    ('block1/attn/probs',)
+    >>> out = probe(variables, x, 0)
+    >>> out.gradients.shape                      # (B, *grid, heads * queries)
+    (2, 2, 2, 10)
+    >>> ifa_jax.cam(out.activations, out.gradients, "legrad").cam.shape
+    (2, 2, 2)
 """
 
 from __future__ import annotations
@@ -83,7 +101,7 @@ def legrad_probe(
     attention: str = "attn/probs",
     prefix: int = 1,
     grid: Sequence[int] | None = None,
-    **apply_kwargs,
+    **apply_kwargs: Any,
 ) -> LayerProbe:
     """A probe of the attention probabilities of ``blocks``, with LeGrad's layer-specific
     gradients ``d s^l_c / d P^l`` (see the module doc).
@@ -102,6 +120,27 @@ def legrad_probe(
     so ``target="predicted"`` is the model's prediction; its gradients are those of the
     layer scores for ``score="logit"`` (LeGrad's); ``score="probability"`` or a callable
     target chains their derivative at the model's logits instead.
+
+    Args:
+        model: the Linen transformer.
+        blocks: a block's name or path, or several.
+        output: where the logits are in the model's output, as for
+            :func:`~ifa_jax.probes.linen_probe`.
+        projection: ``projection(variables, tokens (B, N, D)) -> logits (B, O)``, or None
+            (:func:`vit_projection`).
+        attention: the path, under each block, of the module that outputs the attention
+            probabilities.
+        prefix: leading keys (class and register tokens) to drop from the grid.
+        grid: the patch grid's sizes, or None for a square grid.
+        **apply_kwargs: keyword arguments of ``model.apply``.
+
+    Returns:
+        A :class:`~ifa_jax.probes.LayerProbe` of the blocks' attention probabilities,
+        read as grids (B, *grid, heads * queries).
+
+    Raises:
+        ValueError: no block, an invalid prefix or grid, or a projection that is not
+            callable.
     """
     names = _block_names(blocks)
     reshape = attention_to_grid(prefix, grid)  # checks prefix and grid now

@@ -1,5 +1,30 @@
 """Probes for Flax Linen models, tapped through ``nn.intercept_methods``: no edit to the
-model, layers matched by name (``"conv2"``) or path (``"backbone/conv2"``)."""
+model, layers matched by name (``"conv2"``) or path (``"backbone/conv2"``).
+
+Examples:
+    The layers of a Linen model, its natural layer, and a probe of it:
+
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import ifa_jax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...         return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net = Net()
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> ifa_jax.linen_layers(net, variables, x)
+    {'conv': (2, 8, 8, 4), 'head': (2, 3)}
+    >>> ifa_jax.probes.linen_natural_layer(net, variables, x)
+    ('conv', 'the last layer with a spatial output')
+    >>> probe = ifa_jax.linen_probe(net)                 # None: the natural layer
+    >>> probe(variables, x, "predicted").gradients.shape
+    (2, 8, 8, 4)
+    >>> probe.layer
+    'conv'
+"""
 
 from __future__ import annotations
 
@@ -111,7 +136,7 @@ def linen_probe(
     *,
     output: Output = None,
     reshape: Reshape | None = None,
-    **apply_kwargs,
+    **apply_kwargs: Any,
 ) -> LayerProbe:
     """A probe for a Linen model at one layer (arrays out) or several (dicts out).
 
@@ -126,6 +151,23 @@ def linen_probe(
     ``apply_kwargs`` go to ``model.apply`` (e.g. ``train=False`` for BatchNorm models).
     ``output`` picks the logits (B, O) when the model returns a tuple or a dict: an index
     (``0``), a key (``'logits'``) or a callable ``out -> logits``.
+
+    Args:
+        model: the Linen module (unbound), as given to ``model.apply``.
+        layers: a layer's path or name (a unique suffix, ``"conv2"``), several of them, or
+            None for the natural target layer.
+        output: where the logits (B, O) are in the model's output: None (the output is
+            the logits), an index, a key or a callable ``out -> logits``.
+        reshape: a map from a tapped output to a grid (B, *spatial, K), or None.
+        **apply_kwargs: keyword arguments of ``model.apply``.
+
+    Returns:
+        A :class:`~ifa_jax.probes.LayerProbe`, called ``probe(variables, x, target)`` with
+        ``variables`` the output of ``model.init``.
+
+    Raises:
+        ValueError: ``reshape`` is not callable; a layer is unknown or ambiguous (when the
+            probe first runs, naming the model's layers).
     """
     names = layer_names(layers)
     kwargs = dict(apply_kwargs)

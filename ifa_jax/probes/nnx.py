@@ -1,5 +1,27 @@
 """Probes for Flax NNX models: the tapped submodule is swapped for a thin wrapper on a
-private copy of the model (``nnx.split``/``nnx.merge``): no edit to the model."""
+private copy of the model (``nnx.split``/``nnx.merge``): no edit to the model.
+
+Examples:
+    A probe of an NNX model, called with the state it carries:
+
+    >>> import jax
+    >>> from flax import nnx
+    >>> import ifa_jax
+    >>> class Net(nnx.Module):
+    ...     def __init__(self, rngs):
+    ...         self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+    ...         self.head = nnx.Linear(4, 3, rngs=rngs)
+    ...     def __call__(self, x):
+    ...         return self.head(nnx.relu(self.conv(x)).mean(axis=(1, 2)))
+    >>> model = Net(nnx.Rngs(0))
+    >>> ifa_jax.probes.nnx_layers(model)
+    ['conv', 'head']
+    >>> probe = ifa_jax.nnx_probe(model, "conv")
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    >>> out = probe(probe.variables, x, target=1)
+    >>> out.activations.shape, out.logits.shape
+    ((2, 8, 8, 4), (2, 3))
+"""
 
 from __future__ import annotations
 
@@ -115,6 +137,21 @@ def nnx_probe(
     pass the state of a retrained model of the same structure, ``nnx.split(new)[1]``.
     ``layers=None``, ``output`` and ``reshape`` work as in
     :func:`~ifa_jax.probes.linen_probe`.
+
+    Args:
+        model: the NNX module; it holds its own state, carried as ``probe.variables``.
+        layers: a submodule's path or name (``"conv2"``, ``"blocks.1"``), several of them,
+            or None for the natural target layer.
+        output: where the logits (B, O) are in the model's output: None (the output is
+            the logits), an index, a key or a callable ``out -> logits``.
+        reshape: a map from a tapped output to a grid (B, *spatial, K), or None.
+
+    Returns:
+        A :class:`~ifa_jax.probes.LayerProbe`, called ``probe(probe.variables, x, target)``.
+
+    Raises:
+        ValueError: a layer is unknown or ambiguous (naming the model's layers), or
+            ``reshape`` is not callable.
     """
     names = layer_names(layers)
     graphdef, state = nnx.split(model)

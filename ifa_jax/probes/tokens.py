@@ -17,6 +17,20 @@ each grid entry back where it came from and zeros elsewhere. So the gradient wit
 to ``delta_grid`` is ``R(G)``, the true gradient at the layer's output, read on the grid
 (one forward + one vjp, as for a conv layer), and an ablation ``-A_grid * e_k`` on the grid
 zeroes channel ``k`` of exactly the patch tokens, leaving prefix tokens alone.
+
+Examples:
+    Patch tokens after a class token, and attention probabilities, laid on a 4 x 4 grid:
+
+    >>> import jax.numpy as jnp
+    >>> import ifa_jax
+    >>> tokens = jnp.zeros((2, 1 + 16, 6))                     # (B, class + 4 * 4 patches, D)
+    >>> ifa_jax.tokens_to_grid()(tokens).shape
+    (2, 4, 4, 6)
+    >>> probs = jnp.zeros((2, 3, 17, 17))                       # (B, heads, queries, keys)
+    >>> ifa_jax.attention_to_grid()(probs).shape               # heads * queries channels
+    (2, 4, 4, 51)
+    >>> ifa_jax.tokens_to_grid(prefix=0, grid=(2, 8))(jnp.zeros((2, 16, 6))).shape
+    (2, 2, 8, 6)
 """
 
 from __future__ import annotations
@@ -125,6 +139,16 @@ def tokens_to_grid(prefix: int = 1, grid: Sequence[int] | None = None) -> TokenG
     prefix: leading tokens to drop (1 for a class token; add register tokens). grid: the
     patch grid, 1-3 axes (``(h, w)``; None infers a square). Channels stay last. Pass it
     as ``linen_probe(model, layer, reshape=tokens_to_grid())``.
+
+    Args:
+        prefix: leading tokens to drop, >= 0.
+        grid: the patch grid's sizes (1-3 axes), or None for a square grid.
+
+    Returns:
+        A :class:`TokenGrid`, mapping tokens (B, N, D) to a grid (B, *grid, D).
+
+    Raises:
+        ValueError: a negative prefix or a grid that is not 1-3 positive sizes.
     """
     return TokenGrid(*_checked(prefix, grid))
 
@@ -136,6 +160,17 @@ def attention_to_grid(prefix: int = 1, grid: Sequence[int] | None = None) -> Att
 
     prefix and grid as in :func:`tokens_to_grid`. Pass it as ``linen_probe(model,
     "block2/attn/probs", reshape=attention_to_grid())`` (LeGrad: :mod:`ifa_jax.probes.legrad`).
+
+    Args:
+        prefix: leading keys to drop, >= 0.
+        grid: the patch grid's sizes (1-3 axes), or None for a square grid.
+
+    Returns:
+        An :class:`AttentionGrid`, mapping probabilities (B, H, Q, N) to a grid
+        (B, *grid, H * Q).
+
+    Raises:
+        ValueError: a negative prefix or a grid that is not 1-3 positive sizes.
     """
     return AttentionGrid(*_checked(prefix, grid))
 
