@@ -6,11 +6,12 @@ from __future__ import annotations
 import doctest
 import importlib
 import io
-import pkgutil
 import sys
 from types import ModuleType
 
 import pytest
+
+from tests.conftest import load_tool
 
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
@@ -22,14 +23,7 @@ OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 NOT_YET: set[str] = set()
 
 
-def public_modules(package: str = "ifa_jax") -> list[str]:
-    """The package and its submodules whose dotted names have no part starting with _."""
-    root = importlib.import_module(package)
-    names = [package]
-    for info in pkgutil.walk_packages(root.__path__, f"{package}."):
-        if not any(part.startswith("_") for part in info.name.split(".")):
-            names.append(info.name)
-    return names
+public_modules = load_tool("api_coverage").public_modules  # the modules it documents
 
 
 def examples(module: ModuleType) -> list[doctest.DocTest]:

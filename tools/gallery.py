@@ -23,18 +23,12 @@ import numpy as np
 
 import ifa_jax
 from ifa_jax import cams
-from ifa_jax.runner.data import load_mnist_embedded
+from ifa_jax.runner.data import load_mnist_embedded, stratified_indices
 from ifa_jax.runner.models import MnistCNN, ViT
 from ifa_jax.runner.train import TrainConfig, train
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "generated" / "gallery.png"
 TOKEN_METHODS = ("legrad", "legradlayers")  # read at attention probabilities: on the ViT
-
-
-def stratified(y: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the first sample of each class, in class order, n of them."""
-    firsts = [int(np.flatnonzero(y == c)[0]) for c in np.unique(y)]
-    return np.asarray(firsts[:n])
 
 
 def maps_of_every_method(digits: int, epochs: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -44,7 +38,7 @@ def maps_of_every_method(digits: int, epochs: int) -> tuple[np.ndarray, dict[str
     cnn, vit = MnistCNN(), ViT(num_classes=10, patch=4, dim=32, depth=2, num_heads=2, mlp_dim=64)
     cnn_vars, _ = train(cnn, splits.train, None, config)
     vit_vars, _ = train(vit, splits.train, None, config)
-    x = splits.validation.x[stratified(splits.validation.y, digits)]
+    x = splits.validation.x[stratified_indices(splits.validation.y, digits)]  # classes 0..n-1
     y = np.arange(len(x))
     one = ifa_jax.linen_probe(cnn, "relu2")
     two = ifa_jax.linen_probe(cnn, ["relu1", "relu2"])
