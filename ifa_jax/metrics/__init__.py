@@ -16,6 +16,10 @@ functions where the model is run. One module per concern, all re-exported here
 * :mod:`~ifa_jax.metrics.subsets` (runs the model): :func:`subset_accuracy` /
   :func:`subset_accuracy_curve`: accuracy when only selected channels at the layer are
   kept.
+* faithfulness (run the model): :func:`road` (ROAD, Rong et al. 2022: MoRF, LeRF and
+  combined, with :func:`noisy_linear_imputation`; :mod:`~ifa_jax.metrics.road`),
+  :func:`arcc` (:mod:`~ifa_jax.metrics.arcc`), :func:`faithfulness_correlation` and
+  :func:`pixel_flipping` (:mod:`~ifa_jax.metrics.faithfulness`).
 * sanity check (Adebayo et al. 2018): :func:`cascading_randomization` in the order of
   :func:`top_down_order` (:mod:`~ifa_jax.metrics.randomization`), :func:`rank_correlation`
   and :func:`ssim`
@@ -43,6 +47,8 @@ Examples:
     {'average_drop': 25.0, 'average_increase': 50.0, 'n': 2}
 """
 
+# faithfulness (issue 25): ROAD, ARCC, faithfulness correlation, pixel-flipping
+from ifa_jax.metrics.arcc import ARCC, arcc, cam_explainer, coherency
 from ifa_jax.metrics.confidence import (
     ScoreFn,
     confidence_change,
@@ -59,6 +65,13 @@ from ifa_jax.metrics.correlation import (
     rankdata,
     spearman,
 )
+from ifa_jax.metrics.faithfulness import (
+    FaithfulnessCorrelation,
+    PixelFlipping,
+    faithfulness_correlation,
+    pixel_flipping,
+    random_subsets,
+)
 from ifa_jax.metrics.insertion_deletion import (
     BASELINES,
     InsertionDeletion,
@@ -68,6 +81,14 @@ from ifa_jax.metrics.insertion_deletion import (
     window_ids,
 )
 from ifa_jax.metrics.randomization import LayerOrder, cascading_randomization, top_down_order
+from ifa_jax.metrics.road import (
+    ROAD,
+    ROAD_PERCENTILES,
+    neighbour_weights,
+    noisy_linear_imputation,
+    road,
+    road_masks,
+)
 from ifa_jax.metrics.similarity import rank_correlation, ssim
 from ifa_jax.metrics.subsets import (
     DEFAULT_RATIOS,
@@ -104,4 +125,20 @@ __all__ = [
     "subset_accuracy",
     "subset_accuracy_curve",
     "window_ids",
+    # faithfulness (issue 25)
+    "ARCC",
+    "FaithfulnessCorrelation",
+    "PixelFlipping",
+    "ROAD",
+    "ROAD_PERCENTILES",
+    "arcc",
+    "cam_explainer",
+    "coherency",
+    "faithfulness_correlation",
+    "neighbour_weights",
+    "noisy_linear_imputation",
+    "pixel_flipping",
+    "random_subsets",
+    "road",
+    "road_masks",
 ]
