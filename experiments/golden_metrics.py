@@ -1,11 +1,11 @@
 """Golden data for the faithfulness metrics: tests/data/peers_metrics.npz, read by
 tests/test_metrics_golden.py (which needs no torch).
 
-Regenerate (from the repository root) in the peers' venv of experiments/golden_peers.py,
-with Quantus added:
+Regenerate (from the repository root) in a venv with the peers installed as the
+docstring of experiments/golden_peers.py describes, plus Quantus
+(``pip install quantus==0.6.0``; scikit-learn, jax and flax as there):
 
-    /tmp/venv_peers/bin/pip install quantus==0.6.0
-    /tmp/venv_peers/bin/python -m experiments.golden_metrics
+    python -m experiments.golden_metrics
 
 It runs in about a minute and prints what it stored (the file is about 150 KB). It trains
 nothing: the two CNN cases of tests/data/peers.npz (their Flax variables, eight digits and
