@@ -70,14 +70,23 @@ class Sensitivity(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("n", "radius"))
-def _perturbed(key: Array, x: Array, start: Array, n: int, radius: float) -> Array:
-    """Inputs + noise for perturbations start .. start + n - 1, stacked (n * B, *in, C)."""
+def _perturbed(
+    key: Array, x: Array, target: Array, start: Array, n: int, radius: float
+) -> tuple[Array, Array]:
+    """Inputs + noise for perturbations start .. start + n - 1, stacked (n * B, *in, C),
+    and their targets (n * B,)."""
 
     def one(j):
         return x + jax.random.uniform(jax.random.fold_in(key, j), x.shape, x.dtype, -radius, radius)
 
     rows = jax.vmap(one)(start + jnp.arange(n))
-    return rows.reshape(-1, *x.shape[1:])
+    return rows.reshape(-1, *x.shape[1:]), jnp.tile(target, n)
+
+
+@jax.jit
+def _summary(chunks: tuple[Array, ...], maps: Array) -> tuple[Array, ...]:
+    r = jnp.concatenate(chunks, axis=1)
+    return r, r.max(axis=1), r.mean(axis=1), jnp.any(maps != 0, axis=1)
 
 
 @jax.jit
@@ -158,14 +167,11 @@ def sensitivity(
     ratios = []
     for start in range(0, n, chunk):
         c = min(chunk, n - start)
-        rows = _perturbed(key, x, jnp.asarray(start), c, radius)
-        out = _explain(explain_fn, rows, jnp.tile(target, c), spatial)
+        rows, targets = _perturbed(key, x, target, jnp.asarray(start), c, radius)
+        out = _explain(explain_fn, rows, targets, spatial)
         ratios.append(_ratios(flat, out.reshape(c, B, -1)))
-    r = jnp.concatenate(ratios, axis=1)
-    defined = jnp.any(flat != 0, axis=1)
-    return Sensitivity(
-        r, Scores(r.max(axis=1), defined, _ZERO_MAP), Scores(r.mean(axis=1), defined, _ZERO_MAP)
-    )
+    r, top, mean, defined = _summary(tuple(ratios), flat)
+    return Sensitivity(r, Scores(top, defined, _ZERO_MAP), Scores(mean, defined, _ZERO_MAP))
 
 
 def max_sensitivity(explain_fn: ExplainFn, x: Any, target: Any, **kwargs: Any) -> Scores:
