@@ -23,10 +23,10 @@ Quantus' values (keys ``quantus/<Metric>``, (B,) float64), at Quantus' defaults 
 said: ``PointingGame``, ``RelevanceMassAccuracy``, ``RelevanceRankAccuracy``,
 ``Sparseness``, ``Complexity`` (on ``maps`` and ``masks``, ``model=None``);
 ``MaxSensitivity``, ``AvgSensitivity`` (``nr_samples``, ``lower_bound`` = radius, the
-explanation function :func:`explain_np`); ``RandomLogit`` with ``num_classes=2`` (the other class is then the only one, so
-Quantus' NumPy draw does not matter), one sample per batch (Quantus divides each batch of
-maps by its largest value; ifa_jax each map by its own) and a similarity function that
-is scikit-image's 2-D SSIM of the maps on their grid (uniform 7 x 7 window, population
+explanation function :func:`explain_np`); ``RandomLogit`` with ``num_classes=2`` (the
+other class is then the only one, so Quantus' NumPy draw does not matter), one sample per
+batch (Quantus divides each batch of maps by its largest value; ifa_jax each map by its
+own) and a similarity function that is scikit-image's 2-D SSIM of the maps on their grid (uniform 7 x 7 window, population
 covariance, data range over the pair) instead of Quantus' default SSIM of the flattened
 maps.
 
