@@ -26,9 +26,9 @@ said: ``PointingGame``, ``RelevanceMassAccuracy``, ``RelevanceRankAccuracy``,
 explanation function :func:`explain_np`); ``RandomLogit`` with ``num_classes=2`` (the
 other class is then the only one, so Quantus' NumPy draw does not matter), one sample per
 batch (Quantus divides each batch of maps by its largest value; ifa_jax each map by its
-own) and a similarity function that is scikit-image's 2-D SSIM of the maps on their grid (uniform 7 x 7 window, population
-covariance, data range over the pair) instead of Quantus' default SSIM of the flattened
-maps.
+own) and a similarity function that is scikit-image's 2-D SSIM of the maps on their
+grid (uniform 7 x 7 window, population covariance, data range over the pair) instead of
+Quantus' default SSIM of the flattened maps.
 
 Not stored: ``PointingGame(weighted=True)``, which raises in Quantus 0.6.0 (it assigns a
 (n, 1) array into a boolean index of its bool hit array, which would also turn the
