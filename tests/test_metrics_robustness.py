@@ -101,6 +101,10 @@ def test_bad_arguments_raise(kwargs, match):
 def test_bad_inputs_and_explain_functions_raise():
     with pytest.raises(ValueError, match="float batch"):
         metrics.sensitivity(explain_fn, np.ones((2, 3, 1), np.uint8), 0, key=KEY)
+    with pytest.raises(ValueError, match="class must stay the same"):
+        metrics.sensitivity(explain_fn, jnp.ones((2, 3, 1)), "predicted", key=KEY)
+    with pytest.raises(ValueError, match="class must stay the same"):
+        metrics.random_logit(explain_fn, jnp.ones((2, 3, 3, 1)), "predicted", 3, key=KEY)
     with pytest.raises(ValueError, match="one map per input row"):
         metrics.sensitivity(lambda x, t: jnp.ones((1, 3)), jnp.ones((2, 3, 1)), 0, key=KEY)
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from ifa_jax._checks import is_traced, per_sample_values
+from ifa_jax._checks import index_targets, is_traced, per_sample_values
 
 Array = jax.Array
 
@@ -115,3 +115,15 @@ def check_masks(masks: Any, maps: Array) -> Array:
                 "needs at least one cell in its mask. Drop those samples."
             )
     return masks
+
+
+def class_targets(target: Any, batch: int) -> Array:
+    """Class indices (batch,) from an int or ints; a name such as 'predicted' is refused,
+    since the class must stay fixed while the inputs change."""
+    if isinstance(target, str) or callable(target):
+        raise ValueError(
+            f"target must be class indices (an int or {batch} ints), got {target!r:.40}: the "
+            "class must stay the same for every perturbed input. For the predicted class "
+            "pass jnp.argmax(logits, axis=-1) of the unperturbed inputs."
+        )
+    return index_targets(target, batch)

@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ifa_jax._checks import index_targets, positive_int, prng_key
+from ifa_jax._checks import positive_int, prng_key
+from ifa_jax.metrics._common import class_targets
 from ifa_jax.metrics.robustness import ExplainFn
 from ifa_jax.metrics.scores import Scores
 from ifa_jax.metrics.similarity import ssim
@@ -151,7 +152,7 @@ def random_logit(
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch (B, *in, C); got shape {x.shape}")
     B = x.shape[0]
-    target = index_targets(target, B)
+    target = class_targets(target, B)
     off = other_classes(key, target, num_classes)
     ours = jnp.asarray(explain_fn(x, target) if maps is None else maps)
     theirs = jnp.asarray(explain_fn(x, off))

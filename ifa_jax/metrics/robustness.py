@@ -50,7 +50,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ifa_jax._checks import index_targets, positive_int, prng_key
+from ifa_jax._checks import positive_int, prng_key
+from ifa_jax.metrics._common import class_targets
 from ifa_jax.metrics.scores import Scores
 
 Array = jax.Array
@@ -147,7 +148,7 @@ def sensitivity(
     if not callable(explain_fn):
         raise TypeError(f"explain_fn must be callable (x, target) -> maps; got {explain_fn!r}")
     B = x.shape[0]
-    target = index_targets(target, B)
+    target = class_targets(target, B)
     key = prng_key(key)
     if key is None:
         raise ValueError("key is None; pass a PRNG key, e.g. key=jax.random.key(0)")
