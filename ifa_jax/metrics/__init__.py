@@ -24,6 +24,15 @@ functions where the model is run. One module per concern, all re-exported here
   :func:`top_down_order` (:mod:`~ifa_jax.metrics.randomization`), :func:`rank_correlation`
   and :func:`ssim`
   (:mod:`~ifa_jax.metrics.similarity`).
+* localisation given masks (:mod:`~ifa_jax.metrics.localisation`): :func:`pointing_game`,
+  :func:`energy_pointing_game`, :func:`relevance_mass_accuracy`,
+  :func:`relevance_rank_accuracy`; complexity (:mod:`~ifa_jax.metrics.complexity`):
+  :func:`sparseness`, :func:`complexity`; robustness to input noise (runs an explanation
+  function, :mod:`~ifa_jax.metrics.robustness`): :func:`sensitivity`,
+  :func:`max_sensitivity`, :func:`average_sensitivity`; the random-logit test
+  (:mod:`~ifa_jax.metrics.random_logit`): :func:`random_logit`. They return
+  :class:`Scores` (:mod:`~ifa_jax.metrics.scores`): values (B,) with a flag for the
+  undefined ones.
 
 Undefined statistics (too few samples, a constant input, a single class) are ``None`` with
 a ``reason`` string, never NaN. Bad inputs raise ``ValueError`` naming the values and the fix.
@@ -47,8 +56,8 @@ Examples:
     {'average_drop': 25.0, 'average_increase': 50.0, 'n': 2}
 """
 
-# faithfulness (issue 25): ROAD, ARCC, faithfulness correlation, pixel-flipping
 from ifa_jax.metrics.arcc import ARCC, arcc, cam_explainer, coherency
+from ifa_jax.metrics.complexity import complexity, sparseness
 from ifa_jax.metrics.confidence import (
     ScoreFn,
     confidence_change,
@@ -80,6 +89,13 @@ from ifa_jax.metrics.insertion_deletion import (
     insertion_deletion,
     window_ids,
 )
+from ifa_jax.metrics.localisation import (
+    energy_pointing_game,
+    pointing_game,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+)
+from ifa_jax.metrics.random_logit import other_classes, random_logit
 from ifa_jax.metrics.randomization import LayerOrder, cascading_randomization, top_down_order
 from ifa_jax.metrics.road import (
     ROAD,
@@ -89,6 +105,14 @@ from ifa_jax.metrics.road import (
     road,
     road_masks,
 )
+from ifa_jax.metrics.robustness import (
+    ExplainFn,
+    Sensitivity,
+    average_sensitivity,
+    max_sensitivity,
+    sensitivity,
+)
+from ifa_jax.metrics.scores import Scores
 from ifa_jax.metrics.similarity import rank_correlation, ssim
 from ifa_jax.metrics.subsets import (
     DEFAULT_RATIOS,
@@ -125,7 +149,6 @@ __all__ = [
     "subset_accuracy",
     "subset_accuracy_curve",
     "window_ids",
-    # faithfulness (issue 25)
     "ARCC",
     "FaithfulnessCorrelation",
     "PixelFlipping",
@@ -141,4 +164,18 @@ __all__ = [
     "random_subsets",
     "road",
     "road_masks",
+    "ExplainFn",
+    "Scores",
+    "Sensitivity",
+    "average_sensitivity",
+    "complexity",
+    "energy_pointing_game",
+    "max_sensitivity",
+    "other_classes",
+    "pointing_game",
+    "random_logit",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "sensitivity",
+    "sparseness",
 ]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from ifa_jax._checks import is_traced, per_sample_values
+from ifa_jax._checks import index_targets, is_traced, per_sample_values
 
 Array = jax.Array
 
@@ -74,3 +74,56 @@ def check_scores(name: str, y: Array, expected: tuple[int, ...] | None = None) -
             f"score_fn returned {bad} non-finite score(s) ({name}); "
             "check the model, the inputs and the baseline"
         )
+
+
+def check_maps(maps: Any, name: str = "maps") -> Array:
+    """Maps (B, *spatial) with 1-3 spatial axes, finite, as a float array."""
+    maps = jnp.asarray(maps)
+    if not 2 <= maps.ndim <= 4 or maps.shape[0] == 0 or maps.size == 0:
+        raise ValueError(
+            f"{name} must be a non-empty batch (B, *spatial) with 1-3 spatial axes; got "
+            f"shape {maps.shape}. Add the batch axis (cam[None]) or drop the channel axis."
+        )
+    if not jnp.issubdtype(maps.dtype, jnp.floating):
+        maps = maps.astype(jnp.float32)
+    if not is_traced(maps) and not bool(jnp.all(jnp.isfinite(maps))):
+        raise ValueError(f"{name} has non-finite values; fix the CAMs first")
+    return maps
+
+
+def check_masks(masks: Any, maps: Array) -> Array:
+    """Boolean masks of the maps' shape (B, *spatial), each with at least one cell set."""
+    masks = jnp.asarray(masks)
+    if masks.shape != maps.shape:
+        raise ValueError(
+            f"masks have shape {masks.shape} but the maps {maps.shape}; pass one mask per "
+            f"map on its grid (resize the maps with ifa_jax.cams.upsample(cam, "
+            f"{tuple(maps.shape[1:])}) or the masks with nearest-neighbour sampling)"
+        )
+    if masks.dtype != jnp.bool_:
+        if is_traced(masks) or not bool(jnp.all((masks == 0) | (masks == 1))):
+            raise ValueError(
+                f"masks must be boolean (or 0/1 values); got dtype {masks.dtype}. "
+                "Threshold them first, e.g. masks > 0.5"
+            )
+        masks = masks.astype(bool)
+    if not is_traced(masks):
+        empty = np.flatnonzero(~np.asarray(masks.reshape(masks.shape[0], -1).any(axis=1)))
+        if empty.size:
+            raise ValueError(
+                f"{empty.size} mask(s) are empty (first at index {empty[0]}); every sample "
+                "needs at least one cell in its mask. Drop those samples."
+            )
+    return masks
+
+
+def class_targets(target: Any, batch: int) -> Array:
+    """Class indices (batch,) from an int or ints; a name such as 'predicted' is refused,
+    since the class must stay fixed while the inputs change."""
+    if isinstance(target, str) or callable(target):
+        raise ValueError(
+            f"target must be class indices (an int or {batch} ints), got {target!r:.40}: the "
+            "class must stay the same for every perturbed input. For the predicted class "
+            "pass jnp.argmax(logits, axis=-1) of the unperturbed inputs."
+        )
+    return index_targets(target, batch)

@@ -50,10 +50,10 @@ from ifa_jax.explaining import explain
 from ifa_jax.metrics._common import check_inputs
 from ifa_jax.metrics.confidence import ScoreFn
 from ifa_jax.metrics.road import NOISE, TOL, road
+from ifa_jax.metrics.robustness import ExplainFn
 from ifa_jax.probes import LayerProbe
 
 Array = jax.Array
-ExplainFn = Callable[[Array, Array], ArrayLike]
 
 ARCC_PERCENTILES = (20, 40, 60, 80)
 EPS = 1e-8  # pytorch-grad-cam's, in the correlation's denominator and the harmonic mean
