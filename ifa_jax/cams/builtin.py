@@ -353,7 +353,8 @@ BUILTIN_METHODS: tuple[Method, ...] = (
         "patches' softmax scores, mean-fused above theta at input resolution, blurred, "
         "min-max scaled (Tursun et al. 2022, pytorch-grad-cam's SESS)",
         peers=("pytorch-grad-cam/SESS",),
-        peer_note="min-max scaled, as pytorch-grad-cam's forward returns it",
+        peer_note="min-max scaled, as pytorch-grad-cam's forward returns it; to 1e-2 where "
+        "OpenCV's resize leaves 1e-15 residues that its fusion counts (mnist_cnn)",
     ),
 )
 
