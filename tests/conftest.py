@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import sysconfig
 from pathlib import Path
 from types import ModuleType
 
@@ -12,10 +14,36 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import ifa_jax
 from ifa_jax import cams
 from ifa_jax.runner.models import ConvNet, MnistCNN, NestedNet, NnxCNN
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
+# Set by `make test-min`, which runs a copy of the tests against the installed wheel: then
+# ifa_jax must be imported from the environment's site-packages, not from a source tree.
+INSTALLED = "IFA_JAX_TEST_INSTALLED"
+
+
+def not_installed(module_file: str) -> str | None:
+    """Why ``module_file`` (``ifa_jax.__file__``) is not the installed package, or None
+    when it lies in this environment's site-packages (purelib or platlib)."""
+    where = Path(module_file).resolve()
+    sites = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
+    if any(where.is_relative_to(site) for site in sites):
+        return None
+    return (
+        f"{INSTALLED} is set, but ifa_jax was imported from {where.parent}, not from the "
+        f"installed wheel in {', '.join(map(str, sorted(sites)))}; run the tests from a copy "
+        "outside the source tree (make test-min)"
+    )
+
+
+def pytest_configure(config):
+    """With :data:`INSTALLED` set, stop before any test unless ifa_jax is the installed one."""
+    if os.environ.get(INSTALLED):
+        problem = not_installed(ifa_jax.__file__)
+        if problem:
+            raise pytest.UsageError(problem)
 
 
 def load_tool(name: str) -> ModuleType:

@@ -454,6 +454,22 @@ def test_input_methods_resolve_their_function_and_defaults():
         assert dict(entry.options) == defaults
 
 
+def test_peers_and_peer_note_are_defaulted_fields():
+    def fn(inputs):
+        return inputs.activations
+
+    bare = cams.Method("mine", fn, (), frozenset(), {}, None, True, "summary", "layer")
+    assert bare.peers == () and bare.peer_note == ""  # the positional fields as before
+    one = cams.LayerMethod("mine", fn, peers="torch-cam/GradCAM", peer_note="as theirs")
+    assert one.peers == ("torch-cam/GradCAM",) and one.peer_note == "as theirs"
+    listed = cams.Method("mine", fn, peers=["a/B", "a/C+d"])
+    assert listed.peers == ("a/B", "a/C+d")
+    for bad in ("GradCAM", "torch-cam/", "/GradCAM", "torch cam/GradCAM", ("a/B", 3)):
+        with pytest.raises(ValueError, match=r"peers are 'library/Name' strings"):
+            cams.Method("mine", fn, peers=bad)  # type: ignore[arg-type]
+    assert cams.get_method("gradcam").peers[0] == "pytorch-grad-cam/GradCAM"
+
+
 def test_methods_are_typed_by_kind():
     for entry in cams.REGISTRY.values():
         want = {"layer": cams.LayerMethod, "layers": cams.LayersMethod}.get(entry.kind)

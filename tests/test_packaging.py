@@ -178,6 +178,37 @@ def test_the_built_wheel_holds_the_whole_library_and_runs_on_its_own(tmp_path):
     assert done.stdout.startswith("ran ")
 
 
+def test_the_installed_check_tells_the_wheel_from_a_source_tree(tmp_path):
+    import sysconfig
+
+    from tests.conftest import not_installed
+
+    site = sysconfig.get_paths()["purelib"]
+    assert not_installed(os.path.join(site, "ifa_jax", "__init__.py")) is None
+    problem = not_installed(str(tmp_path / "ifa_jax" / "__init__.py"))
+    assert problem and f"imported from {tmp_path / 'ifa_jax'}, not from" in problem
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("IFA_JAX_TEST_INSTALLED")), reason="run against the wheel: no source"
+)
+def test_a_run_against_the_wheel_stops_on_the_source_tree():
+    """`make test-min` sets IFA_JAX_TEST_INSTALLED: pytest then refuses to run any test
+    with ifa_jax imported from the source tree (here, where it is)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/test_packaging.py::test_version_has_one_source"],
+        capture_output=True, text=True, timeout=300, cwd=root,
+        env={**os.environ, "IFA_JAX_TEST_INSTALLED": "1"},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "not from the installed wheel" in done.stdout + done.stderr
+    assert "passed" not in done.stdout
+
+
 def test_the_lowest_versions_tested_are_the_lowest_promised():
     tomllib = pytest.importorskip("tomllib")
     from pathlib import Path

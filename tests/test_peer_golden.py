@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from flax import traverse_util
 
 import ifa_jax
 from ifa_jax import cams
+from ifa_jax.cams.builtin import BUILTIN_METHODS
 from ifa_jax.runner import models
 from ifa_jax.scale import minmax_per_image
 
@@ -352,6 +354,66 @@ def test_golden_file_is_small_and_every_map_has_an_entry():
 def test_core_methods_are_compared():
     compared = {_registered(PEERS[library, name].ours) for _, _, library, name in COMPARED}
     assert compared >= CORE
+
+
+# Peer maps compared by other test modules: (our method, "library/Name") -> (test module,
+# its test, golden file, a key it compares).
+ELSEWHERE: dict[tuple[str, str], tuple[str, str, str, str]] = {
+    ("sess", "pytorch-grad-cam/SESS"): (
+        "tests.test_sess",
+        "test_equals_pytorch_grad_cam",
+        "peers.npz",
+        "convnet/logit/pytorch-grad-cam/SESS",
+    ),
+    ("legrad", "torch-cam/LeGrad"): (
+        "tests.test_legrad",
+        "test_equals_torch_cams_legrad",
+        "peers_vit.npz",
+        "vit/logit/torch-cam/LeGrad/block1",
+    ),
+    ("legradlayers", "torch-cam/LeGrad"): (
+        "tests.test_legrad",
+        "test_equals_torch_cams_legrad",
+        "peers_vit.npz",
+        "vit/logit/torch-cam/LeGrad/block1+block2",
+    ),
+}
+
+
+def compared_peers() -> set[tuple[str, str]]:
+    """(our method, "library/Name") of every peer map a golden test compares."""
+    here = {(_registered(PEERS[lib, n].ours), f"{lib}/{n}") for _, _, lib, n in COMPARED}
+    return {(str(method), peer) for method, peer in here} | set(ELSEWHERE)
+
+
+def test_the_registry_names_exactly_the_compared_peers():
+    """The method table's peer column (each entry's ``peers``) is what the golden tests
+    compare: nothing declared and left untested, nothing tested and left undeclared."""
+    declared = {(method.name, peer) for method in BUILTIN_METHODS for peer in method.peers}
+    compared = compared_peers()
+    assert declared - compared == set(), "named in an entry's peers, compared by no test"
+    assert compared - declared == set(), "compared, not named in the method's peers"
+
+
+def test_the_comparisons_elsewhere_exist():
+    for (method, peer), (module, test, file, key) in ELSEWHERE.items():
+        assert callable(getattr(importlib.import_module(module), test)), (module, test)
+        with np.load(DATA.with_name(file)) as data:
+            assert key in data.files, (file, key)
+        assert "/".join(key.split("/")[2:4]) == peer and _registered(method) == method
+    for (library, name), peer in PEERS.items():
+        if peer.elsewhere:
+            assert (_registered(peer.ours), f"{library}/{name}") in ELSEWHERE
+
+
+def test_every_deviation_is_noted_in_the_registry():
+    """A peer map compared through a transform, on some cases only, at another tolerance,
+    or not at all: the method's entry says how it differs (its ``peer_note``)."""
+    for (library, name), peer in PEERS.items():
+        ours = _registered(peer.ours)
+        deviates = peer.transform is not _raw or peer.skip_cases or peer.rtol != RTOL
+        if ours is not None and deviates:
+            assert cams.get_method(ours).peer_note, f"{ours}: {library} {name} differs"
 
 
 @pytest.mark.parametrize("case, score", SCORED)

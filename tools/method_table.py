@@ -1,9 +1,11 @@
 """Write the method table of docs/method.md from the registry (one source per method).
 
 Each row is rendered from the method's registry entry (``ifa_jax.cams.REGISTRY``): its
-name and aliases, kind, what it needs, its options with their defaults, and its summary
-(the formula with its source). The table sits between two markers in docs/method.md;
-everything else in the page is written by hand.
+name and aliases, kind, what it needs, its options with their defaults, its summary
+(the formula with its source) and its agreement with the peer libraries (``peers``, the
+maps the golden tests compare it with, and ``peer_note``, where it differs). The table
+sits between two markers in docs/method.md; everything else in the page is written by
+hand.
 
 Usage: python tools/method_table.py [--check] [page]. Without --check the page is
 rewritten; with it, exits 1 (naming the page) when the table is out of date.
@@ -27,13 +29,23 @@ def _default(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else repr(value)
 
 
+def _peers(method) -> str:
+    """``library: Name, Name; library: Name (note)``; ``none`` without peers."""
+    libraries: dict[str, list[str]] = {}
+    for peer in method.peers:
+        library, name = peer.split("/", 1)
+        libraries.setdefault(library, []).append(name)
+    text = "; ".join(f"{lib}: {', '.join(names)}" for lib, names in libraries.items()) or "none"
+    return f"{text} ({method.peer_note})" if method.peer_note else text
+
+
 def render() -> str:
     """The table, one row per registered method in registry order."""
     from ifa_jax import cams
 
     rows = [
-        "| method | kind | needs | options (defaults) | formula (source) |",
-        "|---|---|---|---|---|",
+        "| method | kind | needs | options (defaults) | formula (source) | peer agreement |",
+        "|---|---|---|---|---|---|",
     ]
     for method in cams.REGISTRY.values():
         name = f"`{method.name}`"
@@ -42,7 +54,8 @@ def render() -> str:
         needs = ", ".join(sorted(method.needs))
         options = ", ".join(f"`{k}={_default(v)}`" for k, v in method.options.items())
         rows.append(
-            f"| {name} | {method.kind} | {needs} | {_cell(options)} | {_cell(method.summary)} |"
+            f"| {name} | {method.kind} | {needs} | {_cell(options)} | {_cell(method.summary)} "
+            f"| {_cell(_peers(method))} |"
         )
     return "\n".join(rows)
 

@@ -178,6 +178,14 @@ def normalise(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "")
 
 
+def _is_peer(peer: object) -> bool:
+    """Whether ``peer`` is ``"library/Name"``: two non-empty parts, no white space."""
+    if not isinstance(peer, str) or peer != "".join(peer.split()):
+        return False
+    library, _, name = peer.partition("/")
+    return bool(library and name)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Method:
     """One CAM method: one entry of :data:`ifa_jax.cams.REGISTRY` (the base of
@@ -197,6 +205,12 @@ class Method:
     summary: the formula in one line, with its source.
     kind: one of :data:`KINDS`, fixed by the entry's type. Maps of the kinds ``"layers"``
     and ``"input"`` have no channels: their CamResult holds ``L[..., None]`` (K = 1).
+    peers: the peer libraries' maps the method is tested against, each
+    ``"library/Name"`` (``"pytorch-grad-cam/GradCAM"``, ``"torch-cam/LayerCAM"``); ``()``
+    for none. A string is one peer. The built-ins' peers are exactly the comparisons of
+    the test suite's golden data (a test checks both directions).
+    peer_note: where and how the method deliberately differs from its peers, or why a
+    peer's map is not compared (``""`` when it agrees as it is).
 
     Entries compare by identity: jitted functions are keyed on the entry, so a replaced
     method is traced anew.
@@ -211,6 +225,8 @@ class Method:
     channelwise: bool = True
     summary: str = ""
     kind: str = "layer"
+    peers: tuple[str, ...] = ()
+    peer_note: str = ""
 
     # what a method of this type may need
     allowed_needs: ClassVar[frozenset[str]] = frozenset(NEEDS)
@@ -232,6 +248,14 @@ class Method:
                 f"'-' or '_' (e.g. {normalise(str(self.name))!r}); spellings go in aliases"
             )
         object.__setattr__(self, "aliases", tuple(normalise(a) for a in self.aliases))
+        peers = (self.peers,) if isinstance(self.peers, str) else tuple(self.peers)
+        bad = [p for p in peers if not _is_peer(p)]
+        if bad:
+            raise ValueError(
+                f"method {self.name!r}: peers are 'library/Name' strings "
+                f"(e.g. 'pytorch-grad-cam/GradCAM'); got {bad}"
+            )
+        object.__setattr__(self, "peers", peers)
         needs = (self.needs,) if isinstance(self.needs, str) else self.needs
         object.__setattr__(self, "needs", frozenset(needs))
         object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))

@@ -117,6 +117,9 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     the same name). ifa_jax's jitted functions are keyed on the entry, so the next call
     traces the new one; JAX's caches are left alone.
 
+    The entry's ``summary``, ``peers`` and ``peer_note`` are what docs/method.md's method
+    table shows for it; a method of your own may leave them empty (the defaults).
+
     Args:
         method: the entry, a :class:`~ifa_jax.cams.method.Method` of any kind.
         replace: whether it may replace the registered method of the same name.
