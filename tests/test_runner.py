@@ -99,6 +99,13 @@ def test_run_writes_every_artifact(finished_run):
                 saved["consistency"]["per_class"][m][c]["common"]["pearson"], abs=1e-5
             )
     assert "Consistency on every class" in (out / "report.md").read_text()
+    # The method comparison scores both methods on the faithfulness_samples images.
+    compared = saved["comparison"]
+    assert compared["samples"] == 4 and list(compared["methods"]) == ["gradcam", "hirescam"]
+    stored = json.loads((out / "evaluation" / "comparison.json").read_text())["numbers"]
+    assert stored["methods"] == compared["methods"]
+    assert "## Method comparison" in (out / "report.md").read_text()
+    assert (out / "figures" / "comparison.png").exists()
     # The last ratio keeps every channel: exactly the plain accuracy.
     for curve in saved["subsets"].values():
         assert curve["accuracy"][-1] == curve["full_accuracy"]
