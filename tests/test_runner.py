@@ -115,6 +115,22 @@ def test_run_writes_every_artifact(finished_run):
 
 
 @pytest.mark.slow
+def test_compare_command_runs_only_the_comparison(finished_run, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run[0], out)
+    config = out / "config.json"  # the run's own config, read back as a JSON config
+    assert runner.main(["compare", "--config", str(config), "--out", str(out)]) == 0
+    logs = capsys.readouterr().out
+    assert "train: loading" in logs and "loaded evaluation/comparison.json" in logs
+    assert "evaluate: loaded evaluation/consistency.json" not in logs
+    report = (out / "report.md").read_text()
+    assert "## Method comparison" in report and "## Consistency" not in report
+    assert json.loads((out / "results.json").read_text())["figures"] == {
+        "comparison": "figures/comparison.png"
+    }
+
+
+@pytest.mark.slow
 def test_rerun_resumes_and_rewrites_identical_files(finished_run):
     out, results, _ = finished_run
     before = {name: (out / name).read_bytes() for name in ("report.md", "results.json")}
