@@ -134,13 +134,19 @@ def test_placement_rejects_bad_arguments(mnist_splits, kwargs, message):
         D.place_on_canvas(mnist_splits.train.x[:4], np.arange(4), **kwargs)
     with pytest.raises(ValueError, match="all images have one label; pass distractor=0"):
         D.place_on_canvas(mnist_splits.train.x[:2], np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match="train_copies must be >= 1; got 0"):
+        D.load_mnist_placed(train_copies=0)
 
 
 def test_mnist_placed_splits_carry_their_masks(mnist_splits, monkeypatch):
     monkeypatch.setattr(D, "load_mnist_embedded", lambda **_: mnist_splits)  # loaded once
-    splits = D.load_mnist_placed()
+    splits = D.load_mnist_placed(train_copies=2)
     tr, va = splits.train, splits.validation
-    assert tr.x.shape == (4000, 56, 56, 1) and va.masks.shape == (1000, 56, 56)
+    assert tr.x.shape == (8000, 56, 56, 1) and va.masks.shape == (1000, 56, 56)
+    # Each training digit twice, each copy placed on its own.
+    np.testing.assert_array_equal(tr.y, np.tile(mnist_splits.train.y, 2))
+    np.testing.assert_array_equal(tr.masks[:4000].sum((1, 2)), tr.masks[4000:].sum((1, 2)))
+    assert np.mean(np.any(tr.masks[:4000] != tr.masks[4000:], axis=(1, 2))) > 0.9
     assert va.name == "mnist_placed/validation" and tr.num_classes == 10
     np.testing.assert_array_equal(va.y, mnist_splits.validation.y)
     assert va.masks.sum(axis=(1, 2)).min() > 0

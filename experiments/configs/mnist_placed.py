@@ -7,7 +7,8 @@ pixels are its mask (docs/runner.md, ``mnist_placed``), so the method comparison
 the localisation metrics beside the faithfulness ones. The CNN is the reference MNIST
 network at a third of its width (conv 5x5/32, conv 3x3/64, dense 128); its layer relu2
 is a 15 x 15 grid on these inputs, so the maps can separate the digit from the
-distractor.
+distractor. Six epochs over the 12,000 training canvases reach about 0.93 validation
+accuracy (a few minutes on 2 CPU cores).
 """
 
 from ifa_jax.runner import Config
@@ -21,6 +22,6 @@ def get_config() -> Config:
         model="mnist_cnn",
         model_kwargs=(("width1", 32), ("width2", 64), ("hidden", 128)),
         layer="relu2",
-        train=TrainConfig(epochs=8, batch_size=128, lr=2e-3, seed=0),
+        train=TrainConfig(epochs=6, batch_size=128, lr=2e-3, seed=0),
         methods=("gradcam", "gradcam++", "xgradcam", "hirescam"),
     )

@@ -279,13 +279,16 @@ def load_mnist_placed(
     canvas: int = 56,
     distractor: float = 0.4,
     threshold: float = 0.5,
+    train_copies: int = 1,
 ) -> Splits:
     """The embedded MNIST digits (:func:`load_mnist_embedded`) placed at random positions
     on a larger canvas with a faint distractor digit, with ground-truth masks: a dataset
     for the localisation metrics that needs no network (:func:`place_on_canvas`).
 
     Each split is placed with its own seed derived from ``seed``, distractors drawn from
-    the same split.
+    the same split. With ``train_copies`` > 1 every training digit is placed that many
+    times, each copy at its own position beside its own distractor, so that a model
+    learns that the position does not matter (the validation split stays one copy).
 
     Args:
         validation_size: a count or a fraction.
@@ -293,28 +296,33 @@ def load_mnist_placed(
         canvas: the canvas side.
         distractor: the distractor digit's brightness (0: none).
         threshold: the pixel value from which a digit pixel is in its mask.
+        train_copies: placements of each training digit, >= 1.
 
     Returns:
-        :class:`Splits` with ``train`` (4,000) and ``validation`` (1,000) by default;
+        :class:`Splits` with ``train`` (4,000 x train_copies) and ``validation`` (1,000)
+            by default;
             x: (N, canvas, canvas, 1) float32 in [0, 1], y: (N,) int32 in 0..9, masks:
             (N, canvas, canvas) bool.
 
     Raises:
         ValueError: what :func:`place_on_canvas` refuses.
     """
+    if train_copies < 1:
+        raise ValueError(f"train_copies must be >= 1; got {train_copies}")
     embedded = load_mnist_embedded(validation_size=validation_size, seed=seed)
     out = []
-    for k, split in enumerate((embedded.train, embedded.validation)):
+    for k, (split, copies) in enumerate(((embedded.train, train_copies), (embedded.validation, 1))):
+        y = np.tile(split.y, copies)
         x, masks = place_on_canvas(
-            split.x,
-            split.y,
+            np.tile(split.x, (copies, 1, 1, 1)),
+            y,
             canvas=canvas,
             seed=seed * 2 + k,
             distractor=distractor,
             threshold=threshold,
         )
         name = split.name.replace("mnist_embedded", "mnist_placed")
-        out.append(Dataset(x, split.y, split.num_classes, name, masks))
+        out.append(Dataset(x, y, split.num_classes, name, masks))
     return Splits(*out)
 
 
