@@ -43,6 +43,7 @@ from ifa_jax import cams, metrics, plots, scale
 from ifa_jax.runner.stages import RunContext, method_key
 
 DIRECTIONS = ("higher", "lower")
+ARROWS = {"higher": "↑", "lower": "↓"}  # in table headers and figure labels
 # Values this close count as equal when ranking (maps that coincide by construction, such
 # as GradCAM and HiResCAM before a global average pool, differ by float round-off).
 TIE_RTOL = 1e-6
@@ -242,7 +243,9 @@ def _summary(values: np.ndarray) -> dict[str, Any]:
     return {"mean": float(v.mean()), "std": std, "sem": std / np.sqrt(n), "n": n}
 
 
-def _seconds_per_image(explain: Explainer, x: np.ndarray, target: np.ndarray) -> tuple:
+def _seconds_per_image(
+    explain: Explainer, x: np.ndarray, target: np.ndarray
+) -> tuple[np.ndarray, float]:
     """The maps of ``x``, and the seconds per image of a second, compiled call."""
     jax.block_until_ready(explain(x, target))  # compiles
     start = time.perf_counter()
@@ -408,9 +411,6 @@ def _number(v: float, decimals: int | None = None) -> str:
     if not np.isfinite(v):
         return "undefined"
     return f"{v:.{_decimals(v) if decimals is None else decimals}f}"
-
-
-ARROWS = {"higher": "↑", "lower": "↓"}
 
 
 # ------------------------------------------------------------------------ in a run
