@@ -5,6 +5,7 @@ runner's data path on a tiny model."""
 from __future__ import annotations
 
 import types
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -106,6 +107,37 @@ def test_a_metric_needing_masks_is_skipped_without_masks_and_scored_with_them(im
     assert got["skipped"] == {}
     want = np.array([1.0] + [0.5] * (N - 1))  # mass of the left half on the mask
     assert got["methods"]["left"]["values"]["mass"]["mean"] == pytest.approx(want.mean())
+
+
+class Defined(NamedTuple):
+    """Shaped like ifa_jax.metrics.Scores: values with a flag for the defined ones."""
+
+    value: np.ndarray
+    defined: np.ndarray
+    reason: str
+
+
+def test_undefined_values_are_left_out_of_the_mean_and_count(images):
+    x, y = images
+
+    def compute(inputs):
+        assert inputs.num_classes == 3
+        return Defined(np.arange(N, dtype=np.float64), np.arange(N) % 2 == 0, "odd")
+
+    table = (comparison.Metric("even", "higher", False, compute, "even", "even"),)
+    numbers = comparison.score_methods(
+        {"m": _left_half}, brightness, x, y, num_classes=3, metric_table=table
+    )
+    got = numbers["methods"]["m"]["values"]["even"]
+    assert got["n"] == 3 and got["mean"] == pytest.approx(2.0)  # mean of 0, 2, 4
+    nan = (comparison.Metric("nan", "lower", False, lambda i: np.full(N, np.nan), "n", "n"),)
+    undefined = comparison.score_methods({"m": _left_half}, brightness, x, y, metric_table=nan)
+    assert undefined["methods"]["m"]["values"]["nan"] == {
+        "mean": None,
+        "std": None,
+        "sem": None,
+        "n": 0,
+    }
 
 
 def test_each_metric_draws_its_own_key_the_same_for_every_method(images):

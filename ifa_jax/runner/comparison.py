@@ -60,7 +60,9 @@ class MetricInputs:
     int classes explained; maps: (N, *in) the method's maps in [0, 1] on the input grid;
     masks: (N, *in) bool ground-truth masks, or None; key: a PRNG key for metrics that
     draw (the same for every method, so methods are compared on the same draws); explain:
-    ``(x, target) -> maps`` the method itself, for metrics that explain other inputs.
+    ``(x, target) -> maps`` the method itself, for metrics that explain other inputs
+    (robustness); num_classes: the model's classes (random-logit draws another class), or
+    None when unknown.
     """
 
     score_fn: Any
@@ -70,6 +72,7 @@ class MetricInputs:
     masks: np.ndarray | None
     key: jax.Array
     explain: Explainer
+    num_classes: int | None = None
     _shared: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def shared(self, name: str, compute: Callable[[], Any]) -> Any:
@@ -91,10 +94,11 @@ class MetricInputs:
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
-    """One column of the comparison: ``compute(inputs) -> (N,)`` values per sample
-    (NaN where undefined), ``direction`` in which it is better, ``needs_masks`` (skipped
-    without ground-truth masks), ``label`` for tables and figures, ``description`` (one
-    sentence for the report)."""
+    """One column of the comparison: ``compute(inputs)`` gives one value per sample,
+    ``(N,)`` with NaN where undefined, or an object with ``value`` and ``defined`` (N,)
+    arrays, as the metrics' ``Scores`` (the undefined are left out); ``direction`` in
+    which it is better, ``needs_masks`` (skipped without ground-truth masks), ``label``
+    for tables and figures, ``description`` (one sentence for the report)."""
 
     name: str
     direction: str
@@ -243,6 +247,14 @@ def _summary(values: np.ndarray) -> dict[str, Any]:
     return {"mean": float(v.mean()), "std": std, "sem": std / np.sqrt(n), "n": n}
 
 
+def _per_sample(result: Any) -> np.ndarray:
+    """A metric's values as float64, NaN where a ``(value, defined)`` result is undefined."""
+    if hasattr(result, "value") and hasattr(result, "defined"):
+        defined = np.asarray(result.defined, bool)
+        return np.where(defined, np.asarray(result.value, np.float64), np.nan)
+    return np.asarray(result, np.float64)
+
+
 def _seconds_per_image(
     explain: Explainer, x: np.ndarray, target: np.ndarray
 ) -> tuple[np.ndarray, float]:
@@ -261,6 +273,7 @@ def score_methods(
     *,
     masks: np.ndarray | None = None,
     key: jax.Array | None = None,
+    num_classes: int | None = None,
     metric_table: Sequence[Metric] = METRICS,
 ) -> dict[str, Any]:
     """Every method's maps of the same images scored by every metric of the table.
@@ -274,6 +287,7 @@ def score_methods(
             skipped).
         key: the PRNG key the metrics draw from (default ``jax.random.key(0)``); each
             metric gets ``fold_in(key, crc32(name))``, the same for every method.
+        num_classes: the model's classes, for the metrics that need them, or None.
         metric_table: the :class:`Metric` s.
 
     Returns:
@@ -329,13 +343,12 @@ def score_methods(
                 f"method {method!r} gave maps of shape {maps.shape}; the metrics need "
                 f"{spatial} (N, *spatial) on the input grid"
             )
-        inputs = MetricInputs(score_fn, x, target, maps, masks, key, explain)
+        inputs = MetricInputs(score_fn, x, target, maps, masks, key, explain, num_classes)
         values = {}
         for m in table:
             metric_key = jax.random.fold_in(key, zlib.crc32(m.name.encode()))
-            per_sample = np.asarray(
-                m.compute(dataclasses.replace(inputs, key=metric_key, _shared=inputs._shared)),
-                np.float64,
+            per_sample = _per_sample(
+                m.compute(dataclasses.replace(inputs, key=metric_key, _shared=inputs._shared))
             )
             if per_sample.shape != (len(x),):
                 raise ValueError(
@@ -464,6 +477,7 @@ def compare_methods(ctx: RunContext) -> tuple[dict[str, Any], dict[str, np.ndarr
         y,
         masks=masks,
         key=method_key(config, "explain"),
+        num_classes=ds.num_classes,
         metric_table=METRICS,
     )
     numbers["backend"] = jax.default_backend()
