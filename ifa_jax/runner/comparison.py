@@ -33,7 +33,7 @@ import dataclasses
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,9 @@ import numpy as np
 
 from ifa_jax import cams, metrics, plots, scale
 from ifa_jax.runner.stages import RunContext, method_key
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure as FigureType
 
 DIRECTIONS = ("higher", "lower")
 ARROWS = {"higher": "↑", "lower": "↓"}  # in table headers and figure labels
@@ -555,7 +558,7 @@ def report_comparison(ctx: RunContext, numbers: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def draw_comparison(ctx: RunContext):
+def draw_comparison(ctx: RunContext) -> FigureType | None:
     """The comparison heatmap (methods x metrics, coloured by rank in each column), or
     None when the comparison was not run.
 
