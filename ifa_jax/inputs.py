@@ -2,13 +2,16 @@
 batching.
 
 - :class:`Dataset`: arrays in memory, ``x: (N, *spatial, C)`` float32 in [0, 1], ``y:
-  (N,)`` int32; any object with ``__len__``, ``gather(indices) -> (x, y)``,
-  ``input_shape`` and ``num_classes`` works alike (:class:`Source`).
+  (N,)`` int32, and optionally ground-truth ``masks: (N, *spatial)`` bool (where the
+  object of the label lies, for the localisation metrics); any object with ``__len__``,
+  ``gather(indices) -> (x, y)``, ``input_shape`` and ``num_classes`` works alike
+  (:class:`Source`), and one with ``gather_masks(indices)`` brings its masks along.
 - :func:`as_images` / :func:`as_labels` check and convert the user's arrays.
-- :func:`batches` turns a source into fixed-size :class:`Batch` es ``(x, y, mask)``; the
-  last short batch is padded with ``mask=False`` rows (or dropped), so a jitted step
-  compiles once. Shuffling is deterministic given an explicit key or seed, and each
-  process of a multi-host job reads its own disjoint share of every global batch.
+- :func:`batches` turns a source into fixed-size :class:`Batch` es ``(x, y, mask)``
+  (with ``.masks`` when the source has masks); the last short batch is padded with
+  ``mask=False`` rows (or dropped), so a jitted step compiles once. Shuffling is
+  deterministic given an explicit key or seed, and each process of a multi-host job
+  reads its own disjoint share of every global batch.
 
 Dataset loaders (the embedded digits, tfds, MedMNIST, signals) are the application's:
 :mod:`ifa_jax.runner.data`.
@@ -26,6 +29,14 @@ Examples:
     [((2, 4, 4, 1), [0, 1], [True, True]),
      ((2, 4, 4, 1), [2, 1], [True, True]),
      ((2, 4, 4, 1), [0, 0], [True, False])]
+
+    Ground-truth masks travel with their images; padding rows get empty ones:
+
+    >>> masks = np.zeros((5, 4, 4), bool)
+    >>> masks[:, 1:3, 1:3] = True
+    >>> ds = Dataset(x, as_labels([0, 1, 2, 1, 0]), num_classes=3, masks=masks)
+    >>> [b.masks.sum(axis=(1, 2)).tolist() for b in batches(ds, 2)]
+    [[4, 4], [4, 4], [4, 0]]
 """
 
 from __future__ import annotations
@@ -47,31 +58,92 @@ __all__ = [
     "as_images",
     "as_labels",
     "batches",
+    "check_masks",
     "example_order",
     "unpack_batch",
 ]
 
 
-class Batch(NamedTuple):
-    """One fixed-size batch: ``x: (B, *spatial, C)`` float32, ``y: (B,)`` int32, ``mask: (B,)``.
+def check_masks(masks: Any, x_shape: tuple[int, ...], what: str) -> np.ndarray:
+    """Ground-truth masks checked against their inputs: ``(N, *spatial)`` bool.
 
-    ``mask`` is False on padding rows (x and y are zero there); they must not count in any
-    loss, metric or statistic.
+    Args:
+        masks: (N, *spatial) bool (or 0/1 integers), one mask per input.
+        x_shape: the inputs' shape ``(N, *spatial, C)``.
+        what: the masks' owner, for messages.
+
+    Returns:
+        The masks as a bool array.
+
+    Raises:
+        ValueError: another shape, or values other than True/False (0/1).
     """
+    m = np.asarray(masks)
+    want = tuple(x_shape[:-1])
+    if m.shape != want:
+        raise ValueError(
+            f"{what}: masks have shape {m.shape} but the inputs {tuple(x_shape)} need "
+            f"{want} (N, *spatial): one mask per input, on the input grid without the "
+            "channel axis"
+        )
+    if m.dtype != np.bool_:
+        numeric = np.issubdtype(m.dtype, np.number)
+        if not (numeric and np.isin(m, (0, 1)).all()):
+            example = m[~np.isin(m, (0, 1))].flat[0].item() if numeric else None
+            values = f" with values other than 0 and 1 (e.g. {example!r})" if numeric else ""
+            raise ValueError(
+                f"{what}: masks must be bool (True on the object); got dtype {m.dtype}"
+                f"{values}; threshold them first, e.g. masks > 0.5"
+            )
+        m = m.astype(np.bool_)
+    return m
 
+
+class _BatchFields(NamedTuple):
     x: np.ndarray
     y: np.ndarray
     mask: np.ndarray
 
 
+class Batch(_BatchFields):
+    """One fixed-size batch: ``x: (B, *spatial, C)`` float32, ``y: (B,)`` int32, ``mask: (B,)``.
+
+    ``mask`` is False on padding rows (x and y are zero there); they must not count in any
+    loss, metric or statistic. ``masks`` (an attribute, default None) holds the
+    ground-truth masks ``(B, *spatial)`` bool of a source that has them (all False on
+    padding rows); not to be confused with ``mask``, the valid rows.
+
+    Raises:
+        ValueError: masks of another shape than ``x`` without its channel axis.
+    """
+
+    # An attribute, not a fourth field: a Batch stays the 3-tuple (x, y, valid) that
+    # every consumer of batches unpacks.
+    masks: np.ndarray | None = None
+
+    def __new__(cls, x: np.ndarray, y: np.ndarray, mask: np.ndarray, masks: Any = None):
+        """A batch; ``masks`` (B, *spatial) bool or None."""
+        self = super().__new__(cls, x, y, mask)
+        if masks is not None:
+            self.masks = check_masks(masks, np.shape(x), "batch")
+        return self
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """An in-memory labelled dataset: ``x: (N, *spatial, C)`` float32 in [0, 1], ``y: (N,)``."""
+    """An in-memory labelled dataset: ``x: (N, *spatial, C)`` float32 in [0, 1], ``y: (N,)``,
+    and optionally ground-truth ``masks: (N, *spatial)`` bool (None: the dataset has none).
+
+    Raises:
+        ValueError: x not float32, y not (N,) integers in [0, num_classes), lengths that
+            differ, or masks not (N, *spatial) bool.
+    """
 
     x: np.ndarray
     y: np.ndarray
     num_classes: int
     name: str = "dataset"
+    masks: np.ndarray | None = None
 
     def __post_init__(self):
         if self.x.dtype != np.float32:
@@ -94,6 +166,8 @@ class Dataset:
                 f"{self.name}: labels must lie in [0, {self.num_classes}); "
                 f"got range [{self.y.min()}, {self.y.max()}]. Pass a larger num_classes."
             )
+        if self.masks is not None:
+            object.__setattr__(self, "masks", check_masks(self.masks, self.x.shape, self.name))
 
     def __len__(self) -> int:
         return len(self.y)
@@ -107,9 +181,20 @@ class Dataset:
         """Examples at ``indices: (k,)`` -> ``(x: (k, *spatial, C), y: (k,))``."""
         return self.x[indices], self.y[indices]
 
+    def gather_masks(self, indices: np.ndarray) -> np.ndarray | None:
+        """Ground-truth masks at ``indices: (k,)`` -> ``(k, *spatial)`` bool, or None when
+        the dataset has none."""
+        return None if self.masks is None else self.masks[indices]
+
     def subset(self, indices: np.ndarray, name: str | None = None) -> Dataset:
-        """A new :class:`Dataset` holding the examples at ``indices``."""
-        return Dataset(self.x[indices], self.y[indices], self.num_classes, name or self.name)
+        """A new :class:`Dataset` holding the examples (and masks) at ``indices``."""
+        return Dataset(
+            self.x[indices],
+            self.y[indices],
+            self.num_classes,
+            name or self.name,
+            self.gather_masks(indices),
+        )
 
 
 class Source(Protocol):
@@ -287,7 +372,8 @@ def batches(
         (all processes must pass the same ``shuffle_key``).
 
     Yields:
-        :class:`Batch` es, each of ``batch_size`` rows.
+        :class:`Batch` es, each of ``batch_size`` rows; with ``masks`` ``(B, *spatial)``
+        when ``ds`` has a ``gather_masks`` that returns them.
 
     Raises:
         ValueError: batch_size < 1, or a bad shard.
@@ -300,16 +386,23 @@ def batches(
     global_bs = batch_size * shard_count
     num_steps = n // global_bs if drop_remainder else -(-n // global_bs)
     shape = ds.input_shape
+    gather_masks = getattr(ds, "gather_masks", None)
     for step in range(num_steps):
         lo = step * global_bs + shard_index * batch_size
         idx = order[lo : min(lo + batch_size, n)]
         x = np.zeros((batch_size, *shape), np.float32)
         y = np.zeros((batch_size,), np.int32)
         mask = np.zeros((batch_size,), np.bool_)
+        masks = None
         if len(idx):
             xb, yb = ds.gather(idx)
             x[: len(idx)], y[: len(idx)], mask[: len(idx)] = xb, yb, True
-        yield Batch(x, y, mask)
+        # Padding rows: an empty share reads example 0 to learn whether masks exist.
+        mb = gather_masks(idx if len(idx) else np.arange(min(n, 1))) if gather_masks else None
+        if mb is not None:
+            masks = np.zeros((batch_size, *shape[:-1]), np.bool_)
+            masks[: len(idx)] = mb[: len(idx)]
+        yield Batch(x, y, mask, masks)
 
 
 def unpack_batch(

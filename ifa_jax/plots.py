@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure as FigureType
 
 Figure = require("matplotlib.figure", "plots", "ifa_jax.plots").Figure
+_Rectangle = require("matplotlib.patches", "plots", "ifa_jax.plots").Rectangle
 
 CAM_CMAP = "jet"
 COMMON_LABEL = "CAM intensity (common scale, clipped to [0, 1])"
@@ -537,4 +538,66 @@ def outliers(images: np.ndarray, maps: np.ndarray, titles: Sequence[str]) -> Fig
         _draw_overlay(ax, images[i], m, 0.55, name=f"images[{i}]")
         ax.set_title(t, fontsize=7)
         ax.axis("off")
+    return fig
+
+
+def comparison_heatmap(
+    values: ArrayLike, ranks: ArrayLike, rows: Sequence[str], columns: Sequence[str]
+) -> FigureType:
+    """A methods x metrics table drawn as a heatmap coloured by each cell's rank in its
+    column (so columns whose better direction differs read alike), with the values
+    written in the cells and the best of each column (rank 1) in bold and framed.
+
+    Args:
+        values: (M, K) the numbers written in the cells (NaN: "n/a").
+        ranks: (M, K) their ranks within each column, 1 the best (NaN: no rank).
+        rows: M row names (methods).
+        columns: K column names (metrics, with their direction).
+
+    Returns:
+        The Figure.
+
+    Raises:
+        ValueError: shapes that do not match the names.
+    """
+    v, r = np.asarray(values, np.float64), np.asarray(ranks, np.float64)
+    if v.shape != r.shape or v.shape != (len(rows), len(columns)):
+        raise ValueError(
+            f"values {v.shape} and ranks {r.shape} must both be (rows, columns) = "
+            f"({len(rows)}, {len(columns)})"
+        )
+    m, k = v.shape
+    fig, ax = _figure(figsize=(1.5 + 1.45 * k, 1.3 + 0.45 * m), squeeze=True)
+    worst = max(m, 2)
+    colours = require("matplotlib", "plots", "ifa_jax.plots").colormaps["RdYlGn_r"]
+    im = ax.imshow(
+        np.ma.masked_invalid(r),
+        cmap=colours.with_extremes(bad="lightgrey"),  # no rank: grey
+        vmin=1,
+        vmax=worst,
+        aspect="auto",
+    )
+    for i in range(m):
+        for j in range(k):
+            best = r[i, j] == 1
+            text = "n/a" if not np.isfinite(v[i, j]) else f"{v[i, j]:.3g}"
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=8,
+                fontweight="bold" if best else "normal",
+            )
+            if best:
+                ax.add_patch(
+                    _Rectangle((j - 0.48, i - 0.46), 0.96, 0.92, fill=False, lw=1.6, color="black")
+                )
+    ax.set_xticks(range(k), list(columns), rotation=25, ha="right", fontsize=8)
+    ax.set_yticks(range(m), list(rows), fontsize=8)
+    ax.set_xlabel("metric (arrow: the better direction; framed: best in the column)")
+    ax.set_ylabel("method")
+    bar = fig.colorbar(im, ax=ax, ticks=range(1, worst + 1))
+    bar.set_label("rank in the column (1 = best)")
     return fig

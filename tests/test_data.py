@@ -68,6 +68,120 @@ def test_split_is_deterministic_and_seed_dependent(digits):
 
 
 # --------------------------------------------------------------------------------------
+# Digits placed on a canvas, with ground-truth masks
+# --------------------------------------------------------------------------------------
+
+
+def _placement(mask: np.ndarray, own: np.ndarray) -> tuple[int, int]:
+    """Where a digit went: its mask's first row and column minus the digit's own."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    own_rows, own_cols = np.flatnonzero(own.any(1)), np.flatnonzero(own.any(0))
+    return int(rows[0] - own_rows[0]), int(cols[0] - own_cols[0])
+
+
+def test_placed_digits_masks_are_the_digit_pixels_inside_its_box(mnist_splits):
+    pick = D.stratified_indices(mnist_splits.train.y, 40)  # the split is sorted by class
+    digits, labels = mnist_splits.train.x[pick], mnist_splits.train.y[pick]
+    x, masks = D.place_on_canvas(digits, labels, canvas=40, seed=3, distractor=0.4)
+    assert x.shape == (40, 40, 40, 1) and x.dtype == np.float32 and masks.dtype == np.bool_
+    corners = set()
+    for i in range(40):
+        own = digits[i, ..., 0]
+        r, c = _placement(masks[i], own >= 0.5)
+        assert 0 <= r <= 12 and 0 <= c <= 12
+        corners.add((r, c))
+        # Naive reference: the digit's thresholded pixels pasted at (r, c), nothing else.
+        want = np.zeros((40, 40), bool)
+        want[r : r + 28, c : c + 28] = own >= 0.5
+        np.testing.assert_array_equal(masks[i], want)
+        # The digit itself is there (the brighter pixel wins where the distractor
+        # overlaps); on its mask the image is exactly the digit, off its box only the
+        # faint distractor.
+        box = np.zeros((40, 40), bool)
+        box[r : r + 28, c : c + 28] = True
+        assert (x[i, ..., 0][box].reshape(28, 28) >= own).all()
+        np.testing.assert_array_equal(x[i, ..., 0][masks[i]], own[own >= 0.5])
+        assert x[i, ..., 0][~box].max() <= np.float32(0.4)
+    assert len(corners) > 20  # positions vary
+    # The distractor is there, and a different image: off-box pixels exist, and vanish
+    # without it.
+    off_box = [(x[i, ..., 0] > 0).sum() - (x[i, ..., 0][masks[i]] > 0).sum() for i in range(40)]
+    plain, plain_masks = D.place_on_canvas(digits, labels, canvas=40, seed=3, distractor=0.0)
+    np.testing.assert_array_equal(plain_masks, masks)
+    assert np.all((x >= plain) & ((x == plain) | (x <= 0.4)))
+    assert np.mean(np.asarray(off_box) > 0) == 1.0 and not np.array_equal(x, plain)
+
+
+def test_placement_is_reproducible_with_its_seed(mnist_splits):
+    pick = D.stratified_indices(mnist_splits.train.y, 10)
+    digits, labels = mnist_splits.train.x[pick], mnist_splits.train.y[pick]
+    a, b, c = (D.place_on_canvas(digits, labels, canvas=36, seed=s) for s in (5, 5, 6))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"canvas": 20}, r"canvas 20 is smaller than the images \(28 x 28\)"),
+        ({"distractor": 1.0}, r"distractor must lie in \[0, 1\)"),
+        ({"threshold": 0.0}, r"threshold in \(0, 1\]"),
+    ],
+)
+def test_placement_rejects_bad_arguments(mnist_splits, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        D.place_on_canvas(mnist_splits.train.x[:4], np.arange(4), **kwargs)
+    with pytest.raises(ValueError, match="all images have one label; pass distractor=0"):
+        D.place_on_canvas(mnist_splits.train.x[:2], np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match="train_copies must be >= 1; got 0"):
+        D.load_mnist_placed(train_copies=0)
+
+
+def test_mnist_placed_splits_carry_their_masks(mnist_splits, monkeypatch):
+    monkeypatch.setattr(D, "load_mnist_embedded", lambda **_: mnist_splits)  # loaded once
+    splits = D.load_mnist_placed(train_copies=2)
+    tr, va = splits.train, splits.validation
+    assert tr.x.shape == (8000, 56, 56, 1) and va.masks.shape == (1000, 56, 56)
+    # Each training digit twice, each copy placed on its own.
+    np.testing.assert_array_equal(tr.y, np.tile(mnist_splits.train.y, 2))
+    np.testing.assert_array_equal(tr.masks[:4000].sum((1, 2)), tr.masks[4000:].sum((1, 2)))
+    assert np.mean(np.any(tr.masks[:4000] != tr.masks[4000:], axis=(1, 2))) > 0.9
+    assert va.name == "mnist_placed/validation" and tr.num_classes == 10
+    np.testing.assert_array_equal(va.y, mnist_splits.validation.y)
+    assert va.masks.sum(axis=(1, 2)).min() > 0
+    # The masks travel with their images through batching (all False on padding rows).
+    b = list(D.batches(va, 64))[-1]
+    np.testing.assert_array_equal(b.masks[:40], va.masks[960:])
+    assert not b.masks[40:].any() and b.masks.shape == (64, 56, 56)
+
+
+def test_masks_are_checked_and_travel_with_subsets_and_splits():
+    x = np.zeros((6, 3, 4, 1), np.float32)
+    y = np.array([0, 1] * 3, np.int32)
+    masks = np.arange(6 * 12).reshape(6, 3, 4) % 2 == 0
+    masks[:, 0, 0] = np.arange(6) % 3 == 0  # a mark per example
+    ds = D.Dataset(x, y, 2, "toy", masks)
+    sub = ds.subset(np.array([4, 1]))
+    np.testing.assert_array_equal(sub.masks, masks[[4, 1]])
+    np.testing.assert_array_equal(ds.gather_masks(np.array([3])), masks[[3]])
+    assert D.Dataset(x, y, 2).gather_masks(np.array([0])) is None
+    assert D.Dataset(x, y, 2, masks=masks.astype(np.uint8)).masks.dtype == np.bool_
+    # Batches without masks are unchanged: a 3-tuple, masks None.
+    b = next(D.batches(D.Dataset(x, y, 2), 4))
+    assert len(b) == 3 and b.masks is None
+    xb, yb, valid = next(D.batches(ds, 4))
+    with pytest.raises(ValueError, match=r"toy: masks have shape \(6, 3, 4, 1\) but the inputs "):
+        D.Dataset(x, y, 2, "toy", masks[..., None])
+    with pytest.raises(
+        ValueError, match=r"masks must be bool .* values other than 0 and 1 \(e.g. 0.5\)"
+    ):
+        D.Dataset(x, y, 2, "toy", np.full((6, 3, 4), 0.5))
+    with pytest.raises(ValueError, match=r"batch: masks have shape \(2, 3, 4\) but the inputs"):
+        D.Batch(x[:4], y[:4], np.ones(4, bool), masks[:2])
+
+
+# --------------------------------------------------------------------------------------
 # Batching
 # --------------------------------------------------------------------------------------
 

@@ -99,12 +99,35 @@ def test_run_writes_every_artifact(finished_run):
                 saved["consistency"]["per_class"][m][c]["common"]["pearson"], abs=1e-5
             )
     assert "Consistency on every class" in (out / "report.md").read_text()
+    # The method comparison scores both methods on the faithfulness_samples images.
+    compared = saved["comparison"]
+    assert compared["samples"] == 4 and list(compared["methods"]) == ["gradcam", "hirescam"]
+    stored = json.loads((out / "evaluation" / "comparison.json").read_text())["numbers"]
+    assert stored["methods"] == compared["methods"]
+    assert "## Method comparison" in (out / "report.md").read_text()
+    assert (out / "figures" / "comparison.png").exists()
     # The last ratio keeps every channel: exactly the plain accuracy.
     for curve in saved["subsets"].values():
         assert curve["accuracy"][-1] == curve["full_accuracy"]
     report = (out / "report.md").read_text()
     assert "| hirescam |" in report and "![" in report and "nan" not in report.lower()
     assert any(line.startswith("consistency:") for line in logs)
+
+
+@pytest.mark.slow
+def test_compare_command_runs_only_the_comparison(finished_run, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run[0], out)
+    config = out / "config.json"  # the run's own config, read back as a JSON config
+    assert runner.main(["compare", "--config", str(config), "--out", str(out)]) == 0
+    logs = capsys.readouterr().out
+    assert "train: loading" in logs and "loaded evaluation/comparison.json" in logs
+    assert "evaluate: loaded evaluation/consistency.json" not in logs
+    report = (out / "report.md").read_text()
+    assert "## Method comparison" in report and "## Consistency" not in report
+    assert json.loads((out / "results.json").read_text())["figures"] == {
+        "comparison": "figures/comparison.png"
+    }
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ Examples:
     ('mnist_embedded', 'mnist_cnn', 1, ('gradcam',))
     >>> [e.name for e in EVALUATIONS]  # doctest: +NORMALIZE_WHITESPACE
     ['consistency', 'consistency_all_classes', 'subsets', 'decomposition', 'diagnostics',
-     'faithfulness', 'sanity', 'scale_coverage']
+     'faithfulness', 'sanity', 'scale_coverage', 'comparison']
 """
 
 from ifa_jax.runner.config import SUBSET_MODES, Config, config_from_dict, load_config, override

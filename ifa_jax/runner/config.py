@@ -43,7 +43,8 @@ SUBSET_MODES = ("top", "diff_top", "reverse_diff_top", "random")
 class Config:
     """One experiment. See experiments/configs/ for complete examples.
 
-    dataset: one of ``mnist_embedded``, ``sklearn_digits``, ``tfds:<name>``,
+    dataset: one of ``mnist_embedded``, ``mnist_placed`` (the embedded digits on a 56 x 56
+    canvas, with ground-truth masks), ``sklearn_digits``, ``tfds:<name>``,
     ``medmnist:<path.npz>``, ``signals:<path>``, or a plug-in ``package.module:factory``
     / ``path/to/file.py:factory`` called with ``dataset_kwargs`` (pairs); see
     :mod:`ifa_jax.runner.registry`. image_size: resize tfds images to it.
@@ -73,7 +74,10 @@ class Config:
     outliers_shown: the worst outliers listed and drawn.
     faithfulness_samples / sanity_samples: images for drop/increase, insertion/deletion
     and the randomisation check (0 skips them); figure_samples: images in the CAM figure.
-    All three are drawn stratified by class with ``seed`` (one per class first).
+    comparison_samples: images on which every method is scored by every metric of the
+    method comparison (:mod:`ifa_jax.runner.comparison`; None: as many as
+    faithfulness_samples; 0 skips it). All four are drawn
+    stratified by class with ``seed`` (one per class first).
     count: which samples the importance statistics count: ``"correct"`` (correctly
     classified ones, the method's default) or ``"all"``.
     devices: devices the analysis pass splits each batch over (the first n of
@@ -107,6 +111,7 @@ class Config:
     consistency_group: int = 16
     outliers_shown: int = 8
     faithfulness_samples: int = 64
+    comparison_samples: int | None = None
     sanity_samples: int = 16
     figure_samples: int = 10
     seed: int = 0
@@ -163,6 +168,10 @@ class Config:
             (0 < self.consistency_ratio <= 1, "consistency_ratio must lie in (0, 1]"),
             (self.max_classes is None or self.max_classes >= 1, "max_classes must be >= 1"),
             (self.faithfulness_samples >= 0, "faithfulness_samples must be >= 0"),
+            (
+                self.comparison_samples is None or self.comparison_samples >= 0,
+                "comparison_samples must be >= 0 or None",
+            ),
             (self.sanity_samples >= 0, "sanity_samples must be >= 0"),
             (self.figure_samples >= 1, "figure_samples must be >= 1"),
             (self.consistency_group >= 1, "consistency_group must be >= 1"),

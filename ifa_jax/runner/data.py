@@ -55,6 +55,8 @@ __all__ = [
     "example_order",
     "load_medmnist_npz",
     "load_mnist_embedded",
+    "load_mnist_placed",
+    "place_on_canvas",
     "load_signals",
     "load_sklearn_digits",
     "load_tfds",
@@ -182,6 +184,146 @@ def load_mnist_embedded(*, validation_size: int | float = 1000, seed: int = 0) -
     x, y = mnist_data()
     x = (np.asarray(x, np.float32) / np.float32(255.0)).reshape(-1, 28, 28, 1)
     return split_dataset(Dataset(x, as_labels(y), 10, "mnist_embedded"), validation_size, seed=seed)
+
+
+def place_on_canvas(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    canvas: int = 56,
+    seed: int = 0,
+    distractor: float = 0.4,
+    threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image placed at a random position on a larger black canvas, with a faint
+    digit of another class beside it, and the image's own pixels as its mask.
+
+    Image i lands with its top-left corner drawn uniformly from ``[0, canvas - h] x [0,
+    canvas - w]``; a distractor (another image, of a different label, drawn at random and
+    scaled by ``distractor``) lands at an independent position, and where the two overlap
+    the brighter pixel wins. The mask is True where image i itself is at least
+    ``threshold``: inside its box, and never on the distractor, which stays below
+    ``threshold`` when ``distractor < threshold``. The distractor makes localisation
+    non-trivial: a map that lights up every stroke puts part of its mass off the mask.
+
+    Args:
+        images: (N, h, w, 1) float32 in [0, 1].
+        labels: (N,) int labels; a distractor is drawn from the other labels.
+        canvas: the canvas side, >= max(h, w).
+        seed: the positions' and distractors' seed (the same seed, the same canvases).
+        distractor: the distractor's brightness in [0, 1) (0: none).
+        threshold: the pixel value from which a pixel of image i is in its mask, in (0, 1].
+
+    Returns:
+        ``(x: (N, canvas, canvas, 1) float32 in [0, 1], masks: (N, canvas, canvas) bool)``.
+
+    Raises:
+        ValueError: images that are not (N, h, w, 1), a canvas smaller than them, a
+            distractor or threshold out of range, or a distractor with a single label.
+    """
+    images, labels = np.asarray(images, np.float32), np.asarray(labels)
+    if images.ndim != 4 or images.shape[-1] != 1 or len(labels) != len(images):
+        raise ValueError(
+            f"place_on_canvas needs grey images (N, h, w, 1) and labels (N,); got "
+            f"{images.shape} and {labels.shape}"
+        )
+    n, h, w = images.shape[:3]
+    if canvas < max(h, w):
+        raise ValueError(
+            f"canvas {canvas} is smaller than the images ({h} x {w}); pick >= {max(h, w)}"
+        )
+    if not 0 <= distractor < 1 or not 0 < threshold <= 1:
+        raise ValueError(
+            f"distractor must lie in [0, 1) and threshold in (0, 1]; got {distractor} and "
+            f"{threshold}"
+        )
+    classes = np.unique(labels)
+    if distractor > 0 and len(classes) < 2:
+        raise ValueError(
+            "a distractor is drawn from another label, but all images have one label; pass "
+            "distractor=0"
+        )
+    rng = np.random.default_rng(seed)
+
+    def corners() -> tuple[np.ndarray, np.ndarray]:
+        return rng.integers(0, canvas - h + 1, n), rng.integers(0, canvas - w + 1, n)
+
+    def paste(into: np.ndarray, pixels: np.ndarray, top: np.ndarray, left: np.ndarray) -> None:
+        rows = (top[:, None] + np.arange(h))[:, :, None]
+        cols = (left[:, None] + np.arange(w))[:, None, :]
+        at = (np.arange(n)[:, None, None], rows, cols)
+        into[at] = np.maximum(into[at], pixels)
+
+    own = images[..., 0]
+    x = np.zeros((n, canvas, canvas), np.float32)
+    masks = np.zeros((n, canvas, canvas), np.bool_)
+    top, left = corners()
+    paste(x, own, top, left)
+    paste(masks, own >= threshold, top, left)
+    if distractor > 0:
+        # A label other than each image's own, then an image of that label.
+        shift = rng.integers(1, len(classes), n)
+        other = classes[(np.searchsorted(classes, labels) + shift) % len(classes)]
+        pick = np.empty(n, np.int64)
+        for c in classes:
+            pool, where = np.flatnonzero(labels == c), np.flatnonzero(other == c)
+            pick[where] = pool[rng.integers(0, len(pool), len(where))]
+        paste(x, own[pick] * np.float32(distractor), *corners())
+    return x[..., None], masks
+
+
+def load_mnist_placed(
+    *,
+    validation_size: int | float = 1000,
+    seed: int = 0,
+    canvas: int = 56,
+    distractor: float = 0.4,
+    threshold: float = 0.5,
+    train_copies: int = 1,
+) -> Splits:
+    """The embedded MNIST digits (:func:`load_mnist_embedded`) placed at random positions
+    on a larger canvas with a faint distractor digit, with ground-truth masks: a dataset
+    for the localisation metrics that needs no network (:func:`place_on_canvas`).
+
+    Each split is placed with its own seed derived from ``seed``, distractors drawn from
+    the same split. With ``train_copies`` > 1 every training digit is placed that many
+    times, each copy at its own position beside its own distractor, so that a model
+    learns that the position does not matter (the validation split stays one copy).
+
+    Args:
+        validation_size: a count or a fraction.
+        seed: the split's and the placement's seed.
+        canvas: the canvas side.
+        distractor: the distractor digit's brightness (0: none).
+        threshold: the pixel value from which a digit pixel is in its mask.
+        train_copies: placements of each training digit, >= 1.
+
+    Returns:
+        :class:`Splits` with ``train`` (4,000 x train_copies) and ``validation`` (1,000)
+            by default;
+            x: (N, canvas, canvas, 1) float32 in [0, 1], y: (N,) int32 in 0..9, masks:
+            (N, canvas, canvas) bool.
+
+    Raises:
+        ValueError: what :func:`place_on_canvas` refuses.
+    """
+    if train_copies < 1:
+        raise ValueError(f"train_copies must be >= 1; got {train_copies}")
+    embedded = load_mnist_embedded(validation_size=validation_size, seed=seed)
+    out = []
+    for k, (split, copies) in enumerate(((embedded.train, train_copies), (embedded.validation, 1))):
+        y = np.tile(split.y, copies)
+        x, masks = place_on_canvas(
+            np.tile(split.x, (copies, 1, 1, 1)),
+            y,
+            canvas=canvas,
+            seed=seed * 2 + k,
+            distractor=distractor,
+            threshold=threshold,
+        )
+        name = split.name.replace("mnist_embedded", "mnist_placed")
+        out.append(Dataset(x, y, split.num_classes, name, masks))
+    return Splits(*out)
 
 
 def load_sklearn_digits(*, validation_size: int | float = 0.2, seed: int = 0) -> Splits:

@@ -46,6 +46,7 @@ from ifa_jax.consistency import (
     consistency_levels,
     summarize_consistency,
 )
+from ifa_jax.runner import comparison
 from ifa_jax.runner import train as training
 from ifa_jax.runner.stages import RunContext
 
@@ -758,6 +759,7 @@ EVALUATIONS: tuple[Evaluation, ...] = (
     Evaluation("faithfulness", 1, faithfulness, report_faithfulness),
     Evaluation("sanity", 2, sanity, report_sanity),
     Evaluation("scale_coverage", 1, scale_coverage, report_scale_coverage),
+    Evaluation("comparison", 1, comparison.compare_methods, comparison.report_comparison),
 )
 
 __all__ = ["EVALUATIONS", "Evaluation", "fmt"]

@@ -201,8 +201,9 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``ifa-jax run --config FILE [--out DIR] [--set KEY=VALUE ...] [--plugin CODE ...]
-    [--overwrite]``."""
+    """``ifa-jax run|compare --config FILE [--out DIR] [--set KEY=VALUE ...] [--plugin CODE
+    ...] [--overwrite]``; ``compare`` runs only the method comparison's evaluation and
+    figure."""
     from ifa_jax.runner.allocator import restart_tuned
 
     restart_tuned(argv)  # the command (argv None) restarts once with the CPU allocator tuning
@@ -210,35 +211,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="ifa-jax", description="Integrated feature analysis of a model on a dataset."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser(
+    run_parser = commands.add_parser(
         "run",
         help="train (or load) a model, analyse it, evaluate, write the report",
         description="Run or resume one experiment. Re-running the same command resumes: "
         "finished stages whose files verify are loaded, not recomputed.",
     )
-    p.add_argument("--config", required=True, help="a .py file with get_config() or a .json")
-    p.add_argument("--out", help="run folder (default: runs/<config name>)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. train.epochs=2 or methods=gradcam,hirescam",
+    compare_parser = commands.add_parser(
+        "compare",
+        help="train (or load) and analyse as run does, then only the method comparison",
+        description="Score every method of the config on every metric of the method "
+        "comparison: 'run' restricted to that evaluation and its figure. The report holds "
+        "only the comparison; 'run' on the same folder later adds the rest, loading the "
+        "finished stages.",
     )
-    p.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="FILE.py|MODULE",
-        help="allow the config (a JSON file or a --set value) to run this plug-in file or "
-        "module; a JSON config may name .py files in its own folder without it",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a run folder (made by the runner) that belongs to another "
-        "config; other folders are never cleared",
-    )
+    for p in (run_parser, compare_parser):
+        p.add_argument("--config", required=True, help="a .py file with get_config() or a .json")
+        p.add_argument("--out", help="run folder (default: runs/<config name>)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config field, e.g. train.epochs=2 or methods=gradcam,hirescam",
+        )
+        p.add_argument(
+            "--plugin",
+            action="append",
+            default=[],
+            metavar="FILE.py|MODULE",
+            help="allow the config (a JSON file or a --set value) to run this plug-in file or "
+            "module; a JSON config may name .py files in its own folder without it",
+        )
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace a run folder (made by the runner) that belongs to another "
+            "config; other folders are never cleared",
+        )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, plugins=args.plugin)
@@ -256,7 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out is not None and not args.out.strip():
             raise ValueError("--out is empty; name a folder, or leave --out out for runs/<name>")
         out = args.out or os.path.join("runs", config.name)
-        run(config, out, overwrite=args.overwrite)
+        if args.command == "compare":
+            only = {
+                "evaluations": [e for e in EVALUATIONS if e.name == "comparison"],
+                "figures": [f for f in FIGURES if f.key == "comparison"],
+            }
+        else:
+            only = {}
+        run(config, out, overwrite=args.overwrite, **only)
     except (ValueError, OSError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -101,6 +101,9 @@ DATASETS: dict[str, Callable[..., data.Splits]] = {
     "mnist_embedded": lambda _, *, seed, validation_size, image_size: data.load_mnist_embedded(
         validation_size=validation_size, seed=seed
     ),
+    "mnist_placed": lambda _, *, seed, validation_size, image_size: data.load_mnist_placed(
+        validation_size=validation_size, seed=seed, train_copies=3
+    ),
     "sklearn_digits": lambda _, *, seed, validation_size, image_size: data.load_sklearn_digits(
         validation_size=validation_size, seed=seed
     ),

@@ -23,6 +23,7 @@ import numpy as np
 
 from ifa_jax import cams, io, plots, scale
 from ifa_jax.consistency import LEVELS
+from ifa_jax.runner import comparison
 from ifa_jax.runner.evaluations import Evaluation
 from ifa_jax.runner.stages import RunContext
 
@@ -202,6 +203,15 @@ FIGURES: tuple[Figure, ...] = (
         "d) from their class mean, with their CAMs on the common scale explaining the "
         "label; titles: #index in the validation split, y the label, d the distance.",
         draw_outliers,
+    ),
+    Figure(
+        "comparison",
+        "Method comparison: ranks per metric",
+        "The table of the method comparison drawn as a heatmap: each cell is coloured by "
+        "the method's rank in its column (green the best, red the worst, whichever "
+        "direction the metric is better in), its mean written in it; the best of each "
+        "column is framed and bold.",
+        comparison.draw_comparison,
     ),
 )
 
