@@ -375,7 +375,8 @@ def run_metric_peers(
 def format_metric_peers(res: dict) -> str:
     """One row per metric: ifa_jax's and the peer's seconds per image, the speed-up."""
     lines = [
-        f"== metrics against their peers: {res['description']}; {res['repeats']} rounds; "
+        f"== metrics against their peers: {res['description']}; {res['repeats']} rounds "
+        f"(>= {res['min_time_s']:g} s per measurement); "
         "speed-up = peer / ifa_jax seconds per image in the same round, the peer at its "
         "faster thread count: median [min, max] =="
     ]

@@ -164,6 +164,8 @@ def run_benchmark(
         peer_info = "disabled (--no-peers)"
     else:
         peer_info = peer_versions() if cases else "no case selected"
+        if not cases and metric_peers:
+            peer_info = "no case selected (the metrics section reports its peers)"
     if isinstance(peer_info, dict):
         import torch
 
