@@ -3,7 +3,7 @@
     python -m experiments.benchmark [--quick] [--cases mnist64,mnist256,resnet18,cnn3d]
                                     [--json out.json] [--memory] [--torch-threads 2,1]
                                     [--no-peers] [--no-e2e]
-                                    [--only cases,e2e,memory,methods,allocator]
+                                    [--only cases,e2e,memory,methods,allocator,metrics]
                                     [--method-names gradcam,scorecam,...]
                                     [--allocators default,tuned,jemalloc,tcmalloc]
 

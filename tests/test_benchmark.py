@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 
@@ -153,6 +154,57 @@ def test_methods_section_structure(tmp_path):
     assert len(table) == 2 + len(res["rows"]) and table[3].split()[:2] == ["randomcam", "layer"]
 
 
+@pytest.mark.slow  # runs the benchmark's code: in make test, not in make test-fast
+def test_metrics_section_structure(tmp_path, monkeypatch):
+    """The metrics section on a tiny case (batch 2, one round) with the peers missing
+    (torch made unimportable): every metric's ifa_jax row, each peer reported missing with
+    the reason, the JSON and the table; no timing is checked."""
+    from experiments.bench.metric_peers import METRICS, format_metric_peers
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    path = tmp_path / "metrics.json"
+    out = run_benchmark(
+        [],
+        repeats=1,
+        min_time=0.0,
+        e2e=False,
+        batch=2,
+        metric_peers=True,
+        json_path=str(path),
+        log=lambda s: None,
+    )
+    res = out["metrics"]
+    assert res["batch"] == 2 and "batch 2" in res["description"]
+    assert res["threads"] == [1, 2] and res["peer_check"] == {}
+    for package in ("grad-cam", "quantus"):
+        assert res["peers"][package]["missing"].startswith("torch: ModuleNotFoundError")
+    assert [r["metric"] for r in res["rows"]] == [m[0] for m in METRICS]
+    for r in res["rows"]:
+        assert r["error"] is None, r
+        assert r["ifa_s_per_image"] > 0 and len(r["ifa_seconds_all"]) == 1
+        assert r["peer_error"].startswith("torch: ModuleNotFoundError") and "speedup" not in r
+    written = json.loads(path.read_text())["metrics"]
+    assert written["rows"][0]["metric"] == "road_combined"
+    table = format_metric_peers(res).splitlines()
+    assert sum("missing" in line for line in table[1:3]) == 2
+    assert len(table) == 4 + len(METRICS) and table[4].split()[0] == "road_combined"
+
+
+def test_metrics_section_timing_pairs():
+    """The speed-up of a metric row: the peer's seconds per image over ifa_jax's in each
+    round, at the peer's faster thread count."""
+    from experiments.bench.metric_peers import _speedup_row
+    from experiments.bench.timing import Entry
+
+    ifa = Entry("ifa x", "ifa", 4, lambda: None, times=[1.0, 2.0, 1.0])
+    slow = Entry("peer x [1t]", "peer", 4, lambda: None, times=[8.0, 8.0, 8.0])
+    fast = Entry("peer x [2t]", "peer", 4, lambda: None, times=[4.0, 5.0, 6.0])
+    row = _speedup_row(ifa, [(1, slow), (2, fast)])
+    assert row["peer_best_threads"] == 2 and row["peer_s_per_image"] == 5.0 / 4
+    assert row["speedup"] == {"median": 4.0, "min": 2.5, "max": 6.0}
+    assert row["peer_threads"][1]["s_per_image"] == 2.0
+
+
 def test_methods_plan_covers_the_registry():
     """Every registered method gets a row, GradCAM first: LeGrad on the ViT, kind 'layers'
     on relu1 and relu2, the others on relu2; the heavy ScoreCAMs on a slice of the batch."""
@@ -180,5 +232,6 @@ def test_benchmark_only_selects_sections():
         "memory",
     }
     assert selected_sections(parser().parse_args(["--only", "methods"])) == {"methods"}
+    assert selected_sections(parser().parse_args(["--only", "metrics"])) == {"metrics"}
     with pytest.raises(ValueError, match="methods"):
         selected_sections(parser().parse_args(["--only", "method"]))

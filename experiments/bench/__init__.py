@@ -3,7 +3,7 @@
     python -m experiments.benchmark [--quick] [--cases mnist64,mnist256,resnet18,cnn3d]
                                     [--json out.json] [--memory] [--torch-threads 2,1]
                                     [--no-peers] [--no-e2e]
-                                    [--only cases,e2e,memory,methods,allocator]
+                                    [--only cases,e2e,memory,methods,allocator,metrics]
                                     [--method-names gradcam,scorecam,...]
                                     [--allocators default,tuned,jemalloc,tcmalloc]
 
@@ -54,6 +54,15 @@ faults per call, peak RSS, and each allocator's wall time against the default's 
 same round (:mod:`~experiments.bench.allocator`). The benchmark itself restarts once with
 the tuning, like ``ifa-jax`` (docs/performance.md).
 
+``--only metrics`` (only run when named) times each metric of :mod:`ifa_jax.metrics`
+against its peer on the same inputs, interleaved: ROAD combined and ARCC against
+pytorch-grad-cam 1.5.7, faithfulness correlation, pixel-flipping, the localisation,
+complexity, sensitivity and random-logit metrics against Quantus 0.6.0, on MnistCNN
+28x28x1 (random weights) at batch 32 (quick 8), the peers on the torch twin at 1 and 2
+threads (``--torch-threads``): each side's seconds per image and the peer's over
+ifa_jax's within a round (:mod:`~experiments.bench.metric_peers`). Peers that do not
+import are reported as missing; ifa_jax's rows still run.
+
 ``--quick`` shrinks the ResNet-18 case to 112x112 inputs, the 3-D case to batch 2, the
 ScoreCAM batches and the end-to-end dataset (1,000 digits), and takes 3 repeats.
 
@@ -70,6 +79,7 @@ The modules, one per concern:
 * :mod:`~experiments.bench.memory`: peak RSS per size, one subprocess each;
 * :mod:`~experiments.bench.methods`: every registered CAM method against GradCAM;
 * :mod:`~experiments.bench.allocator`: the default and the tuned allocator, a process each;
+* :mod:`~experiments.bench.metric_peers`: the metrics against pytorch-grad-cam and Quantus;
 * :mod:`~experiments.bench.report`: versions, tables, JSON;
 * :mod:`~experiments.bench.suite`: one case and the whole run (``run_benchmark``);
 * :mod:`~experiments.bench.main`: the command line.

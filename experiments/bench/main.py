@@ -11,7 +11,7 @@ from experiments.bench.suite import run_benchmark
 
 DESCRIPTION = "Throughput of ifa_jax against its floor and against the PyTorch peers."
 # The sections --only picks from; without it: cases and e2e (memory with --memory).
-SECTIONS = ("cases", "e2e", "memory", "methods", "allocator")
+SECTIONS = ("cases", "e2e", "memory", "methods", "allocator", "metrics")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,7 +50,9 @@ def parser() -> argparse.ArgumentParser:
         "--only",
         help=f"comma-separated sections to run, of {','.join(SECTIONS)} (methods: every "
         "registered CAM method against GradCAM on mnist256; allocator: the default and "
-        "the tuned memory allocator, one process each; both only run when named here)",
+        "the tuned memory allocator, one process each; metrics: ifa_jax.metrics against "
+        "pytorch-grad-cam and Quantus on the same inputs; these three only run when named "
+        "here)",
     )
     p.add_argument(
         "--method-names",
@@ -105,6 +107,7 @@ def main(argv=None) -> int:
             else None
         ),
         allocator_rounds=args.allocator_rounds,
+        metric_peers="metrics" in sections,
     )
     return 0
 

@@ -12,6 +12,7 @@ from experiments.bench.end_to_end import end_to_end
 from experiments.bench.jax_side import ifa_entries
 from experiments.bench.memory import memory
 from experiments.bench.methods import run_methods
+from experiments.bench.metric_peers import format_metric_peers, run_metric_peers
 from experiments.bench.peers import peer_entries, peer_versions
 from experiments.bench.report import (
     format_case,
@@ -127,6 +128,7 @@ def run_benchmark(
     methods: bool | Sequence[str] = False,
     allocators: Sequence[str] | None = None,
     allocator_rounds: int | None = None,
+    metric_peers: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run the benchmark and return (and optionally write) its results as a dict.
@@ -138,8 +140,13 @@ def run_benchmark(
     names the methods; ``batch`` overrides its batch too). ``allocators``: also time the
     floor, the analysis step and ``analyze()`` with each allocator named, one process each
     (:mod:`experiments.bench.allocator`; None skips it), over ``allocator_rounds`` rounds
-    (default 3, quick 2; ``batch`` overrides its batch too).
+    (default 3, quick 2; ``batch`` overrides its batch too). ``metric_peers``: also time
+    each metric of :mod:`ifa_jax.metrics` against pytorch-grad-cam's and Quantus'
+    (:mod:`experiments.bench.metric_peers`, with its own defaults; ``batch``,
+    ``repeats``, ``min_time`` and ``torch_threads`` apply when given, the last defaulting
+    to 1 and 2; ``peers`` False times ifa_jax only).
     """
+    asked = {"repeats": repeats, "min_time": min_time}  # the metrics section's defaults differ
     repeats = repeats if repeats is not None else (3 if quick else 5)
     min_time = min_time if min_time is not None else (0.2 if quick else 0.4)
     table = make_cases(quick)
@@ -157,6 +164,8 @@ def run_benchmark(
         peer_info = "disabled (--no-peers)"
     else:
         peer_info = peer_versions() if cases else "no case selected"
+        if not cases and metric_peers:
+            peer_info = "no case selected (the metrics section reports its peers)"
     if isinstance(peer_info, dict):
         import torch
 
@@ -208,6 +217,15 @@ def run_benchmark(
             log=log,
         )
         log(format_allocators(out["allocator"]))
+    if metric_peers:
+        out["metrics"] = run_metric_peers(
+            quick=quick,
+            batch=batch,
+            threads=tuple(torch_threads or (1, 2)),
+            **asked,
+            peers=peers,
+        )
+        log(format_metric_peers(out["metrics"]))
     if memory_sizes:
         out["memory"] = memory(memory_sizes)
         log(format_memory(out["memory"]))
