@@ -63,7 +63,9 @@ def test_table_matches_a_numpy_reference(images):
         "left": counting(_left_half),
         "bright": counting(lambda x: x[..., 0]),
     }
-    numbers = comparison.score_methods(explainers, brightness, x, y)
+    # The four metrics checked here (the others explain other inputs: more calls).
+    table = comparison.chosen_metrics(("average_drop", "increase", "insertion_auc", "deletion_auc"))
+    numbers = comparison.score_methods(explainers, brightness, x, y, metric_table=table)
     assert numbers["samples"] == N and numbers["skipped"] == {}
     for name, explain in explainers.items():
         assert explain.calls == 2  # one call compiles, the timed one is the second
@@ -321,3 +323,55 @@ def test_the_runner_evaluation_reads_the_masks_of_the_validation_split(monkeypat
     # comparison_samples overrides faithfulness_samples; 0 skips the comparison.
     ctx.config = Config(**{**config.__dict__, "comparison_samples": 0})
     assert comparison.compare_methods(ctx) == ({}, {})
+
+
+def test_every_metric_of_the_table_scores_a_map_on_the_object_best(images):
+    """The full table on maps that are the mask and its complement: every metric gives a
+    finite mean, the localisation metrics rank the map on the object first whatever their
+    direction, and maps that depend neither on the input nor on the class have
+    sensitivity 0 and random-logit SSIM 1."""
+    x, y = images
+    masks = np.zeros((N, H, W), bool)
+    masks[:, :, : W // 2] = True
+
+    def right_half(x, target=None):
+        return 1 - _left_half(x)
+
+    numbers = comparison.score_methods(
+        {"on": _left_half, "off": right_half}, brightness, x, y, masks=masks, num_classes=3
+    )
+    assert numbers["skipped"] == {}
+    names = [m.name for m in comparison.METRICS]
+    assert set(numbers["metrics"]) == set(names)
+    means = {
+        (method, name): row["values"][name]["mean"]
+        for method, row in numbers["methods"].items()
+        for name in names
+    }
+    assert all(v is not None and np.isfinite(v) for v in means.values()), means
+    localisation = [m for m in comparison.METRICS if m.needs_masks]
+    assert {m.name for m in localisation} == {
+        "pointing_game",
+        "energy_pointing_game",
+        "relevance_mass",
+        "relevance_rank",
+    }
+    values = np.array([[means[(r, m.name)] for m in localisation] for r in ("on", "off")])
+    ranks = comparison.column_ranks(values, [m.direction for m in localisation])
+    np.testing.assert_array_equal(ranks, [[1] * 4, [2] * 4])
+    assert means[("on", "pointing_game")] == 1.0 and means[("off", "relevance_mass")] == 0.0
+    for method in ("on", "off"):
+        assert means[(method, "max_sensitivity")] == pytest.approx(0.0, abs=1e-6)
+        assert means[(method, "random_logit")] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_config_names_its_comparison_metrics():
+    chosen = comparison.chosen_metrics(("road", "average_drop"))
+    assert [m.name for m in chosen] == ["road", "average_drop"]
+    assert comparison.chosen_metrics(None) == comparison.METRICS
+    with pytest.raises(ValueError, match="unknown comparison metric.*'roads'.*choose from"):
+        comparison.chosen_metrics(("roads",))
+    with pytest.raises(ValueError, match="comparison_metrics has unknown.*'nope'.*road"):
+        Config(comparison_metrics=("nope",))
+    with pytest.raises(ValueError, match="comparison_metrics has unknown or no metric"):
+        Config(comparison_metrics=())

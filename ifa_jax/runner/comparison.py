@@ -50,8 +50,9 @@ ARROWS = {"higher": "↑", "lower": "↓"}  # in table headers and figure labels
 # Values this close count as equal when ranking (maps that coincide by construction, such
 # as GradCAM and HiResCAM before a global average pool, differ by float round-off).
 TIE_RTOL = 1e-6
+SENSITIVITY_SAMPLES = 10  # perturbations per image (Quantus' default is 200)
 
-Explainer = Callable[[np.ndarray, np.ndarray], Any]
+Explainer = Callable[[Any, Any], Any]  # (x (N, *in, C), target (N,)) -> maps (N, *in)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -65,7 +66,8 @@ class MetricInputs:
     draw (the same for every method, so methods are compared on the same draws); explain:
     ``(x, target) -> maps`` the method itself, for metrics that explain other inputs
     (robustness); num_classes: the model's classes (random-logit draws another class), or
-    None when unknown.
+    None when unknown; base_key: the comparison's key, from which :meth:`shared_key`
+    derives the keys of shared computations.
     """
 
     score_fn: Any
@@ -76,7 +78,21 @@ class MetricInputs:
     key: jax.Array
     explain: Explainer
     num_classes: int | None = None
+    base_key: jax.Array | None = None
     _shared: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def shared_key(self, name: str) -> jax.Array:
+        """The key of a computation several metrics share (max- and average-sensitivity
+        read the same perturbations): the same for each of them and for every method.
+
+        Args:
+            name: the computation's name.
+
+        Returns:
+            A PRNG key.
+        """
+        base = jax.random.key(0) if self.base_key is None else self.base_key
+        return jax.random.fold_in(base, zlib.crc32(f"shared:{name}".encode()))
 
     def shared(self, name: str, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per method: metrics that read one computation (insertion
@@ -201,6 +217,132 @@ def deletion_auc(inputs: MetricInputs) -> np.ndarray:
     return np.asarray(_curves(inputs).deletion_auc, np.float64)
 
 
+def _cells(inputs: MetricInputs) -> int:
+    return int(np.prod(inputs.x.shape[1:-1]))
+
+
+def road_combined(inputs: MetricInputs) -> np.ndarray:
+    """Per image: ROAD's combined score (:func:`ifa_jax.metrics.road`, percentiles 10 ...
+    90, noisy linear imputation): half the mean score change when the least relevant
+    cells are removed minus when the most relevant are.
+
+    Args:
+        inputs: the :class:`MetricInputs`.
+
+    Returns:
+        (N,) scores, higher is better.
+    """
+    r = metrics.road(
+        inputs.score_fn, jnp.asarray(inputs.x), inputs.maps, inputs.target, key=inputs.key
+    )
+    return np.asarray(r.combined, np.float64)
+
+
+def arcc_score(inputs: MetricInputs) -> np.ndarray:
+    """Per image: ARCC (:func:`ifa_jax.metrics.arcc`), the harmonic mean of coherency (the
+    method's map of the image masked by its map correlates with the map), 1 - complexity
+    and ROAD over the percentiles 20 ... 80.
+
+    Args:
+        inputs: the :class:`MetricInputs`.
+
+    Returns:
+        (N,) scores in [0, 1], higher is better.
+    """
+    r = metrics.arcc(
+        inputs.score_fn,
+        inputs.explain,
+        jnp.asarray(inputs.x),
+        inputs.maps,
+        inputs.target,
+        key=inputs.key,
+    )
+    return np.asarray(r.arcc, np.float64)
+
+
+def faithfulness_correlation(inputs: MetricInputs) -> np.ndarray:
+    """Per image: the faithfulness correlation (:func:`ifa_jax.metrics.faithfulness_correlation`,
+    100 random subsets of a quarter of the cells, at most 224, set to the image's minimum):
+    Pearson r between the map's sum over a subset and the score's fall.
+
+    Args:
+        inputs: the :class:`MetricInputs`.
+
+    Returns:
+        (N,) correlations, NaN where undefined; higher is better.
+    """
+    r = metrics.faithfulness_correlation(
+        inputs.score_fn,
+        jnp.asarray(inputs.x),
+        inputs.maps,
+        inputs.target,
+        key=inputs.key,
+        subset_size=min(224, max(1, _cells(inputs) // 4)),
+    )
+    return np.array([np.nan if c is None else c for c in r.correlation], np.float64)
+
+
+def pixel_flipping_auc(inputs: MetricInputs) -> np.ndarray:
+    """Per image: the area under the score as the cells are set to the image's minimum,
+    most relevant first, in about 50 steps (:func:`ifa_jax.metrics.pixel_flipping`).
+
+    Args:
+        inputs: the :class:`MetricInputs`.
+
+    Returns:
+        (N,) areas, lower is better.
+    """
+    r = metrics.pixel_flipping(
+        inputs.score_fn,
+        jnp.asarray(inputs.x),
+        inputs.maps,
+        inputs.target,
+        cells_per_step=max(1, _cells(inputs) // 50),
+    )
+    return np.asarray(r.auc, np.float64)
+
+
+def _sensitivity(inputs: MetricInputs) -> metrics.Sensitivity:
+    return inputs.shared(
+        "sensitivity",
+        lambda: metrics.sensitivity(
+            inputs.explain,
+            jnp.asarray(inputs.x),
+            inputs.target,
+            key=inputs.shared_key("sensitivity"),
+            n_samples=SENSITIVITY_SAMPLES,
+            maps=inputs.maps,
+        ),
+    )
+
+
+def random_logit(inputs: MetricInputs) -> Any:
+    """Per image: SSIM between the map of the label and the map of a random other class
+    (:func:`ifa_jax.metrics.random_logit`); NaN for inputs without two spatial axes or a
+    model without two classes.
+
+    Args:
+        inputs: the :class:`MetricInputs`.
+
+    Returns:
+        (N,) similarities, lower is better.
+    """
+    if inputs.x.ndim != 4 or not inputs.num_classes or inputs.num_classes < 2:
+        return np.full(len(inputs.x), np.nan)
+    return metrics.random_logit(
+        inputs.explain,
+        jnp.asarray(inputs.x),
+        inputs.target,
+        inputs.num_classes,
+        key=inputs.key,
+        maps=inputs.maps,
+    )
+
+
+def _masked(fn: Callable[[Any, Any], Any]) -> Callable[[MetricInputs], Any]:
+    return lambda inputs: fn(inputs.maps, inputs.masks)
+
+
 METRICS: tuple[Metric, ...] = (
     Metric(
         "average_drop",
@@ -236,6 +378,115 @@ METRICS: tuple[Metric, ...] = (
         "deletion AUC",
         "the area under the probability as the most salient windows are replaced by "
         "zeros (it falls fast for a faithful map)",
+    ),
+    Metric(
+        "road",
+        "higher",
+        False,
+        road_combined,
+        "ROAD",
+        "half the fall of the probability when the least relevant cells are removed "
+        "minus when the most relevant are (ROAD combined, noisy linear imputation)",
+    ),
+    Metric(
+        "arcc",
+        "higher",
+        False,
+        arcc_score,
+        "ARCC",
+        "the harmonic mean of coherency, 1 - complexity and ROAD (pytorch-grad-cam's "
+        "combined metric)",
+    ),
+    Metric(
+        "faithfulness_correlation",
+        "higher",
+        False,
+        faithfulness_correlation,
+        "faithfulness corr.",
+        "Pearson r between the map's sum over random subsets of cells and the fall of "
+        "the probability when they are removed",
+    ),
+    Metric(
+        "pixel_flipping",
+        "lower",
+        False,
+        pixel_flipping_auc,
+        "pixel flipping AUC",
+        "the area under the probability as the cells are removed, most relevant first",
+    ),
+    Metric(
+        "pointing_game",
+        "higher",
+        True,
+        _masked(metrics.pointing_game),
+        "pointing game",
+        "the share of maps whose maximum lies on the object",
+    ),
+    Metric(
+        "energy_pointing_game",
+        "higher",
+        True,
+        _masked(metrics.energy_pointing_game),
+        "energy PG",
+        "the share of the map's positive mass on the object",
+    ),
+    Metric(
+        "relevance_mass",
+        "higher",
+        True,
+        _masked(metrics.relevance_mass_accuracy),
+        "relevance mass",
+        "the share of the map's mass on the object",
+    ),
+    Metric(
+        "relevance_rank",
+        "higher",
+        True,
+        _masked(metrics.relevance_rank_accuracy),
+        "relevance rank",
+        "the share of the object's cells among the map's k largest, k the object's size",
+    ),
+    Metric(
+        "sparseness",
+        "higher",
+        False,
+        lambda inputs: metrics.sparseness(inputs.maps),
+        "sparseness",
+        "the Gini index of the map (1: all mass on one cell, 0: uniform)",
+    ),
+    Metric(
+        "complexity",
+        "lower",
+        False,
+        lambda inputs: metrics.complexity(inputs.maps),
+        "complexity",
+        "the entropy of the map's share per cell (lower: a more concise map)",
+    ),
+    Metric(
+        "max_sensitivity",
+        "lower",
+        False,
+        lambda inputs: _sensitivity(inputs).max,
+        "max sensitivity",
+        f"the largest relative change of the map under {SENSITIVITY_SAMPLES} uniform "
+        "input perturbations of radius 0.2",
+    ),
+    Metric(
+        "average_sensitivity",
+        "lower",
+        False,
+        lambda inputs: _sensitivity(inputs).average,
+        "avg sensitivity",
+        "the mean relative change of the map under the same perturbations",
+    ),
+    Metric(
+        "random_logit",
+        "lower",
+        False,
+        random_logit,
+        "random logit",
+        "SSIM between the map of the label and the map of a random other class (a map "
+        "that does not depend on the class scores high)",
     ),
 )
 
@@ -346,7 +597,9 @@ def score_methods(
                 f"method {method!r} gave maps of shape {maps.shape}; the metrics need "
                 f"{spatial} (N, *spatial) on the input grid"
             )
-        inputs = MetricInputs(score_fn, x, target, maps, masks, key, explain, num_classes)
+        inputs = MetricInputs(
+            score_fn, x, target, maps, masks, key, explain, num_classes, base_key=key
+        )
         values = {}
         for m in table:
             metric_key = jax.random.fold_in(key, zlib.crc32(m.name.encode()))
@@ -451,6 +704,30 @@ def method_maps(ctx: RunContext, method: str) -> Explainer:
     return explain
 
 
+def chosen_metrics(names: Sequence[str] | None) -> tuple[Metric, ...]:
+    """The metrics of :data:`METRICS` named in ``names``, in that order (None: all).
+
+    Args:
+        names: metric names, or None.
+
+    Returns:
+        The :class:`Metric` s.
+
+    Raises:
+        ValueError: a name that is not in :data:`METRICS`.
+    """
+    if names is None:
+        return METRICS
+    by_name = {m.name: m for m in METRICS}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(
+            f"unknown comparison metric(s) {', '.join(map(repr, unknown))}; choose from "
+            f"{', '.join(by_name)}"
+        )
+    return tuple(by_name[n] for n in names)
+
+
 def compare_methods(ctx: RunContext) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The ``comparison`` evaluation: :func:`score_methods` of every method of the config
     on ``comparison_samples`` (default: ``faithfulness_samples``) validation images drawn
@@ -481,7 +758,7 @@ def compare_methods(ctx: RunContext) -> tuple[dict[str, Any], dict[str, np.ndarr
         masks=masks,
         key=method_key(config, "explain"),
         num_classes=ds.num_classes,
-        metric_table=METRICS,
+        metric_table=chosen_metrics(config.comparison_metrics),
     )
     numbers["backend"] = jax.default_backend()
     return numbers, {}
@@ -538,9 +815,14 @@ def report_comparison(ctx: RunContext, numbers: Mapping[str, Any]) -> list[str]:
         *("| " + " | ".join(r) + " |" for r in rows),
         "",
         "How to read it: the metrics measure different things, so no method needs to win "
-        "every column: faithfulness metrics (drop, increase, insertion, deletion) ask "
-        "whether the model needs what the map highlights; localisation metrics ask "
-        "whether the map lies on the object. Two means closer than about two standard "
+        "every column. Faithfulness metrics (drop, increase, insertion, deletion, ROAD, "
+        "ARCC, faithfulness correlation, pixel flipping) ask whether the model needs what "
+        "the map highlights; localisation metrics (pointing game, energy pointing game, "
+        "relevance mass and rank) whether the map lies on the object; sparseness and "
+        "complexity whether it is concise; sensitivity whether it stays put under small "
+        "input noise; random logit whether it changes with the class explained (a map "
+        "that looks the same for another class explains the image, not the decision). "
+        "Two means closer than about two standard "
         "errors are not told apart by these images. A method best on the metrics that "
         "match your question, at a cost you can pay, is the one to trust on this model.",
         "",

@@ -78,6 +78,8 @@ class Config:
     method comparison (:mod:`ifa_jax.runner.comparison`; None: as many as
     faithfulness_samples; 0 skips it). All four are drawn
     stratified by class with ``seed`` (one per class first).
+    comparison_metrics: the metrics of the method comparison, by name (None: every one
+    of :data:`ifa_jax.runner.comparison.METRICS`).
     count: which samples the importance statistics count: ``"correct"`` (correctly
     classified ones, the method's default) or ``"all"``.
     devices: devices the analysis pass splits each batch over (the first n of
@@ -112,6 +114,7 @@ class Config:
     outliers_shown: int = 8
     faithfulness_samples: int = 64
     comparison_samples: int | None = None
+    comparison_metrics: tuple[str, ...] | None = None
     sanity_samples: int = 16
     figure_samples: int = 10
     seed: int = 0
@@ -172,6 +175,7 @@ class Config:
                 self.comparison_samples is None or self.comparison_samples >= 0,
                 "comparison_samples must be >= 0 or None",
             ),
+            _known_metrics(self.comparison_metrics),
             (self.sanity_samples >= 0, "sanity_samples must be >= 0"),
             (self.figure_samples >= 1, "figure_samples must be >= 1"),
             (self.consistency_group >= 1, "consistency_group must be >= 1"),
@@ -193,6 +197,23 @@ class Config:
         ``method``, all of them: ``{method: {option: value}}``."""
         given = {m: dict(pairs) for m, pairs in self.method_options}
         return given if method is None else given.get(cams.canonical_method(method), {})
+
+
+def _known_metrics(names: tuple[str, ...] | None) -> tuple[bool, str]:
+    """Whether every name of ``comparison_metrics`` is a metric of the comparison, and the
+    message that lists them otherwise."""
+    if names is None:
+        return True, ""
+    from ifa_jax.runner.comparison import METRICS  # it imports this module's users
+
+    known = [m.name for m in METRICS]
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        return False, (
+            f"comparison_metrics has unknown or no metric(s) {', '.join(map(repr, unknown))}; "
+            f"choose from {', '.join(known)} (or None for all, comparison_samples=0 for none)"
+        )
+    return True, ""
 
 
 def _is_folder_name(name: str) -> bool:
