@@ -422,21 +422,16 @@ METRICS: tuple[Metric, ...] = (
         "pointing game",
         "the share of maps whose maximum lies on the object",
     ),
-    Metric(
-        "energy_pointing_game",
-        "higher",
-        True,
-        _masked(metrics.energy_pointing_game),
-        "energy PG",
-        "the share of the map's positive mass on the object",
-    ),
+    # The energy pointing game is not a column: on these maps (min-max, >= 0) it equals
+    # the relevance mass.
     Metric(
         "relevance_mass",
         "higher",
         True,
         _masked(metrics.relevance_mass_accuracy),
         "relevance mass",
-        "the share of the map's mass on the object",
+        "the share of the map's mass on the object (on maps >= 0, as these are, also the "
+        "energy-based pointing game)",
     ),
     Metric(
         "relevance_rank",
@@ -817,8 +812,8 @@ def report_comparison(ctx: RunContext, numbers: Mapping[str, Any]) -> list[str]:
         "How to read it: the metrics measure different things, so no method needs to win "
         "every column. Faithfulness metrics (drop, increase, insertion, deletion, ROAD, "
         "ARCC, faithfulness correlation, pixel flipping) ask whether the model needs what "
-        "the map highlights; localisation metrics (pointing game, energy pointing game, "
-        "relevance mass and rank) whether the map lies on the object; sparseness and "
+        "the map highlights; localisation metrics (pointing game, relevance mass and "
+        "rank) whether the map lies on the object; sparseness and "
         "complexity whether it is concise; sensitivity whether it stays put under small "
         "input noise; random logit whether it changes with the class explained (a map "
         "that looks the same for another class explains the image, not the decision). "
