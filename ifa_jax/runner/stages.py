@@ -252,17 +252,24 @@ def stage_train(ctx: RunContext, given_digest: str | None = None) -> None:
         stored = run.read_json("train.json", train_info_problem, run.train_inputs)
         if stored is not None:
             log(f"train: loading {ckpt}")
-            ctx.variables = training.load_checkpoint(
-                ckpt, _template(config, ctx.model, ctx.splits.train.input_shape)
-            )
-            check_finite_weights(ctx.variables, ckpt)
-            ctx.train_info = stored
-            return None
+            template = _template(config, ctx.model, ctx.splits.train.input_shape)
+            try:
+                ctx.variables = training.load_checkpoint(ckpt, template, follow_links=False)
+            except ValueError as e:  # the runner's own file, damaged: train again
+                why = e if e.__cause__ is None else e.__cause__  # what msgpack said
+                log(
+                    f"train: the run's checkpoint {ckpt} does not load ({why}); it is the "
+                    "runner's own file, so the training stage is recomputed"
+                )
+            else:
+                check_finite_weights(ctx.variables, ckpt)
+                ctx.train_info = stored
+                return None
         run.checkpoint_digest = None
     start = time.perf_counter()
     # Saved after every epoch: a killed run resumes after its last finished epoch.
     state_path = run.file("train_state.msgpack")
-    if os.path.exists(state_path):
+    if os.path.isfile(state_path) and not os.path.islink(state_path):
         log(f"train: resuming from {state_path}")
     splits = ctx.splits
     try:
