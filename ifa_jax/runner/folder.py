@@ -691,11 +691,16 @@ class RunFolder:
         return value
 
     def read_npz(
-        self, name: str, keys: Sequence[str] = (), inputs: str | None = None
+        self,
+        name: str,
+        keys: Sequence[str] = (),
+        inputs: str | None = None,
+        check: Callable[[dict[str, np.ndarray]], str | None] = lambda _: None,
     ) -> dict[str, np.ndarray] | None:
-        """Every array of the ``.npz`` ``name`` if the file verifies (with ``inputs``) and
-        holds ``keys``; otherwise None, logging why. Nothing is unpickled: object arrays
-        are refused."""
+        """Every array of the ``.npz`` ``name`` if the file verifies (with ``inputs``),
+        holds ``keys`` and ``check`` finds nothing wrong with them (it returns a problem or
+        None); otherwise None, logging why. Nothing is unpickled: object arrays are
+        refused."""
         if not self.valid(name, inputs):
             return None
         try:
@@ -706,6 +711,9 @@ class RunFolder:
         missing = [k for k in keys if k not in arrays]
         if missing:
             return self._unreadable(name, f"no array {', '.join(missing)}")
+        problem = check(arrays)
+        if problem is not None:
+            return self._unreadable(name, problem)
         return arrays
 
     def _unreadable(self, name: str, problem: str) -> None:

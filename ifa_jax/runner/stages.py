@@ -318,6 +318,40 @@ ANALYSIS_KEYS = (
 )
 
 
+def analysis_problem(
+    arrays: Mapping[str, np.ndarray], num_classes: int, num_samples: int
+) -> str | None:
+    """What is wrong with the arrays of an ``analysis/<method>_<split>.npz`` read back
+    (None: their shapes agree with ``num_classes`` classes, ``num_samples`` samples and
+    one channel count K, and they hold numbers)."""
+    for k, v in arrays.items():
+        if v.dtype.kind not in "biuf":
+            return f"{k} holds {v.dtype} values, not numbers"
+    shape = {k: v.shape for k, v in arrays.items()}
+    im_all = shape.get("summary_im_all", ())
+    if len(im_all) != 1:
+        return f"summary_im_all has shape {im_all}, not (K,)"
+    c, k = num_classes, im_all[0]
+    want = {
+        "summary_im_class": (c, k),
+        "summary_im_diff": (c, k),
+        "summary_im_var": (c, k),
+        "summary_covariance": (k, k),
+        "summary_class_counts": (c,),
+        "summary_present": (c,),
+        "summary_seen": (),
+        "sample_importance": (num_samples, k),
+    }
+    want.update({f"sample_{n}": (num_samples,) for n in ("cam_max", "cam_min", "label")})
+    for name, expected in want.items():
+        if name in shape and shape[name] != expected:
+            return f"{name} has shape {shape[name]}, not {expected}"
+    cam_mean = shape.get("summary_cam_mean", ())
+    if len(cam_mean) < 2 or cam_mean[0] != c:
+        return f"summary_cam_mean has shape {cam_mean}, not ({c}, *spatial)"
+    return None
+
+
 def load_analysis(
     arrays: str | os.PathLike | Mapping[str, np.ndarray],
 ) -> tuple[analysis.Summary, dict[str, np.ndarray]]:
@@ -345,10 +379,14 @@ def stage_analyse(ctx: RunContext) -> None:
     digests = {m: analysis_digest(ctx, m) for m in methods}
     for split_name in SPLITS:
         names = {m: os.path.join("analysis", f"{m}_{split_name}.npz") for m in methods}
-        stored = {m: run.read_npz(n, ANALYSIS_KEYS, digests[m]) for m, n in names.items()}
+        ds = getattr(ctx.splits, split_name)
+
+        def check(arrays, ds=ds):
+            return analysis_problem(arrays, ds.num_classes, len(ds))
+
+        stored = {m: run.read_npz(n, ANALYSIS_KEYS, digests[m], check) for m, n in names.items()}
         todo = tuple(m for m in methods if stored[m] is None)
         if todo:
-            ds = getattr(ctx.splits, split_name)
             start = time.perf_counter()
             options = {m: o for m, o in config.options_of().items() if m in todo}
             try:

@@ -284,6 +284,23 @@ def _refuse_nonfinite_inputs(
         )
 
 
+def _refuse_nonfinite_validation(ds: Any, batch_size: int) -> None:
+    """The validation loss is not finite: raise a FloatingPointError naming the first
+    examples with NaN or inf inputs, if any (a data fault). Reads the split once."""
+    bad: list[int] = []
+    for start in range(0, len(ds), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(ds)))
+        x = np.asarray(ds.gather(idx)[0])
+        bad += idx[~np.isfinite(x.reshape(len(idx), -1)).all(axis=1)].tolist()
+    if bad:
+        raise FloatingPointError(
+            f"the validation data holds NaN or inf inputs: {len(bad)} example(s) (first: "
+            f"example {bad[0]} of {_name(ds)}), so its loss is not finite; this is the data, "
+            "not the learning rate. Drop or repair those examples (e.g. keep "
+            "np.isfinite(x).reshape(len(x), -1).all(axis=1), or np.nan_to_num(x))"
+        )
+
+
 def _decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
@@ -335,7 +352,8 @@ def train(
         inputs (uint8 images) warns
         (:class:`ifa_jax.analysis.IntegerInputWarning`); when an epoch's loss is not finite
         and the batch where it first was holds NaN or inf inputs, a FloatingPointError
-        names the examples (the data, not the learning rate).
+        names the examples (the data, not the learning rate); so does a validation loss
+        that is not finite because ``val_ds`` holds such inputs.
       val_ds: the validation split, as ``train_ds``; None skips evaluation and early
         stopping.
       config: a :class:`TrainConfig`.
@@ -448,6 +466,8 @@ def train(
         improved = val_ds is None
         if val_ds is not None:
             val = _run_eval(eval_step, state.variables, val_ds, eval_bs)
+            if not np.isfinite(val["loss"]):
+                _refuse_nonfinite_validation(val_ds, eval_bs)
             metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             history.val_loss.append(val["loss"])
             history.val_accuracy.append(val["accuracy"])
