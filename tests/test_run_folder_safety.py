@@ -178,7 +178,7 @@ def test_a_linked_lock_file_is_refused_and_its_target_untouched(tmp_path, outsid
 
 
 @pytest.mark.parametrize(
-    "name", ["../../escaped", "/tmp/escaped", "a/b", "..", "", "a\\b", "x" * 256, "a\nb", "\u202e"]
+    "name", ["../../escaped", "/srv/escaped", "a/b", "..", "", "a\\b", "x" * 256, "a\nb", "\u202e"]
 )
 def test_a_config_name_is_one_folder_name(name):
     with pytest.raises(ValueError, match=r"must be one folder name"):
@@ -393,3 +393,197 @@ def test_an_interrupted_run_says_how_to_resume(tmp_path, monkeypatch, capsys):
     assert runner_main(["run", "--config", str(config), "--out", str(tmp_path / "o")]) == 130
     err = capsys.readouterr().err
     assert "run the same command again to resume" in err and "Traceback" not in err
+
+
+def snapshot_without_lock(folder) -> dict[str, str]:
+    """:func:`snapshot` less the lock, which holds the PID of the last runner."""
+    return {k: v for k, v in snapshot(folder).items() if k != ".lock"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "config.json",
+        MANIFEST,
+        "checkpoint.msgpack",
+        "train_state.msgpack",
+        "report.md",
+        ".ifa_jax_run",
+        "evaluation/consistency.json",
+        "figures/cams.png",
+    ],
+)
+def test_a_folder_in_place_of_a_runner_file_is_refused_naming_it(tmp_path, name):
+    folder = made_run(tmp_path)
+    if (folder / name).exists():
+        os.remove(folder / name)
+    (folder / name).mkdir()
+    (folder / name / "mine.txt").write_text("mine")
+    before = snapshot_without_lock(folder)
+    outputs = ["evaluation/consistency.json", "figures/cams.png"]  # what run() would write
+    for overwrite in (False, True):
+        with pytest.raises(IsADirectoryError) as caught:
+            runner.RunFolder(folder, tiny(), overwrite=overwrite, log=quiet, outputs=outputs)
+        assert f"{name}' is a folder, where the runner writes its file {name}" in str(caught.value)
+        assert "Move or remove that folder" in str(caught.value)
+    assert snapshot_without_lock(folder) == before  # nothing written, nothing deleted
+
+
+def test_a_folder_at_a_stage_file_is_refused_when_written_and_a_file_at_a_subfolder(tmp_path):
+    folder = made_run(tmp_path)
+    (folder / "evaluation" / "extra.json").mkdir()  # not among the outputs named up front
+    with runner.RunFolder(folder, tiny(), log=quiet) as run:
+        assert run.read_json("evaluation/extra.json") is None
+        with pytest.raises(IsADirectoryError, match=r"extra\.json' is a folder, where the"):
+            run.write_json("evaluation/extra.json", {"x": 1})
+    assert (folder / "evaluation" / "extra.json").is_dir()
+    shutil.rmtree(folder / "figures")
+    (folder / "figures").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"figures' is not a folder, where the runner"):
+        runner.RunFolder(folder, tiny(), log=quiet)
+    assert (folder / "figures").read_text() == "mine"
+    # read back as data, a folder is named as such (was: "[Errno 21] Is a directory: 4")
+    with pytest.raises(ValueError, match=r"it is a folder, not a file"):
+        runner.folder.read_plain_json(str(folder / "evaluation"))
+
+
+def test_training_state_and_run_checkpoint_are_never_read_through_a_link(tmp_path, outside):
+    from ifa_jax.runner import train as training
+    from ifa_jax.runner.data import Dataset
+    from ifa_jax.runner.models import ConvNet
+
+    x = np.random.default_rng(0).uniform(size=(8, 6, 6, 1)).astype(np.float32)
+    data = Dataset(x, np.arange(8) % 2, 2, "t")
+    model = ConvNet(features=(2,), num_classes=2)
+    config = training.TrainConfig(epochs=1, batch_size=8, progress=False)
+    good = tmp_path / "good.msgpack"
+    variables, _ = training.train(model, data, config=config, state_path=good)
+    # A state file reached through a link is never read (nor written through).
+    link = tmp_path / "state.msgpack"
+    os.symlink(good, link)
+    with pytest.raises(training.TrainStateFileError, match=r"is not read: it is a symbolic"):
+        training.train(model, data, config=config, state_path=link)
+    training.save_checkpoint(outside / "ckpt.msgpack", variables)
+    os.symlink(outside / "ckpt.msgpack", tmp_path / "ckpt.msgpack")
+    before = snapshot(outside)
+    with pytest.raises(ValueError, match=r"ckpt\.msgpack' is not read: it is a symbolic link"):
+        training.load_checkpoint(tmp_path / "ckpt.msgpack", variables, follow_links=False)
+    (tmp_path / "folder.msgpack").mkdir()
+    with pytest.raises(ValueError, match=r"folder\.msgpack' is not read: it is a folder"):
+        training.load_checkpoint(tmp_path / "folder.msgpack", variables, follow_links=False)
+    assert snapshot(outside) == before
+    # A user's own file may still be a link (the config's variables, load_checkpoint).
+    training.load_checkpoint(tmp_path / "ckpt.msgpack", variables)
+
+
+def fix_digest(folder, name: str) -> None:
+    """Edit ``name``'s digest in the manifest to match the file (and, for the checkpoint,
+    every entry computed from it), as a user editing both would."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    new = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    old = manifest[name]["sha256"]
+    for entry in manifest.values():
+        if entry.get("checkpoint") == old:
+            entry["checkpoint"] = new
+    manifest[name]["sha256"] = new
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.slow
+def test_edited_files_whose_digests_were_edited_too_are_recomputed(tmp_path, outside):
+    from ifa_jax.runner.evaluations import EVALUATIONS
+    from ifa_jax.runner.report import FIGURES
+
+    evaluations = [e for e in EVALUATIONS if e.name in ("consistency", "subsets")]
+    figures = [f for f in FIGURES if f.key in ("consistency", "subsets")]
+    folder = tmp_path / "run"
+    config = tiny(methods=("gradcam",))
+
+    def run(logs):
+        return runner.run(config, folder, log=logs.append, evaluations=evaluations, figures=figures)
+
+    first = run([])
+    # Numbers of the wrong shape that the report (consistency) or a figure (subsets'
+    # ratios) cannot read.
+    for name, edit in (
+        ("consistency", lambda d: d["numbers"].update(summary=[1, 2])),
+        ("subsets", lambda d: d["numbers"]["top"].update(ratios="x")),
+    ):
+        path = folder / "evaluation" / f"{name}.json"
+        stored = json.loads(path.read_text())
+        edit(stored)
+        path.write_text(json.dumps(stored))
+        fix_digest(folder, f"evaluation/{name}.json")
+    logs: list[str] = []
+    again = run(logs)
+    text = "\n".join(logs)
+    assert "evaluation/consistency.json is not what the runner writes (its report cannot" in text
+    assert "the subsets figure cannot read what evaluation/subsets.json holds" in text
+    assert again["consistency"] == first["consistency"]
+    assert again["subsets"] == first["subsets"]
+    # A damaged checkpoint (digests edited to match) and a training state that is a link
+    # to a file outside: the run's own files, so training is recomputed.
+    (folder / "checkpoint.msgpack").write_bytes(b"garbage")
+    fix_digest(folder, "checkpoint.msgpack")
+    os.symlink(outside / "notes.txt", folder / "train_state.msgpack")
+    before = snapshot(outside)
+    logs.clear()
+    third = run(logs)
+    text = "\n".join(logs)
+    assert "train: the run's checkpoint" in text
+    assert "it is the runner's own file, so the training stage is recomputed" in text
+    assert "save the variables again" not in text  # advice for a user's own file
+    assert "train_state.msgpack' is not read: it is a symbolic link" in text
+    assert snapshot(outside) == before
+    assert not os.path.lexists(folder / "train_state.msgpack")
+    assert third["train"]["validation_accuracy"] == first["train"]["validation_accuracy"]
+
+
+def test_analysis_arrays_of_the_wrong_shape_are_recomputed_naming_the_file(tmp_path):
+    from ifa_jax.runner.stages import analysis_problem
+
+    c, k, n = 3, 4, 5
+    good = {
+        "summary_im_all": np.zeros(k),
+        **{f"summary_{f}": np.zeros((c, k)) for f in ("im_class", "im_diff", "im_var")},
+        "summary_covariance": np.zeros((k, k)),
+        "summary_cam_mean": np.zeros((c, 2, 2)),
+        "summary_class_counts": np.zeros(c),
+        "summary_present": np.ones(c, bool),
+        "summary_seen": np.array(n),
+        **{f"sample_{f}": np.zeros(n) for f in ("cam_max", "cam_min", "label")},
+        "sample_importance": np.zeros((n, k)),
+    }
+    assert analysis_problem(good, c, n) is None
+    for key, value, problem in (
+        ("summary_im_class", np.zeros(3), "summary_im_class has shape (3,), not (3, 4)"),
+        ("sample_cam_max", np.zeros((2, 2)), "sample_cam_max has shape (2, 2), not (5,)"),
+        ("sample_label", np.array(["a"] * n), "sample_label holds <U1 values, not numbers"),
+        ("summary_cam_mean", np.zeros(c), "summary_cam_mean has shape (3,), not (3, *spatial)"),
+    ):
+        assert analysis_problem({**good, key: value}, c, n) == problem
+    logs: list[str] = []
+    with runner.RunFolder(tmp_path / "run", tiny(), log=logs.append) as run:
+        run.save_npz("analysis/m.npz", {**good, "sample_cam_max": np.zeros((2, 2))})
+        assert run.read_npz("analysis/m.npz", check=lambda a: analysis_problem(a, c, n)) is None
+        run.save_npz("analysis/m.npz", good)
+        assert run.read_npz("analysis/m.npz", check=lambda a: analysis_problem(a, c, n))
+    assert "analysis/m.npz is not what the runner writes (sample_cam_max has shape" in logs[0]
+
+
+def test_nan_inputs_in_the_validation_split_are_named_as_a_data_fault():
+    from ifa_jax.runner import train as training
+    from ifa_jax.runner.data import Dataset
+    from ifa_jax.runner.models import ConvNet
+
+    x = np.random.default_rng(1).uniform(size=(8, 6, 5, 2)).astype(np.float32)
+    y = np.arange(8, dtype=np.int32) % 3
+    bad = x.copy()
+    bad[5, 2, 3, 1] = np.nan  # was: trained on, with a NaN validation loss and no word
+    config = training.TrainConfig(epochs=1, batch_size=4, progress=False)
+    model = ConvNet(ndim=2, features=(4,), num_classes=3)
+    with pytest.raises(
+        FloatingPointError,
+        match=r"validation data holds NaN or inf inputs: 1 example.*example 5 of va\)",
+    ):
+        training.train(model, Dataset(x, y, 3, "tr"), Dataset(bad, y, 3, "va"), config)

@@ -127,8 +127,8 @@ def runner_file(name: str) -> bool:
     )
 
 
-def read_plain_json(path: str):
-    """The JSON value of the regular file ``path``, never through a link or from a pipe
+def read_plain_bytes(path: str) -> bytes:
+    """The bytes of the regular file ``path``, never through a link or from a folder, pipe
     or device (``ValueError`` saying what it is instead)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -136,10 +136,22 @@ def read_plain_json(path: str):
         if e.errno == errno.ELOOP:
             raise ValueError("it is a symbolic link, which the runner never reads") from None
         raise ValueError(e.strerror or str(e)) from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ValueError("it is a folder, not a file")
+        if not stat.S_ISREG(mode):
             raise ValueError("it is not a plain file")
-        return json.loads(f.read())
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def read_plain_json(path: str):
+    """The JSON value of the regular file ``path``, never through a link or from a folder,
+    pipe or device (``ValueError`` saying what it is instead)."""
+    return json.loads(read_plain_bytes(path))
 
 
 class RunFolderBusyError(FileExistsError):
@@ -233,6 +245,10 @@ class RunFolder:
     :meth:`valid` accepts a file only if all three still match, so a damaged file, or one
     computed from another model, config or plug-in code, is recomputed instead of being
     misread. Use it as a context manager (or call :meth:`close`) to release the lock.
+
+    ``outputs``: the files in its subfolders the run will write (``evaluation/x.json``).
+    A folder found where the runner writes one of them, or one of its top-level files, is
+    refused before anything is written (the runner deletes only files it wrote).
     """
 
     def __init__(
@@ -244,12 +260,14 @@ class RunFolder:
         log: Callable[[str], None] = print,
         inputs: str | None = None,
         sources: Sequence[str] = (),
+        outputs: Sequence[str] = (),
     ):
         self.path = os.path.abspath(os.fspath(path))
         self.config = config
         self.log = log
         self.checkpoint_digest: str | None = None
         self.sources = tuple(sources)
+        self.outputs = tuple(outputs)
         self.inputs = inputs or config_digest(config, *self.sources)
         self.train_inputs = self.digest(TRAIN_FIELDS)
         self._lock = None
@@ -428,6 +446,13 @@ class RunFolder:
                     "its run folder and never through links. Replace the link by a folder "
                     "(or remove it), or choose another --out"
                 )
+            if os.path.lexists(self.file(sub)) and not os.path.isdir(self.file(sub)):
+                raise FileExistsError(
+                    f"{self.file(sub)!r} is not a folder, where the runner keeps its {sub} "
+                    "files; the runner never deletes what it did not write. Move or remove "
+                    "it, then run the same command again"
+                )
+        self.refuse_folders((*TOP_LEVEL_FILES, *self.outputs))
         for stale in io.remove_stale_temporaries(self.path, SUBFOLDERS):
             self.log(
                 f"run folder: removed {os.path.relpath(stale, self.path)}, left by an "
@@ -472,6 +497,23 @@ class RunFolder:
             os.makedirs(self.file(sub), exist_ok=True)
         io.atomic_write_bytes(self.file(RUN_MARKER), b"ifa_jax run folder\n")
         write_json(self.file("config.json"), mine)
+
+    def refuse_folders(self, names: Sequence[str]) -> None:
+        """Refuse (``IsADirectoryError`` naming it and the fix) a folder where the runner
+        writes one of the files ``names``: a folder is never the runner's, so it is never
+        deleted, and nothing could be written in its place."""
+        for name in names:
+            full = self.file(name)
+            try:
+                folder = stat.S_ISDIR(os.lstat(full).st_mode)
+            except OSError:
+                continue
+            if folder:
+                raise IsADirectoryError(
+                    f"{full!r} is a folder, where the runner writes its file {name}; the "
+                    "runner never deletes a folder it did not make. Move or remove that "
+                    "folder, then run the same command again",
+                )
 
     def _read_manifest(self) -> dict[str, dict]:
         """The manifest's entries. Entries of the wrong shape are dropped (their files are
@@ -649,11 +691,16 @@ class RunFolder:
         return value
 
     def read_npz(
-        self, name: str, keys: Sequence[str] = (), inputs: str | None = None
+        self,
+        name: str,
+        keys: Sequence[str] = (),
+        inputs: str | None = None,
+        check: Callable[[dict[str, np.ndarray]], str | None] = lambda _: None,
     ) -> dict[str, np.ndarray] | None:
-        """Every array of the ``.npz`` ``name`` if the file verifies (with ``inputs``) and
-        holds ``keys``; otherwise None, logging why. Nothing is unpickled: object arrays
-        are refused."""
+        """Every array of the ``.npz`` ``name`` if the file verifies (with ``inputs``),
+        holds ``keys`` and ``check`` finds nothing wrong with them (it returns a problem or
+        None); otherwise None, logging why. Nothing is unpickled: object arrays are
+        refused."""
         if not self.valid(name, inputs):
             return None
         try:
@@ -664,6 +711,9 @@ class RunFolder:
         missing = [k for k in keys if k not in arrays]
         if missing:
             return self._unreadable(name, f"no array {', '.join(missing)}")
+        problem = check(arrays)
+        if problem is not None:
+            return self._unreadable(name, problem)
         return arrays
 
     def _unreadable(self, name: str, problem: str) -> None:
@@ -672,6 +722,7 @@ class RunFolder:
 
     def write_json(self, name: str, obj, inputs: str | None = None) -> None:
         """``obj`` as JSON at ``name`` (relative), recorded in the manifest."""
+        self.refuse_folders([name])
         write_json(self.file(name), obj)
         self.record(name, inputs)
 
@@ -679,6 +730,7 @@ class RunFolder:
         self, name: str, arrays: Mapping[str, np.ndarray], inputs: str | None = None
     ) -> None:
         """``arrays`` as ``.npz`` at ``name`` (relative), recorded in the manifest."""
+        self.refuse_folders([name])
         save_npz(self.file(name), arrays)
         self.record(name, inputs)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import importlib.metadata
 import json
@@ -33,6 +34,7 @@ from ifa_jax.runner.evaluations import EVALUATIONS, Evaluation
 from ifa_jax.runner.folder import RunFolder, to_jsonable, write_json
 from ifa_jax.runner.report import FIGURES, Figure, make_figures, write_report
 from ifa_jax.runner.stages import (
+    SPLITS,
     RunContext,
     check_model,
     load_given_variables,
@@ -58,12 +60,31 @@ def evaluation_problem(stored) -> str | None:
     return None
 
 
-def stage_evaluate(ctx: RunContext, evaluations: Sequence[Evaluation]) -> None:
-    """Each evaluation's verified file, or its computation; fills ``ctx.evaluations``."""
+def numbers_problem(ctx: RunContext, e: Evaluation, numbers) -> str | None:
+    """What keeps ``e``'s report section and log line from reading ``numbers`` (an
+    evaluation file's numbers, edited or from other code): None if both read them. Tried
+    with the log silenced, so nothing is printed."""
+    silent = copy.copy(ctx)
+    silent.log = lambda _: None
+    try:
+        e.report(silent, numbers)
+        if e.log is not None:
+            e.log(silent, numbers)
+    except Exception as error:  # any failure on stored data: the numbers are recomputed
+        return f"its report cannot read its numbers: {type(error).__name__}: {error}"
+    return None
+
+
+def stage_evaluate(
+    ctx: RunContext, evaluations: Sequence[Evaluation], *, recompute: bool = False
+) -> list[str]:
+    """Each evaluation's verified file, or its computation (always with ``recompute``);
+    fills ``ctx.evaluations``. Returns the names of the evaluations read from files."""
     run = ctx.run
+    loaded = []
     for e in evaluations:
         name_json, name_npz = f"evaluation/{e.name}.json", f"evaluation/{e.name}.npz"
-        stored = run.read_json(name_json, evaluation_problem)
+        stored = None if recompute else run.read_json(name_json, evaluation_problem)
         arrays = None
         if stored is not None and stored["version"] != e.version:
             ctx.log(
@@ -72,9 +93,18 @@ def stage_evaluate(ctx: RunContext, evaluations: Sequence[Evaluation]) -> None:
             )
             stored = None
         elif stored is not None:
-            arrays = run.read_npz(name_npz, stored["arrays"]) if stored["arrays"] else {}
+            problem = numbers_problem(ctx, e, stored["numbers"])
+            if problem is not None:
+                ctx.log(
+                    f"run folder: {name_json} is not what the runner writes ({problem}); "
+                    "recomputing it"
+                )
+                stored = None
+            else:
+                arrays = run.read_npz(name_npz, stored["arrays"]) if stored["arrays"] else {}
         if stored is not None and arrays is not None:
             numbers = stored["numbers"]
+            loaded.append(e.name)
             ctx.log(f"evaluate: loaded {name_json}")
         else:
             start = time.perf_counter()
@@ -90,6 +120,64 @@ def stage_evaluate(ctx: RunContext, evaluations: Sequence[Evaluation]) -> None:
         ctx.evaluations[e.name] = (numbers, arrays)
         if e.log is not None:
             e.log(ctx, numbers)
+    return loaded
+
+
+def _unreadable_for(ctx: RunContext, fig: Figure, loaded: Sequence[str]) -> list[str]:
+    """The evaluations of ``loaded`` without which ``fig`` draws: those whose stored
+    numbers or arrays it cannot read."""
+    out = []
+    for name in loaded:
+        trial = copy.copy(ctx)
+        trial.evaluations = {k: v for k, v in ctx.evaluations.items() if k != name}
+        try:
+            fig.draw(trial)
+        except Exception:  # still failing: not this evaluation alone
+            continue
+        out.append(name)
+    return out
+
+
+def draw_figures(
+    ctx: RunContext,
+    figures: Sequence[Figure],
+    evaluations: Sequence[Evaluation],
+    loaded: Sequence[str],
+) -> dict[str, str]:
+    """:func:`make_figures`, figure by figure; when one cannot read the numbers or arrays
+    of an evaluation read back from its file (``loaded``: edited, or from other code),
+    that evaluation is recomputed, naming its file, and the figure drawn again."""
+    drawn: dict[str, str] = {}
+    loaded = list(loaded)
+    for fig in figures:
+        try:
+            drawn.update(make_figures(ctx, [fig]))
+            continue
+        except Exception as error:  # stored data the figure could not read?
+            suspects = _unreadable_for(ctx, fig, loaded)
+            if not suspects:
+                raise
+            files = ", ".join(f"evaluation/{name}.json" for name in suspects)
+            ctx.log(
+                f"run folder: the {fig.key} figure cannot read what {files} holds "
+                f"({type(error).__name__}: {error}); recomputing it"
+            )
+        stage_evaluate(ctx, [e for e in evaluations if e.name in suspects], recompute=True)
+        loaded = [name for name in loaded if name not in suspects]
+        drawn.update(make_figures(ctx, [fig]))
+    return drawn
+
+
+def planned_outputs(
+    config: Config, evaluations: Sequence[Evaluation], figures: Sequence[Figure]
+) -> list[str]:
+    """The files a run of ``config`` writes in the run folder's subfolders (a folder
+    found at one of them is refused before anything is written)."""
+    return [
+        *(os.path.join("analysis", f"{m}_{s}.npz") for m in config.methods for s in SPLITS),
+        *(f"evaluation/{e.name}.{x}" for e in evaluations for x in ("json", "npz")),
+        *(os.path.join("figures", f"{f.key}.png") for f in figures),
+    ]
 
 
 def _versions() -> dict[str, str]:
@@ -162,14 +250,17 @@ def run(
                 "--overwrite would clear; copy them elsewhere first, or choose another --out"
             )
     sources = registry.plugin_sources(config)
-    with RunFolder(out, config, overwrite=overwrite, log=log, sources=sources) as run_folder:
+    outputs = planned_outputs(config, evaluations, figures)
+    with RunFolder(
+        out, config, overwrite=overwrite, log=log, sources=sources, outputs=outputs
+    ) as run_folder:
         ctx = RunContext(config, run_folder, splits, model, log)
         if given is not None:
             ctx.variables = given[0]
         stage_train(ctx, given[1] if given is not None else None)
         stage_analyse(ctx)
-        stage_evaluate(ctx, evaluations)
-        drawn = make_figures(ctx, figures)
+        loaded = stage_evaluate(ctx, evaluations)
+        drawn = draw_figures(ctx, figures, evaluations, loaded)
         results = _jsonable(
             {
                 "config": config.to_dict(),

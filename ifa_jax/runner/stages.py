@@ -252,17 +252,24 @@ def stage_train(ctx: RunContext, given_digest: str | None = None) -> None:
         stored = run.read_json("train.json", train_info_problem, run.train_inputs)
         if stored is not None:
             log(f"train: loading {ckpt}")
-            ctx.variables = training.load_checkpoint(
-                ckpt, _template(config, ctx.model, ctx.splits.train.input_shape)
-            )
-            check_finite_weights(ctx.variables, ckpt)
-            ctx.train_info = stored
-            return None
+            template = _template(config, ctx.model, ctx.splits.train.input_shape)
+            try:
+                ctx.variables = training.load_checkpoint(ckpt, template, follow_links=False)
+            except ValueError as e:  # the runner's own file, damaged: train again
+                why = e if e.__cause__ is None else e.__cause__  # what msgpack said
+                log(
+                    f"train: the run's checkpoint {ckpt} does not load ({why}); it is the "
+                    "runner's own file, so the training stage is recomputed"
+                )
+            else:
+                check_finite_weights(ctx.variables, ckpt)
+                ctx.train_info = stored
+                return None
         run.checkpoint_digest = None
     start = time.perf_counter()
     # Saved after every epoch: a killed run resumes after its last finished epoch.
     state_path = run.file("train_state.msgpack")
-    if os.path.exists(state_path):
+    if os.path.isfile(state_path) and not os.path.islink(state_path):
         log(f"train: resuming from {state_path}")
     splits = ctx.splits
     try:
@@ -311,6 +318,40 @@ ANALYSIS_KEYS = (
 )
 
 
+def analysis_problem(
+    arrays: Mapping[str, np.ndarray], num_classes: int, num_samples: int
+) -> str | None:
+    """What is wrong with the arrays of an ``analysis/<method>_<split>.npz`` read back
+    (None: their shapes agree with ``num_classes`` classes, ``num_samples`` samples and
+    one channel count K, and they hold numbers)."""
+    for k, v in arrays.items():
+        if v.dtype.kind not in "biuf":
+            return f"{k} holds {v.dtype} values, not numbers"
+    shape = {k: v.shape for k, v in arrays.items()}
+    im_all = shape.get("summary_im_all", ())
+    if len(im_all) != 1:
+        return f"summary_im_all has shape {im_all}, not (K,)"
+    c, k = num_classes, im_all[0]
+    want = {
+        "summary_im_class": (c, k),
+        "summary_im_diff": (c, k),
+        "summary_im_var": (c, k),
+        "summary_covariance": (k, k),
+        "summary_class_counts": (c,),
+        "summary_present": (c,),
+        "summary_seen": (),
+        "sample_importance": (num_samples, k),
+    }
+    want.update({f"sample_{n}": (num_samples,) for n in ("cam_max", "cam_min", "label")})
+    for name, expected in want.items():
+        if name in shape and shape[name] != expected:
+            return f"{name} has shape {shape[name]}, not {expected}"
+    cam_mean = shape.get("summary_cam_mean", ())
+    if len(cam_mean) < 2 or cam_mean[0] != c:
+        return f"summary_cam_mean has shape {cam_mean}, not ({c}, *spatial)"
+    return None
+
+
 def load_analysis(
     arrays: str | os.PathLike | Mapping[str, np.ndarray],
 ) -> tuple[analysis.Summary, dict[str, np.ndarray]]:
@@ -338,10 +379,14 @@ def stage_analyse(ctx: RunContext) -> None:
     digests = {m: analysis_digest(ctx, m) for m in methods}
     for split_name in SPLITS:
         names = {m: os.path.join("analysis", f"{m}_{split_name}.npz") for m in methods}
-        stored = {m: run.read_npz(n, ANALYSIS_KEYS, digests[m]) for m, n in names.items()}
+        ds = getattr(ctx.splits, split_name)
+
+        def check(arrays, ds=ds):
+            return analysis_problem(arrays, ds.num_classes, len(ds))
+
+        stored = {m: run.read_npz(n, ANALYSIS_KEYS, digests[m], check) for m, n in names.items()}
         todo = tuple(m for m in methods if stored[m] is None)
         if todo:
-            ds = getattr(ctx.splits, split_name)
             start = time.perf_counter()
             options = {m: o for m, o in config.options_of().items() if m in todo}
             try:

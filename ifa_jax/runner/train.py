@@ -39,10 +39,12 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import inspect
 import os
+import stat
 import time
 from collections.abc import Callable
 from typing import Any
@@ -282,6 +284,23 @@ def _refuse_nonfinite_inputs(
         )
 
 
+def _refuse_nonfinite_validation(ds: Any, batch_size: int) -> None:
+    """The validation loss is not finite: raise a FloatingPointError naming the first
+    examples with NaN or inf inputs, if any (a data fault). Reads the split once."""
+    bad: list[int] = []
+    for start in range(0, len(ds), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(ds)))
+        x = np.asarray(ds.gather(idx)[0])
+        bad += idx[~np.isfinite(x.reshape(len(idx), -1)).all(axis=1)].tolist()
+    if bad:
+        raise FloatingPointError(
+            f"the validation data holds NaN or inf inputs: {len(bad)} example(s) (first: "
+            f"example {bad[0]} of {_name(ds)}), so its loss is not finite; this is the data, "
+            "not the learning rate. Drop or repair those examples (e.g. keep "
+            "np.isfinite(x).reshape(len(x), -1).all(axis=1), or np.nan_to_num(x))"
+        )
+
+
 def _decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
@@ -333,7 +352,8 @@ def train(
         inputs (uint8 images) warns
         (:class:`ifa_jax.analysis.IntegerInputWarning`); when an epoch's loss is not finite
         and the batch where it first was holds NaN or inf inputs, a FloatingPointError
-        names the examples (the data, not the learning rate).
+        names the examples (the data, not the learning rate); so does a validation loss
+        that is not finite because ``val_ds`` holds such inputs.
       val_ds: the validation split, as ``train_ds``; None skips evaluation and early
         stopping.
       config: a :class:`TrainConfig`.
@@ -347,7 +367,9 @@ def train(
         the finished result without training); delete it to train from scratch. A file from
         another run (other data, model, initial variables or config, ``epochs`` included as
         the learning-rate schedule spans them; only ``progress`` and ``restore_best`` may
-        change) or a corrupt one raises :class:`TrainStateFileError`.
+        change), a corrupt one, or one that is not a regular file (a symbolic link is never
+        followed: the state is the file this call writes) raises
+        :class:`TrainStateFileError`.
       variables: start from these variables instead of a fresh initialisation.
       callback: called as ``callback(epoch, metrics)`` after each epoch (1-based).
     Returns:
@@ -409,7 +431,7 @@ def train(
     if state_path is not None:
         state_path = os.fspath(state_path)
         fingerprint = _run_fingerprint(config, train_ds, val_ds, state.variables)
-        if os.path.exists(state_path):
+        if os.path.lexists(state_path):
             state, history, (best_acc, best_variables, since_best), done = _load_run_state(
                 state_path, fingerprint, state
             )
@@ -444,6 +466,8 @@ def train(
         improved = val_ds is None
         if val_ds is not None:
             val = _run_eval(eval_step, state.variables, val_ds, eval_bs)
+            if not np.isfinite(val["loss"]):
+                _refuse_nonfinite_validation(val_ds, eval_bs)
             metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             history.val_loss.append(val["loss"])
             history.val_accuracy.append(val["accuracy"])
@@ -484,14 +508,48 @@ def train(
 # --------------------------------------------------------------------------------------
 
 
-def _read_msgpack(path: str, error: Callable[[Exception], Exception]) -> Any:
-    """The pytree in a flax msgpack file; a file that does not decode raises ``error(e)``."""
-    with open(path, "rb") as f:
-        data = f.read()
+def _read_msgpack(
+    path: str, error: Callable[[Exception], Exception], *, follow_links: bool = True
+) -> Any:
+    """The pytree in a flax msgpack file; a file that does not decode raises ``error(e)``.
+    Without ``follow_links``, only a regular file is read: a symbolic link, a folder or a
+    pipe raises ``error`` too."""
+    if follow_links:
+        with open(path, "rb") as f:
+            data = f.read()
+    else:
+        try:
+            data = _read_regular_file(path)
+        except _NotPlainFileError as e:
+            raise error(e) from None
     try:
         return serialization.msgpack_restore(data)
     except Exception as e:
         raise error(e) from e
+
+
+class _NotPlainFileError(ValueError):
+    """A file read only as a regular file is a symbolic link, a folder or a pipe."""
+
+
+def _read_regular_file(path: str) -> bytes:
+    """The bytes of ``path`` if it is a regular file, never through a symbolic link
+    (:class:`_NotPlainFileError` saying what it is instead)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _NotPlainFileError("it is a symbolic link, which is never followed") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise _NotPlainFileError(f"it is {what}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 class TrainStateFileError(ValueError):
@@ -573,8 +631,11 @@ def _load_run_state(path: str, fingerprint: dict[str, str], state: TrainState) -
     raw = _read_msgpack(
         path,
         lambda e: TrainStateFileError(
-            f"training state {path!r} is corrupt or truncated ({type(e).__name__}: {e}); {fix}"
+            f"training state {path!r} is not read: {e}; {fix}"
+            if isinstance(e, _NotPlainFileError)
+            else f"training state {path!r} is corrupt or truncated ({type(e).__name__}: {e}); {fix}"
         ),
+        follow_links=False,
     )
     if not isinstance(raw, dict) or raw.get("format") != _STATE_FORMAT:
         raise TrainStateFileError(
@@ -662,7 +723,7 @@ def _restore_orbax(path: str) -> Any:
         ) from e
 
 
-def load_checkpoint(path: str | os.PathLike, template: Any) -> Any:
+def load_checkpoint(path: str | os.PathLike, template: Any, *, follow_links: bool = True) -> Any:
     """Load a checkpoint into the structure of ``template``: a file written by
     :func:`save_checkpoint` (flax msgpack) or an orbax checkpoint folder (saved with
     ``orbax.checkpoint.StandardCheckpointer``).
@@ -670,24 +731,30 @@ def load_checkpoint(path: str | os.PathLike, template: Any) -> Any:
     ``template`` is a pytree like the saved one; its leaves may be arrays or, to skip an
     initialisation, ``jax.ShapeDtypeStruct`` s (e.g. ``jax.eval_shape(model.init, ...)``).
 
+    With ``follow_links=False`` only a regular msgpack file is read: a symbolic link, a
+    folder or a pipe at ``path`` raises ValueError (the runner reads its own checkpoint so).
+
     Raises FileNotFoundError for a missing file and :class:`CheckpointMismatchError` naming
     the missing, unexpected and mismatched (shape or dtype) parameter paths when the
     checkpoint comes from another model.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not os.path.lexists(path) or (follow_links and not os.path.exists(path)):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
     restored: Any  # the saved pytree (nested dicts of arrays), as msgpack or orbax returns it
-    if os.path.isdir(path):
+    if follow_links and os.path.isdir(path):
         restored = _restore_orbax(path)
     else:
         restored = _read_msgpack(
             path,
             lambda e: ValueError(
-                f"{path!r} is not a flax msgpack checkpoint (damaged or "
+                f"checkpoint {path!r} is not read: {e}"
+                if isinstance(e, _NotPlainFileError)
+                else f"{path!r} is not a flax msgpack checkpoint (damaged or "
                 f"truncated?): {e}; save the variables again with "
                 "save_checkpoint or flax.serialization.to_bytes"
             ),
+            follow_links=follow_links,
         )
     want = _leaf_specs(serialization.to_state_dict(template))
     got = _leaf_specs(restored)
