@@ -104,6 +104,17 @@ def test_integer_images_warn_in_analyze_and_in_training(net):
         train.train(small, _Uint8Source(), None, config, variables=random_variables(small, x))
 
 
+def test_integer_images_warn_in_explain(net):
+    probe, variables, x, y = net
+    images = (x * 255).astype(np.uint8)
+    with pytest.warns(
+        analysis.IntegerInputWarning, match=r"the inputs x are integers \(dtype uint8\).*x / 255"
+    ) as record:
+        explain(probe, variables, images.astype(np.float32) / 255, y)  # no warning
+        explain(probe, variables, images, y)
+    assert len(record) == 1 and record[0].filename == __file__
+
+
 class _Stopped(nn.Module):
     """relu1 -> stop_gradient -> head: the tapped layer gets no gradient."""
 

@@ -361,6 +361,9 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown field 'train.lrate'"):
         runner.override(tiny(), "train.lrate=0.1")
     assert runner.override(tiny(), "train.epochs=7").train.epochs == 7
+    with pytest.raises(ValueError, match=r"validation_size 1.0 as a share must be < 1"):
+        tiny(validation_size=1.0)
+    assert tiny(validation_size=1).validation_size == 1  # a count of one
     assert runner.override(tiny(), "methods=('gradcam',)").methods == ("gradcam",)
     assert tiny(methods=("Grad-CAM++", "FullCAM")).methods == ("gradcam++", "hirescam")
     with pytest.raises(ValueError, match="unknown CAM method 'gradkam'"):

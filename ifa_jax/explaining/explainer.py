@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from ifa_jax import cams
-from ifa_jax._checks import pick_layer, positive_int, prng_key
+from ifa_jax._checks import pick_layer, positive_int, prng_key, warn_integer_inputs
 from ifa_jax._options import split_options
 from ifa_jax.probes import LayerProbe, ProbeResult, Target, target_scores
 
@@ -246,6 +246,10 @@ def explain(
     Raises:
         ValueError: an unknown method or option, a missing key, a mask for a method without
             channels, or a layer that is not one of ``probe.layers``.
+
+    Warns:
+        IntegerInputWarning: integer inputs of rank >= 3 (uint8 images go to the model as
+            they are).
     """
     spec = cams.get_method(method)
     method = cams.canonical_method(spec)  # a name that keys the jit caches on the entry
@@ -254,6 +258,9 @@ def explain(
     key = prng_key(key)
     cams.require_key(method, key)
     chunk_size = positive_int("chunk_size", chunk_size, "channels per model call")
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and getattr(x, "ndim", 0) >= 3:  # not (B, T) token ids
+        warn_integer_inputs(dtype, "the inputs x", "Convert them first: x / 255 for uint8 images.")
     if kind != "layer" and mask is not None:
         raise ValueError(
             f"{method} (kind {kind!r}) gives one map without channels, so it takes no channel "

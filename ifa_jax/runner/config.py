@@ -145,6 +145,12 @@ class Config:
             (self.scale_mode in scale.MODES, f"scale_mode must be one of {scale.MODES}"),
             (bool(self.methods), "methods is empty; name at least one CAM method"),
             (self.validation_size > 0, "validation_size must be > 0 (a count, or a share < 1)"),
+            (
+                not isinstance(self.validation_size, float) or self.validation_size < 1,
+                f"validation_size {self.validation_size!r} as a share must be < 1 (the "
+                "training split would be empty); give a share such as 0.2 or a count such "
+                "as 1000",
+            ),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (
                 self.tokens_prefix is None or self.tokens_prefix >= 0,
