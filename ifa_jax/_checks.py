@@ -128,8 +128,11 @@ def _holds_text(value: Any) -> bool:
     return False
 
 
-def index_targets(target: Any, batch: int) -> jax.Array:
-    """Output indices (batch,) int32 from an int or an int array (batch,)."""
+def index_targets(target: Any, batch: int, *, indices_only: bool = False) -> jax.Array:
+    """Output indices (batch,) int32 from an int or an int array (batch,).
+
+    ``indices_only``: the caller takes nothing else (the metrics), so the error names the
+    predicted classes' indices as the fix instead of offering ``'predicted'``."""
     try:
         t = jnp.asarray(target)
     except (TypeError, ValueError):  # strings, ragged lists, objects
@@ -139,6 +142,12 @@ def index_targets(target: Any, batch: int) -> jax.Array:
         hint = ""
         if t is None and _holds_text(target):
             hint = "; class names must become indices first, e.g. [names.index(n) for n in target]"
+        if indices_only:
+            raise ValueError(
+                f"target must be integer class indices (an int or an int array of shape "
+                f"({batch},)); got {got}{hint}. For the predicted classes pass their "
+                "indices, e.g. jnp.argmax(logits, axis=-1)"
+            )
         raise ValueError(
             "target must be 'predicted', integer class indices (an int or an int array of "
             f"shape ({batch},)) or a callable logits (B, O) -> (B,); got {got}{hint}"

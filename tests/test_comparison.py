@@ -374,3 +374,5 @@ def test_a_config_names_its_comparison_metrics():
         Config(comparison_metrics=("nope",))
     with pytest.raises(ValueError, match="comparison_metrics has unknown or no metric"):
         Config(comparison_metrics=())
+    with pytest.raises(ValueError, match="comparison_metrics names 'road' more than once"):
+        Config(comparison_metrics=("road", "average_drop", "road"))

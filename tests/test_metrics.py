@@ -176,6 +176,24 @@ def test_confidence_change_matches_reference(convnet):
     np.testing.assert_allclose(out["average_increase"], want_inc)
 
 
+def test_a_target_the_model_has_no_output_for_is_refused_by_the_metrics(convnet):
+    """model_scorer scores a target outside the outputs NaN (the probe alone scores it 0,
+    which gave silent zeros), and each metric then names the target."""
+    model, variables, x = convnet
+    score_fn = metrics.model_scorer(linen_probe(model, "conv2"), variables)
+    outputs = model.apply(variables, x).shape[-1]
+    assert np.isnan(np.asarray(score_fn(x[:2], jnp.array([outputs, -1])))).all()
+    saliency = np.full(x.shape[:-1], 0.5, np.float32)
+    bad = np.array([0, outputs, 1])
+    for call in (
+        lambda: metrics.confidence_scores(score_fn, x, saliency, bad),
+        lambda: metrics.road(score_fn, x, saliency, bad, noise=0.0, percentiles=(50,)),
+        lambda: metrics.pixel_flipping(score_fn, x, saliency, bad, cells_per_step=16),
+    ):
+        with pytest.raises(FloatingPointError, match="one of the model's outputs"):
+            call()
+
+
 def test_drop_increase_known_values_and_errors():
     out = metrics.drop_increase([0.5, 0.8, 0.2, 0.4], [0.25, 0.8, 0.3, 0.0])
     # drops: 0.5, 0, 0 (increase), 1 -> mean 0.375; one increase in four.
@@ -543,3 +561,14 @@ def test_ssim_bad_inputs():
         r"\(2, 3, 4, 5\)",
     ):
         metrics.ssim(np.ones((2, 3, 4, 5)), np.ones((2, 3, 4, 5)))
+
+
+def test_metrics_ask_for_class_indices_not_predicted(convnet):
+    """The metrics score given classes; 'predicted' gets a message that does not offer
+    it back."""
+    model, variables, x = convnet
+    score_fn = metrics.model_scorer(linen_probe(model, "conv2"), variables)
+    saliency = np.full(x.shape[:-1], 0.5, np.float32)
+    with pytest.raises(ValueError, match=r"integer class indices.*jnp.argmax") as info:
+        metrics.confidence_scores(score_fn, x, saliency, "predicted")
+    assert "'predicted'," not in str(info.value)

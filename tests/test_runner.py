@@ -796,3 +796,17 @@ def test_every_comparison_metric_runs_in_a_run(finished_run, tmp_path):
     for method in tiny().methods:
         values = compared["methods"][method]["values"]
         assert all(np.isfinite(values[name]["mean"]) for name in scored), values
+
+
+def test_the_runner_runs_as_a_module():
+    """``python -m ifa_jax.runner`` is the ifa-jax command (it printed nothing before)."""
+    env = {**os.environ, "IFA_JAX_NO_MALLOC_TUNING": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ifa_jax.runner", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ifa-jax") and "compare" in done.stdout

@@ -72,7 +72,8 @@ def check_scores(name: str, y: Array, expected: tuple[int, ...] | None = None) -
     if bad:
         raise FloatingPointError(
             f"score_fn returned {bad} non-finite score(s) ({name}); "
-            "check the model, the inputs and the baseline"
+            "check the model, the inputs and the baseline, and that every target is one of "
+            "the model's outputs (model_scorer scores any other target NaN)"
         )
 
 

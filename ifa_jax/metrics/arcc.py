@@ -117,7 +117,7 @@ def coherency(explain_fn: ExplainFn, x: ArrayLike, saliency: ArrayLike, target: 
         ValueError: shapes that do not fit, or maps of explain_fn of another shape.
     """
     x, s = check_inputs(x, saliency)
-    t = index_targets(target, x.shape[0])
+    t = index_targets(target, x.shape[0], indices_only=True)
     again = jnp.asarray(explain_fn(x * s[..., None], t))
     if again.shape != s.shape:
         raise ValueError(

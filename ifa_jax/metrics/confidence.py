@@ -52,11 +52,17 @@ class _ProbeScore:
     score: str
 
     def __call__(self, variables, x, target):
-        return target_scores(self.probe.forward(variables, x), target, self.score)
+        logits = self.probe.forward(variables, x)
+        outputs = logits.shape[-1] if logits.ndim == 2 else 1
+        # NaN, not the probe's 0, for a target the model has no output for: the metrics
+        # check their scores outside jit and then name it.
+        valid = (target >= 0) & (target < outputs)
+        return jnp.where(valid, target_scores(logits, target, self.score), jnp.nan)
 
 
 def model_scorer(probe: LayerProbe, variables: Any, score: str = "probability") -> Partial:
-    """``score_fn(x, target) -> (N,)``: the model's probability (or logit) of ``target``.
+    """``score_fn(x, target) -> (N,)``: the model's probability (or logit) of ``target``
+    (NaN for a target outside the model's outputs, which the metrics then refuse).
 
     A :class:`jax.tree_util.Partial` over ``variables``: the same probe and score reuse
     one compiled computation for any variables of the same structure.
@@ -103,7 +109,9 @@ def confidence_scores(
     """
     x, saliency = check_inputs(x, saliency)
     B = x.shape[0]
-    y = _confidence_core(as_scorer(score_fn), x, saliency, index_targets(target, B))
+    y = _confidence_core(
+        as_scorer(score_fn), x, saliency, index_targets(target, B, indices_only=True)
+    )
     check_scores("unmasked and masked inputs", y, (2 * B,))
     return y[:B], y[B:]
 

@@ -221,7 +221,7 @@ def faithfulness_correlation(
     """
     x, saliency = check_inputs(x, saliency)
     B, n = x.shape[0], int(np.prod(x.shape[1:-1]))
-    t = index_targets(target, B)
+    t = index_targets(target, B, indices_only=True)
     images_per_batch = positive_int(
         "images_per_batch", images_per_batch, "images per forward batch"
     )
@@ -319,7 +319,7 @@ def pixel_flipping(
             of the wrong shape or not finite.
     """
     x, saliency = check_inputs(x, saliency)
-    t = index_targets(target, x.shape[0])
+    t = index_targets(target, x.shape[0], indices_only=True)
     cells_per_step = positive_int("cells_per_step", cells_per_step, "cells flipped per step")
     images_per_batch = positive_int(
         "images_per_batch", images_per_batch, "images per forward batch"

@@ -264,7 +264,7 @@ def insertion_deletion(
             unknown baseline, or scores of the wrong shape or not finite.
     """
     x, saliency = check_inputs(x, saliency)
-    t = index_targets(target, x.shape[0])
+    t = index_targets(target, x.shape[0], indices_only=True)
     if windows_per_step < 1 or images_per_batch < 1:
         raise ValueError(
             f"windows_per_step and images_per_batch must be >= 1; got "

@@ -361,7 +361,7 @@ def road(
             missing key, or scores of the wrong shape or not finite.
     """
     x, saliency = check_inputs(x, saliency)
-    t = index_targets(target, x.shape[0])
+    t = index_targets(target, x.shape[0], indices_only=True)
     images_per_batch = positive_int(
         "images_per_batch", images_per_batch, "images per forward batch"
     )

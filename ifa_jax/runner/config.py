@@ -214,6 +214,9 @@ def _known_metrics(names: tuple[str, ...] | None) -> tuple[bool, str]:
 
     known = [m.name for m in METRICS]
     unknown = [n for n in names if n not in known]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return False, f"comparison_metrics names {', '.join(map(repr, twice))} more than once"
     if not names or unknown:
         return False, (
             f"comparison_metrics has unknown or no metric(s) {', '.join(map(repr, unknown))}; "
