@@ -55,6 +55,7 @@ def _masses(inputs):
 
 
 MASS = comparison.Metric("mass", "higher", True, _masses, "mass on the mask", "test metric")
+METRICS = comparison.METRICS  # the table as shipped (a test below replaces it)
 
 
 def test_table_matches_a_numpy_reference(images):
@@ -320,6 +321,16 @@ def test_the_runner_evaluation_reads_the_masks_of_the_validation_split(monkeypat
         want = (maps * masks[picked]).sum(axis=(1, 2)) / maps.sum(axis=(1, 2))
         got = numbers["methods"][m]["values"]["mass"]["mean"]
         assert got == pytest.approx(float(np.nanmean(want)), rel=1e-5)
+    # Every metric of the table through the run's own explainers (ARCC and the
+    # sensitivities explain other inputs, random-logit other classes): finite where the
+    # metric needs no masks, or defined on the masks given.
+    monkeypatch.setattr(comparison, "METRICS", METRICS)
+    everything, _ = comparison.compare_methods(ctx)
+    assert everything["skipped"] == {}
+    for m in config.methods:
+        values = everything["methods"][m]["values"]
+        assert set(values) == {metric.name for metric in METRICS}
+        assert all(v["mean"] is not None and np.isfinite(v["mean"]) for v in values.values())
     # comparison_samples overrides faithfulness_samples; 0 skips the comparison.
     ctx.config = Config(**{**config.__dict__, "comparison_samples": 0})
     assert comparison.compare_methods(ctx) == ({}, {})

@@ -16,7 +16,7 @@ import pytest
 
 from experiments import run as run_cli
 from ifa_jax import io, runner
-from ifa_jax.runner import comparison, stages
+from ifa_jax.runner import stages
 from ifa_jax.runner.folder import config_digest
 from ifa_jax.runner.train import TrainConfig
 from tests.figure_checks import figure_problems
@@ -38,7 +38,7 @@ def tiny(**changes) -> runner.Config:
         "max_classes": 3,
         "faithfulness_samples": 4,
         "sanity_samples": 2,
-        # Two cheap metrics; test_every_comparison_metric_runs_in_a_run takes them all.
+        # Two cheap metrics; tests/test_comparison.py runs the evaluation on all of them.
         "comparison_metrics": ("average_drop", "deletion_auc"),
     }
     base.update(changes)
@@ -776,26 +776,6 @@ def test_a_folder_from_before_a_new_config_field_still_resumes(tmp_path):
     assert digest(tiny()) != digest(tiny(devices=2))
     with pytest.raises(FileExistsError, match=r"another config \(seed: 0 -> 1\)"):
         runner.RunFolder(folder, tiny(seed=1), log=lambda s: None)
-
-
-@pytest.mark.slow
-def test_every_comparison_metric_runs_in_a_run(finished_run, tmp_path):
-    """The comparison on every metric of the table, in a copy of the finished run: the
-    changed field re-runs the evaluations only, and every metric without masks (this
-    dataset has none) has a finite mean for every method."""
-    out, _, _ = finished_run
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    logs: list[str] = []
-    results = runner.run(tiny(comparison_metrics=None), copy, log=logs.append)
-    assert any("train: loading" in line for line in logs)
-    assert not any(line.startswith("analyse:") for line in logs)
-    compared = results["comparison"]
-    scored = [m.name for m in comparison.METRICS if not m.needs_masks]
-    assert set(compared["skipped"]) == {m.name for m in comparison.METRICS if m.needs_masks}
-    for method in tiny().methods:
-        values = compared["methods"][method]["values"]
-        assert all(np.isfinite(values[name]["mean"]) for name in scored), values
 
 
 def test_the_runner_runs_as_a_module():
