@@ -1,6 +1,6 @@
 """The input pipeline: batches prepared in a background thread ahead of the step
 (``prefetch=``) and inputs converted on the device (``preprocess=``) give the results of
-the direct path bit for bit."""
+the direct path bit for bit, in the analysis pass and the consistency evaluation."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ifa_jax import analysis, linen_probe
+from ifa_jax import analysis, linen_probe, scale
 from ifa_jax.analysis._prefetch import prefetched
+from ifa_jax.consistency import class_levels, class_masses, common_levels, consistency_levels
 from ifa_jax.runner.models import ConvNet
 
 MODEL = ConvNet(ndim=2, features=(4, 6), num_classes=3)
@@ -206,3 +207,67 @@ def test_preprocess_and_prefetch_errors_name_the_fix(images):
             analysis.analyze(probe, variables, batches_of(x, y), prefetch=bad, **run)
     with pytest.raises(ValueError, match=r"preprocess must map the inputs x \(4, 6, 5, 2\)"):
         analysis.analyze(probe, variables, batches_of(x, y), preprocess=lambda x: x[0], **run)
+
+
+# --------------------------------------------------------------------------- consistency
+
+
+def test_consistency_streams_the_per_batch_results(images):
+    """Both evaluation paths equal their per-batch functions called one batch at a time
+    (as they were, with a host read per batch), bit for bit, with prefetch on or off and
+    uint8 inputs converted by ``preprocess``."""
+    probe, variables, x, y = images
+    xf = np.asarray(jax.jit(to_float)(x))
+    valid = np.arange(10) < 8
+    batches = [
+        (xf[:4], y[:4], valid[:4]),
+        (xf[4:8], y[4:8], valid[4:8]),
+        (xf[8:], y[8:], valid[8:]),
+    ]
+    as_uint8 = [(x[:4], y[:4], valid[:4]), (x[4:8], y[4:8], valid[4:8]), (x[8:], y[8:], valid[8:])]
+    scales = {m: scale.scale_from_bounds(-0.2, 0.5) for m in ("gradcam", "hirescam")}
+    masks = jnp.ones((3, 6))
+    per_batch = [
+        jax.device_get(
+            class_levels(
+                probe,
+                variables,
+                jnp.asarray(b[0]),
+                jnp.arange(3),
+                masks,
+                tuple(scales.values()),
+                methods=tuple(scales),
+            )
+        )
+        for b in batches
+    ]
+    want = np.concatenate([lv for lv, _ in per_batch], -1)[..., valid]
+    masses = [
+        jax.device_get(class_masses(probe, variables, jnp.asarray(b[0]), methods=tuple(scales)))
+        for b in batches
+    ]
+    want_logits = np.concatenate([lg for _, lg in masses])[valid]
+    grid = int(np.prod(probe.output_shapes(variables, xf)[1]["conv2"][1:-1]))
+    for prefetch in (0, 2):
+        for source, pre in ((batches, None), (as_uint8, to_float)):
+            got = consistency_levels(
+                probe,
+                variables,
+                source,
+                scales=scales,
+                masks=masks,
+                classes=[0, 1, 2],
+                preprocess=pre,
+                prefetch=prefetch,
+            )
+            np.testing.assert_array_equal(got.levels, want, strict=True)
+            jvp = common_levels(
+                probe, variables, source, scales=scales, preprocess=pre, prefetch=prefetch
+            )
+            np.testing.assert_array_equal(jvp.logits, want_logits, strict=True)
+            m = np.concatenate([ms for ms, _ in masses], 1)[:, valid]
+            a = np.array([s.a for s in scales.values()])[:, None, None]
+            b = np.array([s.b for s in scales.values()])[:, None, None]
+            common = np.transpose(a * m / grid + b, (2, 0, 1))[:, :, None, :].astype(np.float32)
+            np.testing.assert_array_equal(jvp.levels, common, strict=True)
+    assert not prefetch_threads()
