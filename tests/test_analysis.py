@@ -183,7 +183,8 @@ def test_analyze_bad_input(small_model):
 
 def test_sharded_pass_equals_single_device(tmp_path):
     """8 host devices, batches sharded on the batch axis, 3 batches for 21 samples (the
-    last short); prefetching gives the direct path's results bit for bit there too."""
+    last short); prefetching and two steps per dispatch give the direct path's results bit
+    for bit there too."""
     script = textwrap.dedent("""
         import jax, numpy as np, jax.numpy as jnp
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -210,6 +211,13 @@ def test_sharded_pass_equals_single_device(tmp_path):
             np.testing.assert_array_equal(a, b, strict=True)
         for k in one.samples:
             np.testing.assert_array_equal(direct.samples[k], many.samples[k], strict=True)
+        grouped = analysis.analyze(probe, v, batches, num_classes=3, progress=False,
+                                   sharding=NamedSharding(mesh, P("batch")),
+                                   steps_per_dispatch=2)  # a scan of 2, then 1 step
+        for a, b in zip(grouped.summary, many.summary):
+            np.testing.assert_array_equal(a, b, strict=True)
+        for k in one.samples:
+            np.testing.assert_array_equal(grouped.samples[k], many.samples[k], strict=True)
         print("OK", many.state.count.sharding)
     """)
     env = dict(

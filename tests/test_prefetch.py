@@ -209,6 +209,31 @@ def test_preprocess_and_prefetch_errors_name_the_fix(images):
         analysis.analyze(probe, variables, batches_of(x, y), preprocess=lambda x: x[0], **run)
 
 
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
+@pytest.mark.parametrize("every", [32, 2], ids=["one-chunk", "chunks-of-2"])
+def test_steps_per_dispatch_gives_single_steps_results_bit_for_bit(
+    images, traces, monkeypatch, every
+):
+    """k=4 over 6 non-empty batches (and an empty one, and a short last one): the batches
+    merged in the same order; a keyed method's draws follow the samples through the scan;
+    with chunks of 2 batches the group of 4 crosses a chunk's end."""
+    from ifa_jax.analysis import _fetch
+
+    probe, variables, x, y = images
+    monkeypatch.setattr(_fetch, "FETCH_EVERY", every)
+    xf = x.astype(np.float32) / 255
+    batches = batches_of(xf, y, (2, 2, 0, 2, 2, 1, 1))
+    kw = {"num_classes": 3, "methods": ("hirescam", "randomcam"), "keep_importance": True}
+    kw |= {"key": jax.random.key(5), "progress": False}
+    one = analysis.analyze_methods(probe, variables, batches, **kw)
+    got = analysis.analyze_methods(probe, variables, batches, steps_per_dispatch=4, **kw)
+    for m in one:  # 6 batches: one scan of 4, then 2 single steps
+        assert_identical(got[m], one[m])
+    assert traces.count <= 1  # the scans reuse the single step's trace (0: an earlier test's)
+    with pytest.raises(ValueError, match=r"steps_per_dispatch must be an int >= 1.*got 0"):
+        analysis.analyze_methods(probe, variables, batches, steps_per_dispatch=0, **kw)
+
+
 # --------------------------------------------------------------------------- consistency
 
 

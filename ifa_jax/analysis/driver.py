@@ -47,13 +47,19 @@ from numpy.typing import ArrayLike
 
 from ifa_jax import cams
 from ifa_jax._checks import outputs_in_range, warn_integer_inputs
-from ifa_jax.analysis._fetch import SampleFetcher, chunk_length
+from ifa_jax.analysis._fetch import SampleFetcher, chunk_length, stack_chunk
 from ifa_jax.analysis._prefetch import prefetched
-from ifa_jax.analysis.adapters import DEFAULT_KEYS, BatchAdapter, cast_floating, length
+from ifa_jax.analysis.adapters import (
+    DEFAULT_KEYS,
+    BatchAdapter,
+    DeviceBatch,
+    cast_floating,
+    length,
+)
 from ifa_jax.analysis.options import MethodOptions, PassOptions, check_pass_options
 from ifa_jax.analysis.result import Analysis
 from ifa_jax.analysis.state import Stats, finalize, init
-from ifa_jax.analysis.step import Variables, pass_step
+from ifa_jax.analysis.step import Variables, pass_step, pass_steps
 from ifa_jax.probes import LayerProbe, Target
 
 
@@ -81,6 +87,7 @@ def analyze(
     key: jax.Array | None = None,
     preprocess: Callable[[jax.Array], jax.Array] | None = None,
     prefetch: int = 2,
+    steps_per_dispatch: int = 1,
 ) -> Analysis:
     """One pass over ``batches``: tuples ``(x, y)`` or ``(x, y, valid)``,
     :class:`ifa_jax.inputs.Batch` es ``(x, y, mask)``, or dicts.
@@ -189,6 +196,11 @@ def analyze(
     the floating output of ``preprocess`` in the step. The step is compiled with
     ``preprocess`` as a constant (it must be hashable, as a function is): define it once,
     since a new function (a ``lambda`` written in a loop) compiles the step again.
+    ``steps_per_dispatch=k`` runs k batches per dispatch of the step (one jitted
+    ``lax.scan`` over the k batches stacked on the device; the last fewer than k run one
+    by one), for small models on a GPU where the per-step dispatch shows. The batches are
+    merged in the same order, so the results equal those of ``k=1`` (bit for bit on CPU);
+    it compiles a second step (the scan) and holds k more batches on the device.
 
     Args:
         probe: the model's :class:`~ifa_jax.probes.LayerProbe` (one layer).
@@ -216,6 +228,8 @@ def analyze(
             model (x as the batch holds it, e.g. uint8), or None. Define it once.
         prefetch: how many batches are prepared (checked, padded, put on the device) in a
             background thread ahead of the step, >= 0 (0: no thread).
+        steps_per_dispatch: batches stepped by one dispatch (a ``lax.scan`` over k
+            stacked batches), >= 1.
 
     Returns:
         An :class:`~ifa_jax.analysis.result.Analysis`: the final state, its summary (C
@@ -264,6 +278,7 @@ def analyze(
         key=key,
         preprocess=preprocess,
         prefetch=prefetch,
+        steps_per_dispatch=steps_per_dispatch,
     )
     return next(iter(results.values()))
 
@@ -292,6 +307,7 @@ def analyze_methods(
     key: jax.Array | None = None,
     preprocess: Callable[[jax.Array], jax.Array] | None = None,
     prefetch: int = 2,
+    steps_per_dispatch: int = 1,
 ) -> dict[str, Analysis]:
     """:func:`analyze` of several CAM methods in one pass: ``{method: Analysis}`` keyed by
     canonical method name, in the order given. Every method's statistics come from the
@@ -322,6 +338,7 @@ def analyze_methods(
         key: as for :func:`analyze`.
         preprocess: as for :func:`analyze`.
         prefetch: as for :func:`analyze`.
+        steps_per_dispatch: as for :func:`analyze`.
 
     Returns:
         ``{method: Analysis}``, keyed by canonical name in the order given.
@@ -354,6 +371,7 @@ def analyze_methods(
         key=key,
         preprocess=preprocess,
         prefetch=prefetch,
+        steps_per_dispatch=steps_per_dispatch,
     )
     if hasattr(batches, "gather") and hasattr(batches, "input_shape"):
         raise ValueError(
@@ -405,6 +423,7 @@ def _run_pass(
     fetcher: SampleFetcher | None = None
     offset = None if options.step["key"] is None else np.zeros((), np.int32)  # valid so far
     values: list[np.ndarray] = []  # the valid rows' target values, with bins=
+    group: list[tuple[int, DeviceBatch]] = []  # batches waiting for one dispatch
     bar = tqdm(batches, total=total, disable=not progress, desc="analyse")
     source = prefetched(bar, adapt, options.prefetch)
     with contextlib.closing(source):  # an early stop stops the prefetching thread
@@ -418,11 +437,27 @@ def _run_pass(
             _check_label_outputs(i, b.labels, shapes.num_outputs, options.step["target"])
             if b.target_values is not None:
                 values.append(b.target_values)
-            states, per, offset = pass_step(
-                states, probe, variables, b.x, b.y, b.valid, offset, **options.step
-            )
             assert fetcher is not None
-            fetcher.add(i, per)
+            if options.steps_per_dispatch == 1:
+                states, per, offset = pass_step(
+                    states, probe, variables, b.x, b.y, b.valid, offset, **options.step
+                )
+                fetcher.add(i, per)
+                continue
+            group.append((i, b))
+            if len(group) == options.steps_per_dispatch:
+                xs, ys, valids = stack_chunk([(g.x, g.y, g.valid) for _, g in group])
+                states, per, offset = pass_steps(
+                    states, probe, variables, xs, ys, valids, offset, **options.step
+                )
+                fetcher.add([j for j, _ in group], per)
+                group = []
+    for i, b in group:  # the last batches, fewer than steps_per_dispatch
+        assert fetcher is not None
+        states, per, offset = pass_step(
+            states, probe, variables, b.x, b.y, b.valid, offset, **options.step
+        )
+        fetcher.add(i, per)
     if shapes is None or fetcher is None:
         raise ValueError("batches is empty (or every batch has 0 samples): nothing to analyse")
     fetcher.finish()

@@ -114,7 +114,8 @@ class PassOptions:
     the keywords of :func:`ifa_jax.analysis.step.pass_step` (hashable ones static under
     jit). ``edges``: the bin edges of a float target, or None. ``replicated``: with
     several processes, the sharding that copies an array to every process. ``prefetch``:
-    how many device batches are prepared ahead of the step (0: none, no thread)."""
+    how many device batches are prepared ahead of the step (0: none, no thread).
+    ``steps_per_dispatch``: batches stepped per dispatch (a ``lax.scan`` over a stack)."""
 
     methods: tuple[str, ...]
     num_classes: int
@@ -127,6 +128,7 @@ class PassOptions:
     compute_dtype: np.dtype | None
     step: dict[str, Any]
     prefetch: int = 2
+    steps_per_dispatch: int = 1
 
 
 def check_pass_options(
@@ -148,6 +150,7 @@ def check_pass_options(
     key: jax.Array | None,
     preprocess: Callable[[jax.Array], jax.Array] | None = None,
     prefetch: int = 2,
+    steps_per_dispatch: int = 1,
 ) -> PassOptions:
     """The options of :func:`ifa_jax.analysis.analyze_methods` checked, each error naming
     the fix (see there for their meaning)."""
@@ -173,6 +176,11 @@ def check_pass_options(
     sharding = batch_sharding(mesh, sharding)
     preprocess = check_preprocess(preprocess)
     prefetch = check_prefetch(prefetch)
+    steps_per_dispatch = positive_int(
+        "steps_per_dispatch",
+        steps_per_dispatch,
+        "batches stepped by one dispatch of the jitted step (1: one per batch)",
+    )
     compute_dtype = floating_dtype("compute_dtype", compute_dtype)
     # With several processes, the per-sample outputs and the state are copied to every
     # process (see ifa_jax.analysis._fetch.SampleFetcher).
@@ -208,6 +216,7 @@ def check_pass_options(
         compute_dtype,
         step,
         prefetch,
+        steps_per_dispatch,
     )
 
 

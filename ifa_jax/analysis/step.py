@@ -288,3 +288,29 @@ def pass_step(
         {f: getattr(p, f) for f in _METHOD_FIELDS if getattr(p, f) is not None} for p in pers
     )
     return new, (shared, own), offset
+
+
+@functools.partial(jax.jit, static_argnames=(*_STEP_STATIC, "preprocess", "input_dtype"))
+def pass_steps(
+    states: tuple[Stats, ...],
+    probe: LayerProbe,
+    variables: Variables,
+    xs: Array,
+    ys: Array,
+    valids: Array,
+    offset: Array | None = None,
+    **kwargs: Any,
+) -> tuple[tuple[Stats, ...], tuple[dict[str, Array], tuple[dict[str, Array], ...]], Array | None]:
+    """:func:`pass_step` over k stacked batches in one dispatch (a ``lax.scan``): xs
+    (k, B, ...), ys and valids (k, B). The batches are merged in order, as k calls of
+    :func:`pass_step` merge them, so the states are the same. Returns (new states, the
+    per-sample outputs with leaves (k, B, ...), the next offset or None)."""
+
+    def body(carry, batch):
+        states, offset = carry
+        x, y, valid = batch
+        states, per, offset = pass_step(states, probe, variables, x, y, valid, offset, **kwargs)
+        return (states, offset), per
+
+    (states, offset), per = jax.lax.scan(body, (states, offset), (xs, ys, valids))
+    return states, per, offset
