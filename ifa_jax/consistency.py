@@ -32,8 +32,10 @@ Examples:
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -43,6 +45,8 @@ import numpy as np
 from ifa_jax import cams, metrics, scale
 from ifa_jax._checks import outputs_in_range
 from ifa_jax.analysis import DEFAULT_KEYS
+from ifa_jax.analysis._prefetch import prefetched
+from ifa_jax.analysis.options import check_prefetch, check_preprocess
 from ifa_jax.inputs import unpack_batch
 from ifa_jax.probes import LayerProbe
 
@@ -135,6 +139,8 @@ def consistency_levels(
     classes: Sequence[int],
     group: int = 16,
     keys: tuple[str, ...] = DEFAULT_KEYS,
+    preprocess: Callable[[jax.Array], jax.Array] | None = None,
+    prefetch: int = 2,
 ) -> ConsistencyLevels:
     """Levels of every class in ``classes`` and method in ``scales`` over ``batches``.
 
@@ -154,14 +160,18 @@ def consistency_levels(
         classes: the output indices explained.
         group: classes per forward pass, >= 1.
         keys: the image, label (and valid) keys of dict batches.
+        preprocess: a function ``x -> x`` run (jitted) on the device before the model,
+            e.g. ``lambda x: x.astype(jnp.float32) / 255`` for uint8 batches, or None.
+        prefetch: batches put on the device by a background thread ahead of the model,
+            >= 0 (0: no thread), as in :func:`ifa_jax.analysis.analyze`.
 
     Returns:
         The :class:`ConsistencyLevels`, levels (n, methods, len(LEVELS), N).
 
     Raises:
         ValueError: a scale that is not a :class:`~ifa_jax.scale.Scale`, no class,
-            group < 1, masks without a row per class, a class outside the outputs, or no
-            batch.
+            group < 1, masks without a row per class, a class outside the outputs, no
+            batch, or an invalid ``preprocess`` or ``prefetch``.
     """
     methods = tuple(scales)
     method_scales = tuple(scales[m] for m in methods)
@@ -194,26 +204,60 @@ def consistency_levels(
             per_group.append(lv)
         return jnp.concatenate(per_group), logits
 
-    levels, logits = _over_batches(batches, levels_of, axis=-1, keys=keys)
+    levels, logits = _over_batches(
+        batches, levels_of, axis=-1, keys=keys, preprocess=preprocess, prefetch=prefetch
+    )
     return ConsistencyLevels(np.asarray(classes), methods, levels, logits)
 
 
 def _over_batches(
-    batches: Iterable, fn, *, axis: int, keys: tuple[str, ...] = DEFAULT_KEYS
+    batches: Iterable,
+    fn,
+    *,
+    axis: int,
+    keys: tuple[str, ...] = DEFAULT_KEYS,
+    preprocess: Callable[[jax.Array], jax.Array] | None = None,
+    prefetch: int = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``fn(x) -> (values, logits (B, O))`` over batches in any form ``analyze`` takes
-    (:func:`ifa_jax.inputs.unpack_batch`: tuples, ``Batch`` es, dicts read with ``keys``),
-    on the host: values concatenated along their batch ``axis`` and logits, valid rows
-    only."""
-    values, logits_all, valid_all = [], [], []
-    for i, batch in enumerate(batches):
+    (:func:`ifa_jax.inputs.unpack_batch`: tuples, ``Batch`` es, dicts read with ``keys``):
+    values concatenated along their batch ``axis`` and logits, valid rows only, on the
+    host. As in the analysis pass, a background thread puts the batches on the device up
+    to ``prefetch`` ahead (:func:`ifa_jax.analysis._prefetch.prefetched`), ``preprocess``
+    (jitted) converts x on the device before ``fn``, and the outputs come to the host
+    :data:`_LAG` batches behind the device (copied asynchronously), with no host
+    synchronisation per batch."""
+    preprocess = check_preprocess(preprocess)
+    prefetch = check_prefetch(prefetch)
+    convert = None if preprocess is None else jax.jit(preprocess)
+
+    def adapt(i: int, batch: Any) -> tuple[jax.Array, np.ndarray]:
         x, _, valid = unpack_batch(batch, i, keys)
-        if valid is None:
-            valid = np.ones(len(x), bool)
-        v, logits = jax.device_get(fn(jnp.asarray(x)))
+        valid = np.ones(len(x), bool) if valid is None else np.asarray(valid, bool)
+        return jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x)), valid
+
+    values, logits_all, valid_all = [], [], []
+    pending: collections.deque = collections.deque()  # device outputs not yet read
+
+    def read_oldest() -> None:
+        v, logits = jax.device_get(pending.popleft())
         values.append(v)
         logits_all.append(logits)
-        valid_all.append(np.asarray(valid, bool))
+
+    source = prefetched(batches, adapt, prefetch)
+    with contextlib.closing(source):
+        for _, item in source:
+            assert item is not None
+            x, valid = item
+            out = fn(x if convert is None else convert(x))
+            for leaf in jax.tree.leaves(out):
+                leaf.copy_to_host_async()
+            pending.append(out)
+            valid_all.append(valid)
+            if len(pending) > _LAG:
+                read_oldest()
+    while pending:
+        read_oldest()
     if not values:
         raise ValueError("batches is empty: nothing to evaluate")
     valid = np.concatenate(valid_all)
@@ -221,6 +265,11 @@ def _over_batches(
         np.compress(valid, np.concatenate(values, axis=axis), axis=axis),
         np.concatenate(logits_all)[valid],
     )
+
+
+# The host reads a batch's outputs when the device has this many more batches queued, so
+# it never waits for the batch it has just dispatched.
+_LAG = 2
 
 
 # --------------------------------------------------------------------------- the jvp path
@@ -301,6 +350,8 @@ def common_levels(
     scales: Mapping[str, Any],
     classes: Sequence[int] | None = None,
     keys: tuple[str, ...] = DEFAULT_KEYS,
+    preprocess: Callable[[jax.Array], jax.Array] | None = None,
+    prefetch: int = 2,
 ) -> ConsistencyLevels:
     """The 'common' activation level of every class from one jvp per method.
 
@@ -310,7 +361,7 @@ def common_levels(
     of the logits (:func:`class_masses`). Equals :func:`consistency_levels`' 'common'
     level; the clipped, per-image and subset levels (and the other methods) need the maps
     and so the per-class vjps there. classes: the outputs to keep (default: all).
-    batches and keys as in :func:`consistency_levels`.
+    batches, keys, preprocess and prefetch as in :func:`consistency_levels`.
 
     Args:
         probe: a :class:`~ifa_jax.probes.LayerProbe` at one layer.
@@ -319,6 +370,8 @@ def common_levels(
         scales: ``{method: Scale}`` of linear methods, without ``remove_negative``.
         classes: the outputs to keep (None: all).
         keys: the image, label (and valid) keys of dict batches.
+        preprocess: as for :func:`consistency_levels`.
+        prefetch: as for :func:`consistency_levels`.
 
     Returns:
         The :class:`ConsistencyLevels` with the 'common' level only, levels (n, methods,
@@ -347,7 +400,9 @@ def common_levels(
             cells.append(int(np.prod(A_shape[1:-1])))
         return class_masses(probe, variables, x, methods=methods)
 
-    masses, logits = _over_batches(batches, masses_of, axis=1, keys=keys)  # (M, N, O), (N, O)
+    masses, logits = _over_batches(  # (M, N, O), (N, O)
+        batches, masses_of, axis=1, keys=keys, preprocess=preprocess, prefetch=prefetch
+    )
     grid = cells[0]
     keep = np.arange(logits.shape[1]) if classes is None else np.asarray(list(classes))
     outputs_in_range(keep, logits.shape[1])

@@ -182,7 +182,9 @@ def test_analyze_bad_input(small_model):
 
 
 def test_sharded_pass_equals_single_device(tmp_path):
-    """8 host devices, batches sharded on the batch axis, 3 batches for 21 samples."""
+    """8 host devices, batches sharded on the batch axis, 3 batches for 21 samples (the
+    last short); prefetching and two steps per dispatch give the direct path's results bit
+    for bit there too."""
     script = textwrap.dedent("""
         import jax, numpy as np, jax.numpy as jnp
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -203,6 +205,19 @@ def test_sharded_pass_equals_single_device(tmp_path):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
         for k in one.samples:
             np.testing.assert_allclose(one.samples[k], many.samples[k], rtol=1e-6)
+        direct = analysis.analyze(probe, v, batches, num_classes=3, progress=False,
+                                  sharding=NamedSharding(mesh, P("batch")), prefetch=0)
+        for a, b in zip(direct.summary, many.summary):  # prefetch=2 (default): bit for bit
+            np.testing.assert_array_equal(a, b, strict=True)
+        for k in one.samples:
+            np.testing.assert_array_equal(direct.samples[k], many.samples[k], strict=True)
+        grouped = analysis.analyze(probe, v, batches, num_classes=3, progress=False,
+                                   sharding=NamedSharding(mesh, P("batch")),
+                                   steps_per_dispatch=2)  # a scan of 2, then 1 step
+        for a, b in zip(grouped.summary, many.summary):
+            np.testing.assert_array_equal(a, b, strict=True)
+        for k in one.samples:
+            np.testing.assert_array_equal(grouped.samples[k], many.samples[k], strict=True)
         print("OK", many.state.count.sharding)
     """)
     env = dict(

@@ -3,6 +3,8 @@ of batches at a time, without a host synchronisation per batch."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -14,9 +16,25 @@ from ifa_jax.analysis.step import PerSample
 
 @jax.jit
 def stack_chunk(items):
-    """Per-batch outputs (a list of equal pytrees, leaves (B, ...)) -> one array per leaf,
-    (len(items), B, ...). Stacking on a new axis keeps a batch-sharded axis as it is."""
+    """A list of equal pytrees (per-batch outputs or device batches, leaves (B, ...)) ->
+    one array per leaf, (len(items), B, ...). Stacking on a new axis keeps a batch-sharded
+    axis as it is."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *items)
+
+
+@functools.partial(jax.jit, static_argnames=("sizes", "pad"))
+def join_chunk(items, sizes: tuple[int, ...], pad: int):
+    """Outputs of single steps (leaves (B, ...), size 0) and of stacked groups of k steps
+    (leaves (k, B, ...), size k) -> one array per leaf, (n + pad, B, ...) for n batches,
+    the last batch repeated ``pad`` times."""
+
+    def join(*leaves):
+        parts = [leaf if k else leaf[None] for leaf, k in zip(leaves, sizes)]
+        if pad:
+            parts.append(jnp.repeat(parts[-1][-1:], pad, axis=0))
+        return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    return jax.tree.map(join, *items)
 
 
 # Per-sample outputs come to the host once per chunk of at most FETCH_EVERY batches, fewer
@@ -36,7 +54,9 @@ class SampleFetcher:
     device and brings them to the host one chunk of batches at a time, with no host
     synchronisation in between.
 
-    Every ``every`` batches, one jitted stack makes one array per field of the chunk and
+    Every ``every`` batches (or a few more: a group of k steps run in one dispatch,
+    :func:`~ifa_jax.analysis.step.pass_steps`, is added whole), one jitted stack makes one
+    array per field of the chunk and
     its copy to the host starts at once (asynchronously); the host reads it at the end of
     the next chunk (or of the pass), when it is long done. At most two chunks are in
     flight, which also bounds how far the host runs ahead of the device (their inputs).
@@ -52,27 +72,32 @@ class SampleFetcher:
         self.every, self.layer, self.replicated = every, layer, replicated
         self.ids: list[int] = []  # batch indices of the open chunk
         self.items: list = []  # their device outputs
+        self.sizes: list[int] = []  # per item: 0 (one batch) or k (a stacked group)
         self.in_flight: tuple[list[int], Any] | None = None
         self.read: list = []  # host chunks: (shared, per_method), rows trimmed
         self.reached = 0  # the most grid positions a valid sample's gradient reached
 
-    def add(self, i: int, out) -> None:
-        self.ids.append(i)
+    def add(self, i: int | Sequence[int], out) -> None:
+        """The outputs of batch ``i`` (leaves (B, ...)), or of the batches ``i`` (a list
+        of k indices) stepped as one group (leaves (k, B, ...))."""
+        ids = [i] if isinstance(i, int) else list(i)
+        self.ids.extend(ids)
         self.items.append(out)
-        if len(self.items) >= self.every:
+        self.sizes.append(0 if isinstance(i, int) else len(ids))
+        if len(self.ids) >= self.every:
             self.flush()
 
     def flush(self) -> None:
         if self.items:
-            n = len(self.items)
-            padded = min(self.every, 1 << (n - 1).bit_length())
-            chunk = stack_chunk(self.items + [self.items[-1]] * (padded - n))
+            n = len(self.ids)
+            padded = n if n >= self.every else min(self.every, 1 << (n - 1).bit_length())
+            chunk = join_chunk(self.items, tuple(self.sizes), padded - n)
             if self.replicated is not None:
                 chunk = jax.device_put(chunk, self.replicated)
             for leaf in jax.tree.leaves(chunk):
                 if leaf.is_fully_addressable or leaf.is_fully_replicated:
                     leaf.copy_to_host_async()
-            ids, self.ids, self.items = self.ids, [], []
+            ids, self.ids, self.items, self.sizes = self.ids, [], [], []
         else:
             ids, chunk = None, None
         self._read()

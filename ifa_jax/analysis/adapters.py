@@ -357,7 +357,9 @@ class BatchAdapter:
     it to one size, checks its inputs and labels (bins the targets with ``edges``) and puts
     it on the devices of ``sharding``; with several processes (``multi_process``) each
     process gives its own shard of the global batch. The batch size is ``batch_size`` or
-    the first non-empty batch's."""
+    the first non-empty batch's. Floating inputs are cast to ``compute_dtype`` on the host;
+    with ``on_device`` (the step converts x: ``preprocess=``) x keeps its dtype (uint8
+    stays uint8) and integer inputs do not warn."""
 
     keys: tuple[str, ...]
     num_classes: int
@@ -367,6 +369,7 @@ class BatchAdapter:
     compute_dtype: np.dtype | None = None
     sharding: jax.sharding.Sharding | None = None
     multi_process: bool = False
+    on_device: bool = False
     size: int | None = dataclasses.field(default=None, init=False)  # the padded size
     first_shape: tuple[int, ...] | None = dataclasses.field(default=None, init=False)
 
@@ -418,13 +421,17 @@ class BatchAdapter:
         """One input shape per pass; integer inputs warn once (at the first batch)."""
         if self.first_shape is None:
             self.first_shape = x.shape[1:]
-            if x.ndim >= 3:  # images, signals, volumes; not (B, T) token ids
+            if x.ndim >= 3 and not self.on_device:  # images, signals, volumes; not tokens
                 warn_integer_inputs(
                     x.dtype,
                     f"the inputs of batch {i}",
                     "Convert them first: x / 255 for uint8 images (ifa_jax.inputs.as_images), "
-                    "or read records with ifa_jax.analysis.record_batches, which does it.",
-                    stacklevel=6,  # the caller of analyze_methods (or analyze's call of it)
+                    "or on the device: analyze(..., preprocess=lambda x: x.astype(jnp.float32) "
+                    "/ 255), or read records with ifa_jax.analysis.record_batches, which "
+                    "converts them.",
+                    # the caller of analyze_methods (or analyze's call of it), through the
+                    # prefetching generator (ifa_jax.analysis._prefetch)
+                    stacklevel=7,
                 )
         elif x.shape[1:] != self.first_shape:
             raise ValueError(

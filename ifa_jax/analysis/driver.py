@@ -35,22 +35,31 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 from numpy.typing import ArrayLike
 
 from ifa_jax import cams
-from ifa_jax._checks import outputs_in_range
-from ifa_jax.analysis._fetch import SampleFetcher, chunk_length
-from ifa_jax.analysis.adapters import DEFAULT_KEYS, BatchAdapter, cast_floating, length
+from ifa_jax._checks import outputs_in_range, warn_integer_inputs
+from ifa_jax.analysis._fetch import SampleFetcher, chunk_length, stack_chunk
+from ifa_jax.analysis._prefetch import prefetched
+from ifa_jax.analysis.adapters import (
+    DEFAULT_KEYS,
+    BatchAdapter,
+    DeviceBatch,
+    cast_floating,
+    length,
+)
 from ifa_jax.analysis.options import MethodOptions, PassOptions, check_pass_options
 from ifa_jax.analysis.result import Analysis
 from ifa_jax.analysis.state import Stats, finalize, init
-from ifa_jax.analysis.step import Variables, pass_step
+from ifa_jax.analysis.step import Variables, pass_step, pass_steps
 from ifa_jax.probes import LayerProbe, Target
 
 
@@ -76,6 +85,9 @@ def analyze(
     compute_dtype: DTypeLike | None = None,
     method_options: MethodOptions | None = None,
     key: jax.Array | None = None,
+    preprocess: Callable[[jax.Array], jax.Array] | None = None,
+    prefetch: int = 2,
+    steps_per_dispatch: int = 1,
 ) -> Analysis:
     """One pass over ``batches``: tuples ``(x, y)`` or ``(x, y, valid)``,
     :class:`ifa_jax.inputs.Batch` es ``(x, y, mask)``, or dicts.
@@ -83,10 +95,11 @@ def analyze(
     A dict batch is read with ``keys=(image key, label key)`` (default ``('image',
     'label')``), its ``valid`` mask from a third entry of ``keys`` or else from ``'mask'``
     when present. Rows with ``valid``/``mask`` False are zeroed and never counted. ``x`` goes
-    to the model as it is (convert uint8 images with :func:`ifa_jax.inputs.as_images`):
-    integer inputs of rank >= 3 warn (:class:`IntegerInputWarning`, a dtype check). A
-    random-access source of single records (``tfds.data_source``, a grain ``MapDataset``)
-    is not a sequence of batches: wrap it in :func:`record_batches` (given one, this
+    to the model as it is (convert uint8 images with :func:`ifa_jax.inputs.as_images`, or
+    on the device with ``preprocess=``, see below): integer inputs of rank >= 3 warn
+    (:class:`IntegerInputWarning`, a dtype check). A random-access source of single
+    records (``tfds.data_source``, a grain ``MapDataset``) is not a sequence of batches:
+    wrap it in :func:`record_batches` (given one, this
     raises an error that says so); a :class:`~ifa_jax.inputs.Dataset` or
     :class:`~ifa_jax.runner.data.TfdsSource` goes through :func:`ifa_jax.inputs.batches`. The
     progress bar's ``total`` defaults to ``len(batches)`` when it has one.
@@ -167,6 +180,28 @@ def analyze(
     The non-finite check runs as a chunk is read, so its error (naming the batch and the
     layer) may come up to two chunks after the bad batch, or at the end of the pass.
 
+    Input pipeline: a background thread reads ``batches``, checks and pads each batch and
+    puts it on the device (``jax.device_put``) up to ``prefetch`` batches (default 2) ahead
+    of the step, so reading the source (a generator's host work, a tfds or grain
+    iterator) and the transfer overlap the device's work on the batch before; the step
+    itself runs in the calling thread. The order, the results (bit for bit) and the
+    errors (the same exception, naming the batch) are those of ``prefetch=0``, which reads
+    each batch when the step needs it, without a thread. The batches up to the first
+    non-empty one are read in the calling thread, so its warnings reach the caller's
+    filters; the progress bar counts the batches read. A pass stopped early (an error,
+    KeyboardInterrupt) stops and joins the thread. ``preprocess`` (e.g.
+    ``lambda x: x.astype(jnp.float32) / 255``) converts the inputs on the device, in the
+    jitted step: x then goes over the bus in the batch's own dtype (uint8 images: a
+    quarter of float32's bytes), integer inputs do not warn, and ``compute_dtype`` casts
+    the floating output of ``preprocess`` in the step. The step is compiled with
+    ``preprocess`` as a constant (it must be hashable, as a function is): define it once,
+    since a new function (a ``lambda`` written in a loop) compiles the step again.
+    ``steps_per_dispatch=k`` runs k batches per dispatch of the step (one jitted
+    ``lax.scan`` over the k batches stacked on the device; the last fewer than k run one
+    by one), for small models on a GPU where the per-step dispatch shows. The batches are
+    merged in the same order, so the results equal those of ``k=1`` (bit for bit on CPU);
+    it compiles a second step (the scan) and holds k more batches on the device.
+
     Args:
         probe: the model's :class:`~ifa_jax.probes.LayerProbe` (one layer).
         variables: the variables the probe is called with.
@@ -189,6 +224,12 @@ def analyze(
         compute_dtype: the dtype to run the model in, or None.
         method_options: ``{method: {option: value}}`` over the defaults, or None.
         key: a PRNG key, for methods that draw random numbers.
+        preprocess: a function ``x -> x`` run on the device in the jitted step before the
+            model (x as the batch holds it, e.g. uint8), or None. Define it once.
+        prefetch: how many batches are prepared (checked, padded, put on the device) in a
+            background thread ahead of the step, >= 0 (0: no thread).
+        steps_per_dispatch: batches stepped by one dispatch (a ``lax.scan`` over k
+            stacked batches), >= 1.
 
     Returns:
         An :class:`~ifa_jax.analysis.result.Analysis`: the final state, its summary (C
@@ -197,9 +238,9 @@ def analyze(
 
     Raises:
         TypeError: ``method`` is not one name.
-        ValueError: an invalid option, a method of another kind, labels outside
-            [0, num_classes), non-finite activations or gradients (naming the batch), or a
-            record source given as batches.
+        ValueError: an invalid option, ``preprocess`` not returning a batch, a method of
+            another kind, labels outside [0, num_classes), non-finite activations or
+            gradients (naming the batch), or a record source given as batches.
         NothingCountedError: no sample was counted.
 
     Warns:
@@ -235,6 +276,9 @@ def analyze(
         compute_dtype=compute_dtype,
         method_options=method_options,
         key=key,
+        preprocess=preprocess,
+        prefetch=prefetch,
+        steps_per_dispatch=steps_per_dispatch,
     )
     return next(iter(results.values()))
 
@@ -261,6 +305,9 @@ def analyze_methods(
     compute_dtype: DTypeLike | None = None,
     method_options: MethodOptions | None = None,
     key: jax.Array | None = None,
+    preprocess: Callable[[jax.Array], jax.Array] | None = None,
+    prefetch: int = 2,
+    steps_per_dispatch: int = 1,
 ) -> dict[str, Analysis]:
     """:func:`analyze` of several CAM methods in one pass: ``{method: Analysis}`` keyed by
     canonical method name, in the order given. Every method's statistics come from the
@@ -289,6 +336,9 @@ def analyze_methods(
         compute_dtype: as for :func:`analyze`.
         method_options: as for :func:`analyze`.
         key: as for :func:`analyze`.
+        preprocess: as for :func:`analyze`.
+        prefetch: as for :func:`analyze`.
+        steps_per_dispatch: as for :func:`analyze`.
 
     Returns:
         ``{method: Analysis}``, keyed by canonical name in the order given.
@@ -319,6 +369,9 @@ def analyze_methods(
         compute_dtype=compute_dtype,
         method_options=method_options,
         key=key,
+        preprocess=preprocess,
+        prefetch=prefetch,
+        steps_per_dispatch=steps_per_dispatch,
     )
     if hasattr(batches, "gather") and hasattr(batches, "input_shape"):
         raise ValueError(
@@ -353,36 +406,57 @@ def _run_pass(
     never waited on batch by batch; then the states finalized per method."""
     from tqdm.auto import tqdm
 
+    on_device = options.step.get("preprocess") is not None
     adapt = BatchAdapter(
         options.keys,
         options.num_classes,
         options.edges,
         options.batch_size,
         options.multiple,
-        options.compute_dtype,
+        None if on_device else options.compute_dtype,  # else cast in the step
         options.sharding,
         multi_process=options.replicated is not None,
+        on_device=on_device,
     )
     states: tuple[Stats, ...] = ()
     shapes: _PassShapes | None = None
     fetcher: SampleFetcher | None = None
     offset = None if options.step["key"] is None else np.zeros((), np.int32)  # valid so far
     values: list[np.ndarray] = []  # the valid rows' target values, with bins=
-    for i, batch in enumerate(tqdm(batches, total=total, disable=not progress, desc="analyse")):
-        b = adapt(i, batch)
-        if b is None:
-            continue
-        if shapes is None:
-            states, shapes = _first_states(probe, variables, b.x, options)
-            every = chunk_length(b.input_bytes)
-            fetcher = SampleFetcher(every, probe.layers[0], options.replicated)
-        _check_label_outputs(i, b.labels, shapes.num_outputs, options.step["target"])
-        if b.target_values is not None:
-            values.append(b.target_values)
+    group: list[tuple[int, DeviceBatch]] = []  # batches waiting for one dispatch
+    bar = tqdm(batches, total=total, disable=not progress, desc="analyse")
+    source = prefetched(bar, adapt, options.prefetch)
+    with contextlib.closing(source):  # an early stop stops the prefetching thread
+        for i, b in source:
+            if b is None:
+                continue
+            if shapes is None:
+                states, shapes = _first_states(probe, variables, b.x, options)
+                every = chunk_length(b.input_bytes)
+                fetcher = SampleFetcher(every, probe.layers[0], options.replicated)
+            _check_label_outputs(i, b.labels, shapes.num_outputs, options.step["target"])
+            if b.target_values is not None:
+                values.append(b.target_values)
+            assert fetcher is not None
+            if options.steps_per_dispatch == 1:
+                states, per, offset = pass_step(
+                    states, probe, variables, b.x, b.y, b.valid, offset, **options.step
+                )
+                fetcher.add(i, per)
+                continue
+            group.append((i, b))
+            if len(group) == options.steps_per_dispatch:
+                xs, ys, valids = stack_chunk([(g.x, g.y, g.valid) for _, g in group])
+                states, per, offset = pass_steps(
+                    states, probe, variables, xs, ys, valids, offset, **options.step
+                )
+                fetcher.add([j for j, _ in group], per)
+                group = []
+    for i, b in group:  # the last batches, fewer than steps_per_dispatch
+        assert fetcher is not None
         states, per, offset = pass_step(
             states, probe, variables, b.x, b.y, b.valid, offset, **options.step
         )
-        assert fetcher is not None
         fetcher.add(i, per)
     if shapes is None or fetcher is None:
         raise ValueError("batches is empty (or every batch has 0 samples): nothing to analyse")
@@ -402,9 +476,12 @@ def _run_pass(
 def _first_states(
     probe: LayerProbe, variables: Variables, x: jax.Array, options: PassOptions
 ) -> tuple[tuple[Stats, ...], _PassShapes]:
-    """Empty states (one per method) shaped by the layer's activations for input ``x``,
-    from abstract shapes (no model run), and what the pass learns of its shapes."""
-    logits_shape, act_shapes = probe.output_shapes(variables, x)  # abstract, cached
+    """Empty states (one per method) shaped by the layer's activations for input ``x``
+    (after ``preprocess``), from abstract shapes (no model run), and what the pass learns
+    of its shapes."""
+    model_x = _model_input(x, options.step.get("preprocess"), options.step.get("input_dtype"))
+    # abstract, cached; it reads only the shape and dtype of its x
+    logits_shape, act_shapes = probe.output_shapes(variables, model_x)  # pyright: ignore[reportArgumentType]
     num_outputs = logits_shape[-1]
     target = options.step["target"]
     if not isinstance(target, str) and not callable(target):
@@ -412,8 +489,35 @@ def _first_states(
     A_shape = act_shapes[probe.layers[0]]
     grid = tuple(A_shape[1:-1])
     states = tuple(init(options.num_classes, A_shape[-1], grid) for _ in options.methods)
-    shapes = _PassShapes(num_outputs, int(np.prod(grid)), jax.ShapeDtypeStruct(x.shape, x.dtype))
+    shapes = _PassShapes(num_outputs, int(np.prod(grid)), model_x)
     return states, shapes
+
+
+def _model_input(
+    x: jax.Array, preprocess: Callable[[jax.Array], jax.Array] | None, dtype: Any
+) -> jax.ShapeDtypeStruct:
+    """The abstract input the model gets in the step for the device batch ``x``: the
+    output of ``preprocess`` (checked to be a batch of as many rows), cast to ``dtype``."""
+    out = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    if preprocess is None:
+        return out
+    out = jax.eval_shape(preprocess, out)
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim < 1 or out.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"preprocess must map the inputs x {x.shape} {x.dtype} to the model's inputs, one "
+            f"array with as many rows ({x.shape[0]}); it returned {out}. Give a function of "
+            "one array, e.g. preprocess=lambda x: x.astype(jnp.float32) / 255"
+        )
+    if out.ndim >= 3:
+        warn_integer_inputs(
+            out.dtype,
+            "the outputs of preprocess",
+            "Convert them in preprocess, e.g. x.astype(jnp.float32) / 255.",
+            stacklevel=6,  # the caller of analyze_methods (or analyze's call of it)
+        )
+    if dtype is not None and jnp.issubdtype(out.dtype, jnp.floating):
+        out = jax.ShapeDtypeStruct(out.shape, dtype)
+    return out
 
 
 def _check_label_outputs(i: int, labels: np.ndarray, num_outputs: int, target: Target) -> None:

@@ -14,7 +14,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -113,7 +113,9 @@ class PassOptions:
     """The checked options of one pass over ``methods`` (canonical names). ``step`` holds
     the keywords of :func:`ifa_jax.analysis.step.pass_step` (hashable ones static under
     jit). ``edges``: the bin edges of a float target, or None. ``replicated``: with
-    several processes, the sharding that copies an array to every process."""
+    several processes, the sharding that copies an array to every process. ``prefetch``:
+    how many device batches are prepared ahead of the step (0: none, no thread).
+    ``steps_per_dispatch``: batches stepped per dispatch (a ``lax.scan`` over a stack)."""
 
     methods: tuple[str, ...]
     num_classes: int
@@ -125,6 +127,8 @@ class PassOptions:
     replicated: jax.sharding.Sharding | None
     compute_dtype: np.dtype | None
     step: dict[str, Any]
+    prefetch: int = 2
+    steps_per_dispatch: int = 1
 
 
 def check_pass_options(
@@ -144,6 +148,9 @@ def check_pass_options(
     compute_dtype: DTypeLike | None,
     method_options: MethodOptions | None,
     key: jax.Array | None,
+    preprocess: Callable[[jax.Array], jax.Array] | None = None,
+    prefetch: int = 2,
+    steps_per_dispatch: int = 1,
 ) -> PassOptions:
     """The options of :func:`ifa_jax.analysis.analyze_methods` checked, each error naming
     the fix (see there for their meaning)."""
@@ -167,6 +174,14 @@ def check_pass_options(
             f"batch_size must be a positive int (the padded batch size) or None; got {batch_size!r}"
         )
     sharding = batch_sharding(mesh, sharding)
+    preprocess = check_preprocess(preprocess)
+    prefetch = check_prefetch(prefetch)
+    steps_per_dispatch = positive_int(
+        "steps_per_dispatch",
+        steps_per_dispatch,
+        "batches stepped by one dispatch of the jitted step (1: one per batch)",
+    )
+    compute_dtype = floating_dtype("compute_dtype", compute_dtype)
     # With several processes, the per-sample outputs and the state are copied to every
     # process (see ifa_jax.analysis._fetch.SampleFetcher).
     replicated = None
@@ -186,6 +201,9 @@ def check_pass_options(
         "array_options": array_options,
         "key": key,
     }
+    if preprocess is not None:  # x goes to the device as it is; the step converts it
+        step["preprocess"] = preprocess
+        step["input_dtype"] = compute_dtype
     return PassOptions(
         names,
         num_classes,
@@ -195,9 +213,45 @@ def check_pass_options(
         sharding,
         batch_multiple(sharding),
         replicated,
-        floating_dtype("compute_dtype", compute_dtype),
+        compute_dtype,
         step,
+        prefetch,
+        steps_per_dispatch,
     )
+
+
+def check_preprocess(preprocess: Any) -> Callable[..., Any] | None:
+    """``preprocess`` (None or a hashable callable ``x -> x``, compiled into the step as a
+    constant), or a ValueError naming the fix."""
+    if preprocess is None:
+        return None
+    fix = (
+        "preprocess= takes a function x -> x run on the device in the jitted step before "
+        "the model, e.g. preprocess=lambda x: x.astype(jnp.float32) / 255 (define it once: "
+        "a new function compiles the step again)"
+    )
+    if not callable(preprocess):
+        raise ValueError(f"{fix}; got preprocess={preprocess!r}, which is not callable")
+    try:
+        hash(preprocess)
+    except TypeError:
+        raise ValueError(
+            f"{fix}; got preprocess={preprocess!r}, which is not hashable (the step is "
+            "compiled with it as a constant): pass a plain function or functools.partial "
+            "of hashable values"
+        ) from None
+    return preprocess
+
+
+def check_prefetch(prefetch: Any) -> int:
+    """``prefetch`` as an int >= 0, or a ValueError naming the fix."""
+    if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
+        raise ValueError(
+            "prefetch= is how many batches are prepared (checked, padded and put on the "
+            "device) in a background thread ahead of the step: an int >= 0 (0: no thread, "
+            f"default 2); got prefetch={prefetch!r}"
+        )
+    return int(prefetch)
 
 
 def _pass_key(methods: tuple[str, ...], key: Any) -> jax.Array | None:

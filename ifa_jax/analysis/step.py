@@ -31,7 +31,7 @@ Examples:
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeAlias
 
 import jax
@@ -251,7 +251,7 @@ _SHARED_FIELDS = ("score", "label", "prediction", "counted", "valid", "nonfinite
 _METHOD_FIELDS = ("cam_max", "cam_min", "importance")
 
 
-@functools.partial(jax.jit, static_argnames=_STEP_STATIC)
+@functools.partial(jax.jit, static_argnames=(*_STEP_STATIC, "preprocess", "input_dtype"))
 def pass_step(
     states: tuple[Stats, ...],
     probe: LayerProbe,
@@ -260,6 +260,9 @@ def pass_step(
     y: Array,
     valid: Array,
     offset: Array | None = None,
+    *,
+    preprocess: Callable[[Array], Array] | None = None,
+    input_dtype: Any = None,
     **kwargs: Any,
 ) -> tuple[tuple[Stats, ...], tuple[dict[str, Array], tuple[dict[str, Array], ...]], Array | None]:
     """:func:`analysis_step` for a tuple of methods, as the analysis pass runs it: the
@@ -267,8 +270,14 @@ def pass_step(
     fields every method shares (label, score, ...), and per method a dict of its own
     (cam_max, cam_min and, with ``keep_importance``, importance). With a ``key``,
     ``offset`` () int32 counts the valid samples of the earlier batches: a valid row's
-    index is its position among all valid samples of the pass. Returns (new states,
-    per-sample, the next offset or None)."""
+    index is its position among all valid samples of the pass. ``preprocess`` (static: a
+    function, hashable) maps x (as it came to the device, e.g. uint8) to the model's input
+    in the step, and a floating result is then cast to ``input_dtype`` when given. Returns
+    (new states, per-sample, the next offset or None)."""
+    if preprocess is not None:
+        x = preprocess(x)
+    if input_dtype is not None and jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(input_dtype)
     index = None
     if offset is not None:
         index = offset + jnp.cumsum(valid.astype(jnp.int32)) - 1
@@ -279,3 +288,29 @@ def pass_step(
         {f: getattr(p, f) for f in _METHOD_FIELDS if getattr(p, f) is not None} for p in pers
     )
     return new, (shared, own), offset
+
+
+@functools.partial(jax.jit, static_argnames=(*_STEP_STATIC, "preprocess", "input_dtype"))
+def pass_steps(
+    states: tuple[Stats, ...],
+    probe: LayerProbe,
+    variables: Variables,
+    xs: Array,
+    ys: Array,
+    valids: Array,
+    offset: Array | None = None,
+    **kwargs: Any,
+) -> tuple[tuple[Stats, ...], tuple[dict[str, Array], tuple[dict[str, Array], ...]], Array | None]:
+    """:func:`pass_step` over k stacked batches in one dispatch (a ``lax.scan``): xs
+    (k, B, ...), ys and valids (k, B). The batches are merged in order, as k calls of
+    :func:`pass_step` merge them, so the states are the same. Returns (new states, the
+    per-sample outputs with leaves (k, B, ...), the next offset or None)."""
+
+    def body(carry, batch):
+        states, offset = carry
+        x, y, valid = batch
+        states, per, offset = pass_step(states, probe, variables, x, y, valid, offset, **kwargs)
+        return (states, offset), per
+
+    (states, offset), per = jax.lax.scan(body, (states, offset), (xs, ys, valids))
+    return states, per, offset
