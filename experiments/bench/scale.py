@@ -568,10 +568,12 @@ def run_scale(
     names: Sequence[str] = VARIANTS,
     budget_s: float = math.inf,
     log: Callable[[str], None] = print,
+    save: Callable[[dict], None] | None = None,
 ) -> dict:
     """The scale section: every named case of the mode (:func:`scale_cases`), in turn.
 
     budget_s: rounds after a case's first stop once the section would run past it.
+    save: called with the results so far after each case (a run cut short keeps them).
 
     Raises:
         ValueError: an unknown mode, case or variant name.
@@ -588,4 +590,6 @@ def run_scale(
     for name in cases:
         log(f"-- {name}")
         out[name] = run_case(known[name], rounds=rounds, names=names, deadline=deadline, log=log)
+        if save is not None:
+            save(out)
     return out
