@@ -95,8 +95,8 @@ def scale_cases(mode: str) -> dict[str, ScaleCase]:
     gpu: MnistCNN 28x28x1 at batch 256 over 12,800-51,200 images; ResNet-50 224x224x3 at
     batch 64 over 2,560-10,240 images. cpu: the same MnistCNN over 1,024-4,096 images;
     the ResNet-50 layout at width 16 (a quarter of the channels) on 96x96x3 over 256-1,024
-    images, which a 2-core CPU runs at about 440 images/s. smoke: tiny, for a check in
-    seconds.
+    images (its floor runs at about 440 images/s on 2 CPU cores). smoke: tiny models and
+    passes of 1-3 batches, a check of the script (most of its time is compilation).
 
     Raises:
         ValueError: an unknown mode.
