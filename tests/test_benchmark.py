@@ -110,7 +110,8 @@ def test_gpu_script_smoke(tmp_path):
     assert out["environment"]["device_count"] >= 1 and out["scale_wall_s"] > 0
     assert set(out) == {"environment", "argv", "scale", "scale_wall_s"}
     sc = out["scale"]
-    assert sc["mode"] == "smoke" and set(sc) == {"mode", "targets", "mnist"}
+    assert sc["mode"] == "smoke" and set(sc) == {"mode", "budget_s", "targets", "mnist"}
+    assert sc["budget_s"] is None  # the budget only holds on an accelerator
     rows = sc["mnist"]["rows"]
     sizes = scale.scale_cases("smoke")["mnist"].sizes
     # the floors always run; jvp1000 gets its own floor (a 1,000-class model)

@@ -32,8 +32,8 @@ alone by default, the others when named):
 
 Writes ``gpu.json`` under ``--out`` after every section, and prints the figures.
 ``--smoke`` shrinks every case (a tiny bottleneck ResNet at 32x32) to check the script on
-a CPU in seconds; its figures mean nothing. ``--repeats`` sets the rounds of every
-section.
+a CPU (under a minute per section on 2 cores, most of it compilation); its figures mean
+nothing. ``--repeats`` sets the rounds of every section.
 """
 
 from __future__ import annotations

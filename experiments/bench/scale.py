@@ -296,7 +296,7 @@ def _jvp_variants(case: ScaleCase, *, uint8: bool, own: tuple[Any, Any]) -> list
     variables, probe = own if own_model else _setup(case, JVP_CLASSES, 0)
     pool = host_pool(case, JVP_CLASSES, uint8=jvp_uint8, seed=1)
     scales = {m: scale.scale_from_bounds(0.0, 1.0) for m in LINEAR_METHODS}
-    more = {"preprocess": to_unit} if jvp_uint8 else {}
+    more: dict[str, Any] = {"preprocess": to_unit} if jvp_uint8 else {}
     out = []
     ref = "floor_host"
     if not own_model or jvp_uint8 != uint8:
@@ -586,7 +586,11 @@ def run_scale(
             f"variants: {', '.join(VARIANTS)}"
         )
     deadline = time.perf_counter() + budget_s
-    out: dict = {"mode": mode, "targets": TARGETS}
+    out: dict = {
+        "mode": mode,
+        "budget_s": budget_s if math.isfinite(budget_s) else None,
+        "targets": TARGETS,
+    }
     for name in cases:
         log(f"-- {name}")
         out[name] = run_case(known[name], rounds=rounds, names=names, deadline=deadline, log=log)
