@@ -99,18 +99,91 @@ def test_class_scaling_structure():
 @pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # few images
 @pytest.mark.slow
 def test_gpu_script_smoke(tmp_path):
-    """The accelerator script's ResNet-50 section runs (shrunk) and writes its figures:
-    a fixed cost per pass and a marginal throughput for every variant."""
+    """The accelerator script's default section, scale, on its shrunk MnistCNN case (the
+    floors, analyze with 4 methods and the jvp consistency at 1,000 classes) writes every
+    variant's figures and the targets; no timing is checked."""
+    from experiments.bench import gpu, scale
+
+    argv = ["--smoke", "--out", str(tmp_path), "--cases", "mnist"]
+    assert gpu.main([*argv, "--variants", "analyze4,jvp1000"]) == 0
+    out = json.loads((tmp_path / "gpu.json").read_text())
+    assert out["environment"]["device_count"] >= 1 and out["scale_wall_s"] > 0
+    assert set(out) == {"environment", "argv", "scale", "scale_wall_s"}
+    sc = out["scale"]
+    assert sc["mode"] == "smoke" and set(sc) == {"mode", "budget_s", "targets", "mnist"}
+    assert sc["budget_s"] is None  # the budget only holds on an accelerator
+    rows = sc["mnist"]["rows"]
+    sizes = scale.scale_cases("smoke")["mnist"].sizes
+    # the floors always run; jvp1000 gets its own floor (a 1,000-class model)
+    assert list(rows) == ["floor_device", "floor_host", "analyze4", "floor_host_jvp", "jvp1000"]
+    for name, r in rows.items():
+        assert "error" not in r, (name, r)
+        assert r["rounds"] == 1 and list(r["seconds_per_size"]) == [str(n) for n in sizes]
+        assert all(s > 0 for s in r["seconds_per_size"].values())
+        assert math.isfinite(r["fixed_s_per_pass"]["median"]) and r["compile_s"] > -1
+    assert rows["analyze4"]["x_floor_host"]["floor"] == "floor_host"
+    assert rows["jvp1000"]["x_floor_host"]["floor"] == "floor_host_jvp"
+    assert "x_floor_device" not in rows["jvp1000"]  # the 10-class floor is another model
+    assert len(sc["mnist"]["targets"]) == 5
+    for t in sc["mnist"]["targets"].values():
+        assert t["met"] in (True, False, None)
+
+
+def test_gpu_script_refuses_unknown_names(capsys):
     from experiments.bench import gpu
 
-    assert gpu.main(["--smoke", "--sections", "resnet50", "--out", str(tmp_path)]) == 0
-    out = json.loads((tmp_path / "gpu.json").read_text())
-    assert out["environment"]["device_count"] >= 1
-    res = out["resnet50"]
-    assert "error" not in res, res
-    for variant in ("analysis", "consistency_jvp"):
-        assert res[variant]["marginal_images_per_s"] > 0
-        assert len(res[variant]["seconds_short_long"]) == 2
+    for argv in (["--variants", "analyze5"], ["--cases", "resnet18"], ["--sections", "fast"]):
+        with pytest.raises(SystemExit):
+            gpu.main(["--smoke", *argv])
+        assert argv[1] in capsys.readouterr().err
+    assert gpu.DEFAULT_SECTIONS == ("scale",) and set(gpu.DEFAULT_SECTIONS) <= set(gpu.SECTIONS)
+
+
+def test_scale_fit_and_paired_ratios():
+    """The line fit recovers a known fixed cost and slope; each ratio to a floor pairs the
+    slopes of one round (the same 0.5 in rounds whose speeds differ 2x); the fixed cost is
+    compared with the 4-method step's time per batch; the targets read the medians."""
+    from experiments.bench import scale
+
+    assert scale.fit_line([100, 200, 400], [1.5, 2.5, 4.5]) == pytest.approx((0.5, 0.01))
+    with pytest.raises(ValueError, match="2 distinct sizes"):
+        scale.fit_line([100, 100], [1.0, 1.0])
+    case = scale.ScaleCase("mnist", "MnistCNN", scale._mnist, (28, 28, 1), "relu2", 10, 100,
+                           (100, 200, 400))  # fmt: skip
+    lines = {  # name: (fixed s, s per image) in rounds 1 and 2 (round 2: a slower machine)
+        "floor_device": [(0.0, 1e-3), (0.0, 2e-3)],
+        "floor_host": [(0.1, 2e-3), (0.2, 4e-3)],
+        "step4_device": [(0.0, 1e-3), (0.0, 2.5e-3)],
+        "analyze4": [(0.5, 4e-3), (1.0, 8e-3)],
+    }
+    timed = {
+        n: {"first_s": 3.0, "warm_s": 1.0, "seconds": [[f + s * k for k in case.sizes]
+                                                       for f, s in rounds]}
+        for n, rounds in lines.items()
+    }  # fmt: skip
+    timed["analyze1"] = {"error": "RuntimeError: boom"}
+    variants = [scale.Variant(n, n, lambda k: None) for n in (*lines, "analyze1")]
+    variants[2].floor_host = None
+    rows = scale.summarize(case, variants, timed)
+    a4 = rows["analyze4"]
+    host = a4["x_floor_host"]
+    assert host.pop("floor") == "floor_host"
+    assert host == pytest.approx({"median": 0.5, "min": 0.5, "max": 0.5})
+    assert a4["x_floor_device"]["median"] == pytest.approx(0.25)
+    assert a4["marginal_images_per_s"] == pytest.approx(1 / 6e-3)  # median slope
+    assert a4["fixed_s_per_pass"]["median"] == pytest.approx(0.75)
+    # fixed / (step s per image * batch): 0.5 / 0.1 and 1.0 / 0.25
+    assert a4["fixed_x_step"]["min"] == pytest.approx(4.0)
+    assert a4["fixed_x_step"]["max"] == pytest.approx(5.0)
+    assert a4["compile_s"] == 2.0 and a4["seconds_per_size"]["400"] == pytest.approx(3.15)
+    step = rows["step4_device"]
+    assert "x_floor_host" not in step
+    assert step["x_floor_device"]["min"] == pytest.approx(0.8)
+    assert rows["analyze1"] == {"what": "analyze1", "error": "RuntimeError: boom"}
+    t = scale.targets(rows)
+    assert [v["met"] for v in t.values()] == [False, True, None, False, None]
+    text = scale.format_case({"rows": rows, "targets": t})
+    assert text.count("NOT met") == 2 and "analyze1         error: RuntimeError" in text
 
 
 @pytest.mark.slow  # runs the benchmark's code: in make test, not in make test-fast

@@ -1,9 +1,21 @@
 """The accelerator benchmark: one prepared script that runs unchanged on a GPU machine.
 
-    python -m experiments.bench.gpu [--out DIR] [--sections quick,resnet50] [--smoke]
+    python -m experiments.bench.gpu [--out DIR] [--sections scale,quick,resnet50,breakdown]
+                                    [--smoke | --cpu] [--cases mnist,resnet50]
+                                    [--variants floor_device,...] [--budget-s S]
 
-Sections (each guarded: a failure is recorded and the next section still runs):
+Sections (each guarded: a failure is recorded and the next section still runs; ``scale``
+alone by default, the others when named):
 
+* ``scale`` (:mod:`~experiments.bench.scale`): the marginal cost per image and the fixed
+  cost per pass of each variant (the floor on device data and fed from host batches, the
+  4-method step alone, ``analyze_methods`` with 1 and 4 methods and in bfloat16, the jvp
+  consistency at 1,000 classes), from whole passes at 3 dataset sizes timed interleaved
+  over rounds: MnistCNN 28x28x1 at batch 256 up to 51,200 images and ResNet-50 224x224x3
+  at batch 64 up to 10,240 images; ``--cpu`` (the default on a CPU backend) takes sizes
+  and a ResNet that a 2-core CPU runs in minutes. It prints the issue's targets as met or
+  not; on an accelerator it starts no new round after ``--budget-s`` (420 s; never fewer
+  than one round) to keep the whole run within about 8 minutes;
 * ``quick``: the benchmark's quick mode without the PyTorch peers: MnistCNN at batch 64
   and 256, ResNet-18 at 112x112 batch 32, the 3-D CNN at batch 2, and the end-to-end run on
   1,000 embedded MNIST digits;
@@ -20,7 +32,8 @@ Sections (each guarded: a failure is recorded and the next section still runs):
 
 Writes ``gpu.json`` under ``--out`` after every section, and prints the figures.
 ``--smoke`` shrinks every case (a tiny bottleneck ResNet at 32x32) to check the script on
-a CPU in seconds; its figures mean nothing.
+a CPU (under a minute per section on 2 cores, most of it compilation); its figures mean
+nothing. ``--repeats`` sets the rounds of every section.
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.bench import scale
 from experiments.bench.cases import E2E_METHODS, randomise_batchnorm
 from experiments.bench.floor import make_floor
 from experiments.bench.jax_side import scale_of
@@ -51,7 +65,11 @@ from ifa_jax.consistency import LINEAR_METHODS, common_levels
 from ifa_jax.probes import linen_probe
 from ifa_jax.runner.models import ResNet, ResNet50
 
-SECTIONS = ("quick", "resnet50", "breakdown")
+SECTIONS = ("scale", "quick", "resnet50", "breakdown")
+DEFAULT_SECTIONS = ("scale",)  # the others take minutes more on a GPU: named when wanted
+# The scale section's time on an accelerator (rounds are cut to fit, never below one): the
+# whole run, with start-up and compilation, within about 8 minutes.
+GPU_BUDGET_S = 420.0
 
 
 def ratio_spread(a: Entry, b: Entry) -> dict:
@@ -246,21 +264,56 @@ def _channels_and_grid(probe, variables, x) -> tuple[int, tuple[int, ...]]:
     return shape[-1], tuple(shape[1:-1])
 
 
+def _names(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
-    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument(
+        "--sections",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated, of {', '.join(SECTIONS)} (default: {', '.join(DEFAULT_SECTIONS)})",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny cases, for a CPU check")
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="scale: the CPU sizes (the default when JAX runs on a CPU, unless --smoke)",
+    )
+    parser.add_argument(
+        "--cases", default="mnist,resnet50", help="scale: the cases (mnist, resnet50)"
+    )
+    parser.add_argument(
+        "--variants",
+        default=",".join(scale.VARIANTS),
+        help="scale: the variants (the two floors always run)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        help="scale: no new round once the section would run past this many seconds "
+        f"(default {GPU_BUDGET_S:.0f} on an accelerator, none on a CPU)",
+    )
     parser.add_argument(
         "--batches", type=int, help="ResNet-50: host batches in the long pass (default 16)"
     )
     parser.add_argument("--batch", type=int, help="ResNet-50 batch (default 64)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    sections = _names(args.sections)
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    for flag, given, known in (
+        ("--cases", _names(args.cases), scale.CASES),
+        ("--variants", _names(args.variants), scale.VARIANTS),
+    ):
+        wrong = sorted(set(given) - set(known))
+        if wrong or not given:
+            what = f"unknown {', '.join(wrong)}" if wrong else "none given"
+            parser.error(f"{flag}: {what}; known: {', '.join(known)}")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "gpu.json")
     results: dict = {"environment": environment(), "argv": sys.argv[1:]}
@@ -271,11 +324,28 @@ def main(argv=None) -> int:
             json.dump(results, f, indent=1, default=float)
         os.replace(path + ".tmp", path)
 
+    def save_part(section: str, part: dict):
+        results[section] = part
+        save()
+
     for name in sections:
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()
         try:
-            if name == "breakdown":
+            if name == "scale":
+                cpu = args.cpu or jax.default_backend() == "cpu"
+                mode = "smoke" if args.smoke else "cpu" if cpu else "gpu"
+                budget = GPU_BUDGET_S if mode == "gpu" else float("inf")
+                results[name] = scale.run_scale(
+                    mode,
+                    rounds=1 if args.smoke else args.repeats,
+                    cases=_names(args.cases),
+                    names=_names(args.variants),
+                    budget_s=budget if args.budget_s is None else args.budget_s,
+                    log=lambda s: print(s, flush=True),
+                    save=functools.partial(save_part, name),
+                )
+            elif name == "breakdown":
                 results[name] = analyze_breakdown(
                     smoke=args.smoke,
                     repeats=1 if args.smoke else args.repeats,
