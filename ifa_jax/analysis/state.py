@@ -174,7 +174,9 @@ def from_batch(batch: BatchStats, num_classes: int) -> Stats:
     onehot = jax.nn.one_hot(batch.label, num_classes, dtype=jnp.float32) * w[:, None]  # (B, C)
     count = onehot.sum(0)
     mean = _safe_div(onehot.T @ s, count[:, None])
-    dev = s - onehot @ mean  # rows not counted have onehot == 0; their dev is masked below
+    # Each row's class mean, gathered (not onehot @ mean: a (B, C) x (C, K) matmul); rows
+    # not counted have onehot == 0, so their dev is masked below.
+    dev = s - mean[batch.label]
     m2 = onehot.T @ (dev * dev)
     mu = _safe_div(w @ s, w.sum())
     centred = (s - mu) * w[:, None]

@@ -3,8 +3,9 @@ state (:mod:`ifa_jax.analysis.state`), all in one jitted call (one forward + one
 every method). Per-sample scalars (CAM max/min, score, label, prediction) are small and
 returned by the step for the host to keep. Several methods share their work: those with
 channel weights (``M_k = w_k A_k``: an entry's ``weights``, or a forward method's) get
-their maps from one contraction over A (:func:`ifa_jax.cams.reduce_weighted`), and every
-method's batch statistics come from one vmapped :func:`~ifa_jax.analysis.state.from_batch`.
+their maps from one contraction over A (:func:`ifa_jax.cams.reduce_weighted`), and with
+at most as many classes as samples, the methods' batch statistics come from one vmapped
+:func:`~ifa_jax.analysis.state.from_batch` (:func:`merge_batches`).
 
 Examples:
     The statistics' inputs of one batch, with the per-sample values:
@@ -265,11 +266,14 @@ def _step(
 def merge_batches(
     states: tuple[Stats, ...], batches: list[BatchStats], num_classes: int
 ) -> tuple[Stats, ...]:
-    """Each method's state merged with its batch (one batch of samples, one per method):
-    :func:`~ifa_jax.analysis.state.from_batch` runs for all methods at once (vmapped:
-    one batched matmul per statistic instead of one per method)."""
-    if len(batches) == 1:
-        return (merge(states[0], from_batch(batches[0], num_classes)),)
+    """Each method's state merged with its batch (one batch of samples, one per method).
+    With at most as many classes as samples, :func:`~ifa_jax.analysis.state.from_batch`
+    runs for all methods at once (vmapped: one batched matmul per statistic instead of one
+    per method); with more, its stacked (methods, C, K) output would be copied apart again
+    at more cost than the kernels it saves (XLA's cost analysis: ResNet-18's 1,000
+    classes, batch 32)."""
+    if len(batches) == 1 or num_classes > batches[0].label.shape[0]:
+        return tuple(merge(s, from_batch(b, num_classes)) for s, b in zip(states, batches))
     first = batches[0]
     stacked = BatchStats(
         jnp.stack([b.importance for b in batches]),

@@ -280,7 +280,7 @@ class LayerMethod(Method):
 
     weights: optional, for a local method whose ``fn`` gives ``M_k = w_k A_k``: a
     :class:`LayerFn` of the same inputs and options giving w (B, K) alone. The analysis
-    step then makes the maps and importances of all such methods from one pass over A.
+    step then makes the maps of all such methods from one pass over A.
     """
 
     fn: LayerFn | None  # pyright: ignore[reportIncompatibleVariableOverride]

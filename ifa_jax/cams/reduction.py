@@ -217,8 +217,8 @@ def reduce(M: Array, mask: Array | None = None) -> CamResult:
 def reduce_weighted(A: Array, W: Array) -> tuple[CamResult, ...]:
     """:func:`reduce` of the contributions ``M_m = W[:, m] * A`` of several channel
     weightings of one A at once: the maps of all from one contraction over K (one pass
-    over A), the importances from A's grid sum, ``s_m = W[:, m] * sum(A)``. Equal to
-    ``reduce(per_channel(W[:, m], A))`` up to float rounding.
+    over A). Equal to ``reduce(per_channel(W[:, m], A))`` up to float rounding (the
+    importances exactly).
 
     Args:
         A: activations (B, *spatial, K).
@@ -238,13 +238,16 @@ def reduce_weighted(A: Array, W: Array) -> tuple[CamResult, ...]:
     flat = A.reshape(B, -1, K)
     # HIGHEST: a GPU would otherwise round the float32 operands to TF32 (10-bit mantissa).
     L = jnp.einsum("bpk,bmk->bmp", flat, W, precision=jax.lax.Precision.HIGHEST)
-    s = W * jnp.sum(A, axis=axes)[:, None, :]
     lo, hi = jnp.min(L, axis=-1), jnp.max(L, axis=-1)
-    grid = A.shape[1:-1]
-    return tuple(
-        CamResult(per_channel(W[:, m], A), L[:, m].reshape(B, *grid), s[:, m], hi[:, m], lo[:, m])
-        for m in range(W.shape[1])
-    )
+    out = []
+    for m in range(W.shape[1]):
+        M = per_channel(W[:, m], A)
+        # s as reduce() sums it: the same numbers as cam(), and the same expression, so
+        # XLA merges the statistics of methods that are equal (GradCAM and HiResCAM where
+        # G is constant over the grid, as before a global average pooling).
+        s = jnp.sum(M, axis=axes)
+        out.append(CamResult(M, L[:, m].reshape(A.shape[:-1]), s, hi[:, m], lo[:, m]))
+    return tuple(out)
 
 
 def cam(
