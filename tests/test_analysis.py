@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ifa_jax import analysis, explain, linen_probe
+from ifa_jax import analysis, cams, explain, linen_probe
 from ifa_jax.analysis import _fetch
+from ifa_jax.analysis.step import merge_batches
 from ifa_jax.runner.models import ConvNet
 from tests import reference as ref
 
@@ -287,7 +288,9 @@ def test_per_sample_values_come_back_per_chunk(small_model, traces, monkeypatch,
     device_get = jax.device_get
 
     def spy(tree):
-        fetched.append(len(jax.tree.leaves(tree)))
+        states = jax.tree.leaves(tree, is_leaf=lambda t: isinstance(t, analysis.Stats))
+        if not all(isinstance(s, analysis.Stats) for s in states):  # not finalize's fetch
+            fetched.append(len(jax.tree.leaves(tree)))
         return device_get(tree)
 
     monkeypatch.setattr(_fetch, "FETCH_EVERY", every)
@@ -341,6 +344,7 @@ PUBLIC_NAMES = [
     "batch_stats",
     "check_layer_methods",
     "finalize",
+    "finalize_all",
     "from_batch",
     "init",
     "merge",
@@ -383,3 +387,50 @@ def test_analyze_takes_one_method_and_names_analyze_methods_for_several(small_mo
         analysis.analyze_methods(probe, variables, [(x, y)], num_classes=3, methods="gradcam")
     with pytest.raises(ValueError, match="methods is empty"):
         analysis.analyze_methods(probe, variables, [(x, y)], num_classes=3, methods=())
+
+
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # class 2
+def test_finalize_all_fetches_once_and_equals_finalize(monkeypatch):
+    states = [run_updates(*synthetic(9 + seed, seed), [5, 4 + seed]) for seed in range(3)]
+    fetched = []
+    real = jax.device_get
+    monkeypatch.setattr(jax, "device_get", lambda tree: fetched.append(tree) or real(tree))
+    summaries = analysis.finalize_all(states)
+    assert len(fetched) == 1  # one transfer for all states, not one per field
+    monkeypatch.undo()
+    host = jax.device_get(states[0])
+    assert isinstance(host.mean, np.ndarray)
+    for state, summary in zip(states, summaries):
+        for alone in (analysis.finalize(state), analysis.finalize(jax.device_get(state))):
+            for a, b in zip(alone, summary):
+                np.testing.assert_array_equal(a, b)
+    assert summaries[0].im_class.dtype == np.float64
+    with pytest.raises(analysis.NothingCountedError):
+        analysis.finalize_all([analysis.init(C, K, GRID)])
+
+
+@pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
+def test_one_step_of_four_methods_matches_each_methods_cam(small_model):
+    """The step shares one pass over A among the channel-weight methods (gradcam,
+    gradcam++, xgradcam): each still equals its own cams.cam on the probe's A and G."""
+    model, variables, x, y = small_model
+    probe = linen_probe(model, "conv2")
+    methods = ("gradcam", "gradcam++", "xgradcam", "hirescam")
+    valid = jnp.ones(len(y), bool)
+    stats_of = jax.jit(analysis.batch_stats, static_argnames=("probe", "method", "count"))
+    out = stats_of(probe, variables, x, y, valid, method=methods, count="all")
+    res = probe(variables, x, y)
+    for m, (stats, per) in zip(methods, out):
+        want = cams.cam(res.activations, res.gradients, m)
+        np.testing.assert_allclose(stats.importance, want.importance, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stats.cam, want.cam, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(per.cam_max, want.max, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(per.cam_min, want.min, rtol=1e-5, atol=1e-6)
+    states = tuple(analysis.init(3, out[0][0].importance.shape[-1], out[0][0].cam.shape[1:])
+                   for _ in methods)  # fmt: skip
+    merged = merge_batches(states, [b for b, _ in out], 3)  # from_batch vmapped over methods
+    for state, new, (stats, _) in zip(states, merged, out):
+        alone = analysis.merge(state, analysis.from_batch(stats, 3))
+        for a, b in zip(alone, new):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(merged[0].mean, merged[3].mean)

@@ -308,3 +308,25 @@ def test_benchmark_only_selects_sections():
     assert selected_sections(parser().parse_args(["--only", "metrics"])) == {"metrics"}
     with pytest.raises(ValueError, match="methods"):
         selected_sections(parser().parse_args(["--only", "method"]))
+
+
+@pytest.mark.slow  # compiles the smallest case's floor and steps
+def test_step_cost_smallest_case_structure():
+    """``python -m experiments.bench.step_cost``: the cost table's structure and its
+    invariants (the step does the floor's work and more), never a timing."""
+    from experiments.bench.step_cost import run
+
+    lines = []
+    out = run(("mnist64",), repeats=1, min_time=0.0, batch=4, parts=("cam max/min",),
+              finalize_sizes=(2, 3, 5, (2, 2)), log=lines.append)  # fmt: skip
+    res = out["cases"]["mnist64"]
+    cost = res["cost"]
+    assert list(cost) == ["floor", "step, 1 method", "step, 4 methods"]
+    for step in ("step, 1 method", "step, 4 methods"):
+        assert cost[step]["flops"] >= cost["floor"]["flops"] > 0
+        assert cost[step]["kernels"] > cost["floor"]["kernels"] > 0
+        assert math.isfinite(res["cpu_time_x_floor"][step]["median"])
+    assert cost["step, 4 methods"]["bytes"] > cost["step, 1 method"]["bytes"]
+    assert res["after_probe_4_methods"]["cam max/min"]["bytes"] > 0
+    assert set(out["finalize"]) == {"what", "finalize per state", "finalize_all (one transfer)"}
+    assert any("x floor" in line for line in lines)

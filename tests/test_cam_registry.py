@@ -413,6 +413,7 @@ NEW_NAMES = [
     "LAYERS_METHODS",
     "registered",
     "unregister_method",
+    "reduce_weighted",
 ]
 
 

@@ -500,3 +500,41 @@ def test_forward_methods_are_differentiable(method):
     jax.test_util.check_grads(
         jax.jit(f), (x,), order=1, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-3
     )
+
+
+def test_weights_entries_give_their_methods_contributions():
+    """A method's ``weights`` (w (B, K)) gives its fn's M = w * A, options included."""
+    A, G = random_ag(jax.random.key(3), SHAPES[2])
+    inputs = cams.CamInputs(A, G, None)
+    with_weights = [m for m in cams.LAYER_METHODS if getattr(cams.REGISTRY[m], "weights", None)]
+    assert {"gradcam", "gradcam++", "xgradcam"} <= set(with_weights)
+    for m in with_weights:
+        spec = cams.REGISTRY[m]
+        for opts in ({}, {"eps": 1e-3}) if "eps" in spec.options else ({},):
+            w = spec.weights(inputs, **opts)
+            assert w.shape == (A.shape[0], A.shape[-1])
+            np.testing.assert_array_equal(w[:, None, None, :] * A, spec.fn(inputs, **opts))
+    with pytest.raises(ValueError, match="weights="):
+        cams.LayerMethod(
+            "fw", None, needs=frozenset({"forward_passes"}), forward=lambda a, p: a[:, 0],
+            weights=lambda inputs: inputs.activations[:, 0],
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("ndim", [1, 3])
+def test_reduce_weighted_matches_the_reference_of_each_weighting(ndim):
+    A, _ = random_ag(jax.random.key(ndim), SHAPES[ndim])
+    B, K = A.shape[0], A.shape[-1]
+    W = jax.random.normal(jax.random.key(5), (B, 3, K))
+    outs = cams.reduce_weighted(A, W)
+    assert len(outs) == 3
+    for m, out in enumerate(outs):
+        M = np.asarray(W[:, m]).reshape(B, *(1,) * ndim, K) * np.asarray(A)
+        L, s, mx, mn = ref.cam_outputs(M)
+        np.testing.assert_allclose(out.cam, L, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out.importance, s, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out.max, mx, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out.min, mn, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out.contributions, M, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\(B, M, K\)"):
+        cams.reduce_weighted(A, W[:, 0])

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -173,7 +174,9 @@ def from_batch(batch: BatchStats, num_classes: int) -> Stats:
     onehot = jax.nn.one_hot(batch.label, num_classes, dtype=jnp.float32) * w[:, None]  # (B, C)
     count = onehot.sum(0)
     mean = _safe_div(onehot.T @ s, count[:, None])
-    dev = s - onehot @ mean  # rows not counted have onehot == 0; their dev is masked below
+    # Each row's class mean, gathered (not onehot @ mean: a (B, C) x (C, K) matmul); rows
+    # not counted have onehot == 0, so their dev is masked below.
+    dev = s - mean[batch.label]
     m2 = onehot.T @ (dev * dev)
     mu = _safe_div(w @ s, w.sum())
     centred = (s - mu) * w[:, None]
@@ -256,7 +259,9 @@ def update(state: Stats, batch: BatchStats) -> Stats:
 def finalize(state: Stats) -> Summary:
     """Importance matrices, spreads and covariance from a state. Warns
     (:class:`MissingClassesWarning`, naming them) when some classes have no counted
-    sample: their rows are NaN and ``present`` is False for them.
+    sample: their rows are NaN and ``present`` is False for them. The state may be on a
+    device or on the host (NumPy arrays, as :func:`finalize_all` fetches them): the float64
+    arithmetic runs on the host.
 
     Args:
         state: the state after the pass.
@@ -272,6 +277,30 @@ def finalize(state: Stats) -> Summary:
     Warns:
         MissingClassesWarning: some classes have no counted sample (their rows are NaN).
     """
+    return _summary(jax.device_get(state), stacklevel=3)
+
+
+def finalize_all(states: Sequence[Stats]) -> tuple[Summary, ...]:
+    """:func:`finalize` of several states (one per method of a pass), fetched from the
+    device in ONE transfer: per state and field, a transfer is a wait on the device.
+
+    Args:
+        states: the states after the pass.
+
+    Returns:
+        One :class:`Summary` per state, in order.
+
+    Raises:
+        NothingCountedError: no sample was counted.
+
+    Warns:
+        MissingClassesWarning: some classes have no counted sample (once per state).
+    """
+    return tuple(_summary(s, stacklevel=3) for s in jax.device_get(tuple(states)))
+
+
+def _summary(state: Stats, *, stacklevel: int) -> Summary:
+    """:func:`finalize` of a host state (NumPy float32 arrays), in float64."""
     count = np.asarray(state.count, np.float64)
     total = count.sum()
     if total == 0:
@@ -288,22 +317,26 @@ def finalize(state: Stats) -> Summary:
             "(Summary.present is False). Analyse more samples of them, or pass "
             "count='all' to count misclassified samples too",
             MissingClassesWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
-    mean = np.asarray(state.mean, np.float64)
-    im_all = (count @ mean) / total
-    im_class = np.where(present[:, None], mean, np.nan)
-    im_var = np.where(
-        present[:, None], np.asarray(state.m2) / np.maximum(count, 1)[:, None], np.nan
-    )
-    cam_mean = np.asarray(state.cam_mean, np.float64)
-    cam_mean = np.where(present.reshape((-1,) + (1,) * (cam_mean.ndim - 1)), cam_mean, np.nan)
+    # In place where possible: at C x K, each float64 temporary is megabytes to fault in.
+    rows = (~present).nonzero()[0]
+    im_class = np.array(state.mean, np.float64)
+    im_all = (count @ im_class) / total
+    im_class[rows] = np.nan
+    im_var = np.array(state.m2, np.float64)
+    im_var /= np.maximum(count, 1)[:, None]
+    im_var[rows] = np.nan
+    cam_mean = np.array(state.cam_mean, np.float64)
+    cam_mean[rows] = np.nan
+    covariance = np.array(state.comoment, np.float64)
+    covariance /= total
     return Summary(
         im_all,
         im_class,
         im_class - im_all,
         im_var,
-        np.asarray(state.comoment, np.float64) / total,
+        covariance,
         cam_mean,
         count,
         present,

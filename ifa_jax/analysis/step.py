@@ -1,7 +1,11 @@
 """The pure per-batch step of the analysis: probe one batch, make its CAMs and update the
 state (:mod:`ifa_jax.analysis.state`), all in one jitted call (one forward + one vjp for
 every method). Per-sample scalars (CAM max/min, score, label, prediction) are small and
-returned by the step for the host to keep.
+returned by the step for the host to keep. Several methods share their work: those with
+channel weights (``M_k = w_k A_k``: an entry's ``weights``, or a forward method's) get
+their maps from one contraction over A (:func:`ifa_jax.cams.reduce_weighted`), and with
+at most as many classes as samples, the methods' batch statistics come from one vmapped
+:func:`~ifa_jax.analysis.state.from_batch` (:func:`merge_batches`).
 
 Examples:
     The statistics' inputs of one batch, with the per-sample values:
@@ -153,20 +157,39 @@ def batch_stats(
         "score": score,
         "chunk_size": chunk_size,
     }
-    pairs = []
-    for m in methods:
+    outs: dict[int, cams.CamResult] = {}
+    weighted: dict[int, Array] = {}  # methods with M_k = w_k A_k: their w (B, K)
+    for i, m in enumerate(methods):
         name = cams.canonical_method(m)
         own = {"options": static.get(name, ()), "array_options": arrays.get(name)}
-        if "key" in cams.get_method(name).needs:
+        spec = cams.get_method(name)
+        if "key" in spec.needs:
             cams.require_key(name, key)
             assert key is not None
             rows = jnp.arange(x.shape[0]) if index is None else index
             keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
-            out = _per_sample_cam(probe, variables, x, A, A32, G32, result, keys, name, common, own)
+            outs[i] = _per_sample_cam(
+                probe, variables, x, A, A32, G32, result, keys, name, common, own
+            )
+            continue
+        weights = forward_weights(probe, variables, x, A, result, name, **common, **own)
+        if weights is None and isinstance(spec, cams.LayerMethod) and spec.weights is not None:
+            opts = cams.method_options(spec, _merged(own))
+            weights = spec.weights(cams.CamInputs(A32, G32, None), **opts)
+        if weights is None:
+            outs[i] = cams.cam(A32, G32, name, **_merged(own))
         else:
-            weights = forward_weights(probe, variables, x, A, result, name, **common, **own)
-            weights = None if weights is None else _at_least_f32(weights)
-            out = cams.cam(A32, G32, name, weights=weights, **_merged(own))
+            weighted[i] = _at_least_f32(weights)
+    if weighted:  # one pass over A makes the maps of all of them
+        if any(w.shape != A.shape[:1] + A.shape[-1:] for w in weighted.values()):
+            shapes = {methods[i]: w.shape for i, w in weighted.items()}
+            raise ValueError(f"weights must have shape (B, K) = {A.shape[:1] + A.shape[-1:]}; "
+                             f"got {shapes}")  # fmt: skip
+        stacked = cams.reduce_weighted(A32, jnp.stack(list(weighted.values()), axis=1))
+        outs.update(zip(weighted, stacked))
+    pairs = []
+    for i in range(len(methods)):
+        out = outs[i]
         pairs.append(
             (
                 BatchStats(out.importance, out.cam, labels, counted, valid),
@@ -237,8 +260,33 @@ def _step(
     if isinstance(kwargs.get("method", "gradcam"), str):
         stats, per = out
         return merge(state, from_batch(stats, num_classes)), per
-    new = tuple(merge(s, from_batch(b, num_classes)) for s, (b, _) in zip(state, out))
-    return new, tuple(per for _, per in out)
+    return tuple(merge_batches(state, [b for b, _ in out], num_classes)), tuple(p for _, p in out)
+
+
+def merge_batches(
+    states: tuple[Stats, ...], batches: list[BatchStats], num_classes: int
+) -> tuple[Stats, ...]:
+    """Each method's state merged with its batch (one batch of samples, one per method).
+    With at most as many classes as samples, :func:`~ifa_jax.analysis.state.from_batch`
+    runs for all methods at once (vmapped: one batched matmul per statistic instead of one
+    per method); with more, its stacked (methods, C, K) output would be copied apart again
+    at more cost than the kernels it saves (XLA's cost analysis: ResNet-18's 1,000
+    classes, batch 32)."""
+    if len(batches) == 1 or num_classes > batches[0].label.shape[0]:
+        return tuple(merge(s, from_batch(b, num_classes)) for s, b in zip(states, batches))
+    first = batches[0]
+    stacked = BatchStats(
+        jnp.stack([b.importance for b in batches]),
+        jnp.stack([b.cam for b in batches]),
+        first.label,
+        first.counted,
+        first.valid,
+    )
+    own = jax.vmap(
+        functools.partial(from_batch, num_classes=num_classes),
+        in_axes=(BatchStats._make((0, 0, None, None, None)),),  # the samples are shared
+    )(stacked)
+    return tuple(merge(s, jax.tree.map(lambda v, i=i: v[i], own)) for i, s in enumerate(states))
 
 
 # One jitted step: probe, CAM, statistics update. Returns (new state, per-sample); with a

@@ -86,6 +86,7 @@ from ifa_jax.cams.reduction import (
     fuse,
     map_result,
     reduce,
+    reduce_weighted,
     upsample,
 )
 from ifa_jax.cams.refinecam import REFINE_EPS
@@ -164,6 +165,7 @@ __all__ = [
     "method_options",
     "options_per_method",
     "reduce",
+    "reduce_weighted",
     "register_method",
     "registered",
     "require_key",

@@ -84,6 +84,7 @@ BUILTIN_METHODS: tuple[Method, ...] = (
         ),
         peer_note="pytorch-grad-cam's eigen_smooth projects the centred M: compared as our "
         "eigencam of the centred M, up to sign",
+        weights=gradient.gradcam_weights,
     ),
     LayerMethod(
         "gradcam++",
@@ -96,6 +97,7 @@ BUILTIN_METHODS: tuple[Method, ...] = (
         peers=("pytorch-grad-cam/GradCAMPlusPlus",),
         peer_note="torch-cam 0.5.0's GradCAMpp is not compared: its weights are the grid sum of "
         "G^2 relu(G), not GradCAM++'s",
+        weights=gradient.gradcampp_channel_weights,
     ),
     LayerMethod(
         "xgradcam",
@@ -104,6 +106,7 @@ BUILTIN_METHODS: tuple[Method, ...] = (
         options={"eps": gradient.XGRADCAM_EPS},
         summary="w_k = sum(G_k A_k) / (sum(A_k) + eps) (Fu et al. 2020)",
         peers=("pytorch-grad-cam/XGradCAM", "torch-cam/XGradCAM"),
+        weights=gradient.xgradcam_weights,
     ),
     LayerMethod(
         "hirescam",

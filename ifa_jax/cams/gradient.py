@@ -1,7 +1,9 @@
 """Gradient-weighted methods: M = w * A with weights from the gradients G at the layer.
 
 Each is ``fn(inputs: CamInputs, /, **options) -> M (B, *spatial, K)`` (a
-:class:`~ifa_jax.cams.method.LayerFn`); their entries are in :mod:`ifa_jax.cams.builtin`.
+:class:`~ifa_jax.cams.method.LayerFn`); those with one weight per channel, ``M_k = w_k A_k``,
+also give their weights (B, K) alone (``*_weights``, the entries' ``weights``). Their
+entries are in :mod:`ifa_jax.cams.builtin`.
 
 Examples:
     Two channels of ones with constant gradients 1 and 0.5: GradCAM weighs them so:
@@ -22,7 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ifa_jax.cams._grid import grid_sum, spatial_axes
+from ifa_jax.cams._grid import grid_sum, per_channel, spatial_axes
 from ifa_jax.cams.method import CamInputs
 
 Array = jax.Array
@@ -32,11 +34,21 @@ XGRADCAM_EPS = 1e-7  # pytorch-grad-cam's
 EPS = XGRADCAM_EPS  # XGradCAM's default eps (ifa_jax.consistency builds its tangent with it)
 
 
-def gradcam(inputs: CamInputs) -> Array:
-    """GradCAM: M = (grid mean of G) * A."""
+def _bk(w: Array) -> Array:
+    """Weights (B, 1.., K) with the grid axes kept -> (B, K)."""
+    return w.reshape(w.shape[0], w.shape[-1])
+
+
+def gradcam_weights(inputs: CamInputs) -> Array:
+    """GradCAM's w (B, K): the grid mean of G."""
     A, G = inputs.activations, inputs.gradients
     assert G is not None
-    return jnp.mean(G, axis=spatial_axes(A), keepdims=True) * A
+    return jnp.mean(G, axis=spatial_axes(A))
+
+
+def gradcam(inputs: CamInputs) -> Array:
+    """GradCAM: M = (grid mean of G) * A."""
+    return per_channel(gradcam_weights(inputs), inputs.activations)
 
 
 def gradcampp_weights(A: Array, G: Array, eps) -> Array:
@@ -46,18 +58,27 @@ def gradcampp_weights(A: Array, G: Array, eps) -> Array:
     return jnp.sum(jax.nn.relu(G) * alpha, axis=spatial_axes(A), keepdims=True)
 
 
+def gradcampp_channel_weights(inputs: CamInputs, *, eps=GRADCAMPP_EPS) -> Array:
+    """GradCAM++'s w (B, K), from :func:`gradcampp_weights`."""
+    assert inputs.gradients is not None
+    return _bk(gradcampp_weights(inputs.activations, inputs.gradients, eps))
+
+
 def gradcampp(inputs: CamInputs, *, eps=GRADCAMPP_EPS) -> Array:
     """GradCAM++: M = w * A, w from :func:`gradcampp_weights`."""
+    return per_channel(gradcampp_channel_weights(inputs, eps=eps), inputs.activations)
+
+
+def xgradcam_weights(inputs: CamInputs, *, eps=XGRADCAM_EPS) -> Array:
+    """XGradCAM's w (B, K) = sum(G A) / (sum(A) + eps), sums over the grid."""
     A, G = inputs.activations, inputs.gradients
     assert G is not None
-    return gradcampp_weights(A, G, eps) * A
+    return _bk(grid_sum(G * A) / (grid_sum(A) + eps))
 
 
 def xgradcam(inputs: CamInputs, *, eps=XGRADCAM_EPS) -> Array:
     """XGradCAM: M = sum(G A) / (sum(A) + eps) * A, sums over the grid."""
-    A, G = inputs.activations, inputs.gradients
-    assert G is not None
-    return grid_sum(G * A) / (grid_sum(A) + eps) * A
+    return per_channel(xgradcam_weights(inputs, eps=eps), inputs.activations)
 
 
 def hirescam(inputs: CamInputs) -> Array:

@@ -276,11 +276,17 @@ class Method:
 @dataclasses.dataclass(frozen=True, eq=False)
 class LayerMethod(Method):
     """A method of one layer: ``fn`` (a :class:`LayerFn`) for a local method, or
-    ``forward`` (a :class:`ForwardFn`) with ``needs={"forward_passes"}``; exactly one."""
+    ``forward`` (a :class:`ForwardFn`) with ``needs={"forward_passes"}``; exactly one.
+
+    weights: optional, for a local method whose ``fn`` gives ``M_k = w_k A_k``: a
+    :class:`LayerFn` of the same inputs and options giving w (B, K) alone. The analysis
+    step then makes the maps of all such methods from one pass over A.
+    """
 
     fn: LayerFn | None  # pyright: ignore[reportIncompatibleVariableOverride]
     forward: ForwardFn | None = None  # pyright: ignore[reportIncompatibleVariableOverride]
     kind: str = "layer"
+    weights: LayerFn | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -290,6 +296,11 @@ class LayerMethod(Method):
                 f"method {self.name!r}: give fn= (contributions from A, G, key) for a local "
                 "method, or forward= (weights from forward passes) with "
                 "needs={'forward_passes'} for a forward-pass method; exactly one of them"
+            )
+        if self.weights is not None and (self.fn is None or not self.channelwise):
+            raise ValueError(
+                f"method {self.name!r}: weights= (w (B, K) with M_k = w_k A_k) goes with a "
+                "channelwise local method's fn=; leave it out for this method"
             )
 
 

@@ -214,6 +214,42 @@ def reduce(M: Array, mask: Array | None = None) -> CamResult:
     return CamResult(M, L, s, jnp.max(flat, axis=1), jnp.min(flat, axis=1))
 
 
+def reduce_weighted(A: Array, W: Array) -> tuple[CamResult, ...]:
+    """:func:`reduce` of the contributions ``M_m = W[:, m] * A`` of several channel
+    weightings of one A at once: the maps of all from one contraction over K (one pass
+    over A). Equal to ``reduce(per_channel(W[:, m], A))`` up to float rounding (the
+    importances exactly).
+
+    Args:
+        A: activations (B, *spatial, K).
+        W: weights (B, M, K), one (B, K) per weighting.
+
+    Returns:
+        M :class:`~ifa_jax.cams.method.CamResult` (the contributions are built only where
+        used).
+
+    Raises:
+        ValueError: W of another shape than (B, M, K).
+    """
+    axes = spatial_axes(A)
+    B, K = A.shape[0], A.shape[-1]
+    if W.ndim != 3 or (W.shape[0], W.shape[2]) != (B, K):
+        raise ValueError(f"weights must have shape (B, M, K) = ({B}, M, {K}); got {W.shape}")
+    flat = A.reshape(B, -1, K)
+    # HIGHEST: a GPU would otherwise round the float32 operands to TF32 (10-bit mantissa).
+    L = jnp.einsum("bpk,bmk->bmp", flat, W, precision=jax.lax.Precision.HIGHEST)
+    lo, hi = jnp.min(L, axis=-1), jnp.max(L, axis=-1)
+    out = []
+    for m in range(W.shape[1]):
+        M = per_channel(W[:, m], A)
+        # s as reduce() sums it: the same numbers as cam(), and the same expression, so
+        # XLA merges the statistics of methods that are equal (GradCAM and HiResCAM where
+        # G is constant over the grid, as before a global average pooling).
+        s = jnp.sum(M, axis=axes)
+        out.append(CamResult(M, L[:, m].reshape(A.shape[:-1]), s, hi[:, m], lo[:, m]))
+    return tuple(out)
+
+
 def cam(
     A: Array,
     G: Array | None = None,
