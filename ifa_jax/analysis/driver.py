@@ -58,7 +58,7 @@ from ifa_jax.analysis.adapters import (
 )
 from ifa_jax.analysis.options import MethodOptions, PassOptions, check_pass_options
 from ifa_jax.analysis.result import Analysis
-from ifa_jax.analysis.state import Stats, finalize, init
+from ifa_jax.analysis.state import Stats, finalize_all, init
 from ifa_jax.analysis.step import Variables, pass_step, pass_steps
 from ifa_jax.probes import LayerProbe, Target
 
@@ -464,12 +464,13 @@ def _run_pass(
     _warn_if_blind(probe, variables, options.methods, fetcher.reached, shapes)
     if options.replicated is not None:
         states = jax.device_put(states, options.replicated)
+    summaries = finalize_all(states)  # one transfer of every state
     results = {}
     for j, (m, state) in enumerate(zip(options.methods, states)):
         samples = fetcher.samples(j)
         if options.edges is not None:
             samples["target_value"] = np.concatenate(values)
-        results[m] = Analysis(state, finalize(state), samples)
+        results[m] = Analysis(state, summaries[j], samples)
     return results
 
 

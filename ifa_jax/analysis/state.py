@@ -155,8 +155,17 @@ def _safe_div(a: Array, n: Array) -> Array:
     return a / jnp.where(n > 0, n, 1.0)
 
 
+# The statistics' products in full float32: a GPU's default float32 matmul may round its
+# inputs to TF32 (10 mantissa bits), which would cost the means about 3 digits.
+_EXACT = jax.lax.Precision.HIGHEST
+
+
+def _dot(a: Array, b: Array) -> Array:
+    return jnp.matmul(a, b, precision=_EXACT)
+
+
 def _overall_mean(count: Array, mean: Array) -> Array:
-    return _safe_div(jnp.einsum("c,ck->k", count, mean), count.sum())
+    return _safe_div(_dot(count, mean), count.sum())
 
 
 def from_batch(batch: BatchStats, num_classes: int) -> Stats:
@@ -173,16 +182,16 @@ def from_batch(batch: BatchStats, num_classes: int) -> Stats:
     w = batch.counted.astype(jnp.float32)
     onehot = jax.nn.one_hot(batch.label, num_classes, dtype=jnp.float32) * w[:, None]  # (B, C)
     count = onehot.sum(0)
-    mean = _safe_div(onehot.T @ s, count[:, None])
+    mean = _safe_div(_dot(onehot.T, s), count[:, None])
     # Each row's class mean, gathered (not onehot @ mean: a (B, C) x (C, K) matmul); rows
     # not counted have onehot == 0, so their dev is masked below.
     dev = s - mean[batch.label]
-    m2 = onehot.T @ (dev * dev)
-    mu = _safe_div(w @ s, w.sum())
+    m2 = _dot(onehot.T, dev * dev)
+    mu = _safe_div(_dot(w, s), w.sum())
     centred = (s - mu) * w[:, None]
-    comoment = centred.T @ (s - mu)
+    comoment = _dot(centred.T, s - mu)
     L = batch.cam.astype(jnp.float32)
-    cam_sum = jnp.tensordot(onehot.T, L, axes=1)
+    cam_sum = jnp.tensordot(onehot.T, L, axes=1, precision=_EXACT)
     cam_mean = _safe_div(cam_sum, count.reshape((-1,) + (1,) * (L.ndim - 1)))
     return Stats(count, mean, m2, comoment, cam_mean, batch.valid.sum().astype(jnp.float32))
 
@@ -296,7 +305,7 @@ def finalize_all(states: Sequence[Stats]) -> tuple[Summary, ...]:
     Warns:
         MissingClassesWarning: some classes have no counted sample (once per state).
     """
-    return tuple(_summary(s, stacklevel=3) for s in jax.device_get(tuple(states)))
+    return tuple(_summary(s, stacklevel=4) for s in jax.device_get(tuple(states)))  # genexpr frame
 
 
 def _summary(state: Stats, *, stacklevel: int) -> Summary:
