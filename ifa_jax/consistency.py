@@ -406,11 +406,13 @@ def common_levels(
     grid = cells[0]
     keep = np.arange(logits.shape[1]) if classes is None else np.asarray(list(classes))
     outputs_in_range(keep, logits.shape[1])
-    a = np.array([scales[m].a for m in methods])[:, None, None]
-    b = np.array([scales[m].b for m in methods])[:, None, None]
-    levels = a * masses / grid + b  # (M, N, O)
-    levels = np.transpose(levels[..., keep], (2, 0, 1))[:, :, None, :]  # (n, M, 1, N)
-    return ConsistencyLevels(keep, methods, levels.astype(np.float32), logits, ("common",))
+    # In float32, the kept classes only: N x O values per method (12 KB an image at 1,000
+    # classes), so float64 temporaries cost more than the model on a small network.
+    a = np.array([scales[m].a / grid for m in methods], np.float32)[:, None, None]
+    b = np.array([scales[m].b for m in methods], np.float32)[:, None, None]
+    levels = (masses[..., keep] * a + b).astype(np.float32, copy=False)  # (M, N, n)
+    levels = np.transpose(levels, (2, 0, 1))[:, :, None, :]  # (n, M, 1, N)
+    return ConsistencyLevels(keep, methods, levels, logits, ("common",))
 
 
 class ConsistencySummary(NamedTuple):

@@ -291,8 +291,8 @@ def test_consistency_streams_the_per_batch_results(images):
             )
             np.testing.assert_array_equal(jvp.logits, want_logits, strict=True)
             m = np.concatenate([ms for ms, _ in masses], 1)[:, valid]
-            a = np.array([s.a for s in scales.values()])[:, None, None]
-            b = np.array([s.b for s in scales.values()])[:, None, None]
-            common = np.transpose(a * m / grid + b, (2, 0, 1))[:, :, None, :].astype(np.float32)
+            a = np.array([s.a / grid for s in scales.values()], np.float32)[:, None, None]
+            b = np.array([s.b for s in scales.values()], np.float32)[:, None, None]
+            common = np.transpose(m * a + b, (2, 0, 1))[:, :, None, :]
             np.testing.assert_array_equal(jvp.levels, common, strict=True)
     assert not prefetch_threads()
