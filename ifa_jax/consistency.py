@@ -43,10 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ifa_jax import cams, metrics, scale
-from ifa_jax._checks import outputs_in_range
+from ifa_jax._checks import outputs_in_range, warn_integer_inputs
 from ifa_jax.analysis import DEFAULT_KEYS
 from ifa_jax.analysis._prefetch import prefetched
-from ifa_jax.analysis.options import check_prefetch, check_preprocess
+from ifa_jax.analysis.options import check_prefetch, check_preprocess, preprocess_output
 from ifa_jax.inputs import unpack_batch
 from ifa_jax.probes import LayerProbe
 
@@ -234,7 +234,19 @@ def _over_batches(
     def adapt(i: int, batch: Any) -> tuple[jax.Array, np.ndarray]:
         x, _, valid = unpack_batch(batch, i, keys)
         valid = np.ones(len(x), bool) if valid is None else np.asarray(valid, bool)
-        return jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x)), valid
+        x = jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x))
+        if i == 0:  # read in the caller's thread (prefetched), so its warnings reach it
+            if preprocess is not None:
+                preprocess_output(preprocess, jax.ShapeDtypeStruct(x.shape, x.dtype))
+            elif x.ndim >= 3:
+                warn_integer_inputs(
+                    x.dtype,
+                    "the inputs of batch 0",
+                    "Convert them first (x / 255 for uint8 images), or on the device: "
+                    "preprocess=lambda x: x.astype(jnp.float32) / 255.",
+                    stacklevel=None,  # the user's call
+                )
+        return x, valid
 
     values, logits_all, valid_all = [], [], []
     pending: collections.deque = collections.deque()  # device outputs not yet read

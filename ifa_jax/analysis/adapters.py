@@ -429,9 +429,7 @@ class BatchAdapter:
                     "or on the device: analyze(..., preprocess=lambda x: x.astype(jnp.float32) "
                     "/ 255), or read records with ifa_jax.analysis.record_batches, which "
                     "converts them.",
-                    # the caller of analyze_methods (or analyze's call of it), through the
-                    # prefetching generator (ifa_jax.analysis._prefetch)
-                    stacklevel=7,
+                    stacklevel=None,  # the user's call of analyze (or analyze_methods)
                 )
         elif x.shape[1:] != self.first_shape:
             raise ValueError(
