@@ -187,14 +187,21 @@ def test_errors_and_warnings_reach_the_caller_with_prefetch(images):
         analysis.analyze(probe, variables, endless(), num_classes=5, progress=False, count="all")
     assert not prefetch_threads() and len(read) <= 4 + 2
 
-    # The integer-input warning of the first batch points at the caller.
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        analysis.analyze_methods(
-            probe, variables, batches_of(x, y), num_classes=3, methods=("gradcam",), progress=False
-        )
-    integer = [w for w in record if w.category is analysis.IntegerInputWarning]
-    assert len(integer) == 1 and integer[0].filename == __file__, integer
+    # The warnings point at the caller's line, through analyze and analyze_methods alike:
+    # the integer-input warning of the first batch and the missing classes (finalize_all).
+    for run in (analysis.analyze, analysis.analyze_methods):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            by = {"method": "gradcam"} if run is analysis.analyze else {"methods": ("gradcam",)}
+            result = run(probe, variables, batches_of(x, y), num_classes=3, progress=False, **by)
+        kinds = {w.category for w in record}
+        assert analysis.IntegerInputWarning in kinds, record
+        assert analysis.MissingClassesWarning in kinds, record
+        assert {w.filename for w in record} == {__file__}, record
+    state = (result if run is analysis.analyze else result["gradcam"]).state
+    with pytest.warns(analysis.MissingClassesWarning) as record:
+        analysis.finalize_all([state, state])
+    assert {w.filename for w in record} == {__file__}
 
 
 def test_preprocess_and_prefetch_errors_name_the_fix(images):
@@ -296,3 +303,12 @@ def test_consistency_streams_the_per_batch_results(images):
             common = np.transpose(a * m / grid + b, (2, 0, 1))[:, :, None, :].astype(np.float32)
             np.testing.assert_array_equal(jvp.levels, common, strict=True)
     assert not prefetch_threads()
+
+    # As in analyze: preprocess must return one batch of as many rows, and uint8 inputs
+    # without it warn at the caller's line.
+    for wrong in (lambda u: u[:1].astype(jnp.float32), lambda u: (u, u)):
+        with pytest.raises(ValueError, match=r"preprocess must map the inputs x \(4, 6, 5, 2\)"):
+            common_levels(probe, variables, as_uint8, scales=scales, preprocess=wrong)
+    with pytest.warns(analysis.IntegerInputWarning, match="preprocess=") as record:
+        common_levels(probe, variables, as_uint8[:1], scales=scales)
+    assert {w.filename for w in record} == {__file__}
