@@ -171,7 +171,12 @@ def consistency_levels(
     Raises:
         ValueError: a scale that is not a :class:`~ifa_jax.scale.Scale`, no class,
             group < 1, masks without a row per class, a class outside the outputs, no
-            batch, or an invalid ``preprocess`` or ``prefetch``.
+            batch, an invalid ``prefetch``, or a ``preprocess`` that is not a function
+            or does not return one array of as many rows.
+
+    Warns:
+        IntegerInputWarning: integer inputs of rank >= 3 (uint8 images) without
+            ``preprocess`` (or integer outputs of it).
     """
     methods = tuple(scales)
     method_scales = tuple(scales[m] for m in methods)
@@ -391,7 +396,11 @@ def common_levels(
 
     Raises:
         ValueError: a scale that is not a :class:`~ifa_jax.scale.Scale` or removes
-            negatives, a non-linear method, a class outside the outputs, or no batch.
+            negatives, a non-linear method, a class outside the outputs, no batch, or an
+            invalid ``preprocess`` or ``prefetch`` (as for :func:`consistency_levels`).
+
+    Warns:
+        IntegerInputWarning: as for :func:`consistency_levels`.
     """
     methods = tuple(scales)
     for m in methods:

@@ -200,7 +200,8 @@ def analyze(
     quarter of float32's bytes), integer inputs do not warn, and ``compute_dtype`` casts
     the floating output of ``preprocess`` in the step. The step is compiled with
     ``preprocess`` as a constant (it must be hashable, as a function is): define it once,
-    since a new function (a ``lambda`` written in a loop) compiles the step again.
+    since a new function (a ``lambda`` written in a loop, a new ``functools.partial``)
+    compiles the step again; a frozen dataclass with ``__call__`` compares by value.
     ``steps_per_dispatch=k`` runs k batches per dispatch of the step (one jitted
     ``lax.scan`` over the k batches stacked on the device; the last fewer than k run one
     by one), for small models on a GPU where the per-step dispatch shows. The batches are

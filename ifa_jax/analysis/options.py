@@ -238,8 +238,8 @@ def check_preprocess(preprocess: Any) -> Callable[..., Any] | None:
     except TypeError:
         raise ValueError(
             f"{fix}; got preprocess={preprocess!r}, which is not hashable (the step is "
-            "compiled with it as a constant): pass a plain function or functools.partial "
-            "of hashable values"
+            "compiled with it as a constant): pass a plain function, a functools.partial "
+            "of hashable values (made once) or a frozen dataclass with __call__"
         ) from None
     return preprocess
 
