@@ -97,15 +97,16 @@ def test_prefetched_keeps_order_reads_ahead_at_most_depth_and_stops():
 
 
 @pytest.mark.parametrize("depth", [0, 1, 3])
-def test_prefetched_raises_the_sources_error_in_the_caller(depth):
-    error = RuntimeError("the source broke at 3")
+@pytest.mark.parametrize("kind", [RuntimeError, KeyboardInterrupt])
+def test_prefetched_raises_the_sources_error_in_the_caller(depth, kind):
+    error = kind("the source broke at 3")  # also a BaseException, as Ctrl-C in a source
 
     def source():
         yield from range(3)
         raise error
 
     got = []
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(kind) as info:
         for i, item in prefetched(source(), lambda i, b: b * 10, depth):
             got.append((i, item))
     assert info.value is error
