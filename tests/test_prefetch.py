@@ -215,6 +215,9 @@ def test_preprocess_and_prefetch_errors_name_the_fix(images):
             analysis.analyze(probe, variables, batches_of(x, y), prefetch=bad, **run)
     with pytest.raises(ValueError, match=r"preprocess must map the inputs x \(4, 6, 5, 2\)"):
         analysis.analyze(probe, variables, batches_of(x, y), preprocess=lambda x: x[0], **run)
+    with pytest.raises(TypeError) as info:  # the function's own error, with a note
+        analysis.analyze(probe, variables, batches_of(x, y), preprocess=lambda x: x @ x, **run)
+    assert "raised by preprocess=" in str(info.value.__notes__)
 
 
 @pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model

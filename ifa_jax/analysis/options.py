@@ -250,7 +250,14 @@ def preprocess_output(
     """The abstract output of ``preprocess`` for inputs ``x`` (no computation), checked to
     be one array with as many rows; integer outputs of rank >= 3 warn (at the user's line).
     A ValueError names the fix."""
-    out = jax.eval_shape(preprocess, x)
+    try:
+        out = jax.eval_shape(preprocess, x)
+    except Exception as error:
+        error.add_note(
+            f"(raised by preprocess={preprocess!r}, traced on the inputs x {x.shape} {x.dtype} "
+            "of the first batch)"
+        )
+        raise
     if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim < 1 or out.shape[0] != x.shape[0]:
         raise ValueError(
             f"preprocess must map the inputs x {x.shape} {x.dtype} to the model's inputs, one "
