@@ -155,6 +155,20 @@ def test_uint8_with_preprocess_equals_float_inputs(images):
     assert_identical(got, analysis.analyze(probe, variables, batches_of(on_device, y), **kw))
 
 
+def test_record_batches_can_keep_uint8_for_preprocess():
+    """convert=False: the batches of convert=True (shapes, padding, labels), uint8."""
+    records = [{"image": np.full((3, 2), 40 * i, np.uint8), "label": i % 3} for i in range(5)]
+    for got, want in zip(
+        analysis.record_batches(records, 2, convert=False), analysis.record_batches(records, 2)
+    ):
+        assert got.x.dtype == np.uint8 and got.x.shape == want.x.shape == (2, 3, 2, 1)
+        np.testing.assert_allclose(got.x / 255, want.x, rtol=1e-6)
+        np.testing.assert_array_equal(got.y, want.y)
+        np.testing.assert_array_equal(got.mask, want.mask)
+    with pytest.raises(ValueError, match="convert must be True .* or False .*got convert='no'"):
+        analysis.record_batches(records, 2, convert="no")
+
+
 @pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
 def test_errors_and_warnings_reach_the_caller_with_prefetch(images):
     probe, variables, x, y = images
