@@ -10,6 +10,8 @@ rows); ``mask`` is always a channel mask (1 keeps a channel).
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,11 +34,27 @@ class IntegerInputWarning(UserWarning):
     """Integer inputs (uint8 images 0..255) reach a model that takes them as they are."""
 
 
-def warn_integer_inputs(dtype: Any, what: str, fix: str, *, stacklevel: int = 3) -> None:
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def outside_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` in the caller of this function that names
+    the first frame outside ifa_jax: the user's line, however deep in the package (and
+    through however many public wrappers) the warning is raised."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_integer_inputs(dtype: Any, what: str, fix: str, *, stacklevel: int | None = 3) -> None:
     """Warn (:class:`IntegerInputWarning`) when ``dtype`` is an integer dtype: inputs such
     as uint8 images go to the model as they are, so a model meant for [0, 1] sees values
-    up to 255 and every statistic scales with them. A dtype check, never a data scan."""
+    up to 255 and every statistic scales with them. A dtype check, never a data scan.
+    ``stacklevel=None``: the first frame outside ifa_jax (:func:`outside_stacklevel`)."""
     if jnp.issubdtype(dtype, jnp.integer):
+        if stacklevel is None:
+            stacklevel = outside_stacklevel()
         warnings.warn(
             f"{what} are integers (dtype {np.dtype(dtype)}) and go to the model as they are: "
             f"images in 0..255 give activations and statistics up to 255 times those of "

@@ -43,10 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ifa_jax import cams, metrics, scale
-from ifa_jax._checks import outputs_in_range
+from ifa_jax._checks import outputs_in_range, warn_integer_inputs
 from ifa_jax.analysis import DEFAULT_KEYS
 from ifa_jax.analysis._prefetch import prefetched
-from ifa_jax.analysis.options import check_prefetch, check_preprocess
+from ifa_jax.analysis.options import check_prefetch, check_preprocess, preprocess_output
 from ifa_jax.inputs import unpack_batch
 from ifa_jax.probes import LayerProbe
 
@@ -171,7 +171,12 @@ def consistency_levels(
     Raises:
         ValueError: a scale that is not a :class:`~ifa_jax.scale.Scale`, no class,
             group < 1, masks without a row per class, a class outside the outputs, no
-            batch, or an invalid ``preprocess`` or ``prefetch``.
+            batch, an invalid ``prefetch``, or a ``preprocess`` that is not a function
+            or does not return one array of as many rows.
+
+    Warns:
+        IntegerInputWarning: integer inputs of rank >= 3 (uint8 images) without
+            ``preprocess`` (or integer outputs of it).
     """
     methods = tuple(scales)
     method_scales = tuple(scales[m] for m in methods)
@@ -234,7 +239,19 @@ def _over_batches(
     def adapt(i: int, batch: Any) -> tuple[jax.Array, np.ndarray]:
         x, _, valid = unpack_batch(batch, i, keys)
         valid = np.ones(len(x), bool) if valid is None else np.asarray(valid, bool)
-        return jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x)), valid
+        x = jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x))
+        if i == 0:  # read in the caller's thread (prefetched), so its warnings reach it
+            if preprocess is not None:
+                preprocess_output(preprocess, jax.ShapeDtypeStruct(x.shape, x.dtype))
+            elif x.ndim >= 3:
+                warn_integer_inputs(
+                    x.dtype,
+                    "the inputs of batch 0",
+                    "Convert them first (x / 255 for uint8 images), or on the device: "
+                    "preprocess=lambda x: x.astype(jnp.float32) / 255.",
+                    stacklevel=None,  # the user's call
+                )
+        return x, valid
 
     values, logits_all, valid_all = [], [], []
     pending: collections.deque = collections.deque()  # device outputs not yet read
@@ -379,7 +396,11 @@ def common_levels(
 
     Raises:
         ValueError: a scale that is not a :class:`~ifa_jax.scale.Scale` or removes
-            negatives, a non-linear method, a class outside the outputs, or no batch.
+            negatives, a non-linear method, a class outside the outputs, no batch, or an
+            invalid ``preprocess`` or ``prefetch`` (as for :func:`consistency_levels`).
+
+    Warns:
+        IntegerInputWarning: as for :func:`consistency_levels`.
     """
     methods = tuple(scales)
     for m in methods:

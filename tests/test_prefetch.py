@@ -97,15 +97,16 @@ def test_prefetched_keeps_order_reads_ahead_at_most_depth_and_stops():
 
 
 @pytest.mark.parametrize("depth", [0, 1, 3])
-def test_prefetched_raises_the_sources_error_in_the_caller(depth):
-    error = RuntimeError("the source broke at 3")
+@pytest.mark.parametrize("kind", [RuntimeError, KeyboardInterrupt])
+def test_prefetched_raises_the_sources_error_in_the_caller(depth, kind):
+    error = kind("the source broke at 3")  # also a BaseException, as Ctrl-C in a source
 
     def source():
         yield from range(3)
         raise error
 
     got = []
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(kind) as info:
         for i, item in prefetched(source(), lambda i, b: b * 10, depth):
             got.append((i, item))
     assert info.value is error
@@ -154,6 +155,20 @@ def test_uint8_with_preprocess_equals_float_inputs(images):
     assert_identical(got, analysis.analyze(probe, variables, batches_of(on_device, y), **kw))
 
 
+def test_record_batches_can_keep_uint8_for_preprocess():
+    """convert=False: the batches of convert=True (shapes, padding, labels), uint8."""
+    records = [{"image": np.full((3, 2), 40 * i, np.uint8), "label": i % 3} for i in range(5)]
+    for got, want in zip(
+        analysis.record_batches(records, 2, convert=False), analysis.record_batches(records, 2)
+    ):
+        assert got.x.dtype == np.uint8 and got.x.shape == want.x.shape == (2, 3, 2, 1)
+        np.testing.assert_allclose(got.x / 255, want.x, rtol=1e-6)
+        np.testing.assert_array_equal(got.y, want.y)
+        np.testing.assert_array_equal(got.mask, want.mask)
+    with pytest.raises(ValueError, match="convert must be True .* or False .*got convert='no'"):
+        analysis.record_batches(records, 2, convert="no")
+
+
 @pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
 def test_errors_and_warnings_reach_the_caller_with_prefetch(images):
     probe, variables, x, y = images
@@ -187,14 +202,21 @@ def test_errors_and_warnings_reach_the_caller_with_prefetch(images):
         analysis.analyze(probe, variables, endless(), num_classes=5, progress=False, count="all")
     assert not prefetch_threads() and len(read) <= 4 + 2
 
-    # The integer-input warning of the first batch points at the caller.
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        analysis.analyze_methods(
-            probe, variables, batches_of(x, y), num_classes=3, methods=("gradcam",), progress=False
-        )
-    integer = [w for w in record if w.category is analysis.IntegerInputWarning]
-    assert len(integer) == 1 and integer[0].filename == __file__, integer
+    # The warnings point at the caller's line, through analyze and analyze_methods alike:
+    # the integer-input warning of the first batch and the missing classes (finalize_all).
+    for run in (analysis.analyze, analysis.analyze_methods):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            by = {"method": "gradcam"} if run is analysis.analyze else {"methods": ("gradcam",)}
+            result = run(probe, variables, batches_of(x, y), num_classes=3, progress=False, **by)
+        kinds = {w.category for w in record}
+        assert analysis.IntegerInputWarning in kinds, record
+        assert analysis.MissingClassesWarning in kinds, record
+        assert {w.filename for w in record} == {__file__}, record
+    state = (result if run is analysis.analyze else result["gradcam"]).state
+    with pytest.warns(analysis.MissingClassesWarning) as record:
+        analysis.finalize_all([state, state])
+    assert {w.filename for w in record} == {__file__}
 
 
 def test_preprocess_and_prefetch_errors_name_the_fix(images):
@@ -207,6 +229,9 @@ def test_preprocess_and_prefetch_errors_name_the_fix(images):
             analysis.analyze(probe, variables, batches_of(x, y), prefetch=bad, **run)
     with pytest.raises(ValueError, match=r"preprocess must map the inputs x \(4, 6, 5, 2\)"):
         analysis.analyze(probe, variables, batches_of(x, y), preprocess=lambda x: x[0], **run)
+    with pytest.raises(TypeError) as info:  # the function's own error, with a note
+        analysis.analyze(probe, variables, batches_of(x, y), preprocess=lambda x: x @ x, **run)
+    assert "raised by preprocess=" in str(info.value.__notes__)
 
 
 @pytest.mark.filterwarnings("ignore::ifa_jax.analysis.MissingClassesWarning")  # random model
@@ -296,3 +321,12 @@ def test_consistency_streams_the_per_batch_results(images):
             common = np.transpose(m * a + b, (2, 0, 1))[:, :, None, :]
             np.testing.assert_array_equal(jvp.levels, common, strict=True)
     assert not prefetch_threads()
+
+    # As in analyze: preprocess must return one batch of as many rows, and uint8 inputs
+    # without it warn at the caller's line.
+    for wrong in (lambda u: u[:1].astype(jnp.float32), lambda u: (u, u)):
+        with pytest.raises(ValueError, match=r"preprocess must map the inputs x \(4, 6, 5, 2\)"):
+            common_levels(probe, variables, as_uint8, scales=scales, preprocess=wrong)
+    with pytest.warns(analysis.IntegerInputWarning, match="preprocess=") as record:
+        common_levels(probe, variables, as_uint8[:1], scales=scales)
+    assert {w.filename for w in record} == {__file__}

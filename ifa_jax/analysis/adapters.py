@@ -40,6 +40,7 @@ from ifa_jax._checks import (
     pad_batch,
     require_keys,
     shard,
+    stack_same_shape,
     warn_integer_inputs,
 )
 from ifa_jax.analysis.step import Variables
@@ -101,6 +102,15 @@ def _record_fields(record: Any, j: int, keys: tuple[str, ...]) -> tuple[Any, Any
     return image, label
 
 
+def _raw_images(images: list, spatial_ndim: int | None, what: str) -> np.ndarray:
+    """Images of records stacked channels-last as :func:`ifa_jax.inputs.as_images` shapes
+    them, their dtype (uint8) kept."""
+    x = stack_same_shape(images, what)
+    one = np.zeros((1, *x.shape[1:]), np.float32)
+    one = as_images(one, spatial_ndim=spatial_ndim, what=what)
+    return x.reshape(len(x), *one.shape[1:])
+
+
 def _record_targets(labels: list, what: str) -> np.ndarray:
     """Labels of records -> (N,): int32 class indices (:func:`ifa_jax.inputs.as_labels`), or
     float targets kept as floats (a regression target: analyse it with ``bins=``)."""
@@ -112,10 +122,11 @@ def _record_targets(labels: list, what: str) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RecordBatches:
-    """Fixed-size :class:`ifa_jax.inputs.Batch` es ``(x: (B, *spatial, C) float32, y: (B,),
-    mask: (B,))`` read from a random-access source of single records. Build it with
-    :func:`record_batches`. Sized (``len`` is the number of batches, so the progress bar of
-    :func:`analyze` shows a total) and re-iterable; reads the records batch by batch."""
+    """Fixed-size :class:`ifa_jax.inputs.Batch` es ``(x: (B, *spatial, C) float32 (or the
+    images' dtype with ``convert=False``), y: (B,), mask: (B,))`` read from a random-access
+    source of single records. Build it with :func:`record_batches`. Sized (``len`` is the
+    number of batches, so the progress bar of :func:`analyze` shows a total) and
+    re-iterable; reads the records batch by batch."""
 
     source: Any
     batch_size: int
@@ -124,6 +135,7 @@ class RecordBatches:
     drop_remainder: bool = False
     shard_index: int = 0
     shard_count: int = 1
+    convert: bool = True
 
     def __len__(self) -> int:
         n, step = len(self.source), self.batch_size * self.shard_count
@@ -132,9 +144,11 @@ class RecordBatches:
     def _read(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         fields = [_record_fields(self.source[j], j, self.keys) for j in range(lo, hi)]
         what = f"records {lo}..{hi - 1}"
-        x = as_images(
-            [np.asarray(im) for im, _ in fields], spatial_ndim=self.spatial_ndim, what=what
-        )
+        images = [np.asarray(im) for im, _ in fields]
+        if self.convert:
+            x = as_images(images, spatial_ndim=self.spatial_ndim, what=what)
+        else:
+            x = _raw_images(images, self.spatial_ndim, what)
         return x, _record_targets([label for _, label in fields], f"{what} labels")
 
     def __iter__(self) -> Iterator[Batch]:
@@ -161,6 +175,7 @@ def record_batches(
     drop_remainder: bool = False,
     shard_index: int | None = None,
     shard_count: int | None = None,
+    convert: bool = True,
 ) -> RecordBatches:
     """Batches ``(x, y, mask)`` for :func:`analyze` from any random-access source of records.
 
@@ -176,6 +191,8 @@ def record_batches(
     batch has ``batch_size`` rows and the step compiles once. ``shard_index`` /
     ``shard_count`` (default: this process of ``jax.process_count()``) cut every global
     batch of ``batch_size * shard_count`` records as :func:`ifa_jax.inputs.batches` does.
+    ``convert=False`` keeps the images' dtype (shaped channels-last all the same), so uint8
+    goes to the device as uint8 and ``analyze(..., preprocess=...)`` converts it there.
 
     Args:
         source: the records, with ``len(source)`` and ``source[i]``.
@@ -186,10 +203,12 @@ def record_batches(
         drop_remainder: whether to drop the last short batch instead of padding it.
         shard_index: this process's shard, or None.
         shard_count: the number of shards, or None.
+        convert: whether images become float32 in [0, 1] on the host (False: as they
+            are, for ``preprocess=``).
 
     Returns:
-        A sized, re-iterable :class:`RecordBatches` of ``Batch(x (B, *spatial, C) float32,
-        y (B,), mask (B,))``.
+        A sized, re-iterable :class:`RecordBatches` of ``Batch(x (B, *spatial, C) float32
+        (with ``convert=False``: the images' dtype), y (B,), mask (B,))``.
 
     Raises:
         ValueError: ``source`` has no ``len`` and indexing (or is a dict), or
@@ -213,6 +232,11 @@ def record_batches(
     ):
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     keys = check_keys(keys, sizes=(2,))
+    if not isinstance(convert, (bool, np.bool_)):
+        raise ValueError(
+            f"convert must be True (images to float32 in [0, 1] on the host) or False (kept "
+            f"as they are, for analyze(..., preprocess=...)); got convert={convert!r}"
+        )
     shard_index, shard_count = shard(shard_index, shard_count)
     return RecordBatches(
         source,
@@ -222,6 +246,7 @@ def record_batches(
         drop_remainder,
         int(shard_index),
         int(shard_count),
+        bool(convert),
     )
 
 
@@ -429,9 +454,7 @@ class BatchAdapter:
                     "or on the device: analyze(..., preprocess=lambda x: x.astype(jnp.float32) "
                     "/ 255), or read records with ifa_jax.analysis.record_batches, which "
                     "converts them.",
-                    # the caller of analyze_methods (or analyze's call of it), through the
-                    # prefetching generator (ifa_jax.analysis._prefetch)
-                    stacklevel=7,
+                    stacklevel=None,  # the user's call of analyze (or analyze_methods)
                 )
         elif x.shape[1:] != self.first_shape:
             raise ValueError(

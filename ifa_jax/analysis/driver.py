@@ -46,7 +46,7 @@ from jax.typing import DTypeLike
 from numpy.typing import ArrayLike
 
 from ifa_jax import cams
-from ifa_jax._checks import outputs_in_range, warn_integer_inputs
+from ifa_jax._checks import outputs_in_range
 from ifa_jax.analysis._fetch import SampleFetcher, chunk_length, stack_chunk
 from ifa_jax.analysis._prefetch import prefetched
 from ifa_jax.analysis.adapters import (
@@ -56,7 +56,12 @@ from ifa_jax.analysis.adapters import (
     cast_floating,
     length,
 )
-from ifa_jax.analysis.options import MethodOptions, PassOptions, check_pass_options
+from ifa_jax.analysis.options import (
+    MethodOptions,
+    PassOptions,
+    check_pass_options,
+    preprocess_output,
+)
 from ifa_jax.analysis.result import Analysis
 from ifa_jax.analysis.state import Stats, finalize_all, init
 from ifa_jax.analysis.step import Variables, pass_step, pass_steps
@@ -195,7 +200,8 @@ def analyze(
     quarter of float32's bytes), integer inputs do not warn, and ``compute_dtype`` casts
     the floating output of ``preprocess`` in the step. The step is compiled with
     ``preprocess`` as a constant (it must be hashable, as a function is): define it once,
-    since a new function (a ``lambda`` written in a loop) compiles the step again.
+    since a new function (a ``lambda`` written in a loop, a new ``functools.partial``)
+    compiles the step again; a frozen dataclass with ``__call__`` compares by value.
     ``steps_per_dispatch=k`` runs k batches per dispatch of the step (one jitted
     ``lax.scan`` over the k batches stacked on the device; the last fewer than k run one
     by one), for small models on a GPU where the per-step dispatch shows. The batches are
@@ -502,20 +508,7 @@ def _model_input(
     out = jax.ShapeDtypeStruct(x.shape, x.dtype)
     if preprocess is None:
         return out
-    out = jax.eval_shape(preprocess, out)
-    if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim < 1 or out.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"preprocess must map the inputs x {x.shape} {x.dtype} to the model's inputs, one "
-            f"array with as many rows ({x.shape[0]}); it returned {out}. Give a function of "
-            "one array, e.g. preprocess=lambda x: x.astype(jnp.float32) / 255"
-        )
-    if out.ndim >= 3:
-        warn_integer_inputs(
-            out.dtype,
-            "the outputs of preprocess",
-            "Convert them in preprocess, e.g. x.astype(jnp.float32) / 255.",
-            stacklevel=6,  # the caller of analyze_methods (or analyze's call of it)
-        )
+    out = preprocess_output(preprocess, out)
     if dtype is not None and jnp.issubdtype(out.dtype, jnp.floating):
         out = jax.ShapeDtypeStruct(out.shape, dtype)
     return out

@@ -30,6 +30,7 @@ from ifa_jax._checks import (
     one_of,
     positive_int,
     prng_key,
+    warn_integer_inputs,
 )
 from ifa_jax._options import split_options
 from ifa_jax.analysis.adapters import check_bins, check_keys
@@ -237,10 +238,40 @@ def check_preprocess(preprocess: Any) -> Callable[..., Any] | None:
     except TypeError:
         raise ValueError(
             f"{fix}; got preprocess={preprocess!r}, which is not hashable (the step is "
-            "compiled with it as a constant): pass a plain function or functools.partial "
-            "of hashable values"
+            "compiled with it as a constant): pass a plain function, a functools.partial "
+            "of hashable values (made once) or a frozen dataclass with __call__"
         ) from None
     return preprocess
+
+
+def preprocess_output(
+    preprocess: Callable[..., Any], x: jax.ShapeDtypeStruct
+) -> jax.ShapeDtypeStruct:
+    """The abstract output of ``preprocess`` for inputs ``x`` (no computation), checked to
+    be one array with as many rows; integer outputs of rank >= 3 warn (at the user's line).
+    A ValueError names the fix."""
+    try:
+        out = jax.eval_shape(preprocess, x)
+    except Exception as error:
+        error.add_note(
+            f"(raised by preprocess={preprocess!r}, traced on the inputs x {x.shape} {x.dtype} "
+            "of the first batch)"
+        )
+        raise
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim < 1 or out.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"preprocess must map the inputs x {x.shape} {x.dtype} to the model's inputs, one "
+            f"array with as many rows ({x.shape[0]}); it returned {out}. Give a function of "
+            "one array, e.g. preprocess=lambda x: x.astype(jnp.float32) / 255"
+        )
+    if out.ndim >= 3:
+        warn_integer_inputs(
+            out.dtype,
+            "the outputs of preprocess",
+            "Convert them in preprocess, e.g. x.astype(jnp.float32) / 255.",
+            stacklevel=None,  # the user's call
+        )
+    return out
 
 
 def check_prefetch(prefetch: Any) -> int:

@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ifa_jax._checks import outside_stacklevel
 from ifa_jax.analysis._named_fields import NamedFields
 
 Array = jax.Array
@@ -286,7 +287,7 @@ def finalize(state: Stats) -> Summary:
     Warns:
         MissingClassesWarning: some classes have no counted sample (their rows are NaN).
     """
-    return _summary(jax.device_get(state), stacklevel=3)
+    return _summary(jax.device_get(state))
 
 
 def finalize_all(states: Sequence[Stats]) -> tuple[Summary, ...]:
@@ -305,10 +306,10 @@ def finalize_all(states: Sequence[Stats]) -> tuple[Summary, ...]:
     Warns:
         MissingClassesWarning: some classes have no counted sample (once per state).
     """
-    return tuple(_summary(s, stacklevel=4) for s in jax.device_get(tuple(states)))  # genexpr frame
+    return tuple(_summary(s) for s in jax.device_get(tuple(states)))
 
 
-def _summary(state: Stats, *, stacklevel: int) -> Summary:
+def _summary(state: Stats) -> Summary:
     """:func:`finalize` of a host state (NumPy float32 arrays), in float64."""
     count = np.asarray(state.count, np.float64)
     total = count.sum()
@@ -326,7 +327,7 @@ def _summary(state: Stats, *, stacklevel: int) -> Summary:
             "(Summary.present is False). Analyse more samples of them, or pass "
             "count='all' to count misclassified samples too",
             MissingClassesWarning,
-            stacklevel=stacklevel,
+            stacklevel=outside_stacklevel(),  # the user's line (finalize, analyze, ...)
         )
     # In place where possible: at C x K, each float64 temporary is megabytes to fault in.
     rows = (~present).nonzero()[0]
