@@ -155,6 +155,7 @@ def test_scale_fit_and_paired_ratios():
         "floor_host": [(0.1, 2e-3), (0.2, 4e-3)],
         "step4_device": [(0.0, 1e-3), (0.0, 2.5e-3)],
         "analyze4": [(0.5, 4e-3), (1.0, 8e-3)],
+        "analyze4_direct": [(0.5, 6e-3), (1.0, 1.6e-2)],
     }
     timed = {
         n: {"first_s": 3.0, "warm_s": 1.0, "seconds": [[f + s * k for k in case.sizes]
@@ -179,11 +180,16 @@ def test_scale_fit_and_paired_ratios():
     step = rows["step4_device"]
     assert "x_floor_host" not in step
     assert step["x_floor_device"]["min"] == pytest.approx(0.8)
+    # the pipeline's gain over the direct float32 path, paired by round: 1.5 and 2
+    assert a4["x_direct"] == pytest.approx({"median": 1.75, "min": 1.5, "max": 2.0})
     assert rows["analyze1"] == {"what": "analyze1", "error": "RuntimeError: boom"}
     t = scale.targets(rows)
     assert [v["met"] for v in t.values()] == [False, True, None, False, None]
     text = scale.format_case({"rows": rows, "targets": t})
     assert text.count("NOT met") == 2 and "analyze1         error: RuntimeError" in text
+    assert (
+        "over analyze4_direct (float32, prefetch=0), marginal throughput: 1.75 [1.50, 2.00]" in text
+    )
 
 
 @pytest.mark.slow  # runs the benchmark's code: in make test, not in make test-fast

@@ -49,6 +49,7 @@ VARIANTS = (
     "step4_device",
     "analyze1",
     "analyze4",
+    "analyze4_direct",
     "analyze4_bf16",
     "jvp1000",
 )
@@ -272,6 +273,19 @@ def make_variants(case: ScaleCase, names: Sequence[str] = VARIANTS) -> list[Vari
         Variant("analyze1", "analyze_methods, gradcam", lambda k: analyse(("gradcam",), k)),
         Variant("analyze4", "analyze_methods, 4 methods", lambda k: analyse(E2E_METHODS, k)),
     ]  # fmt: skip
+    if uint8 and takes(analysis.analyze_methods, "prefetch"):
+        # the input path before preprocess= and prefetch=: float32 over the bus, no thread
+        floats = host_pool(case, C, uint8=False)
+        out.append(
+            Variant(
+                "analyze4_direct",
+                "analyze_methods, 4 methods, float32 host batches, prefetch=0",
+                lambda k: analysis.analyze_methods(
+                    probe, variables, cycled(floats, k), methods=E2E_METHODS,
+                    num_classes=C, progress=False, count="all", prefetch=0,
+                ),
+            )
+        )  # fmt: skip
     if takes(analysis.analyze_methods, "compute_dtype"):
         out.append(
             Variant(
@@ -442,6 +456,10 @@ def summarize(
                 row[key] = _spread([_ratio(r, s) for (_, r), s in zip(fits[ref], slope)])
                 row[key]["floor"] = ref
         out[v.name] = row
+    if "analyze4" in fits and "analyze4_direct" in fits:
+        # the input pipeline's gain: the direct float32 path's time per image over analyze4's
+        old, new = ([s for _, s in fits[n]] for n in ("analyze4_direct", "analyze4"))
+        out["analyze4"]["x_direct"] = _spread([_ratio(a, b) for a, b in zip(old, new)])
     return out
 
 
@@ -553,6 +571,12 @@ def format_case(result: dict) -> str:
             f"{r['fixed_s_per_pass']['median']:>12.3f} {_fmt(r.get('fixed_x_step')):>18} "
             f"{_fmt(r.get('x_floor_host')):>18} {_fmt(r.get('x_floor_device')):>18} "
             f"{r['compile_s']:>9.1f}"
+        )
+    gain = result["rows"].get("analyze4", {}).get("x_direct")
+    if gain:
+        lines.append(
+            "  analyze4 (uint8 + preprocess, prefetch) over analyze4_direct (float32, "
+            f"prefetch=0), marginal throughput: {_fmt(gain)}"
         )
     for text, t in result["targets"].items():
         state = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
