@@ -33,11 +33,11 @@ MIN_VENV := .venv-min
 MIN_BUILD := $(MIN_VENV)/build
 # Those that lean most on jax's and flax's APIs: every entry point under a user's jit,
 # Flax's method interception, the guided backward pass (a jaxpr interpreter), the
-# analysis pass (sharded on 8 host devices too) and its inputs, the runner's fast tests,
-# and the library with only its own dependencies (test_packaging).
+# analysis pass (sharded on 8 host devices too), its inputs and their prefetching, the
+# runner's fast tests, and the library with only its own dependencies (test_packaging).
 MIN_TESTS := tests/test_user_jit.py tests/test_probe.py tests/test_guided.py \
 	tests/test_analysis.py tests/test_analyze_inputs.py tests/test_runner.py \
-	tests/test_packaging.py
+	tests/test_packaging.py tests/test_prefetch.py
 $(MIN_VENV)/.installed: pyproject.toml .ci/min-versions.txt
 	$(PYTHON) -m venv $(MIN_VENV)
 	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
